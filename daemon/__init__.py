@@ -1,0 +1,1 @@
+"""The service: CLI, configuration, online pipeline, alerts, metrics, lifecycle."""

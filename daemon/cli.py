@@ -1,0 +1,103 @@
+"""The `sysdream` command line. Errors a user can fix become one line and an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+from sysdream.probes import errors
+
+from .exitcodes import Exit, exit_code_for
+
+EPILOG = """\
+examples:
+  sysdream doctor                      can this host capture? one line per check, with the fix
+  sysdream top                         live syscalls/s per process, and what was lost
+  sysdream top --comm nginx --comm sshd    only these process names
+  sysdream run                         the service's main job, in the foreground
+
+exit codes: 0 ok, 2 usage, 3 no privileges, 4 no bpf(), 5 tracepoint missing,
+6 kernel headers missing, 7 bcc missing, 8 no ring buffer, 9 BPF program failed
+to load, 10 bad trace file, 1 internal error (a bug).
+"""
+
+
+def _add_filters(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("capture filters (the daemon itself is always excluded)")
+    g.add_argument("--pid", type=int, action="append", default=[], help="only this process id")
+    g.add_argument("--exclude-pid", type=int, action="append", default=[])
+    g.add_argument("--comm", action="append", default=[], help="only this process name")
+    g.add_argument("--exclude-comm", action="append", default=[])
+    g.add_argument("--cgroup", type=int, action="append", default=[],
+                   help="only this cgroup id (the inode number of its cgroupfs directory)")
+    g.add_argument("--exclude-cgroup", type=int, action="append", default=[])
+    g.add_argument("--chunk", type=int, default=64,
+                   help="syscall ids per kernel record, a power of two (default 64)")
+
+
+def _settings(args: argparse.Namespace):
+    from sysdream.probes.capture import CaptureSettings
+
+    return CaptureSettings(
+        chunk=args.chunk,
+        include_pids=tuple(args.pid), exclude_pids=tuple(args.exclude_pid),
+        include_comms=tuple(args.comm), exclude_comms=tuple(args.exclude_comm),
+        include_cgroups=tuple(args.cgroup), exclude_cgroups=tuple(args.exclude_cgroup),
+    ).validate()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sysdream", description="Learn a host's normal syscall behaviour and flag "
+        "processes that depart from it.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    sub.add_parser("doctor", help="check that capture can work here, with the fix for each failure")
+
+    top = sub.add_parser("top", help="live per-process syscall rates and losses")
+    _add_filters(top)
+    top.add_argument("--interval", type=float, default=1.0, help="seconds per refresh")
+    top.add_argument("--rows", type=int, default=15)
+    top.add_argument("--iterations", type=int, default=None, help="stop after N refreshes")
+
+    run = sub.add_parser("run", help="the service's main job, in the foreground")
+    _add_filters(run)
+    run.add_argument("--iterations", type=int, default=None, help="stop after N refreshes")
+    return parser
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.verb == "doctor":
+        from . import doctor
+        return doctor.run()
+    if args.verb == "top":
+        from . import top
+        return top.run(_settings(args), args.interval, args.rows, args.iterations)
+    if args.verb == "run":
+        from . import top
+        print("sysdream run: online detection is not built yet (issue #5); "
+              "running live capture with a per-process view instead", file=sys.stderr)
+        return top.run(_settings(args), iterations=args.iterations)
+    raise AssertionError(args.verb)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # SIGTERM stops like Ctrl-C: probes are detached on the way out.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        return int(Exit.OK)
+    except ValueError as exc:
+        print(f"sysdream: error: {exc}", file=sys.stderr)
+        return int(Exit.USAGE)
+    except (errors.CaptureError, errors.TraceFileError) as exc:
+        print(f"sysdream: error: {exc}", file=sys.stderr)
+        return int(exit_code_for(exc))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Exit codes of the sysdream CLI: one per kind of failure a user can fix."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from sysdream.probes import errors
+
+
+class Exit(IntEnum):
+    OK = 0
+    FAILURE = 1            # an unexpected internal error (a bug: please report it)
+    USAGE = 2              # bad command line (argparse's own code)
+    NO_PRIVILEGES = 3
+    BPF_UNAVAILABLE = 4
+    TRACEPOINT_MISSING = 5
+    HEADERS_MISSING = 6
+    BCC_MISSING = 7
+    RING_BUFFER_UNSUPPORTED = 8
+    PROGRAM_LOAD = 9
+    BAD_TRACE = 10
+    INTERRUPTED = 130
+
+
+_BY_ERROR: dict[type[Exception], Exit] = {
+    errors.PrivilegeError: Exit.NO_PRIVILEGES,
+    errors.BpfUnavailableError: Exit.BPF_UNAVAILABLE,
+    errors.TracepointMissingError: Exit.TRACEPOINT_MISSING,
+    errors.HeadersMissingError: Exit.HEADERS_MISSING,
+    errors.BccMissingError: Exit.BCC_MISSING,
+    errors.RingBufferUnsupportedError: Exit.RING_BUFFER_UNSUPPORTED,
+    errors.ProgramLoadError: Exit.PROGRAM_LOAD,
+    errors.TraceFileError: Exit.BAD_TRACE,
+}
+
+
+def exit_code_for(exc: BaseException) -> Exit:
+    for cls in type(exc).__mro__:
+        if cls in _BY_ERROR:
+            return _BY_ERROR[cls]
+    return Exit.FAILURE
+
+
+def exit_code_for_class(cls: type[Exception] | None) -> Exit:
+    return _BY_ERROR.get(cls, Exit.FAILURE) if cls else Exit.FAILURE

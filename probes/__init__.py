@@ -1,0 +1,4 @@
+"""Kernel capture: eBPF programs, their loader, record layouts, syscall tables, trace files.
+
+Knows nothing of torch, the model, metrics or journald.
+"""

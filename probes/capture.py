@@ -1,0 +1,146 @@
+"""Compile, attach and read sysdream's capture program (capture.bpf.c) with bcc."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+
+from . import errors, preflight
+from .layout import COUNTER_FIELDS, DEFAULT_CHUNK, check_chunk, record_dtype
+from .ringbuf import RingBufferReader
+
+COMM_LEN = 16
+FILTER_MAX = 1024
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    chunk: int = DEFAULT_CHUNK          # syscall ids per kernel record
+    flush_age_s: float = 1.0            # bound on a syscall's wait in a partial chunk
+    ring_buffer_pages: int = 1024       # 4 MiB with 4 KiB pages
+    wake_every: int = 512               # records per CPU between reader wakeups
+    include_pids: tuple[int, ...] = ()
+    exclude_pids: tuple[int, ...] = ()
+    include_comms: tuple[str, ...] = ()
+    exclude_comms: tuple[str, ...] = ()
+    include_cgroups: tuple[int, ...] = ()
+    exclude_cgroups: tuple[int, ...] = ()
+
+    def validate(self) -> CaptureSettings:
+        check_chunk(self.chunk)
+        pages = self.ring_buffer_pages
+        if pages < 1 or pages & (pages - 1):
+            raise ValueError(f"ring_buffer_pages must be a power of two, got {pages}")
+        if not 0.001 <= self.flush_age_s <= 3600:
+            raise ValueError(f"flush_age_s must be between 0.001 and 3600, got {self.flush_age_s}")
+        if self.wake_every < 1:
+            raise ValueError(f"wake_every must be at least 1, got {self.wake_every}")
+        for name in ("include_pids", "exclude_pids", "include_comms", "exclude_comms",
+                     "include_cgroups", "exclude_cgroups"):
+            if len(getattr(self, name)) > FILTER_MAX:
+                raise ValueError(f"{name}: at most {FILTER_MAX} entries")
+        return self
+
+
+def bpf_source() -> bytes:
+    return resources.files(__package__).joinpath("capture.bpf.c").read_bytes()
+
+
+def _comm_key(table, comm: str):
+    key = table.Key()
+    key.comm = comm.encode()[:COMM_LEN - 1]
+    return key
+
+
+class Capture:
+    """The loaded capture program: attached on construction, detached by close()."""
+
+    def __init__(self, settings: CaptureSettings | None = None):
+        self.settings = (settings or CaptureSettings()).validate()
+        preflight.require_capture()
+        from bcc import BPF  # only after preflight: a missing bcc gets its own message
+
+        s = self.settings
+        cflags = [f"-DCHUNK_W={s.chunk}", f"-DAGE_NS={int(s.flush_age_s * 1e9)}ULL",
+                  f"-DRINGBUF_PAGES={s.ring_buffer_pages}", f"-DWAKE_EVERY={s.wake_every}",
+                  "-Wno-unused-function"]
+        log = io.StringIO()
+        try:
+            # bcc prints compiler and verifier output on stderr; keep it for the message.
+            with contextlib.redirect_stderr(log):
+                self.bpf = BPF(text=bpf_source(), cflags=cflags)
+        except Exception as exc:
+            raise errors.ProgramLoadError(
+                f"the capture program failed to load: {exc}; "
+                "run `sysdream doctor` for the failing prerequisite") from exc
+        self.dtype = record_dtype(s.chunk)
+        self._generation = 0
+        self.reader = RingBufferReader(self.bpf["events"].map_fd,
+                                       s.ring_buffer_pages * 4096, self.dtype)
+        self.configure(s)
+
+    # -- filters -----------------------------------------------------------
+    def configure(self, settings: CaptureSettings) -> None:
+        """Load the filters of `settings` into the kernel; applies to every thread."""
+        settings.validate()
+        b = self.bpf
+        pairs = (("include_pids", settings.include_pids), ("exclude_pids", settings.exclude_pids),
+                 ("include_cgroups", settings.include_cgroups),
+                 ("exclude_cgroups", settings.exclude_cgroups))
+        for name, values in pairs:
+            table = b[name]
+            table.clear()
+            for v in values:
+                table[table.Key(v)] = table.Leaf(1)
+        for name, values in (("include_comms", settings.include_comms),
+                             ("exclude_comms", settings.exclude_comms)):
+            table = b[name]
+            table.clear()
+            for comm in values:
+                table[_comm_key(table, comm)] = table.Leaf(1)
+        cfg_table = b["config"]
+        cfg = cfg_table.Leaf()
+        self._generation += 1
+        cfg.generation = self._generation
+        cfg.self_tgid = os.getpid()
+        cfg.include_pid = int(bool(settings.include_pids))
+        cfg.include_comm = int(bool(settings.include_comms))
+        cfg.include_cgroup = int(bool(settings.include_cgroups))
+        cfg_table[cfg_table.Key(0)] = cfg
+        self.settings = settings
+
+    # -- reading -----------------------------------------------------------
+    def wait(self, timeout: float = 0.01) -> None:
+        self.reader.wait(timeout)
+
+    def read(self, limit: int | None = None) -> np.ndarray:
+        return self.reader.read(limit)
+
+    def counters(self) -> dict[str, int]:
+        """Kernel counters summed over CPUs."""
+        totals = dict.fromkeys(COUNTER_FIELDS, 0)
+        for per_cpu in self.bpf["counts"][0]:
+            for name in COUNTER_FIELDS:
+                totals[name] += getattr(per_cpu, name)
+        del totals["unwoken"]
+        return totals
+
+    def close(self) -> None:
+        reader = getattr(self, "reader", None)
+        if reader is not None:
+            reader.close()
+        bpf = getattr(self, "bpf", None)
+        if bpf is not None:
+            bpf.cleanup()
+            self.bpf = None
+
+    def __enter__(self) -> Capture:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
