@@ -80,7 +80,7 @@ class Capture:
                 "run `sysdream doctor` for the failing prerequisite") from exc
         self.dtype = record_dtype(s.chunk)
         self._generation = 0
-        self.reader = RingBufferReader(self.bpf["events"].map_fd,
+        self.reader = RingBufferReader(self.bpf[b"events"].map_fd,
                                        s.ring_buffer_pages * 4096, self.dtype)
         self.configure(s)
 
@@ -93,17 +93,17 @@ class Capture:
                  ("include_cgroups", settings.include_cgroups),
                  ("exclude_cgroups", settings.exclude_cgroups))
         for name, values in pairs:
-            table = b[name]
+            table = b[name.encode()]
             table.clear()
             for v in values:
                 table[table.Key(v)] = table.Leaf(1)
         for name, values in (("include_comms", settings.include_comms),
                              ("exclude_comms", settings.exclude_comms)):
-            table = b[name]
+            table = b[name.encode()]
             table.clear()
             for comm in values:
                 table[_comm_key(table, comm)] = table.Leaf(1)
-        cfg_table = b["config"]
+        cfg_table = b[b"config"]
         cfg = cfg_table.Leaf()
         self._generation += 1
         cfg.generation = self._generation
@@ -124,7 +124,7 @@ class Capture:
     def counters(self) -> dict[str, int]:
         """Kernel counters summed over CPUs."""
         totals = dict.fromkeys(COUNTER_FIELDS, 0)
-        for per_cpu in self.bpf["counts"][0]:
+        for per_cpu in self.bpf[b"counts"][0]:
             for name in COUNTER_FIELDS:
                 totals[name] += getattr(per_cpu, name)
         del totals["unwoken"]

@@ -1,0 +1,54 @@
+"""Syscall numbers to names, by architecture. Names are the portable tokens.
+
+Tables come from the kernel's unistd headers (probes/tables/generate.py). A number
+the table lacks becomes "sys_<n>", so nothing is silently merged or dropped.
+"""
+
+from __future__ import annotations
+
+import platform
+from functools import lru_cache
+
+import numpy as np
+
+from .tables.syscall_names import TABLES
+
+ARCH_ALIASES = {"x86_64": "x86_64", "amd64": "x86_64", "i386": "i386", "i686": "i386",
+                "x86": "i386", "aarch64": "aarch64", "arm64": "aarch64"}
+
+
+def native_arch() -> str:
+    return normalise_arch(platform.machine())
+
+
+def normalise_arch(arch: str) -> str:
+    try:
+        return ARCH_ALIASES[arch]
+    except KeyError:
+        raise ValueError(f"no syscall table for architecture {arch!r}; "
+                         f"known: {', '.join(sorted(TABLES))}") from None
+
+
+def table(arch: str) -> dict[int, str]:
+    return TABLES[normalise_arch(arch)]
+
+
+@lru_cache(maxsize=8)
+def _lookup(arch: str) -> np.ndarray:
+    tab = table(arch)
+    names = np.array([f"sys_{n}" for n in range(65536)], dtype=object)
+    for nr, name in tab.items():
+        names[nr] = name
+    return names
+
+
+def names(ids: np.ndarray, arch: str) -> np.ndarray:
+    """Vectorised: an array of syscall numbers to an object array of names."""
+    return _lookup(normalise_arch(arch))[np.asarray(ids, dtype=np.int64) & 0xFFFF]
+
+
+def number(name: str, arch: str) -> int:
+    for nr, n in table(arch).items():
+        if n == name:
+            return nr
+    raise KeyError(f"no syscall {name!r} on {arch}")
