@@ -15,6 +15,9 @@ examples:
   sysdream doctor                      can this host capture? one line per check, with the fix
   sysdream top                         live syscalls/s per process, and what was lost
   sysdream top --comm nginx --comm sshd    only these process names
+  sysdream top --replay base.sdtrace   per-process totals of a recorded trace
+  sysdream record --seconds 60 -o base.sdtrace    capture every process for a minute
+  sysdream record --seconds 10 --pid 1234 -o p.sdtrace    one process
   sysdream run                         the service's main job, in the foreground
 
 exit codes: 0 ok, 2 usage, 3 no privileges, 4 no bpf(), 5 tracepoint missing,
@@ -47,6 +50,12 @@ def _settings(args: argparse.Namespace):
     ).validate()
 
 
+def _capture(args: argparse.Namespace):
+    from sysdream.probes.capture import Capture
+
+    return Capture(_settings(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sysdream", description="Learn a host's normal syscall behaviour and flag "
@@ -61,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("--interval", type=float, default=1.0, help="seconds per refresh")
     top.add_argument("--rows", type=int, default=15)
     top.add_argument("--iterations", type=int, default=None, help="stop after N refreshes")
+    top.add_argument("--replay", metavar="TRACE", help="summarise a recorded trace instead")
+
+    rec = sub.add_parser("record", help="capture syscalls to a trace file")
+    _add_filters(rec)
+    rec.add_argument("--seconds", type=float, required=True, help="how long to record")
+    rec.add_argument("-o", "--output", required=True, help="trace file to write")
 
     run = sub.add_parser("run", help="the service's main job, in the foreground")
     _add_filters(run)
@@ -74,12 +89,20 @@ def _dispatch(args: argparse.Namespace) -> int:
         return doctor.run()
     if args.verb == "top":
         from . import top
-        return top.run(_settings(args), args.interval, args.rows, args.iterations)
+        if args.replay:
+            from sysdream.probes.tracefile import TraceReplay
+            return top.run(TraceReplay(args.replay), rows=args.rows)
+        with _capture(args) as cap:
+            return top.run(cap, args.interval, args.rows, args.iterations)
+    if args.verb == "record":
+        from . import record
+        return record.run(_settings(args), args.seconds, args.output)
     if args.verb == "run":
         from . import top
         print("sysdream run: online detection is not built yet (issue #5); "
               "running live capture with a per-process view instead", file=sys.stderr)
-        return top.run(_settings(args), iterations=args.iterations)
+        with _capture(args) as cap:
+            return top.run(cap, iterations=args.iterations)
     raise AssertionError(args.verb)
 
 

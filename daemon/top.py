@@ -7,8 +7,6 @@ import time
 
 import numpy as np
 
-from sysdream.probes.capture import Capture, CaptureSettings
-
 
 def summarise(records: np.ndarray, limit: int) -> list[tuple[int, str, int]]:
     """(tgid, comm, syscalls) for the busiest processes in `records`, busiest first."""
@@ -21,33 +19,42 @@ def summarise(records: np.ndarray, limit: int) -> list[tuple[int, str, int]]:
     return [(int(tgids[i]), comms[i].decode(errors="replace"), int(totals[i])) for i in order]
 
 
-def run(settings: CaptureSettings, interval: float = 1.0, rows: int = 15,
-        iterations: int | None = None, out=sys.stdout) -> int:
+def run(source, interval: float = 1.0, rows: int = 15, iterations: int | None = None,
+        out=sys.stdout) -> int:
+    """Show `source` (a live Capture or a TraceReplay) every `interval` seconds."""
     tty = out.isatty()
-    with Capture(settings) as cap:
-        done = 0
-        prev = cap.counters()
-        while iterations is None or done < iterations:
-            start = time.monotonic()
-            batches = []
+    replay = hasattr(source, "exhausted")
+    with_counters = source.counters()
+    prev = dict.fromkeys(with_counters, 0) if replay else with_counters
+    done = 0
+    while iterations is None or done < iterations:
+        start = time.monotonic()
+        batches = []
+        if replay:
+            batches.append(source.read(limit=1 << 30))
+        else:
             while time.monotonic() - start < interval:
-                cap.wait(0.01)
-                batches.append(cap.read())
-            elapsed = time.monotonic() - start
-            records = np.concatenate(batches) if batches else np.empty(0, cap.dtype)
-            now = cap.counters()
-            delta = {k: now[k] - prev[k] for k in now}
-            prev = now
-            if tty:
-                out.write("\x1b[H\x1b[2J")
-            out.write(f"syscalls/s seen {delta['seen'] / elapsed:,.0f}  "
-                      f"traced {delta['traced'] / elapsed:,.0f}  "
-                      f"delivered {delta['emitted_syscalls'] / elapsed:,.0f}  "
-                      f"lost {delta['lost_syscalls']} (ring buffer full)  "
-                      f"{delta['lost_nostorage']} (no thread storage)\n")
-            out.write(f"{'PID':>8} {'COMM':16} {'SYSCALLS/S':>12}\n")
-            for tgid, comm, n in summarise(records, rows):
-                out.write(f"{tgid:>8} {comm:16} {n / elapsed:>12,.0f}\n")
-            out.flush()
-            done += 1
+                source.wait(0.01)
+                batches.append(source.read())
+        elapsed = interval if replay else time.monotonic() - start
+        records = np.concatenate(batches) if batches else np.empty(0, source.dtype)
+        now = source.counters()
+        delta = {k: now.get(k, 0) - prev.get(k, 0) for k in now}
+        prev = now
+        if tty:
+            out.write("\x1b[H\x1b[2J")
+        rate = "syscalls" if replay else "syscalls/s"
+        scale = 1.0 if replay else elapsed
+        out.write(f"{rate}: seen {delta.get('seen', 0) / scale:,.0f}  "
+                  f"traced {delta.get('traced', 0) / scale:,.0f}  "
+                  f"delivered {int(records['count'].sum()) / scale:,.0f}  "
+                  f"lost {delta.get('lost_syscalls', 0)} (ring buffer full)  "
+                  f"{delta.get('lost_nostorage', 0)} (no thread storage)\n")
+        out.write(f"{'PID':>8} {'COMM':16} {rate.upper():>12}\n")
+        for tgid, comm, n in summarise(records, rows):
+            out.write(f"{tgid:>8} {comm:16} {n / scale:>12,.0f}\n")
+        out.flush()
+        done += 1
+        if replay:
+            break
     return 0

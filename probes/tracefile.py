@@ -1,0 +1,219 @@
+"""Trace files: what `sysdream record` writes and `train`, `eval` and replay read.
+
+Layout (little-endian):
+
+    header   b"SDTRACE\\0"  u16 version  u16 0  u32 n  then n bytes of JSON
+             (host, kernel release, arch, syscall table, chunk width, capture settings)
+    blocks   b"SDBK"  u32 kind  u32 length  u32 crc32(payload)  then the payload
+             kind 1: records, raw `record_dtype(chunk)` rows
+             kind 2: kernel counters as JSON (written at every flush and at close)
+
+Each block goes out in one write and is flushed, so a crash or SIGKILL loses at most
+the block being written. A reader stops at the first truncated or damaged block,
+warns, and returns everything before it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import struct
+import time
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import syscalls
+from .errors import TraceFileError
+from .layout import check_chunk, record_dtype
+
+MAGIC = b"SDTRACE\0"
+VERSION = 1
+BLOCK_MAGIC = b"SDBK"
+KIND_RECORDS = 1
+KIND_COUNTERS = 2
+_HEAD = struct.Struct("<8sHHI")
+_BLOCK = struct.Struct("<4sIII")
+MAX_HEADER = 16 << 20
+MAX_BLOCK = 1 << 30
+
+
+class TraceDamageWarning(UserWarning):
+    """A trace file was cut short or damaged; records before the damage were kept."""
+
+
+def host_header(chunk: int, settings: dict | None = None) -> dict:
+    arch = syscalls.native_arch()
+    return {
+        "host": socket.gethostname(),
+        "kernel_release": platform.release(),
+        "arch": arch,
+        "syscall_table": {str(k): v for k, v in syscalls.table(arch).items()},
+        "chunk": chunk,
+        "capture_settings": settings or {},
+        "created_unix": time.time(),
+        "writer": "sysdream",
+    }
+
+
+class TraceWriter:
+    """Append records to a new trace file, one block per `write_records` call."""
+
+    def __init__(self, path: str | os.PathLike, header: dict):
+        self.path = Path(path)
+        self.chunk = check_chunk(int(header["chunk"]))
+        self.dtype = record_dtype(self.chunk)
+        body = json.dumps(header, sort_keys=True).encode()
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        self._write(_HEAD.pack(MAGIC, VERSION, 0, len(body)) + body)
+        self.records = 0
+        self.syscalls = 0
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+
+    def _block(self, kind: int, payload: bytes) -> None:
+        self._write(_BLOCK.pack(BLOCK_MAGIC, kind, len(payload), zlib.crc32(payload)) + payload)
+
+    def write_records(self, records: np.ndarray) -> None:
+        if records.size == 0:
+            return
+        if records.dtype != self.dtype:
+            raise ValueError(f"records have dtype {records.dtype}, this trace holds {self.dtype}")
+        self._block(KIND_RECORDS, np.ascontiguousarray(records).tobytes())
+        self.records += records.size
+        self.syscalls += int(records["count"].sum())
+
+    def write_counters(self, counters: dict) -> None:
+        self._block(KIND_COUNTERS, json.dumps(counters, sort_keys=True).encode())
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> TraceWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass
+class Trace:
+    header: dict
+    records: np.ndarray
+    counters: dict = field(default_factory=dict)
+    damaged: str | None = None   # why reading stopped early, if it did
+
+    @property
+    def arch(self) -> str:
+        return self.header["arch"]
+
+    def syscall_names(self, ids: np.ndarray) -> np.ndarray:
+        """Names by the table the trace carries, so a trace reads alike on any host."""
+        lookup = np.array([f"sys_{n}" for n in range(65536)], dtype=object)
+        for nr, name in self.header.get("syscall_table", {}).items():
+            lookup[int(nr) & 0xFFFF] = name
+        return lookup[np.asarray(ids, dtype=np.int64) & 0xFFFF]
+
+
+def read_trace(path: str | os.PathLike) -> Trace:
+    """Read a whole trace. Damage after a valid header warns and keeps what came before."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TraceFileError(f"{path}: cannot read: {exc.strerror}") from exc
+    if len(data) < _HEAD.size or data[:8] != MAGIC:
+        raise TraceFileError(f"{path}: not a sysdream trace file (bad magic); "
+                             "record one with `sysdream record`")
+    _, version, _, hlen = _HEAD.unpack_from(data)
+    if version > VERSION:
+        raise TraceFileError(f"{path}: trace format {version} is newer than this sysdream "
+                             f"reads ({VERSION}); upgrade sysdream")
+    if hlen > MAX_HEADER or _HEAD.size + hlen > len(data):
+        raise TraceFileError(f"{path}: header truncated or damaged; the file cannot be used")
+    try:
+        header = json.loads(data[_HEAD.size:_HEAD.size + hlen])
+        chunk = check_chunk(int(header["chunk"]))
+        syscalls.normalise_arch(header["arch"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise TraceFileError(f"{path}: header is not valid ({exc}); the file cannot be used") \
+            from None
+    dtype = record_dtype(chunk)
+    blocks: list[np.ndarray] = []
+    counters: dict = {}
+    damaged = None
+    pos = _HEAD.size + hlen
+    while pos < len(data):
+        if pos + _BLOCK.size > len(data):
+            damaged = f"truncated block header at byte {pos}"
+            break
+        magic, kind, length, crc = _BLOCK.unpack_from(data, pos)
+        start = pos + _BLOCK.size
+        if magic != BLOCK_MAGIC or length > MAX_BLOCK:
+            damaged = f"damaged block header at byte {pos}"
+            break
+        if start + length > len(data):
+            damaged = f"truncated block at byte {pos} ({len(data) - start} of {length} bytes)"
+            break
+        payload = data[start:start + length]
+        if zlib.crc32(payload) != crc:
+            damaged = f"checksum mismatch in block at byte {pos}"
+            break
+        if kind == KIND_RECORDS:
+            if length % dtype.itemsize:
+                damaged = f"records block at byte {pos} is not a whole number of records"
+                break
+            blocks.append(np.frombuffer(payload, dtype=dtype))
+        elif kind == KIND_COUNTERS:
+            try:
+                counters = json.loads(payload)
+            except ValueError:
+                damaged = f"counters block at byte {pos} is not JSON"
+                break
+        pos = start + length
+    if damaged:
+        warnings.warn(f"{path}: {damaged}; kept the records before it", TraceDamageWarning,
+                      stacklevel=2)
+    records = np.concatenate(blocks) if blocks else np.empty(0, dtype)
+    return Trace(header, records, counters, damaged)
+
+
+class TraceReplay:
+    """A recorded trace behind the live capture's reader interface (wait/read/counters)."""
+
+    def __init__(self, path: str | os.PathLike, batch: int = 4096):
+        self.trace = read_trace(path)
+        self.dtype = self.trace.records.dtype
+        self.batch = batch
+        self._pos = 0
+
+    def wait(self, timeout: float = 0.0) -> None:
+        """Replay never waits: records are there already."""
+
+    def read(self, limit: int | None = None) -> np.ndarray:
+        n = self.batch if limit is None else min(limit, self.batch)
+        out = self.trace.records[self._pos:self._pos + n]
+        self._pos += out.size
+        return out
+
+    @property
+    def exhausted(self) -> bool:
+        return self._pos >= self.trace.records.size
+
+    def counters(self) -> dict:
+        return dict(self.trace.counters)
+
+    def close(self) -> None:
+        self._pos = self.trace.records.size

@@ -1,0 +1,168 @@
+"""Trace files: round trip, append safety, and every kind of bad file."""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sysdream.probes.errors import TraceFileError
+from sysdream.probes.layout import record_dtype
+from sysdream.probes.tracefile import (
+    TraceDamageWarning,
+    TraceReplay,
+    TraceWriter,
+    host_header,
+    read_trace,
+)
+
+SYSDREAM = str(Path(sys.executable).parent / "sysdream")
+
+
+def make_records(n: int, chunk: int = 64, tid: int = 42) -> np.ndarray:
+    recs = np.zeros(n, record_dtype(chunk))
+    recs["tid"] = recs["tgid"] = tid
+    recs["seq"] = np.arange(n)
+    recs["count"] = chunk
+    recs["ids"] = np.arange(n * chunk).reshape(n, chunk) % 300
+    recs["comm"] = b"worker"
+    return recs
+
+
+def write(path: Path, blocks: list[np.ndarray], chunk: int = 64) -> None:
+    with TraceWriter(path, host_header(chunk)) as w:
+        for b in blocks:
+            w.write_records(b)
+            w.write_counters({"traced": int(b["count"].sum())})
+
+
+def test_round_trip_keeps_records_header_and_counters(tmp_path):
+    path = tmp_path / "t.sdtrace"
+    blocks = [make_records(10), make_records(5)]
+    write(path, blocks)
+    trace = read_trace(path)
+    assert trace.damaged is None
+    assert np.array_equal(trace.records, np.concatenate(blocks))
+    assert trace.header["chunk"] == 64 and trace.header["kernel_release"] == os.uname().release
+    assert trace.counters == {"traced": 5 * 64}
+    assert trace.syscall_names(np.array([59]))[0] in ("execve", "sys_59")
+
+
+def test_truncated_file_reads_up_to_the_damage_with_a_warning(tmp_path):
+    path = tmp_path / "t.sdtrace"
+    write(path, [make_records(10), make_records(7)])
+    data = path.read_bytes()
+    path.write_bytes(data[:-5])  # cut into the last (counters) block
+    with pytest.warns(TraceDamageWarning, match="truncated"):
+        trace = read_trace(path)
+    assert trace.records.size == 17
+    path.write_bytes(data[:-(31 + 500)])  # cut into the second records block
+    with pytest.warns(TraceDamageWarning):
+        trace = read_trace(path)
+    assert trace.records.size == 10
+
+
+def test_corrupted_block_is_caught_by_its_checksum(tmp_path):
+    path = tmp_path / "t.sdtrace"
+    write(path, [make_records(3), make_records(3)])
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF  # inside the final counters block
+    path.write_bytes(bytes(data))
+    with pytest.warns(TraceDamageWarning, match="checksum"):
+        trace = read_trace(path)
+    assert trace.records.size == 6 and trace.counters == {"traced": 3 * 64}
+    data[-5] ^= 0xFF
+    first_payload = data.find(b"SDBK") + 16
+    data[first_payload + 30] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.warns(TraceDamageWarning, match="checksum"):
+        assert read_trace(path).records.size == 0
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: b"NOTATRACE" + d[9:], "not a sysdream trace file"),
+    (lambda d: d[:8] + struct.pack("<H", 99) + d[10:], "newer than this sysdream"),
+    (lambda d: d[:20], "header truncated"),
+    (lambda d: d[:16] + b"x" + d[17:], "header is not valid"),
+    (lambda d: b"", "not a sysdream trace file"),
+])
+def test_bad_files_are_refused_with_a_clear_error(tmp_path, mutate, message):
+    path = tmp_path / "t.sdtrace"
+    write(path, [make_records(2)])
+    path.write_bytes(mutate(path.read_bytes()))
+    with pytest.raises(TraceFileError, match=message):
+        read_trace(path)
+
+
+def test_cli_reports_bad_trace_in_one_line_with_its_exit_code(tmp_path):
+    path = tmp_path / "t.sdtrace"
+    path.write_bytes(b"\x00garbage" * 10)
+    r = subprocess.run([SYSDREAM, "top", "--replay", str(path)], capture_output=True, text=True)
+    assert r.returncode == 10
+    assert r.stderr.strip().splitlines() == [
+        f"sysdream: error: {path}: not a sysdream trace file (bad magic); "
+        "record one with `sysdream record`"]
+
+
+def test_replay_serves_the_reader_interface_in_batches(tmp_path):
+    path = tmp_path / "t.sdtrace"
+    recs = make_records(10)
+    write(path, [recs])
+    replay = TraceReplay(path, batch=4)
+    got = []
+    while not replay.exhausted:
+        replay.wait(0.01)
+        got.append(replay.read())
+    assert [g.size for g in got] == [4, 4, 2]
+    assert np.array_equal(np.concatenate(got), recs)
+    assert replay.counters() == {"traced": 640}
+
+
+def test_record_cli_captures_a_child(ebpf_ready, tmp_path):
+    out = tmp_path / "rec.sdtrace"
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import os, time\nfor _ in range(40):\n"
+                              " [os.getppid() for _ in range(100)]; time.sleep(0.05)"])
+    r = subprocess.run([SYSDREAM, "record", "--seconds", "1.5", "--pid", str(child.pid),
+                        "-o", str(out)], capture_output=True, text=True)
+    child.kill()
+    assert r.returncode == 0, r.stderr
+    trace = read_trace(out)
+    assert set(np.unique(trace.records["tgid"])) == {child.pid}
+    assert trace.counters["emitted_syscalls"] == int(trace.records["count"].sum()) > 0
+    assert "recorded" in r.stderr and "lost 0" in r.stderr
+
+
+def test_sigkill_during_record_loses_at_most_the_last_block(ebpf_ready, tmp_path):
+    out = tmp_path / "killed.sdtrace"
+    rec = subprocess.Popen([SYSDREAM, "record", "--seconds", "60", "-o", str(out)],
+                           stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    # Wait until at least two blocks (about two seconds of capture) are on disk.
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        if out.exists() and out.read_bytes().count(b"SDBK") >= 4:
+            break
+    rec.send_signal(signal.SIGKILL)
+    rec.wait()
+    blocks_on_disk = out.read_bytes().count(b"SDBK")
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        trace = read_trace(out)
+    assert trace.records.size > 0
+    assert trace.counters  # the last complete counters block survived
+    # Counters are read after each records block is written, so they cover it.
+    assert trace.records.size <= trace.counters["emitted_records"]
+    # Whatever damage there is lies in the final block, the one being written.
+    if trace.damaged:
+        damaged_at = int(trace.damaged.rsplit("byte ", 1)[1].split()[0].rstrip(")"))
+        assert out.read_bytes().find(b"SDBK", damaged_at + 1) == -1
+    assert blocks_on_disk >= 4
