@@ -1,5 +1,10 @@
 // sysdream capture: per-thread chunks of syscall ids, one ring-buffer record per chunk.
 //
+// A thread's open chunk lives in a per-CPU slot while the thread runs there, and is
+// sent when the thread leaves the CPU. The per-syscall path then touches only per-CPU
+// arrays (inlined lookups); per-thread task storage (filter verdict, sequence number)
+// is consulted once per switch-in and once per record, not once per syscall.
+//
 // Compiled by bcc with these -D settings from probes/capture.py:
 //   CHUNK_W       syscall ids per record (power of two, default 64)
 //   AGE_NS        a chunk older than this is flushed (default 1 s)
@@ -29,12 +34,13 @@
 #define REC_EXIT  0x04  // the thread exited: nothing follows
 #define REC_AGE   0x08  // the oldest syscall in the chunk reached AGE_NS
 #define REC_SLEEP 0x10  // the thread went to sleep with a partial chunk
+#define REC_SWITCH 0x20 // the thread was preempted or migrated with a partial chunk
 
 // The record layout. probes/layout.py mirrors it as a numpy dtype; a test
 // checks size and offsets against this compiled program.
 struct chunk_rec {
-    u64 first_ns;       // CLOCK_MONOTONIC of the first syscall in the chunk
-    u64 last_ns;        // ... and of the last
+    u64 first_ns;       // CLOCK_MONOTONIC ns of the first syscall in the chunk
+    u64 last_ns;        // ... and when the record was sent (at or after the last one)
     u64 cgroup_id;
     u32 tgid;
     u32 tid;
@@ -73,15 +79,23 @@ struct comm_key {
     char comm[16];
 };
 
+// Per thread, across CPUs: the filter verdict and the next record sequence number.
 struct thread_state {
-    struct chunk_rec rec;
     u32 next_seq;
-    u32 generation;         // filter generation the verdict below was taken under
+    u32 generation;         // filter generation the verdict was taken under
+    u8 traced;
+};
+
+// Per CPU: the open chunk of the thread running there.
+struct cpu_slot {
+    struct chunk_rec rec;
+    u32 owner;              // tid whose chunk this is; 0 when the slot is free
     u8 traced;
 };
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_TASK_STORAGE(threads, struct thread_state);
+BPF_PERCPU_ARRAY(slots, struct cpu_slot, 1);
 BPF_PERCPU_ARRAY(counts, struct counters, 1);
 BPF_ARRAY(config, struct filter_cfg, 1);
 BPF_HASH(include_pids, u32, u8, 1024);
@@ -93,27 +107,35 @@ BPF_HASH(exclude_cgroups, u64, u8, 1024);
 // Never written: lets user space read the compiled layout of chunk_rec.
 BPF_ARRAY(layout, struct chunk_rec, 1);
 
-static __always_inline void flush(struct thread_state *st, u16 why, struct counters *c)
+// Send the slot's chunk, even an empty one (an exec marker). Callers run in the
+// context of the slot's owner, so the current task's storage holds its sequence number.
+static __always_inline void send(struct cpu_slot *slot, u16 why, struct counters *c)
 {
-    u16 n = st->rec.count;
-    if (n == 0)
-        return;
-    st->rec.flags |= why;
-    st->rec.seq = st->next_seq++;
+    u16 n = slot->rec.count;
+    struct thread_state *st = threads.task_storage_get(bpf_get_current_task_btf(), 0, 0);
+    slot->rec.seq = st ? st->next_seq++ : 0xffffffff;
+    slot->rec.flags |= why;
+    slot->rec.last_ns = bpf_ktime_get_ns();
     u64 wake = BPF_RB_NO_WAKEUP;
     if (++c->unwoken >= WAKE_EVERY) {
         c->unwoken = 0;
         wake = BPF_RB_FORCE_WAKEUP;
     }
-    if (events.ringbuf_output(&st->rec, sizeof(st->rec), wake) == 0) {
+    if (events.ringbuf_output(&slot->rec, sizeof(slot->rec), wake) == 0) {
         c->emitted_records++;
         c->emitted_syscalls += n;
     } else {
         c->lost_records++;
         c->lost_syscalls += n;
     }
-    st->rec.count = 0;
-    st->rec.flags = 0;
+    slot->rec.count = 0;
+    slot->rec.flags = 0;
+}
+
+static __always_inline void flush(struct cpu_slot *slot, u16 why, struct counters *c)
+{
+    if (slot->rec.count)
+        send(slot, why, c);
 }
 
 static __always_inline u8 decide(struct filter_cfg *cfg, u32 tgid)
@@ -136,100 +158,130 @@ static __always_inline u8 decide(struct filter_cfg *cfg, u32 tgid)
     return 1;
 }
 
-RAW_TRACEPOINT_PROBE(sys_enter)
+// First syscall of a thread since it came onto this CPU: take the slot.
+static __always_inline int claim(struct cpu_slot *slot, struct counters *c, u64 pid_tgid)
 {
     u32 zero = 0;
-    struct counters *c = counts.lookup(&zero);
     struct filter_cfg *cfg = config.lookup(&zero);
-    if (!c || !cfg)
-        return 0;
-    c->seen++;
-
-    struct task_struct *task = bpf_get_current_task_btf();
-    struct thread_state *st = threads.task_storage_get(task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (!cfg)
+        return -1;
+    struct thread_state *st = threads.task_storage_get(bpf_get_current_task_btf(), 0,
+                                                       BPF_LOCAL_STORAGE_GET_F_CREATE);
     if (!st) {
         c->lost_nostorage++;
-        return 0;
+        return -1;
     }
-    u64 pid_tgid = bpf_get_current_pid_tgid();
     if (st->generation != cfg->generation) {
         st->traced = decide(cfg, pid_tgid >> 32);
         st->generation = cfg->generation;
     }
-    if (!st->traced) {
+    slot->owner = (u32)pid_tgid;
+    slot->traced = st->traced;
+    slot->rec.count = 0;
+    slot->rec.flags = 0;
+    return 0;
+}
+
+RAW_TRACEPOINT_PROBE(sys_enter)
+{
+    u32 zero = 0;
+    struct counters *c = counts.lookup(&zero);
+    struct cpu_slot *slot = slots.lookup(&zero);
+    if (!c || !slot)
+        return 0;
+    c->seen++;
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    if (slot->owner != (u32)pid_tgid && claim(slot, c, pid_tgid))
+        return 0;
+    if (!slot->traced) {
         c->filtered++;
         return 0;
     }
     c->traced++;
 
-    u64 now = bpf_ktime_get_ns();
-    if (st->rec.count && now - st->rec.first_ns >= AGE_NS)
-        flush(st, REC_AGE, c);
-    if (st->rec.count == 0) {
-        st->rec.first_ns = now;
-        st->rec.tgid = pid_tgid >> 32;
-        st->rec.tid = (u32)pid_tgid;
-        st->rec.cgroup_id = bpf_get_current_cgroup_id();
-        bpf_get_current_comm(&st->rec.comm, sizeof(st->rec.comm));
+    // Reading the clock costs more than the rest of this path, so the age of a chunk
+    // is checked on every 8th syscall only; a thread that sleeps or is switched out
+    // sends its chunk anyway.
+    u16 i = slot->rec.count;
+    if (i && (i & 7) == 0 && bpf_ktime_get_ns() - slot->rec.first_ns >= AGE_NS) {
+        flush(slot, REC_AGE, c);
+        i = 0;
     }
-    u16 i = st->rec.count;
+    if (i == 0) {
+        slot->rec.first_ns = bpf_ktime_get_ns();
+        slot->rec.tgid = pid_tgid >> 32;
+        slot->rec.tid = (u32)pid_tgid;
+        slot->rec.cgroup_id = bpf_get_current_cgroup_id();
+        bpf_get_current_comm(&slot->rec.comm, sizeof(slot->rec.comm));
+    }
     if (i < CHUNK_W)
-        st->rec.ids[i] = (u16)ctx->args[1];
-    st->rec.count = i + 1;
-    st->rec.last_ns = now;
-    if (st->rec.count >= CHUNK_W)
-        flush(st, REC_FULL, c);
+        slot->rec.ids[i] = (u16)ctx->args[1];
+    slot->rec.count = i + 1;
+    if (i + 1 >= CHUNK_W)
+        flush(slot, REC_FULL, c);
     return 0;
 }
 
-// A thread about to sleep sends what it has, so a thread that blocks forever
-// is still seen; a preempted thread keeps its chunk unless it is old.
+// The running thread leaves the CPU: send its chunk and free the slot. A thread that
+// blocks forever is thereby delivered at once.
 RAW_TRACEPOINT_PROBE(sched_switch)
 {
     // TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct *next,
     //          unsigned int prev_state); prev is still current here.
-    bool preempt = (bool)ctx->args[0];
-    unsigned int prev_state = (unsigned int)ctx->args[3];
-    struct task_struct *task = bpf_get_current_task_btf();
-    struct thread_state *st = threads.task_storage_get(task, 0, 0);
-    if (!st || st->rec.count == 0)
-        return 0;
     u32 zero = 0;
-    struct counters *c = counts.lookup(&zero);
-    if (!c)
+    struct cpu_slot *slot = slots.lookup(&zero);
+    if (!slot || !slot->owner)
         return 0;
-    if (!preempt && prev_state != 0)
-        flush(st, REC_SLEEP, c);
-    else if (bpf_ktime_get_ns() - st->rec.first_ns >= AGE_NS)
-        flush(st, REC_AGE, c);
+    if (slot->rec.count) {
+        struct counters *c = counts.lookup(&zero);
+        if (!c)
+            return 0;
+        bool preempt = (bool)ctx->args[0];
+        unsigned int prev_state = (unsigned int)ctx->args[3];
+        flush(slot, (!preempt && prev_state != 0) ? REC_SLEEP : REC_SWITCH, c);
+    }
+    slot->owner = 0;
     return 0;
 }
 
 RAW_TRACEPOINT_PROBE(sched_process_exec)
 {
-    struct task_struct *task = bpf_get_current_task_btf();
-    struct thread_state *st = threads.task_storage_get(task, 0, 0);
-    if (!st)
-        return 0;
     u32 zero = 0;
+    struct cpu_slot *slot = slots.lookup(&zero);
     struct counters *c = counts.lookup(&zero);
-    if (!c)
+    struct thread_state *st = threads.task_storage_get(bpf_get_current_task_btf(), 0, 0);
+    if (!slot || !c || !st)
         return 0;
-    flush(st, REC_EXEC, c);
-    st->generation = 0;  // comm changed: take the filter verdict again
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u8 mine = slot->owner == (u32)pid_tgid;
+    if (mine ? slot->traced : st->traced) {
+        if (!mine || slot->rec.count == 0) {
+            // The chunk holding execve already left (the thread slept inside execve):
+            // send an empty record so that the boundary is still marked.
+            slot->rec.count = 0;
+            slot->rec.first_ns = bpf_ktime_get_ns();
+            slot->rec.tgid = pid_tgid >> 32;
+            slot->rec.tid = (u32)pid_tgid;
+            slot->rec.cgroup_id = bpf_get_current_cgroup_id();
+            bpf_get_current_comm(&slot->rec.comm, sizeof(slot->rec.comm));
+        }
+        send(slot, REC_EXEC, c);
+    }
+    slot->owner = 0;      // comm changed: the next syscall takes the filter verdict again
+    st->generation = 0;
     return 0;
 }
 
 RAW_TRACEPOINT_PROBE(sched_process_exit)
 {
-    struct task_struct *task = bpf_get_current_task_btf();
-    struct thread_state *st = threads.task_storage_get(task, 0, 0);
-    if (!st)
-        return 0;
     u32 zero = 0;
+    struct cpu_slot *slot = slots.lookup(&zero);
     struct counters *c = counts.lookup(&zero);
-    if (c)
-        flush(st, REC_EXIT, c);
-    threads.task_storage_delete(task);
+    if (!slot || !c)
+        return 0;
+    if (slot->owner == (u32)bpf_get_current_pid_tgid())
+        flush(slot, REC_EXIT, c);
+    slot->owner = 0;
+    threads.task_storage_delete(bpf_get_current_task_btf());
     return 0;
 }

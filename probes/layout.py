@@ -15,6 +15,7 @@ REC_EXEC = 0x02
 REC_EXIT = 0x04
 REC_AGE = 0x08
 REC_SLEEP = 0x10
+REC_SWITCH = 0x20
 
 COUNTER_FIELDS = ("seen", "filtered", "traced", "emitted_records", "emitted_syscalls",
                   "lost_records", "lost_syscalls", "lost_nostorage", "unwoken")
