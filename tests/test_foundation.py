@@ -135,3 +135,12 @@ def test_venv_sees_only_bcc_from_system_packages():
     purelib = Path(sysconfig.get_paths()["purelib"])
     pth = (purelib / "system-bcc.pth").read_text().strip()
     assert [p.name for p in Path(pth).iterdir()] == ["bcc"]
+
+
+def test_run_says_what_runs_and_shows_live_capture(ebpf_ready):
+    r = run([str(VENV_BIN / "sysdream"), "run", "--iterations", "1"])
+    assert r.returncode == 0, r.stderr
+    assert "online detection is not built yet" in r.stderr
+    header, columns = r.stdout.splitlines()[:2]
+    assert header.startswith("syscalls/s: seen ") and "lost 0 (ring buffer full)" in header
+    assert columns.split() == ["PID", "COMM", "SYSCALLS/S"]
