@@ -132,6 +132,16 @@ static __always_inline void send(struct cpu_slot *slot, u16 why, struct counters
     slot->rec.flags = 0;
 }
 
+static __always_inline void start_chunk(struct cpu_slot *slot, u64 pid_tgid)
+{
+    slot->rec.count = 0;
+    slot->rec.first_ns = bpf_ktime_get_ns();
+    slot->rec.tgid = pid_tgid >> 32;
+    slot->rec.tid = (u32)pid_tgid;
+    slot->rec.cgroup_id = bpf_get_current_cgroup_id();
+    bpf_get_current_comm(&slot->rec.comm, sizeof(slot->rec.comm));
+}
+
 static __always_inline void flush(struct cpu_slot *slot, u16 why, struct counters *c)
 {
     if (slot->rec.count)
@@ -207,13 +217,8 @@ RAW_TRACEPOINT_PROBE(sys_enter)
         flush(slot, REC_AGE, c);
         i = 0;
     }
-    if (i == 0) {
-        slot->rec.first_ns = bpf_ktime_get_ns();
-        slot->rec.tgid = pid_tgid >> 32;
-        slot->rec.tid = (u32)pid_tgid;
-        slot->rec.cgroup_id = bpf_get_current_cgroup_id();
-        bpf_get_current_comm(&slot->rec.comm, sizeof(slot->rec.comm));
-    }
+    if (i == 0)
+        start_chunk(slot, pid_tgid);
     if (i < CHUNK_W)
         slot->rec.ids[i] = (u16)ctx->args[1];
     slot->rec.count = i + 1;
@@ -255,16 +260,10 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u8 mine = slot->owner == (u32)pid_tgid;
     if (mine ? slot->traced : st->traced) {
-        if (!mine || slot->rec.count == 0) {
-            // The chunk holding execve already left (the thread slept inside execve):
-            // send an empty record so that the boundary is still marked.
-            slot->rec.count = 0;
-            slot->rec.first_ns = bpf_ktime_get_ns();
-            slot->rec.tgid = pid_tgid >> 32;
-            slot->rec.tid = (u32)pid_tgid;
-            slot->rec.cgroup_id = bpf_get_current_cgroup_id();
-            bpf_get_current_comm(&slot->rec.comm, sizeof(slot->rec.comm));
-        }
+        // The chunk holding execve already left (the thread slept inside execve):
+        // send an empty record so that the boundary is still marked.
+        if (!mine || slot->rec.count == 0)
+            start_chunk(slot, pid_tgid);
         send(slot, REC_EXEC, c);
     }
     slot->owner = 0;      // comm changed: the next syscall takes the filter verdict again
