@@ -1,7 +1,7 @@
 """Capture overhead: a tight getppid loop untraced, under the tracing floor (a count-only
 program on the same raw sys_enter hook) and under sysdream's capture, in one run.
 
-    .venv/bin/python bench/capture.py [--calls 5000000] [--reps 3]
+    .venv/bin/python bench/capture.py [--calls 5000000] [--reps 7]
 
 Prints syscalls/s for each, the added ns per syscall over untraced, the ratio of
 sysdream's added cost to the floor's, lost counts, and the wall-time overhead of
@@ -32,15 +32,25 @@ def build_loop(tmp: Path) -> Path:
     return exe
 
 
-def loop_rate(exe: Path, calls: int, reps: int) -> tuple[float, float]:
-    """Best of `reps`: (total syscalls/s over all CPUs, ns per syscall per CPU)."""
-    best = float("inf")
-    for _ in range(reps):
-        procs = [subprocess.Popen([str(exe), str(calls)], stdout=subprocess.PIPE, text=True)
-                 for _ in range(CPUS)]
-        ns = max(int(p.communicate()[0]) for p in procs)
-        best = min(best, ns)
-    return CPUS * calls / (best / 1e9), best / calls
+def loop_ns(exe: Path, calls: int) -> float:
+    """One round: a loop per CPU at once; ns per syscall of the slowest."""
+    procs = [subprocess.Popen([str(exe), str(calls)], stdout=subprocess.PIPE, text=True)
+             for _ in range(CPUS)]
+    return max(int(p.communicate()[0]) for p in procs) / calls
+
+
+class Hook:
+    """Attach or detach a loaded program's raw sys_enter handler between rounds, so
+    the configurations can be interleaved without recompiling."""
+
+    def __init__(self, bpf):
+        self.bpf = bpf
+
+    def on(self) -> None:
+        self.bpf.attach_raw_tracepoint(tp=b"sys_enter", fn_name=b"raw_tracepoint__sys_enter")
+
+    def off(self) -> None:
+        self.bpf.detach_raw_tracepoint(tp=b"sys_enter")
 
 
 class Drain(threading.Thread):
@@ -72,34 +82,44 @@ def mixed_workload(tmp: Path) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=5_000_000, help="getppid calls per CPU")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=7)
     args = ap.parse_args()
     from bcc import BPF
 
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         exe = build_loop(tmp)
-        base_rate, base_ns = loop_rate(exe, args.calls, args.reps)
         base_wall = statistics.median(mixed_workload(tmp) for _ in range(args.reps))
 
         floor = BPF(src_file=str(Path(__file__).resolve().parents[1] / "probes/count.bpf.c"))
-        floor_rate, floor_ns = loop_rate(exe, args.calls, args.reps)
-        floor.cleanup()
-
+        floor_hook = Hook(floor)
+        floor_hook.off()
         # Every feature on: filters loaded (excluding things that are not the loop),
-        # exec/exit/sleep/age flushes and counters are always on.
+        # exec/exit/switch/age flushes and counters are always on.
         settings = CaptureSettings(exclude_comms=("nosuchcomm",), exclude_pids=(999999,),
                                    exclude_cgroups=(2**63 + 12345,))
         cap = Capture(settings)
+        cap_hook = Hook(cap.bpf)
+        cap_hook.off()
         drain = Drain(cap)
         drain.start()
-        cap_rate, cap_ns = loop_rate(exe, args.calls, args.reps)
-        drain.stop.set()
-        drain.join()
+
+        # Interleaved rounds: the VM's speed drifts, and drift must hit all three alike.
+        rounds: dict[str, list[float]] = {"untraced": [], "floor": [], "capture": []}
+        for _ in range(args.reps):
+            rounds["untraced"].append(loop_ns(exe, args.calls))
+            floor_hook.on()
+            rounds["floor"].append(loop_ns(exe, args.calls))
+            floor_hook.off()
+            cap_hook.on()
+            rounds["capture"].append(loop_ns(exe, args.calls))
+            cap_hook.off()
+        floor.cleanup()
+        base_ns, floor_ns, cap_ns = (min(rounds[k]) for k in ("untraced", "floor", "capture"))
+        base_rate, floor_rate, cap_rate = (CPUS * 1e9 / ns for ns in (base_ns, floor_ns, cap_ns))
         counters = cap.counters()
 
-        drain = Drain(cap)
-        drain.start()
+        cap_hook.on()
         cap_wall = statistics.median(mixed_workload(tmp) for _ in range(args.reps))
         drain.stop.set()
         drain.join()
@@ -108,7 +128,8 @@ def main() -> int:
 
     floor_added = floor_ns - base_ns
     cap_added = cap_ns - base_ns
-    print(f"getppid loop on {CPUS} CPUs, {args.calls:,} calls per CPU, best of {args.reps}")
+    print(f"getppid loop on {CPUS} CPUs, {args.calls:,} calls per CPU, "
+          f"best of {args.reps} interleaved rounds")
     print(f"{'':22}{'syscalls/s':>14}{'ns/syscall':>12}{'added ns':>10}")
     print(f"{'untraced':22}{base_rate:>14,.0f}{base_ns:>12.1f}{0:>10.1f}")
     print(f"{'floor (count only)':22}{floor_rate:>14,.0f}{floor_ns:>12.1f}{floor_added:>10.1f}")

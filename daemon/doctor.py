@@ -12,7 +12,7 @@ from pathlib import Path
 from sysdream.probes import errors, preflight
 from sysdream.probes.preflight import Check
 
-from .exitcodes import Exit, exit_code_for, exit_code_for_class
+from .exitcodes import Exit, exit_code_for_class
 
 JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
 
@@ -79,5 +79,3 @@ def run(out=sys.stdout) -> int:
     print(f"capture can work here (uid {os.geteuid()})", file=out)
     return int(Exit.OK)
 
-
-__all__ = ["run", "exit_code_for"]

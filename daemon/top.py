@@ -24,8 +24,8 @@ def run(source, interval: float = 1.0, rows: int = 15, iterations: int | None = 
     """Show `source` (a live Capture or a TraceReplay) every `interval` seconds."""
     tty = out.isatty()
     replay = hasattr(source, "exhausted")
-    with_counters = source.counters()
-    prev = dict.fromkeys(with_counters, 0) if replay else with_counters
+    first = source.counters()
+    prev = dict.fromkeys(first, 0) if replay else first
     done = 0
     while iterations is None or done < iterations:
         start = time.monotonic()

@@ -51,9 +51,10 @@ struct chunk_rec {
     u16 ids[CHUNK_W];   // syscall numbers, in order
 };
 
-// Counters, per CPU, summed exactly by user space.
+// Counters, per CPU (kept in the CPU's slot, so one lookup serves both), summed
+// exactly by user space. Every sys_enter lands in exactly one of filtered, traced and
+// lost_nostorage, so user space derives "seen" from those three.
 struct counters {
-    u64 seen;               // every sys_enter on the host
     u64 filtered;           // syscalls of threads the filters exclude (the daemon, ...)
     u64 traced;             // syscalls of traced threads: emitted + lost + still in chunks
     u64 emitted_records;
@@ -91,12 +92,12 @@ struct cpu_slot {
     struct chunk_rec rec;
     u32 owner;              // tid whose chunk this is; 0 when the slot is free
     u8 traced;
+    struct counters c;
 };
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_TASK_STORAGE(threads, struct thread_state);
 BPF_PERCPU_ARRAY(slots, struct cpu_slot, 1);
-BPF_PERCPU_ARRAY(counts, struct counters, 1);
 BPF_ARRAY(config, struct filter_cfg, 1);
 BPF_HASH(include_pids, u32, u8, 1024);
 BPF_HASH(exclude_pids, u32, u8, 1024);
@@ -195,11 +196,10 @@ static __always_inline int claim(struct cpu_slot *slot, struct counters *c, u64 
 RAW_TRACEPOINT_PROBE(sys_enter)
 {
     u32 zero = 0;
-    struct counters *c = counts.lookup(&zero);
     struct cpu_slot *slot = slots.lookup(&zero);
-    if (!c || !slot)
+    if (!slot)
         return 0;
-    c->seen++;
+    struct counters *c = &slot->c;
     u64 pid_tgid = bpf_get_current_pid_tgid();
     if (slot->owner != (u32)pid_tgid && claim(slot, c, pid_tgid))
         return 0;
@@ -238,12 +238,9 @@ RAW_TRACEPOINT_PROBE(sched_switch)
     if (!slot || !slot->owner)
         return 0;
     if (slot->rec.count) {
-        struct counters *c = counts.lookup(&zero);
-        if (!c)
-            return 0;
         bool preempt = (bool)ctx->args[0];
         unsigned int prev_state = (unsigned int)ctx->args[3];
-        flush(slot, (!preempt && prev_state != 0) ? REC_SLEEP : REC_SWITCH, c);
+        flush(slot, (!preempt && prev_state != 0) ? REC_SLEEP : REC_SWITCH, &slot->c);
     }
     slot->owner = 0;
     return 0;
@@ -253,9 +250,8 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
 {
     u32 zero = 0;
     struct cpu_slot *slot = slots.lookup(&zero);
-    struct counters *c = counts.lookup(&zero);
     struct thread_state *st = threads.task_storage_get(bpf_get_current_task_btf(), 0, 0);
-    if (!slot || !c || !st)
+    if (!slot || !st)
         return 0;
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u8 mine = slot->owner == (u32)pid_tgid;
@@ -264,7 +260,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
         // send an empty record so that the boundary is still marked.
         if (!mine || slot->rec.count == 0)
             start_chunk(slot, pid_tgid);
-        send(slot, REC_EXEC, c);
+        send(slot, REC_EXEC, &slot->c);
     }
     slot->owner = 0;      // comm changed: the next syscall takes the filter verdict again
     st->generation = 0;
@@ -275,11 +271,10 @@ RAW_TRACEPOINT_PROBE(sched_process_exit)
 {
     u32 zero = 0;
     struct cpu_slot *slot = slots.lookup(&zero);
-    struct counters *c = counts.lookup(&zero);
-    if (!slot || !c)
+    if (!slot)
         return 0;
     if (slot->owner == (u32)bpf_get_current_pid_tgid())
-        flush(slot, REC_EXIT, c);
+        flush(slot, REC_EXIT, &slot->c);
     slot->owner = 0;
     threads.task_storage_delete(bpf_get_current_task_btf());
     return 0;

@@ -75,8 +75,11 @@ class Capture:
             with contextlib.redirect_stderr(log):
                 self.bpf = BPF(text=bpf_source(), cflags=cflags)
         except Exception as exc:
+            # The verifier's or compiler's last words say why; keep the line short.
+            why = [ln for ln in log.getvalue().splitlines() if ln and not ln.startswith(";")]
+            detail = f" ({why[-2][:160]})" if len(why) >= 2 else ""
             raise errors.ProgramLoadError(
-                f"the capture program failed to load: {exc}; "
+                f"the capture program failed to load: {exc}{detail}; "
                 "run `sysdream doctor` for the failing prerequisite") from exc
         self.dtype = record_dtype(s.chunk)
         self._generation = 0
@@ -124,11 +127,13 @@ class Capture:
     def counters(self) -> dict[str, int]:
         """Kernel counters summed over CPUs."""
         totals = dict.fromkeys(COUNTER_FIELDS, 0)
-        for per_cpu in self.bpf[b"counts"][0]:
+        for per_cpu in self.bpf[b"slots"][0]:
             for name in COUNTER_FIELDS:
-                totals[name] += getattr(per_cpu, name)
+                totals[name] += getattr(per_cpu.c, name)
         del totals["unwoken"]
-        return totals
+        # Each sys_enter is counted once, in exactly one of these.
+        seen = totals["filtered"] + totals["traced"] + totals["lost_nostorage"]
+        return {"seen": seen, **totals}
 
     def close(self) -> None:
         reader = getattr(self, "reader", None)

@@ -17,7 +17,7 @@ REC_AGE = 0x08
 REC_SLEEP = 0x10
 REC_SWITCH = 0x20
 
-COUNTER_FIELDS = ("seen", "filtered", "traced", "emitted_records", "emitted_syscalls",
+COUNTER_FIELDS = ("filtered", "traced", "emitted_records", "emitted_syscalls",
                   "lost_records", "lost_syscalls", "lost_nostorage", "unwoken")
 
 
