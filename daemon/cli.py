@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 
+from sysdream.model.bundle import BundleError
 from sysdream.probes import errors
 
 from .exitcodes import Exit, exit_code_for
@@ -19,10 +20,23 @@ examples:
   sysdream record --seconds 60 -o base.sdtrace    capture every process for a minute
   sysdream record --seconds 10 --pid 1234 -o p.sdtrace    one process
   sysdream run                         the service's main job, in the foreground
+  sysdream train --input base.sdtrace -o model    learn normal behaviour from a recording
+  sysdream train --input adfa-ld -o adfa-model    ... or from a public dataset
+  sysdream eval --dataset adfa-ld      every method against the baselines, as a table
+  sysdream eval --dataset unm:synthetic-sendmail --arch dream,em
 
 exit codes: 0 ok, 2 usage, 3 no privileges, 4 no bpf(), 5 tracepoint missing,
 6 kernel headers missing, 7 bcc missing, 8 no ring buffer, 9 BPF program failed
-to load, 10 bad trace file, 1 internal error (a bug).
+to load, 10 bad trace file, 11 bad model bundle, 1 internal error (a bug).
+"""
+
+
+INPUTS_HELP = """\
+inputs: a trace file from `sysdream record`, a dataset file or folder, or a dataset name:
+  adfa-ld[:ROOT]      ADFA-LD's training split
+  unm:PROGRAM         a UNM program's normal traces, e.g. unm:synthetic-sendmail
+  adfa:PATH unm:PATH lidds:PATH trace:PATH   read PATH (file or folder) as that kind
+  PATH                *.sdtrace, *.sc (LID-DS) or *.txt (ADFA-LD) by name
 """
 
 
@@ -77,6 +91,35 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--seconds", type=float, required=True, help="how long to record")
     rec.add_argument("-o", "--output", required=True, help="trace file to write")
 
+    from .learn import add_model_arguments
+
+    tr = sub.add_parser("train", help="train, calibrate and save a model bundle",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description=INPUTS_HELP)
+    tr.add_argument("--input", nargs="+", required=True, metavar="INPUT",
+                    help="normal traces: trace files, dataset files or folders, adfa-ld, "
+                         "unm:PROGRAM")
+    tr.add_argument("--calibrate", nargs="+", metavar="INPUT", help="other normal traces for "
+                    "the bound (default: a seeded fifth of --input, by sequence)")
+    tr.add_argument("--labels", metavar="FILE", help="a file listing anomalous traces, one "
+                    "input per line: adds the supervised transfer classifier")
+    tr.add_argument("-o", "--output", required=True, help="bundle directory to write")
+    add_model_arguments(tr)
+
+    ev = sub.add_parser("eval", help="evaluate models and baselines on a labelled dataset")
+    ev.add_argument("--dataset", required=True,
+                    help="adfa-ld[:ROOT], unm:PROGRAM, or files (with --normal/--attack)")
+    ev.add_argument("--normal", nargs="+", default=[], metavar="INPUT")
+    ev.add_argument("--attack", nargs="+", default=[], metavar="INPUT")
+    ev.add_argument("--no-baselines", action="store_true", help="skip stide, n-gram, DeepLog")
+    ev.add_argument("--limit", type=int, default=0, help="at most N sequences per part "
+                    "(a quick look, not the protocol)")
+    ev.add_argument("--transfer-fraction", type=float, default=0.0,
+                    help="also evaluate the transfer step with this fraction of attacks labelled")
+    ev.add_argument("--json", default="eval-results.json", help="where to write the results")
+    ev.add_argument("--plot", default="eval-roc.png", help="ROC plot (PNG); '' for none")
+    add_model_arguments(ev)
+
     run = sub.add_parser("run", help="the service's main job, in the foreground")
     _add_filters(run)
     run.add_argument("--iterations", type=int, default=None, help="stop after N refreshes")
@@ -97,6 +140,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "record":
         from . import record
         return record.run(_settings(args), args.seconds, args.output)
+    if args.verb == "train":
+        from .learn import run_train
+        return run_train(args)
+    if args.verb == "eval":
+        from .learn import run_eval
+        return run_eval(args)
     if args.verb == "run":
         from . import top
         print("sysdream run: online detection is not built yet (issue #5); "
@@ -117,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"sysdream: error: {exc}", file=sys.stderr)
         return int(Exit.USAGE)
-    except (errors.CaptureError, errors.TraceFileError) as exc:
+    except (errors.CaptureError, errors.TraceFileError, BundleError) as exc:
         print(f"sysdream: error: {exc}", file=sys.stderr)
         return int(exit_code_for(exc))
 

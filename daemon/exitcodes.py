@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from sysdream.model.bundle import BundleError
 from sysdream.probes import errors
 
 
@@ -19,6 +20,7 @@ class Exit(IntEnum):
     RING_BUFFER_UNSUPPORTED = 8
     PROGRAM_LOAD = 9
     BAD_TRACE = 10
+    BAD_MODEL = 11         # model bundle missing, corrupt, tampered or incompatible
     INTERRUPTED = 130
 
 
@@ -31,6 +33,7 @@ _BY_ERROR: dict[type[Exception], Exit] = {
     errors.RingBufferUnsupportedError: Exit.RING_BUFFER_UNSUPPORTED,
     errors.ProgramLoadError: Exit.PROGRAM_LOAD,
     errors.TraceFileError: Exit.BAD_TRACE,
+    BundleError: Exit.BAD_MODEL,
 }
 
 

@@ -1,0 +1,201 @@
+"""`sysdream train` and `sysdream eval`: the model room driven from the command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from sysdream.model.config import NetworkConfig
+from sysdream.model.training import ProgressLine, TrainSettings
+from sysdream.probes import datasets
+
+from .inputs import datasets_root, read_input
+
+# The default model, chosen by `sysdream eval --dataset adfa-ld` (see README).
+DEFAULTS = {"arch": "dream", "task": "predict-next", "window": 32, "stride": 32,
+            "embed_dim": 32, "hidden": 32}
+
+
+def network_config(args) -> NetworkConfig:
+    return NetworkConfig(vocab_size=1, arch=args.arch, task=args.task, window=args.window,
+                         stride=args.stride or args.window, embed_dim=args.embed,
+                         hidden=args.hidden, layers=args.layers,
+                         freeze_embedding=args.freeze_embedding).validate()
+
+
+def train_settings(args) -> TrainSettings:
+    return TrainSettings(epochs=args.epochs, patience=args.patience, seed=args.seed,
+                         threads=args.threads, train_stride=args.train_stride)
+
+
+def add_model_arguments(p) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", default=DEFAULTS["arch"],
+                   help="dream (default), em, bem, fixed, syntax, semantic1, semantic2, "
+                        "tiered, tiered-attention")
+    g.add_argument("--task", default=DEFAULTS["task"], help="predict-next (default) or "
+                   "reconstruct (dream only)")
+    g.add_argument("--window", type=int, default=DEFAULTS["window"], help="syscalls per window")
+    g.add_argument("--stride", type=int, default=None, help="syscalls between windows "
+                   "when scoring (default: the window)")
+    g.add_argument("--embed", type=int, default=DEFAULTS["embed_dim"])
+    g.add_argument("--hidden", type=int, default=DEFAULTS["hidden"])
+    g.add_argument("--layers", type=int, default=2)
+    g.add_argument("--freeze-embedding", action="store_true",
+                   help="keep the word2vec vectors fixed instead of fine-tuning them")
+    g.add_argument("--epochs", type=int, default=TrainSettings.epochs)
+    g.add_argument("--patience", type=int, default=TrainSettings.patience)
+    g.add_argument("--train-stride", type=int, default=TrainSettings.train_stride)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    g.add_argument("--confidence", type=float, default=0.999,
+                   help="confidence of the Gaussian interval whose upper end is the bound")
+
+
+def _split(seqs: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Seeded split by sequence (file or pid): `fraction` of them in the second part."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(seqs))
+    cut = len(seqs) - max(1, int(round(len(seqs) * fraction)))
+    return [seqs[i] for i in sorted(order[:cut])], [seqs[i] for i in sorted(order[cut:])]
+
+
+def run_train(args) -> int:
+    from sysdream.model.detector import Detector
+
+    cfg = network_config(args)
+    settings = train_settings(args)
+    seqs = [s for spec in args.input for s in read_input(spec)]
+    if args.calibrate:
+        train_seqs = seqs
+        calib = [s for spec in args.calibrate for s in read_input(spec)]
+    else:
+        if len(seqs) < 2:
+            raise ValueError("one input sequence cannot be split for calibration; give more "
+                             "traces or --calibrate with other normal traces")
+        train_seqs, calib = _split(seqs, 0.2, args.seed)
+    names = [s.tokens for s in train_seqs]
+    print(f"sysdream train: {len(train_seqs)} sequences, {sum(map(len, names))} syscalls; "
+          f"calibrating on {len(calib)} held-out sequences", file=sys.stderr)
+    det = Detector.train(names, [s.tokens for s in calib], cfg, settings, args.confidence,
+                         ProgressLine())
+    if args.labels:
+        from sysdream.model import transfer
+
+        attacks = [s.tokens for spec in _lines(args.labels) for s in read_input(spec, "attack")]
+        det.transfer = transfer.fit(det, [s.tokens for s in calib], attacks, args.seed)
+    model_id = det.save(args.output)
+    b = det.bound
+    print(f"sysdream train: model {model_id} written to {args.output}: vocabulary "
+          f"{len(det.vocab)}, best epoch {det.training['best_epoch']}, bound {b.bound:.4f} "
+          f"({b.confidence:.1%}, {b.transform} fit, KS {b.ks_statistic:.3f}), "
+          f"{det.training['seconds']:.0f} s", file=sys.stderr)
+    return 0
+
+
+def _lines(path: str) -> list[str]:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ValueError(f"--labels {path}: {exc.strerror}") from None
+    out = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    if not out:
+        raise ValueError(f"--labels {path}: lists no anomalous traces (one path per line)")
+    return out
+
+
+def adfa_split(root: Path, seed: int):
+    from sysdream.model.evaluation import Split
+
+    train = datasets.read_adfa_ld(root, "train")
+    validation = datasets.read_adfa_ld(root, "validation")
+    attack = datasets.read_adfa_ld(root, "attack")
+    calib, test = _split(validation, 0.5, seed)
+    return Split([s.tokens for s in train], [s.tokens for s in calib],
+                 [s.tokens for s in test], [s.tokens for s in attack],
+                 [s.group for s in attack], "ADFA-LD",
+                 ["protocol: train Training_Data_Master; calibrate on a seeded half of "
+                  f"Validation_Data_Master (seed {seed}, by file); test on the other half and "
+                  "every attack trace"])
+
+
+def unm_split(root: Path, program: str, seed: int):
+    from sysdream.model.evaluation import Split
+
+    data = datasets.read_unm(root, program)
+    normal = [s for s in data["normal"] if len(s.tokens)]
+    if len(normal) < 4 or not data["attack"]:
+        raise ValueError(f"unm:{program}: needs at least 4 normal and 1 intrusion sequence")
+    train, rest = _split(normal, 0.5, seed)
+    calib, test = _split(rest, 0.5, seed + 1)
+    return Split([s.tokens for s in train], [s.tokens for s in calib],
+                 [s.tokens for s in test], [s.tokens for s in data["attack"]],
+                 ["intrusion"] * len(data["attack"]), f"UNM {program}",
+                 [f"protocol: normal sequences (per pid) split by a seeded permutation (seed "
+                  f"{seed}): half train, a quarter calibrate, a quarter test; all intrusion "
+                  "sequences test"])
+
+
+def files_split(args):
+    from sysdream.model.evaluation import Split
+
+    normal = [s for spec in args.normal for s in read_input(spec)]
+    attack = [s for spec in args.attack for s in read_input(spec, "attack")]
+    if len(normal) < 4 or not attack:
+        raise ValueError("--dataset files needs --normal inputs (4+ sequences) and --attack")
+    train, rest = _split(normal, 0.5, args.seed)
+    calib, test = _split(rest, 0.5, args.seed + 1)
+    return Split([s.tokens for s in train], [s.tokens for s in calib],
+                 [s.tokens for s in test], [s.tokens for s in attack],
+                 [s.group or "attack" for s in attack], "files")
+
+
+def run_eval(args) -> int:
+    from sysdream.model import evaluation
+
+    ds = args.dataset
+    if ds == "adfa-ld" or ds.startswith("adfa-ld:"):
+        root = Path(ds.partition(":")[2]) if ":" in ds else datasets_root() / "ADFA-LD"
+        split = adfa_split(root, args.seed)
+    elif ds.startswith("unm:"):
+        split = unm_split(datasets_root() / "UNM", ds[4:], args.seed)
+    elif ds == "files":
+        split = files_split(args)
+    else:
+        raise ValueError(f"--dataset {ds!r}: use adfa-ld, unm:<program> or files")
+    if args.limit:
+        rng = np.random.default_rng(args.seed)
+        for name in ("train", "calibrate", "test_normal"):
+            seqs = getattr(split, name)
+            keep = sorted(rng.permutation(len(seqs))[:args.limit])
+            setattr(split, name, [seqs[i] for i in keep])
+        keep = sorted(rng.permutation(len(split.test_attack))[:args.limit])
+        split.test_attack = [split.test_attack[i] for i in keep]
+        split.attack_groups = [split.attack_groups[i] for i in keep]
+        split.notes.append(f"limited to {args.limit} sequences per part (--limit)")
+    settings = train_settings(args)
+    methods = []
+    for arch in args.arch.split(","):
+        for task in args.task.split(","):
+            args_one = type(args)(**{**vars(args), "arch": arch, "task": task})
+            methods.append(evaluation.NeuralMethod(network_config(args_one), settings,
+                                                   ProgressLine()))
+    if not args.no_baselines:
+        methods.extend(evaluation.baselines(args.window, args.seed))
+    report = evaluation.evaluate(split, methods, args.confidence)
+    if args.transfer_fraction:
+        from sysdream.model import transfer
+
+        report["transfer"] = transfer.evaluate(methods[0].detector, split,
+                                               args.transfer_fraction, args.seed)
+    print(evaluation.table(report))
+    if "transfer" in report:
+        print(transfer.describe(report["transfer"]))
+    Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    if args.plot:
+        evaluation.plot_roc(report, args.plot)
+    print(f"\nresults: {args.json}" + (f", ROC plot: {args.plot}" if args.plot else ""))
+    return 0

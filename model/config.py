@@ -1,0 +1,51 @@
+"""One dataclass configures every network: architecture, sizes, windowing and task."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from .windows import TASKS
+
+ARCHS = ("dream", "em", "bem", "fixed", "syntax", "semantic1", "semantic2", "tiered",
+         "tiered-attention")
+EVENT_ARCHS = ARCHS[1:]  # next-token models: they only predict, never reconstruct
+
+
+@dataclass
+class NetworkConfig:
+    vocab_size: int
+    arch: str = "dream"
+    task: str = "predict-next"
+    window: int = 32          # p: syscalls per scored window
+    stride: int = 32          # s: syscalls between consecutive windows when scoring
+    embed_dim: int = 32
+    hidden: int = 32          # per direction in the bidirectional encoder
+    layers: int = 2           # encoder LSTM layers
+    attn_dim: int = 32        # size of m_i in (III.3)
+    freeze_embedding: bool = False
+
+    def validate(self) -> NetworkConfig:
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {', '.join(ARCHS)}, not {self.arch!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, not {self.task!r}")
+        if self.arch in EVENT_ARCHS and self.task != "predict-next":
+            raise ValueError(f"arch {self.arch} is a next-token model: use task predict-next")
+        for name in ("vocab_size", "window", "stride", "embed_dim", "hidden", "layers",
+                     "attn_dim"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer")
+        if self.stride > self.window:
+            raise ValueError("stride must not exceed the window (syscalls would go unscored)")
+        return self
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> NetworkConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown network settings {sorted(unknown)}")
+        return cls(**data).validate()

@@ -1,0 +1,180 @@
+"""A trained detector: vocabulary + network + calibrated bound, built by training or loaded
+from a bundle. It takes per-thread sequences of syscall names and gives window scores,
+exceedances and what explains them."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from . import bundle as bundle_io
+from . import calibration
+from .calibration import GaussianBound
+from .config import NetworkConfig
+from .embedding import train_word2vec
+from .scoring import WindowScores, build, score
+from .training import TrainSettings, train
+from .vocab import Vocabulary
+from .windows import Windows, cut, cut_many
+
+AGGREGATE = "mean"  # a trace's score: the mean of its window scores (see docs/model.md)
+
+
+def fingerprint(sequences: list[np.ndarray]) -> dict:
+    """What the model was trained on, without the data: counts and a sha256 of the names."""
+    h = hashlib.sha256()
+    total = 0
+    for s in sequences:
+        h.update("\x1f".join(map(str, s.tolist())).encode())
+        h.update(b"\x1e")
+        total += len(s)
+    return {"sequences": len(sequences), "syscalls": total, "sha256": h.hexdigest()}
+
+
+@dataclass
+class SequenceScores:
+    windows: Windows
+    scores: WindowScores
+    exceeds: np.ndarray          # [N] bool: window above the calibrated bound
+    unknown: list[str]           # syscall names this model never saw
+    names: np.ndarray            # the sequence as given (unknown names kept)
+
+    @property
+    def trace_score(self) -> float:
+        return float(self.scores.score.mean()) if len(self.scores.score) else 0.0
+
+
+class Detector:
+    def __init__(self, cfg: NetworkConfig, vocab: Vocabulary, net: torch.nn.Module,
+                 bound: GaussianBound | None, embedding: np.ndarray, training: dict,
+                 model_id: str = "", transfer: dict | None = None):
+        self.cfg, self.vocab, self.net, self.bound = cfg, vocab, net, bound
+        self.embedding, self.training, self.model_id = embedding, training, model_id
+        self.transfer = transfer
+        net.eval()
+
+    # -- training ---------------------------------------------------------------------
+    @classmethod
+    def train(cls, train_seqs: list[np.ndarray], calib_seqs: list[np.ndarray],
+              cfg: NetworkConfig, settings: TrainSettings, confidence: float = 0.999,
+              progress: Callable[[str], None] | None = None,
+              val_fraction: float = 0.1) -> Detector:
+        """Train on normal name sequences, early-stop on a held-out tenth of them (by
+        sequence), calibrate the bound on `calib_seqs` (other normal sequences)."""
+        calibration.check_confidence(confidence)
+        train_seqs = [s for s in train_seqs if len(s)]
+        if not train_seqs:
+            raise ValueError("no training data: every input sequence is empty")
+        if not any(len(s) for s in calib_seqs):
+            raise ValueError("no calibration data: give normal sequences that were not "
+                             "used for training")
+        t0 = time.monotonic()
+        vocab = Vocabulary.build(train_seqs)
+        cfg = NetworkConfig(**{**asdict(cfg), "vocab_size": len(vocab)}).validate()
+        emb = train_word2vec(train_seqs, vocab, cfg.embed_dim, settings.seed)
+        ids = [vocab.encode(s) for s in train_seqs]
+        rng = np.random.default_rng(settings.seed)
+        held = np.zeros(len(ids), bool)
+        if len(ids) >= 5:
+            held[rng.permutation(len(ids))[:max(1, int(len(ids) * val_fraction))]] = True
+        fit_ids = [t for t, h in zip(ids, held, strict=True) if not h]
+        val_ids = [t for t, h in zip(ids, held, strict=True) if h]
+        result = train(cfg, cut_many(fit_ids, cfg.window, min(settings.train_stride, cfg.window),
+                                     cfg.task),
+                       cut_many(val_ids, cfg.window, cfg.window, cfg.task), settings, emb,
+                       progress)
+        det = cls(cfg, vocab, result.net, None, emb, {})
+        cal = det.window_scores(calib_seqs)
+        det.bound = calibration.fit(cal, confidence)
+        det.training = {"settings": asdict(settings), "history": result.history,
+                        "best_epoch": result.best_epoch, "seconds": time.monotonic() - t0,
+                        "data": fingerprint(train_seqs),
+                        "calibration_data": fingerprint(calib_seqs),
+                        "aggregate": AGGREGATE, "versions": bundle_io.versions()}
+        return det
+
+    # -- persistence ------------------------------------------------------------------
+    def save(self, path) -> str:
+        b = bundle_io.Bundle(network=self.cfg.to_json(), vocabulary=self.vocab.to_json(),
+                             embedding=self.embedding, calibration=self.bound.to_json(),
+                             training=self.training, state_dict=self.net.state_dict(),
+                             transfer=self.transfer)
+        self.model_id = bundle_io.save(b, path)
+        return self.model_id
+
+    @classmethod
+    def load(cls, path) -> Detector:
+        b = bundle_io.load(path)
+        try:
+            cfg = NetworkConfig.from_json(b.network)
+            vocab = Vocabulary.from_json(b.vocabulary)
+            bound = GaussianBound.from_json(b.calibration)
+            if cfg.vocab_size != len(vocab):
+                raise ValueError("network and vocabulary sizes differ")
+            net = build(cfg)
+            net.load_state_dict(b.state_dict)
+        except (ValueError, TypeError, KeyError, RuntimeError) as exc:
+            raise bundle_io.BundleError(f"{path}: inconsistent bundle ({str(exc)[:200]}); "
+                                        "retrain it with this version") from None
+        return cls(cfg, vocab, net, bound, b.embedding, b.training, b.model_id, b.transfer)
+
+    # -- scoring ----------------------------------------------------------------------
+    def windows(self, names: np.ndarray, seq: int = 0) -> Windows:
+        return cut(self.vocab.encode(names), self.cfg.window, self.cfg.stride, self.cfg.task, seq)
+
+    def window_scores(self, sequences: list[np.ndarray], batch: int = 1024) -> np.ndarray:
+        w = cut_many([self.vocab.encode(s) for s in sequences], self.cfg.window,
+                     self.cfg.stride, self.cfg.task)
+        return score(self.net, w, batch, detail=False).score
+
+    def score_sequence(self, names: np.ndarray, batch: int = 1024,
+                       detail: bool = True) -> SequenceScores:
+        names = np.asarray(names, dtype=object)
+        w = self.windows(names)
+        s = score(self.net, w, batch, detail)
+        exceeds = self.bound.exceeds(s.score) if self.bound else np.zeros(len(w), bool)
+        return SequenceScores(w, s, exceeds, self.vocab.unknown(names), names)
+
+    def trace_scores(self, sequences: list[np.ndarray], batch: int = 1024) \
+            -> tuple[np.ndarray, list[np.ndarray]]:
+        """Each sequence's aggregate score and its window scores, scored in shared batches."""
+        w = cut_many([self.vocab.encode(s) for s in sequences], self.cfg.window,
+                     self.cfg.stride, self.cfg.task)
+        sc = score(self.net, w, batch, detail=False).score
+        bounds = np.searchsorted(w.seq, np.arange(len(sequences) + 1))
+        per = [sc[bounds[i]:bounds[i + 1]] for i in range(len(sequences))]
+        return np.array([x.mean() if len(x) else 0.0 for x in per]), per
+
+    def explain(self, result: SequenceScores, i: int, top: int = 5) -> dict:
+        """One window's explanation: its names, the most surprising positions (observed vs
+        expected syscall and their probabilities) and the most attended inputs."""
+        w, s = result.windows, result.scores
+        start = int(w.start[i])
+
+        def name(k: int) -> str:  # position k of the sequence, as the thread made it
+            return str(result.names[k]) if 0 <= k < len(result.names) else "<pad>"
+
+        names = [name(start + j) for j in range(w.tgt.shape[1])]
+        real = np.nonzero(w.mask[i])[0]
+        worst = real[np.argsort(-s.nll[i][real], kind="stable")][:top]
+        out = {"score": float(s.score[i]), "bound": self.bound.bound if self.bound else None,
+               "start": start, "syscalls": [names[j] for j in real],
+               "surprises": [{"position": int(j), "observed": names[j],
+                              "observed_p": float(s.observed_p[i, j]),
+                              "position_in_sequence": start + int(j),
+                              "expected": str(self.vocab.decode([s.expected[i, j]])[0]),
+                              "expected_p": float(s.expected_p[i, j])} for j in worst]}
+        if s.attention.shape[-1]:
+            a = s.attention[i]
+            row = a[0] if a.shape[0] == 1 else a[worst[0]] if len(worst) else a[0]
+            # what the model read: the source (and for event models the target after it)
+            first = start if self.cfg.task == "reconstruct" else start - self.cfg.window
+            order = np.argsort(-row, kind="stable")[:top]
+            out["attention"] = [{"position": int(first + k), "syscall": name(first + k),
+                                 "weight": float(row[k])} for k in order]
+        return out

@@ -1,0 +1,195 @@
+"""One evaluation run: every method trained, calibrated and tested on the same splits.
+
+A method turns token-id sequences into window scores. Every method's bound comes from a
+Gaussian fit to its calibration windows (never from attack data); a trace is flagged at the
+bound when any of its windows exceeds it. A trace's score for the ROC is the mean of its
+window scores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from . import calibration, metrics
+from .baselines import DeepLog, NGram, Stide
+from .config import NetworkConfig
+from .detector import Detector
+from .training import TrainSettings
+
+
+@dataclass
+class Split:
+    """Sequences as syscall-name arrays; `groups` is the attack type of each attack trace."""
+    train: list[np.ndarray]
+    calibrate: list[np.ndarray]
+    test_normal: list[np.ndarray]
+    test_attack: list[np.ndarray]
+    attack_groups: list[str]
+    name: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MethodResult:
+    method: str
+    roc_auc: float
+    pr_auc: float
+    dr_at_1pct_fpr: float
+    dr_at_01pct_fpr: float
+    fpr_at_bound: float
+    dr_at_bound: float
+    bound: float
+    transform: str
+    ks_statistic: float
+    per_attack_type: dict
+    train_seconds: float
+    windows_per_second: float
+    roc: dict = field(repr=False, default_factory=dict)
+
+
+class NeuralMethod:
+    def __init__(self, cfg: NetworkConfig, settings: TrainSettings, progress=None):
+        self.cfg, self.settings, self.progress = cfg, settings, progress
+        self.name = cfg.arch if cfg.task == "predict-next" else f"{cfg.arch} ({cfg.task})"
+        self.detector: Detector | None = None
+
+    def fit(self, train: list[np.ndarray], calibrate: list[np.ndarray], confidence: float):
+        self.detector = Detector.train(train, calibrate, self.cfg, self.settings, confidence,
+                                       self.progress)
+        return self.detector.bound
+
+    def window_scores(self, seqs: list[np.ndarray]) -> list[np.ndarray]:
+        return self.detector.trace_scores(seqs)[1]
+
+
+class BaselineMethod:
+    def __init__(self, make, window: int):
+        self.make, self.window, self.model = make, window, None
+        self.name = ""
+        self.vocab = None
+
+    def fit(self, train: list[np.ndarray], calibrate: list[np.ndarray], confidence: float):
+        from .vocab import Vocabulary
+
+        self.vocab = Vocabulary.build(train)
+        self.model = self.make(len(self.vocab)).fit([self.vocab.encode(s) for s in train])
+        self.name = self.model.name
+        cal = np.concatenate(self.window_scores(calibrate))
+        return calibration.fit(cal, confidence)
+
+    def window_scores(self, seqs: list[np.ndarray]) -> list[np.ndarray]:
+        return [self.model.window_scores(self.vocab.encode(s), self.window, self.window)
+                if len(s) else np.zeros(0) for s in seqs]
+
+
+def baselines(window: int, seed: int) -> list[BaselineMethod]:
+    return [BaselineMethod(lambda v: Stide(v), window),
+            BaselineMethod(lambda v: NGram(v), window),
+            BaselineMethod(lambda v: DeepLog(v, seed=seed), window)]
+
+
+def _aggregate(per: list[np.ndarray]) -> np.ndarray:
+    return np.array([x.mean() if len(x) else 0.0 for x in per])
+
+
+def run_method(method, split: Split, confidence: float) -> MethodResult:
+    t0 = time.monotonic()
+    bound = method.fit(split.train, split.calibrate, confidence)
+    train_s = time.monotonic() - t0
+    t0 = time.monotonic()
+    normal_w = method.window_scores(split.test_normal)
+    attack_w = method.window_scores(split.test_attack)
+    score_s = time.monotonic() - t0
+    n_windows = sum(len(x) for x in normal_w + attack_w)
+    normal, attack = _aggregate(normal_w), _aggregate(attack_w)
+    flag_n = np.array([bound.exceeds(x).any() for x in normal_w])
+    flag_a = np.array([bound.exceeds(x).any() for x in attack_w])
+    groups: dict = {}
+    for g in sorted(set(split.attack_groups)):
+        sel = np.array([x == g for x in split.attack_groups])
+        groups[g] = {"traces": int(sel.sum()), "detected_at_bound": float(flag_a[sel].mean())}
+    fpr, tpr = metrics.roc_curve(normal, attack)
+    return MethodResult(
+        method.name, metrics.roc_auc(normal, attack), metrics.pr_auc(normal, attack),
+        metrics.detection_at_fpr(normal, attack, 0.01),
+        metrics.detection_at_fpr(normal, attack, 0.001),
+        float(flag_n.mean()) if len(flag_n) else float("nan"),
+        float(flag_a.mean()) if len(flag_a) else float("nan"),
+        bound.bound, bound.transform, bound.ks_statistic, groups, train_s,
+        n_windows / max(score_s, 1e-9), {"fpr": fpr.tolist(), "tpr": tpr.tolist()})
+
+
+def duplicates(split: Split) -> dict:
+    """Test traces whose exact syscall sequence also appears in the training or calibration
+    data (they make a split look easier than it is)."""
+    def h(s):
+        return hashlib.sha256("\x1f".join(s.tolist()).encode()).hexdigest()
+    seen = {h(s) for s in split.train} | {h(s) for s in split.calibrate}
+    train_set = {h(s) for s in split.train}
+    within = Counter(h(s) for s in split.train)
+    return {"test_normal_in_train_or_calibration": sum(h(s) in seen for s in split.test_normal),
+            "test_attack_in_train_or_calibration": sum(h(s) in seen for s in split.test_attack),
+            "calibration_in_train": sum(h(s) in train_set for s in split.calibrate),
+            "repeated_within_train": sum(c - 1 for c in within.values() if c > 1)}
+
+
+def evaluate(split: Split, methods: list, confidence: float = 0.999) -> dict:
+    results = [run_method(m, split, confidence) for m in methods]
+    return {"dataset": split.name, "confidence": confidence,
+            "sizes": {"train": len(split.train), "calibrate": len(split.calibrate),
+                      "test_normal": len(split.test_normal),
+                      "test_attack": len(split.test_attack)},
+            "duplicates": duplicates(split), "notes": split.notes, "aggregate": "mean",
+            "results": [asdict(r) for r in results]}
+
+
+def table(report: dict) -> str:
+    head = (f"{'method':<22}{'ROC-AUC':>8}{'PR-AUC':>8}{'DR@1%':>7}{'DR@.1%':>7}"
+            f"{'FPR@b':>7}{'DR@b':>7}{'train s':>9}{'win/s':>9}")
+    lines = [f"dataset {report['dataset']}: " + ", ".join(f"{k} {v}" for k, v in
+                                                         report["sizes"].items()),
+             f"bound: Gaussian {report['confidence']:.1%} interval on calibration windows; "
+             "trace score = mean window score", head, "-" * len(head)]
+    for r in report["results"]:
+        lines.append(f"{r['method']:<22}{r['roc_auc']:8.4f}{r['pr_auc']:8.4f}"
+                     f"{r['dr_at_1pct_fpr']:7.3f}{r['dr_at_01pct_fpr']:7.3f}"
+                     f"{r['fpr_at_bound']:7.3f}{r['dr_at_bound']:7.3f}"
+                     f"{r['train_seconds']:9.1f}{r['windows_per_second']:9.0f}")
+    kinds = sorted({g for r in report["results"] for g in r["per_attack_type"]})
+    if kinds:
+        lines.append("")
+        lines.append("detected at the bound, per attack type:")
+        lines.append(f"{'method':<22}" + "".join(f"{k[:14]:>15}" for k in kinds))
+        for r in report["results"]:
+            lines.append(f"{r['method']:<22}" + "".join(
+                f"{r['per_attack_type'].get(k, {}).get('detected_at_bound', float('nan')):15.3f}"
+                for k in kinds))
+    d = report["duplicates"]
+    lines.append("")
+    lines.append("duplicates: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in d.items()))
+    lines.extend(report["notes"])
+    return "\n".join(lines)
+
+
+def plot_roc(report: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
+    for r in report["results"]:
+        ax.plot(r["roc"]["fpr"], r["roc"]["tpr"], label=f"{r['method']} ({r['roc_auc']:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linewidth=0.5, linestyle="--")
+    ax.set_xlabel("false-positive rate (normal traces)")
+    ax.set_ylabel("detection rate (attack traces)")
+    ax.set_title(f"ROC, {report['dataset']}")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

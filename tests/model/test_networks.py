@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+import torch
+from synthetic_corpus import tiny_config
+
+from sysdream.model.config import ARCHS, NetworkConfig
+from sysdream.model.dream import DReAM
+from sysdream.model.scoring import build, score
+from sysdream.model.vocab import PAD
+from sysdream.model.windows import cut_many
+
+
+def _batch(p=8, V=12, B=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(2, V, (B, p), generator=g)
+    prev = torch.randint(2, V, (B, p), generator=g)
+    tgt = torch.randint(2, V, (B, p), generator=g)
+    return src, prev, tgt
+
+
+def test_dream_attention_follows_the_equations():
+    torch.manual_seed(0)
+    net = DReAM(tiny_config(vocab_size=12)).eval()
+    src, _, _ = _batch()
+    src[0, :3] = PAD  # left padding of a short context
+    with torch.no_grad():
+        rev = torch.flip(src, [1])
+        h, _ = net.encoder(net.embed(rev))
+        m = torch.tanh(net.attention.W_i(h))                       # (III.3)
+        a = net.attention.W_q(m).squeeze(-1)                       # (III.4)
+        a = a.masked_fill(rev == PAD, float("-inf"))
+        s = torch.softmax(a, 1)                                    # (III.5)
+        Z = (s.unsqueeze(-1) * h).sum(1)                           # (III.6)
+        Z2, s2, _ = net.encode(src)
+    assert torch.allclose(Z, Z2, atol=1e-6)
+    assert torch.allclose(torch.flip(s, [1]), s2, atol=1e-6)
+    assert torch.allclose(s2.sum(1), torch.ones(5))
+    assert (s2[0, :3] == 0).all()  # padding gets no attention
+
+
+def test_previous_window_context_reaches_the_decoder():
+    torch.manual_seed(0)
+    net = DReAM(tiny_config(vocab_size=12)).eval()
+    src, prev, tgt = _batch()
+    with torch.no_grad():
+        a, _ = net(src, prev, tgt)
+        b, _ = net(src, torch.flip(prev, [1]), tgt)
+    assert not torch.allclose(a, b)  # Z_{t-1} feeds (III.7)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_arch_learns_and_its_attention_is_causal(arch):
+    torch.manual_seed(0)
+    cfg = tiny_config(vocab_size=12, arch=arch)
+    net = build(cfg)
+    src, prev, tgt = _batch()
+    logits, attn = net(src, prev, tgt)
+    assert logits.shape == (5, 8, 12)
+    loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt)
+    loss.backward()
+    assert net.out.weight.grad.abs().sum() > 0 and net.embed.weight.grad.abs().sum() > 0
+    if attn.shape[-1]:
+        assert torch.allclose(attn.sum(-1), torch.ones(attn.shape[:-1]), atol=1e-5)
+        if arch != "dream" and attn.shape[1] > 1:
+            # row j (predicting target j) may not look past the input it has read
+            K = attn.shape[-1]
+            offset = K - attn.shape[1]
+            for j in range(attn.shape[1]):
+                assert torch.all(attn[:, j, offset + j + 1:] == 0)
+
+
+def test_event_models_refuse_reconstruction():
+    with pytest.raises(ValueError, match="predict-next"):
+        NetworkConfig(vocab_size=5, arch="em", task="reconstruct").validate()
+
+
+@pytest.mark.parametrize("arch", ["dream", "semantic2"])
+def test_batched_scoring_matches_one_window_at_a_time(arch):
+    torch.manual_seed(0)
+    net = build(tiny_config(vocab_size=12, arch=arch)).eval()
+    rng = np.random.default_rng(1)
+    w = cut_many([rng.integers(2, 12, 50), rng.integers(2, 12, 9)], 8, 8, "predict-next")
+    full = score(net, w, batch=4)  # batch edges fall inside a sequence
+    for i in range(len(w)):
+        with torch.no_grad():
+            logits, _ = net(*(torch.from_numpy(a[i:i + 1]) for a in (w.src, w.prev, w.tgt)))
+        nll = torch.nn.functional.cross_entropy(logits[0], torch.from_numpy(w.tgt[i]),
+                                                reduction="none").numpy()
+        m = w.mask[i]
+        assert full.score[i] == pytest.approx(nll[m].mean(), rel=1e-4, abs=1e-5)
