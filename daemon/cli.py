@@ -22,6 +22,7 @@ examples:
   sysdream run                         the service's main job, in the foreground
   sysdream train --input base.sdtrace -o model    learn normal behaviour from a recording
   sysdream train --input adfa-ld -o adfa-model    ... or from a public dataset
+  sysdream score base2.sdtrace --model model    the alerts a recording would raise
   sysdream eval --dataset adfa-ld      every method against the baselines, as a table
   sysdream eval --dataset unm:synthetic-sendmail --arch dream,em
 
@@ -120,6 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--plot", default="eval-roc.png", help="ROC plot (PNG); '' for none")
     add_model_arguments(ev)
 
+    sc = sub.add_parser("score", help="score recorded traces with a model bundle, offline")
+    sc.add_argument("input", nargs="+", metavar="INPUT", help="traces, as for train")
+    sc.add_argument("--model", required=True, help="model bundle directory")
+    sc.add_argument("--json", action="store_true", help="one JSON object per sequence")
+    sc.add_argument("--max-alerts", type=int, default=5, help="alerts shown per sequence")
+    sc.add_argument("--exit-status", action="store_true",
+                    help="exit 1 when any window is anomalous")
+
     run = sub.add_parser("run", help="the service's main job, in the foreground")
     _add_filters(run)
     run.add_argument("--iterations", type=int, default=None, help="stop after N refreshes")
@@ -146,6 +155,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "eval":
         from .learn import run_eval
         return run_eval(args)
+    if args.verb == "score":
+        from .offline import run_score
+        return run_score(args)
     if args.verb == "run":
         from . import top
         print("sysdream run: online detection is not built yet (issue #5); "

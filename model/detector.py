@@ -20,7 +20,7 @@ from .embedding import train_word2vec
 from .scoring import WindowScores, build, score
 from .training import TrainSettings, train
 from .vocab import Vocabulary
-from .windows import Windows, cut, cut_many
+from .windows import Windows, count, cut, cut_many
 
 AGGREGATE = "mean"  # a trace's score: the mean of its window scores (see docs/model.md)
 
@@ -70,9 +70,9 @@ class Detector:
         train_seqs = [s for s in train_seqs if len(s)]
         if not train_seqs:
             raise ValueError("no training data: every input sequence is empty")
-        if not any(len(s) for s in calib_seqs):
-            raise ValueError("no calibration data: give normal sequences that were not "
-                             "used for training")
+        if sum(count(len(s), cfg.window, cfg.stride) for s in calib_seqs) < 2:
+            raise ValueError("too little calibration data (it needs two windows or more): give "
+                             "more normal sequences that were not used for training")
         t0 = time.monotonic()
         vocab = Vocabulary.build(train_seqs)
         cfg = NetworkConfig(**{**asdict(cfg), "vocab_size": len(vocab)}).validate()

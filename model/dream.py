@@ -53,9 +53,11 @@ class DReAM(nn.Module):
         self.encoder = nn.LSTM(cfg.embed_dim, cfg.hidden, num_layers=cfg.layers,
                                batch_first=True, bidirectional=True)
         self.attention = ContextAttention(d_enc, cfg.attn_dim)
-        self.init_state = nn.Linear(2 * d_enc, d_enc)
-        self.decoder = nn.LSTM(cfg.embed_dim + 2 * d_enc, d_enc, batch_first=True)
-        self.out = nn.Linear(d_enc, cfg.vocab_size)
+        # The decoder is as wide as one encoder direction: it carries one state, not two,
+        # and its width is most of the scoring cost (measured in bench/model.py).
+        self.init_state = nn.Linear(2 * d_enc, cfg.hidden)
+        self.decoder = nn.LSTM(cfg.embed_dim + 2 * d_enc, cfg.hidden, batch_first=True)
+        self.out = nn.Linear(cfg.hidden, cfg.vocab_size)
 
     def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Z, the attention weights s and the encoder's final states [B, 2H] for a batch of

@@ -1,0 +1,127 @@
+"""`sysdream train`, `score` and `eval` from the command line, on small synthetic traces in
+ADFA-LD's format (i386 numbers), with their bad inputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TINY = ["--epochs", "2", "--hidden", "8", "--embed", "8", "--window", "8", "--threads", "1"]
+# i386: 5 open, 108 fstat, 3 read, 6 close, 192 mmap2, 4 write, 91 munmap
+LOOP = [5, 108, 3, 3, 6, 192, 4, 91]
+SHELL = [120, 11, 102, 102, 63, 63, 11]  # clone, execve, socketcall, dup2
+
+
+def sysdream(*args, check=False) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sysdream.daemon.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=300, check=check)
+
+
+def write_traces(folder: Path, n: int, attack: bool, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    for i in range(n):
+        seq = LOOP * int(rng.integers(8, 20))
+        if attack:
+            k = len(seq) // 2
+            seq = seq[:k] + SHELL * 3 + seq[k:]
+        (folder / f"T-{i:03d}.txt").write_text(" ".join(map(str, seq)) + " \n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    base = tmp_path_factory.mktemp("traces")
+    return {"normal": write_traces(base / "normal", 30, False, 1),
+            "attack": write_traces(base / "attack", 6, True, 2), "base": base}
+
+
+@pytest.fixture(scope="module")
+def bundle(data):
+    out = data["base"] / "model"
+    r = sysdream("train", "--input", data["normal"], "-o", out, *TINY)
+    assert r.returncode == 0, r.stderr
+    assert "written to" in r.stderr
+    return out
+
+
+def test_train_writes_a_bundle_that_scores_traces(bundle, data):
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert len(manifest["model_id"]) == 16
+    attack = sysdream("score", data["attack"], "--model", bundle, "--exit-status")
+    assert attack.returncode == 1, attack.stdout + attack.stderr
+    assert "ANOMALOUS" in attack.stdout and "most surprising" in attack.stdout
+    one = sysdream("score", data["attack"] / "T-000.txt", "--model", bundle, "--json")
+    line = json.loads(one.stdout.splitlines()[0])
+    assert line["anomalous_windows"] >= 1
+    assert line["alerts"][0]["surprises"][0]["observed"] in {
+        "clone", "execve", "socketcall", "dup2", "read", "open", "fstat64", "close"}
+
+
+def test_corrupt_bundle_exits_11(bundle, tmp_path, data):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(bundle, bad)
+    (bad / "calibration.json").write_text("{}")
+    r = sysdream("score", data["attack"], "--model", bad)
+    assert r.returncode == 11
+    assert "sha256" in r.stderr and "Traceback" not in r.stderr
+    r = sysdream("score", data["attack"], "--model", tmp_path / "nothing")
+    assert r.returncode == 11 and "sysdream train" in r.stderr
+
+
+def test_bad_training_inputs(tmp_path):
+    garbage = tmp_path / "garbage.txt"
+    garbage.write_text("5 3 3\n6 hello 4\n")
+    r = sysdream("train", "--input", garbage, "-o", tmp_path / "m", *TINY)
+    assert r.returncode == 10 and "garbage.txt:2" in r.stderr and "Traceback" not in r.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for i in range(3):
+        (empty / f"E-{i}.txt").write_text("")
+    r = sysdream("train", "--input", empty, "-o", tmp_path / "m", *TINY)
+    assert r.returncode == 2 and "empty" in r.stderr
+    r = sysdream("train", "--input", tmp_path / "missing", "-o", tmp_path / "m", *TINY)
+    assert r.returncode == 10 and "no such file" in r.stderr
+    r = sysdream("train", "--input", garbage, "-o", tmp_path / "m", "--arch", "gpt")
+    assert r.returncode == 2 and "arch must be one of" in r.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_one_syscall_traces_train_and_score(tmp_path):
+    folder = tmp_path / "short"
+    folder.mkdir()
+    for i in range(5):
+        (folder / f"S-{i}.txt").write_text(f"{LOOP[i % len(LOOP)]}\n")
+    r = sysdream("train", "--input", folder, "-o", tmp_path / "m", *TINY)
+    assert r.returncode == 2 and "too little calibration data" in r.stderr
+    assert "epoch" not in r.stderr  # refused before any training time is spent
+    for i in range(5, 12):
+        (folder / f"S-{i}.txt").write_text(f"{LOOP[i % len(LOOP)]}\n")
+    r = sysdream("train", "--input", folder, "-o", tmp_path / "m", *TINY)
+    assert r.returncode == 0, r.stderr
+    r = sysdream("score", folder, "--model", tmp_path / "m")
+    assert r.returncode == 0 and r.stdout.count("windows above the bound") == 12
+
+
+def test_eval_prints_every_method_and_writes_json_and_plot(data, tmp_path):
+    out, png = tmp_path / "r.json", tmp_path / "roc.png"
+    r = sysdream("eval", "--dataset", "files", "--normal", data["normal"], "--attack",
+                 data["attack"], "--arch", "dream,em", "--json", out, "--plot", png, *TINY)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(out.read_text())
+    methods = [m["method"] for m in report["results"]]
+    assert methods == ["dream", "em", "stide", "n-gram", "DeepLog"]
+    for m in report["results"]:
+        assert 0 <= m["roc_auc"] <= 1 and m["windows_per_second"] > 0
+        if m["method"] != "DeepLog":  # top-9 of this 10-name vocabulary misses nothing
+            assert m["roc_auc"] > 0.9, m  # the shell payload is far from the loop
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in methods:
+        assert name in r.stdout
