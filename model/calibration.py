@@ -1,8 +1,11 @@
 """The alarm bound: a Gaussian fitted to the scores of held-out normal windows.
 
-Window scores (a mean NLL) are positive and right-skewed, so the fit is made on either the
-scores or their logarithm, whichever a Kolmogorov-Smirnov test finds closer to normal; the
-chosen transform and the fit's quality travel with the bound. A window is anomalous when
+Window scores (a mean NLL) are positive and right-skewed, so the fit is made on the scores,
+their square root or their logarithm, whichever a Kolmogorov-Smirnov test finds closest to
+normal; the chosen transform and the fit's quality travel with the bound. (On ADFA-LD the
+square root fits best, KS 0.047, and puts 0.05% of calibration windows above the 99.9%
+bound, as it should; the log's long left tail of near-perfect windows widens its fit until
+nothing exceeds the bound.) A window is anomalous when
 its (transformed) score exceeds the upper end of the two-sided confidence interval
 mean +/- z * std, z = Phi^-1(1/2 + confidence/2). No threshold is ever set by hand.
 """
@@ -14,13 +17,17 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-TRANSFORMS = ("identity", "log")
+TRANSFORMS = ("identity", "sqrt", "log")
 _EPS = 1e-6  # keeps log finite for scores of exactly zero (stide on normal windows)
 
 
 def _apply(transform: str, x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float64)
-    return np.log(np.maximum(x, 0) + _EPS) if transform == "log" else x
+    if transform == "log":
+        return np.log(np.maximum(x, 0) + _EPS)
+    if transform == "sqrt":
+        return np.sqrt(np.maximum(x, 0))
+    return x
 
 
 @dataclass
@@ -43,7 +50,11 @@ class GaussianBound:
     def bound(self) -> float:
         """The upper bound in score units (mean NLL)."""
         t = self.mean + self.z * self.std
-        return float(math.exp(t) - _EPS) if self.transform == "log" else float(t)
+        if self.transform == "log":
+            return float(math.exp(t) - _EPS)
+        if self.transform == "sqrt":
+            return float(max(t, 0.0) ** 2)
+        return float(t)
 
     def exceeds(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores, np.float64) > self.bound

@@ -19,7 +19,7 @@ from .windows import Windows
 
 @dataclass
 class TrainSettings:
-    epochs: int = 30
+    epochs: int = 15
     patience: int = 3              # epochs without validation improvement before stopping
     batch: int = 128
     lr: float = 3e-3

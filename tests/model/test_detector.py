@@ -124,6 +124,8 @@ def test_calibration_picks_the_honest_transform():
     z = 3.2905  # two-sided 99.9 %
     assert b.bound == pytest.approx(np.exp(b.mean + z * b.std), rel=1e-3)
     assert 0.0002 < b.exceeds(scores).mean() < 0.002  # 0.05 % expected above
+    chi = rng.chisquare(4, 100_000) / 4            # sqrt-normal-ish: the square root wins
+    assert calibration.fit(chi, 0.999).transform == "sqrt"
     same = calibration.fit(np.full(10, 0.5), 0.99)
     assert same.exceeds(np.array([0.5, 0.6])).tolist() == [False, True]
     with pytest.raises(ValueError, match="confidence"):
