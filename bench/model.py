@@ -23,8 +23,8 @@ from sysdream.model.config import NetworkConfig
 from sysdream.model.scoring import build, score
 from sysdream.model.windows import cut_many
 
-DEFAULT = {"hidden": 32, "window": 32}
-SIZES = [DEFAULT, {"hidden": 32, "window": 16}, {"hidden": 16, "window": 32},
+DEFAULT = {"hidden": 32, "window": 16}
+SIZES = [DEFAULT, {"hidden": 32, "window": 32}, {"hidden": 16, "window": 32},
          {"hidden": 64, "window": 32}]
 BATCHES = (1, 64, 1024)
 V = 180

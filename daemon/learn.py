@@ -15,7 +15,7 @@ from sysdream.probes import datasets
 from .inputs import datasets_root, read_input
 
 # The default model, chosen by `sysdream eval --dataset adfa-ld` (see README).
-DEFAULTS = {"arch": "dream", "task": "predict-next", "window": 32, "stride": 32,
+DEFAULTS = {"arch": "dream", "task": "predict-next", "window": 16, "stride": 16,
             "embed_dim": 32, "hidden": 32}
 
 

@@ -16,8 +16,8 @@ class NetworkConfig:
     vocab_size: int
     arch: str = "dream"
     task: str = "predict-next"
-    window: int = 32          # p: syscalls per scored window
-    stride: int = 32          # s: syscalls between consecutive windows when scoring
+    window: int = 16          # p: syscalls per scored window (chosen: docs/model.md)
+    stride: int = 16          # s: syscalls between consecutive windows when scoring
     embed_dim: int = 32
     hidden: int = 32          # per direction in the bidirectional encoder
     layers: int = 2           # encoder LSTM layers
