@@ -30,16 +30,15 @@ def _grams(tokens: np.ndarray, n: int, base: int) -> np.ndarray:
 
 
 def _window_reduce(per_token: np.ndarray, p: int, s: int, how: str) -> np.ndarray:
+    """Per-token values reduced over the same windows the neural models score."""
     from .windows import count
 
     n = len(per_token)
     k = count(n, p, s)
     starts = np.unique(np.minimum(np.arange(k) * s, max(n - p, 0)))
-    out = np.empty(len(starts), np.float64)
-    for i, a in enumerate(starts):
-        seg = per_token[a:a + p]
-        out[i] = seg.max() if how == "max" else seg.mean()
-    return out
+    padded = np.concatenate([per_token, np.full(p, np.nan)])  # a short sequence's tail
+    view = np.lib.stride_tricks.sliding_window_view(padded, p)[starts]
+    return np.nanmax(view, 1) if how == "max" else np.nanmean(view, 1)
 
 
 class Stide:

@@ -74,8 +74,8 @@ def fit(det, normal: list[np.ndarray], anomalous: list[np.ndarray], seed: int = 
 def trace_scores(det, model: dict, sequences: list[np.ndarray]) -> np.ndarray:
     x, seq = features(det, sequences)
     p = probabilities(model, x)
-    return np.array([p[seq == i].mean() if (seq == i).any() else 0.0
-                     for i in range(len(sequences))])
+    n = np.bincount(seq, minlength=len(sequences))
+    return np.bincount(seq, weights=p, minlength=len(sequences)) / np.maximum(n, 1)
 
 
 def evaluate(det, split, fraction: float, seed: int) -> dict:
