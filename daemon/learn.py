@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sysdream.model.config import NetworkConfig
-from sysdream.model.training import ProgressLine, TrainSettings
+from sysdream.model.config import NetworkConfig, TrainSettings
 from sysdream.probes import datasets
 
 from .inputs import datasets_root, read_input
@@ -65,6 +64,7 @@ def _split(seqs: list, fraction: float, seed: int) -> tuple[list, list]:
 
 def run_train(args) -> int:
     from sysdream.model.detector import Detector
+    from sysdream.model.training import ProgressLine
 
     cfg = network_config(args)
     settings = train_settings(args)
@@ -155,6 +155,7 @@ def files_split(args):
 
 def run_eval(args) -> int:
     from sysdream.model import evaluation
+    from sysdream.model.training import ProgressLine
 
     ds = args.dataset
     if ds == "adfa-ld" or ds.startswith("adfa-ld:"):

@@ -49,3 +49,16 @@ class NetworkConfig:
         if unknown:
             raise ValueError(f"unknown network settings {sorted(unknown)}")
         return cls(**data).validate()
+
+
+@dataclass
+class TrainSettings:
+    """How to train (torch-free, so the CLI can build its parser without importing torch)."""
+    epochs: int = 15
+    patience: int = 3              # epochs without validation improvement before stopping
+    batch: int = 128
+    lr: float = 3e-3
+    train_stride: int = 8          # denser than scoring: more (overlapping) training windows
+    max_windows: int = 60_000      # per epoch, sampled; bounds the time of one epoch
+    seed: int = 0
+    threads: int = 2

@@ -15,10 +15,10 @@ import torch
 from . import bundle as bundle_io
 from . import calibration
 from .calibration import GaussianBound
-from .config import NetworkConfig
+from .config import NetworkConfig, TrainSettings
 from .embedding import train_word2vec
 from .scoring import WindowScores, build, score
-from .training import TrainSettings, train
+from .training import train
 from .vocab import Vocabulary
 from .windows import Windows, count, cut, cut_many
 

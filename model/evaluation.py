@@ -17,9 +17,8 @@ import numpy as np
 
 from . import calibration, metrics
 from .baselines import DeepLog, NGram, Stide
-from .config import NetworkConfig
+from .config import NetworkConfig, TrainSettings
 from .detector import Detector
-from .training import TrainSettings
 
 
 @dataclass

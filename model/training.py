@@ -12,21 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .config import NetworkConfig
+from .config import NetworkConfig, TrainSettings
 from .scoring import build, window_nll
 from .windows import Windows
-
-
-@dataclass
-class TrainSettings:
-    epochs: int = 15
-    patience: int = 3              # epochs without validation improvement before stopping
-    batch: int = 128
-    lr: float = 3e-3
-    train_stride: int = 8          # denser than scoring: more (overlapping) training windows
-    max_windows: int = 60_000      # per epoch, sampled; bounds the time of one epoch
-    seed: int = 0
-    threads: int = 2
 
 
 @dataclass

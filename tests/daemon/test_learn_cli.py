@@ -125,3 +125,11 @@ def test_eval_prints_every_method_and_writes_json_and_plot(data, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for name in methods:
         assert name in r.stdout
+
+
+def test_capture_verbs_do_not_pay_for_torch():
+    # `sysdream record` must attach within its first second; importing torch takes ~2 s here.
+    code = ("import sys, sysdream.daemon.cli as c; c.build_parser(); "
+            "print('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "False"

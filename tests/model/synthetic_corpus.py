@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sysdream.model.config import NetworkConfig
-from sysdream.model.training import TrainSettings
+from sysdream.model.config import NetworkConfig, TrainSettings
 
 NORMAL_LOOP = ["openat", "fstat", "read", "read", "close", "mmap", "write", "munmap"]
 
