@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from pathlib import Path
 
 from sysdream.model.bundle import BundleError
 from sysdream.probes import errors
 
-from .exitcodes import Exit, exit_code_for
+from .config import ConfigError
+from .exitcodes import Exit, MetricsPortError, StateDirError, exit_code_for
 
 EPILOG = """\
 examples:
@@ -19,7 +21,10 @@ examples:
   sysdream top --replay base.sdtrace   per-process totals of a recorded trace
   sysdream record --seconds 60 -o base.sdtrace    capture every process for a minute
   sysdream record --seconds 10 --pid 1234 -o p.sdtrace    one process
-  sysdream run                         the service's main job, in the foreground
+  sysdream run                         the service's main job, in the foreground: learn
+                                       this host, then detect (alerts to journald)
+  sysdream run --model model --no-journald --json-lines -    detect now, alerts on stdout
+  sysdream explain --cursor 's=...'    explain an alert from journald (or --json FILE)
   sysdream train --input base.sdtrace -o model    learn normal behaviour from a recording
   sysdream train --input adfa-ld -o adfa-model    ... or from a public dataset
   sysdream score base2.sdtrace --model model    the alerts a recording would raise
@@ -28,7 +33,8 @@ examples:
 
 exit codes: 0 ok, 2 usage, 3 no privileges, 4 no bpf(), 5 tracepoint missing,
 6 kernel headers missing, 7 bcc missing, 8 no ring buffer, 9 BPF program failed
-to load, 10 bad trace file, 11 bad model bundle, 1 internal error (a bug).
+to load, 10 bad trace file, 11 bad model bundle, 12 bad configuration, 13 metrics
+port taken or unusable, 14 state directory not writable, 1 internal error (a bug).
 """
 
 
@@ -41,7 +47,7 @@ inputs: a trace file from `sysdream record`, a dataset file or folder, or a data
 """
 
 
-def _add_filters(p: argparse.ArgumentParser) -> None:
+def _add_filters(p: argparse.ArgumentParser, chunk_default: int | None = 64) -> None:
     g = p.add_argument_group("capture filters (the daemon itself is always excluded)")
     g.add_argument("--pid", type=int, action="append", default=[], help="only this process id")
     g.add_argument("--exclude-pid", type=int, action="append", default=[])
@@ -50,7 +56,7 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cgroup", type=int, action="append", default=[],
                    help="only this cgroup id (the inode number of its cgroupfs directory)")
     g.add_argument("--exclude-cgroup", type=int, action="append", default=[])
-    g.add_argument("--chunk", type=int, default=64,
+    g.add_argument("--chunk", type=int, default=chunk_default,
                    help="syscall ids per kernel record, a power of two (default 64)")
 
 
@@ -129,9 +135,32 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--exit-status", action="store_true",
                     help="exit 1 when any window is anomalous")
 
-    run = sub.add_parser("run", help="the service's main job, in the foreground")
-    _add_filters(run)
-    run.add_argument("--iterations", type=int, default=None, help="stop after N refreshes")
+    run = sub.add_parser("run", help="the service's main job, in the foreground",
+                         description="Learn this host (when there is no model), then detect: "
+                         "alerts to journald, metrics on 127.0.0.1. Settings come from the "
+                         "configuration file; these flags override it.")
+    run.add_argument("--config", help="configuration file (default "
+                     "/etc/sysdream/sysdream.toml; defaults when that is absent)")
+    run.add_argument("--model", help="use this model bundle ([service] model)")
+    run.add_argument("--state-dir", help="[service] state_directory")
+    run.add_argument("--learn-seconds", type=float, help="[learning] baseline_seconds")
+    run.add_argument("--metrics-address", help="[metrics] address")
+    run.add_argument("--metrics-port", type=int, help="[metrics] port")
+    run.add_argument("--no-metrics", action="store_true", help="no metrics endpoint")
+    run.add_argument("--json-lines", help='[alerts] json_lines: "-" or a file')
+    run.add_argument("--no-journald", action="store_true", help="alerts not to journald")
+    _add_filters(run, chunk_default=None)
+
+    ex = sub.add_parser("explain", help="explain one alert: per-position table and an "
+                        "attention heat map")
+    src = ex.add_mutually_exclusive_group(required=True)
+    src.add_argument("--json", metavar="FILE", help="a file holding the alert as a JSON "
+                     "line (from [alerts] json_lines, or `journalctl -o json`); - for stdin")
+    src.add_argument("--cursor", help="the alert's journald cursor (__CURSOR)")
+    ex.add_argument("--model", help="the bundle that raised it (default: the state "
+                    "directory's model)")
+    ex.add_argument("--config", help="configuration file, for the default model path")
+    ex.add_argument("--plot", default="", help="write the attention heat map to this PNG")
     return parser
 
 
@@ -159,12 +188,48 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .offline import run_score
         return run_score(args)
     if args.verb == "run":
-        from . import top
-        print("sysdream run: online detection is not built yet (issue #5); "
-              "running live capture with a per-process view instead", file=sys.stderr)
-        with _capture(args) as cap:
-            return top.run(cap, iterations=args.iterations)
+        return _run(args)
+    if args.verb == "explain":
+        from .explain import run_explain
+        return run_explain(args)
     raise AssertionError(args.verb)
+
+
+def run_overrides(args: argparse.Namespace) -> dict:
+    """`sysdream run` flags as configuration overrides (None: not given)."""
+    o = {("service", "model"): args.model and str(Path(args.model).resolve()),
+         ("service", "state_directory"): args.state_dir and str(Path(args.state_dir).resolve()),
+         ("learning", "baseline_seconds"): args.learn_seconds,
+         ("metrics", "address"): args.metrics_address,
+         ("metrics", "port"): args.metrics_port,
+         ("metrics", "enabled"): False if args.no_metrics else None,
+         ("alerts", "json_lines"): args.json_lines if args.json_lines in (None, "-", "")
+         else str(Path(args.json_lines).resolve()),
+         ("alerts", "journald"): False if args.no_journald else None,
+         ("capture", "chunk"): args.chunk}
+    for key in ("pid", "exclude_pid", "comm", "exclude_comm", "cgroup", "exclude_cgroup"):
+        values = getattr(args, key)
+        name = key.replace("exclude_", "") + "s"
+        if values:
+            o[("capture", ("exclude_" if key.startswith("exclude") else "include_") + name)] = \
+                list(values)
+    return o
+
+
+def _run(args: argparse.Namespace) -> int:
+    from . import config
+    from .service import Service
+
+    def load() -> config.Config:
+        return config.override(config.load(args.config, required=bool(args.config)),
+                               run_overrides(args))
+
+    svc = Service(load(), reload_config=load)
+    try:
+        svc.start()
+        return svc.run()
+    finally:
+        svc.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,10 +240,14 @@ def main(argv: list[str] | None = None) -> int:
         return _dispatch(args)
     except KeyboardInterrupt:
         return int(Exit.OK)
+    except ConfigError as exc:
+        print(f"sysdream: error: {exc}", file=sys.stderr)
+        return int(Exit.BAD_CONFIG)
     except ValueError as exc:
         print(f"sysdream: error: {exc}", file=sys.stderr)
         return int(Exit.USAGE)
-    except (errors.CaptureError, errors.TraceFileError, BundleError) as exc:
+    except (errors.CaptureError, errors.TraceFileError, BundleError, MetricsPortError,
+            StateDirError) as exc:
         print(f"sysdream: error: {exc}", file=sys.stderr)
         return int(exit_code_for(exc))
 

@@ -7,6 +7,16 @@ from enum import IntEnum
 from sysdream.model.bundle import BundleError
 from sysdream.probes import errors
 
+from .config import ConfigError
+
+
+class MetricsPortError(OSError):
+    """The metrics endpoint cannot listen where configured."""
+
+
+class StateDirError(OSError):
+    """The state directory cannot be created or written."""
+
 
 class Exit(IntEnum):
     OK = 0
@@ -21,6 +31,9 @@ class Exit(IntEnum):
     PROGRAM_LOAD = 9
     BAD_TRACE = 10
     BAD_MODEL = 11         # model bundle missing, corrupt, tampered or incompatible
+    BAD_CONFIG = 12        # configuration file unreadable, not TOML, unknown key, bad value
+    METRICS_PORT = 13      # the metrics address/port cannot be bound (taken, or no such address)
+    STATE_DIR = 14         # the state directory cannot be created or written
     INTERRUPTED = 130
 
 
@@ -34,6 +47,9 @@ _BY_ERROR: dict[type[Exception], Exit] = {
     errors.ProgramLoadError: Exit.PROGRAM_LOAD,
     errors.TraceFileError: Exit.BAD_TRACE,
     BundleError: Exit.BAD_MODEL,
+    ConfigError: Exit.BAD_CONFIG,
+    MetricsPortError: Exit.METRICS_PORT,
+    StateDirError: Exit.STATE_DIR,
 }
 
 

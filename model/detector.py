@@ -95,7 +95,8 @@ class Detector:
                         "best_epoch": result.best_epoch, "seconds": time.monotonic() - t0,
                         "data": fingerprint(train_seqs),
                         "calibration_data": fingerprint(calib_seqs),
-                        "aggregate": AGGREGATE, "versions": bundle_io.versions()}
+                        "aggregate": AGGREGATE, "versions": bundle_io.versions(),
+                        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         return det
 
     # -- persistence ------------------------------------------------------------------

@@ -135,6 +135,23 @@ class Capture:
         seen = totals["filtered"] + totals["traced"] + totals["lost_nostorage"]
         return {"seen": seen, **totals}
 
+    def program_stats(self) -> dict[str, tuple[int, int]]:
+        """(run count, run time in ns) per attached BPF program, from /proc/self/fdinfo.
+        The kernel counts only while kernel.bpf_stats_enabled is 1; {} when unreadable."""
+        out: dict[str, tuple[int, int]] = {}
+        funcs = getattr(self.bpf, "funcs", {}) if self.bpf is not None else {}
+        for name, fn in funcs.items():
+            try:
+                with open(f"/proc/self/fdinfo/{fn.fd}") as f:
+                    info = dict(ln.split(":", 1) for ln in f.read().splitlines() if ":" in ln)
+            except OSError:
+                continue
+            if "run_cnt" in info:
+                key = name.decode() if isinstance(name, bytes) else str(name)
+                out[key.removeprefix("raw_tracepoint__")] = (int(info["run_cnt"]),
+                                                             int(info["run_time_ns"]))
+        return out
+
     def close(self) -> None:
         reader = getattr(self, "reader", None)
         if reader is not None:

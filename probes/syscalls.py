@@ -52,3 +52,17 @@ def number(name: str, arch: str) -> int:
         if n == name:
             return nr
     raise KeyError(f"no syscall {name!r} on {arch}")
+
+
+@lru_cache(maxsize=8)
+def _numbers(arch: str) -> dict[str, int]:
+    return {name: nr for nr, name in table(arch).items()}
+
+
+def number_array(names: list[str], arch: str) -> np.ndarray:
+    """Names to syscall numbers (uint16); a name the table lacks is a KeyError."""
+    tab = _numbers(normalise_arch(arch))
+    try:
+        return np.array([tab[n] for n in names], dtype=np.uint16)
+    except KeyError as exc:
+        raise KeyError(f"no syscall {exc.args[0]!r} on {arch}") from None

@@ -1,0 +1,243 @@
+"""The daemon's configuration: TOML (stdlib tomllib), every key checked at start.
+
+The shipped default, packaging/sysdream.toml, documents every key; a test checks that it
+lists exactly the keys below with the same defaults. An unknown key or a bad value is a
+ConfigError naming the file, the line, the key and the expected form.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PATH = Path("/etc/sysdream/sysdream.toml")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used (exit code 12)."""
+
+
+@dataclass(frozen=True)
+class Key:
+    default: Any
+    kind: type | tuple          # the TOML type(s) accepted
+    check: Callable[[Any], bool] = lambda v: True
+    form: str = ""              # what a good value looks like, for the message
+
+
+def _pow2(lo: int, hi: int) -> Callable[[int], bool]:
+    return lambda v: lo <= v <= hi and not v & (v - 1)
+
+
+def _rng(lo: float, hi: float) -> Callable[[float], bool]:
+    return lambda v: lo <= v <= hi
+
+
+def _ints(v) -> bool:
+    return all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
+
+
+def _strs(v) -> bool:
+    return all(isinstance(x, str) and 0 < len(x) < 16 for x in v)
+
+
+NUM = (int, float)
+SCHEMA: dict[str, dict[str, Key]] = {
+    "service": {
+        "state_directory": Key("/var/lib/sysdream", str, lambda v: v.startswith("/"),
+                               "an absolute path"),
+        "model": Key("", str, lambda v: v == "" or v.startswith("/"),
+                     'an absolute path to a bundle directory, or ""'),
+        "status_interval_s": Key(10.0, NUM, _rng(0.1, 3600), "seconds, 0.1 to 3600"),
+    },
+    "capture": {
+        "chunk": Key(64, int, _pow2(8, 1024), "a power of two from 8 to 1024"),
+        "flush_age_s": Key(1.0, NUM, _rng(0.001, 3600), "seconds, 0.001 to 3600"),
+        "ring_buffer_pages": Key(1024, int, _pow2(1, 1 << 18), "a power of two"),
+        "include_pids": Key([], list, _ints, "a list of process ids"),
+        "exclude_pids": Key([], list, _ints, "a list of process ids"),
+        "include_comms": Key([], list, _strs, "a list of process names (1-15 characters)"),
+        "exclude_comms": Key([], list, _strs, "a list of process names (1-15 characters)"),
+        "include_cgroups": Key([], list, _ints, "a list of cgroup ids"),
+        "exclude_cgroups": Key([], list, _ints, "a list of cgroup ids"),
+    },
+    "learning": {
+        "baseline_seconds": Key(3600.0, NUM, _rng(1, 30 * 86400), "seconds, 1 to 2592000"),
+        "min_syscalls": Key(100000, int, _rng(100, 10**10), "an integer, 100 or more"),
+        "max_syscalls": Key(50000000, int, _rng(1000, 10**11), "an integer, 1000 or more"),
+        "arch": Key("dream", str, lambda v: v in _archs(), "one of " + ", ".join(
+            ("dream", "em", "bem", "fixed", "syntax", "semantic1", "semantic2", "tiered",
+             "tiered-attention"))),
+        "window": Key(16, int, _rng(2, 256), "an integer, 2 to 256"),
+        "hidden": Key(32, int, _rng(4, 1024), "an integer, 4 to 1024"),
+        "embed": Key(32, int, _rng(4, 1024), "an integer, 4 to 1024"),
+        "epochs": Key(15, int, _rng(1, 1000), "an integer, 1 to 1000"),
+        "threads": Key(1, int, _rng(1, 256), "an integer, 1 to 256"),
+        "nice": Key(19, int, _rng(0, 19), "an integer, 0 to 19"),
+    },
+    "detection": {
+        "confidence": Key(0.0, NUM, lambda v: v == 0 or 0.5 <= v < 1,
+                          "0 (the model's own), or from 0.5 to below 1, e.g. 0.999"),
+        "evidence_windows": Key(8, int, _rng(1, 10000), "an integer, 1 to 10000"),
+        "evidence_exceedances": Key(3, int, _rng(1, 10000),
+                                    "an integer from 1 to evidence_windows"),
+        "max_threads": Key(16384, int, _rng(16, 10**7), "an integer, 16 or more"),
+        "cache_windows": Key(200000, int, _rng(0, 10**8), "an integer, 0 (no cache) or more"),
+        "queue_windows": Key(20000, int, _rng(16, 10**8), "an integer, 16 or more"),
+        "batch_windows": Key(512, int, _rng(1, 65536), "an integer, 1 to 65536"),
+        "batch_wait_ms": Key(20, int, _rng(0, 10000), "milliseconds, 0 to 10000"),
+        "torch_threads": Key(1, int, _rng(1, 256), "an integer, 1 to 256"),
+    },
+    "alerts": {
+        "journald": Key(True, bool, form="true or false"),
+        "json_lines": Key("", str, lambda v: v in ("", "-") or v.startswith("/"),
+                          '"", "-" (standard output) or an absolute file path'),
+        "rate_limit_burst": Key(5, int, _rng(1, 10**6), "an integer, 1 or more"),
+        "rate_limit_interval_s": Key(60.0, NUM, _rng(0.001, 86400), "seconds, up to 86400"),
+        "explain_positions": Key(5, int, _rng(1, 64), "an integer, 1 to 64"),
+    },
+    "metrics": {
+        "enabled": Key(True, bool, form="true or false"),
+        "address": Key("127.0.0.1", str, lambda v: bool(v), "an IP address to listen on"),
+        "port": Key(9477, int, _rng(0, 65535), "a TCP port, 0 to 65535 (0: any free one)"),
+        "comm_labels": Key(64, int, _rng(1, 10000), "an integer, 1 to 10000"),
+    },
+}
+
+
+def _archs() -> tuple[str, ...]:
+    from sysdream.model.config import ARCHS
+
+    return ARCHS
+
+
+class Config:
+    """Checked settings: `cfg.section.key`, plus where they came from."""
+
+    def __init__(self, values: dict[str, dict[str, Any]], source: str):
+        self.values, self.source = values, source
+        for section, keys in values.items():
+            setattr(self, section, _Section(keys))
+
+    def get(self, section: str, key: str) -> Any:
+        return self.values[section][key]
+
+    def capture_settings(self):
+        from sysdream.probes.capture import CaptureSettings
+
+        c = self.values["capture"]
+        return CaptureSettings(
+            chunk=c["chunk"], flush_age_s=float(c["flush_age_s"]),
+            ring_buffer_pages=c["ring_buffer_pages"],
+            include_pids=tuple(c["include_pids"]), exclude_pids=tuple(c["exclude_pids"]),
+            include_comms=tuple(c["include_comms"]), exclude_comms=tuple(c["exclude_comms"]),
+            include_cgroups=tuple(c["include_cgroups"]),
+            exclude_cgroups=tuple(c["exclude_cgroups"])).validate()
+
+    def state_dir(self) -> Path:
+        return Path(self.values["service"]["state_directory"])
+
+    def model_path(self) -> Path:
+        m = self.values["service"]["model"]
+        return Path(m) if m else self.state_dir() / "model"
+
+
+class _Section:
+    def __init__(self, keys: dict[str, Any]):
+        self.__dict__.update(keys)
+
+
+def defaults() -> dict[str, dict[str, Any]]:
+    return {s: {k: (list(v.default) if isinstance(v.default, list) else v.default)
+                for k, v in keys.items()} for s, keys in SCHEMA.items()}
+
+
+_HEADER = re.compile(r"^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]")
+_ASSIGN = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=")
+
+
+def _lines(text: str) -> dict[tuple[str, str], int]:
+    """(section, key) -> line number, for messages (tomllib keeps no positions)."""
+    out: dict[tuple[str, str], int] = {}
+    section = ""
+    for n, line in enumerate(text.splitlines(), 1):
+        if m := _HEADER.match(line):
+            section = m.group(1)
+            out.setdefault((section, ""), n)
+        elif m := _ASSIGN.match(line):
+            out.setdefault((section, m.group(1)), n)
+    return out
+
+
+def _type_ok(value: Any, kind) -> bool:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        return False
+    return isinstance(value, kinds)
+
+
+def check(data: dict, source: str, text: str = "") -> Config:
+    """Merge `data` (parsed TOML) over the defaults, refusing unknown keys and bad values."""
+    where = _lines(text)
+
+    def at(section: str, key: str = "") -> str:
+        line = where.get((section, key)) or where.get((section, ""))
+        return f"{source}:{line}" if line else source
+
+    values = defaults()
+    for section, table in data.items():
+        if section not in SCHEMA:
+            raise ConfigError(f"{at(section)}: unknown section [{section}] (known: "
+                              f"{', '.join(SCHEMA)})")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{at('', section)}: {section} must be a [{section}] table")
+        for key, value in table.items():
+            spec = SCHEMA[section].get(key)
+            if spec is None:
+                raise ConfigError(f"{at(section, key)}: unknown key {key!r} in [{section}] "
+                                  f"(known: {', '.join(SCHEMA[section])})")
+            if not _type_ok(value, spec.kind) or not spec.check(value):
+                raise ConfigError(f"{at(section, key)}: [{section}] {key} = {value!r}: "
+                                  f"expected {spec.form or spec.kind.__name__}")
+            values[section][key] = value
+    d = values["detection"]
+    if d["evidence_exceedances"] > d["evidence_windows"]:
+        raise ConfigError(f"{at('detection', 'evidence_exceedances')}: [detection] "
+                          f"evidence_exceedances = {d['evidence_exceedances']}: expected at "
+                          f"most evidence_windows ({d['evidence_windows']})")
+    return Config(values, source)
+
+
+def load(path: str | Path | None, required: bool = False) -> Config:
+    """Read `path` (default /etc/sysdream/sysdream.toml). A missing default file means the
+    defaults; a missing file the user named is an error."""
+    p = Path(path) if path else DEFAULT_PATH
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        if path is None and not required:
+            return Config(defaults(), "(defaults)")
+        raise ConfigError(f"{p}: no such configuration file; copy packaging/sysdream.toml "
+                          "there or name another with --config") from None
+    except (PermissionError, IsADirectoryError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(f"{p}: cannot read the configuration ({why}); fix its "
+                          "permissions or name another with --config") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    return check(data, str(p), text)
+
+
+def override(cfg: Config, changes: dict[tuple[str, str], Any]) -> Config:
+    """Apply command-line overrides (already parsed), checked like file values."""
+    data = {s: dict(v) for s, v in cfg.values.items()}
+    for (section, key), value in changes.items():
+        if value is not None:
+            data[section][key] = value
+    return check(data, cfg.source + " with command-line overrides")

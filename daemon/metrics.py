@@ -1,0 +1,231 @@
+"""Prometheus metrics of the daemon (prometheus-client, HTTP on 127.0.0.1 by default).
+
+Counters the pipeline and the kernel keep as plain integers are read at scrape time by one
+collector, so a scrape always shows the kernel's exact conservation counters. Histograms are
+prometheus-client objects fed by the scorer and the alert path. docs/metrics.md lists every
+metric; tests/daemon/test_metrics_doc.py compares it with what this module registers.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import (
+    CollectorRegistry,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+
+LOSS_REASONS = {"lost_syscalls": "ring_buffer_full", "lost_nostorage": "no_thread_storage"}
+SCORE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+DETECTION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+class CommLabels:
+    """A bounded set of process-name label values: the first `limit` names seen keep their
+    own value, later ones share "other" (label cardinality stays bounded)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.known: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, comm: str) -> str:
+        if comm in self.known:
+            return comm
+        with self._lock:
+            if len(self.known) < self.limit:
+                self.known.add(comm)
+                return comm
+        return "other"
+
+
+def _by_label(name: str, doc: str, label: str, values: dict[str, int],
+              labels: CommLabels | None = None, gauge: bool = False):
+    fam = (GaugeMetricFamily if gauge else CounterMetricFamily)(name, doc, labels=[label])
+    merged: dict[str, int] = {}
+    for k, v in list(values.items()):
+        key = labels(k) if labels else k
+        merged[key] = merged.get(key, 0) + v
+    for k, v in sorted(merged.items()):
+        fam.add_metric([k], v)
+    return fam
+
+
+class ServiceCollector:
+    """Everything read from the running service at scrape time."""
+
+    def __init__(self, service):
+        self.s = service
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        s = self.s
+        k = dict(s.kernel_counters)
+        yield CounterMetricFamily("sysdream_syscalls_seen", "Syscall entries the capture "
+                                  "program saw (every process).", value=k.get("seen", 0))
+        yield CounterMetricFamily("sysdream_syscalls_filtered", "Syscalls of processes the "
+                                  "filters exclude (not traced).", value=k.get("filtered", 0))
+        yield CounterMetricFamily("sysdream_syscalls_traced", "Syscalls traced: delivered "
+                                  "+ lost, exactly.", value=k.get("traced", 0))
+        yield CounterMetricFamily("sysdream_syscalls_delivered", "Syscalls the kernel "
+                                  "delivered in ring-buffer records.",
+                                  value=k.get("emitted_syscalls", 0))
+        lost = CounterMetricFamily("sysdream_syscalls_lost", "Traced syscalls lost, by "
+                                   "reason.", labels=["reason"])
+        for field, reason in LOSS_REASONS.items():
+            lost.add_metric([reason], k.get(field, 0))
+        yield lost
+        yield CounterMetricFamily("sysdream_records", "Ring-buffer records delivered "
+                                  "(one per chunk of syscalls).",
+                                  value=k.get("emitted_records", 0))
+        yield CounterMetricFamily("sysdream_records_lost", "Records lost to a full ring "
+                                  "buffer.", value=k.get("lost_records", 0))
+        yield CounterMetricFamily("sysdream_syscalls_read", "Syscalls the daemon read from "
+                                  "the ring buffer.", value=s.syscalls_read)
+        c = s.counters
+        yield GaugeMetricFamily("sysdream_threads_tracked", "Threads with a stream in the "
+                                "thread table.", value=s.threads_tracked())
+        yield CounterMetricFamily("sysdream_threads_evicted", "Threads forgotten because "
+                                  "the thread table was full.", value=c.threads_evicted)
+        yield CounterMetricFamily("sysdream_record_gaps", "Gaps in a thread's record "
+                                  "sequence (records lost); windows restart after each.",
+                                  value=c.record_gaps)
+        yield CounterMetricFamily("sysdream_windows_cut", "Windows cut from thread streams.",
+                                  value=c.windows_cut)
+        yield CounterMetricFamily("sysdream_windows_scored", "Windows scored by the model "
+                                  "(cache misses).", value=c.windows_scored)
+        yield CounterMetricFamily("sysdream_windows_cached", "Windows whose score came from "
+                                  "the known-window cache.", value=c.windows_cached)
+        yield _by_label("sysdream_windows_shed", "Windows dropped unscored, by reason "
+                        "(queue_full, model_change).", "reason",
+                        {"queue_full": 0, "model_change": 0, **c.windows_shed})
+        looked = c.windows_scored + c.windows_cached
+        yield GaugeMetricFamily("sysdream_cache_hit_ratio", "Share of windows answered by "
+                                "the known-window cache since start.",
+                                value=c.windows_cached / looked if looked else 0.0)
+        yield GaugeMetricFamily("sysdream_cache_windows", "Windows in the known-window "
+                                "cache.", value=s.cache_size())
+        yield GaugeMetricFamily("sysdream_queue_windows", "Windows waiting for inference.",
+                                value=s.queue.size if s.queue else 0)
+        yield GaugeMetricFamily("sysdream_queue_capacity_windows", "Most windows that may "
+                                "wait before shedding.", value=s.queue.capacity if s.queue
+                                else 0)
+        yield _by_label("sysdream_anomalous_windows", "Windows above the bound, by "
+                        "process name.", "comm", c.anomalous, s.comm_labels)
+        yield _by_label("sysdream_alerts", "Alerts raised, by process name.", "comm",
+                        s.alerts_sent, s.comm_labels)
+        yield _by_label("sysdream_alerts_suppressed", "Alerts held back by the per-name "
+                        "rate limit, by process name.", "comm", s.alerts_suppressed,
+                        s.comm_labels)
+        yield CounterMetricFamily("sysdream_journald_failures", "Alerts and events that "
+                                  "could not reach journald (written to stderr instead).",
+                                  value=s.sink.journald_failures)
+        phase = GaugeMetricFamily("sysdream_phase", "1 for the daemon's current phase.",
+                                  labels=["phase"])
+        for name in ("learning", "training", "detecting"):
+            phase.add_metric([name], 1.0 if s.phase == name else 0.0)
+        yield phase
+        yield GaugeMetricFamily("sysdream_learning_progress_ratio", "Progress of learning "
+                                "this host (0-1): recording the baseline, then training.",
+                                value=s.learning_progress)
+        yield CounterMetricFamily("sysdream_learning_syscalls", "Syscalls recorded into "
+                                  "the learning baseline.", value=s.baseline_syscalls)
+        yield _by_label("sysdream_model_reloads", "Model loads after start, by result.",
+                        "result", {"ok": 0, "failed": 0, **s.reloads})
+        m = s.model
+        info = InfoMetricFamily("sysdream_model", "The model in use.")
+        gauges = []
+        if m is not None:
+            t = m.det.training or {}
+            info.add_metric([], {"model_id": m.model_id, "arch": m.det.cfg.arch,
+                                 "task": m.task, "window": str(m.p),
+                                 "trained_at": str(t.get("trained_at", ""))})
+            gauges = [("sysdream_model_vocabulary_size", "Syscall names the model knows "
+                       "(with the padding and unknown tokens).", len(m.det.vocab)),
+                      ("sysdream_model_bound", "The alarm bound (mean NLL per syscall).",
+                       m.bound.bound),
+                      ("sysdream_model_confidence", "Confidence of the interval whose upper "
+                       "end is the bound.", m.bound.confidence)]
+        yield info
+        for name, doc, v in gauges:
+            yield GaugeMetricFamily(name, doc, value=v)
+        runs = CounterMetricFamily("sysdream_bpf_program_runs", "BPF program runs (counted "
+                                   "by the kernel while kernel.bpf_stats_enabled=1).",
+                                   labels=["program"])
+        secs = CounterMetricFamily("sysdream_bpf_program_run_seconds", "BPF program run "
+                                   "time (while kernel.bpf_stats_enabled=1).",
+                                   labels=["program"])
+        for prog, (n, ns) in sorted(s.program_stats().items()):
+            runs.add_metric([prog], n)
+            secs.add_metric([prog], ns / 1e9)
+        yield runs
+        yield secs
+
+
+class Metrics:
+    """The registry: the service collector, process CPU/memory and the histograms."""
+
+    def __init__(self, service):
+        disable_created_metrics()  # no *_created series: they only double the cardinality
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(ServiceCollector(service))
+        ProcessCollector(registry=self.registry)
+        self.inference = Histogram("sysdream_inference_seconds", "Time to score one batch "
+                                   "of windows.", buckets=LATENCY_BUCKETS,
+                                   registry=self.registry)
+        self.batch_size = Histogram("sysdream_inference_batch_windows", "Windows per "
+                                    "inference batch.", buckets=(1, 4, 16, 64, 128, 256, 512,
+                                                                 1024, 4096),
+                                    registry=self.registry)
+        self.scores = Histogram("sysdream_window_score", "Window scores (mean negative "
+                                "log-likelihood per syscall).", buckets=SCORE_BUCKETS,
+                                registry=self.registry)
+        self.detection = Histogram("sysdream_detection_latency_seconds", "From the newest "
+                                   "syscall of an alert's window to the alert.",
+                                   buckets=DETECTION_BUCKETS, registry=self.registry)
+        self.server = None
+
+    def observe(self, what: str, value, n: int) -> None:
+        if what == "inference":
+            self.inference.observe(value)
+            self.batch_size.observe(n)
+        elif what == "scores":
+            _observe_many(self.scores, value)
+
+    def serve(self, address: str, port: int) -> int:
+        """Start the HTTP endpoint; returns the port (useful with port 0). OSError when the
+        port is taken."""
+        from prometheus_client import start_http_server
+
+        server, _thread = start_http_server(port, addr=address, registry=self.registry)
+        self.server = server
+        return server.server_address[1]
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+def _observe_many(hist: Histogram, values) -> None:
+    """Observe a numpy array into a histogram in bulk: one increment per bucket, not per
+    value (prometheus-client 0.26's own observe() does the same per value; pinned)."""
+    import numpy as np
+
+    values = np.asarray(values, np.float64)
+    if not values.size:
+        return
+    edges = np.array(hist._upper_bounds)
+    idx = np.searchsorted(edges, values, side="left")
+    counts = np.bincount(idx, minlength=len(edges))
+    for i, n in enumerate(counts.tolist()):
+        if n:
+            hist._buckets[i].inc(n)
+    hist._sum.inc(float(values.sum()))

@@ -1,0 +1,546 @@
+"""The online pipeline: chunk records -> per-thread streams -> windows -> known-window cache
+-> bounded queue -> batched inference -> confidence bound -> per-process evidence -> alert.
+
+Two threads share it. The reader (the service's main loop) calls `ingest()` with whatever
+the ring buffer held; it only appends to thread buffers, cuts windows and queues them, and
+never waits for anything downstream. The scorer (`Scorer`, its own thread) takes batches
+from the queue, scores the windows the cache does not know, applies the bound and the
+evidence rule and hands alerts to a callback.
+
+Shedding: the queue holds at most `queue_windows` windows. When a new block would
+overflow it, the process with the most windows waiting loses its oldest waiting windows
+first (a flood from one process cannot push out the windows of the others); every shed
+window is counted (`sysdream_windows_shed_total`). Windows queued under a model with
+another window geometry are shed at the swap (reason "model_change").
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict, defaultdict, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sysdream.probes import syscalls
+from sysdream.probes.layout import REC_EXEC, REC_EXIT
+from sysdream.probes.streams import flatten
+
+PAD_NUMBER = 65536  # a span position before the thread's first syscall
+
+
+def exe_of(pid: int) -> str:
+    """The process's executable, "" once it is gone (or not ours to read)."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return ""
+
+
+class ModelView:
+    """What the pipeline needs of a Detector, derived once per model: window geometry,
+    the syscall-number -> token table and the bound at the configured confidence."""
+
+    def __init__(self, detector, confidence: float = 0.0, arch: str | None = None):
+        from sysdream.model.vocab import PAD
+
+        self.det = detector
+        cfg = detector.cfg
+        self.p, self.s, self.task = cfg.window, cfg.stride, cfg.task
+        self.lead = 2 * self.p if self.task == "predict-next" else self.p
+        self.span = self.lead + self.p
+        self.arch = arch or syscalls.native_arch()
+        names = syscalls.names(np.arange(65536), self.arch)
+        self.table = np.append(detector.vocab.encode(names), PAD).astype(np.int64)
+        self.bound = detector.bound.with_confidence(confidence) if confidence \
+            else detector.bound
+        self.model_id = detector.model_id
+
+    def geometry(self) -> tuple[int, int, str]:
+        return self.p, self.s, self.task
+
+    def names(self, span: np.ndarray) -> np.ndarray:
+        out = syscalls.names(np.minimum(span, 65535), self.arch).copy()
+        out[span == PAD_NUMBER] = "<pad>"
+        return out
+
+
+@dataclass
+class Block:
+    """Consecutive windows of one thread, waiting for inference."""
+    tid: int
+    tgid: int
+    comm: str
+    cgroup: int
+    spans: np.ndarray     # [k, lead + p] syscall numbers (PAD_NUMBER before the start)
+    valid: np.ndarray     # [k] real syscalls in each target
+    starts: np.ndarray    # [k] position of each target in the thread's stream
+    ns: int               # kernel time (CLOCK_MONOTONIC ns) of the newest syscall in it
+    exe: str = ""         # the process's executable when its thread was first seen / exec'd
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def drop_front(self, n: int) -> None:
+        self.spans, self.valid, self.starts = self.spans[n:], self.valid[n:], self.starts[n:]
+
+
+class _Thread:
+    __slots__ = ("tid", "tgid", "comm", "cgroup", "buf", "base", "n", "next_start",
+                 "last_seq", "covered", "exe")
+
+    def __init__(self, tid: int, tgid: int, comm: str, cgroup: int, first_seq: int, lead: int):
+        self.tid, self.tgid, self.comm, self.cgroup = tid, tgid, comm, cgroup
+        self.buf = np.empty(0, np.int32)
+        self.base = 0           # stream position of buf[0]
+        self.n = 0              # syscalls seen of this thread
+        # A thread first met mid-stream (evicted, or records lost) has no context yet:
+        # its first window waits until `lead` syscalls of real context have arrived.
+        self.next_start = 0 if first_seq == 0 else lead
+        self.last_seq = first_seq - 1
+        self.covered = 0        # end of the last target emitted
+        self.exe = exe_of(tgid)
+
+
+@dataclass
+class Counters:
+    """Pipeline counters, read by the metrics collector (plain ints, written by one thread
+    each)."""
+    records: int = 0
+    syscalls: int = 0
+    windows_cut: int = 0
+    windows_scored: int = 0
+    windows_cached: int = 0
+    windows_shed: dict = field(default_factory=lambda: defaultdict(int))
+    threads_evicted: int = 0
+    threads_exited: int = 0
+    record_gaps: int = 0
+    batches: int = 0
+    anomalous: dict = field(default_factory=lambda: defaultdict(int))
+
+
+class WindowQueue:
+    """Bounded, per-process fair queue of window blocks (see the module's shedding note)."""
+
+    def __init__(self, capacity: int, counters: Counters):
+        self.capacity, self.counters = capacity, counters
+        self.by_proc: dict[int, deque[Block]] = {}
+        self.waiting: dict[int, int] = defaultdict(int)
+        self.size = 0
+        self.cond = threading.Condition()
+
+    def put(self, block: Block) -> None:
+        with self.cond:
+            self.by_proc.setdefault(block.tgid, deque()).append(block)
+            self.waiting[block.tgid] += len(block)
+            self.size += len(block)
+            while self.size > self.capacity:
+                self._shed_one(self.size - self.capacity)
+            self.cond.notify()
+
+    def _shed_one(self, excess: int) -> None:
+        tgid = max(self.waiting, key=self.waiting.__getitem__)
+        q = self.by_proc[tgid]
+        head = q[0]
+        n = min(excess, len(head))
+        head.drop_front(n)
+        if not len(head):
+            q.popleft()
+        self._account(tgid, n)
+        self.counters.windows_shed["queue_full"] += n
+
+    def _account(self, tgid: int, n: int) -> None:
+        self.size -= n
+        self.waiting[tgid] -= n
+        if self.waiting[tgid] <= 0:
+            del self.waiting[tgid]
+            self.by_proc.pop(tgid, None)
+
+    def take(self, limit: int, wait: float, fill_wait: float = 0.0) -> list[Block]:
+        """Up to `limit` windows, round-robin over processes; waits up to `wait` for the
+        first and then up to `fill_wait` for the batch to fill."""
+        with self.cond:
+            if not self.size:
+                self.cond.wait(wait)
+            if self.size and self.size < limit and fill_wait > 0:
+                deadline = time.monotonic() + fill_wait
+                while self.size < limit and (left := deadline - time.monotonic()) > 0:
+                    self.cond.wait(left)
+            out: list[Block] = []
+            taken = 0
+            while self.size and taken < limit:
+                procs = list(self.by_proc)
+                share = max(1, (limit - taken) // len(procs))  # an equal share each
+                for tgid in procs:
+                    if taken >= limit:
+                        break
+                    q = self.by_proc[tgid]
+                    head = q[0]
+                    n = min(len(head), limit - taken, share)
+                    if n == len(head):
+                        q.popleft()
+                        out.append(head)
+                    else:
+                        out.append(Block(head.tid, head.tgid, head.comm, head.cgroup,
+                                         head.spans[:n], head.valid[:n], head.starts[:n],
+                                         head.ns, head.exe))
+                        head.drop_front(n)
+                    self._account(tgid, n)
+                    taken += n
+            return out
+
+    def clear(self, reason: str) -> int:
+        with self.cond:
+            n = self.size
+            self.by_proc.clear()
+            self.waiting.clear()
+            self.size = 0
+            if n:
+                self.counters.windows_shed[reason] += n
+            return n
+
+
+class Cutter:
+    """The reader's side: thread table (bounded LRU, freed on exit) and window cutting."""
+
+    def __init__(self, model: ModelView, queue: WindowQueue, counters: Counters,
+                 max_threads: int):
+        self.model, self.queue, self.counters = model, queue, counters
+        self.max_threads = max_threads
+        self.threads: OrderedDict[int, _Thread] = OrderedDict()
+
+    def set_model(self, model: ModelView) -> None:
+        """Swap the model. Same geometry: streams and queued windows carry over. Other
+        geometry: positions restart (context is kept) and queued windows are shed."""
+        old, self.model = self.model, model
+        if old.geometry() != model.geometry():
+            self.queue.clear("model_change")
+            for t in self.threads.values():
+                t.next_start = max(t.n, model.lead)
+                t.covered = t.next_start
+
+    def ingest(self, records: np.ndarray) -> None:
+        if records.size == 0:
+            return
+        c = self.counters
+        c.records += records.size
+        order = np.lexsort((records["seq"], records["tid"]))
+        recs = records[order]
+        ids, owner = flatten(recs)
+        c.syscalls += ids.size
+        tids = recs["tid"]
+        starts = np.flatnonzero(np.r_[True, tids[1:] != tids[:-1]])
+        ends = np.r_[starts[1:], recs.size]
+        bounds = np.searchsorted(owner, np.r_[starts, recs.size])
+        counts = recs["count"].astype(np.int64)
+        for k, (lo, hi) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+            self._thread_records(recs[lo:hi], ids[bounds[k]:bounds[k + 1]], counts[lo:hi])
+
+    def _thread_records(self, recs: np.ndarray, ids: np.ndarray, counts: np.ndarray) -> None:
+        last = recs[-1]
+        tid = int(last["tid"])
+        t = self.threads.get(tid)
+        seqs = recs["seq"].astype(np.int64)
+        if t is None:
+            t = _Thread(tid, int(last["tgid"]), "", int(last["cgroup_id"]), int(seqs[0]),
+                        self.model.lead)
+            self.threads[tid] = t
+            if len(self.threads) > self.max_threads:
+                self.threads.popitem(last=False)
+                self.counters.threads_evicted += 1
+        else:
+            self.threads.move_to_end(tid)
+        t.comm = last["comm"].decode(errors="replace")
+        if (recs["flags"] & REC_EXEC).any():
+            t.exe = exe_of(int(last["tgid"])) or t.exe
+        t.tgid, t.cgroup = int(last["tgid"]), int(last["cgroup_id"])
+        expected = np.r_[t.last_seq + 1, seqs[:-1] + 1]
+        gaps = np.flatnonzero(seqs != expected).tolist()
+        if gaps:  # records of this thread were lost: restart its windows after each gap
+            self.counters.record_gaps += len(gaps)
+            offsets = np.r_[0, np.cumsum(counts)]
+            lo = 0
+            for g in gaps:
+                if g:
+                    self._append(t, ids[offsets[lo]:offsets[g]], int(recs[g - 1]["last_ns"]))
+                # no window may straddle the gap: the next needs `lead` syscalls of context
+                t.buf = np.empty(0, np.int32)
+                t.base = t.n
+                t.next_start = t.covered = t.n + self.model.lead
+                lo = g
+            ids = ids[offsets[lo]:]
+        t.last_seq = int(seqs[-1])
+        self._append(t, ids, int(last["last_ns"]))
+        if last["flags"] & REC_EXIT:
+            self._final(t, int(last["last_ns"]))
+            del self.threads[tid]
+            self.counters.threads_exited += 1
+
+    def _append(self, t: _Thread, ids: np.ndarray, ns: int) -> None:
+        if ids.size:
+            t.buf = np.concatenate([t.buf, ids.astype(np.int32)])
+            t.n += ids.size
+        m = self.model
+        if t.n - m.p < t.next_start:
+            return
+        starts = np.arange(t.next_start, t.n - m.p + 1, m.s, dtype=np.int64)
+        self._emit(t, starts, np.full(len(starts), m.p, np.int16), ns)
+        t.next_start = int(starts[-1]) + m.s
+        t.covered = int(starts[-1]) + m.p
+        keep = max(0, min(t.next_start, t.n - m.p) - m.lead)
+        if keep > t.base:
+            t.buf = t.buf[keep - t.base:]
+            t.base = keep
+
+    def _final(self, t: _Thread, ns: int) -> None:
+        """At exit, the end-aligned window covering what no target covered yet (as the
+        offline cutter does), padded when the thread made fewer than p syscalls."""
+        m = self.model
+        if t.n <= t.covered or t.n == 0:
+            return
+        start = max(t.n - m.p, 0)
+        if start - m.lead < t.base and start >= m.lead:
+            return  # context lost (gap): nothing honest to score
+        self._emit(t, np.array([start], np.int64),
+                   np.array([min(m.p, t.n - start)], np.int16), ns)
+
+    def _emit(self, t: _Thread, starts: np.ndarray, valid: np.ndarray, ns: int) -> None:
+        m = self.model
+        pos = starts[:, None] - m.lead + np.arange(m.span)[None, :]
+        rel = pos - t.base
+        ok = (pos >= 0) & (rel >= 0) & (pos < t.n)
+        spans = np.full(pos.shape, PAD_NUMBER, np.int32)
+        spans[ok] = t.buf[rel[ok]]
+        self.counters.windows_cut += len(starts)
+        self.queue.put(Block(t.tid, t.tgid, t.comm, t.cgroup, spans, valid, starts, ns,
+                             t.exe))
+
+
+class Evidence:
+    """Per process: alert when k of its last m windows exceeded the bound."""
+
+    def __init__(self, k: int, m: int, max_processes: int = 65536):
+        self.k, self.m, self.max = k, m, max_processes
+        self.recent: OrderedDict[int, deque] = OrderedDict()
+
+    def add(self, tgid: int, exceeded: bool) -> int:
+        """Record one window; returns the exceedances in the last m when that reaches k
+        (and then starts over), else 0."""
+        d = self.recent.get(tgid)
+        if d is None:
+            d = self.recent[tgid] = deque(maxlen=self.m)
+            if len(self.recent) > self.max:
+                self.recent.popitem(last=False)
+        else:
+            self.recent.move_to_end(tgid)
+        d.append(exceeded)
+        if exceeded and sum(d) >= self.k:
+            n = sum(d)
+            d.clear()
+            return n
+        return 0
+
+
+class WindowCache:
+    """Known-window cache: window content -> score under the current model, LRU, bounded.
+    Keys are a keyed 64-bit hash of the window's tokens (a secret per daemon start)."""
+
+    def __init__(self, capacity: int, width: int):
+        self.capacity = capacity
+        rng = np.random.default_rng()
+        self.mult = rng.integers(1, 2**63, size=width, dtype=np.uint64) * 2 + 1
+        self.scores: OrderedDict[int, float] = OrderedDict()
+
+    def keys(self, tokens: np.ndarray) -> list[int]:
+        with np.errstate(over="ignore"):
+            h = (tokens.astype(np.uint64) * self.mult[None, :tokens.shape[1]]).sum(1)
+            h ^= h >> np.uint64(29)
+        return h.tolist()
+
+    def get(self, key: int) -> float | None:
+        v = self.scores.get(key)
+        if v is not None:
+            self.scores.move_to_end(key)
+        return v
+
+    def put(self, key: int, score: float) -> None:
+        if self.capacity <= 0:
+            return
+        self.scores[key] = score
+        if len(self.scores) > self.capacity:
+            self.scores.popitem(last=False)
+
+    def clear(self) -> None:
+        self.scores.clear()
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+@dataclass
+class Detection:
+    """One alert-worthy window, with what the alert needs."""
+    block: Block
+    row: int
+    score: float
+    exceedances: int
+    evidence_m: int
+    model: ModelView
+    explanation: dict
+
+
+class Scorer:
+    """The scorer thread: batches from the queue, cache, inference, bound, evidence."""
+
+    def __init__(self, model: ModelView, queue: WindowQueue, counters: Counters,
+                 on_detection, evidence_k: int = 3, evidence_m: int = 8,
+                 cache_windows: int = 200000, batch_windows: int = 512,
+                 batch_wait_ms: int = 20, explain_positions: int = 5,
+                 observe=None):
+        self.model, self.queue, self.counters = model, queue, counters
+        self.on_detection, self.observe = on_detection, observe
+        self.evidence = Evidence(evidence_k, evidence_m)
+        self.cache = WindowCache(cache_windows, model.span)
+        self.batch_windows, self.batch_wait = batch_windows, batch_wait_ms / 1000
+        self.explain_positions = explain_positions
+        self.beat = time.monotonic()     # last sign of life (the watchdog reads it)
+        self.busy_since = 0.0            # start of the batch in progress, 0 when idle
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def set_model(self, model: ModelView) -> None:
+        with self._lock:
+            self.model = model
+            self.cache = WindowCache(self.cache.capacity, model.span)
+
+    def set_rules(self, evidence_k: int, evidence_m: int) -> None:
+        with self._lock:
+            if (evidence_k, evidence_m) != (self.evidence.k, self.evidence.m):
+                self.evidence = Evidence(evidence_k, evidence_m)
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._run, name="sysdream-scorer", daemon=True)
+        self.thread.start()
+
+    def stop(self, drain_s: float = 0.0) -> None:
+        """Stop; first score what is queued for up to `drain_s` seconds."""
+        deadline = time.monotonic() + drain_s
+        while self.queue.size and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self._stop.set()
+        with self.queue.cond:
+            self.queue.cond.notify_all()
+        if self.thread:
+            self.thread.join(timeout=max(0.1, deadline - time.monotonic() + 1))
+
+    def _run(self) -> None:
+        if os.environ.get("SYSDREAM_FAULT_STALL_SCORER") == "1":  # test-only fault (named)
+            self._stall_after_first_batch = True
+        while not self._stop.is_set():
+            self.beat = time.monotonic()
+            blocks = self.queue.take(self.batch_windows, 0.2, self.batch_wait)
+            if blocks:
+                self.busy_since = time.monotonic()
+                self.process(blocks)
+                self.busy_since = 0.0
+                if getattr(self, "_stall_after_first_batch", False):
+                    threading.Event().wait()  # a stalled scorer: never beats again
+
+    def process(self, blocks: list[Block]) -> list[Detection]:
+        from sysdream.model.scoring import score
+        from sysdream.model.windows import Windows
+
+        with self._lock:
+            model, cache, evidence = self.model, self.cache, self.evidence
+        blocks = [b for b in blocks if b.spans.shape[1] == model.span]
+        if not blocks:
+            return []
+        spans = np.concatenate([b.spans for b in blocks])
+        valid = np.concatenate([b.valid for b in blocks])
+        starts = np.concatenate([b.starts for b in blocks])
+        owner = np.repeat(np.arange(len(blocks)), [len(b) for b in blocks])
+        tokens = model.table[spans]
+        keys = cache.keys(tokens)
+        scores = np.empty(len(keys), np.float64)
+        miss = []
+        for i, k in enumerate(keys):
+            v = cache.get(k)
+            if v is None:
+                miss.append(i)
+            else:
+                scores[i] = v
+        c = self.counters
+        c.windows_cached += len(keys) - len(miss)
+        if miss:
+            w = _windows(Windows, model, tokens[miss], valid[miss], starts[miss], owner[miss])
+            t0 = time.perf_counter()
+            got = score(model.det.net, w, max(len(miss), 1), detail=False).score
+            if self.observe:
+                self.observe("inference", time.perf_counter() - t0, len(miss))
+            scores[miss] = got
+            for i, v in zip(miss, got.tolist(), strict=True):
+                cache.put(keys[i], v)
+            c.windows_scored += len(miss)
+        c.batches += 1
+        if self.observe:
+            self.observe("scores", scores, 0)
+        exceeds = model.bound.exceeds(scores)
+        out = []
+        for i in np.flatnonzero(exceeds).tolist():
+            c.anomalous[blocks[owner[i]].comm] += 1
+        for i in range(len(scores)):
+            b = blocks[owner[i]]
+            n = evidence.add(b.tgid, bool(exceeds[i]))
+            if n:
+                row = i - int(np.searchsorted(owner, owner[i]))
+                ex = self.explain(model, b, row)
+                d = Detection(b, row, float(scores[i]), n, evidence.m, model, ex)
+                out.append(d)
+                self.on_detection(d)
+        return out
+
+    def explain(self, model: ModelView, b: Block, row: int) -> dict:
+        """Rescore one window with detail and explain it (positions in the thread's
+        stream)."""
+        from sysdream.model.detector import SequenceScores
+        from sysdream.model.scoring import score
+        from sysdream.model.windows import Windows
+
+        span = b.spans[row]
+        tokens = model.table[span][None, :]
+        w = _windows(Windows, model, tokens, b.valid[row:row + 1],
+                     np.array([model.lead]), np.zeros(1, np.int64))
+        s = score(model.det.net, w, 1, detail=True)
+        names = model.names(span)
+        res = SequenceScores(w, s, model.bound.exceeds(s.score), [], names)
+        ex = model.det.explain(res, 0, self.explain_positions)
+        shift = int(b.starts[row]) - model.lead
+        for item in ex["surprises"]:
+            item["position_in_sequence"] += shift
+        for item in ex.get("attention", []):
+            item["position"] += shift
+        ex["start"] = int(b.starts[row])
+        ex["context"] = [str(n) for n in names[:model.lead] if n != "<pad>"]
+        ex["unknown"] = sorted({str(n) for n, t in zip(names.tolist(), tokens[0].tolist(),
+                                                        strict=True) if t == 1})
+        ex["bound"] = model.bound.bound
+        ex["sigmas"] = float(model.bound.sigmas(np.array([s.score[0]]))[0])
+        return ex
+
+
+def _windows(Windows, model: ModelView, tokens: np.ndarray, valid: np.ndarray,
+             starts: np.ndarray, owner: np.ndarray):
+    p = model.p
+    mask = np.arange(p)[None, :] < valid[:, None]
+    tgt = tokens[:, model.lead:]
+    tgt = np.where(mask, tgt, 0)
+    if model.task == "predict-next":
+        prev, src = tokens[:, :p], tokens[:, p:2 * p]
+    else:
+        prev, src = tokens[:, :p], tgt
+    return Windows(np.ascontiguousarray(src), np.ascontiguousarray(prev),
+                   np.ascontiguousarray(tgt), mask, starts == 0, starts.astype(np.int64),
+                   owner.astype(np.int64))

@@ -1,0 +1,465 @@
+"""`sysdream run`: the service. Capture -> (learn | detect) -> alerts and metrics.
+
+Lifecycle (systemd Type=notify): READY=1 once the probes are attached; STATUS= every
+status interval; WATCHDOG=1 only while the reader loop turns and the scorer shows signs of
+life; SIGHUP reloads the configuration and the model without detaching the probes
+(RELOADING=1 ... READY=1; a bundle that does not load keeps the old model); SIGTERM or
+SIGINT scores what is queued (at most 2 s), writes what was recorded, and exits 0.
+
+Learn-then-detect: with no model, the daemon records this host into
+state_directory/baseline-<time>.sdtrace for `baseline_seconds` (and at least
+`min_syscalls`), trains in a child process at nice 19 and SCHED_IDLE while capture goes on,
+saves the bundle to state_directory/model and switches to detection without a restart.
+A failed training keeps the recordings and records again for another period.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from . import alerts
+from .config import Config
+from .exitcodes import MetricsPortError, StateDirError
+from .notify import Notifier
+
+DRAIN_S = 2.0
+
+
+def log(msg: str) -> None:
+    print(f"sysdream: {msg}", file=sys.stderr, flush=True)
+
+
+def check_state_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StateDirError(f"state directory {path}: {exc.strerror or exc}; create it "
+                            "writable by the daemon (systemd: StateDirectory=sysdream) or "
+                            "set [service] state_directory") from None
+
+
+class Service:
+    def __init__(self, cfg: Config, reload_config=None, notifier: Notifier | None = None):
+        self.cfg = cfg
+        self.reload_config = reload_config      # () -> Config, for SIGHUP
+        self.notify = notifier or Notifier()
+        self.kernel_counters: dict[str, int] = {}
+        self.syscalls_read = 0
+        from .pipeline import Counters
+        self.counters = Counters()
+        self.queue = None
+        self.cutter = None
+        self.scorer = None
+        self.model = None
+        self.phase = "learning"
+        self.learning_progress = 0.0
+        self.baseline_syscalls = 0
+        self.reloads: dict[str, int] = defaultdict(int)
+        self.alerts_sent: dict[str, int] = defaultdict(int)
+        self.alerts_suppressed: dict[str, int] = defaultdict(int)
+        from .metrics import CommLabels
+        self.comm_labels = CommLabels(cfg.metrics.comm_labels)
+        a = cfg.alerts
+        self.sink = alerts.AlertSink(a.journald, a.json_lines)
+        self.limiter = alerts.RateLimiter(a.rate_limit_burst, a.rate_limit_interval_s)
+        self.metrics = None
+        self.capture = None
+        self._stop = False
+        self._reload = False
+        self._alert_lock = threading.Lock()
+        self._writer = None
+        self._pending: list[np.ndarray] = []
+        self._learn_started = 0.0
+        self._trainer: subprocess.Popen | None = None
+        self._trainer_log: list[str] = []
+        self._train_epoch = 0
+
+    # -- what the metrics collector reads ---------------------------------------------
+    def threads_tracked(self) -> int:
+        return len(self.cutter.threads) if self.cutter else 0
+
+    def cache_size(self) -> int:
+        return len(self.scorer.cache) if self.scorer else 0
+
+    def program_stats(self) -> dict:
+        cap = self.capture
+        return cap.program_stats() if cap is not None and cap.bpf is not None else {}
+
+    # -- start ------------------------------------------------------------------------
+    def start(self) -> None:
+        """Everything that can fail on bad input, before anything is attached."""
+        import torch
+
+        torch.set_num_threads(self.cfg.detection.torch_threads)
+        check_state_dir(self.cfg.state_dir())
+        model_path = self.cfg.model_path()
+        if (model_path / "manifest.json").exists() or self.cfg.service.model:
+            self._use_model(self._load(model_path), event=False)
+        m = self.cfg.metrics
+        if m.enabled:
+            from .metrics import Metrics
+            self.metrics = Metrics(self)
+            try:
+                self.metrics_port = self.metrics.serve(m.address, m.port)
+            except OSError as exc:
+                raise MetricsPortError(f"metrics endpoint {m.address}:{m.port}: "
+                                       f"{exc.strerror or exc}; stop what holds the port or "
+                                       "set [metrics] port (or --metrics-port)") from None
+        from sysdream.probes.capture import Capture
+        self.capture = Capture(self.cfg.capture_settings())
+        self.kernel_counters = self.capture.counters()
+        if self.model is None:
+            self._start_learning()
+
+    def _load(self, path: Path):
+        from sysdream.model.bundle import BundleError
+        from sysdream.model.detector import Detector
+
+        from .pipeline import ModelView
+        if not (path / "manifest.json").exists() and not path.exists():
+            raise BundleError(f"{path}: no model bundle there; train one with `sysdream "
+                              "train` or leave [service] model empty to learn this host")
+        det = Detector.load(path)
+        if det.bound is None:
+            raise BundleError(f"{path}: the bundle has no calibrated bound; retrain it")
+        view = ModelView(det, self.cfg.detection.confidence)
+        self._verify(view)
+        return view
+
+    @staticmethod
+    def _verify(view) -> None:
+        """Score one window of padding: a bundle that loads but cannot run is refused."""
+        from sysdream.model.bundle import BundleError
+        from sysdream.model.scoring import score
+        from sysdream.model.windows import cut
+        try:
+            s = score(view.det.net, cut(np.ones(view.p, np.int64), view.p, view.s, view.task),
+                      1, detail=False).score
+        except Exception as exc:
+            raise BundleError(f"the model does not run: {str(exc)[:200]}") from None
+        if not np.all(np.isfinite(s)):
+            raise BundleError("the model scores a window as NaN or infinite; retrain it")
+
+    def _use_model(self, view, event: bool = True) -> None:
+        from .pipeline import Cutter, Scorer, WindowQueue
+        d = self.cfg.detection
+        if self.queue is None:
+            self.queue = WindowQueue(d.queue_windows, self.counters)
+        if self.cutter is None:
+            self.cutter = Cutter(view, self.queue, self.counters, d.max_threads)
+            self.scorer = Scorer(view, self.queue, self.counters, self._on_detection,
+                                 d.evidence_exceedances, d.evidence_windows, d.cache_windows,
+                                 d.batch_windows, d.batch_wait_ms,
+                                 self.cfg.alerts.explain_positions,
+                                 observe=self.metrics.observe if self.metrics else None)
+            self.scorer.start()
+        else:
+            self.cutter.set_model(view)
+            self.scorer.set_model(view)
+        self.model = view
+        self.phase = "detecting"
+        self.learning_progress = 1.0
+        b = view.bound
+        text = (f"model {view.model_id} in use: {view.det.cfg.arch} window {view.p}, "
+                f"vocabulary {len(view.det.vocab)}, bound {b.bound:.4f} at "
+                f"{b.confidence:.1%}")
+        log(text)
+        if event:
+            self.sink.emit("model-loaded", alerts.INFO, text,
+                           {"kind": "model-loaded", "model_id": view.model_id})
+
+    # -- alerts (scorer thread) -------------------------------------------------------
+    def _on_detection(self, det) -> None:
+        fields = alerts.anomaly_fields(det)
+        comm = det.block.comm
+        with self._alert_lock:
+            ok, suppressed = self.limiter.allow(comm)
+            if not ok:
+                self.alerts_suppressed[comm] += 1
+                return
+            fields["suppressed"] = suppressed
+            prio = alerts.CRIT if fields["severity"] == "high" else alerts.WARNING
+            self.sink.emit("anomaly", prio, alerts.message(fields), fields)
+            self.alerts_sent[comm] += 1
+        if self.metrics:
+            self.metrics.detection.observe(fields["latency_s"])
+
+    # -- learning ---------------------------------------------------------------------
+    def _start_learning(self) -> None:
+        import dataclasses
+
+        from sysdream.probes.tracefile import TraceWriter, host_header
+        self.phase = "learning"
+        settings = self.capture.settings
+        path = self.cfg.state_dir() / f"baseline-{int(time.time())}.sdtrace"
+        self._writer = TraceWriter(path, host_header(settings.chunk,
+                                                     dataclasses.asdict(settings)))
+        self._learn_started = time.monotonic()
+        self.baseline_syscalls = 0
+        L = self.cfg.learning
+        text = (f"no model at {self.cfg.model_path()}: learning this host for "
+                f"{L.baseline_seconds:.0f} s (at least {L.min_syscalls} syscalls) into {path}")
+        log(text)
+        self.sink.emit("learning-started", alerts.NOTICE, text,
+                       {"kind": "learning-started", "baseline": str(path)})
+
+    def _record(self, records: np.ndarray) -> None:
+        if self._writer is None or not records.size:
+            return
+        if self.baseline_syscalls >= self.cfg.learning.max_syscalls:
+            return
+        self._pending.append(records)
+        self.baseline_syscalls += int(records["count"].sum())
+
+    def _flush_baseline(self) -> None:
+        if self._writer is not None and self._pending:
+            self._writer.write_records(np.concatenate(self._pending))
+            self._pending.clear()
+            self._writer.write_counters(self.kernel_counters)
+
+    def _learning_tick(self) -> None:
+        L = self.cfg.learning
+        if self.phase == "learning":
+            elapsed = time.monotonic() - self._learn_started
+            frac = min(elapsed / L.baseline_seconds, self.baseline_syscalls / L.min_syscalls,
+                       1.0)
+            self.learning_progress = 0.5 * frac
+            if frac >= 1.0:
+                self._flush_baseline()
+                self._writer.close()
+                self._writer = None
+                self._start_training()
+        elif self.phase == "training" and self._trainer is not None:
+            rc = self._trainer.poll()
+            self.learning_progress = 0.5 + 0.5 * min(self._train_epoch / L.epochs, 1.0)
+            if rc is None:
+                return
+            self._trainer = None
+            if rc == 0:
+                try:
+                    view = self._load(self.cfg.model_path())
+                except Exception as exc:  # noqa: BLE001 (any failure: keep learning)
+                    self._training_failed(f"the trained bundle does not load: {exc}")
+                    return
+                self._use_model(view, event=False)
+                text = (f"learning complete: detecting with model {view.model_id} "
+                        f"(bound {view.bound.bound:.4f})")
+                self.sink.emit("learning-complete", alerts.NOTICE, text,
+                               {"kind": "learning-complete", "model_id": view.model_id})
+            else:
+                last = self._trainer_log[-1] if self._trainer_log else f"exit {rc}"
+                self._training_failed(last)
+
+    def _training_failed(self, why: str) -> None:
+        text = f"training failed ({why}); recording more of this host and trying again"
+        log(text)
+        self.sink.emit("learning-failed", alerts.ERR, text, {"kind": "learning-failed"})
+        self._start_learning()
+
+    def _start_training(self) -> None:
+        L = self.cfg.learning
+        state = self.cfg.state_dir()
+        inputs = [f"trace:{p}" for p in sorted(state.glob("baseline-*.sdtrace"))]
+        cmd = [sys.executable, "-m", "sysdream.daemon.cli", "train", "--input", *inputs,
+               "-o", str(self.cfg.model_path()), "--arch", L.arch, "--window", str(L.window),
+               "--hidden", str(L.hidden), "--embed", str(L.embed), "--epochs", str(L.epochs),
+               "--threads", str(L.threads)]
+        if self.model is None and self.cfg.detection.confidence:
+            cmd += ["--confidence", str(self.cfg.detection.confidence)]
+        nice = L.nice
+
+        def lower_priority() -> None:
+            os.nice(nice)
+            try:
+                os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            except (OSError, AttributeError):
+                pass
+
+        log(f"baseline recorded ({self.baseline_syscalls} syscalls); training at nice "
+            f"{nice}: {' '.join(cmd[3:])}")
+        self.phase = "training"
+        self._train_epoch = 0
+        self._trainer_log = []
+        env = {**os.environ, "OMP_NUM_THREADS": str(L.threads)}
+        self._trainer = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.PIPE, text=True, env=env,
+                                         preexec_fn=lower_priority)
+        threading.Thread(target=self._read_trainer, args=(self._trainer,), daemon=True,
+                         name="sysdream-trainer-log").start()
+
+    def _read_trainer(self, proc: subprocess.Popen) -> None:
+        for line in proc.stderr:
+            line = line.strip()
+            if not line:
+                continue
+            self._trainer_log.append(line)
+            del self._trainer_log[:-20]
+            if m := re.match(r"epoch (\d+):", line):
+                self._train_epoch = int(m.group(1))
+            log(f"trainer: {line}")
+
+    # -- reload -----------------------------------------------------------------------
+    def _do_reload(self) -> None:
+        from sysdream.model.bundle import BundleError
+
+        from .config import ConfigError
+        self.notify.reloading()
+        log("reloading (SIGHUP)")
+        if self.reload_config is not None:
+            try:
+                new = self.reload_config()
+            except ConfigError as exc:
+                log(f"reload: configuration refused, keeping the running one: {exc}")
+                self.reloads["failed"] += 1
+                self.notify.ready(self._status())
+                return
+            self._apply_config(new)
+        path = self.cfg.model_path()
+        if (path / "manifest.json").exists() or self.cfg.service.model:
+            try:
+                view = self._load(path)
+            except (BundleError, OSError, ValueError) as exc:
+                self.reloads["failed"] += 1
+                text = f"model reload refused, the running model stays: {exc}"
+                log(text)
+                self.sink.emit("model-rejected", alerts.ERR, text,
+                               {"kind": "model-rejected", "path": str(path)})
+            else:
+                if self._trainer is not None:
+                    self._trainer.kill()
+                    self._trainer = None
+                if self._writer is not None:
+                    self._flush_baseline()
+                    self._writer.close()
+                    self._writer = None
+                self._use_model(view)
+                self.reloads["ok"] += 1
+        self.notify.ready(self._status())
+
+    def _apply_config(self, new: Config) -> None:
+        old = self.cfg
+        fixed = ("chunk", "flush_age_s", "ring_buffer_pages")
+        changed = [k for k in fixed if old.capture.__dict__[k] != new.capture.__dict__[k]]
+        if changed:
+            log(f"reload: {', '.join(changed)} take effect at the next restart")
+            for k in changed:
+                new.values["capture"][k] = old.values["capture"][k]
+            new = Config(new.values, new.source)
+        self.capture.configure(new.capture_settings())
+        d = new.detection
+        if self.scorer:
+            self.scorer.set_rules(d.evidence_exceedances, d.evidence_windows)
+            self.scorer.explain_positions = new.alerts.explain_positions
+        if self.queue:
+            self.queue.capacity = d.queue_windows
+        if self.cutter:
+            self.cutter.max_threads = d.max_threads
+        a = new.alerts
+        self.sink.journald = a.journald
+        if a.json_lines != old.alerts.json_lines:
+            self.sink.set_json(a.json_lines)
+        self.limiter.burst, self.limiter.interval = a.rate_limit_burst, a.rate_limit_interval_s
+        self.cfg = new
+
+    # -- the loop ---------------------------------------------------------------------
+    def _status(self) -> str:
+        k = self.kernel_counters
+        lost = k.get("lost_syscalls", 0) + k.get("lost_nostorage", 0)
+        if self.phase == "learning":
+            return (f"learning this host: {self.learning_progress / 0.5:.0%} of the baseline "
+                    f"recorded ({self.baseline_syscalls} syscalls), {lost} syscalls lost")
+        if self.phase == "training":
+            return (f"training on the baseline (epoch {self._train_epoch} of "
+                    f"{self.cfg.learning.epochs}), capture continues, {lost} syscalls lost")
+        c = self.counters
+        return (f"detecting with model {self.model.model_id}: {self.syscalls_read} syscalls, "
+                f"{c.windows_scored + c.windows_cached} windows, "
+                f"{sum(self.alerts_sent.values())} alerts, {lost} syscalls lost, "
+                f"{sum(c.windows_shed.values())} windows shed")
+
+    def _watchdog_ok(self, now: float) -> bool:
+        s = self.scorer
+        if s is None:  # learning: the reader loop turning is all there is to check
+            return True
+        limit = max(self.notify.watchdog_s / 2, 0.5)
+        alive = s.thread is not None and s.thread.is_alive()
+        return alive and now - s.beat < limit + 0.25
+
+    def run(self) -> int:
+        cap = self.capture
+        signal.signal(signal.SIGHUP, lambda *_: setattr(self, "_reload", True))
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_stop", True))
+        signal.signal(signal.SIGINT, lambda *_: setattr(self, "_stop", True))
+        self.notify.ready(self._status())
+        log(f"probes attached; {self._status()}")
+        wd = self.notify.watchdog_s / 2 if self.notify.watchdog_s else 0.0
+        tick = next_status = next_wd = time.monotonic()
+        interval = self.cfg.service.status_interval_s
+        while not self._stop:
+            cap.wait(0.01)
+            self._take(cap.read())
+            now = time.monotonic()
+            if self._reload:
+                self._reload = False
+                self._do_reload()
+            if now >= tick:
+                tick = now + 1.0
+                self.kernel_counters = cap.counters()
+                self._flush_baseline()
+                self._learning_tick()
+            if wd and now >= next_wd and self._watchdog_ok(now):
+                self.notify.watchdog()
+                next_wd = now + wd
+            if now >= next_status:
+                next_status = now + interval
+                self.notify.status(self._status())
+        return self._shutdown()
+
+    def _take(self, records: np.ndarray) -> None:
+        if not records.size:
+            return
+        self.syscalls_read += int(records["count"].sum())
+        if self.phase == "detecting":
+            self.cutter.ingest(records)
+        elif self.phase == "learning":
+            self._record(records)
+
+    def _shutdown(self) -> int:
+        self.notify.stopping()
+        cap = self.capture
+        self._take(cap.read())
+        self.kernel_counters = cap.counters()
+        if self.scorer:
+            self.scorer.stop(DRAIN_S)
+        if self._writer is not None:
+            self._flush_baseline()
+            self._writer.close()
+        if self._trainer is not None:
+            self._trainer.kill()
+        self.close()
+        k = self.kernel_counters
+        log(f"stopped: {self.syscalls_read} syscalls read, "
+            f"{k.get('lost_syscalls', 0) + k.get('lost_nostorage', 0)} lost, "
+            f"{sum(self.alerts_sent.values())} alerts")
+        return 0
+
+    def close(self) -> None:
+        if self.capture is not None:
+            self.capture.close()
+            self.capture = None
+        if self.metrics is not None:
+            self.metrics.close()
+        self.sink.close()

@@ -1,0 +1,117 @@
+"""Configuration: the shipped default documents every key; bad files are refused with the
+file, line, key and the expected form; `sysdream run` exits 12 on them before capture."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from sysdream.daemon import config
+from sysdream.daemon.config import ConfigError
+
+SHIPPED = Path(__file__).resolve().parents[2] / "packaging" / "sysdream.toml"
+
+
+def test_shipped_default_lists_every_key_with_the_code_defaults():
+    data = tomllib.loads(SHIPPED.read_text())
+    assert data == config.defaults()
+    text = SHIPPED.read_text()
+    lines = text.splitlines()
+    for section, keys in config.SCHEMA.items():
+        for key in keys:  # each key is documented by a comment right above it
+            i = next(n for n, ln in enumerate(lines) if ln.startswith(f"{key} ="))
+            j = i - 1
+            while j >= 0 and lines[j].split("=")[0].strip() in config.SCHEMA[section]:
+                j -= 1
+            assert lines[j].startswith("#"), f"[{section}] {key} has no comment above it"
+
+
+def write(tmp_path, text: str) -> Path:
+    p = tmp_path / "sysdream.toml"
+    p.write_text(text)
+    return p
+
+
+def test_unknown_key_names_file_line_and_known_keys(tmp_path):
+    p = write(tmp_path, "[detection]\nevidence_windows = 8\nevidence_window = 3\n")
+    with pytest.raises(ConfigError) as e:
+        config.load(p)
+    msg = str(e.value)
+    assert f"{p}:3:" in msg and "'evidence_window'" in msg and "evidence_windows" in msg
+
+
+def test_bad_value_names_line_and_expected_form(tmp_path):
+    p = write(tmp_path, "# comment\n[capture]\nchunk = 48\n")
+    with pytest.raises(ConfigError, match=r":3: \[capture\] chunk = 48: expected a power of two"):
+        config.load(p)
+    p = write(tmp_path, "[metrics]\nport = \"9477\"\n")
+    with pytest.raises(ConfigError, match=r":2: \[metrics\] port = '9477': expected a TCP port"):
+        config.load(p)
+    p = write(tmp_path, "[alerts]\njournald = 1\n")
+    with pytest.raises(ConfigError, match="true or false"):
+        config.load(p)
+
+
+def test_unknown_section_and_cross_key_rule(tmp_path):
+    with pytest.raises(ConfigError, match=r":1: unknown section \[detect\]"):
+        config.load(write(tmp_path, "[detect]\nx = 1\n"))
+    with pytest.raises(ConfigError, match="at most evidence_windows"):
+        config.load(write(tmp_path, "[detection]\nevidence_windows = 2\n"
+                                    "evidence_exceedances = 3\n"))
+
+
+def test_not_toml_and_missing_named_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"not valid TOML: .*line 2"):
+        config.load(write(tmp_path, "[service]\nstate_directory = /var\n"))
+    with pytest.raises(ConfigError, match="no such configuration file"):
+        config.load(tmp_path / "absent.toml", required=True)
+    assert config.load(None).source in ("(defaults)", str(config.DEFAULT_PATH))
+
+
+def test_overrides_are_checked_like_the_file():
+    cfg = config.override(config.load(None), {("metrics", "port"): 1234,
+                                              ("learning", "baseline_seconds"): None})
+    assert cfg.metrics.port == 1234
+    with pytest.raises(ConfigError, match="port = 70000"):
+        config.override(cfg, {("metrics", "port"): 70000})
+
+
+def run_cli(*args, user=None):
+    cmd = [sys.executable, "-m", "sysdream.daemon.cli", *args]
+    if user:
+        cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+
+
+def test_run_refuses_bad_config_with_exit_12_before_capture(tmp_path):
+    p = write(tmp_path, "[capture]\nflush_age = 1\n")
+    out = run_cli("run", "--config", str(p))
+    assert out.returncode == 12
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unknown key 'flush_age'" in lines[0] and f"{p}:2" in lines[0]
+
+
+def test_run_refuses_unreadable_config_with_exit_12(tmp_path):
+    p = write(tmp_path, "[metrics]\nport = 1\n")
+    p.chmod(0o600)
+    tmp_path.chmod(0o755)
+    out = run_cli("run", "--config", str(p), user=65534)
+    assert out.returncode == 12, out.stderr
+    assert "cannot read the configuration (Permission denied)" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_run_refuses_a_state_directory_it_cannot_write_with_exit_14(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    tmp_path.chmod(0o755)
+    out = run_cli("run", "--state-dir", str(state), "--no-metrics", user=65534)
+    assert out.returncode == 14, out.stderr
+    assert "Permission denied" in out.stderr and "StateDirectory=" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1

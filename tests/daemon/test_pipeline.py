@@ -1,0 +1,184 @@
+"""The online pipeline on kernel-shaped chunk records: windows, cache, shedding, evidence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import records, sample_attack, sample_normal
+
+from sysdream.daemon.pipeline import Counters, Cutter, ModelView, Scorer, WindowQueue
+from sysdream.model.windows import cut
+
+
+def make(detector, capacity=100000, max_threads=1000, **scorer_kw):
+    view = ModelView(detector)
+    counters = Counters()
+    queue = WindowQueue(capacity, counters)
+    cutter = Cutter(view, queue, counters, max_threads)
+    found = []
+    scorer = Scorer(view, queue, counters, found.append, **scorer_kw)
+    return view, counters, queue, cutter, scorer, found
+
+
+def drain(queue):
+    return queue.take(10**9, 0.0)
+
+
+def test_online_windows_equal_the_offline_cut(tiny_detector):
+    """Chunks arriving in pieces, with an exit, give exactly the windows `cut` gives the
+    whole sequence (same targets, context and previous source)."""
+    view, _c, queue, cutter, _s, _f = make(tiny_detector)
+    names = sample_normal(1, 203)
+    recs = records(42, names, chunk=16, exit=True)
+    for i in range(0, len(recs), 3):  # the reader sees a few records at a time
+        cutter.ingest(recs[i:i + 3])
+    blocks = drain(queue)
+    tokens = np.concatenate([view.table[b.spans] for b in blocks])
+    starts = np.concatenate([b.starts for b in blocks])
+    w = cut(tiny_detector.vocab.encode(names), view.p, view.s, view.task)
+    assert starts.tolist() == w.start.tolist()
+    p = view.p
+    assert (tokens[:, :p] == w.prev).all()
+    assert (tokens[:, p:2 * p] == w.src).all()
+    assert (np.where(w.mask, tokens[:, 2 * p:], 0) == w.tgt).all()
+    assert 42 not in cutter.threads  # freed on exit
+
+
+def test_short_thread_gets_one_padded_window_at_exit(tiny_detector):
+    view, _c, queue, cutter, _s, _f = make(tiny_detector)
+    cutter.ingest(records(7, sample_normal(2, 3), exit=True))
+    (b,) = drain(queue)
+    assert len(b) == 1 and int(b.valid[0]) == 3 and int(b.starts[0]) == 0
+
+
+def test_scores_match_offline_scoring_and_cache_answers_repeats(tiny_detector):
+    view, c, queue, cutter, scorer, _f = make(tiny_detector)
+    names = sample_normal(3, 160)
+    cutter.ingest(records(1, names, exit=True))
+    scorer.process(drain(queue))
+    first = c.windows_scored
+    offline = tiny_detector.score_sequence(names, detail=False).scores.score
+    assert first == len(offline)
+    cutter.ingest(records(2, names, exit=True))  # another thread doing the same
+    blocks = drain(queue)
+    scorer.process(blocks)
+    assert c.windows_scored == first  # nothing new to infer
+    assert c.windows_cached == len(offline)
+    # and the cached scores are the model's scores
+    keys = scorer.cache.keys(view.table[np.concatenate([b.spans for b in blocks])])
+    got = np.array([scorer.cache.scores[k] for k in keys])
+    assert np.allclose(got, offline, atol=1e-5)
+
+
+def test_attack_raises_one_detection_with_explanation_and_normal_none(tiny_detector):
+    view, c, queue, cutter, scorer, found = make(tiny_detector)
+    for tid in range(10, 20):
+        cutter.ingest(records(tid, sample_normal(tid, 200), comm="normal", exit=True))
+    scorer.process(drain(queue))
+    assert found == []
+    cutter.ingest(records(99, sample_attack(5, 200), comm="attacker", exit=True))
+    scorer.process(drain(queue))
+    assert len(found) == 1
+    d = found[0]
+    assert d.block.comm == "attacker" and d.exceedances >= 3 and d.score > view.bound.bound
+    ex = d.explanation
+    assert len(ex["syscalls"]) == view.p and ex["surprises"]
+    top = ex["surprises"][0]
+    # the named position really holds the observed syscall in the thread's stream
+    attack = sample_attack(5, 200)
+    assert attack[top["position_in_sequence"]] == top["observed"]
+    assert c.anomalous["attacker"] >= 3
+
+
+def test_evidence_needs_k_of_m():
+    from sysdream.daemon.pipeline import Evidence
+
+    e = Evidence(3, 5)
+    assert [e.add(1, x) for x in (True, False, False, False, False, True)] == [0] * 6
+    assert [e.add(1, x) for x in (True, True)] == [0, 3]  # 3 in the last 5, then reset
+    assert e.add(1, True) == 0
+    assert e.add(2, True) == 0  # per process
+
+
+def test_flooding_process_is_shed_first_and_counted(tiny_detector):
+    view, c, queue, cutter, scorer, _f = make(tiny_detector, capacity=64)
+    cutter.ingest(records(5, sample_normal(5, 8 * 20), tgid=5, comm="quiet"))
+    cutter.ingest(records(6, sample_normal(6, 8 * 400), tgid=6, comm="flood"))
+    assert queue.size == 64
+    shed = c.windows_shed["queue_full"]
+    assert shed == c.windows_cut - 64
+    blocks = drain(queue)
+    per = {}
+    for b in blocks:
+        per[b.comm] = per.get(b.comm, 0) + len(b)
+    assert per["quiet"] == 20          # untouched
+    assert per["flood"] == 44
+    flood_starts = np.concatenate([b.starts for b in blocks if b.comm == "flood"])
+    assert flood_starts.min() > 0      # its oldest windows went first
+    # the queue recovers: once drained it takes windows again without loss
+    cutter.ingest(records(5, sample_normal(7, 80), tgid=5, comm="quiet", seq0=100))
+    assert c.windows_shed["queue_full"] == shed
+
+
+def test_take_is_round_robin_across_processes(tiny_detector):
+    view, c, queue, cutter, scorer, _f = make(tiny_detector)
+    cutter.ingest(records(1, sample_normal(1, 8 * 50), comm="a"))
+    cutter.ingest(records(2, sample_normal(2, 8 * 50), comm="b"))
+    got = queue.take(20, 0.0)
+    per = {}
+    for b in got:
+        per[b.comm] = per.get(b.comm, 0) + len(b)
+    assert sum(per.values()) == 20 and per["a"] > 0 and per["b"] > 0
+
+
+def test_record_gap_restarts_windows_without_straddling(tiny_detector):
+    view, c, queue, cutter, _s, _f = make(tiny_detector)
+    names = sample_normal(9, 64 * 6)
+    recs = records(3, names)
+    cutter.ingest(np.concatenate([recs[:2], recs[3:]]))  # record 2 was lost
+    assert c.record_gaps == 1
+    blocks = drain(queue)
+    starts = np.concatenate([b.starts for b in blocks])
+    p = view.p
+    # positions count the syscalls received; after the gap (at 128) the next target waits
+    # for lead syscalls of real context
+    assert not ((starts < 128) & (starts + p > 128)).any()
+    assert starts[starts >= 128].min() == 128 + view.lead
+
+
+def test_thread_table_is_bounded(tiny_detector):
+    view, c, queue, cutter, _s, _f = make(tiny_detector, max_threads=16)
+    for tid in range(100):
+        cutter.ingest(records(1000 + tid, sample_normal(tid, 20)))
+    assert len(cutter.threads) == 16 and c.threads_evicted == 84
+
+
+def test_model_swap_with_other_geometry_sheds_queued_windows(tiny_detector, tmp_path):
+    from synthetic_corpus import quick_settings, tiny_config
+
+    from sysdream.model.detector import Detector
+
+    view, c, queue, cutter, scorer, _f = make(tiny_detector)
+    cutter.ingest(records(1, sample_normal(1, 100)))
+    waiting = queue.size
+    assert waiting
+    rng = np.random.default_rng(0)
+    other = Detector.train([sample_normal(i, 120) for i in range(20)],
+                           [sample_normal(100 + i, 120) for i in range(8)],
+                           tiny_config(window=4, stride=4), quick_settings(epochs=1))
+    new = ModelView(other)
+    cutter.set_model(new)
+    scorer.set_model(new)
+    assert c.windows_shed["model_change"] == waiting and queue.size == 0
+    cutter.ingest(records(1, sample_normal(2, 40), seq0=2))
+    blocks = drain(queue)
+    assert blocks and all(b.spans.shape[1] == new.span for b in blocks)
+    assert rng is not None
+
+
+@pytest.mark.parametrize("bad", [0, 3])
+def test_queue_capacity_is_respected_for_any_block_size(tiny_detector, bad):
+    view, c, queue, cutter, _s, _f = make(tiny_detector, capacity=16)
+    cutter.ingest(records(1, sample_normal(1, 8 * (17 + bad))))
+    assert queue.size <= 16
+    assert c.windows_cut == queue.size + c.windows_shed["queue_full"]
