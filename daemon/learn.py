@@ -66,6 +66,9 @@ def run_train(args) -> int:
     from sysdream.model.detector import Detector
     from sysdream.model.training import ProgressLine
 
+    from .runtime import adapt_torch
+    adapt_torch(lambda m: print(f"sysdream train: {m}", file=sys.stderr))
+
     cfg = network_config(args)
     settings = train_settings(args)
     seqs = [s for spec in args.input for s in read_input(spec)]

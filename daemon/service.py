@@ -101,10 +101,12 @@ class Service:
     # -- start ------------------------------------------------------------------------
     def start(self) -> None:
         """Everything that can fail on bad input, before anything is attached."""
+        check_state_dir(self.cfg.state_dir())
         import torch
 
+        from .runtime import adapt_torch
         torch.set_num_threads(self.cfg.detection.torch_threads)
-        check_state_dir(self.cfg.state_dir())
+        adapt_torch(log)
         model_path = self.cfg.model_path()
         if (model_path / "manifest.json").exists() or self.cfg.service.model:
             self._use_model(self._load(model_path), event=False)

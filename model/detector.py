@@ -36,6 +36,14 @@ def fingerprint(sequences: list[np.ndarray]) -> dict:
     return {"sequences": len(sequences), "syscalls": total, "sha256": h.hexdigest()}
 
 
+def distinct_windows(w: Windows) -> np.ndarray:
+    """Index of one occurrence of each distinct window (what the model read and scored)."""
+    if len(w) == 0:
+        return np.zeros(0, np.int64)
+    key = np.concatenate([w.prev, w.src, w.tgt * np.where(w.mask, 1, -1)], axis=1)
+    return np.sort(np.unique(key, axis=0, return_index=True)[1])
+
+
 @dataclass
 class SequenceScores:
     windows: Windows
@@ -89,8 +97,10 @@ class Detector:
                        cut_many(val_ids, cfg.window, cfg.window, cfg.task), settings, emb,
                        progress)
         det = cls(cfg, vocab, result.net, None, emb, {})
-        cal = det.window_scores(calib_seqs)
-        det.bound = calibration.fit(cal, confidence)
+        cal_w = cut_many([vocab.encode(s) for s in calib_seqs], cfg.window, cfg.stride,
+                         cfg.task)
+        cal = score(det.net, cal_w, 1024, detail=False).score
+        det.bound = calibration.fit(cal, confidence, distinct_windows(cal_w))
         det.training = {"settings": asdict(settings), "history": result.history,
                         "best_epoch": result.best_epoch, "seconds": time.monotonic() - t0,
                         "data": fingerprint(train_seqs),

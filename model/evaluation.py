@@ -79,7 +79,7 @@ class BaselineMethod:
         self.model = self.make(len(self.vocab)).fit([self.vocab.encode(s) for s in train])
         self.name = self.model.name
         cal = np.concatenate(self.window_scores(calibrate))
-        return calibration.fit(cal, confidence)
+        return calibration.fit(cal, confidence)  # baselines: every window counts
 
     def window_scores(self, seqs: list[np.ndarray]) -> list[np.ndarray]:
         return [self.model.window_scores(self.vocab.encode(s), self.window, self.window)

@@ -11,6 +11,7 @@ import ctypes.util
 import errno
 import os
 import platform
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,11 +120,31 @@ def find_tracefs() -> Path | None:
     return None
 
 
+def _btf_raw_tracepoints() -> set[str] | None:
+    """Raw tracepoint names the kernel's BTF declares (btf_trace_<name>), None if unreadable."""
+    try:
+        data = Path("/sys/kernel/btf/vmlinux").read_bytes()
+    except OSError:
+        return None
+    return {m.decode() for m in re.findall(rb"btf_trace_(\w+)\0", data)}
+
+
 def check_tracepoints() -> Check:
     name = "tracepoints"
     tracefs = find_tracefs()
     if tracefs is None:
         if not os.access(TRACEFS_CANDIDATES[0], os.R_OK | os.X_OK):
+            # Not root (e.g. a service user with CAP_BPF and CAP_PERFMON): raw tracepoints
+            # attach by name without tracefs; the kernel's BTF says whether they exist.
+            found = _btf_raw_tracepoints()
+            if found is not None:
+                missing = [tp for tp in TRACEPOINTS if tp.split("/")[1] not in found]
+                if not missing:
+                    return Check(name, True, f"{', '.join(TRACEPOINTS)} (kernel BTF; "
+                                 "tracefs not readable by this user)")
+                return Check(name, False, f"missing tracepoints: {', '.join(missing)}",
+                             "boot a kernel with CONFIG_FTRACE_SYSCALLS=y and sched "
+                             "tracepoints", errors.TracepointMissingError)
             return Check(name, False, f"cannot read {TRACEFS_CANDIDATES[0]}",
                          "run as root", errors.PrivilegeError)
         return Check(name, False, "tracefs is not mounted",

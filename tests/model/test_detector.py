@@ -124,10 +124,27 @@ def test_calibration_picks_the_honest_transform():
     z = 3.2905  # two-sided 99.9 %
     assert b.bound == pytest.approx(np.exp(b.mean + z * b.std), rel=1e-3)
     assert 0.0002 < b.exceeds(scores).mean() < 0.002  # 0.05 % expected above
-    chi = rng.chisquare(4, 100_000) / 4            # sqrt-normal-ish: the square root wins
-    assert calibration.fit(chi, 0.999).transform == "sqrt"
+    chi = rng.chisquare(4, 100_000) / 4            # skewed: the kept transform's bound puts
+    c = calibration.fit(chi, 0.999)                # about the nominal 0.05 % above it
+    assert 0.0002 < c.exceeds(chi).mean() < 0.002
     same = calibration.fit(np.full(10, 0.5), 0.99)
     assert same.exceeds(np.array([0.5, 0.6])).tolist() == [False, True]
     with pytest.raises(ValueError, match="confidence"):
         calibration.fit(scores, 1.5)
     assert calibration.GaussianBound.from_json(b.to_json()) == b
+
+
+def test_calibration_fits_distinct_windows_so_a_busy_loop_does_not_tighten_it():
+    """A loop repeats one near-perfect window; counted per occurrence it is a spike that
+    drags the bound below ordinary normal windows. Fitted on distinct windows it is not."""
+    rng = np.random.default_rng(1)
+    varied = np.exp(rng.normal(-1.5, 0.5, 400))          # 400 distinct normal windows
+    loop = np.full(40_000, 0.002)                        # one window, repeated
+    scores = np.concatenate([varied, loop])
+    distinct = np.arange(401)                            # each distinct window once
+    per_occurrence = calibration.fit(scores, 0.999)
+    per_window = calibration.fit(scores, 0.999, distinct)
+    assert per_occurrence.exceeds(varied).mean() > 0.05  # the spike's bound: 5%+ alarms
+    assert per_window.exceeds(varied).mean() < per_occurrence.exceeds(varied).mean() / 3
+    assert per_window.exceeds(scores).mean() < 0.001
+    assert per_window.samples == 401

@@ -1,0 +1,248 @@
+"""`sysdream run` as a service, on the real kernel: sd_notify, watchdog, reload, stop,
+journald (real, in a private mount namespace), Prometheus (real, on 127.0.0.1), faults."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from harness import (
+    BENIGN,
+    ODD,
+    Daemon,
+    JournalNamespace,
+    NotifySocket,
+    Prometheus,
+    run_script,
+    wait_for,
+    workload,
+)
+
+from sysdream.daemon.alerts import MESSAGE_IDS
+
+
+@pytest.fixture
+def notify(tmp_path):
+    n = NotifySocket(tmp_path / "notify.sock")
+    yield n
+    n.close()
+
+
+@pytest.fixture
+def journal():
+    j = JournalNamespace()
+    yield j
+    j.close()
+
+
+def conserved(d: Daemon) -> dict:
+    m = d.metrics()
+    traced = m["sysdream_syscalls_traced_total"]
+    delivered = m["sysdream_syscalls_delivered_total"]
+    lost = (m['sysdream_syscalls_lost_total{reason="ring_buffer_full"}']
+            + m['sysdream_syscalls_lost_total{reason="no_thread_storage"}'])
+    assert traced == delivered + lost
+    return {"traced": traced, "delivered": delivered, "lost": lost}
+
+
+def write_config(tmp_path, text: str):
+    p = tmp_path / "sysdream.toml"
+    p.write_text(text)
+    return p
+
+
+def test_notify_watchdog_reload_and_stop(ebpf_ready, tmp_path, notify, tiny_bundle,
+                                         tiny_detector):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_bundle, model)
+    prog = workload(tmp_path)
+    d = Daemon(["--model", str(model), "--state-dir", str(tmp_path / "state"),
+                "--no-journald", "--json-lines", str(tmp_path / "alerts.jsonl"),
+                "--comm", "sdwork"], tmp_path, notify, env={"WATCHDOG_USEC": "2000000"})
+    try:
+        wait_for(lambda: notify.having("READY", "1"), 90, "READY=1\n" + d.stderr)
+        assert "detecting with model" in notify.having("READY")[0][1]["STATUS"]
+        run_script(prog, BENIGN, 3)
+        wait_for(lambda: len(notify.having("WATCHDOG", "1")) >= 2, 10, "WATCHDOG=1 pings")
+        wait_for(lambda: d.metric("sysdream_windows_scored_total") > 0, 20, "scoring")
+
+        # a corrupt bundle: refused, the old model keeps running, the failure is counted
+        weights = next(p for p in model.iterdir() if p.suffix == ".pt")
+        good = weights.read_bytes()
+        weights.write_bytes(good[:100] + bytes([good[100] ^ 0xFF]) + good[101:])
+        d.signal(signal.SIGHUP)
+        wait_for(lambda: d.metric('sysdream_model_reloads_total{result="failed"}') == 1, 30,
+                 "the failed reload")
+        assert notify.having("RELOADING", "1")
+        wait_for(lambda: len(notify.having("READY", "1")) >= 2, 10, "READY=1 after reload")
+        info = [k for k in d.metrics() if k.startswith("sysdream_model_info")]
+        assert tiny_detector.model_id in info[0]
+        assert "model reload refused" in d.stderr and "manifest" in d.stderr
+
+        # a good bundle (another model) is swapped in without detaching: nothing lost
+        from conftest import sample_normal
+        from synthetic_corpus import quick_settings, tiny_config
+
+        from sysdream.model.detector import Detector
+        other = Detector.train([sample_normal(i, 150) for i in range(30)],
+                               [sample_normal(500 + i, 150) for i in range(10)],
+                               tiny_config(), quick_settings(epochs=2, seed=3))
+        shutil.rmtree(model)
+        new_id = other.save(model)
+        load = subprocess.Popen([str(prog), "-c", BENIGN + ";" + BENIGN + ";" + BENIGN])
+        before = conserved(d)
+        d.signal(signal.SIGHUP)
+        wait_for(lambda: d.metric('sysdream_model_reloads_total{result="ok"}') == 1, 30,
+                 "the good reload")
+        load.wait(60)
+        after = wait_for(lambda: (c := conserved(d))["traced"] > before["traced"] and c, 10,
+                         "syscalls after the reload")
+        assert after["lost"] == 0
+        wait_for(lambda: d.metric("sysdream_syscalls_read_total")
+                 == d.metric("sysdream_syscalls_delivered_total"), 10,
+                 "the daemon to read every delivered syscall")
+        assert any(new_id in k for k in d.metrics() if k.startswith("sysdream_model_info"))
+
+        rc, took = d.stop()
+        assert rc == 0 and took < 5.0, d.stderr
+        assert notify.having("STOPPING", "1")
+        assert "stopped:" in d.stderr and "0 lost" in d.stderr
+    finally:
+        d.kill()
+
+
+def test_stalled_scorer_stops_the_watchdog(ebpf_ready, tmp_path, notify, tiny_bundle):
+    """SYSDREAM_FAULT_STALL_SCORER (a fake fault, named so: a scorer stuck for good cannot
+    be caused on demand) blocks the scorer after its first batch."""
+    prog = workload(tmp_path)
+    d = Daemon(["--model", str(tiny_bundle), "--state-dir", str(tmp_path / "state"),
+                "--no-journald", "--comm", "sdwork"], tmp_path, notify,
+               env={"WATCHDOG_USEC": "1000000", "SYSDREAM_FAULT_STALL_SCORER": "1"})
+    try:
+        wait_for(lambda: notify.having("READY", "1"), 90, "READY=1\n" + d.stderr)
+        wait_for(lambda: len(notify.having("WATCHDOG", "1")) >= 3, 10, "pings while idle")
+        run_script(prog, BENIGN)
+        wait_for(lambda: d.metric("sysdream_windows_scored_total") > 0, 20, "a first batch")
+        time.sleep(1.5)
+        stalled_at = time.monotonic()
+        run_script(prog, BENIGN)
+        time.sleep(3)
+        late = [t for t, _ in notify.having("WATCHDOG", "1") if t > stalled_at]
+        assert late == [], "watchdog pinged while the scorer was stalled"
+        assert d.proc.poll() is None  # systemd, not the daemon, decides to restart it
+    finally:
+        d.kill()
+
+
+def test_metrics_port_taken_exits_13_with_one_line(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "sysdream.daemon.cli", "run",
+                              "--state-dir", str(tmp_path), "--metrics-port", str(port)],
+                             capture_output=True, text=True, timeout=120)
+    assert out.returncode == 13, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Address already in use" in lines[0] and "port" in lines[0]
+
+
+def test_journald_down_then_back(ebpf_ready, tmp_path, journal, tiny_bundle):
+    """Alerts reach journald; with journald gone they go to stderr as JSON lines and are
+    counted, the daemon keeps running; when journald returns, alerts go to it again."""
+    cfg = write_config(tmp_path, "[alerts]\nrate_limit_burst = 1000\n")
+    prog = workload(tmp_path, "sdodd")
+    d = Daemon(["--config", str(cfg), "--model", str(tiny_bundle), "--state-dir",
+                str(tmp_path / "state"), "--comm", "sdodd"], tmp_path,
+               prefix=journal.prefix)
+    anomaly = {"MESSAGE_ID": MESSAGE_IDS["anomaly"]}
+    try:
+        d.wait_attached()
+        run_script(prog, ODD)  # the synthetic model knows none of these syscalls
+        first = wait_for(lambda: journal.entries(**anomaly), 30, "an alert in journald")
+        e = first[0]
+        assert e["SYSDREAM_COMM"] == "sdodd" and e["PRIORITY"] in ("2", "4")
+        assert float(e["SYSDREAM_SCORE"]) > float(e["SYSDREAM_BOUND"])
+
+        journal.stop_journald()
+        run_script(prog, ODD)
+        wait_for(lambda: d.metric("sysdream_journald_failures_total") >= 1, 30,
+                 "journald failures counted")
+        assert d.proc.poll() is None
+        assert "journald is not reachable" in d.stderr
+        lines = [json.loads(ln) for ln in d.stderr.splitlines() if ln.startswith("{")]
+        assert lines and lines[0]["kind"] == "anomaly" and lines[0]["comm"] == "sdodd"
+
+        journal.start_journald()
+        run_script(prog, ODD)
+        wait_for(lambda: "journald is back" in d.stderr, 30, "journald used again")
+        wait_for(lambda: journal.entries(**anomaly), 30, "alerts in the new journald")
+        rc, _ = d.stop()
+        assert rc == 0
+    finally:
+        d.kill()
+
+
+def test_learn_then_detect_alert_in_journald_scraped_by_prometheus(ebpf_ready, tmp_path,
+                                                                     journal):
+    """No model: the daemon learns a benign workload captured live, trains in the
+    background, switches to detection without a restart; the same workload raises no
+    alert, a variant that spawns a shell, reads another file and opens a socket does, in a
+    real journald; a real Prometheus scrapes the counters; `sysdream explain` explains it."""
+    prog = workload(tmp_path)
+    state = tmp_path / "state"
+    cfg = write_config(tmp_path, "[learning]\nmin_syscalls = 1000\nepochs = 6\nhidden = 24\n"
+                       "threads = 2\nnice = 0\n[service]\nstatus_interval_s = 1.0\n")
+    d = Daemon(["--config", str(cfg), "--state-dir", str(state), "--learn-seconds", "14",
+                "--comm", "sdwork"], tmp_path, prefix=journal.prefix)
+    prom = Prometheus(tmp_path, f"127.0.0.1:{d.port}")
+    anomaly = {"MESSAGE_ID": MESSAGE_IDS["anomaly"]}
+    try:
+        d.wait_attached()
+        d.wait_phase("learning", 30)
+        end = time.monotonic() + 15
+        while time.monotonic() < end:
+            run_script(prog, BENIGN)
+        d.wait_phase("detecting", 300)
+        assert (state / "model" / "manifest.json").exists()
+        assert list(state.glob("baseline-*.sdtrace"))
+        assert journal.entries(MESSAGE_ID=MESSAGE_IDS["learning-complete"])
+
+        run_script(prog, BENIGN, 5)
+        time.sleep(3)
+        assert journal.entries(**anomaly) == [], "the learned workload raised an alert"
+
+        run_script(prog, ODD)
+        alerts = wait_for(lambda: journal.entries(**anomaly), 30, "an alert for the variant")
+        a = alerts[0]
+        for field in ("PID", "TID", "COMM", "EXE", "CGROUP_ID", "SCORE", "BOUND",
+                      "CONFIDENCE", "MODEL_ID", "SYSCALLS", "SURPRISES", "ATTENTION",
+                      "EVIDENCE"):
+            assert f"SYSDREAM_{field}" in a, field
+        assert a["SYSDREAM_COMM"] == "sdwork" and a["SYSLOG_IDENTIFIER"] == "sysdream"
+        assert len(a["SYSDREAM_SYSCALLS"].split()) == 16
+        assert json.loads(a["SYSDREAM_SURPRISES"])[0]["observed"]
+
+        out = journal.run([sys.executable, "-m", "sysdream.daemon.cli", "explain", "--cursor",
+                           a["__CURSOR"], "--model", str(state / "model"), "--plot",
+                           str(tmp_path / "heat.png")])
+        assert out.returncode == 0, out.stderr
+        assert "ABOVE the bound" in out.stdout and (tmp_path / "heat.png").stat().st_size
+
+        def scraped():
+            traced = prom.query("sysdream_syscalls_traced_total")
+            alerted = prom.query('sysdream_alerts_total{comm="sdwork"}')
+            return traced and alerted and float(alerted[0]["value"][1]) >= 1 and \
+                float(traced[0]["value"][1]) > 0
+        wait_for(scraped, 40, "Prometheus to scrape the counters")
+        rc, took = d.stop()
+        assert rc == 0 and took < 5.0
+    finally:
+        d.kill()
+        prom.close()
