@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import records, sample_attack, sample_normal
+from daemon_helpers import records, sample_attack, sample_normal
 
 from sysdream.daemon.pipeline import Counters, Cutter, ModelView, Scorer, WindowQueue
 from sysdream.model.windows import cut

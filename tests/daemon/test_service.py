@@ -86,7 +86,7 @@ def test_notify_watchdog_reload_and_stop(ebpf_ready, tmp_path, notify, tiny_bund
         assert "model reload refused" in d.stderr and "manifest" in d.stderr
 
         # a good bundle (another model) is swapped in without detaching: nothing lost
-        from conftest import sample_normal
+        from daemon_helpers import sample_normal
         from synthetic_corpus import quick_settings, tiny_config
 
         from sysdream.model.detector import Detector
