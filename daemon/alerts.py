@@ -13,12 +13,12 @@ the next alert tries journald again.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+
+from .pipeline import exe_of
 
 # One fixed MESSAGE_ID per kind (journalctl MESSAGE_ID=...): generated once, never change.
 MESSAGE_IDS = {
@@ -41,7 +41,7 @@ ALERT_FIELDS = ("kind", "severity", "pid", "tid", "comm", "exe", "cgroup_id", "s
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 
 
-def anomaly_fields(det, pid_exe: Callable[[int], str] | None = None) -> dict:
+def anomaly_fields(det) -> dict:
     """The alert fields of a pipeline Detection."""
     b, ex, m = det.block, det.explanation, det.model
     unknown = ex.get("unknown", [])
@@ -50,7 +50,7 @@ def anomaly_fields(det, pid_exe: Callable[[int], str] | None = None) -> dict:
     return {
         "kind": "anomaly", "severity": "high" if high else "medium",
         "pid": b.tgid, "tid": b.tid, "comm": b.comm,
-        "exe": b.exe or (pid_exe or exe_of)(b.tgid), "cgroup_id": b.cgroup,
+        "exe": b.exe or exe_of(b.tgid), "cgroup_id": b.cgroup,
         "score": round(det.score, 6), "bound": round(m.bound.bound, 6),
         "confidence": m.bound.confidence, "sigmas": round(sigmas, 3),
         "model_id": m.model_id,
@@ -61,13 +61,6 @@ def anomaly_fields(det, pid_exe: Callable[[int], str] | None = None) -> dict:
         "latency_s": round(max(0, time.monotonic_ns() - b.ns) / 1e9, 6),
         "time": round(time.time(), 3),
     }
-
-
-def exe_of(pid: int) -> str:
-    try:
-        return os.readlink(f"/proc/{pid}/exe")
-    except OSError:
-        return ""
 
 
 def message(f: dict) -> str:
@@ -107,9 +100,10 @@ class RateLimiter:
 
 
 def _journal_value(v) -> str:
+    """Lists of names space-separated, other structures as JSON, the rest as text."""
+    if isinstance(v, list) and all(isinstance(x, str) for x in v):
+        return " ".join(v)
     if isinstance(v, (list, dict)):
-        if v and all(isinstance(x, str) for x in v) and isinstance(v, list):
-            return " ".join(v)
         return json.dumps(v, separators=(",", ":"))
     return str(v)
 

@@ -342,6 +342,17 @@ class Evidence:
             return n
         return 0
 
+    def add_many(self, tgid: int, exceeded: np.ndarray) -> list[tuple[int, int]]:
+        """Record a run of one process's windows; (index, exceedances) of each that
+        completes the evidence. A run without exceedances for a process with none pending
+        changes nothing that matters and costs no per-window work."""
+        d = self.recent.get(tgid)
+        if not exceeded.any() and (d is None or not any(d)):
+            if d is not None:
+                self.recent.move_to_end(tgid)
+            return []
+        return [(i, n) for i, x in enumerate(exceeded.tolist()) if (n := self.add(tgid, x))]
+
 
 class WindowCache:
     """Known-window cache: window content -> score under the current model, LRU, bounded.
@@ -353,11 +364,12 @@ class WindowCache:
         self.mult = rng.integers(1, 2**63, size=width, dtype=np.uint64) * 2 + 1
         self.scores: OrderedDict[int, float] = OrderedDict()
 
-    def keys(self, tokens: np.ndarray) -> list[int]:
+    def keys(self, tokens: np.ndarray) -> np.ndarray:
+        """[N] uint64 keys of N windows' tokens."""
         with np.errstate(over="ignore"):
             h = (tokens.astype(np.uint64) * self.mult[None, :tokens.shape[1]]).sum(1)
             h ^= h >> np.uint64(29)
-        return h.tolist()
+        return h
 
     def get(self, key: int) -> float | None:
         v = self.scores.get(key)
@@ -410,6 +422,8 @@ class Scorer:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.thread: threading.Thread | None = None
+        # test-only fault, named so: a scorer stuck for good cannot be caused on demand
+        self._stall = os.environ.get("SYSDREAM_FAULT_STALL_SCORER") == "1"
 
     def set_model(self, model: ModelView) -> None:
         with self._lock:
@@ -437,8 +451,6 @@ class Scorer:
             self.thread.join(timeout=max(0.1, deadline - time.monotonic() + 1))
 
     def _run(self) -> None:
-        if os.environ.get("SYSDREAM_FAULT_STALL_SCORER") == "1":  # test-only fault (named)
-            self._stall_after_first_batch = True
         while not self._stop.is_set():
             self.beat = time.monotonic()
             blocks = self.queue.take(self.batch_windows, 0.2, self.batch_wait)
@@ -446,7 +458,7 @@ class Scorer:
                 self.busy_since = time.monotonic()
                 self.process(blocks)
                 self.busy_since = 0.0
-                if getattr(self, "_stall_after_first_batch", False):
+                if self._stall:
                     threading.Event().wait()  # a stalled scorer: never beats again
 
     def process(self, blocks: list[Block]) -> list[Detection]:
@@ -463,41 +475,45 @@ class Scorer:
         starts = np.concatenate([b.starts for b in blocks])
         owner = np.repeat(np.arange(len(blocks)), [len(b) for b in blocks])
         tokens = model.table[spans]
-        keys = cache.keys(tokens)
-        scores = np.empty(len(keys), np.float64)
+        # one lookup and at most one inference per distinct window of the batch
+        keys, first, inverse = np.unique(cache.keys(tokens), return_index=True,
+                                         return_inverse=True)
+        uniq = np.empty(len(keys), np.float64)
         miss = []
-        for i, k in enumerate(keys):
+        for i, k in enumerate(keys.tolist()):
             v = cache.get(k)
             if v is None:
                 miss.append(i)
             else:
-                scores[i] = v
+                uniq[i] = v
         c = self.counters
-        c.windows_cached += len(keys) - len(miss)
         if miss:
-            w = _windows(Windows, model, tokens[miss], valid[miss], starts[miss], owner[miss])
+            rows = first[miss]
+            w = _windows(Windows, model, tokens[rows], valid[rows], starts[rows], owner[rows])
             t0 = time.perf_counter()
             got = score(model.det.net, w, max(len(miss), 1), detail=False).score
             if self.observe:
                 self.observe("inference", time.perf_counter() - t0, len(miss))
-            scores[miss] = got
-            for i, v in zip(miss, got.tolist(), strict=True):
-                cache.put(keys[i], v)
-            c.windows_scored += len(miss)
+            uniq[miss] = got
+            for k, v in zip(keys[miss].tolist(), got.tolist(), strict=True):
+                cache.put(k, v)
+        scores = uniq[inverse.reshape(-1)]
+        c.windows_scored += len(miss)
+        c.windows_cached += len(scores) - len(miss)
         c.batches += 1
         if self.observe:
             self.observe("scores", scores, 0)
         exceeds = model.bound.exceeds(scores)
-        out = []
         for i in np.flatnonzero(exceeds).tolist():
             c.anomalous[blocks[owner[i]].comm] += 1
-        for i in range(len(scores)):
-            b = blocks[owner[i]]
-            n = evidence.add(b.tgid, bool(exceeds[i]))
-            if n:
-                row = i - int(np.searchsorted(owner, owner[i]))
-                ex = self.explain(model, b, row)
-                d = Detection(b, row, float(scores[i]), n, evidence.m, model, ex)
+        out = []
+        # evidence per process, in bulk: windows arrive grouped by block (one thread each)
+        bounds = np.r_[0, np.cumsum([len(b) for b in blocks])]
+        for k, b in enumerate(blocks):
+            lo, hi = int(bounds[k]), int(bounds[k + 1])
+            for i, n in evidence.add_many(b.tgid, exceeds[lo:hi]):
+                ex = self.explain(model, b, i)
+                d = Detection(b, i, float(scores[lo + i]), n, evidence.m, model, ex)
                 out.append(d)
                 self.on_detection(d)
         return out

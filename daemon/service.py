@@ -131,7 +131,7 @@ class Service:
         from sysdream.model.detector import Detector
 
         from .pipeline import ModelView
-        if not (path / "manifest.json").exists() and not path.exists():
+        if not path.exists():
             raise BundleError(f"{path}: no model bundle there; train one with `sysdream "
                               "train` or leave [service] model empty to learn this host")
         det = Detector.load(path)
