@@ -91,6 +91,7 @@ struct thread_state {
 struct cpu_slot {
     struct chunk_rec rec;
     u32 owner;              // tid whose chunk this is; 0 when the slot is free
+    u32 generation;         // filter generation `traced` was taken under
     u8 traced;
     struct counters c;
 };
@@ -170,12 +171,9 @@ static __always_inline u8 decide(struct filter_cfg *cfg, u32 tgid)
 }
 
 // First syscall of a thread since it came onto this CPU: take the slot.
-static __always_inline int claim(struct cpu_slot *slot, struct counters *c, u64 pid_tgid)
+static __always_inline int claim(struct cpu_slot *slot, struct counters *c, u64 pid_tgid,
+                                 struct filter_cfg *cfg)
 {
-    u32 zero = 0;
-    struct filter_cfg *cfg = config.lookup(&zero);
-    if (!cfg)
-        return -1;
     struct thread_state *st = threads.task_storage_get(bpf_get_current_task_btf(), 0,
                                                        BPF_LOCAL_STORAGE_GET_F_CREATE);
     if (!st) {
@@ -187,6 +185,7 @@ static __always_inline int claim(struct cpu_slot *slot, struct counters *c, u64 
         st->generation = cfg->generation;
     }
     slot->owner = (u32)pid_tgid;
+    slot->generation = cfg->generation;
     slot->traced = st->traced;
     slot->rec.count = 0;
     slot->rec.flags = 0;
@@ -197,12 +196,20 @@ RAW_TRACEPOINT_PROBE(sys_enter)
 {
     u32 zero = 0;
     struct cpu_slot *slot = slots.lookup(&zero);
-    if (!slot)
+    struct filter_cfg *cfg = config.lookup(&zero);
+    if (!slot || !cfg)
         return 0;
     struct counters *c = &slot->c;
     u64 pid_tgid = bpf_get_current_pid_tgid();
-    if (slot->owner != (u32)pid_tgid && claim(slot, c, pid_tgid))
-        return 0;
+    // A new thread on this CPU takes the slot. So does a thread that never left the CPU
+    // when the filters change (it would keep its old verdict otherwise): its chunk so far
+    // goes out first.
+    if (slot->owner != (u32)pid_tgid || slot->generation != cfg->generation) {
+        if (slot->owner == (u32)pid_tgid)
+            flush(slot, REC_SWITCH, c);
+        if (claim(slot, c, pid_tgid, cfg))
+            return 0;
+    }
     if (!slot->traced) {
         c->filtered++;
         return 0;

@@ -226,3 +226,30 @@ def test_conservation_under_overload_is_exact(capture):
     # delivered record show only in the counters.
     assert stream.missing_records <= c["lost_records"]
     assert records["flags"][0] & REC_FULL
+
+
+def test_filter_changes_reach_a_thread_that_never_leaves_its_cpu(capture):
+    """The verdict is cached per thread and per CPU slot; a busy thread that is never
+    switched out must still follow the filters from the first syscall after a change
+    (it used to keep the verdict taken before the program was configured)."""
+    from sysdream.probes.capture import CaptureSettings
+
+    busy = subprocess.Popen([sys.executable, "-c", "import os\nwhile True: os.getppid()"])
+    try:
+        time.sleep(0.3)
+        cap = capture(include_pids=(busy.pid,))
+
+        def busy_syscalls(seconds: float) -> int:
+            recs = collect(cap, lambda: False, timeout=seconds)
+            return int(recs["count"][recs["tgid"] == busy.pid].sum())
+
+        assert busy_syscalls(0.5) > 10000
+        cap.configure(CaptureSettings(exclude_pids=(busy.pid,)))
+        busy_syscalls(0.1)  # what was in flight at the change
+        assert busy_syscalls(0.5) == 0
+        cap.configure(CaptureSettings(include_pids=(busy.pid,)))
+        busy_syscalls(0.1)
+        assert busy_syscalls(0.5) > 10000
+    finally:
+        busy.kill()
+        busy.wait()
