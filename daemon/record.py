@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 import sys
 import time
 
@@ -24,16 +25,25 @@ def run(settings: CaptureSettings, seconds: float, output: str, err=sys.stderr) 
         with TraceWriter(output, header) as writer:
             end = time.monotonic() + seconds
             next_flush = time.monotonic() + FLUSH_EVERY_S
+            print(f"recording to {output} for {seconds:g} s (probes attached; Ctrl-C "
+                  "stops early)", file=err, flush=True)
             pending: list[np.ndarray] = []
+            # Ctrl-C or SIGTERM stops early and keeps everything read so far. A flag, not
+            # KeyboardInterrupt: raised inside the ring buffer's ctypes callback, that
+            # exception is printed and swallowed, and the recording would go on.
+            stop = []
+            old = {sig: signal.signal(sig, lambda *_: stop.append(1))
+                   for sig in (signal.SIGINT, signal.SIGTERM)}
             try:
-                while time.monotonic() < end:
+                while time.monotonic() < end and not stop:
                     cap.wait(0.01)
                     pending.append(cap.read())
                     if time.monotonic() >= next_flush:
                         _flush(writer, cap, pending, tids)
                         next_flush += FLUSH_EVERY_S
-            except KeyboardInterrupt:
-                pass  # stop early but keep everything read so far
+            finally:
+                for sig, handler in old.items():
+                    signal.signal(sig, handler)
             pending.append(cap.read())
             _flush(writer, cap, pending, tids)
             counters = cap.counters()

@@ -141,6 +141,29 @@ def test_record_cli_captures_a_child(ebpf_ready, tmp_path):
     assert "recorded" in r.stderr and "lost 0" in r.stderr
 
 
+def test_sigint_and_sigterm_stop_record_under_load_and_keep_the_capture(ebpf_ready,
+                                                                      tmp_path):
+    """Ctrl-C while records stream in: a KeyboardInterrupt raised inside the ring buffer's
+    callback used to be swallowed, and the recording ran on for its full time."""
+    busy = subprocess.Popen([sys.executable, "-c",
+                             "import os\nwhile True: os.getppid()"])
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM) * 3:
+            out = tmp_path / f"stopped-{int(sig)}.sdtrace"
+            rec = subprocess.Popen([SYSDREAM, "record", "--seconds", "120", "--pid",
+                                    str(busy.pid), "-o", str(out)],
+                                   stderr=subprocess.PIPE, text=True)
+            assert "probes attached" in rec.stderr.readline()
+            time.sleep(0.5)
+            rec.send_signal(sig)
+            _, err = rec.communicate(timeout=20)
+            assert rec.returncode == 0, err
+            trace = read_trace(out)
+            assert trace.records["count"].sum() > 1000 and "lost 0" in err, (sig, err)
+    finally:
+        busy.kill()
+
+
 def test_sigkill_during_record_loses_at_most_the_last_block(ebpf_ready, tmp_path):
     out = tmp_path / "killed.sdtrace"
     rec = subprocess.Popen([SYSDREAM, "record", "--seconds", "60", "-o", str(out)],
