@@ -176,12 +176,12 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(ServiceCollector(service))
         ProcessCollector(registry=self.registry)
-        self.inference = Histogram("sysdream_inference_seconds", "Time to score one batch "
-                                   "of windows.", buckets=LATENCY_BUCKETS,
-                                   registry=self.registry)
+        self.inference = Histogram("sysdream_inference_seconds", "Time of one inference "
+                                   "(the distinct cache misses of a scorer cycle).",
+                                   buckets=LATENCY_BUCKETS, registry=self.registry)
         self.batch_size = Histogram("sysdream_inference_batch_windows", "Windows per "
-                                    "inference batch.", buckets=(1, 4, 16, 64, 128, 256, 512,
-                                                                 1024, 4096),
+                                    "inference (distinct cache misses of a scorer cycle).",
+                                    buckets=(1, 4, 16, 64, 128, 256, 512, 1024, 4096),
                                     registry=self.registry)
         self.scores = Histogram("sysdream_window_score", "Window scores (mean negative "
                                 "log-likelihood per syscall).", buckets=SCORE_BUCKETS,

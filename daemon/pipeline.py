@@ -355,40 +355,46 @@ class Evidence:
 
 
 class WindowCache:
-    """Known-window cache: window content -> score under the current model, LRU, bounded.
-    Keys are a keyed 64-bit hash of the window's tokens (a secret per daemon start)."""
+    """Known-window cache: window content -> score under the current model.
+
+    Keys are a keyed 64-bit hash of the window's tokens (a secret per daemon start). The
+    table is direct-mapped (slot = key mod capacity) in two flat arrays, so a batch is
+    looked up and stored with a few vector operations and the memory is fixed
+    (16 bytes a slot); a window whose slot a later window took is simply scored again."""
 
     def __init__(self, capacity: int, width: int):
-        self.capacity = capacity
+        self.capacity = max(0, capacity)
         rng = np.random.default_rng()
         self.mult = rng.integers(1, 2**63, size=width, dtype=np.uint64) * 2 + 1
-        self.scores: OrderedDict[int, float] = OrderedDict()
+        self.table = np.zeros(self.capacity, np.uint64)    # 0: empty
+        self.values = np.zeros(self.capacity, np.float64)
 
     def keys(self, tokens: np.ndarray) -> np.ndarray:
-        """[N] uint64 keys of N windows' tokens."""
+        """[N] uint64 keys (never 0) of N windows' tokens."""
         with np.errstate(over="ignore"):
             h = (tokens.astype(np.uint64) * self.mult[None, :tokens.shape[1]]).sum(1)
             h ^= h >> np.uint64(29)
+        h[h == 0] = 1
         return h
 
-    def get(self, key: int) -> float | None:
-        v = self.scores.get(key)
-        if v is not None:
-            self.scores.move_to_end(key)
-        return v
+    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(hit mask, scores; meaningful where hit) for an array of keys."""
+        if not self.capacity:
+            return np.zeros(len(keys), bool), np.zeros(len(keys))
+        slots = keys % np.uint64(self.capacity)
+        return self.table[slots] == keys, self.values[slots]
 
-    def put(self, key: int, score: float) -> None:
-        if self.capacity <= 0:
-            return
-        self.scores[key] = score
-        if len(self.scores) > self.capacity:
-            self.scores.popitem(last=False)
+    def store(self, keys: np.ndarray, scores: np.ndarray) -> None:
+        if self.capacity and len(keys):
+            slots = keys % np.uint64(self.capacity)
+            self.table[slots] = keys
+            self.values[slots] = scores
 
     def clear(self) -> None:
-        self.scores.clear()
+        self.table[:] = 0
 
     def __len__(self) -> int:
-        return len(self.scores)
+        return int(np.count_nonzero(self.table))
 
 
 @dataclass
@@ -401,6 +407,14 @@ class Detection:
     evidence_m: int
     model: ModelView
     explanation: dict
+
+
+class _Part:
+    """Windows of some blocks on their way through one scorer cycle."""
+
+    def __init__(self, blocks: list[Block]):
+        self.blocks = blocks
+        self.misses = self.size = 0
 
 
 class Scorer:
@@ -454,58 +468,104 @@ class Scorer:
         while not self._stop.is_set():
             self.beat = time.monotonic()
             blocks = self.queue.take(self.batch_windows, 0.2, self.batch_wait)
-            if blocks:
-                self.busy_since = time.monotonic()
-                self.process(blocks)
-                self.busy_since = 0.0
-                if self._stall:
-                    threading.Event().wait()  # a stalled scorer: never beats again
+            if not blocks:
+                continue
+            self.busy_since = time.monotonic()
+            with self._lock:
+                model, cache, evidence = self.model, self.cache, self.evidence
+            parts = [self._prepare(blocks, model, cache)]
+            # Most windows are answered by the cache, and an inference costs ~2 ms before
+            # its first window: keep taking what is already queued until the misses fill a
+            # batch, the cycle holds 16 batches' windows, or the batch wait has passed.
+            misses, held = parts[0].misses, parts[0].size
+            while (misses < self.batch_windows and held < 16 * self.batch_windows
+                   and self.queue.size
+                   and time.monotonic() - self.busy_since < self.batch_wait):
+                more = self.queue.take(self.batch_windows, 0.0)
+                if not more:
+                    break
+                parts.append(self._prepare(more, model, cache))
+                misses += parts[-1].misses
+                held += parts[-1].size
+            self._finish(parts, model, cache, evidence)
+            self.busy_since = 0.0
+            if self._stall:
+                threading.Event().wait()  # a stalled scorer: never beats again
 
     def process(self, blocks: list[Block]) -> list[Detection]:
+        """Score blocks at once (one cycle of the scorer thread)."""
+        with self._lock:
+            model, cache, evidence = self.model, self.cache, self.evidence
+        return self._finish([self._prepare(blocks, model, cache)], model, cache, evidence)
+
+    @staticmethod
+    def _prepare(blocks: list[Block], model: ModelView, cache: WindowCache) -> _Part:
+        """Tokens, keys and cache answers of some blocks; misses left to `_finish`."""
+        blocks = [b for b in blocks if b.spans.shape[1] == model.span]
+        part = _Part(blocks)
+        if not blocks:
+            return part
+        part.tokens = model.table[np.concatenate([b.spans for b in blocks])]
+        part.valid = np.concatenate([b.valid for b in blocks])
+        part.starts = np.concatenate([b.starts for b in blocks])
+        part.owner = np.repeat(np.arange(len(blocks)), [len(b) for b in blocks])
+        keys, part.first, inverse = np.unique(cache.keys(part.tokens), return_index=True,
+                                              return_inverse=True)
+        part.keys, part.inverse = keys, inverse.reshape(-1)
+        hit, part.uniq = cache.lookup(keys)
+        part.miss = np.flatnonzero(~hit)
+        part.misses, part.size = len(part.miss), len(part.tokens)
+        return part
+
+    def _finish(self, parts: list[_Part], model: ModelView, cache: WindowCache,
+                evidence: Evidence) -> list[Detection]:
         from sysdream.model.scoring import score
         from sysdream.model.windows import Windows
 
-        with self._lock:
-            model, cache, evidence = self.model, self.cache, self.evidence
-        blocks = [b for b in blocks if b.spans.shape[1] == model.span]
-        if not blocks:
+        parts = [p for p in parts if p.blocks]
+        if not parts:
             return []
-        spans = np.concatenate([b.spans for b in blocks])
-        valid = np.concatenate([b.valid for b in blocks])
-        starts = np.concatenate([b.starts for b in blocks])
-        owner = np.repeat(np.arange(len(blocks)), [len(b) for b in blocks])
-        tokens = model.table[spans]
-        # one lookup and at most one inference per distinct window of the batch
-        keys, first, inverse = np.unique(cache.keys(tokens), return_index=True,
-                                         return_inverse=True)
-        uniq = np.empty(len(keys), np.float64)
-        miss = []
-        for i, k in enumerate(keys.tolist()):
-            v = cache.get(k)
-            if v is None:
-                miss.append(i)
-            else:
-                uniq[i] = v
         c = self.counters
-        if miss:
-            rows = first[miss]
-            w = _windows(Windows, model, tokens[rows], valid[rows], starts[rows], owner[rows])
+        # one inference for the distinct misses of the whole cycle
+        miss_keys = np.concatenate([p.keys[p.miss] for p in parts])
+        if len(miss_keys):
+            ukeys, at = np.unique(miss_keys, return_index=True)
+
+            # one row per distinct key, padded with copies of the last to a batch size of
+            # a few (oneDNN compiles and caches a primitive per input shape)
+            pad = np.r_[at, np.full(_padded(len(at), self.batch_windows) - len(at), at[-1])]
+
+            def missed(field: str) -> np.ndarray:  # the field's rows of every miss
+                return np.concatenate([getattr(p, field)[p.first[p.miss]]
+                                       for p in parts])[pad]
+            w = _windows(Windows, model, missed("tokens"), missed("valid"), missed("starts"),
+                         np.zeros(len(pad), np.int64))
             t0 = time.perf_counter()
-            got = score(model.det.net, w, max(len(miss), 1), detail=False).score
+            got = score(model.det.net, w, self.batch_windows, detail=False).score[:len(at)]
             if self.observe:
-                self.observe("inference", time.perf_counter() - t0, len(miss))
-            uniq[miss] = got
-            for k, v in zip(keys[miss].tolist(), got.tolist(), strict=True):
-                cache.put(k, v)
-        scores = uniq[inverse.reshape(-1)]
-        c.windows_scored += len(miss)
-        c.windows_cached += len(scores) - len(miss)
+                self.observe("inference", time.perf_counter() - t0, len(at))
+            cache.store(ukeys, got)
+            c.windows_scored += len(at)
+            c.windows_cached += len(miss_keys) - len(at)  # missed in two parts, scored once
+            for p in parts:
+                p.uniq[p.miss] = got[np.searchsorted(ukeys, p.keys[p.miss])]
+        out = []
+        for p in parts:
+            out += self._judge(p, model, evidence)
+        return out
+
+    def _judge(self, part: _Part, model: ModelView, evidence: Evidence) -> list[Detection]:
+        """Bound and evidence for one prepared part, in queue order."""
+        c, blocks = self.counters, part.blocks
+        scores = part.uniq[part.inverse]
+        c.windows_cached += part.size
+        c.windows_cached -= part.misses
         c.batches += 1
         if self.observe:
             self.observe("scores", scores, 0)
         exceeds = model.bound.exceeds(scores)
         for i in np.flatnonzero(exceeds).tolist():
-            c.anomalous[blocks[owner[i]].comm] += 1
+            c.anomalous[blocks[part.owner[i]].comm] += 1
         out = []
         # evidence per process, in bulk: windows arrive grouped by block (one thread each)
         bounds = np.r_[0, np.cumsum([len(b) for b in blocks])]
@@ -545,6 +605,14 @@ class Scorer:
         ex["bound"] = model.bound.bound
         ex["sigmas"] = float(model.bound.sigmas(np.array([s.score[0]]))[0])
         return ex
+
+
+def _padded(n: int, batch: int) -> int:
+    """The batch size n windows are scored at: the next power of two up to `batch` (at
+    least 8), a multiple of `batch` beyond, so inference sees a handful of shapes."""
+    if n > batch:
+        return -(-n // batch) * batch
+    return min(max(8, 1 << (n - 1).bit_length()), batch)
 
 
 def _windows(Windows, model: ModelView, tokens: np.ndarray, valid: np.ndarray,

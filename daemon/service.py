@@ -102,9 +102,10 @@ class Service:
     def start(self) -> None:
         """Everything that can fail on bad input, before anything is attached."""
         check_state_dir(self.cfg.state_dir())
+        from .runtime import adapt_torch, bound_torch_caches, release_memory
+        bound_torch_caches()
         import torch
 
-        from .runtime import adapt_torch
         torch.set_num_threads(self.cfg.detection.torch_threads)
         adapt_torch(log)
         model_path = self.cfg.model_path()
@@ -122,6 +123,7 @@ class Service:
                                        "set [metrics] port (or --metrics-port)") from None
         from sysdream.probes.capture import Capture
         self.capture = Capture(self.cfg.capture_settings())
+        release_memory()
         self.kernel_counters = self.capture.counters()
         if self.model is None:
             self._start_learning()

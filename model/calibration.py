@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from functools import cached_property
+from statistics import NormalDist
 
 import numpy as np
 
@@ -49,15 +51,15 @@ class GaussianBound:
     ks_pvalue: float
     samples: int
 
-    @property
+    @cached_property
     def z(self) -> float:
-        from scipy.stats import norm
+        # the standard library's inverse normal CDF: the daemon need not load scipy
+        return NormalDist().inv_cdf(0.5 + self.confidence / 2)
 
-        return float(norm.ppf(0.5 + self.confidence / 2))
-
-    @property
+    @cached_property
     def bound(self) -> float:
-        """The upper bound in score units (mean NLL)."""
+        """The upper bound in score units (mean NLL); computed once (the fields are not
+        changed after construction)."""
         t = self.mean + self.z * self.std
         if self.transform == "log":
             return float(math.exp(t) - _EPS)

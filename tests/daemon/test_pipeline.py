@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 from daemon_helpers import records, sample_attack, sample_normal
@@ -71,8 +75,60 @@ def test_scores_match_offline_scoring_and_cache_answers_repeats(tiny_detector):
     assert c.windows_cached == 2 * len(offline.windows) - distinct
     # and the cached scores are the model's scores
     keys = scorer.cache.keys(view.table[np.concatenate([b.spans for b in blocks])])
-    got = np.array([scorer.cache.scores[k] for k in keys.tolist()])
-    assert np.allclose(got, offline.scores.score, atol=1e-5)
+    hit, got = scorer.cache.lookup(keys)
+    assert hit.all() and np.allclose(got, offline.scores.score, atol=1e-5)
+
+
+def test_scorer_thread_gathers_misses_across_takes_and_conserves_windows(tiny_detector):
+    """The scorer keeps taking queued windows until enough need the model, then scores
+    them in one inference: every window is scored or answered exactly once, each distinct
+    window is inferred once, and the scores equal the offline ones."""
+    from sysdream.model.detector import distinct_windows
+
+    calls = []
+    view, c, queue, cutter, scorer, found = make(
+        tiny_detector, batch_windows=16,
+        observe=lambda what, value, n: calls.append(n) if what == "inference" else None)
+    names = sample_normal(4, 400)
+    for tid in range(100, 130):  # 30 threads doing the same: 30 blocks
+        cutter.ingest(records(tid, names, comm="normal", exit=True))
+    assert queue.size == c.windows_cut
+    scorer.start()
+    deadline = time.monotonic() + 30
+    while queue.size and time.monotonic() < deadline:
+        time.sleep(0.01)
+    scorer.stop(drain_s=5)
+    assert c.windows_scored + c.windows_cached == c.windows_cut
+    offline = tiny_detector.score_sequence(names, detail=False)
+    assert c.windows_scored == sum(calls) == len(distinct_windows(offline.windows))
+    assert len(calls) < c.batches  # several takes went into one inference
+    assert found == []
+
+
+def test_cache_off_scores_every_window_again(tiny_detector):
+    view, c, queue, cutter, scorer, _f = make(tiny_detector, cache_windows=0)
+    names = sample_normal(3, 160)
+    cutter.ingest(records(1, names, exit=True))
+    scorer.process(drain(queue))
+    first = c.windows_scored
+    cutter.ingest(records(2, names, exit=True))
+    scorer.process(drain(queue))
+    assert first > 0 and c.windows_scored == 2 * first and len(scorer.cache) == 0
+    assert c.windows_scored + c.windows_cached == c.windows_cut
+
+
+def test_the_scoring_path_does_not_load_scipy(tiny_bundle):
+    """scipy.stats costs the daemon 60 MB resident; the bound needs only the standard
+    library's inverse normal CDF."""
+    code = ("import sys\nfrom pathlib import Path\n"
+            "from sysdream.model.detector import Detector\n"
+            "from sysdream.daemon.pipeline import ModelView\n"
+            f"v = ModelView(Detector.load(Path({str(tiny_bundle)!r})), 0.99)\n"
+            "assert v.bound.bound > 0 and v.bound.z > 2.5\n"
+            "print(sorted(m for m in sys.modules if m.startswith('scipy')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_attack_raises_one_detection_with_explanation_and_normal_none(tiny_detector):
