@@ -114,7 +114,7 @@ def train_model(exe: Path, tmp: Path, bundle: Path, epochs: int) -> Path:
         if "probes attached" not in rec.stderr.readline():
             raise RuntimeError(f"sysdream record did not start: {rec.stderr.read()}")
         Load(exe, 100_000, threads, 6, odd_mode=0).finish()
-        rec.send_signal(signal.SIGINT)
+        rec.send_signal(signal.SIGTERM)
         rec.communicate(timeout=60)
         traces.append(f"trace:{trace}")
     t0 = time.monotonic()

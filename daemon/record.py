@@ -28,12 +28,14 @@ def run(settings: CaptureSettings, seconds: float, output: str, err=sys.stderr) 
             print(f"recording to {output} for {seconds:g} s (probes attached; Ctrl-C "
                   "stops early)", file=err, flush=True)
             pending: list[np.ndarray] = []
-            # Ctrl-C or SIGTERM stops early and keeps everything read so far. A flag, not
-            # KeyboardInterrupt: raised inside the ring buffer's ctypes callback, that
-            # exception is printed and swallowed, and the recording would go on.
+            # Ctrl-C or SIGTERM stops early and keeps everything read so far. A flag
+            # checked between reads, so a stop never lands in the middle of writing a
+            # block. A SIGINT ignored on entry (a background job of a shell) stays ignored.
             stop = []
-            old = {sig: signal.signal(sig, lambda *_: stop.append(1))
-                   for sig in (signal.SIGINT, signal.SIGTERM)}
+            wanted = [signal.SIGTERM]
+            if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+                wanted.append(signal.SIGINT)
+            old = {sig: signal.signal(sig, lambda *_: stop.append(1)) for sig in wanted}
             try:
                 while time.monotonic() < end and not stop:
                     cap.wait(0.01)
