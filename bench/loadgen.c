@@ -12,10 +12,11 @@
  * holds for 4 threads as for 10,000.
  *
  * With ODD_EVERY_MS > 0 an extra thread forks a child every ODD_EVERY_MS ms. ODD_MODE 0:
- * the child makes 48 ordinary syscalls and exits (the pattern a model is trained on);
- * ODD_MODE 1: the child makes 48 syscalls this program never makes otherwise (socket,
- * getrandom, sysinfo, ...) and exits. For each child one line goes to stdout:
- * "odd PID T_NS", T_NS being CLOCK_MONOTONIC just after the child's 48th syscall.
+ * the child serves requests until it has made at least 48 ordinary syscalls and exits
+ * (the pattern a model is trained on); ODD_MODE 1: the child makes 48 syscalls this
+ * program never makes otherwise (socket, getrandom, sysinfo, ...) and exits. For each
+ * child one line goes to stdout:
+ * "odd PID T_NS", T_NS being CLOCK_MONOTONIC just after the child's last syscall.
  * At the end: "done SYSCALLS CPU_NS" (syscalls counted by the workers, process CPU time).
  */
 #define _GNU_SOURCE

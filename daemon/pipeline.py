@@ -558,8 +558,7 @@ class Scorer:
         """Bound and evidence for one prepared part, in queue order."""
         c, blocks = self.counters, part.blocks
         scores = part.uniq[part.inverse]
-        c.windows_cached += part.size
-        c.windows_cached -= part.misses
+        c.windows_cached += part.size - part.misses  # one update: scrapes read it
         c.batches += 1
         if self.observe:
             self.observe("scores", scores, 0)
