@@ -3,11 +3,19 @@
 // A thread's open chunk lives in a per-CPU slot while the thread runs there, and is
 // sent when the thread leaves the CPU. The per-syscall path then touches only per-CPU
 // arrays (inlined lookups); per-thread task storage (filter verdict, sequence number)
-// is consulted once per switch-in and once per record, not once per syscall.
+// is consulted once per switch-in and once per record, not once per syscall. What a
+// record says of its thread (tgid, tid, comm, cgroup) is also taken once per switch-in.
+// Helper calls that the JIT does not inline cost 15-55 ns each on the reference machine
+// (more than everything else on the path), so the common path makes none: the slot's
+// owner is the thread's saved user registers (sys_enter's first argument; they sit at
+// the top of the thread's own kernel stack, so the address is unique among live
+// threads), and the age check reads jiffies, which the JIT inlines. The clock is read
+// once per chunk.
 //
 // Compiled by bcc with these -D settings from probes/capture.py:
 //   CHUNK_W       syscall ids per record (power of two, default 64)
-//   AGE_NS        a chunk older than this is flushed (default 1 s)
+//   AGE_JIFFIES   a chunk this many jiffies old is flushed (1 s by default, converted
+//                 with the running kernel's CONFIG_HZ)
 //   RINGBUF_PAGES ring buffer size in pages (power of two)
 //   WAKE_EVERY    wake the reader once per this many records per CPU
 // The reader polls on a timer, so records are submitted without a wakeup:
@@ -18,8 +26,8 @@
 #ifndef CHUNK_W
 #define CHUNK_W 64
 #endif
-#ifndef AGE_NS
-#define AGE_NS 1000000000ULL
+#ifndef AGE_JIFFIES
+#define AGE_JIFFIES 100
 #endif
 #ifndef RINGBUF_PAGES
 #define RINGBUF_PAGES 1024
@@ -32,7 +40,7 @@
 #define REC_FULL  0x01  // the chunk filled up
 #define REC_EXEC  0x02  // the thread called exec: comm/exe change after this record
 #define REC_EXIT  0x04  // the thread exited: nothing follows
-#define REC_AGE   0x08  // the oldest syscall in the chunk reached AGE_NS
+#define REC_AGE   0x08  // the oldest syscall in the chunk reached AGE_JIFFIES
 #define REC_SLEEP 0x10  // the thread went to sleep with a partial chunk
 #define REC_SWITCH 0x20 // the thread was preempted or migrated with a partial chunk
 
@@ -47,7 +55,7 @@ struct chunk_rec {
     u32 seq;            // per-thread record sequence number, from 0
     u16 count;          // valid entries in ids[]
     u16 flags;          // REC_* reasons
-    char comm[16];      // comm when the chunk started
+    char comm[16];      // comm when the thread last came onto the CPU or exec'd
     u16 ids[CHUNK_W];   // syscall numbers, in order
 };
 
@@ -89,8 +97,9 @@ struct thread_state {
 
 // Per CPU: the open chunk of the thread running there.
 struct cpu_slot {
-    struct chunk_rec rec;
-    u32 owner;              // tid whose chunk this is; 0 when the slot is free
+    struct chunk_rec rec;   // tgid, tid, comm and cgroup_id describe the owner
+    u64 owner;              // pt_regs address of the thread whose chunk this is; 0: free
+    u64 first_jiffies;      // jiffies at the chunk's first syscall
     u32 generation;         // filter generation `traced` was taken under
     u8 traced;
     struct counters c;
@@ -134,14 +143,27 @@ static __always_inline void send(struct cpu_slot *slot, u16 why, struct counters
     slot->rec.flags = 0;
 }
 
-static __always_inline void start_chunk(struct cpu_slot *slot, u64 pid_tgid)
+// The slot owner key of the current thread, where sys_enter's argument is not at hand.
+static __always_inline u64 current_regs(void)
 {
-    slot->rec.count = 0;
-    slot->rec.first_ns = bpf_ktime_get_ns();
+    return (u64)bpf_task_pt_regs(bpf_get_current_task_btf());
+}
+
+// The current thread's identity, into the record header.
+static __always_inline void identify(struct cpu_slot *slot)
+{
+    u64 pid_tgid = bpf_get_current_pid_tgid();
     slot->rec.tgid = pid_tgid >> 32;
     slot->rec.tid = (u32)pid_tgid;
     slot->rec.cgroup_id = bpf_get_current_cgroup_id();
     bpf_get_current_comm(&slot->rec.comm, sizeof(slot->rec.comm));
+}
+
+static __always_inline void start_chunk(struct cpu_slot *slot)
+{
+    slot->rec.count = 0;
+    slot->rec.first_ns = bpf_ktime_get_ns();
+    slot->first_jiffies = bpf_jiffies64();
 }
 
 static __always_inline void flush(struct cpu_slot *slot, u16 why, struct counters *c)
@@ -150,15 +172,17 @@ static __always_inline void flush(struct cpu_slot *slot, u16 why, struct counter
         send(slot, why, c);
 }
 
-static __always_inline u8 decide(struct filter_cfg *cfg, u32 tgid)
+// The filter verdict for the thread whose identity the slot's record holds.
+static __always_inline u8 decide(struct filter_cfg *cfg, struct cpu_slot *slot)
 {
+    u32 tgid = slot->rec.tgid;
     if (tgid == cfg->self_tgid || exclude_pids.lookup(&tgid))
         return 0;
     struct comm_key key = {};
-    bpf_get_current_comm(&key.comm, sizeof(key.comm));
+    __builtin_memcpy(&key.comm, slot->rec.comm, sizeof(key.comm));
     if (exclude_comms.lookup(&key))
         return 0;
-    u64 cg = bpf_get_current_cgroup_id();
+    u64 cg = slot->rec.cgroup_id;
     if (exclude_cgroups.lookup(&cg))
         return 0;
     if (cfg->include_pid && !include_pids.lookup(&tgid))
@@ -171,20 +195,22 @@ static __always_inline u8 decide(struct filter_cfg *cfg, u32 tgid)
 }
 
 // First syscall of a thread since it came onto this CPU: take the slot.
-static __always_inline int claim(struct cpu_slot *slot, struct counters *c, u64 pid_tgid,
+static __always_inline int claim(struct cpu_slot *slot, struct counters *c, u64 regs,
                                  struct filter_cfg *cfg)
 {
     struct thread_state *st = threads.task_storage_get(bpf_get_current_task_btf(), 0,
                                                        BPF_LOCAL_STORAGE_GET_F_CREATE);
     if (!st) {
+        slot->owner = 0;
         c->lost_nostorage++;
         return -1;
     }
+    identify(slot);
     if (st->generation != cfg->generation) {
-        st->traced = decide(cfg, pid_tgid >> 32);
+        st->traced = decide(cfg, slot);
         st->generation = cfg->generation;
     }
-    slot->owner = (u32)pid_tgid;
+    slot->owner = regs;
     slot->generation = cfg->generation;
     slot->traced = st->traced;
     slot->rec.count = 0;
@@ -200,14 +226,14 @@ RAW_TRACEPOINT_PROBE(sys_enter)
     if (!slot || !cfg)
         return 0;
     struct counters *c = &slot->c;
-    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u64 regs = ctx->args[0];    // TP_PROTO(struct pt_regs *regs, long id)
     // A new thread on this CPU takes the slot. So does a thread that never left the CPU
     // when the filters change (it would keep its old verdict otherwise): its chunk so far
     // goes out first.
-    if (slot->owner != (u32)pid_tgid || slot->generation != cfg->generation) {
-        if (slot->owner == (u32)pid_tgid)
+    if (slot->owner != regs || slot->generation != cfg->generation) {
+        if (slot->owner == regs)
             flush(slot, REC_SWITCH, c);
-        if (claim(slot, c, pid_tgid, cfg))
+        if (claim(slot, c, regs, cfg))
             return 0;
     }
     if (!slot->traced) {
@@ -216,16 +242,15 @@ RAW_TRACEPOINT_PROBE(sys_enter)
     }
     c->traced++;
 
-    // Reading the clock costs more than the rest of this path, so the age of a chunk
-    // is checked on every 8th syscall only; a thread that sleeps or is switched out
-    // sends its chunk anyway.
+    // A thread that sleeps or is switched out sends its chunk anyway; the age check
+    // serves threads that keep the CPU.
     u16 i = slot->rec.count;
-    if (i && (i & 7) == 0 && bpf_ktime_get_ns() - slot->rec.first_ns >= AGE_NS) {
+    if (i && bpf_jiffies64() - slot->first_jiffies >= AGE_JIFFIES) {
         flush(slot, REC_AGE, c);
         i = 0;
     }
     if (i == 0)
-        start_chunk(slot, pid_tgid);
+        start_chunk(slot);
     if (i < CHUNK_W)
         slot->rec.ids[i] = (u16)ctx->args[1];
     slot->rec.count = i + 1;
@@ -260,13 +285,14 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
     struct thread_state *st = threads.task_storage_get(bpf_get_current_task_btf(), 0, 0);
     if (!slot || !st)
         return 0;
-    u64 pid_tgid = bpf_get_current_pid_tgid();
-    u8 mine = slot->owner == (u32)pid_tgid;
+    u8 mine = slot->owner == current_regs();
     if (mine ? slot->traced : st->traced) {
         // The chunk holding execve already left (the thread slept inside execve):
         // send an empty record so that the boundary is still marked.
-        if (!mine || slot->rec.count == 0)
-            start_chunk(slot, pid_tgid);
+        if (!mine || slot->rec.count == 0) {
+            identify(slot);
+            start_chunk(slot);
+        }
         send(slot, REC_EXEC, &slot->c);
     }
     slot->owner = 0;      // comm changed: the next syscall takes the filter verdict again
@@ -280,7 +306,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exit)
     struct cpu_slot *slot = slots.lookup(&zero);
     if (!slot)
         return 0;
-    if (slot->owner == (u32)bpf_get_current_pid_tgid())
+    if (slot->owner == current_regs())
         flush(slot, REC_EXIT, &slot->c);
     slot->owner = 0;
     threads.task_storage_delete(bpf_get_current_task_btf());

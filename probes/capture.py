@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
+import math
 import os
+import re
 from dataclasses import dataclass
 from importlib import resources
 
@@ -47,6 +50,32 @@ class CaptureSettings:
         return self
 
 
+# The lowest CONFIG_HZ a kernel can have (x86 and arm64 both offer 100 to 1000): when
+# the running kernel's HZ cannot be read, ages are counted as if it were this, so
+# chunks leave early rather than late.
+MIN_HZ = 100
+
+
+def kernel_hz(release: str | None = None) -> tuple[int, bool]:
+    """(CONFIG_HZ of the running kernel, whether it was read) from /proc/config.gz or
+    /boot/config-RELEASE; (MIN_HZ, False) when neither says."""
+    release = release or os.uname().release
+    for path, opener in (("/proc/config.gz", gzip.open), (f"/boot/config-{release}", open)):
+        try:
+            with opener(path, "rt") as f:
+                m = re.search(r"^CONFIG_HZ=(\d+)$", f.read(), re.M)
+        except (OSError, EOFError, UnicodeDecodeError):
+            continue
+        if m and int(m.group(1)) > 0:
+            return int(m.group(1)), True
+    return MIN_HZ, False
+
+
+def age_jiffies(flush_age_s: float, hz: int) -> int:
+    """The age bound in whole jiffies: at most flush_age_s, plus a tick of jitter."""
+    return max(1, math.floor(flush_age_s * hz))
+
+
 def bpf_source() -> bytes:
     return resources.files(__package__).joinpath("capture.bpf.c").read_bytes()
 
@@ -66,7 +95,8 @@ class Capture:
         from bcc import BPF  # only after preflight: a missing bcc gets its own message
 
         s = self.settings
-        cflags = [f"-DCHUNK_W={s.chunk}", f"-DAGE_NS={int(s.flush_age_s * 1e9)}ULL",
+        self.hz, _ = kernel_hz()
+        cflags = [f"-DCHUNK_W={s.chunk}", f"-DAGE_JIFFIES={age_jiffies(s.flush_age_s, self.hz)}",
                   f"-DRINGBUF_PAGES={s.ring_buffer_pages}", f"-DWAKE_EVERY={s.wake_every}",
                   "-Wno-unused-function"]
         log = io.StringIO()

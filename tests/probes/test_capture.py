@@ -253,3 +253,44 @@ def test_filter_changes_reach_a_thread_that_never_leaves_its_cpu(capture):
     finally:
         busy.kill()
         busy.wait()
+
+
+def test_thread_that_keeps_its_cpu_is_flushed_by_age(capture):
+    """A thread that spins on the CPU and makes a syscall every 20 ms neither fills its
+    chunk (64 syscalls take 1.3 s) nor sleeps; the age bound must send it anyway. A
+    preemption may send a chunk early (REC_SWITCH); none may be held past the bound."""
+    age = 0.2
+    code = ("import os, sys, time; sys.stdin.readline()\n"
+            "end = time.monotonic() + 1.5\n"
+            "while time.monotonic() < end:\n"
+            "    t = time.monotonic() + 0.02\n"
+            "    while time.monotonic() < t: pass\n"
+            "    os.getppid()\n"
+            "time.sleep(60)")
+    child = spawn(code)
+    try:
+        cap = capture(include_pids=(child.pid,), flush_age_s=age)
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        recs = collect(cap, lambda: False, timeout=1.8)
+        spin = recs[(recs["tid"] == child.pid) & (recs["flags"] & (REC_SLEEP | REC_EXIT) == 0)]
+        ppid = np.array([int(np.sum(r["ids"][:r["count"]] == NR["getppid"])) for r in spin])
+        assert ppid.sum() >= 40, f"only {ppid.sum()} of ~70 spinning syscalls arrived"
+        # A record's syscalls span at most the bound, plus a tick and one 20 ms period.
+        assert np.all(ppid <= (age + 0.004 + 0.02) / 0.02 + 1), ppid
+        assert np.all((spin["last_ns"] - spin["first_ns"]) / 1e9 <= age + 0.03)
+        assert np.any(spin["flags"] & REC_AGE)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_age_bound_in_jiffies_is_never_longer_than_asked():
+    from sysdream.probes.capture import MIN_HZ, age_jiffies, kernel_hz
+
+    hz, known = kernel_hz()
+    assert hz in (100, 250, 300, 1000) and (known or hz == MIN_HZ)
+    assert age_jiffies(1.0, 250) == 250 and age_jiffies(0.001, 250) == 1
+    for seconds in (0.001, 0.25, 1.0, 3.7):
+        for rate in (100, 250, 300, 1000):
+            assert age_jiffies(seconds, rate) / rate <= max(seconds, 1 / rate)
