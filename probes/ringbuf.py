@@ -9,14 +9,40 @@ ring_buffer_poll would instead call into Python once per record.
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import mmap
+import platform
 import select
 
 import numpy as np
 
+from . import errors
+
 _BUSY = 1 << 31
 _DISCARD = 1 << 30
 _HDR = 8
+_SEQ_CST = 5
+
+
+def memory_fence():
+    """A full memory barrier callable from Python (libatomic's atomic_thread_fence).
+
+    The kernel publishes a record by advancing the producer position and then clearing
+    the BUSY bit of its header with release stores; the reader must not let its loads
+    of header and data pass those loads. x86 keeps loads in order (TSO), so there the
+    fence is not needed and None is returned when libatomic is absent; a weakly ordered
+    CPU (aarch64) must have it."""
+    name = ctypes.util.find_library("atomic") or "libatomic.so.1"
+    try:
+        fence = ctypes.CDLL(name).atomic_thread_fence
+    except (OSError, AttributeError):
+        if platform.machine() in ("x86_64", "i686", "i386"):
+            return None
+        raise errors.RingBufferUnsupportedError(
+            "libatomic.so.1 is needed to read the BPF ring buffer safely on "
+            f"{platform.machine()}: install the libatomic1 package") from None
+    fence.argtypes, fence.restype = [ctypes.c_int], None
+    return lambda: fence(_SEQ_CST)
 
 
 class RingBufferReader:
@@ -49,6 +75,7 @@ class RingBufferReader:
         # syscalls/s, against 200 wakes/s and 3% edge-triggered).
         self._epoll = select.epoll()
         self._epoll.register(map_fd, select.EPOLLIN | select.EPOLLET)
+        self._fence = memory_fence() or (lambda: None)
 
     def wait(self, timeout: float) -> None:
         """Sleep until the kernel wakes us (the BPF program does so once per so many
@@ -65,6 +92,7 @@ class RingBufferReader:
         """Take every committed record (at most `limit`), oldest first, as a copy."""
         cons = self._consumer.value
         avail = int(self._producer[0]) - cons
+        self._fence()   # headers after the producer position
         n = avail // self.stride
         if limit is not None:
             n = min(n, limit)
@@ -77,6 +105,7 @@ class RingBufferReader:
         if busy.size:
             n = int(busy[0])
             framed, lens = framed[:n], lens[:n]
+        self._fence()   # data after the headers that say it is complete
         sizes = lens & ~np.uint32(_BUSY | _DISCARD)
         if np.any(sizes != self.dtype.itemsize):
             raise RuntimeError("ring buffer holds a record of unexpected size: "
@@ -87,6 +116,7 @@ class RingBufferReader:
         rows = rows[:, _HDR:_HDR + self.dtype.itemsize]
         kept = (lens & _DISCARD) == 0
         out = np.ascontiguousarray(rows) if kept.all() else rows[kept]
+        self._fence()   # the copy is done before the kernel may reuse the space
         self._consumer.value = cons + n * self.stride
         return out.view(self.dtype).reshape(-1)
 

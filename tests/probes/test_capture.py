@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from sysdream.probes import syscalls
 from sysdream.probes.layout import REC_AGE, REC_EXEC, REC_EXIT, REC_FULL, REC_SLEEP, record_dtype
@@ -294,3 +295,25 @@ def test_age_bound_in_jiffies_is_never_longer_than_asked():
     for seconds in (0.001, 0.25, 1.0, 3.7):
         for rate in (100, 250, 300, 1000):
             assert age_jiffies(seconds, rate) / rate <= max(seconds, 1 / rate)
+
+
+def test_ring_buffer_reader_fences_its_loads(monkeypatch):
+    """The reader's loads must stay behind the kernel's release stores on weakly ordered
+    CPUs. FAKE (a fault this x86 host cannot have): libatomic missing on aarch64."""
+    import ctypes
+
+    from sysdream.probes import errors, ringbuf
+
+    fence = ringbuf.memory_fence()
+    assert fence is not None  # libatomic is there on the reference machine
+    fence()
+
+    def no_library(*_a, **_k):
+        raise OSError("not found")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_library)
+    monkeypatch.setattr(ringbuf.platform, "machine", lambda: "x86_64")
+    assert ringbuf.memory_fence() is None  # x86 keeps loads in order: not needed
+    monkeypatch.setattr(ringbuf.platform, "machine", lambda: "aarch64")
+    with pytest.raises(errors.RingBufferUnsupportedError, match="libatomic1"):
+        ringbuf.memory_fence()
