@@ -53,6 +53,42 @@ class Hook:
         self.bpf.detach_raw_tracepoint(tp=b"sys_enter")
 
 
+def run_times(bpf) -> tuple[int, int]:
+    """(runs, ns) summed over a loaded program's functions, from /proc/self/fdinfo;
+    counted only while kernel.bpf_stats_enabled is 1."""
+    runs = ns = 0
+    for fn in bpf.funcs.values():
+        with open(f"/proc/self/fdinfo/{fn.fd}") as f:
+            info = dict(ln.split(":", 1) for ln in f.read().splitlines() if ":" in ln)
+        runs, ns = runs + int(info.get("run_cnt", 0)), ns + int(info.get("run_time_ns", 0))
+    return runs, ns
+
+
+class ProgramClock:
+    """The kernel's own count of the time spent in BPF programs (kernel.bpf_stats_enabled).
+    It does not drift with the VM's speed as wall time does; it reads the clock twice per
+    program run, which adds the same to every program measured."""
+
+    PATH = Path("/proc/sys/kernel/bpf_stats_enabled")
+
+    def __enter__(self):
+        self.old = self.PATH.read_text().strip()
+        self.PATH.write_text("1")
+        return self
+
+    def __exit__(self, *exc):
+        self.PATH.write_text(self.old)
+
+    @staticmethod
+    def measure(bpf, hook, run) -> tuple[int, int]:
+        hook.on()
+        r0, n0 = run_times(bpf)
+        run()
+        r1, n1 = run_times(bpf)
+        hook.off()
+        return r1 - r0, n1 - n0
+
+
 class Drain(threading.Thread):
     """Reads the ring buffer like the daemon does, so nothing backs up."""
 
@@ -103,31 +139,44 @@ def main() -> int:
         drain = Drain(cap)
         drain.start()
 
-        # Interleaved rounds: the VM's speed drifts, and drift must hit all three alike.
-        rounds: dict[str, list[float]] = {"untraced": [], "floor": [], "capture": []}
-        for _ in range(args.reps):
-            rounds["untraced"].append(loop_ns(exe, args.calls))
-            floor_hook.on()
-            rounds["floor"].append(loop_ns(exe, args.calls))
-            floor_hook.off()
-            cap_hook.on()
-            rounds["capture"].append(loop_ns(exe, args.calls))
-            cap_hook.off()
+        # Interleaved rounds: the VM's speed drifts, and drift must hit all three alike;
+        # the order turns each round, so that none is always the first (cold) run.
+        hooks = {"untraced": None, "floor": floor_hook, "capture": cap_hook}
+
+        def interleaved(run) -> dict[str, list[float]]:
+            out: dict[str, list[float]] = {k: [] for k in hooks}
+            for r in range(args.reps):
+                names = list(hooks)
+                for name in names[r % 3:] + names[:r % 3]:
+                    if hooks[name]:
+                        hooks[name].on()
+                    out[name].append(run())
+                    if hooks[name]:
+                        hooks[name].off()
+            return out
+
+        rounds = interleaved(lambda: loop_ns(exe, args.calls))
         base_ns, floor_ns, cap_ns = (min(rounds[k]) for k in ("untraced", "floor", "capture"))
         base_rate, floor_rate, cap_rate = (CPUS * 1e9 / ns for ns in (base_ns, floor_ns, cap_ns))
         counters = cap.counters()
 
         # The mixed workload, interleaved the same way. Its overhead is the median of the
         # per-round ratios to the untraced run of the same round.
-        walls: dict[str, list[float]] = {"untraced": [], "floor": [], "capture": []}
-        for _ in range(args.reps):
-            walls["untraced"].append(mixed_workload(tmp))
-            floor_hook.on()
-            walls["floor"].append(mixed_workload(tmp))
-            floor_hook.off()
-            cap_hook.on()
-            walls["capture"].append(mixed_workload(tmp))
-            cap_hook.off()
+        mixed_workload(tmp)  # warm the page and dentry caches once for all
+        walls = interleaved(lambda: mixed_workload(tmp))
+
+        # The programs' own run time, counted by the kernel: per syscall of the loop
+        # (best of the rounds) and as a share of the mixed workload's wall time.
+        per_call: dict[str, float] = {}
+        with ProgramClock() as clock:
+            for name, bpf, hook in (("floor", floor, floor_hook), ("capture", cap.bpf, cap_hook)):
+                per_call[name] = min(
+                    (lambda rn: rn[1] / max(rn[0], 1))(
+                        clock.measure(bpf, hook, lambda: loop_ns(exe, args.calls)))
+                    for _ in range(3))
+            t0 = time.monotonic()
+            _, mixed_prog_ns = clock.measure(cap.bpf, cap_hook, lambda: mixed_workload(tmp))
+            mixed_share = mixed_prog_ns / 1e9 / (time.monotonic() - t0)
         floor.cleanup()
         drain.stop.set()
         drain.join()
@@ -150,6 +199,9 @@ def main() -> int:
     print(f"lost: {counters['lost_syscalls']} syscalls to a full ring buffer, "
           f"{counters['lost_nostorage']} to no thread storage "
           f"(of {counters['traced']:,} traced)")
+    print(f"BPF program run time (kernel.bpf_stats_enabled, best of 3): floor "
+          f"{per_call['floor']:.1f} ns per syscall, sysdream capture {per_call['capture']:.1f} "
+          f"ns: {per_call['capture'] - per_call['floor']:+.1f} ns over the floor")
     wall = {k: statistics.median(v) for k, v in walls.items()}
     over = {k: 100 * (statistics.median(t / u for t, u in
                                         zip(walls[k], walls["untraced"], strict=True)) - 1)
@@ -159,6 +211,9 @@ def main() -> int:
           f"floor {wall['floor']:.3f} s ({over['floor']:+.1f}%), "
           f"sysdream capture {wall['capture']:.3f} s ({over['capture']:+.1f}%); "
           f"lost {mixed_counters['lost_syscalls'] - counters['lost_syscalls']}")
+    print(f"mixed workload: sysdream's BPF programs ran for {100 * mixed_share:.1f}% of its "
+          "wall time (kernel.bpf_stats_enabled, every capture program, the stats' own clock "
+          "reads included)")
     return 0
 
 
