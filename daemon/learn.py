@@ -125,6 +125,12 @@ def adfa_split(root: Path, seed: int):
                   "every attack trace"])
 
 
+def source_file(source: str) -> str:
+    """The file a sequence came from: its source less a trailing ":pid" or ":tid"."""
+    head, _, tail = source.rpartition(":")
+    return head if head and tail.isdigit() else source
+
+
 def unm_split(root: Path, program: str, seed: int):
     from sysdream.model.evaluation import Split
 
@@ -139,7 +145,9 @@ def unm_split(root: Path, program: str, seed: int):
                  ["intrusion"] * len(data["attack"]), f"UNM {program}",
                  [f"protocol: normal sequences (per pid) split by a seeded permutation (seed "
                   f"{seed}): half train, a quarter calibrate, a quarter test; all intrusion "
-                  "sequences test"])
+                  "sequences test; an intrusion file is detected when any of its sequences "
+                  "is flagged"],
+                 [source_file(s.source) for s in data["attack"]])
 
 
 def files_split(args):
@@ -153,7 +161,8 @@ def files_split(args):
     calib, test = _split(rest, 0.5, args.seed + 1)
     return Split([s.tokens for s in train], [s.tokens for s in calib],
                  [s.tokens for s in test], [s.tokens for s in attack],
-                 [s.group or "attack" for s in attack], "files")
+                 [s.group or "attack" for s in attack], "files",
+                 attack_sources=[source_file(s.source) for s in attack])
 
 
 def run_eval(args) -> int:
@@ -179,6 +188,8 @@ def run_eval(args) -> int:
         keep = sorted(rng.permutation(len(split.test_attack))[:args.limit])
         split.test_attack = [split.test_attack[i] for i in keep]
         split.attack_groups = [split.attack_groups[i] for i in keep]
+        if split.attack_sources:
+            split.attack_sources = [split.attack_sources[i] for i in keep]
         split.notes.append(f"limited to {args.limit} sequences per part (--limit)")
     settings = train_settings(args)
     methods = []

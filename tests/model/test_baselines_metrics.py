@@ -44,3 +44,17 @@ def test_auc_and_detection_rate():
     fpr, tpr = metrics.roc_curve(normal, attack)
     assert fpr[0] == tpr[0] == 0 and fpr[-1] == tpr[-1] == 1
     assert metrics.pr_auc(normal, np.array([0.9, 0.95])) == pytest.approx(1.0)
+
+
+def test_an_intrusion_file_counts_as_detected_when_any_of_its_traces_is_flagged():
+    """UNM labels per file: an intrusion file also holds ordinary processes."""
+    from sysdream.model.evaluation import BaselineMethod, Split, run_method
+
+    loop = np.array(["read", "write", "poll", "close"] * 40, dtype=object)
+    odd = loop.copy()
+    odd[60:64] = ["ptrace", "setuid", "execve", "chmod"]
+    split = Split([loop] * 3, [loop] * 2, [loop] * 2, [loop, odd, loop], ["x"] * 3, "t",
+                  attack_sources=["a.int", "a.int", "b.int"])
+    r = run_method(BaselineMethod(lambda v: Stide(v), 16), split, 0.999)
+    assert r.intrusions_detected_at_bound == {"a.int": True, "b.int": False}
+    assert r.dr_at_bound == pytest.approx(1 / 3) and r.fpr_at_bound == 0
