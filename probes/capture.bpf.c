@@ -43,6 +43,7 @@
 #define REC_AGE   0x08  // the oldest syscall in the chunk reached AGE_JIFFIES
 #define REC_SLEEP 0x10  // the thread went to sleep with a partial chunk
 #define REC_SWITCH 0x20 // the thread was preempted or migrated with a partial chunk
+#define REC_COMPAT 0x40 // a 32-bit thread on a 64-bit kernel: the ids are compat numbers
 
 // The record layout. probes/layout.py mirrors it as a numpy dtype; a test
 // checks size and offsets against this compiled program.
@@ -102,6 +103,7 @@ struct cpu_slot {
     u64 first_jiffies;      // jiffies at the chunk's first syscall
     u32 generation;         // filter generation `traced` was taken under
     u8 traced;
+    u8 compat;              // REC_COMPAT when the owner runs 32-bit code, else 0
     struct counters c;
 };
 
@@ -159,9 +161,29 @@ static __always_inline void identify(struct cpu_slot *slot)
     bpf_get_current_comm(&slot->rec.comm, sizeof(slot->rec.comm));
 }
 
+// Whether the thread whose syscall saved `regs` runs 32-bit code, whose syscall numbers
+// are the compat table's (i386 on x86_64, arm on arm64). Read from the saved user
+// registers, whose layout is the kernel's ABI (ptrace), once per switch-in. A 64-bit
+// program that enters with int 0x80 is not told apart: that needs task flags.
+static __always_inline u8 compat_of(u64 regs)
+{
+#if defined(CONFIG_X86_64) && defined(CONFIG_IA32_EMULATION)
+    u64 cs = 0;
+    bpf_probe_read_kernel(&cs, sizeof(cs), &((struct pt_regs *)regs)->cs);
+    return (cs & 0xffff) == 0x23 ? REC_COMPAT : 0;    // __USER32_CS
+#elif defined(CONFIG_ARM64) && defined(CONFIG_COMPAT)
+    u64 pstate = 0;
+    bpf_probe_read_kernel(&pstate, sizeof(pstate), &((struct pt_regs *)regs)->pstate);
+    return (pstate & 0x10) ? REC_COMPAT : 0;          // PSR_MODE32_BIT
+#else
+    return 0;
+#endif
+}
+
 static __always_inline void start_chunk(struct cpu_slot *slot)
 {
     slot->rec.count = 0;
+    slot->rec.flags = slot->compat;
     slot->rec.first_ns = bpf_ktime_get_ns();
     slot->first_jiffies = bpf_jiffies64();
 }
@@ -206,6 +228,7 @@ static __always_inline int claim(struct cpu_slot *slot, struct counters *c, u64 
         return -1;
     }
     identify(slot);
+    slot->compat = compat_of(regs);
     if (st->generation != cfg->generation) {
         st->traced = decide(cfg, slot);
         st->generation = cfg->generation;
@@ -291,6 +314,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
         // send an empty record so that the boundary is still marked.
         if (!mine || slot->rec.count == 0) {
             identify(slot);
+            slot->compat = compat_of(current_regs());
             start_chunk(slot);
         }
         send(slot, REC_EXEC, &slot->c);

@@ -16,6 +16,7 @@ REC_EXIT = 0x04
 REC_AGE = 0x08
 REC_SLEEP = 0x10
 REC_SWITCH = 0x20
+REC_COMPAT = 0x40  # a 32-bit thread: ids are compat numbers (see streams.flatten)
 
 COUNTER_FIELDS = ("filtered", "traced", "emitted_records", "emitted_syscalls",
                   "lost_records", "lost_syscalls", "lost_nostorage", "unwoken")

@@ -6,26 +6,34 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .layout import REC_COMPAT
+from .syscalls import COMPAT_BIT
+
 
 @dataclass
 class ThreadStream:
     tid: int
     tgid: int
     comm: str           # comm of the last record (after an exec, the new program)
-    ids: np.ndarray     # syscall numbers in order, uint16
+    ids: np.ndarray     # syscall numbers in order, uint16 (| COMPAT_BIT: 32-bit)
     records: int
     missing_records: int  # gaps in the per-thread sequence numbers (records lost)
     exited: bool
 
 
 def flatten(records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, record index of each id) for the valid ids of `records`, in record order."""
+    """(ids, record index of each id) for the valid ids of `records`, in record order.
+    The ids of records from 32-bit threads carry COMPAT_BIT, so that syscalls.names
+    reads them in the compat table (i386 numbers on x86_64)."""
     if records.size == 0:
         return np.empty(0, np.uint16), np.empty(0, np.intp)
     width = records.dtype["ids"].shape[0]
     valid = np.arange(width)[None, :] < records["count"][:, None]
     ids = records["ids"][valid]
     owner = np.broadcast_to(np.arange(records.size)[:, None], valid.shape)[valid]
+    compat = (records["flags"] & REC_COMPAT) != 0
+    if compat.any():  # 32-bit threads: their numbers index the compat table
+        ids = ids | np.where(compat[owner], COMPAT_BIT, 0).astype(ids.dtype)
     return ids, owner
 
 

@@ -2,6 +2,12 @@
 
 Tables come from the kernel's unistd headers (probes/tables/generate.py). A number
 the table lacks becomes "sys_<n>", so nothing is silently merged or dropped.
+
+A 32-bit thread on a 64-bit kernel makes syscalls by the compat table's numbers (i386
+on x86_64). Capture marks them with COMPAT_BIT, and names() reads a marked number in
+the compat table: the same call gets the same name either way (read is read), and what
+only 32-bit code has (socketcall, mmap2, ...) keeps its own name. Compat numbers with no
+table here (arm on aarch64) become "compat_<n>".
 """
 
 from __future__ import annotations
@@ -12,6 +18,9 @@ from functools import lru_cache
 import numpy as np
 
 from .tables.syscall_names import TABLES
+
+COMPAT_BIT = 0x8000                       # above every syscall number (< 1024)
+COMPAT_ARCH = {"x86_64": "i386"}          # the compat table of each 64-bit arch
 
 ARCH_ALIASES = {"x86_64": "x86_64", "amd64": "x86_64", "i386": "i386", "i686": "i386",
                 "x86": "i386", "aarch64": "aarch64", "arm64": "aarch64"}
@@ -39,6 +48,11 @@ def _lookup(arch: str) -> np.ndarray:
     names = np.array([f"sys_{n}" for n in range(65536)], dtype=object)
     for nr, name in tab.items():
         names[nr] = name
+    if arch in COMPAT_ARCH:
+        for nr, name in table(COMPAT_ARCH[arch]).items():
+            names[COMPAT_BIT | nr] = name
+    elif arch != "i386":
+        names[COMPAT_BIT:] = [f"compat_{n}" for n in range(65536 - COMPAT_BIT)]
     return names
 
 

@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 
 from sysdream.probes import syscalls
-from sysdream.probes.layout import REC_AGE, REC_EXEC, REC_EXIT, REC_FULL, REC_SLEEP, record_dtype
+from sysdream.probes.layout import (
+    REC_AGE,
+    REC_COMPAT,
+    REC_EXEC,
+    REC_EXIT,
+    REC_FULL,
+    REC_SLEEP,
+    record_dtype,
+)
 from sysdream.probes.streams import by_thread
 
 ARCH = syscalls.native_arch()
@@ -83,6 +91,7 @@ def test_known_sequence_captured_exactly_and_in_order(capture, tmp_path):
     streams = by_thread(records)
     stream = streams[tid]
     assert stream.exited and stream.missing_records == 0
+    assert not np.any(records["flags"] & REC_COMPAT)  # a 64-bit process
     marker = [NR["getppid"]] * 3
     expected = marker + [NR["openat"], NR["read"], NR["close"]] * rounds + marker
     assert contains(stream.ids, expected)
@@ -317,3 +326,26 @@ def test_ring_buffer_reader_fences_its_loads(monkeypatch):
     monkeypatch.setattr(ringbuf.platform, "machine", lambda: "aarch64")
     with pytest.raises(errors.RingBufferUnsupportedError, match="libatomic1"):
         ringbuf.memory_fence()
+
+
+def test_a_32_bit_process_is_named_by_the_compat_table(capture, tmp_path):
+    """i386 numbers are not x86_64 numbers (getppid is 64 there, 110 here): records of a
+    32-bit thread are marked, and its syscalls read back by their own names."""
+    if ARCH != "x86_64":
+        pytest.skip("the 32-bit test program is x86 code")
+    exe = tmp_path / "compat32"
+    subprocess.run(["gcc", "-m32", "-nostdlib", "-static", "-O1", "-o", str(exe),
+                    str(Path(__file__).parent / "data" / "compat32.c")], check=True)
+    child = subprocess.Popen([str(exe)], stdin=subprocess.PIPE)
+    try:
+        cap = capture(include_pids=(child.pid,))
+        child.stdin.write(b"g")
+        child.stdin.flush()
+        recs = collect(cap, lambda: child.poll() is not None)
+    finally:
+        child.kill()
+        child.wait()
+    mine = recs[recs["tgid"] == child.pid]
+    assert mine.size and np.all(mine["flags"] & REC_COMPAT)
+    names = syscalls.names(by_thread(mine)[child.pid].ids, ARCH).tolist()
+    assert names[-7:] == ["getppid"] * 5 + ["getpid", "exit"], names
