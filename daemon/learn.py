@@ -114,7 +114,7 @@ def run_train(args) -> int:
                              "more traces or --calibrate with other normal traces")
     names = [s.tokens for s in train_seqs]
     print(f"sysdream train: {len(train_seqs)} sequences, {sum(map(len, names))} syscalls; "
-          f"calibrating on {len(calib)} held-out sequences or sequence tails", file=sys.stderr)
+          f"calibrating on {len(calib)} held-out sequences or blocks", file=sys.stderr)
     det = Detector.train(names, [s.tokens for s in calib], cfg, settings, args.confidence,
                          ProgressLine())
     if args.labels:
