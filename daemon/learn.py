@@ -63,29 +63,21 @@ def _split(seqs: list, fraction: float, seed: int) -> tuple[list, list]:
     return [seqs[i] for i in sorted(order[:cut])], [seqs[i] for i in sorted(order[cut:])]
 
 
-def _holdout(seqs: list, fraction: float, seed: int, block: int) -> tuple[list, list]:
-    """Calibration data for a host's model. A sequence of at least 1/fraction blocks is
-    cut into periods of 1/fraction blocks of `block` syscalls: the last block of each
-    period goes to calibration, the others to training, each run of blocks a sequence of
-    its own. Shorter sequences are held out whole, a seeded `fraction` of them.
+def _holdout(seqs: list, fraction: float, seed: int, long_enough: int) -> tuple[list, list]:
+    """Calibration data for a host's model: the last `fraction` of every sequence of at
+    least `long_enough` syscalls, and a seeded `fraction` of the shorter ones, whole.
 
     Holding out whole sequences only can put what one thread alone does (a server's main
-    thread starting and joining 10,000 workers) entirely in calibration: the model never
-    learns it and alerts on it all day. Measured in bench/daemon.py: 1,237 alerts in 20 s
-    on the load's main thread when its sequence landed in the held-out fifth; holding out
-    each long sequence's last fifth instead still left its end (the joins) unlearnt."""
-    per = max(2, round(1 / fraction))
-    period = per * block
-    long = [s for s in seqs if len(s.tokens) >= period]
-    short = [s for s in seqs if len(s.tokens) < period]
+    thread starting 10,000 workers) entirely in calibration: the model never learns it
+    and alerts on it all day. Measured in bench/daemon.py: 1,237 alerts in 20 s on the
+    load's own main thread when its sequence landed in the held-out fifth."""
+    long = [s for s in seqs if len(s.tokens) >= long_enough]
+    short = [s for s in seqs if len(s.tokens) < long_enough]
     train, calib = [], []
     for s in long:
-        for k, lo in enumerate(range(0, len(s.tokens), period)):
-            mid, hi = lo + period - block, lo + period
-            train.append(replace(s, tokens=s.tokens[lo:mid], source=f"{s.source} (part {k})"))
-            if len(s.tokens[mid:hi]):
-                calib.append(replace(s, tokens=s.tokens[mid:hi],
-                                     source=f"{s.source} (held out {k})"))
+        cut = len(s.tokens) - int(len(s.tokens) * fraction)
+        train.append(replace(s, tokens=s.tokens[:cut], source=f"{s.source} (head)"))
+        calib.append(replace(s, tokens=s.tokens[cut:], source=f"{s.source} (tail)"))
     if len(short) >= 2:
         head, tail = _split(short, fraction, seed)
         train, calib = train + head, calib + tail
@@ -108,7 +100,7 @@ def run_train(args) -> int:
         train_seqs = seqs
         calib = [s for spec in args.calibrate for s in read_input(spec)]
     else:
-        train_seqs, calib = _holdout(seqs, 0.2, args.seed, 10 * cfg.window)
+        train_seqs, calib = _holdout(seqs, 0.2, args.seed, 20 * cfg.window)
         if not calib:
             raise ValueError("one short input sequence cannot be split for calibration; give "
                              "more traces or --calibrate with other normal traces")
