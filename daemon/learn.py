@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -63,29 +62,6 @@ def _split(seqs: list, fraction: float, seed: int) -> tuple[list, list]:
     return [seqs[i] for i in sorted(order[:cut])], [seqs[i] for i in sorted(order[cut:])]
 
 
-def _holdout(seqs: list, fraction: float, seed: int, long_enough: int) -> tuple[list, list]:
-    """Calibration data for a host's model: the last `fraction` of every sequence of at
-    least `long_enough` syscalls, and a seeded `fraction` of the shorter ones, whole.
-
-    Holding out whole sequences only can put what one thread alone does (a server's main
-    thread starting 10,000 workers) entirely in calibration: the model never learns it
-    and alerts on it all day. Measured in bench/daemon.py: 1,237 alerts in 20 s on the
-    load's own main thread when its sequence landed in the held-out fifth."""
-    long = [s for s in seqs if len(s.tokens) >= long_enough]
-    short = [s for s in seqs if len(s.tokens) < long_enough]
-    train, calib = [], []
-    for s in long:
-        cut = len(s.tokens) - int(len(s.tokens) * fraction)
-        train.append(replace(s, tokens=s.tokens[:cut], source=f"{s.source} (head)"))
-        calib.append(replace(s, tokens=s.tokens[cut:], source=f"{s.source} (tail)"))
-    if len(short) >= 2:
-        head, tail = _split(short, fraction, seed)
-        train, calib = train + head, calib + tail
-    else:
-        train += short
-    return train, calib
-
-
 def run_train(args) -> int:
     from sysdream.model.detector import Detector
     from sysdream.model.training import ProgressLine
@@ -100,13 +76,13 @@ def run_train(args) -> int:
         train_seqs = seqs
         calib = [s for spec in args.calibrate for s in read_input(spec)]
     else:
-        train_seqs, calib = _holdout(seqs, 0.2, args.seed, 20 * cfg.window)
-        if not calib:
-            raise ValueError("one short input sequence cannot be split for calibration; give "
-                             "more traces or --calibrate with other normal traces")
+        if len(seqs) < 2:
+            raise ValueError("one input sequence cannot be split for calibration; give more "
+                             "traces or --calibrate with other normal traces")
+        train_seqs, calib = _split(seqs, 0.2, args.seed)
     names = [s.tokens for s in train_seqs]
     print(f"sysdream train: {len(train_seqs)} sequences, {sum(map(len, names))} syscalls; "
-          f"calibrating on {len(calib)} held-out sequences or blocks", file=sys.stderr)
+          f"calibrating on {len(calib)} held-out sequences", file=sys.stderr)
     det = Detector.train(names, [s.tokens for s in calib], cfg, settings, args.confidence,
                          ProgressLine())
     if args.labels:

@@ -133,24 +133,3 @@ def test_capture_verbs_do_not_pay_for_torch():
             "print('torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "False"
-
-
-def test_holdout_trains_on_every_long_sequence():
-    """A behaviour only one thread has must reach training: long sequences give their
-    tail to calibration, short ones are held out whole by a seeded draw."""
-    import numpy as np
-
-    from sysdream.daemon.learn import _holdout
-    from sysdream.probes.datasets import Sequence
-
-    def seq(name, n):
-        return Sequence(name, np.array([name] * n, dtype=object), "normal")
-
-    seqs = [seq("main", 1000)] + [seq(f"w{i}", 50) for i in range(10)]
-    train, calib = _holdout(seqs, 0.2, 0, long_enough=320)
-    main_train = [s for s in train if s.source.startswith("main")]
-    main_calib = [s for s in calib if s.source.startswith("main")]
-    assert len(main_train[0].tokens) == 800 and len(main_calib[0].tokens) == 200
-    short_calib = [s for s in calib if s.source.startswith("w")]
-    assert len(short_calib) == 2 and all(len(s.tokens) == 50 for s in short_calib)
-    assert sum(len(s.tokens) for s in train + calib) == 1500
