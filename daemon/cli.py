@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="normal traces: trace files, dataset files or folders, adfa-ld, "
                          "unm:PROGRAM")
     tr.add_argument("--calibrate", nargs="+", metavar="INPUT", help="other normal traces for "
-                    "the bound (default: a seeded fifth of --input, by sequence)")
+                    "the bound (default: a seeded fifth of the blocks of 10 windows of --input)")
     tr.add_argument("--labels", metavar="FILE", help="a file listing anomalous traces, one "
                     "input per line: adds the supervised transfer classifier")
     tr.add_argument("-o", "--output", required=True, help="bundle directory to write")

@@ -73,23 +73,23 @@ def run_train(args) -> int:
     settings = train_settings(args)
     seqs = [s for spec in args.input for s in read_input(spec)]
     if args.calibrate:
-        train_seqs = seqs
         calib = [s for spec in args.calibrate for s in read_input(spec)]
+        held = f"calibrating on {len(calib)} other sequences"
     else:
-        if len(seqs) < 2:
-            raise ValueError("one input sequence cannot be split for calibration; give more "
-                             "traces or --calibrate with other normal traces")
-        train_seqs, calib = _split(seqs, 0.2, args.seed)
-    names = [s.tokens for s in train_seqs]
-    print(f"sysdream train: {len(train_seqs)} sequences, {sum(map(len, names))} syscalls; "
-          f"calibrating on {len(calib)} held-out sequences", file=sys.stderr)
-    det = Detector.train(names, [s.tokens for s in calib], cfg, settings, args.confidence,
-                         ProgressLine())
+        calib = None
+        held = "holding out blocks of windows of each for calibration and validation"
+    names = [s.tokens for s in seqs]
+    print(f"sysdream train: {len(seqs)} sequences, {sum(map(len, names))} syscalls; {held}",
+          file=sys.stderr)
+    det = Detector.train(names, None if calib is None else [s.tokens for s in calib], cfg,
+                         settings, args.confidence, ProgressLine())
     if args.labels:
         from sysdream.model import transfer
 
         attacks = [s.tokens for spec in _lines(args.labels) for s in read_input(spec, "attack")]
-        det.transfer = transfer.fit(det, [s.tokens for s in calib], attacks, args.seed)
+        # normal examples: the calibration traces, or without them the training traces
+        normal = calib if calib is not None else seqs
+        det.transfer = transfer.fit(det, [s.tokens for s in normal], attacks, args.seed)
     model_id = det.save(args.output)
     b = det.bound
     print(f"sysdream train: model {model_id} written to {args.output}: vocabulary "

@@ -20,7 +20,7 @@ from .embedding import train_word2vec
 from .scoring import WindowScores, build, score
 from .training import train
 from .vocab import Vocabulary
-from .windows import Windows, count, cut, cut_many
+from .windows import Windows, count, cut, cut_many, holdout
 
 AGGREGATE = "mean"  # a trace's score: the mean of its window scores (see docs/model.md)
 
@@ -68,17 +68,23 @@ class Detector:
 
     # -- training ---------------------------------------------------------------------
     @classmethod
-    def train(cls, train_seqs: list[np.ndarray], calib_seqs: list[np.ndarray],
+    def train(cls, train_seqs: list[np.ndarray], calib_seqs: list[np.ndarray] | None,
               cfg: NetworkConfig, settings: TrainSettings, confidence: float = 0.999,
               progress: Callable[[str], None] | None = None,
-              val_fraction: float = 0.1) -> Detector:
-        """Train on normal name sequences, early-stop on a held-out tenth of them (by
-        sequence), calibrate the bound on `calib_seqs` (other normal sequences)."""
+              val_fraction: float = 0.1, calib_fraction: float = 0.2) -> Detector:
+        """Train on normal name sequences and calibrate the bound.
+
+        With `calib_seqs` (other normal sequences, as an evaluation protocol gives them),
+        early stopping holds out a tenth of the training sequences and the bound is fitted
+        on `calib_seqs`. With None (a host's own recording), blocks of windows of every
+        sequence are held out instead: `calib_fraction` for the bound, `val_fraction` for
+        early stopping, each scored with its real preceding syscalls (windows.holdout)."""
         calibration.check_confidence(confidence)
         train_seqs = [s for s in train_seqs if len(s)]
         if not train_seqs:
             raise ValueError("no training data: every input sequence is empty")
-        if sum(count(len(s), cfg.window, cfg.stride) for s in calib_seqs) < 2:
+        if calib_seqs is not None and \
+                sum(count(len(s), cfg.window, cfg.stride) for s in calib_seqs) < 2:
             raise ValueError("too little calibration data (it needs two windows or more): give "
                              "more normal sequences that were not used for training")
         t0 = time.monotonic()
@@ -86,25 +92,39 @@ class Detector:
         cfg = NetworkConfig(**{**asdict(cfg), "vocab_size": len(vocab)}).validate()
         emb = train_word2vec(train_seqs, vocab, cfg.embed_dim, settings.seed)
         ids = [vocab.encode(s) for s in train_seqs]
-        rng = np.random.default_rng(settings.seed)
-        held = np.zeros(len(ids), bool)
-        if len(ids) >= 5:
-            held[rng.permutation(len(ids))[:max(1, int(len(ids) * val_fraction))]] = True
-        fit_ids = [t for t, h in zip(ids, held, strict=True) if not h]
-        val_ids = [t for t, h in zip(ids, held, strict=True) if h]
-        result = train(cfg, cut_many(fit_ids, cfg.window, min(settings.train_stride, cfg.window),
-                                     cfg.task),
-                       cut_many(val_ids, cfg.window, cfg.window, cfg.task), settings, emb,
-                       progress)
+        stride = min(settings.train_stride, cfg.window)
+        if calib_seqs is None:
+            h = holdout(ids, cfg.window, cfg.stride, stride, cfg.task, calib_fraction,
+                        val_fraction, settings.seed)
+            if len(distinct_windows(h.calibration)) < 2 or len(h.fit) == 0:
+                raise ValueError(f"too little calibration data: {sum(map(len, ids))} syscalls "
+                                 "leave fewer than two distinct held-out windows; record "
+                                 "for longer or give other normal traces to calibrate on")
+            fit_w, val_w, cal_w = h.fit, h.validation, h.calibration
+            holdout_note = {"holdout": "blocks", "block_windows": 10,
+                            "blocks": dict(zip(("fit", "validation", "calibration"), h.blocks,
+                                               strict=True))}
+        else:
+            rng = np.random.default_rng(settings.seed)
+            held = np.zeros(len(ids), bool)
+            if len(ids) >= 5:
+                held[rng.permutation(len(ids))[:max(1, int(len(ids) * val_fraction))]] = True
+            fit_w = cut_many([t for t, x in zip(ids, held, strict=True) if not x],
+                             cfg.window, stride, cfg.task)
+            val_w = cut_many([t for t, x in zip(ids, held, strict=True) if x],
+                             cfg.window, cfg.window, cfg.task)
+            cal_w = cut_many([vocab.encode(s) for s in calib_seqs], cfg.window, cfg.stride,
+                             cfg.task)
+            holdout_note = {"holdout": "sequences"}
+        result = train(cfg, fit_w, val_w, settings, emb, progress)
         det = cls(cfg, vocab, result.net, None, emb, {})
-        cal_w = cut_many([vocab.encode(s) for s in calib_seqs], cfg.window, cfg.stride,
-                         cfg.task)
         cal = score(det.net, cal_w, 1024, detail=False).score
         det.bound = calibration.fit(cal, confidence, distinct_windows(cal_w))
         det.training = {"settings": asdict(settings), "history": result.history,
                         "best_epoch": result.best_epoch, "seconds": time.monotonic() - t0,
                         "data": fingerprint(train_seqs),
-                        "calibration_data": fingerprint(calib_seqs),
+                        "calibration_data": fingerprint(calib_seqs) if calib_seqs is not None
+                        else {"windows": len(cal_w)}, **holdout_note,
                         "aggregate": AGGREGATE, "versions": bundle_io.versions(),
                         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         return det

@@ -85,3 +85,57 @@ def cut_many(sequences: list[np.ndarray], p: int, s: int, task: str) -> Windows:
         return Windows(e, e, e, e.astype(bool), z.astype(bool), z, z)
     return Windows(*(np.concatenate([getattr(w, f) for w in parts])
                      for f in Windows.__dataclass_fields__))
+
+
+@dataclass
+class Holdout:
+    """One set of sequences split by blocks of windows, each part cut with its real context."""
+    fit: Windows         # training targets (at the training stride)
+    validation: Windows  # early-stopping targets (at the window length)
+    calibration: Windows # calibration targets (at the scoring stride)
+    blocks: tuple[int, int, int]  # blocks in each part: fit, validation, calibration
+
+
+def holdout(sequences: list[np.ndarray], p: int, s: int, train_stride: int, task: str,
+            calib_fraction: float, val_fraction: float, seed: int, block: int = 10) -> Holdout:
+    """Split sequences by blocks of `block` windows (block * p syscalls), not by sequence.
+
+    A host's learning recording often has threads of which there is only one (a service's
+    main thread, the thread that starts the workers): a split by sequence holds some of them
+    out whole and the model never learns them. Here every sequence is cut into blocks and a
+    seeded share of all blocks goes to calibration and to validation, ranked by one draw per
+    block; a sequence of two blocks or more keeps at least one for training. Windows are cut
+    from the whole sequence, so a held-out window reads the syscalls really before it, as
+    the daemon's windows do; a window goes to a part only when every real token of its
+    target lies in that part's blocks (windows that straddle a boundary are dropped)."""
+    rng = np.random.default_rng(seed)
+    span = block * p
+    nblocks = [-(-len(t) // span) for t in sequences]
+    draw = rng.random(sum(nblocks))
+    rank = np.empty(len(draw), np.int64)
+    rank[np.argsort(draw, kind="stable")] = np.arange(len(draw))
+    n_cal = max(1, int(round(len(draw) * calib_fraction))) if len(draw) >= 2 else 0
+    n_val = max(1, int(round(len(draw) * val_fraction))) if len(draw) >= 3 else 0
+    part = np.where(rank < n_cal, 2, np.where(rank < n_cal + n_val, 1, 0)).astype(np.int8)
+    at = np.cumsum([0] + nblocks)
+    for i, nb in enumerate(nblocks):  # keep a block of every multi-block sequence learnt
+        mine = part[at[i]:at[i + 1]]
+        if nb >= 2 and mine.all():
+            mine[np.argmax(draw[at[i]:at[i + 1]])] = 0
+    labels = [np.repeat(part[at[i]:at[i + 1]], span)[:len(t)]
+              for i, t in enumerate(sequences)]
+
+    def select(stride: int, want: int) -> Windows:
+        w = cut_many(sequences, p, stride, task)
+        if len(w) == 0:
+            return w
+        lab = np.full(w.tgt.shape, want, np.int8)
+        for i in np.unique(w.seq):
+            rows = np.nonzero(w.seq == i)[0]
+            pos = w.start[rows, None] + np.arange(p)
+            real = w.mask[rows]
+            lab[rows] = np.where(real, labels[i][np.minimum(pos, len(labels[i]) - 1)], want)
+        return w.take(np.all(lab == want, axis=1))
+
+    counts = tuple(int((part == k).sum()) for k in (0, 1, 2))
+    return Holdout(select(min(train_stride, p), 0), select(p, 1), select(s, 2), counts)

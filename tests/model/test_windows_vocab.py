@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from sysdream.model.vocab import PAD, UNK, Vocabulary
-from sysdream.model.windows import count, cut, cut_many
+from sysdream.model.windows import count, cut, cut_many, holdout
 
 
 def test_vocabulary_reserves_padding_and_unknown():
@@ -60,3 +60,38 @@ def test_cut_many_keeps_sequences_apart():
     assert w.first.sum() == 2
     with pytest.raises(ValueError, match="task"):
         cut(np.arange(5), 8, 8, "summarise")
+
+
+def test_holdout_splits_blocks_of_windows_and_keeps_their_context():
+    """A host's recording is split by blocks of windows, not by sequence: every sequence of
+    two blocks or more is partly learnt, the parts' targets never overlap, and a held-out
+    window reads the syscalls really before it."""
+    rng = np.random.default_rng(3)
+    seqs = [rng.integers(2, 30, size=n) for n in (5, 90, 161, 400, 3000, 12000)]
+    p = 16
+    h = holdout(seqs, p, p, 8, "predict-next", 0.2, 0.1, seed=0)
+    span = 10 * p
+    assert sum(h.blocks) == sum(-(-len(s) // span) for s in seqs)
+    share = round(0.2 * sum(h.blocks))  # less what went back to keep a sequence learnt
+    assert share - len(seqs) <= h.blocks[2] <= share and h.blocks[1] >= 1
+    for i, s in enumerate(seqs):
+        if len(s) > span:
+            assert i in set(h.fit.seq.tolist()), f"sequence {i} was held out whole"
+    owner = {}
+    for part, w in (("fit", h.fit), ("validation", h.validation), ("calibration",
+                                                                     h.calibration)):
+        assert len(w) > 0, part
+        for k in range(len(w)):
+            seq, start = int(w.seq[k]), int(w.start[k])
+            real = np.nonzero(w.mask[k])[0]
+            assert np.array_equal(w.tgt[k, real], seqs[seq][start + real])
+            for j in real:
+                assert owner.setdefault((seq, start + int(j)), part) == part
+            if start >= p:  # the context is the sequence itself, not padding
+                assert np.array_equal(w.src[k], seqs[seq][start - p:start])
+    assert any(h.calibration.start >= p)
+    again = holdout(seqs, p, p, 8, "predict-next", 0.2, 0.1, seed=0)
+    assert np.array_equal(again.calibration.start, h.calibration.start)
+    other = holdout(seqs, p, p, 8, "predict-next", 0.2, 0.1, seed=1)
+    assert not np.array_equal(other.calibration.start, h.calibration.start) or \
+        not np.array_equal(other.calibration.seq, h.calibration.seq)
