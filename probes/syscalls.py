@@ -6,8 +6,8 @@ the table lacks becomes "sys_<n>", so nothing is silently merged or dropped.
 A 32-bit thread on a 64-bit kernel makes syscalls by the compat table's numbers (i386
 on x86_64). Capture marks them with COMPAT_BIT, and names() reads a marked number in
 the compat table: the same call gets the same name either way (read is read), and what
-only 32-bit code has (socketcall, mmap2, ...) keeps its own name. Compat numbers with no
-table here (arm on aarch64) become "compat_<n>".
+only 32-bit code has (socketcall, mmap2, ...) keeps its own name. A compat number the
+compat table lacks, or any on aarch64 (no arm table here), becomes "compat_<n>".
 """
 
 from __future__ import annotations
@@ -48,11 +48,11 @@ def _lookup(arch: str) -> np.ndarray:
     names = np.array([f"sys_{n}" for n in range(65536)], dtype=object)
     for nr, name in tab.items():
         names[nr] = name
+    if arch != "i386":
+        names[COMPAT_BIT:] = [f"compat_{n}" for n in range(65536 - COMPAT_BIT)]
     if arch in COMPAT_ARCH:
         for nr, name in table(COMPAT_ARCH[arch]).items():
             names[COMPAT_BIT | nr] = name
-    elif arch != "i386":
-        names[COMPAT_BIT:] = [f"compat_{n}" for n in range(65536 - COMPAT_BIT)]
     return names
 
 

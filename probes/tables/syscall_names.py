@@ -337,6 +337,8 @@ X86_64: dict[int, str] = {
     332: 'statx',
     333: 'io_pgetevents',
     334: 'rseq',
+    335: 'uretprobe',
+    336: 'uprobe',
     424: 'pidfd_send_signal',
     425: 'io_uring_setup',
     426: 'io_uring_enter',
@@ -383,6 +385,9 @@ X86_64: dict[int, str] = {
     467: 'open_tree_attr',
     468: 'file_getattr',
     469: 'file_setattr',
+    470: 'listns',
+    471: 'rseq_slice_yield',
+    472: 'fchroot',
 }
 
 I386: dict[int, str] = {
@@ -845,6 +850,9 @@ I386: dict[int, str] = {
     467: 'open_tree_attr',
     468: 'file_getattr',
     469: 'file_setattr',
+    470: 'listns',
+    471: 'rseq_slice_yield',
+    472: 'fchroot',
 }
 
 AARCH64: dict[int, str] = {
@@ -932,7 +940,7 @@ AARCH64: dict[int, str] = {
     81: 'sync',
     82: 'fsync',
     83: 'fdatasync',
-    84: 'sync_file_range2',
+    84: 'sync_file_range',
     85: 'timerfd_create',
     86: 'timerfd_settime',
     87: 'timerfd_gettime',
@@ -1127,26 +1135,6 @@ AARCH64: dict[int, str] = {
     292: 'io_pgetevents',
     293: 'rseq',
     294: 'kexec_file_load',
-    403: 'clock_gettime64',
-    404: 'clock_settime64',
-    405: 'clock_adjtime64',
-    406: 'clock_getres_time64',
-    407: 'clock_nanosleep_time64',
-    408: 'timer_gettime64',
-    409: 'timer_settime64',
-    410: 'timerfd_gettime64',
-    411: 'timerfd_settime64',
-    412: 'utimensat_time64',
-    413: 'pselect6_time64',
-    414: 'ppoll_time64',
-    416: 'io_pgetevents_time64',
-    417: 'recvmmsg_time64',
-    418: 'mq_timedsend_time64',
-    419: 'mq_timedreceive_time64',
-    420: 'semtimedop_time64',
-    421: 'rt_sigtimedwait_time64',
-    422: 'futex_time64',
-    423: 'sched_rr_get_interval_time64',
     424: 'pidfd_send_signal',
     425: 'io_uring_setup',
     426: 'io_uring_enter',
@@ -1193,6 +1181,9 @@ AARCH64: dict[int, str] = {
     467: 'open_tree_attr',
     468: 'file_getattr',
     469: 'file_setattr',
+    470: 'listns',
+    471: 'rseq_slice_yield',
+    472: 'fchroot',
 }
 
 TABLES = {'x86_64': X86_64, 'i386': I386, 'aarch64': AARCH64}
