@@ -4,8 +4,9 @@ program on the same raw sys_enter hook) and under sysdream's capture, in one run
     .venv/bin/python bench/capture.py [--calls 5000000] [--reps 7]
 
 Prints syscalls/s for each, the added ns per syscall over untraced, the ratio of
-sysdream's added cost to the floor's, lost counts, and the wall-time overhead of
-sysdream's capture on a mixed workload (find over /usr, Python start-ups, C compiles).
+sysdream's added cost to the floor's, lost counts, and the wall-time and CPU-time
+overhead of the floor and of sysdream's capture on a mixed workload (find over /usr,
+Python start-ups, C compiles).
 """
 
 from __future__ import annotations

@@ -101,7 +101,7 @@ class Detector:
                                  "leave fewer than two distinct held-out windows; record "
                                  "for longer or give other normal traces to calibrate on")
             fit_w, val_w, cal_w = h.fit, h.validation, h.calibration
-            holdout_note = {"holdout": "blocks", "block_windows": 10,
+            holdout_note = {"holdout": "blocks", "block_windows": h.block,
                             "blocks": dict(zip(("fit", "validation", "calibration"), h.blocks,
                                                strict=True))}
         else:

@@ -94,6 +94,7 @@ class Holdout:
     validation: Windows  # early-stopping targets (at the window length)
     calibration: Windows # calibration targets (at the scoring stride)
     blocks: tuple[int, int, int]  # blocks in each part: fit, validation, calibration
+    block: int                    # windows per block
 
 
 def holdout(sequences: list[np.ndarray], p: int, s: int, train_stride: int, task: str,
@@ -122,20 +123,18 @@ def holdout(sequences: list[np.ndarray], p: int, s: int, train_stride: int, task
         mine = part[at[i]:at[i + 1]]
         if nb >= 2 and mine.all():
             mine[np.argmax(draw[at[i]:at[i + 1]])] = 0
-    labels = [np.repeat(part[at[i]:at[i + 1]], span)[:len(t)]
-              for i, t in enumerate(sequences)]
+    # one flat array of every token's part; each sequence starts at `first`
+    flat = np.concatenate([np.repeat(part[at[i]:at[i + 1]], span)[:len(t)]
+                           for i, t in enumerate(sequences)] or [np.zeros(0, np.int8)])
+    first = np.cumsum([0] + [len(t) for t in sequences])
 
     def select(stride: int, want: int) -> Windows:
         w = cut_many(sequences, p, stride, task)
-        if len(w) == 0:
-            return w
-        lab = np.full(w.tgt.shape, want, np.int8)
-        for i in np.unique(w.seq):
-            rows = np.nonzero(w.seq == i)[0]
-            pos = w.start[rows, None] + np.arange(p)
-            real = w.mask[rows]
-            lab[rows] = np.where(real, labels[i][np.minimum(pos, len(labels[i]) - 1)], want)
+        pos = np.minimum(first[w.seq, None] + w.start[:, None] + np.arange(p),
+                         first[w.seq + 1, None] - 1)  # padding past the end: masked below
+        lab = np.where(w.mask, flat[pos], want)
         return w.take(np.all(lab == want, axis=1))
 
     counts = tuple(int((part == k).sum()) for k in (0, 1, 2))
-    return Holdout(select(min(train_stride, p), 0), select(p, 1), select(s, 2), counts)
+    return Holdout(select(min(train_stride, p), 0), select(p, 1), select(s, 2), counts,
+                   block)
