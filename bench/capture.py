@@ -196,13 +196,16 @@ def main() -> int:
                     (lambda rn: rn[1] / max(rn[0], 1))(
                         clock.measure(bpf, hook, lambda: loop_ns(exe, args.calls)))
                     for _ in range(3))
-            # The mixed workload once under each, with the capture's time per program.
-            mixed_share: dict[str, float] = {}
-            for name, bpf, hook in (("floor", floor, floor_hook), ("capture", cap.bpf, cap_hook)):
-                before, c0 = program_times(bpf), cap.counters()
+            # The mixed workload once under each: the programs' share of its wall time,
+            # and for capture the time per program and what its records carried.
+            def share(bpf, hook) -> float:
                 t0 = time.monotonic()
                 _, prog_ns = clock.measure(bpf, hook, lambda: mixed_workload(tmp))
-                mixed_share[name] = prog_ns / 1e9 / (time.monotonic() - t0)
+                return prog_ns / 1e9 / (time.monotonic() - t0)
+
+            mixed_share = {"floor": share(floor, floor_hook)}
+            before, c0 = program_times(cap.bpf), cap.counters()
+            mixed_share["capture"] = share(cap.bpf, cap_hook)
             after, c1 = program_times(cap.bpf), cap.counters()
             records = c1["emitted_records"] - c0["emitted_records"]
             carried = c1["emitted_syscalls"] - c0["emitted_syscalls"]
@@ -240,7 +243,8 @@ def main() -> int:
                                             zip(runs[k], runs["untraced"], strict=True)) - 1)
                 for k in ("floor", "capture")}
         spread = statistics.stdev(100 * (t / u - 1) for t, u in
-                                  zip(runs["capture"], runs["untraced"], strict=True))
+                                  zip(runs["capture"], runs["untraced"], strict=True)) \
+            if args.reps > 1 else float("nan")
         print(f"mixed workload (find /usr, 10 python start-ups, 5 gcc), {what} time, median "
               f"of {args.reps} rounds: untraced {mid['untraced']:.3f} s, "
               f"floor {mid['floor']:.3f} s ({over['floor']:+.1f}%), "
