@@ -38,7 +38,7 @@ def run(settings: CaptureSettings, seconds: float, output: str, err=sys.stderr) 
             old = {sig: signal.signal(sig, lambda *_: stop.append(1)) for sig in wanted}
             try:
                 while time.monotonic() < end and not stop:
-                    cap.wait(0.01)
+                    cap.wait()
                     pending.append(cap.read())
                     if time.monotonic() >= next_flush:
                         _flush(writer, cap, pending, tids)

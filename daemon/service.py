@@ -413,7 +413,7 @@ class Service:
         tick = next_status = next_wd = time.monotonic()
         interval = self.cfg.service.status_interval_s
         while not self._stop:
-            cap.wait(0.01)
+            cap.wait()
             self._take(cap.read())
             now = time.monotonic()
             if self._reload:

@@ -34,7 +34,7 @@ def run(source, interval: float = 1.0, rows: int = 15, iterations: int | None = 
             batches.append(source.read(limit=1 << 30))
         else:
             while time.monotonic() - start < interval:
-                source.wait(0.01)
+                source.wait()
                 batches.append(source.read())
         elapsed = interval if replay else time.monotonic() - start
         records = np.concatenate(batches) if batches else np.empty(0, source.dtype)
