@@ -4,21 +4,22 @@ program on the same raw sys_enter hook) and under sysdream's capture, in one run
     .venv/bin/python bench/capture.py [--calls 5000000] [--reps 7]
 
 Prints syscalls/s for each, the added ns per syscall over untraced, the ratio of
-sysdream's added cost to the floor's, lost counts, and the wall-time and CPU-time
-overhead of the floor and of sysdream's capture on a mixed workload (find over /usr,
-Python start-ups, C compiles). The kernel's own count of BPF run time
-(kernel.bpf_stats_enabled), which does not drift with the VM as wall time does, gives the
-programs' cost per syscall of the loop and, on the mixed workload, as a share of its wall
-time for the floor and for capture, with capture's time per program and its syscalls per
-record. One round of the mixed workload varies by several per cent on the reference VM,
-more than the target, so it also prints an estimate that does not drift: the loop's
-added ns per syscall times the workload's syscalls, plus capture's programs off the
-syscall path, over the workload's untraced wall time.
+sysdream's added cost to the floor's, and lost counts. Then the wall-time and CPU-time
+overhead of the floor and of sysdream's capture on a mixed workload, part by part (find
+over /usr, Python start-ups, C compiles) with each part's syscalls: one round varies by
+10-14% on the reference VM, more than the target, so it prints the mean of the rounds'
+ratios with its standard error. It also prints capture over the floor, the floor's added
+ns per syscall by timing where syscalls are dense (the loop measures the same hook with
+the kernel's tracing path hot in the caches), the reader thread's CPU time, and the
+kernel's own count of BPF run time (kernel.bpf_stats_enabled), which does not drift with
+the VM: per syscall of the loop, and on the mixed workload as a share of its wall time
+with capture's time per program and its syscalls per record.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import resource
 import statistics
@@ -113,26 +114,54 @@ class Drain(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            self.cap.wait(0.01)
+            self.cap.wait()
             self.records += self.cap.read().size
         self.records += self.cap.read().size
 
+    def cpu(self) -> float:
+        """This thread's CPU seconds so far: the reader's cost, which the traced
+        workload shares the CPUs with."""
+        return time.clock_gettime(time.pthread_getcpuclockid(self.ident))
 
-def mixed_workload(tmp: Path) -> tuple[float, float]:
-    """Wall seconds and the children's CPU seconds (user + system: a BPF program runs in
-    the traced task's context, so its cost is system time of the workload)."""
+
+PARTS = ("find", "python", "gcc")
+
+
+def mixed_workload(tmp: Path, after_part=None) -> dict[str, tuple[float, float]]:
+    """(wall seconds, the children's CPU seconds) of each part and of the whole: a find
+    over /usr, 10 Python start-ups and 5 gcc runs. CPU is user + system: a BPF program
+    runs in the traced task's context, so its cost is system time of the workload."""
     src = tmp / "hello.c"
     src.write_text("#include <stdio.h>\nint main(void){puts(\"hi\");return 0;}\n")
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.monotonic()
-    subprocess.run("find /usr -type f | wc -l", shell=True, check=True, capture_output=True)
-    for _ in range(10):
-        subprocess.run([sys.executable, "-c", "import json, email.parser"], check=True)
-    for i in range(5):
-        subprocess.run(["gcc", "-O1", "-o", str(tmp / f"h{i}"), str(src)], check=True)
-    wall = time.monotonic() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    runs = {
+        "find": lambda: subprocess.run("find /usr -type f | wc -l", shell=True, check=True,
+                                       capture_output=True),
+        "python": lambda: [subprocess.run([sys.executable, "-c", "import json, email.parser"],
+                                          check=True) for _ in range(10)],
+        "gcc": lambda: [subprocess.run(["gcc", "-O1", "-o", str(tmp / f"h{i}"), str(src)],
+                                       check=True) for i in range(5)],
+    }
+    out = {}
+    for name in PARTS:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.monotonic()
+        runs[name]()
+        wall = time.monotonic() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out[name] = (wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime))
+        if after_part:
+            after_part(name)
+    out["all"] = (sum(w for w, _ in out.values()), sum(c for _, c in out.values()))
+    return out
+
+
+def overhead(runs: list[float], base: list[float]) -> tuple[float, float, float]:
+    """Per-round ratios to the paired reference round, as per cent over it: (mean, its
+    standard error, median). The mean with its standard error says how sure the figure
+    is; the median is kept for comparison with older runs."""
+    pct = [100 * (t / u - 1) for t, u in zip(runs, base, strict=True)]
+    se = statistics.stdev(pct) / len(pct) ** 0.5 if len(pct) > 1 else float("nan")
+    return statistics.mean(pct), se, statistics.median(pct)
 
 
 def main() -> int:
@@ -180,12 +209,25 @@ def main() -> int:
         base_rate, floor_rate, cap_rate = (CPUS * 1e9 / ns for ns in (base_ns, floor_ns, cap_ns))
         counters = cap.counters()
 
-        # The mixed workload, interleaved the same way. Its overhead is the median of the
-        # per-round ratios to the untraced run of the same round.
+        # The mixed workload, interleaved the same way; each part timed on its own.
         mixed_workload(tmp)  # warm the page and dentry caches once for all
-        mixed = interleaved(lambda: mixed_workload(tmp))
-        walls = {k: [w for w, _ in v] for k, v in mixed.items()}
-        cpus = {k: [c for _, c in v] for k, v in mixed.items()}
+        def mixed_round() -> dict:
+            c0 = drain.cpu()
+            out = mixed_workload(tmp)
+            out["reader"] = drain.cpu() - c0
+            return out
+
+        mixed = interleaved(mixed_round)
+        # Its syscalls per part, by the floor's own count.
+        def seen() -> int:
+            return sum(floor[b"seen"][0])
+
+        floor_hook.on()
+        marks = [seen()]
+        mixed_workload(tmp, lambda _: marks.append(seen()))
+        floor_hook.off()
+        part_calls = dict(zip(PARTS, (b - a for a, b in itertools.pairwise(marks)), strict=True))
+        part_calls["all"] = marks[-1] - marks[0]
 
         # The programs' own run time, counted by the kernel: per syscall of the loop
         # (best of the rounds) and as a share of the mixed workload's wall time.
@@ -237,22 +279,31 @@ def main() -> int:
     print(f"BPF program run time (kernel.bpf_stats_enabled, best of 3): floor "
           f"{per_call['floor']:.1f} ns per syscall, sysdream capture {per_call['capture']:.1f} "
           f"ns: {per_call['capture'] - per_call['floor']:+.1f} ns over the floor")
-    for what, runs in (("wall", walls), ("CPU", cpus)):
-        mid = {k: statistics.median(v) for k, v in runs.items()}
-        over = {k: 100 * (statistics.median(t / u for t, u in
-                                            zip(runs[k], runs["untraced"], strict=True)) - 1)
-                for k in ("floor", "capture")}
-        spread = statistics.stdev(100 * (t / u - 1) for t, u in
-                                  zip(runs["capture"], runs["untraced"], strict=True)) \
-            if args.reps > 1 else float("nan")
-        print(f"mixed workload (find /usr, 10 python start-ups, 5 gcc), {what} time, median "
-              f"of {args.reps} rounds: untraced {mid['untraced']:.3f} s, "
-              f"floor {mid['floor']:.3f} s ({over['floor']:+.1f}%), "
-              f"sysdream capture {mid['capture']:.3f} s ({over['capture']:+.1f}%); "
-              "best of each: " + ", ".join(
-                  f"{k} {100 * (min(runs[k]) / min(runs['untraced']) - 1):+.1f}%"
-                  for k in ("floor", "capture"))
-              + f"; one round's capture/untraced ratio varies by {spread:.1f}% (std dev)")
+    print(f"mixed workload (find /usr, 10 python start-ups, 5 gcc), {args.reps} interleaved "
+          "rounds: per cent over the round beside it, mean +- standard error (median)")
+    print(f"{'':8}{'syscalls':>10}{'untraced':>10}{'floor':>22}{'sysdream capture':>22}"
+          f"{'capture over floor':>22}{'floor ns/syscall':>18}")
+    for part in (*PARTS, "all"):
+        for i, what in ((0, "wall"), (1, "CPU")):
+            t = {k: [r[part][i] for r in mixed[k]] for k in mixed}
+            cells = [overhead(t["floor"], t["untraced"]), overhead(t["capture"], t["untraced"]),
+                     overhead(t["capture"], t["floor"])]
+            # The floor's added time per syscall of this part, by timing (the loop's added
+            # ns above are the same hook on a hot cache); only where syscalls are dense
+            # enough (over 100k/s) that a per cent of noise is not hundreds of ns.
+            base = statistics.mean(t["untraced"])
+            floor_per_call = (f"{(statistics.mean(t['floor']) - base) * 1e9 / part_calls[part]:.0f}"
+                              if part_calls[part] > 100_000 * base else "-")
+            print(f"{part + ' ' + what:8}"
+                  f"{part_calls[part] if i == 0 else '':>10}"
+                  f"{statistics.median(t['untraced']):>9.3f}s"
+                  + "".join(f"{f'{m:+.1f} +- {se:.1f} ({md:+.1f})':>22}" for m, se, md in cells)
+                  + f"{floor_per_call:>18}")
+    reader = {k: statistics.mean(r["reader"] for r in mixed[k]) for k in mixed}
+    cap_wall = statistics.mean(r["all"][0] for r in mixed["capture"])
+    print("mixed workload: the reader thread's CPU per round, mean: " + ", ".join(
+        f"{k} {1000 * v:.1f} ms" for k, v in reader.items())
+          + f" ({100 * reader['capture'] / cap_wall:.1f}% of a CPU under capture)")
     print(f"mixed workload: lost {mixed_counters['lost_syscalls'] - counters['lost_syscalls']}")
     print(f"mixed workload: BPF programs ran for {100 * mixed_share['floor']:.1f}% of its "
           f"wall time under the floor and {100 * mixed_share['capture']:.1f}% under sysdream "
@@ -263,18 +314,6 @@ def main() -> int:
         sorted(mixed_programs.items(), key=lambda kv: -kv[1][1])))
     print(f"mixed workload, one run under capture: {carried:,} syscalls in {records:,} "
           f"records ({carried / max(records, 1):.1f} per record)")
-    # An estimate that the VM's drift does not swamp: the loop's added cost per syscall
-    # (which includes the reader's share at the loop's far higher rate) times the mixed
-    # workload's syscalls, plus capture's programs off the syscall path, over its
-    # untraced wall time.
-    syscalls = mixed_programs.get("sys_enter", (0, 0))[0]
-    off_path = sum(ns for name, (_, ns) in mixed_programs.items() if name != "sys_enter")
-    untraced_s = statistics.median(walls["untraced"])
-    est = {"floor": floor_added * syscalls / 1e9 / untraced_s,
-           "capture": (cap_added * syscalls + off_path) / 1e9 / untraced_s}
-    print(f"mixed workload, estimated from the loop's added ns x {syscalls:,} syscalls "
-          f"(+ capture's scheduler and exec/exit programs): floor {100 * est['floor']:+.1f}%, "
-          f"sysdream capture {100 * est['capture']:+.1f}%")
     return 0
 
 
