@@ -30,7 +30,7 @@ import threading
 import time
 from pathlib import Path
 
-from sysdream.probes.capture import Capture, CaptureSettings
+from sysdream.probes.capture import READ_INTERVAL_S, Capture, CaptureSettings
 
 HERE = Path(__file__).resolve().parent
 CPUS = os.cpu_count() or 1
@@ -51,7 +51,10 @@ def loop_ns(exe: Path, calls: int) -> float:
 
 class Hook:
     """Attach or detach a loaded program's raw sys_enter handler between rounds, so
-    the configurations can be interleaved without recompiling."""
+    the configurations can be interleaved without recompiling. Capture's scheduler and
+    exec/exit programs stay attached throughout (sched_switch is what sends a chunk before
+    another thread takes its CPU's slot); with sys_enter off no thread owns a slot and
+    they return at once, a few thousand runs a round in every configuration."""
 
     def __init__(self, bpf):
         self.bpf = bpf
@@ -108,13 +111,14 @@ class ProgramClock:
 class Drain(threading.Thread):
     """Reads the ring buffer like the daemon does, so nothing backs up."""
 
-    def __init__(self, cap: Capture):
+    def __init__(self, cap: Capture, interval: float = READ_INTERVAL_S):
         super().__init__(daemon=True)
         self.cap, self.stop, self.records = cap, threading.Event(), 0
+        self.interval = interval
 
     def run(self) -> None:
         while not self.stop.is_set():
-            self.cap.wait()
+            self.cap.wait(self.interval)
             self.records += self.cap.read().size
         self.records += self.cap.read().size
 
@@ -168,6 +172,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=5_000_000, help="getppid calls per CPU")
     ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--read-interval", type=float, default=READ_INTERVAL_S,
+                    help="the reader's timer in seconds (the daemon's: %(default)s)")
     args = ap.parse_args()
     from bcc import BPF
 
@@ -185,7 +191,7 @@ def main() -> int:
         cap = Capture(settings)
         cap_hook = Hook(cap.bpf)
         cap_hook.off()
-        drain = Drain(cap)
+        drain = Drain(cap, args.read_interval)
         drain.start()
 
         # Interleaved rounds: the VM's speed drifts, and drift must hit all three alike;
@@ -280,7 +286,8 @@ def main() -> int:
           f"{per_call['floor']:.1f} ns per syscall, sysdream capture {per_call['capture']:.1f} "
           f"ns: {per_call['capture'] - per_call['floor']:+.1f} ns over the floor")
     print(f"mixed workload (find /usr, 10 python start-ups, 5 gcc), {args.reps} interleaved "
-          "rounds: per cent over the round beside it, mean +- standard error (median)")
+          "rounds: per cent over the round beside it, mean +- standard error (median); "
+          f"reader timer {args.read_interval * 1000:g} ms")
     print(f"{'':8}{'syscalls':>10}{'untraced':>10}{'floor':>22}{'sysdream capture':>22}"
           f"{'capture over floor':>22}{'floor ns/syscall':>18}")
     for part in (*PARTS, "all"):

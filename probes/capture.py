@@ -55,8 +55,9 @@ class CaptureSettings:
 # this timer only bounds the delay of a trickle. A wake costs the reader 0.1 to 0.35 ms of
 # CPU here (a thread that has just woken runs the interpreter and numpy from cold caches;
 # the same read of 450 records with warm caches takes 20 us). On bench/capture.py's mixed
-# workload a 10 ms timer cost the reader 2.5-2.9% of a CPU, more than the BPF programs
-# themselves; 100 ms costs 0.5-0.7% and adds at most 0.1 s to the flush age bound.
+# workload a 10 ms timer cost the reader 2.5-3.0% of a CPU, more than the BPF programs
+# themselves; 100 ms costs 0.5-0.7% (bench/capture.py --read-interval compares them) and
+# adds at most 0.1 s to the flush age bound.
 READ_INTERVAL_S = 0.1
 
 # The lowest CONFIG_HZ a kernel can have (x86 and arm64 both offer 100 to 1000): when
