@@ -27,6 +27,9 @@ def run_score(args) -> int:
             line = {"source": seq.source, "syscalls": len(seq.tokens),
                     "windows": len(r.scores.score), "anomalous_windows": len(hits),
                     "trace_score": round(r.trace_score, 4), "unknown_syscalls": r.unknown}
+            p = det.transfer_scores([seq.tokens])
+            if p is not None:
+                line["transfer_probability"] = round(float(p[0]), 4)
             if args.json:
                 line["alerts"] = [det.explain(r, int(i)) for i in hits[:args.max_alerts]]
                 print(json.dumps(line))
@@ -34,6 +37,7 @@ def run_score(args) -> int:
             verdict = "ANOMALOUS" if len(hits) else "normal"
             print(f"{seq.source}: {verdict}, {len(hits)}/{len(r.scores.score)} windows above "
                   f"the bound, score {r.trace_score:.3f}"
+                  + (f", like the labelled anomalies: p={p[0]:.2f}" if p is not None else "")
                   + (f", unknown syscalls {', '.join(r.unknown)}" if r.unknown else ""))
             for i in hits[:args.max_alerts]:
                 ex = det.explain(r, int(i))

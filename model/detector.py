@@ -149,10 +149,14 @@ class Detector:
                 raise ValueError("network and vocabulary sizes differ")
             net = build(cfg)
             net.load_state_dict(b.state_dict)
+            det = cls(cfg, vocab, net, bound, b.embedding, b.training, b.model_id, b.transfer)
+            if b.transfer is not None:
+                from . import transfer
+                transfer.check(b.transfer, transfer.n_features(det))
         except (ValueError, TypeError, KeyError, RuntimeError) as exc:
             raise bundle_io.BundleError(f"{path}: inconsistent bundle ({str(exc)[:200]}); "
                                         "retrain it with this version") from None
-        return cls(cfg, vocab, net, bound, b.embedding, b.training, b.model_id, b.transfer)
+        return det
 
     # -- scoring ----------------------------------------------------------------------
     def windows(self, names: np.ndarray, seq: int = 0) -> Windows:
@@ -180,6 +184,15 @@ class Detector:
         bounds = np.searchsorted(w.seq, np.arange(len(sequences) + 1))
         per = [sc[bounds[i]:bounds[i + 1]] for i in range(len(sequences))]
         return np.array([x.mean() if len(x) else 0.0 for x in per]), per
+
+    def transfer_scores(self, sequences: list[np.ndarray]) -> np.ndarray | None:
+        """Each sequence's probability, by the supervised transfer classifier (`sysdream
+        train --labels`), of being like the labelled anomalous traces; None without one.
+        It ranks; alerts still come from the Gaussian bound."""
+        if self.transfer is None:
+            return None
+        from . import transfer
+        return transfer.trace_scores(self, self.transfer, sequences)
 
     def explain(self, result: SequenceScores, i: int, top: int = 5) -> dict:
         """One window's explanation: its names, the most surprising positions (observed vs

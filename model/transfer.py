@@ -54,6 +54,29 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, seed: int, steps: int = 300) -> 
             "fill; then Z"}
 
 
+def check(model: dict, n_features: int) -> None:
+    """Refuse a classifier that cannot score this network's features (a bundle's
+    transfer.json from another network, or edited by hand)."""
+    try:
+        parts = [np.asarray(model[k], np.float64) for k in ("mean", "std", "weight")]
+        bias = float(model["bias"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError("transfer classifier lacks numeric mean, std, weight and bias") \
+            from None
+    if any(p.shape != (n_features,) for p in parts):
+        raise ValueError(f"transfer classifier expects {[p.shape for p in parts]} features, "
+                         f"this network gives {n_features}")
+    if not all(np.isfinite(p).all() for p in parts) or not np.isfinite(bias) or \
+            (parts[1] <= 0).any():
+        raise ValueError("transfer classifier has non-finite or non-positive values")
+
+
+def n_features(det) -> int:
+    """How many features this network gives a window (the error profile, then Z)."""
+    x, _ = features(det, [np.array(["read"], dtype=object)])
+    return x.shape[1]
+
+
 def probabilities(model: dict, x: np.ndarray) -> np.ndarray:
     z = (x - np.array(model["mean"])) / np.array(model["std"])
     return 1 / (1 + np.exp(-(z @ np.array(model["weight"]) + model["bias"])))

@@ -76,6 +76,61 @@ def test_corrupt_bundle_exits_11(bundle, tmp_path, data):
     assert r.returncode == 11 and "sysdream train" in r.stderr
 
 
+def test_labels_add_a_transfer_classifier_that_score_reports(data, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labelled = [data["attack"] / f"T-{i:03d}.txt" for i in range(3)]
+    labels.write_text("# labelled anomalies, one input per line\n"
+                      + "".join(f"adfa:{p}\n" for p in labelled))
+    out = tmp_path / "m"
+    r = sysdream("train", "--input", data["normal"], "--labels", labels, "-o", out, *TINY)
+    assert r.returncode == 0, r.stderr
+    assert "transfer.json" in json.loads((out / "manifest.json").read_text())["files"]
+    r = sysdream("score", data["normal"], data["attack"], "--model", out, "--json")
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    p = {ln["source"]: ln["transfer_probability"] for ln in lines}
+    attack = [v for k, v in p.items() if "/attack/" in k]
+    normal = [v for k, v in p.items() if "/normal/" in k]
+    assert len(attack) == 6 and len(normal) == 30
+    # the three attack traces it never saw rank above every normal trace too
+    unseen = [v for k, v in p.items() if "/attack/" in k and Path(k).name >= "T-003"]
+    assert len(unseen) == 3 and min(unseen) > max(normal), (unseen, max(normal))
+    text = sysdream("score", labelled[0], "--model", out)
+    assert "like the labelled anomalies: p=" in text.stdout
+    plain = sysdream("score", labelled[0], "--model", data["base"] / "model")
+    assert "labelled" not in plain.stdout  # no classifier, no probability
+
+
+def test_bad_labels_and_an_inconsistent_transfer_classifier(data, tmp_path):
+    import hashlib
+
+    r = sysdream("train", "--input", data["normal"], "--labels", tmp_path / "none.txt",
+                 "-o", tmp_path / "m", *TINY)
+    assert r.returncode == 2 and "--labels" in r.stderr and "Traceback" not in r.stderr
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing labelled yet\n")
+    r = sysdream("train", "--input", data["normal"], "--labels", empty, "-o", tmp_path / "m",
+                 *TINY)
+    assert r.returncode == 2 and "lists no anomalous traces" in r.stderr
+    assert not (tmp_path / "m").exists()
+    labels = tmp_path / "labels.txt"
+    labels.write_text(f"adfa:{data['attack'] / 'T-000.txt'}\n")
+    out = tmp_path / "m"
+    assert sysdream("train", "--input", data["normal"], "--labels", labels, "-o", out,
+                    *TINY).returncode == 0
+    # a classifier for another network, with its checksum resealed: refused at load
+    doc = json.loads((out / "transfer.json").read_text())
+    doc["weight"] = doc["weight"][:-1]
+    (out / "transfer.json").write_text(json.dumps(doc))
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["files"]["transfer.json"] = hashlib.sha256(
+        (out / "transfer.json").read_bytes()).hexdigest()
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    r = sysdream("score", data["attack"], "--model", out)
+    assert r.returncode == 11 and "transfer classifier" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def test_bad_training_inputs(tmp_path):
     garbage = tmp_path / "garbage.txt"
     garbage.write_text("5 3 3\n6 hello 4\n")
@@ -113,9 +168,13 @@ def test_one_syscall_traces_train_and_score(tmp_path):
 def test_eval_prints_every_method_and_writes_json_and_plot(data, tmp_path):
     out, png = tmp_path / "r.json", tmp_path / "roc.png"
     r = sysdream("eval", "--dataset", "files", "--normal", data["normal"], "--attack",
-                 data["attack"], "--arch", "dream,em", "--json", out, "--plot", png, *TINY)
+                 data["attack"], "--arch", "dream,em", "--json", out, "--plot", png,
+                 "--transfer-fraction", "0.5", *TINY)
     assert r.returncode == 0, r.stderr
     report = json.loads(out.read_text())
+    t = report["transfer"]
+    assert t["labelled_attack_traces"] == 3 and t["test_attack_traces"] == 3
+    assert t["transfer"]["roc_auc"] > 0.9 and "transfer step" in r.stdout
     methods = [m["method"] for m in report["results"]]
     assert methods == ["dream", "em", "stide", "n-gram", "DeepLog"]
     for m in report["results"]:
