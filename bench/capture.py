@@ -172,6 +172,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=5_000_000, help="getppid calls per CPU")
     ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--strict-compat", action="store_true",
+                    help="capture with strict_compat (each syscall's table checked)")
     ap.add_argument("--read-interval", type=float, default=READ_INTERVAL_S,
                     help="the reader's timer in seconds (the daemon's: %(default)s)")
     args = ap.parse_args()
@@ -187,7 +189,8 @@ def main() -> int:
         # Every feature on: filters loaded (excluding things that are not the loop),
         # exec/exit/switch/age flushes and counters are always on.
         settings = CaptureSettings(exclude_comms=("nosuchcomm",), exclude_pids=(999999,),
-                                   exclude_cgroups=(2**63 + 12345,))
+                                   exclude_cgroups=(2**63 + 12345,),
+                                   strict_compat=args.strict_compat)
         cap = Capture(settings)
         cap_hook = Hook(cap.bpf)
         cap_hook.off()
@@ -269,7 +272,8 @@ def main() -> int:
     floor_added = floor_ns - base_ns
     cap_added = cap_ns - base_ns
     print(f"getppid loop on {CPUS} CPUs, {args.calls:,} calls per CPU, "
-          f"best of {args.reps} interleaved rounds")
+          f"best of {args.reps} interleaved rounds"
+          + (", capture with strict_compat" if args.strict_compat else ""))
     print(f"{'':22}{'syscalls/s':>14}{'ns/syscall':>12}{'added ns':>10}")
     print(f"{'untraced':22}{base_rate:>14,.0f}{base_ns:>12.1f}{0:>10.1f}")
     print(f"{'floor (count only)':22}{floor_rate:>14,.0f}{floor_ns:>12.1f}{floor_added:>10.1f}")

@@ -58,6 +58,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "chunk": Key(64, int, _pow2(8, 1024), "a power of two from 8 to 1024"),
         "flush_age_s": Key(1.0, NUM, _rng(0.001, 3600), "seconds, 0.001 to 3600"),
         "ring_buffer_pages": Key(1024, int, _pow2(1, 1 << 18), "a power of two"),
+        "strict_compat": Key(False, bool, form="true or false"),
         "include_pids": Key([], list, _ints, "a list of process ids"),
         "exclude_pids": Key([], list, _ints, "a list of process ids"),
         "include_comms": Key([], list, _strs, "a list of process names (1-15 characters)"),
@@ -132,7 +133,7 @@ class Config:
         c = self.values["capture"]
         return CaptureSettings(
             chunk=c["chunk"], flush_age_s=float(c["flush_age_s"]),
-            ring_buffer_pages=c["ring_buffer_pages"],
+            ring_buffer_pages=c["ring_buffer_pages"], strict_compat=c["strict_compat"],
             include_pids=tuple(c["include_pids"]), exclude_pids=tuple(c["exclude_pids"]),
             include_comms=tuple(c["include_comms"]), exclude_comms=tuple(c["exclude_comms"]),
             include_cgroups=tuple(c["include_cgroups"]),

@@ -355,7 +355,7 @@ class Service:
 
     def _apply_config(self, new: Config) -> None:
         old = self.cfg
-        fixed = ("chunk", "flush_age_s", "ring_buffer_pages")
+        fixed = ("chunk", "flush_age_s", "ring_buffer_pages", "strict_compat")
         changed = [k for k in fixed if old.capture.__dict__[k] != new.capture.__dict__[k]]
         if changed:
             log(f"reload: {', '.join(changed)} take effect at the next restart")

@@ -18,6 +18,8 @@
 //                 with the running kernel's CONFIG_HZ)
 //   RINGBUF_PAGES ring buffer size in pages (power of two)
 //   WAKE_EVERY    wake the reader once per this many records per CPU
+//   STRICT_COMPAT 1: tell each syscall's table apart (int 0x80 from 64-bit code), at a
+//                 register read per syscall; 0 (default): once per switch-in
 // The reader polls on a timer, so records are submitted without a wakeup:
 // wakeups, not chunking, are the expensive part of kernel-to-user transport.
 
@@ -34,6 +36,9 @@
 #endif
 #ifndef WAKE_EVERY
 #define WAKE_EVERY 512
+#endif
+#ifndef STRICT_COMPAT
+#define STRICT_COMPAT 0
 #endif
 
 // Why a record was sent (bit set in chunk_rec.flags).
@@ -180,6 +185,33 @@ static __always_inline u8 compat_of(u64 regs)
 #endif
 }
 
+#if STRICT_COMPAT && defined(CONFIG_X86_64) && defined(CONFIG_IA32_EMULATION)
+// Which table this one syscall's number belongs to. A 64-bit program may also enter
+// through int 0x80 (or sysenter), with i386 numbers: execve is then 11, which the x86_64
+// table calls munmap, so a program could hide its calls behind the wrong names. The
+// syscall instruction leaves its return address in cx, and the kernel saves cx as it is
+// beside that address (entry_SYSCALL_64: pt_regs->ip is cx); after int 0x80, cx is the
+// call's second argument. So a 64-bit syscall is one whose cx equals its ip, from 64-bit
+// code. The remaining, narrow gap: a 64-bit program that sets that argument to its own
+// return address before int 0x80 still passes for 64-bit. The read is a helper call per
+// syscall, about 55 ns here (bench/capture.py --strict-compat), so it is opt-in.
+struct entry_regs {     // pt_regs from cx to cs, in the kernel's (ptrace) order
+    u64 cx, dx, si, di, orig_ax, ip, cs;
+};
+
+static __always_inline u8 entry_compat(u64 regs)
+{
+    struct entry_regs r = {};
+    bpf_probe_read_kernel(&r, sizeof(r), &((struct pt_regs *)regs)->cx);
+    if ((r.cs & 0xffff) == 0x23)                      // __USER32_CS: 32-bit code
+        return REC_COMPAT;
+    return r.cx == r.ip ? 0 : REC_COMPAT;
+}
+#define PER_SYSCALL_COMPAT 1
+#else
+#define PER_SYSCALL_COMPAT 0
+#endif
+
 static __always_inline void start_chunk(struct cpu_slot *slot)
 {
     slot->rec.count = 0;
@@ -268,6 +300,17 @@ RAW_TRACEPOINT_PROBE(sys_enter)
     // A thread that sleeps or is switched out sends its chunk anyway; the age check
     // serves threads that keep the CPU.
     u16 i = slot->rec.count;
+#if PER_SYSCALL_COMPAT
+    // A chunk holds the numbers of one table: a change of table starts a new one.
+    u8 compat = entry_compat(regs);
+    if (compat != slot->compat) {
+        slot->compat = compat;
+        if (i) {
+            flush(slot, REC_SWITCH, c);
+            i = 0;
+        }
+    }
+#endif
     if (i && bpf_jiffies64() - slot->first_jiffies >= AGE_JIFFIES) {
         flush(slot, REC_AGE, c);
         i = 0;

@@ -27,6 +27,7 @@ class CaptureSettings:
     flush_age_s: float = 1.0            # bound on a syscall's wait in a partial chunk
     ring_buffer_pages: int = 1024       # 4 MiB with 4 KiB pages
     wake_every: int = 512               # records per CPU between reader wakeups
+    strict_compat: bool = False         # each syscall's table, not each switch-in's
     include_pids: tuple[int, ...] = ()
     exclude_pids: tuple[int, ...] = ()
     include_comms: tuple[str, ...] = ()
@@ -108,6 +109,7 @@ class Capture:
         self.hz, _ = kernel_hz()
         cflags = [f"-DCHUNK_W={s.chunk}", f"-DAGE_JIFFIES={age_jiffies(s.flush_age_s, self.hz)}",
                   f"-DRINGBUF_PAGES={s.ring_buffer_pages}", f"-DWAKE_EVERY={s.wake_every}",
+                  f"-DSTRICT_COMPAT={int(s.strict_compat)}",
                   "-Wno-unused-function"]
         log = io.StringIO()
         try:
