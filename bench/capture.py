@@ -1,7 +1,7 @@
 """Capture overhead: a tight getppid loop untraced, under the tracing floor (a count-only
 program on the same raw sys_enter hook) and under sysdream's capture, in one run.
 
-    .venv/bin/python bench/capture.py [--calls 5000000] [--reps 7]
+    .venv/bin/python bench/capture.py [--calls 5000000] [--reps 7] [--strict-compat]
 
 Prints syscalls/s for each, the added ns per syscall over untraced, the ratio of
 sysdream's added cost to the floor's, and lost counts. Then the wall-time and CPU-time

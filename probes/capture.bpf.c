@@ -47,7 +47,8 @@
 #define REC_EXIT  0x04  // the thread exited: nothing follows
 #define REC_AGE   0x08  // the oldest syscall in the chunk reached AGE_JIFFIES
 #define REC_SLEEP 0x10  // the thread went to sleep with a partial chunk
-#define REC_SWITCH 0x20 // the thread was preempted or migrated with a partial chunk
+#define REC_SWITCH 0x20 // preempted or migrated with a partial chunk, or (strict_compat)
+                        // its next syscall uses the other table
 #define REC_COMPAT 0x40 // a 32-bit thread on a 64-bit kernel: the ids are compat numbers
 
 // The record layout. probes/layout.py mirrors it as a numpy dtype; a test
