@@ -20,6 +20,20 @@
 //   WAKE_EVERY    wake the reader once per this many records per CPU
 //   STRICT_COMPAT 1: tell each syscall's table apart (int 0x80 from 64-bit code), at a
 //                 register read per syscall; 0 (default): once per switch-in
+//   CONTEXT       1: process context records (below) into the `procs` ring (capture.py
+//                 sets it when the kernel's BTF gives the offsets; 0 leaves them out)
+//   CTX_PAGES     the context ring buffer's size in pages (power of two)
+//   OFF_*         field offsets of the running kernel's structures, from its BTF
+//                 (probes/btf.py); -1 where the kernel lacks the field
+//
+// Process context. Alerts must name the program, its user, its parent and its cgroup
+// even when the process has exited before anyone looks at /proc. So the kernel says it,
+// once per process and not per syscall: a CTX_NEW record at a process's first syscall
+// since the program loaded (a new child, or a process older than the program), a CTX_EXEC
+// record when it executes a new program, and a CTX_EXIT record when it ends. They go into
+// their own ring buffer (`procs`) so the chunk path and its record layout are untouched.
+// The structure fields are read at the running kernel's offsets (OFF_*, from BTF): the
+// headers bcc compiles against need not be the running kernel's.
 // The reader polls on a timer, so records are submitted without a wakeup:
 // wakeups, not chunking, are the expensive part of kernel-to-user transport.
 
@@ -40,6 +54,20 @@
 #ifndef STRICT_COMPAT
 #define STRICT_COMPAT 0
 #endif
+#ifndef CONTEXT
+#define CONTEXT 0
+#endif
+#ifndef CTX_PAGES
+#define CTX_PAGES 512
+#endif
+#ifndef EXCLUDE_EXES
+#define EXCLUDE_EXES 0
+#endif
+#define ARGS_LEN 256
+#define FILENAME_LEN 256
+#define EXE_NAME_LEN 64
+#define PATH_DEPTH 16           // path components of an exec'd file, innermost first
+#define PATH_NAME 48
 
 // Why a record was sent (bit set in chunk_rec.flags).
 #define REC_FULL  0x01  // the chunk filled up
@@ -78,6 +106,8 @@ struct counters {
     u64 lost_syscalls;      // ... and the syscalls they carried
     u64 lost_nostorage;     // no per-thread storage could be allocated
     u64 unwoken;            // records since this CPU last woke the reader (not a count)
+    u64 ctx_records;        // context records emitted
+    u64 ctx_lost;           // ... and lost to a full context ring buffer
 };
 
 // Filters, set by user space. A thread is traced unless it belongs to the daemon,
@@ -88,11 +118,63 @@ struct filter_cfg {
     u8 include_pid;
     u8 include_comm;
     u8 include_cgroup;
-    u8 _pad;
+    u8 exclude_exe;         // exclude_exes has entries: read the executable's inode
 };
 
 struct comm_key {
     char comm[16];
+};
+
+// An executable file, as the kernel knows it: the device of its filesystem (the
+// kernel's dev_t encoding, major << 20 | minor) and its inode number.
+struct exe_key {
+    u64 ino;
+    u32 dev;
+    u32 _pad;
+};
+
+// Context record kinds, and what they say of the executable (proc_rec.flags).
+#define CTX_NEW  1      // a process's first syscall since the program loaded
+#define CTX_EXEC 2      // the process executed a new program (the record describes it)
+#define CTX_EXIT 3      // the process (its thread-group leader) exited
+#define EXE_MEMFD      0x01  // the executable is a memfd (fileless)
+#define EXE_DELETED    0x02  // ... a file with no name left (unlinked)
+#define EXE_WRITABLE   0x04  // ... on a mount that is not read-only
+#define ARGS_TRUNCATED 0x08  // argv was longer than ARGS_LEN bytes
+#define CTX_NO_MM      0x10  // no user memory (exe and argv unknown)
+#define PATH_CUT       0x20  // the path has more than PATH_DEPTH components (or a mount
+                             // could not be crossed): its outer part is missing
+
+// One process context record. probes/layout.py mirrors it (context_dtype).
+struct proc_rec {
+    u64 ns;                 // CLOCK_MONOTONIC ns of the event
+    u64 start_ns;           // the process's start (its leader's, CLOCK_MONOTONIC ns):
+                            // with tgid, the process's key (a pid reused is another key)
+    u64 parent_start_ns;    // the parent's start: its key with ppid
+    u64 cgroup_id;
+    u64 exe_ino;
+    u32 kind;               // CTX_*
+    u32 tgid;
+    u32 tid;
+    u32 ppid;               // the parent's tgid
+    u32 uid;
+    u32 gid;
+    u32 euid;
+    u32 egid;
+    u32 loginuid;           // audit login uid, 4294967295 when unset or unknown
+    u32 sessionid;          // audit session id, 4294967295 when unset or unknown
+    u32 exe_dev;            // dev_t of the executable's filesystem (kernel encoding)
+    u32 exe_fs_magic;       // the filesystem's magic number (tmpfs, overlayfs, ...)
+    u16 args_len;           // bytes of args[] used
+    u16 flags;              // EXE_*, ARGS_TRUNCATED, CTX_NO_MM
+    char comm[16];
+    char exe_name[EXE_NAME_LEN];   // the executable's file name (memfd:NAME for a memfd)
+    char filename[FILENAME_LEN];   // CTX_EXEC: the path exec was given
+    char args[ARGS_LEN];           // argv, NUL-separated
+    u32 path_depth;                // CTX_EXEC: components in path[] (0: not walked)
+    u32 _pad;
+    char path[PATH_DEPTH * PATH_NAME]; // ... the executable's path, innermost first, one
+                                       // NUL-padded PATH_NAME slot per component
 };
 
 // Per thread, across CPUs: the filter verdict and the next record sequence number.
@@ -100,6 +182,7 @@ struct thread_state {
     u32 next_seq;
     u32 generation;         // filter generation the verdict was taken under
     u8 traced;
+    u8 known;               // this thread's process was looked up in known_procs
 };
 
 // Per CPU: the open chunk of the thread running there.
@@ -123,8 +206,208 @@ BPF_HASH(include_comms, struct comm_key, u8, 1024);
 BPF_HASH(exclude_comms, struct comm_key, u8, 1024);
 BPF_HASH(include_cgroups, u64, u8, 1024);
 BPF_HASH(exclude_cgroups, u64, u8, 1024);
-// Never written: lets user space read the compiled layout of chunk_rec.
+BPF_HASH(exclude_uids, u32, u8, 1024);
+BPF_HASH(exclude_exes, struct exe_key, u8, 1024);
+#if CONTEXT
+BPF_RINGBUF_OUTPUT(procs, CTX_PAGES);
+// Processes described so far: tgid -> start time (a pid reused by a new process has
+// another start, so it is described again). Deleted when the process exits.
+BPF_TABLE("lru_hash", u32, u64, known_procs, 65536);
+#endif
+// Never written: let user space read the compiled layouts of the records.
 BPF_ARRAY(layout, struct chunk_rec, 1);
+BPF_ARRAY(ctx_layout, struct proc_rec, 1);
+
+// -- kernel structures at the running kernel's offsets (see OFF_* above) -----------------
+// A read at a missing offset (-1) or through a NULL pointer leaves the zero it started at.
+static __always_inline u64 read_u64(u64 base, long off)
+{
+    u64 v = 0;
+    if (base && off >= 0)
+        bpf_probe_read_kernel(&v, sizeof(v), (void *)(base + off));
+    return v;
+}
+
+static __always_inline u32 read_u32(u64 base, long off, u32 missing)
+{
+    u32 v = missing;
+    if (base && off >= 0)
+        bpf_probe_read_kernel(&v, sizeof(v), (void *)(base + off));
+    return v;
+}
+
+// The executable file of the current process (0 for a kernel thread).
+static __always_inline u64 current_exe_file(void)
+{
+    u64 mm = read_u64(bpf_get_current_task(), OFF_TASK_MM);
+    return read_u64(mm, OFF_MM_EXE_FILE);
+}
+
+#if EXCLUDE_EXES
+// Whether the current process runs an excluded executable, matched by device and inode:
+// the file itself, not a name a process could take.
+static __always_inline int exe_excluded(void)
+{
+    u64 file = current_exe_file();
+    if (!file)
+        return 0;
+    u64 inode = read_u64(file, OFF_FILE_INODE);
+    u64 sb = read_u64(inode, OFF_INODE_SB);
+    struct exe_key key = {};
+    key.ino = read_u64(inode, OFF_INODE_INO);
+    key.dev = read_u32(sb, OFF_SB_DEV, 0);
+    return exclude_exes.lookup(&key) != 0;
+}
+#endif
+
+#if CONTEXT
+#define MNT_READONLY 0x40
+#define SB_RDONLY 0x01
+
+// Fill a context record for the current process (the caller sets kind and filename).
+static __always_inline void describe(struct proc_rec *r)
+{
+    u64 task = bpf_get_current_task();
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u64 uid_gid = bpf_get_current_uid_gid();
+    r->ns = bpf_ktime_get_ns();
+    r->tgid = pid_tgid >> 32;
+    r->tid = (u32)pid_tgid;
+    r->uid = (u32)uid_gid;
+    r->gid = uid_gid >> 32;
+    r->cgroup_id = bpf_get_current_cgroup_id();
+    bpf_get_current_comm(&r->comm, sizeof(r->comm));
+    u64 leader = read_u64(task, OFF_TASK_GROUP_LEADER);
+    r->start_ns = read_u64(leader, OFF_TASK_START_TIME);
+    u64 parent = read_u64(task, OFF_TASK_REAL_PARENT);
+    r->ppid = read_u32(parent, OFF_TASK_TGID, 0);
+    r->parent_start_ns = read_u64(read_u64(parent, OFF_TASK_GROUP_LEADER), OFF_TASK_START_TIME);
+    u64 cred = read_u64(task, OFF_TASK_CRED);
+    r->euid = read_u32(cred, OFF_CRED_EUID, r->uid);
+    r->egid = read_u32(cred, OFF_CRED_EGID, r->gid);
+    r->loginuid = read_u32(task, OFF_TASK_LOGINUID, 0xffffffff);
+    r->sessionid = read_u32(task, OFF_TASK_SESSIONID, 0xffffffff);
+    r->args_len = 0;
+    r->flags = 0;
+    r->exe_name[0] = 0;
+    r->filename[0] = 0;
+    r->exe_ino = 0;
+    r->exe_dev = 0;
+    r->exe_fs_magic = 0;
+    u64 mm = read_u64(task, OFF_TASK_MM);
+    if (!mm) {
+        r->flags |= CTX_NO_MM;
+        return;
+    }
+    // argv as the process's memory holds it (NUL-separated), bounded
+    u64 start = read_u64(mm, OFF_MM_ARG_START), end = read_u64(mm, OFF_MM_ARG_END);
+    u64 len = end > start ? end - start : 0;
+    if (len > ARGS_LEN) {
+        len = ARGS_LEN;
+        r->flags |= ARGS_TRUNCATED;
+    }
+    if (len > 0 && len <= ARGS_LEN && bpf_probe_read_user(r->args, len, (void *)start) == 0)
+        r->args_len = len;
+    u64 file = read_u64(mm, OFF_MM_EXE_FILE);
+    if (!file)
+        return;
+    u64 dentry = read_u64(file, OFF_FILE_PATH_DENTRY);
+    u64 name = read_u64(dentry, OFF_DENTRY_NAME);
+    if (name)
+        bpf_probe_read_kernel_str(r->exe_name, sizeof(r->exe_name), (void *)name);
+    u64 inode = read_u64(file, OFF_FILE_INODE);
+    u64 sb = read_u64(inode, OFF_INODE_SB);
+    r->exe_ino = read_u64(inode, OFF_INODE_INO);
+    r->exe_dev = read_u32(sb, OFF_SB_DEV, 0);
+    r->exe_fs_magic = (u32)read_u64(sb, OFF_SB_MAGIC);
+    u32 nlink = read_u32(inode, OFF_INODE_NLINK, 1);
+    // memfd_create names its file "memfd:NAME"
+    if (r->exe_name[0] == 'm' && r->exe_name[1] == 'e' && r->exe_name[2] == 'm' &&
+        r->exe_name[3] == 'f' && r->exe_name[4] == 'd' && r->exe_name[5] == ':')
+        r->flags |= EXE_MEMFD;
+    else if (nlink == 0)
+        r->flags |= EXE_DELETED;
+    u32 mnt_flags = read_u32(read_u64(file, OFF_FILE_PATH_MNT), OFF_VFSMOUNT_FLAGS, 0);
+    u64 sb_flags = read_u64(sb, OFF_SB_FLAGS);
+    if (!(mnt_flags & MNT_READONLY) && !(sb_flags & SB_RDONLY))
+        r->flags |= EXE_WRITABLE;
+}
+
+// The executable's absolute path, read from the dentries up to the root of its mount and
+// across mounts to the root (what d_path does; an exec by file descriptor, by a relative
+// path or of a file since unlinked has no other trustworthy path). Innermost first.
+static __always_inline void walk_path(struct proc_rec *r, u64 file)
+{
+    u64 dentry = read_u64(file, OFF_FILE_PATH_DENTRY);
+    u64 vfsmnt = read_u64(file, OFF_FILE_PATH_MNT);
+    u64 mnt = vfsmnt - OFF_MOUNT_MNT;     // the struct mount holding this vfsmount
+    u32 n = 0;
+#pragma unroll
+    for (int i = 0; i < PATH_DEPTH + 4; i++) {
+        if (!dentry || !vfsmnt)
+            break;
+        if (dentry == read_u64(vfsmnt, OFF_VFSMOUNT_ROOT)) {
+            u64 parent = read_u64(mnt, OFF_MOUNT_PARENT);
+            if (!parent || parent == mnt)
+                return;                     // the root of the tree: done
+            dentry = read_u64(mnt, OFF_MOUNT_MOUNTPOINT);
+            mnt = parent;
+            vfsmnt = parent + OFF_MOUNT_MNT;
+            continue;
+        }
+        u64 up = read_u64(dentry, OFF_DENTRY_PARENT);
+        if (!up || up == dentry)
+            return;
+        if (n >= PATH_DEPTH)
+            break;
+        u64 name = read_u64(dentry, OFF_DENTRY_NAME);
+        bpf_probe_read_kernel_str(r->path + (n & (PATH_DEPTH - 1)) * PATH_NAME, PATH_NAME,
+                                  (void *)name);
+        r->path_depth = ++n;
+        dentry = up;
+    }
+    r->flags |= PATH_CUT;
+}
+
+// Send a context record of the current process; `filename` (kernel memory) for exec.
+static __always_inline void send_context(u32 kind, u64 filename, struct counters *c)
+{
+    struct proc_rec *r = procs.ringbuf_reserve(sizeof(struct proc_rec));
+    if (!r) {
+        c->ctx_lost++;
+        return;
+    }
+    describe(r);
+    r->kind = kind;
+    r->path_depth = 0;
+    if (filename) {
+        bpf_probe_read_kernel_str(r->filename, sizeof(r->filename), (void *)filename);
+        if (OFF_MOUNT_MNT >= 0 && OFF_MOUNT_PARENT >= 0 && OFF_DENTRY_PARENT >= 0)
+            walk_path(r, current_exe_file());
+    }
+    procs.ringbuf_submit(r, BPF_RB_NO_WAKEUP);
+    c->ctx_records++;
+}
+
+static __always_inline u64 current_start_ns(void)
+{
+    return read_u64(read_u64(bpf_get_current_task(), OFF_TASK_GROUP_LEADER),
+                    OFF_TASK_START_TIME);
+}
+
+// The current thread's first syscall since the program loaded: describe its process
+// unless that was done (by another of its threads, or at its exec).
+static __always_inline void note_process(struct counters *c)
+{
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    u64 start = current_start_ns();
+    u64 *seen = known_procs.lookup(&tgid);
+    if (seen && *seen == start)
+        return;
+    known_procs.update(&tgid, &start);
+    send_context(CTX_NEW, 0, c);
+}
+#endif
 
 // Send the slot's chunk, even an empty one (an exec marker). Callers run in the
 // context of the slot's owner, so the current task's storage holds its sequence number.
@@ -240,6 +523,13 @@ static __always_inline u8 decide(struct filter_cfg *cfg, struct cpu_slot *slot)
     u64 cg = slot->rec.cgroup_id;
     if (exclude_cgroups.lookup(&cg))
         return 0;
+    u32 uid = (u32)bpf_get_current_uid_gid();
+    if (exclude_uids.lookup(&uid))
+        return 0;
+#if EXCLUDE_EXES
+    if (cfg->exclude_exe && exe_excluded())
+        return 0;
+#endif
     if (cfg->include_pid && !include_pids.lookup(&tgid))
         return 0;
     if (cfg->include_comm && !include_comms.lookup(&key))
@@ -262,6 +552,14 @@ static __always_inline int claim(struct cpu_slot *slot, struct counters *c, u64 
     }
     identify(slot);
     slot->compat = compat_of(regs);
+#if CONTEXT
+    // A thread's first syscall since the program loaded: its process is described once.
+    if (!st->known) {
+        st->known = 1;
+        if (slot->rec.tgid != cfg->self_tgid)
+            note_process(c);
+    }
+#endif
     if (st->generation != cfg->generation) {
         st->traced = decide(cfg, slot);
         st->generation = cfg->generation;
@@ -347,10 +645,22 @@ RAW_TRACEPOINT_PROBE(sched_switch)
 
 RAW_TRACEPOINT_PROBE(sched_process_exec)
 {
+    // TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
     u32 zero = 0;
     struct cpu_slot *slot = slots.lookup(&zero);
+    if (!slot)
+        return 0;
+#if CONTEXT
+    struct filter_cfg *cfg = config.lookup(&zero);
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (cfg && tgid != cfg->self_tgid) {
+        u64 start = current_start_ns();
+        known_procs.update(&tgid, &start);
+        send_context(CTX_EXEC, read_u64(ctx->args[2], OFF_BPRM_FILENAME), &slot->c);
+    }
+#endif
     struct thread_state *st = threads.task_storage_get(bpf_get_current_task_btf(), 0, 0);
-    if (!slot || !st)
+    if (!st)
         return 0;
     u8 mine = slot->owner == current_regs();
     if (mine ? slot->traced : st->traced) {
@@ -377,6 +687,15 @@ RAW_TRACEPOINT_PROBE(sched_process_exit)
     if (slot->owner == current_regs())
         flush(slot, REC_EXIT, &slot->c);
     slot->owner = 0;
+#if CONTEXT
+    // The thread-group leader's exit ends the process (for the table in user space).
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 tgid = pid_tgid >> 32;
+    if ((u32)pid_tgid == tgid && known_procs.lookup(&tgid)) {
+        known_procs.delete(&tgid);
+        send_context(CTX_EXIT, 0, &slot->c);
+    }
+#endif
     threads.task_storage_delete(bpf_get_current_task_btf());
     return 0;
 }

@@ -13,12 +13,13 @@ from importlib import resources
 
 import numpy as np
 
-from . import errors, preflight
-from .layout import COUNTER_FIELDS, DEFAULT_CHUNK, check_chunk, record_dtype
+from . import btf, errors, preflight
+from .layout import CONTEXT_DTYPE, COUNTER_FIELDS, DEFAULT_CHUNK, check_chunk, record_dtype
 from .ringbuf import RingBufferReader
 
 COMM_LEN = 16
 FILTER_MAX = 1024
+CONTEXT_PAGES = 512     # the context ring buffer: 2 MiB, about 2,900 records
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,15 @@ class CaptureSettings:
     ring_buffer_pages: int = 1024       # 4 MiB with 4 KiB pages
     wake_every: int = 512               # records per CPU between reader wakeups
     strict_compat: bool = False         # each syscall's table, not each switch-in's
+    context: bool = True                # process context records (needs the kernel's BTF)
     include_pids: tuple[int, ...] = ()
     exclude_pids: tuple[int, ...] = ()
     include_comms: tuple[str, ...] = ()
     exclude_comms: tuple[str, ...] = ()
     include_cgroups: tuple[int, ...] = ()
     exclude_cgroups: tuple[int, ...] = ()
+    exclude_uids: tuple[int, ...] = ()
+    exclude_exes: tuple[str, ...] = ()   # absolute paths, matched by device and inode
 
     def validate(self) -> CaptureSettings:
         check_chunk(self.chunk)
@@ -45,10 +49,33 @@ class CaptureSettings:
         if self.wake_every < 1:
             raise ValueError(f"wake_every must be at least 1, got {self.wake_every}")
         for name in ("include_pids", "exclude_pids", "include_comms", "exclude_comms",
-                     "include_cgroups", "exclude_cgroups"):
+                     "include_cgroups", "exclude_cgroups", "exclude_uids", "exclude_exes"):
             if len(getattr(self, name)) > FILTER_MAX:
                 raise ValueError(f"{name}: at most {FILTER_MAX} entries")
+        for path in self.exclude_exes:
+            if not path.startswith("/"):
+                raise ValueError(f"exclude_exes: {path!r} is not an absolute path")
         return self
+
+
+def kernel_dev(st_dev: int) -> int:
+    """A stat() device number in the kernel's own dev_t encoding (major << 20 | minor),
+    the one the capture program reads from the superblock."""
+    return (os.major(st_dev) << 20) | os.minor(st_dev)
+
+
+def exe_keys(paths: tuple[str, ...]) -> tuple[set[tuple[int, int]], list[str]]:
+    """({(kernel dev, inode)} of the executables at `paths`, [paths that do not exist]).
+    Symbolic links are followed: the kernel runs the file they lead to."""
+    keys, missing = set(), []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            missing.append(path)
+            continue
+        keys.add((kernel_dev(st.st_dev), st.st_ino))
+    return keys, missing
 
 
 # How long a reader sleeps when the kernel does not wake it first. The kernel wakes the
@@ -87,6 +114,18 @@ def age_jiffies(flush_age_s: float, hz: int) -> int:
     return max(1, math.floor(flush_age_s * hz))
 
 
+def kernel_offsets_or_why() -> tuple[dict[str, int], str]:
+    """(the OFF_* constants for capture.bpf.c, "" or why process context is unavailable)."""
+    try:
+        offsets = btf.kernel_offsets()
+    except btf.BtfError as exc:
+        return {}, f"no kernel BTF: {exc}"
+    missing = [k for k in btf.REQUIRED if offsets[k] < 0]
+    if missing:
+        return {}, f"the kernel's BTF lacks {', '.join(missing)}"
+    return offsets, ""
+
+
 def bpf_source() -> bytes:
     return resources.files(__package__).joinpath("capture.bpf.c").read_bytes()
 
@@ -107,9 +146,13 @@ class Capture:
 
         s = self.settings
         self.hz, _ = kernel_hz()
+        offsets, self.context_missing = kernel_offsets_or_why()
+        self.context = s.context and not self.context_missing
         cflags = [f"-DCHUNK_W={s.chunk}", f"-DAGE_JIFFIES={age_jiffies(s.flush_age_s, self.hz)}",
                   f"-DRINGBUF_PAGES={s.ring_buffer_pages}", f"-DWAKE_EVERY={s.wake_every}",
-                  f"-DSTRICT_COMPAT={int(s.strict_compat)}",
+                  f"-DSTRICT_COMPAT={int(s.strict_compat)}", f"-DCONTEXT={int(self.context)}",
+                  f"-DCTX_PAGES={CONTEXT_PAGES}", f"-DEXCLUDE_EXES={int(bool(offsets))}",
+                  *(f"-D{k}={v}" for k, v in offsets.items()),
                   "-Wno-unused-function"]
         log = io.StringIO()
         try:
@@ -125,8 +168,13 @@ class Capture:
                 "run `sysdream doctor` for the failing prerequisite") from exc
         self.dtype = record_dtype(s.chunk)
         self._generation = 0
+        self.context_reader = None
         self.reader = RingBufferReader(self.bpf[b"events"].map_fd,
                                        s.ring_buffer_pages * 4096, self.dtype)
+        if self.context:
+            self.context_reader = RingBufferReader(self.bpf[b"procs"].map_fd,
+                                                   CONTEXT_PAGES * 4096, CONTEXT_DTYPE)
+        self.exe_keys: set[tuple[int, int]] = set()
         self.configure(s)
 
     # -- filters -----------------------------------------------------------
@@ -148,6 +196,21 @@ class Capture:
             table.clear()
             for comm in values:
                 table[_comm_key(table, comm)] = table.Leaf(1)
+        table = b[b"exclude_uids"]
+        table.clear()
+        for uid in settings.exclude_uids:
+            table[table.Key(uid)] = table.Leaf(1)
+        self.exe_keys, _missing = exe_keys(settings.exclude_exes)
+        if self.exe_keys and self.context_missing:
+            raise errors.ProgramLoadError(
+                "exclude_exes needs the kernel's BTF to read executables' inodes "
+                f"({self.context_missing}); exclude by cgroup or uid instead")
+        table = b[b"exclude_exes"]
+        table.clear()
+        for dev, ino in self.exe_keys:
+            key = table.Key()
+            key.dev, key.ino = dev, ino
+            table[key] = table.Leaf(1)
         cfg_table = b[b"config"]
         cfg = cfg_table.Leaf()
         self._generation += 1
@@ -156,8 +219,14 @@ class Capture:
         cfg.include_pid = int(bool(settings.include_pids))
         cfg.include_comm = int(bool(settings.include_comms))
         cfg.include_cgroup = int(bool(settings.include_cgroups))
+        cfg.exclude_exe = int(bool(self.exe_keys))
         cfg_table[cfg_table.Key(0)] = cfg
         self.settings = settings
+
+    def exes_changed(self) -> bool:
+        """Whether an excluded executable's path now leads to another file (a package
+        upgrade replaces the binary): then configure() again to follow it."""
+        return exe_keys(self.settings.exclude_exes)[0] != self.exe_keys
 
     # -- reading -----------------------------------------------------------
     def wait(self, timeout: float = READ_INTERVAL_S) -> None:
@@ -167,6 +236,14 @@ class Capture:
 
     def read(self, limit: int | None = None) -> np.ndarray:
         return self.reader.read(limit)
+
+    def read_context(self) -> np.ndarray:
+        """Every process context record waiting (CONTEXT_DTYPE), oldest first. Read them
+        before the chunk records of the same pass: a process's record is sent before its
+        first chunk."""
+        if self.context_reader is None:
+            return np.empty(0, CONTEXT_DTYPE)
+        return self.context_reader.read()
 
     def counters(self) -> dict[str, int]:
         """Kernel counters summed over CPUs."""
@@ -197,9 +274,10 @@ class Capture:
         return out
 
     def close(self) -> None:
-        reader = getattr(self, "reader", None)
-        if reader is not None:
-            reader.close()
+        for name in ("reader", "context_reader"):
+            reader = getattr(self, name, None)
+            if reader is not None:
+                reader.close()
         bpf = getattr(self, "bpf", None)
         if bpf is not None:
             bpf.cleanup()

@@ -1,6 +1,7 @@
-"""The numpy mirror of `struct chunk_rec` and `struct counters` in capture.bpf.c.
+"""The numpy mirrors of `struct chunk_rec`, `struct proc_rec` and `struct counters` in
+capture.bpf.c.
 
-tests/probes/test_layout.py checks size and offsets against the compiled program.
+tests/probes/test_capture.py checks sizes and offsets against the compiled program.
 """
 
 from __future__ import annotations
@@ -19,7 +20,53 @@ REC_SWITCH = 0x20
 REC_COMPAT = 0x40  # a 32-bit thread: ids are compat numbers (see streams.flatten)
 
 COUNTER_FIELDS = ("filtered", "traced", "emitted_records", "emitted_syscalls",
-                  "lost_records", "lost_syscalls", "lost_nostorage", "unwoken")
+                  "lost_records", "lost_syscalls", "lost_nostorage", "unwoken",
+                  "ctx_records", "ctx_lost")
+
+# proc_rec.kind
+CTX_NEW = 1    # a process's first syscall since the program loaded
+CTX_EXEC = 2   # it executed a new program
+CTX_EXIT = 3   # it ended
+# proc_rec.flags
+EXE_MEMFD = 0x01
+EXE_DELETED = 0x02
+EXE_WRITABLE = 0x04
+ARGS_TRUNCATED = 0x08
+CTX_NO_MM = 0x10
+PATH_CUT = 0x20
+ARGS_LEN = 256
+PATH_DEPTH = 16
+PATH_NAME = 48
+UNSET_ID = 0xFFFFFFFF   # loginuid / sessionid never set
+
+CONTEXT_DTYPE = np.dtype([
+    ("ns", "<u8"),
+    ("start_ns", "<u8"),
+    ("parent_start_ns", "<u8"),
+    ("cgroup_id", "<u8"),
+    ("exe_ino", "<u8"),
+    ("kind", "<u4"),
+    ("tgid", "<u4"),
+    ("tid", "<u4"),
+    ("ppid", "<u4"),
+    ("uid", "<u4"),
+    ("gid", "<u4"),
+    ("euid", "<u4"),
+    ("egid", "<u4"),
+    ("loginuid", "<u4"),
+    ("sessionid", "<u4"),
+    ("exe_dev", "<u4"),
+    ("exe_fs_magic", "<u4"),
+    ("args_len", "<u2"),
+    ("flags", "<u2"),
+    ("comm", "S16"),
+    ("exe_name", "S64"),
+    ("filename", "S256"),
+    ("args", "V256"),
+    ("path_depth", "<u4"),
+    ("_pad", "<u4"),
+    ("path", "S48", (16,)),
+], align=True)
 
 
 def record_dtype(chunk: int = DEFAULT_CHUNK) -> np.dtype:

@@ -55,7 +55,7 @@ def by_thread(records: np.ndarray, exit_flag: int = 0x04) -> dict[int, ThreadStr
         last = recs[hi - 1]
         out[int(tids[lo])] = ThreadStream(
             tid=int(tids[lo]), tgid=int(last["tgid"]),
-            comm=last["comm"].decode(errors="replace"),
+            comm=last["comm"].decode("utf-8", "surrogateescape"),  # lossless
             ids=ids[id_bounds[k]:id_bounds[k + 1]],
             records=hi - lo, missing_records=span - (hi - lo),
             exited=bool(last["flags"] & exit_flag))

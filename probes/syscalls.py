@@ -73,6 +73,12 @@ def _numbers(arch: str) -> dict[str, int]:
     return {name: nr for nr, name in table(arch).items()}
 
 
+def known_numbers(names, arch: str) -> np.ndarray:
+    """The numbers of those of `names` that `arch` has (others are left out)."""
+    tab = _numbers(normalise_arch(arch))
+    return np.array([tab[n] for n in names if n in tab], dtype=np.int32)
+
+
 def number_array(names: list[str], arch: str) -> np.ndarray:
     """Names to syscall numbers (uint16); a name the table lacks is a KeyError."""
     tab = _numbers(normalise_arch(arch))

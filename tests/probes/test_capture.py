@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from capture_helpers import drain
 
 from sysdream.probes import syscalls
 from sysdream.probes.layout import (
@@ -48,17 +49,7 @@ def spawn(code: str, *args: str, executable: str = sys.executable) -> subprocess
 
 def collect(cap, until, timeout: float = 10.0) -> np.ndarray:
     """Read records until `until()` is true (then one more short drain) or the timeout."""
-    batches = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        cap.wait(0.01)
-        batches.append(cap.read())
-        if until():
-            break
-    for _ in range(5):
-        cap.wait(0.01)
-        batches.append(cap.read())
-    return np.concatenate(batches) if batches else np.empty(0, cap.dtype)
+    return drain(cap, until, timeout)[1]
 
 
 def contains(haystack: np.ndarray, needle: list[int]) -> bool:
