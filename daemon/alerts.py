@@ -12,17 +12,21 @@ the next alert tries journald again.
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import json
+import os
 import socket
 import sys
 import threading
 import time
-
-from .pipeline import exe_of
+import uuid
+from collections import OrderedDict, deque
 
 # One fixed MESSAGE_ID per kind (journalctl MESSAGE_ID=...): generated once, never change.
 MESSAGE_IDS = {
     "anomaly": "6c1f3a9e4b2d4f7e8a05d2c9b7e1f342",
+    "alerts-suppressed": "3f7b9d1e5c2a4e86b0d4f6a8c1e3b527",
     "model-loaded": "2e8d4b7a19c04f3d96a1e5b0c7d2f815",
     "model-rejected": "9b4e7c2d5a1f4e08b3c6d9a2e7f10c54",
     "learning-started": "47a2c9e1d3b54f6a8e0c1b7d2f9e3a60",
@@ -33,76 +37,183 @@ MESSAGE_IDS = {
 CRIT, ERR, WARNING, NOTICE, INFO = 2, 3, 4, 5, 6
 
 # The fields of an anomaly alert, in order (docs/metrics.md lists them; a test checks).
-ALERT_FIELDS = ("kind", "severity", "pid", "tid", "comm", "exe", "cgroup_id", "score",
-                "bound", "confidence", "sigmas", "model_id", "evidence", "position",
-                "syscalls", "context", "unknown_syscalls", "surprises", "attention",
-                "suppressed", "latency_s", "time")
+ALERT_FIELDS = ("kind", "alert_id", "fingerprint", "severity", "hostname", "pid", "tid",
+                "comm", "exe", "exe_flags", "cmdline", "argv", "user", "uid", "euid", "gid",
+                "login_user", "loginuid", "session", "ppid", "lineage", "lineage_text",
+                "cgroup_id", "cgroup", "unit", "container_id", "container_runtime",
+                "process_start_ns", "context_source", "score", "bound", "confidence",
+                "sigmas", "model_id", "evidence", "position", "syscalls", "context",
+                "unknown_syscalls", "surprises", "attention", "suppressed", "incident_count",
+                "latency_s", "time", "time_rfc3339")
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
+HOSTNAME = socket.gethostname()
 
 
-def anomaly_fields(det) -> dict:
-    """The alert fields of a pipeline Detection."""
+def rfc3339(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
+
+
+def fingerprint(context: dict, unknown: list[str], surprises: list[dict]) -> str:
+    """Same program, same lineage, same kind of surprise: same fingerprint (repeats group).
+    What was unusual is the syscalls never seen in training, else the most surprising one."""
+    unusual = ",".join(sorted(unknown)) if unknown else \
+        (surprises[0]["observed"] if surprises else "")
+    text = "\0".join((context.get("exe", ""), context.get("lineage_text", ""),
+                       context.get("container_id", ""), unusual))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def anomaly_fields(det, context: dict | None = None) -> dict:
+    """The alert fields of a pipeline Detection; `context` from the process table."""
     b, ex, m = det.block, det.explanation, det.model
+    ctx = dict(context or {})
+    ctx.setdefault("exe", b.exe)
     unknown = ex.get("unknown", [])
     sigmas = ex.get("sigmas", 0.0)
-    high = bool(unknown) or sigmas >= 2 * m.bound.z
-    return {
-        "kind": "anomaly", "severity": "high" if high else "medium",
-        "pid": b.tgid, "tid": b.tid, "comm": b.comm,
-        "exe": b.exe or exe_of(b.tgid), "cgroup_id": b.cgroup,
+    flags = ctx.get("exe_flags", [])
+    high = bool(unknown) or sigmas >= 2 * m.bound.z or "memfd" in flags or "deleted" in flags
+    now = time.time()
+    fields = {
+        "kind": "anomaly", "alert_id": str(uuid.uuid4()),
+        "fingerprint": fingerprint(ctx, unknown, ex["surprises"]),
+        "severity": "high" if high else "medium", "hostname": HOSTNAME,
+        "pid": b.tgid, "tid": b.tid, "comm": b.comm}
+    for key in ALERT_FIELDS[ALERT_FIELDS.index("exe"):ALERT_FIELDS.index("cgroup_id")]:
+        fields[key] = ctx.get(key, "")
+    fields["cgroup_id"] = b.cgroup
+    for key in ("cgroup", "unit", "container_id", "container_runtime", "process_start_ns",
+                "context_source"):
+        fields[key] = ctx.get(key, "")
+    fields.update({
         "score": round(det.score, 6), "bound": round(m.bound.bound, 6),
         "confidence": m.bound.confidence, "sigmas": round(sigmas, 3),
         "model_id": m.model_id,
         "evidence": f"{det.exceedances}/{det.evidence_m}",
         "position": ex["start"], "syscalls": ex["syscalls"], "context": ex.get("context", []),
         "unknown_syscalls": unknown, "surprises": ex["surprises"],
-        "attention": ex.get("attention", []), "suppressed": 0,
+        "attention": ex.get("attention", []), "suppressed": 0, "incident_count": 1,
         "latency_s": round(max(0, time.monotonic_ns() - b.ns) / 1e9, 6),
-        "time": round(time.time(), 3),
-    }
+        "time": round(now, 3), "time_rfc3339": rfc3339(now),
+    })
+    return fields
 
 
 def message(f: dict) -> str:
-    """The one-line human MESSAGE of an alert."""
+    """The one-line human MESSAGE of an alert. Every name in `f` is escaped where it
+    enters the fields (daemon.printable), so it goes in as it is: escaping it again would
+    double its backslashes."""
     s = f["surprises"][0] if f["surprises"] else None
     why = (f"; most surprising {s['observed']} (p={s['observed_p']:.2g}) where "
            f"{s['expected']} was expected") if s else ""
     unk = f"; never-seen syscalls {', '.join(f['unknown_syscalls'])}" \
         if f["unknown_syscalls"] else ""
     sup = f" ({f['suppressed']} similar alerts suppressed)" if f["suppressed"] else ""
-    return (f"anomalous syscalls in {f['comm']} pid {f['pid']} ({f['exe'] or 'exe unknown'}): "
+    flags = f" [{', '.join(f['exe_flags'])}]" if f.get("exe_flags") else ""
+    who = f" user {f['user'] or f['uid']}" if f.get("uid", -1) != -1 else ""
+    lineage = f", lineage {f['lineage_text']}" if f.get("lineage_text") else ""
+    where = f", container {f['container_id'][:12]}" if f.get("container_id") else \
+        (f", unit {f['unit']}" if f.get("unit") else "")
+    return (f"anomalous syscalls in {f['comm']} pid {f['pid']} "
+            f"({f['exe'] or 'exe unknown'}){flags}{who}{lineage}{where}: "
             f"score {f['score']:.3f} > bound {f['bound']:.3f}, {f['evidence']} windows"
             f"{why}{unk}{sup}")
 
 
 class RateLimiter:
-    """Per process name, a token bucket of `burst` alerts refilled over `interval` s."""
+    """Per fingerprint, a token bucket of `burst` alerts refilled over `interval` s; across
+    all of them, at most `ceiling` alerts per minute. Nothing is dropped unaccounted:
+    every alert held back is counted per fingerprint, reported with the next one sent for
+    it, and summarised by `take_summary()`."""
 
-    def __init__(self, burst: int, interval: float, max_names: int = 4096):
-        self.burst, self.interval, self.max_names = burst, interval, max_names
-        self.tokens: dict[str, tuple[float, float]] = {}
+    def __init__(self, burst: int, interval: float, ceiling: int = 60,
+                 max_keys: int = 4096):
+        self.burst, self.interval, self.ceiling, self.max_keys = burst, interval, ceiling, \
+            max_keys
+        self.tokens: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self.suppressed: dict[str, int] = {}
+        self.incidents: OrderedDict[str, int] = OrderedDict()
+        self.pending: OrderedDict[str, dict] = OrderedDict()   # held back since the summary
+        self._global = (float(ceiling), None)
 
-    def allow(self, name: str, now: float | None = None) -> tuple[bool, int]:
-        """(send?, suppressed since the last one sent for this name)."""
+    def _bucket(self, tokens: float, last: float, now: float, size: float, per: float):
+        return min(size, tokens + (now - last) * size / per)
+
+    def allow(self, key: str, now: float | None = None, about: dict | None = None
+              ) -> tuple[bool, int, int]:
+        """(send?, suppressed since the last one sent for this key, incidents so far)."""
         now = time.monotonic() if now is None else now
-        tokens, last = self.tokens.get(name, (float(self.burst), now))
-        tokens = min(self.burst, tokens + (now - last) * self.burst / self.interval)
-        if tokens >= 1:
-            self.tokens[name] = (tokens - 1, now)
-            return True, self.suppressed.pop(name, 0)
-        self.tokens[name] = (tokens, now)
-        self.suppressed[name] = self.suppressed.get(name, 0) + 1
-        if len(self.tokens) > self.max_names:
-            self.tokens.pop(next(iter(self.tokens)))
-        return False, 0
+        self.incidents[key] = self.incidents.get(key, 0) + 1
+        self.incidents.move_to_end(key)
+        while len(self.incidents) > self.max_keys:
+            self.incidents.popitem(last=False)
+        count = self.incidents[key]
+        tokens, last = self.tokens.get(key, (float(self.burst), now))
+        tokens = self._bucket(tokens, last, now, self.burst, self.interval)
+        g_tokens, g_last = self._global
+        g_tokens = self._bucket(g_tokens, now if g_last is None else g_last, now,
+                                self.ceiling, 60.0)
+        if tokens >= 1 and g_tokens >= 1:
+            self.tokens[key] = (tokens - 1, now)
+            self.tokens.move_to_end(key)
+            self._global = (g_tokens - 1, now)
+            self._trim()
+            return True, self.suppressed.pop(key, 0), count
+        self.tokens[key] = (tokens, now)
+        self._global = (g_tokens, now)
+        self.suppressed[key] = self.suppressed.get(key, 0) + 1
+        p = self.pending.setdefault(key, {"fingerprint": key, "count": 0,
+                                          **(about or {})})
+        p["count"] += 1
+        self._trim()
+        return False, 0, count
+
+    def _trim(self) -> None:
+        while len(self.tokens) > self.max_keys:
+            old, _ = self.tokens.popitem(last=False)
+            self.suppressed.pop(old, None)
+        while len(self.pending) > self.max_keys:
+            self.pending.popitem(last=False)
+
+    def take_summary(self) -> list[dict]:
+        """What was held back since the last call, most held back first."""
+        out = sorted(self.pending.values(), key=lambda p: -p["count"])
+        self.pending.clear()
+        return out
 
 
-def _journal_value(v) -> str:
+class Deliveries:
+    """When this daemon last handed something to journald (CLOCK_MONOTONIC ns), so that
+    journald's handling of it can be told apart from journald's own behaviour
+    (docs/architecture.md, "No feedback loop")."""
+
+    def __init__(self, keep: int = 4096):
+        self.sent: deque[int] = deque(maxlen=keep)
+        self._lock = threading.Lock()
+
+    def note(self) -> None:
+        with self._lock:
+            self.sent.append(time.monotonic_ns())
+
+    def near(self, first_ns: int, last_ns: int, slack_ns: int) -> bool:
+        """Whether a send happened in [first_ns - slack_ns, last_ns]."""
+        with self._lock:
+            for t in reversed(self.sent):
+                if t <= last_ns:
+                    return t >= first_ns - slack_ns
+        return False
+
+
+# Lists of names that hold no spaces: space-separated in journald (easy to grep); every
+# other structure (argv among them) is JSON, so that no two values read alike.
+WORD_LISTS = {"syscalls", "context", "unknown_syscalls", "exe_flags"}
+
+
+def _journal_value(key: str, v) -> str:
     """Lists of names space-separated, other structures as JSON, the rest as text."""
-    if isinstance(v, list) and all(isinstance(x, str) for x in v):
-        return " ".join(v)
+    if key in WORD_LISTS and isinstance(v, list):
+        return " ".join(str(x) for x in v)
     if isinstance(v, (list, dict)):
         return json.dumps(v, separators=(",", ":"))
     return str(v)
@@ -112,8 +223,10 @@ class AlertSink:
     """Where alerts and events go: journald (with a stderr fallback) and JSON lines."""
 
     def __init__(self, journald: bool = True, json_lines: str = "",
-                 socket_path: str = JOURNAL_SOCKET, err=sys.stderr):
+                 socket_path: str = JOURNAL_SOCKET, err=sys.stderr,
+                 deliveries: Deliveries | None = None):
         self.journald, self.socket_path, self.err = journald, socket_path, err
+        self.deliveries = deliveries or Deliveries()
         self.journald_failures = 0
         self.journald_sent = 0
         self.json_failures = 0
@@ -131,7 +244,10 @@ class AlertSink:
             if json_lines == "-":
                 self._json = sys.stdout
             elif json_lines:
-                self._json = open(json_lines, "a", buffering=1)  # noqa: SIM115 (kept open)
+                # alerts name processes and their command lines: readable by root only
+                fd = os.open(json_lines, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                             | os.O_NOFOLLOW, 0o600)
+                self._json = os.fdopen(fd, "a", buffering=1)
             else:
                 self._json = None
 
@@ -148,6 +264,8 @@ class AlertSink:
     def emit(self, kind: str, priority: int, msg: str, fields: dict) -> None:
         line = json.dumps({"message": msg, "message_id": MESSAGE_IDS[kind],
                            "priority": priority, **fields}, separators=(",", ":"))
+        # before the write: journald (or whoever reads our output) acts on it at once
+        self.deliveries.note()
         with self._lock:
             if self._json is not None:
                 try:
@@ -177,7 +295,7 @@ class AlertSink:
             from systemd import journal
         except ImportError:
             return False
-        extra = {f"SYSDREAM_{k.upper()}": _journal_value(v) for k, v in fields.items()}
+        extra = {f"SYSDREAM_{k.upper()}": _journal_value(k, v) for k, v in fields.items()}
         try:
             journal.send(msg, MESSAGE_ID=MESSAGE_IDS[kind], PRIORITY=str(priority),
                          SYSLOG_IDENTIFIER="sysdream", **extra)

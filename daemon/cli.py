@@ -51,11 +51,20 @@ def _add_filters(p: argparse.ArgumentParser, chunk_default: int | None = 64) -> 
     g = p.add_argument_group("capture filters (the daemon itself is always excluded)")
     g.add_argument("--pid", type=int, action="append", default=[], help="only this process id")
     g.add_argument("--exclude-pid", type=int, action="append", default=[])
-    g.add_argument("--comm", action="append", default=[], help="only this process name")
-    g.add_argument("--exclude-comm", action="append", default=[])
+    g.add_argument("--comm", action="append", default=[],
+                   help="only this process name (spoofable: any process can take a name)")
+    g.add_argument("--exclude-comm", action="append", default=[],
+                   help="not this process name (spoofable: prefer --exclude-exe)")
     g.add_argument("--cgroup", type=int, action="append", default=[],
                    help="only this cgroup id (the inode number of its cgroupfs directory)")
     g.add_argument("--exclude-cgroup", type=int, action="append", default=[])
+    g.add_argument("--exclude-cgroup-path", action="append", default=[], metavar="PATTERN",
+                   help="not processes in cgroups matching this path pattern "
+                        "(e.g. '/system.slice/docker-*.scope')")
+    g.add_argument("--exclude-exe", action="append", default=[], metavar="PATH",
+                   help="not processes running this executable (by device and inode)")
+    g.add_argument("--exclude-uid", type=int, action="append", default=[], metavar="UID",
+                   help="not processes of this user id")
     g.add_argument("--chunk", type=int, default=chunk_default,
                    help="syscall ids per kernel record, a power of two (default 64)")
     g.add_argument("--strict-compat", action="store_true",
@@ -66,11 +75,16 @@ def _add_filters(p: argparse.ArgumentParser, chunk_default: int | None = 64) -> 
 def _settings(args: argparse.Namespace):
     from sysdream.probes.capture import CaptureSettings
 
+    from .config import excluded_cgroups
+
     return CaptureSettings(
         chunk=args.chunk, strict_compat=args.strict_compat,
         include_pids=tuple(args.pid), exclude_pids=tuple(args.exclude_pid),
         include_comms=tuple(args.comm), exclude_comms=tuple(args.exclude_comm),
-        include_cgroups=tuple(args.cgroup), exclude_cgroups=tuple(args.exclude_cgroup),
+        include_cgroups=tuple(args.cgroup),
+        exclude_cgroups=excluded_cgroups(args.exclude_cgroup, args.exclude_cgroup_path),
+        exclude_exes=tuple(str(Path(p).absolute()) for p in args.exclude_exe),
+        exclude_uids=tuple(args.exclude_uid),
     ).validate()
 
 
@@ -211,12 +225,15 @@ def run_overrides(args: argparse.Namespace) -> dict:
          ("alerts", "journald"): False if args.no_journald else None,
          ("capture", "chunk"): args.chunk,
          ("capture", "strict_compat"): True if args.strict_compat else None}
-    for key in ("pid", "exclude_pid", "comm", "exclude_comm", "cgroup", "exclude_cgroup"):
+    for key in ("pid", "exclude_pid", "comm", "exclude_comm", "cgroup", "exclude_cgroup",
+                "exclude_uid", "exclude_cgroup_path"):
         values = getattr(args, key)
         name = key.replace("exclude_", "") + "s"
         if values:
             o[("capture", ("exclude_" if key.startswith("exclude") else "include_") + name)] = \
                 list(values)
+    if args.exclude_exe:
+        o[("capture", "exclude_exes")] = [str(Path(p).absolute()) for p in args.exclude_exe]
     return o
 
 

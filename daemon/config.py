@@ -45,6 +45,15 @@ def _strs(v) -> bool:
     return all(isinstance(x, str) and 0 < len(x) < 16 for x in v)
 
 
+def _paths(v) -> bool:
+    return all(isinstance(x, str) and x.startswith("/") and "\0" not in x for x in v)
+
+
+def _uids(v) -> bool:
+    return all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**32 - 1
+               for x in v)
+
+
 NUM = (int, float)
 SCHEMA: dict[str, dict[str, Key]] = {
     "service": {
@@ -59,12 +68,18 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "flush_age_s": Key(1.0, NUM, _rng(0.001, 3600), "seconds, 0.001 to 3600"),
         "ring_buffer_pages": Key(1024, int, _pow2(1, 1 << 18), "a power of two"),
         "strict_compat": Key(False, bool, form="true or false"),
+        "context": Key(True, bool, form="true or false"),
         "include_pids": Key([], list, _ints, "a list of process ids"),
         "exclude_pids": Key([], list, _ints, "a list of process ids"),
         "include_comms": Key([], list, _strs, "a list of process names (1-15 characters)"),
         "exclude_comms": Key([], list, _strs, "a list of process names (1-15 characters)"),
         "include_cgroups": Key([], list, _ints, "a list of cgroup ids"),
         "exclude_cgroups": Key([], list, _ints, "a list of cgroup ids"),
+        "exclude_exes": Key([], list, _paths, "a list of absolute executable paths"),
+        "exclude_uids": Key([], list, _uids, "a list of user ids"),
+        "exclude_cgroup_paths": Key([], list, _paths, 'a list of cgroup path patterns, e.g. '
+                                    '"/system.slice/backup.service" or '
+                                    '"/system.slice/docker-*.scope"'),
     },
     "learning": {
         "baseline_seconds": Key(3600.0, NUM, _rng(1, 30 * 86400), "seconds, 1 to 2592000"),
@@ -87,6 +102,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "evidence_exceedances": Key(3, int, _rng(1, 10000),
                                     "an integer from 1 to evidence_windows"),
         "max_threads": Key(16384, int, _rng(16, 10**7), "an integer, 16 or more"),
+        "max_processes": Key(32768, int, _rng(16, 10**7), "an integer, 16 or more"),
         "cache_windows": Key(200000, int, _rng(0, 10**8), "an integer, 0 (no cache) or more"),
         "queue_windows": Key(20000, int, _rng(16, 10**8), "an integer, 16 or more"),
         "batch_windows": Key(512, int, _rng(1, 65536), "an integer, 1 to 65536"),
@@ -99,13 +115,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
                           '"", "-" (standard output) or an absolute file path'),
         "rate_limit_burst": Key(5, int, _rng(1, 10**6), "an integer, 1 or more"),
         "rate_limit_interval_s": Key(60.0, NUM, _rng(0.001, 86400), "seconds, up to 86400"),
+        "rate_limit_ceiling_per_minute": Key(60, int, _rng(1, 10**6),
+                                             "an integer, 1 or more"),
         "explain_positions": Key(5, int, _rng(1, 64), "an integer, 1 to 64"),
     },
     "metrics": {
         "enabled": Key(True, bool, form="true or false"),
         "address": Key("127.0.0.1", str, lambda v: bool(v), "an IP address to listen on"),
         "port": Key(9477, int, _rng(0, 65535), "a TCP port, 0 to 65535 (0: any free one)"),
-        "comm_labels": Key(64, int, _rng(1, 10000), "an integer, 1 to 10000"),
+        "exe_labels": Key(64, int, _rng(1, 10000), "an integer, 1 to 10000"),
     },
 }
 
@@ -127,17 +145,23 @@ class Config:
     def get(self, section: str, key: str) -> Any:
         return self.values[section][key]
 
-    def capture_settings(self):
+    def capture_settings(self, cgroups=None):
+        """The capture settings; cgroup path patterns are resolved to the ids of the
+        cgroups that match now (`cgroups`: a daemon.cgroups.CgroupPaths)."""
         from sysdream.probes.capture import CaptureSettings
 
         c = self.values["capture"]
         return CaptureSettings(
             chunk=c["chunk"], flush_age_s=float(c["flush_age_s"]),
             ring_buffer_pages=c["ring_buffer_pages"], strict_compat=c["strict_compat"],
+            context=c["context"],
             include_pids=tuple(c["include_pids"]), exclude_pids=tuple(c["exclude_pids"]),
             include_comms=tuple(c["include_comms"]), exclude_comms=tuple(c["exclude_comms"]),
             include_cgroups=tuple(c["include_cgroups"]),
-            exclude_cgroups=tuple(c["exclude_cgroups"])).validate()
+            exclude_cgroups=excluded_cgroups(c["exclude_cgroups"], c["exclude_cgroup_paths"],
+                                             cgroups),
+            exclude_uids=tuple(c["exclude_uids"]),
+            exclude_exes=tuple(c["exclude_exes"])).validate()
 
     def state_dir(self) -> Path:
         return Path(self.values["service"]["state_directory"])
@@ -145,6 +169,16 @@ class Config:
     def model_path(self) -> Path:
         m = self.values["service"]["model"]
         return Path(m) if m else self.state_dir() / "model"
+
+
+def excluded_cgroups(ids, patterns, cgroups=None) -> tuple[int, ...]:
+    """Cgroup ids to exclude: those given, and those whose paths match `patterns`."""
+    if not patterns:
+        return tuple(ids)
+    from .cgroups import CgroupPaths
+
+    cgroups = cgroups if cgroups is not None else CgroupPaths()
+    return tuple(sorted(set(ids) | cgroups.matching(tuple(patterns))))
 
 
 class _Section:

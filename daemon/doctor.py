@@ -51,6 +51,20 @@ def check_journald() -> Check:
                  "start systemd-journald (alerts fall back to JSON lines on stderr)")
 
 
+def check_context() -> Check:
+    """Process context (who a process is, for alerts) needs the kernel's BTF."""
+    from sysdream.probes.capture import kernel_offsets_or_why
+
+    offsets, why = kernel_offsets_or_why()
+    if why:
+        return Check("process context", False, f"{why}: alerts name processes from /proc "
+                     "only (a short-lived one is gone by then); exclude_exes unavailable",
+                     "run a kernel built with CONFIG_DEBUG_INFO_BTF=y")
+    known = sum(v >= 0 for v in offsets.values())
+    return Check("process context", True, f"kernel BTF gives {known} of {len(offsets)} "
+                 "structure fields")
+
+
 def check_torch() -> Check:
     try:
         import torch
@@ -65,7 +79,7 @@ def run(out=sys.stdout) -> int:
     capture_checks = preflight.run_capture_checks()
     if all(c.ok for c in capture_checks):
         capture_checks.append(check_program())
-    other = [check_journald(), check_torch()]
+    other = [check_context(), check_journald(), check_torch()]
     for check in capture_checks + other:
         mark = "ok  " if check.ok else ("FAIL" if check in capture_checks else "warn")
         line = f"{mark} {check.name:16} {check.detail}"

@@ -17,6 +17,8 @@ import numpy as np
 
 from sysdream.probes.errors import TraceFileError
 
+from .printable import reprinted
+
 
 def _field(alert: dict, name: str):
     if name in alert:
@@ -97,9 +99,19 @@ def run_explain(args) -> int:
     res = SequenceScores(w, s, det.bound.exceeds(s.score), det.vocab.unknown(names), names)
     ex = det.explain(res, 0, top=len(target))
     offset = int(_field(alert, "position") or 0)
-    print(f"alert: {_field(alert, 'comm')} pid {_field(alert, 'pid')} "
-          f"({_field(alert, 'exe') or 'exe unknown'}), syscalls {offset}-"
-          f"{offset + len(target) - 1} of its thread")
+    print(f"alert: {reprinted(str(_field(alert, 'comm')))} pid {_field(alert, 'pid')} "
+          f"({reprinted(str(_field(alert, 'exe') or '')) or 'exe unknown'}), syscalls "
+          f"{offset}-{offset + len(target) - 1} of its thread")
+    for label, name in (("command line", "cmdline"), ("user", "user"),
+                        ("lineage", "lineage_text"), ("cgroup", "cgroup"),
+                        ("container", "container_id"), ("executable", "exe_flags"),
+                        ("alert id", "alert_id"), ("fingerprint", "fingerprint"),
+                        ("time", "time_rfc3339")):
+        value = _field(alert, name)
+        if isinstance(value, list):
+            value = " ".join(str(v) for v in value)
+        if value not in (None, "", -1, "-1"):
+            print(f"{label}: {reprinted(str(value))}")
     print(f"score {float(s.score[0]):.4f}, bound {det.bound.bound:.4f} "
           f"({det.bound.confidence:.1%}): "
           f"{'ABOVE the bound' if res.exceeds[0] else 'within the bound'}")

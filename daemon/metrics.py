@@ -8,8 +8,6 @@ metric; tests/daemon/test_metrics_doc.py compares it with what this module regis
 
 from __future__ import annotations
 
-import threading
-
 from prometheus_client import (
     CollectorRegistry,
     Histogram,
@@ -24,33 +22,9 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 DETECTION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
-class CommLabels:
-    """A bounded set of process-name label values: the first `limit` names seen keep their
-    own value, later ones share "other" (label cardinality stays bounded)."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.known: set[str] = set()
-        self._lock = threading.Lock()
-
-    def __call__(self, comm: str) -> str:
-        if comm in self.known:
-            return comm
-        with self._lock:
-            if len(self.known) < self.limit:
-                self.known.add(comm)
-                return comm
-        return "other"
-
-
-def _by_label(name: str, doc: str, label: str, values: dict[str, int],
-              labels: CommLabels | None = None, gauge: bool = False):
+def _by_label(name: str, doc: str, label: str, values: dict[str, int], gauge: bool = False):
     fam = (GaugeMetricFamily if gauge else CounterMetricFamily)(name, doc, labels=[label])
-    merged: dict[str, int] = {}
-    for k, v in list(values.items()):
-        key = labels(k) if labels else k
-        merged[key] = merged.get(key, 0) + v
-    for k, v in sorted(merged.items()):
+    for k, v in sorted(dict(values).items()):
         fam.add_metric([k], v)
     return fam
 
@@ -117,12 +91,35 @@ class ServiceCollector:
                                 "wait before shedding.", value=s.queue.capacity if s.queue
                                 else 0)
         yield _by_label("sysdream_anomalous_windows", "Windows above the bound, by "
-                        "process name.", "comm", c.anomalous, s.comm_labels)
-        yield _by_label("sysdream_alerts", "Alerts raised, by process name.", "comm",
-                        s.alerts_sent, s.comm_labels)
-        yield _by_label("sysdream_alerts_suppressed", "Alerts held back by the per-name "
-                        "rate limit, by process name.", "comm", s.alerts_suppressed,
-                        s.comm_labels)
+                        "executable.", "exe", c.anomalous.snapshot())
+        yield _by_label("sysdream_alerts", "Alerts raised, by executable.", "exe",
+                        s.alerts_sent.snapshot())
+        yield _by_label("sysdream_alerts_suppressed", "Alerts held back by the rate "
+                        "limits (per fingerprint, and the ceiling per minute), by "
+                        "executable.", "exe", s.alerts_suppressed.snapshot())
+        yield CounterMetricFamily("sysdream_exe_labels_evicted", "Executables whose metric "
+                                  "label went to one that raised an alert.",
+                                  value=s.labels.evictions)
+        yield _by_label("sysdream_windows_set_aside", "Windows above the bound not taken "
+                        "as evidence, by reason (own_alert_delivery: journald handling "
+                        "this daemon's alerts).", "reason",
+                        {"own_alert_delivery": 0, **c.set_aside})
+        p = s.processes
+        yield GaugeMetricFamily("sysdream_processes_tracked", "Processes in the process "
+                                "table.", value=len(p))
+        yield CounterMetricFamily("sysdream_processes_evicted", "Processes forgotten "
+                                  "because the process table was full.", value=p.evicted)
+        yield CounterMetricFamily("sysdream_processes_from_procfs", "Processes the kernel "
+                                  "had not described, read from /proc instead.",
+                                  value=p.from_procfs)
+        yield CounterMetricFamily("sysdream_context_records", "Process context records "
+                                  "the kernel emitted.", value=k.get("ctx_records", 0))
+        yield CounterMetricFamily("sysdream_context_records_lost", "Process context "
+                                  "records lost to a full context ring buffer.",
+                                  value=k.get("ctx_lost", 0))
+        yield CounterMetricFamily("sysdream_context_records_unreadable", "Process context "
+                                  "records the process table could not use.",
+                                  value=p.unreadable)
         yield CounterMetricFamily("sysdream_journald_failures", "Alerts and events that "
                                   "could not reach journald (written to stderr instead).",
                                   value=s.sink.journald_failures)

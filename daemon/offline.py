@@ -9,6 +9,7 @@ import sys
 import numpy as np
 
 from .inputs import read_input
+from .printable import printable
 
 
 def run_score(args) -> int:
@@ -35,8 +36,8 @@ def run_score(args) -> int:
                 print(json.dumps(line))
                 continue
             verdict = "ANOMALOUS" if len(hits) else "normal"
-            print(f"{seq.source}: {verdict}, {len(hits)}/{len(r.scores.score)} windows above "
-                  f"the bound, score {r.trace_score:.3f}"
+            print(f"{printable(seq.source)}: {verdict}, {len(hits)}/{len(r.scores.score)} "
+                  f"windows above the bound, score {r.trace_score:.3f}"
                   + (f", like the labelled anomalies: p={p[0]:.2f}" if p is not None else "")
                   + (f", unknown syscalls {', '.join(r.unknown)}" if r.unknown else ""))
             for i in hits[:args.max_alerts]:

@@ -28,15 +28,22 @@ from sysdream.probes import syscalls
 from sysdream.probes.layout import REC_EXEC, REC_EXIT
 from sysdream.probes.streams import flatten
 
+from .labels import ExeLabels, LabelledCounts
+from .printable import printable
+
 PAD_NUMBER = 65536  # a span position before the thread's first syscall
-
-
-def exe_of(pid: int) -> str:
-    """The process's executable, "" once it is gone (or not ours to read)."""
-    try:
-        return os.readlink(f"/proc/{pid}/exe")
-    except OSError:
-        return ""
+# How long after one of our own deliveries the alert taker's (journald's) windows may be
+# its handling of it, and the syscalls such handling never makes (docs/architecture.md).
+DELIVERY_SLACK_S = 1.0
+NEVER_FOR_DELIVERY = ("execve", "execveat", "fork", "vfork", "clone", "clone3", "ptrace",
+                      "setuid", "setreuid", "setresuid", "setgid", "setregid", "setresgid",
+                      "setfsuid", "setfsgid", "capset", "init_module", "finit_module",
+                      "delete_module", "mount", "umount2", "pivot_root", "chroot",
+                      "memfd_create", "process_vm_writev", "bpf", "kexec_load",
+                      "kexec_file_load", "socket", "connect", "bind", "listen", "accept",
+                      "accept4", "unlink", "unlinkat", "rename", "renameat", "renameat2",
+                      "chmod", "fchmod", "fchmodat", "chown", "fchown", "fchownat", "symlink",
+                      "symlinkat", "link", "linkat", "mprotect", "personality", "prctl")
 
 
 class ModelView:
@@ -57,6 +64,7 @@ class ModelView:
         self.bound = detector.bound.with_confidence(confidence) if confidence \
             else detector.bound
         self.model_id = detector.model_id
+        self.never_for_delivery = syscalls.known_numbers(NEVER_FOR_DELIVERY, self.arch)
 
     def geometry(self) -> tuple[int, int, str]:
         return self.p, self.s, self.task
@@ -78,7 +86,9 @@ class Block:
     valid: np.ndarray     # [k] real syscalls in each target
     starts: np.ndarray    # [k] position of each target in the thread's stream
     ns: int               # kernel time (CLOCK_MONOTONIC ns) of the newest syscall in it
-    exe: str = ""         # the process's executable when its thread was first seen / exec'd
+    exe: str = ""         # the process's executable (process table), "" when not known yet
+    first_ns: int = 0     # kernel time of the oldest record the block's syscalls came in
+    delivery_peer: bool = False   # made by the program that takes our alerts (journald)
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -89,9 +99,10 @@ class Block:
 
 class _Thread:
     __slots__ = ("tid", "tgid", "comm", "cgroup", "buf", "base", "n", "next_start",
-                 "last_seq", "covered", "exe")
+                 "last_seq", "covered", "exe", "peer", "first_ns")
 
-    def __init__(self, tid: int, tgid: int, comm: str, cgroup: int, first_seq: int, lead: int):
+    def __init__(self, tid: int, tgid: int, comm: str, cgroup: int, first_seq: int, lead: int,
+                 exe: str):
         self.tid, self.tgid, self.comm, self.cgroup = tid, tgid, comm, cgroup
         self.buf = np.empty(0, np.int32)
         self.base = 0           # stream position of buf[0]
@@ -101,7 +112,9 @@ class _Thread:
         self.next_start = 0 if first_seq == 0 else lead
         self.last_seq = first_seq - 1
         self.covered = 0        # end of the last target emitted
-        self.exe = exe_of(tgid)
+        self.exe = exe
+        self.peer = False       # the program that takes our alerts (see Block)
+        self.first_ns = 0       # oldest record time of the current ingest
 
 
 @dataclass
@@ -118,7 +131,13 @@ class Counters:
     threads_exited: int = 0
     record_gaps: int = 0
     batches: int = 0
-    anomalous: dict = field(default_factory=lambda: defaultdict(int))
+    labels: ExeLabels = field(default_factory=lambda: ExeLabels(64))
+    anomalous: LabelledCounts = None       # windows above the bound, by executable
+    set_aside: dict = field(default_factory=lambda: defaultdict(int))
+
+    def __post_init__(self):
+        if self.anomalous is None:
+            self.anomalous = self.labels.counter()
 
 
 class WindowQueue:
@@ -185,7 +204,8 @@ class WindowQueue:
                     else:
                         out.append(Block(head.tid, head.tgid, head.comm, head.cgroup,
                                          head.spans[:n], head.valid[:n], head.starts[:n],
-                                         head.ns, head.exe))
+                                         head.ns, head.exe, head.first_ns,
+                                         head.delivery_peer))
                         head.drop_front(n)
                     self._account(tgid, n)
                     taken += n
@@ -206,10 +226,18 @@ class Cutter:
     """The reader's side: thread table (bounded LRU, freed on exit) and window cutting."""
 
     def __init__(self, model: ModelView, queue: WindowQueue, counters: Counters,
-                 max_threads: int):
+                 max_threads: int, processes=None):
         self.model, self.queue, self.counters = model, queue, counters
         self.max_threads = max_threads
+        self.processes = processes      # daemon.processes.ProcessTable, or None
         self.threads: OrderedDict[int, _Thread] = OrderedDict()
+
+    def _exe(self, tgid: int) -> str:
+        """The executable the process table knows for `tgid` (no /proc read here: the
+        reader must not wait on the file system)."""
+        if self.processes is None:
+            return ""
+        return self.processes.known_exe(tgid)
 
     def set_model(self, model: ModelView) -> None:
         """Swap the model. Same geometry: streams and queued windows carry over. Other
@@ -245,16 +273,19 @@ class Cutter:
         seqs = recs["seq"].astype(np.int64)
         if t is None:
             t = _Thread(tid, int(last["tgid"]), "", int(last["cgroup_id"]), int(seqs[0]),
-                        self.model.lead)
+                        self.model.lead, self._exe(int(last["tgid"])))
             self.threads[tid] = t
             if len(self.threads) > self.max_threads:
                 self.threads.popitem(last=False)
                 self.counters.threads_evicted += 1
         else:
             self.threads.move_to_end(tid)
-        t.comm = last["comm"].decode(errors="replace")
-        if (recs["flags"] & REC_EXEC).any():
-            t.exe = exe_of(int(last["tgid"])) or t.exe
+        t.comm = printable(last["comm"])
+        if not t.exe or t.n == 0 or (recs["flags"] & REC_EXEC).any():
+            t.exe = self._exe(int(last["tgid"])) or t.exe
+            t.peer = self.processes is not None and \
+                self.processes.delivery_peer(int(last["tgid"]))
+        t.first_ns = int(recs[0]["first_ns"])
         t.tgid, t.cgroup = int(last["tgid"]), int(last["cgroup_id"])
         expected = np.r_[t.last_seq + 1, seqs[:-1] + 1]
         gaps = np.flatnonzero(seqs != expected).tolist()
@@ -315,7 +346,7 @@ class Cutter:
         spans[ok] = t.buf[rel[ok]]
         self.counters.windows_cut += len(starts)
         self.queue.put(Block(t.tid, t.tgid, t.comm, t.cgroup, spans, valid, starts, ns,
-                             t.exe))
+                             t.exe, t.first_ns or ns, t.peer))
 
 
 class Evidence:
@@ -424,8 +455,9 @@ class Scorer:
                  on_detection, evidence_k: int = 3, evidence_m: int = 8,
                  cache_windows: int = 200000, batch_windows: int = 512,
                  batch_wait_ms: int = 20, explain_positions: int = 5,
-                 observe=None):
+                 observe=None, deliveries=None):
         self.model, self.queue, self.counters = model, queue, counters
+        self.deliveries = deliveries    # alerts.Deliveries: when we last sent to journald
         self.on_detection, self.observe = on_detection, observe
         self.evidence = Evidence(evidence_k, evidence_m)
         self.cache = WindowCache(cache_windows, model.span)
@@ -564,18 +596,33 @@ class Scorer:
             self.observe("scores", scores, 0)
         exceeds = model.bound.exceeds(scores)
         for i in np.flatnonzero(exceeds).tolist():
-            c.anomalous[blocks[part.owner[i]].comm] += 1
+            c.anomalous.add(blocks[part.owner[i]].exe)
         out = []
         # evidence per process, in bulk: windows arrive grouped by block (one thread each)
         bounds = np.r_[0, np.cumsum([len(b) for b in blocks])]
         for k, b in enumerate(blocks):
             lo, hi = int(bounds[k]), int(bounds[k + 1])
+            if b.delivery_peer and exceeds[lo:hi].any():
+                aside = self._delivery_windows(b, model) & exceeds[lo:hi]
+                if aside.any():
+                    c.set_aside["own_alert_delivery"] += int(aside.sum())
+                    exceeds[lo:hi] &= ~aside
             for i, n in evidence.add_many(b.tgid, exceeds[lo:hi]):
                 ex = self.explain(model, b, i)
                 d = Detection(b, i, float(scores[lo + i]), n, evidence.m, model, ex)
                 out.append(d)
                 self.on_detection(d)
         return out
+
+    def _delivery_windows(self, b: Block, model: ModelView) -> np.ndarray:
+        """The windows of the alert taker (journald) that are its handling of our own
+        delivery: within DELIVERY_SLACK_S after one of our sends, and holding none of the
+        syscalls a log daemon taking a message never makes (docs/architecture.md)."""
+        if self.deliveries is None or not self.deliveries.near(
+                b.first_ns, b.ns, int(DELIVERY_SLACK_S * 1e9)):
+            return np.zeros(len(b), bool)
+        never = model.never_for_delivery
+        return ~np.isin(b.spans[:, model.lead:], never).any(axis=1)
 
     def explain(self, model: ModelView, b: Block, row: int) -> dict:
         """Rescore one window with detail and explain it (positions in the thread's

@@ -27,12 +27,34 @@ from pathlib import Path
 
 import numpy as np
 
+from sysdream.probes.capture import kernel_dev
+
 from . import alerts
+from .cgroups import CgroupPaths
 from .config import Config
 from .exitcodes import MetricsPortError, StateDirError
+from .labels import ExeLabels
 from .notify import Notifier
+from .pipeline import Counters
+from .processes import ProcessTable
 
 DRAIN_S = 2.0
+# Programs that take our alerts: their handling of them is not judged as their own
+# behaviour (docs/architecture.md, "No feedback loop").
+ALERT_TAKERS = ("/lib/systemd/systemd-journald", "/usr/lib/systemd/systemd-journald")
+FILTER_REFRESH_S = 5.0
+
+
+def alert_takers() -> set[tuple[int, int]]:
+    """(kernel dev, inode) of the journald binaries on this host."""
+    out = set()
+    for path in ALERT_TAKERS:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        out.add((kernel_dev(st.st_dev), st.st_ino))
+    return out
 
 
 def log(msg: str) -> None:
@@ -58,8 +80,6 @@ class Service:
         self.notify = notifier or Notifier()
         self.kernel_counters: dict[str, int] = {}
         self.syscalls_read = 0
-        from .pipeline import Counters
-        self.counters = Counters()
         self.queue = None
         self.cutter = None
         self.scorer = None
@@ -68,13 +88,20 @@ class Service:
         self.learning_progress = 0.0
         self.baseline_syscalls = 0
         self.reloads: dict[str, int] = defaultdict(int)
-        self.alerts_sent: dict[str, int] = defaultdict(int)
-        self.alerts_suppressed: dict[str, int] = defaultdict(int)
-        from .metrics import CommLabels
-        self.comm_labels = CommLabels(cfg.metrics.comm_labels)
+        self.labels = ExeLabels(cfg.metrics.exe_labels)
+        self.counters = Counters(labels=self.labels)
+        self.alerts_sent = self.labels.counter()
+        self.alerts_suppressed = self.labels.counter()
+        self.cgroups = CgroupPaths()
+        self.processes = ProcessTable(cfg.detection.max_processes, cgroups=self.cgroups)
+        self.processes.delivery_exes = alert_takers()
         a = cfg.alerts
-        self.sink = alerts.AlertSink(a.journald, a.json_lines)
-        self.limiter = alerts.RateLimiter(a.rate_limit_burst, a.rate_limit_interval_s)
+        self.deliveries = alerts.Deliveries()
+        self.sink = alerts.AlertSink(a.journald, a.json_lines, deliveries=self.deliveries)
+        self.limiter = alerts.RateLimiter(a.rate_limit_burst, a.rate_limit_interval_s,
+                                          a.rate_limit_ceiling_per_minute)
+        self._next_summary = 0.0
+        self._next_refresh = 0.0
         self.metrics = None
         self.capture = None
         self._stop = False
@@ -122,11 +149,25 @@ class Service:
                                        f"{exc.strerror or exc}; stop what holds the port or "
                                        "set [metrics] port (or --metrics-port)") from None
         from sysdream.probes.capture import Capture
-        self.capture = Capture(self.cfg.capture_settings())
+        self.capture = Capture(self.cfg.capture_settings(self.cgroups))
+        self._configure_capture(self.capture.settings)
+        if not self.capture.context:
+            log(f"process context off ({self.capture.context_missing or 'configured so'}): "
+                "alerts name processes from /proc, which a short-lived one has left")
+        self._warn_spoofable(self.cfg)
         release_memory()
         self.kernel_counters = self.capture.counters()
         if self.model is None:
             self._start_learning()
+
+    @staticmethod
+    def _warn_spoofable(cfg: Config) -> None:
+        c = cfg.capture
+        if c.exclude_comms or c.include_comms:
+            log("warning: include_comms/exclude_comms match the process name, which any "
+                "process can set for itself (prctl PR_SET_NAME): a process can leave the "
+                "trace by calling itself an excluded name; exclude by exclude_exes, "
+                "exclude_cgroup_paths or exclude_uids instead")
 
     def _load(self, path: Path):
         from sysdream.model.bundle import BundleError
@@ -163,12 +204,14 @@ class Service:
         if self.queue is None:
             self.queue = WindowQueue(d.queue_windows, self.counters)
         if self.cutter is None:
-            self.cutter = Cutter(view, self.queue, self.counters, d.max_threads)
+            self.cutter = Cutter(view, self.queue, self.counters, d.max_threads,
+                                 self.processes)
             self.scorer = Scorer(view, self.queue, self.counters, self._on_detection,
                                  d.evidence_exceedances, d.evidence_windows, d.cache_windows,
                                  d.batch_windows, d.batch_wait_ms,
                                  self.cfg.alerts.explain_positions,
-                                 observe=self.metrics.observe if self.metrics else None)
+                                 observe=self.metrics.observe if self.metrics else None,
+                                 deliveries=self.deliveries)
             self.scorer.start()
         else:
             self.cutter.set_model(view)
@@ -187,19 +230,37 @@ class Service:
 
     # -- alerts (scorer thread) -------------------------------------------------------
     def _on_detection(self, det) -> None:
-        fields = alerts.anomaly_fields(det)
-        comm = det.block.comm
+        b = det.block
+        fields = alerts.anomaly_fields(det, self.processes.context(b.tgid, b.ns))
+        exe = fields["exe"] or b.exe
         with self._alert_lock:
-            ok, suppressed = self.limiter.allow(comm)
+            ok, suppressed, incidents = self.limiter.allow(
+                fields["fingerprint"], about={"exe": fields["exe"], "pid": b.tgid,
+                                              "lineage_text": fields["lineage_text"]})
             if not ok:
-                self.alerts_suppressed[comm] += 1
+                self.alerts_suppressed.add(exe, alerted=True)
                 return
-            fields["suppressed"] = suppressed
+            fields["suppressed"], fields["incident_count"] = suppressed, incidents
             prio = alerts.CRIT if fields["severity"] == "high" else alerts.WARNING
             self.sink.emit("anomaly", prio, alerts.message(fields), fields)
-            self.alerts_sent[comm] += 1
+            self.alerts_sent.add(exe, alerted=True)
         if self.metrics:
             self.metrics.detection.observe(fields["latency_s"])
+
+    def _summarise_suppressed(self) -> None:
+        """One event for the alerts the rate limits held back since the last one: nothing
+        is dropped without a trace."""
+        with self._alert_lock:
+            held = self.limiter.take_summary()
+        if not held:
+            return
+        total = sum(h["count"] for h in held)
+        top = "; ".join(f"{h['count']} x {h['exe'] or 'exe unknown'} (fingerprint "
+                        f"{h['fingerprint']}, last pid {h['pid']})" for h in held[:5])
+        text = f"{total} alerts suppressed by the rate limits since the last summary: {top}"
+        self.sink.emit("alerts-suppressed", alerts.WARNING, text,
+                       {"kind": "alerts-suppressed", "suppressed": total,
+                        "fingerprints": held[:50]})
 
     # -- learning ---------------------------------------------------------------------
     def _start_learning(self) -> None:
@@ -325,7 +386,8 @@ class Service:
         if self.reload_config is not None:
             try:
                 new = self.reload_config()
-            except ConfigError as exc:
+                new.capture_settings(self.cgroups)      # what the kernel would refuse
+            except (ConfigError, ValueError) as exc:
                 log(f"reload: configuration refused, keeping the running one: {exc}")
                 self.reloads["failed"] += 1
                 self.notify.ready(self._status())
@@ -362,7 +424,8 @@ class Service:
             for k in changed:
                 new.values["capture"][k] = old.values["capture"][k]
             new = Config(new.values, new.source)
-        self.capture.configure(new.capture_settings())
+        self._configure_capture(new.capture_settings(self.cgroups))
+        self._warn_spoofable(new)
         d = new.detection
         if self.scorer:
             self.scorer.set_rules(d.evidence_exceedances, d.evidence_windows)
@@ -376,6 +439,7 @@ class Service:
         if a.json_lines != old.alerts.json_lines:
             self.sink.set_json(a.json_lines)
         self.limiter.burst, self.limiter.interval = a.rate_limit_burst, a.rate_limit_interval_s
+        self.limiter.ceiling = a.rate_limit_ceiling_per_minute
         self.cfg = new
 
     # -- the loop ---------------------------------------------------------------------
@@ -391,7 +455,7 @@ class Service:
         c = self.counters
         return (f"detecting with model {self.model.model_id}: {self.syscalls_read} syscalls, "
                 f"{c.windows_scored + c.windows_cached} windows, "
-                f"{sum(self.alerts_sent.values())} alerts, {lost} syscalls lost, "
+                f"{self.alerts_sent.total()} alerts, {lost} syscalls lost, "
                 f"{sum(c.windows_shed.values())} windows shed")
 
     def _watchdog_ok(self, now: float) -> bool:
@@ -414,6 +478,8 @@ class Service:
         interval = self.cfg.service.status_interval_s
         while not self._stop:
             cap.wait()
+            # context first: a process's record is sent before its first chunk
+            self.processes.ingest(cap.read_context())
             self._take(cap.read())
             now = time.monotonic()
             if self._reload:
@@ -424,6 +490,12 @@ class Service:
                 self.kernel_counters = cap.counters()
                 self._flush_baseline()
                 self._learning_tick()
+                if now >= self._next_summary:
+                    self._next_summary = now + self.cfg.alerts.rate_limit_interval_s
+                    self._summarise_suppressed()
+                if now >= self._next_refresh:
+                    self._next_refresh = now + FILTER_REFRESH_S
+                    self._refresh_filters()
             if wd and now >= next_wd and self._watchdog_ok(now):
                 self.notify.watchdog()
                 next_wd = now + wd
@@ -431,6 +503,30 @@ class Service:
                 next_status = now + interval
                 self.notify.status(self._status())
         return self._shutdown()
+
+    def _refresh_filters(self) -> None:
+        """Exclusions by path follow the files and cgroups they name: a package upgrade
+        replaces an excluded binary, a container starts under a matching cgroup path.
+        Exited processes leave the process table here too."""
+        self.processes.expire()
+        cap = self.capture
+        try:
+            want = self.cfg.capture_settings(self.cgroups)
+            if cap.exes_changed() or want.exclude_cgroups != cap.settings.exclude_cgroups:
+                self._configure_capture(want)
+        except ValueError as exc:   # e.g. more matching cgroups than the kernel map holds
+            log(f"capture filters not refreshed: {exc}")
+
+    def _configure_capture(self, settings) -> None:
+        from sysdream.probes.capture import exe_keys
+
+        self.capture.configure(settings)
+        missing = exe_keys(settings.exclude_exes)[1]
+        if missing != getattr(self, "_missing_exes", []):
+            self._missing_exes = missing
+            if missing:
+                log(f"exclude_exes: no such file (yet): {', '.join(missing)}; excluded "
+                    "once it exists")
 
     def _take(self, records: np.ndarray) -> None:
         if not records.size:
@@ -444,6 +540,7 @@ class Service:
     def _shutdown(self) -> int:
         self.notify.stopping()
         cap = self.capture
+        self.processes.ingest(cap.read_context())
         self._take(cap.read())
         self.kernel_counters = cap.counters()
         if self.scorer:
@@ -457,7 +554,7 @@ class Service:
         k = self.kernel_counters
         log(f"stopped: {self.syscalls_read} syscalls read, "
             f"{k.get('lost_syscalls', 0) + k.get('lost_nostorage', 0)} lost, "
-            f"{sum(self.alerts_sent.values())} alerts")
+            f"{self.alerts_sent.total()} alerts")
         return 0
 
     def close(self) -> None:

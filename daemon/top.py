@@ -7,6 +7,8 @@ import time
 
 import numpy as np
 
+from .printable import printable
+
 
 def summarise(records: np.ndarray, limit: int) -> list[tuple[int, str, int]]:
     """(tgid, comm, syscalls) for the busiest processes in `records`, busiest first."""
@@ -16,7 +18,7 @@ def summarise(records: np.ndarray, limit: int) -> list[tuple[int, str, int]]:
     totals = np.bincount(inverse, weights=records["count"]).astype(np.int64)
     order = np.argsort(-totals)[:limit]
     comms = records["comm"][first]
-    return [(int(tgids[i]), comms[i].decode(errors="replace"), int(totals[i])) for i in order]
+    return [(int(tgids[i]), printable(comms[i]), int(totals[i])) for i in order]
 
 
 def run(source, interval: float = 1.0, rows: int = 15, iterations: int | None = None,

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "probes"))
 
 from synthetic_corpus import (  # noqa: E402, F401 (re-exported for the daemon tests)
     attack_sequence,

@@ -226,6 +226,7 @@ def test_learn_then_detect_alert_in_journald_scraped_by_prometheus(ebpf_ready, t
                       "EVIDENCE"):
             assert f"SYSDREAM_{field}" in a, field
         assert a["SYSDREAM_COMM"] == "sdwork" and a["SYSLOG_IDENTIFIER"] == "sysdream"
+        assert a["SYSDREAM_EXE"] == str(prog) and a["SYSDREAM_CONTEXT_SOURCE"] == "kernel"
         assert len(a["SYSDREAM_SYSCALLS"].split()) == 16
         assert json.loads(a["SYSDREAM_SURPRISES"])[0]["observed"]
 
@@ -237,7 +238,7 @@ def test_learn_then_detect_alert_in_journald_scraped_by_prometheus(ebpf_ready, t
 
         def scraped():
             traced = prom.query("sysdream_syscalls_traced_total")
-            alerted = prom.query('sysdream_alerts_total{comm="sdwork"}')
+            alerted = prom.query(f'sysdream_alerts_total{{exe="{prog}"}}')
             return traced and alerted and float(alerted[0]["value"][1]) >= 1 and \
                 float(traced[0]["value"][1]) > 0
         wait_for(scraped, 40, "Prometheus to scrape the counters")

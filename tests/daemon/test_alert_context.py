@@ -1,0 +1,260 @@
+"""Every alert says who, on the real kernel and a real journald: executable, arguments,
+user, parent chain and cgroup from the kernel's context records (even for a program gone
+before anyone could look at /proc), hostile names escaped, floods grouped by fingerprint
+under a ceiling with nothing dropped unaccounted, and no alerts about journald's handling of
+sysdream's own alerts.
+
+The tiny synthetic model knows none of a real program's syscalls, and the evidence rule is
+set to one window, so every traced program alerts: what is tested is what the alerts say.
+The daemon traces one test cgroup only (--cgroup), into which the test starts its programs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from harness import Daemon, JournalNamespace, wait_for
+
+from sysdream.daemon.alerts import MESSAGE_IDS
+from sysdream.daemon.cgroups import mount_point
+
+DATA = Path(__file__).parent / "data"
+PROBE_DATA = Path(__file__).parents[1] / "probes" / "data"
+ANOMALY = {"MESSAGE_ID": MESSAGE_IDS["anomaly"]}
+
+
+@pytest.fixture
+def journal():
+    j = JournalNamespace()
+    yield j
+    j.close()
+
+
+@pytest.fixture
+def group():
+    """A cgroup of the test's own (path relative to the cgroup v2 mount, id, dir)."""
+    root = mount_point()
+    if root is None:
+        pytest.fail("no cgroup v2 hierarchy: the kernel's cgroup ids need one")
+    rel = f"/sysdream-test-{uuid.uuid4().hex[:8]}"
+    d = Path(f"{root}{rel}")
+    d.mkdir()
+    yield rel, d.stat().st_ino, d
+    for _ in range(50):
+        try:
+            d.rmdir()
+            break
+        except OSError:
+            time.sleep(0.1)
+
+
+def start_in(cgroup_dir: Path, cmd: list[str], **kw) -> subprocess.Popen:
+    """Start `cmd` inside the cgroup (it moves itself there before it executes)."""
+    procs = str(cgroup_dir / "cgroup.procs")
+
+    def enter():
+        with open(procs, "w") as f:
+            f.write("0")
+    return subprocess.Popen(cmd, preexec_fn=enter, **kw)
+
+
+def gcc(tmp_path: Path, source: Path) -> Path:
+    exe = tmp_path / source.stem
+    subprocess.run(["gcc", "-O1", "-o", str(exe), str(source)], check=True)
+    return exe
+
+
+def config(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "sysdream.toml"
+    p.write_text("[detection]\nevidence_windows = 1\nevidence_exceedances = 1\n" + text)
+    return p
+
+
+def start_daemon(tmp_path: Path, cfg: Path, bundle: Path, cgroup_id: int,
+                 journal: JournalNamespace, *extra: str) -> Daemon:
+    """The daemon with the tiny model, tracing the test's cgroup only, alerts to journald."""
+    d = Daemon(["--config", str(cfg), "--model", str(bundle), "--state-dir",
+                str(tmp_path / "state"), "--cgroup", str(cgroup_id), *extra], tmp_path,
+               prefix=journal.prefix)
+    d.wait_attached()
+    return d
+
+
+def entries_for(journal: JournalNamespace, **match) -> list[dict]:
+    return journal.entries(**ANOMALY, **match)
+
+
+def no_control_characters(text: str) -> bool:
+    return not re.search(r"[\x00-\x1f\x7f]", text)
+
+
+def test_alerts_name_short_lived_fileless_programs_from_the_kernel(ebpf_ready, tmp_path,
+                                                                   journal, group,
+                                                                   tiny_bundle):
+    rel, cg_id, cg_dir = group
+    spawner = gcc(tmp_path, PROBE_DATA / "spawner.c")
+    mnt = tmp_path / "mnt"          # the deleted copy lives on a tmpfs, as in /dev/shm
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], check=True)
+    cfg = config(tmp_path, "[alerts]\nrate_limit_burst = 100\n"
+                 "rate_limit_ceiling_per_minute = 1000\n")
+    d = start_daemon(tmp_path, cfg, tiny_bundle, cg_id, journal, "--json-lines",
+                     str(tmp_path / "alerts.jsonl"))
+    try:
+        proc = start_in(cg_dir, [str(spawner), "/bin/true", str(mnt)],
+                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        out, _ = proc.communicate(b"g", timeout=30)
+        assert proc.returncode == 0
+        memfd_pid, deleted_pid = (int(x) for x in out.split())
+
+        def have_both():
+            pids = {e["SYSDREAM_PID"] for e in entries_for(journal)}
+            return {str(memfd_pid), str(deleted_pid), str(proc.pid)} <= pids
+        wait_for(have_both, 40, "alerts for the parent and both children\n" + d.stderr[-2000:])
+        alerts = entries_for(journal)
+        mem = next(e for e in alerts if e["SYSDREAM_PID"] == str(memfd_pid)
+                   and e["SYSDREAM_EXE"].startswith("memfd:"))
+        dele = next(e for e in alerts if e["SYSDREAM_PID"] == str(deleted_pid)
+                    and "sd-deleted" in e["SYSDREAM_EXE"])
+        parent = next(e for e in alerts if e["SYSDREAM_PID"] == str(proc.pid))
+    finally:
+        d.kill()
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+    # the program, from the kernel, although it was gone long before the alert
+    assert mem["SYSDREAM_EXE"] == "memfd:sd\\x1bpayload"
+    assert "memfd" in mem["SYSDREAM_EXE_FLAGS"].split()
+    assert dele["SYSDREAM_EXE"] == f"{mnt}/sd-deleted (deleted)"
+    assert "deleted" in dele["SYSDREAM_EXE_FLAGS"].split()
+    assert parent["SYSDREAM_EXE"] == str(spawner)
+    for e in (mem, dele):
+        assert json.loads(e["SYSDREAM_ARGV"]) == ["sd-child", "--evil\\nMar 1 fake log line",
+                                                  "\\x1b[2J\\x07", "\\xff\\xfe"]
+        assert e["SYSDREAM_CMDLINE"] == ("sd-child '--evil\\nMar 1 fake log line' "
+                                         "\\x1b[2J\\x07 \\xff\\xfe")
+        assert e["SYSDREAM_USER"] == "root" and e["SYSDREAM_UID"] == "0"
+        assert e["SYSDREAM_EUID"] == "0"
+        assert e["SYSDREAM_PPID"] == str(proc.pid)
+        lineage = json.loads(e["SYSDREAM_LINEAGE"])
+        assert lineage[0]["pid"] == proc.pid and lineage[0]["exe"] == str(spawner)
+        assert lineage[1]["pid"] == os.getpid()            # then this test
+        own = Path(e["SYSDREAM_EXE"]).name.removesuffix(" (deleted)")
+        assert e["SYSDREAM_LINEAGE_TEXT"].endswith(f"spawner > {own}")
+        assert e["SYSDREAM_CGROUP"] == rel and e["SYSDREAM_CGROUP_ID"] == str(cg_id)
+        assert e["SYSDREAM_CONTEXT_SOURCE"] == "kernel"
+        assert e["SYSDREAM_SEVERITY"] == "high"   # fileless executables are high
+        assert re.fullmatch(r"[0-9a-f]{16}", e["SYSDREAM_FINGERPRINT"])
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z",
+                            e["SYSDREAM_TIME_RFC3339"])
+        assert e["SYSDREAM_HOSTNAME"] == os.uname().nodename
+    # the parent's hostile name, escaped wherever a person reads it
+    assert parent["SYSDREAM_COMM"] == "evil\\n\\x1b[31mx"
+    for e in alerts:
+        assert no_control_characters(e["MESSAGE"]), e["MESSAGE"]
+    assert "(evil\\n\\x1b[31mx" not in mem["MESSAGE"]
+    assert "memfd:sd\\x1bpayload" in mem["MESSAGE"] and "[memfd]" in mem["MESSAGE"]
+    ids = [e["SYSDREAM_ALERT_ID"] for e in alerts]
+    assert len(set(ids)) == len(ids)
+    # the JSON lines carry the same, and the file is the daemon's alone
+    lines = [json.loads(x) for x in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+    assert any(x["exe"] == "memfd:sd\\x1bpayload" and x["argv"][1].startswith("--evil\\n")
+               for x in lines)
+    assert (tmp_path / "alerts.jsonl").stat().st_mode & 0o777 == 0o600
+
+    # explain shows the context, escaped
+    raw = tmp_path / "mem.json"
+    raw.write_text(json.dumps({k.removeprefix("SYSDREAM_").lower(): v
+                               for k, v in mem.items() if k.startswith("SYSDREAM_")}))
+    out = subprocess.run([os.sys.executable, "-m", "sysdream.daemon.cli", "explain",
+                          "--json", str(raw), "--model", str(tiny_bundle)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "memfd:sd\\x1bpayload" in out.stdout and "lineage:" in out.stdout
+    assert no_control_characters(out.stdout.replace("\n", ""))
+
+
+def test_three_hundred_names_from_one_program_do_not_flood(ebpf_ready, tmp_path, journal,
+                                                           group, tiny_bundle):
+    """One program, 300 processes each with a name of its own: one fingerprint, so at most
+    `burst` alerts for it, the rest counted and summarised; a ceiling over all fingerprints;
+    metric labels bounded by executable."""
+    rel, cg_id, cg_dir = group
+    namer = gcc(tmp_path, DATA / "namer.c")
+    cfg = config(tmp_path, "[alerts]\nrate_limit_burst = 5\nrate_limit_interval_s = 2.0\n"
+                 "rate_limit_ceiling_per_minute = 12\n[metrics]\nexe_labels = 3\n")
+    d = start_daemon(tmp_path, cfg, tiny_bundle, cg_id, journal)
+    try:
+        proc = start_in(cg_dir, [str(namer), "300"], stdin=subprocess.PIPE)
+        proc.communicate(b"g", timeout=60)
+        assert proc.returncode == 0
+
+        def suppressed():
+            m = d.metrics()
+            return sum(v for k, v in m.items()
+                       if k.startswith("sysdream_alerts_suppressed_total"))
+        wait_for(lambda: suppressed() >= 250, 60, "suppressions counted\n" + d.stderr[-2000:])
+        summaries = wait_for(lambda: journal.entries(
+            MESSAGE_ID=MESSAGE_IDS["alerts-suppressed"]), 20, "a suppression summary")
+        m = d.metrics()
+    finally:
+        d.kill()
+    alerts = entries_for(journal)
+    kids = [e for e in alerts if e["SYSDREAM_PID"] != str(proc.pid)]
+    assert kids and all(re.fullmatch(r"nm\d{3}", e["SYSDREAM_COMM"]) for e in kids)
+    assert len({e["SYSDREAM_COMM"] for e in kids}) == len(kids)    # other names ...
+    assert len({e["SYSDREAM_FINGERPRINT"] for e in kids}) == 1     # ... one fingerprint
+    assert len(kids) <= 5, [e["SYSDREAM_COMM"] for e in kids]
+    assert len(alerts) <= 12                                         # the ceiling held
+    assert all(e["SYSDREAM_EXE"] == str(namer) for e in kids)
+    # nothing dropped unaccounted: the summaries add up to what the metric counts
+    held = sum(int(s["SYSDREAM_SUPPRESSED"]) for s in summaries)
+    assert held >= 250 and held <= suppressed_total(m)
+    fp = json.loads(summaries[0]["SYSDREAM_FINGERPRINTS"])
+    assert fp[0]["fingerprint"] == kids[0]["SYSDREAM_FINGERPRINT"]
+    assert fp[0]["exe"] == str(namer)
+    assert suppressed_total(m) + sum(v for k, v in m.items()
+                                     if k.startswith("sysdream_alerts_total")) >= 300
+    labels = {k for k in m if k.startswith("sysdream_anomalous_windows_total")}
+    assert len(labels) <= 4, labels                                  # 3 + "other"
+    assert any(str(namer) in k for k in m if k.startswith("sysdream_alerts_total"))
+
+
+def suppressed_total(m: dict) -> float:
+    return sum(v for k, v in m.items() if k.startswith("sysdream_alerts_suppressed_total"))
+
+
+def test_journald_handling_our_alerts_raises_none(ebpf_ready, tmp_path, journal, group,
+                                                  tiny_bundle):
+    """journald traced beside an alerting program: its windows of handling sysdream's
+    alerts are set aside and counted, and it raises no alert of its own."""
+    rel, cg_id, cg_dir = group
+    jpid = journal.journald.pid
+    (cg_dir / "cgroup.procs").write_text(str(jpid))
+    renamer = gcc(tmp_path, PROBE_DATA / "renamer.c")
+    cfg = config(tmp_path, "[alerts]\nrate_limit_burst = 50\n"
+                 "rate_limit_ceiling_per_minute = 600\n")
+    d = start_daemon(tmp_path, cfg, tiny_bundle, cg_id, journal)
+    try:
+        for _ in range(3):
+            p = start_in(cg_dir, [str(renamer), "sdloud", "400"], stdin=subprocess.PIPE)
+            p.communicate(b"gg", timeout=30)
+        wait_for(lambda: len(entries_for(journal)) >= 10, 40, "alerts for the program")
+        key = 'sysdream_windows_set_aside_total{reason="own_alert_delivery"}'
+        wait_for(lambda: d.metric(key) > 0, 20, "journald's windows set aside\n"
+                 + d.stderr[-2000:])
+        m = d.metrics()
+    finally:
+        d.kill()
+        (Path(f"{mount_point()}/cgroup.procs")).write_text(str(jpid))
+    assert not [e for e in entries_for(journal) if e["SYSDREAM_PID"] == str(jpid)]
+    # journald was traced and judged: its windows were above the bound, and set aside
+    journald = [v for k, v in m.items() if k.startswith("sysdream_anomalous_windows_total")
+                and "systemd-journald" in k]
+    assert journald and journald[0] >= m[key]
