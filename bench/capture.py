@@ -2,11 +2,14 @@
 program on the same raw sys_enter hook) and under sysdream's capture, in one run.
 
     .venv/bin/python bench/capture.py [--calls 5000000] [--reps 7] [--strict-compat]
+                                      [--loop-only]
 
 Prints syscalls/s for each, the added ns per syscall over untraced, the ratio of
-sysdream's added cost to the floor's, and lost counts. Then the wall-time and CPU-time
-overhead of the floor and of sysdream's capture on a mixed workload, part by part (find
-over /usr, Python start-ups, C compiles) with each part's syscalls: one round varies by
+sysdream's added cost to the floor's (also for capture without process context records,
+interleaved in the same rounds), and lost counts; --loop-only stops there. Then the
+wall-time and CPU-time overhead of the floor and of sysdream's capture on a mixed
+workload, part by part (find over /usr, Python start-ups, C compiles) with each part's
+syscalls: one round varies by
 10-14% on the reference VM, more than the target, so it prints the mean of the rounds'
 ratios with its standard error. It also prints capture over the floor, the floor's added
 ns per syscall by timing where syscalls are dense (the loop measures the same hook with
@@ -19,6 +22,7 @@ with capture's time per program and its syscalls per record.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import os
 import resource
@@ -50,20 +54,24 @@ def loop_ns(exe: Path, calls: int) -> float:
 
 
 class Hook:
-    """Attach or detach a loaded program's raw sys_enter handler between rounds, so
-    the configurations can be interleaved without recompiling. Capture's scheduler and
-    exec/exit programs stay attached throughout (sched_switch is what sends a chunk before
-    another thread takes its CPU's slot); with sys_enter off no thread owns a slot and
-    they return at once, a few thousand runs a round in every configuration."""
+    """Attach or detach a loaded program's raw tracepoint handlers between rounds, so
+    the configurations can be interleaved without recompiling. By default only sys_enter:
+    capture's scheduler and exec/exit programs stay attached throughout (sched_switch is
+    what sends a chunk before another thread takes its CPU's slot); with sys_enter off no
+    thread owns a slot and they return at once, a few thousand runs a round in every
+    configuration. bench/spawn.py toggles all of them (its subject is exec and exit)."""
 
-    def __init__(self, bpf):
-        self.bpf = bpf
+    def __init__(self, bpf, tracepoints: tuple[str, ...] = ("sys_enter",)):
+        self.bpf, self.tracepoints = bpf, tracepoints
 
     def on(self) -> None:
-        self.bpf.attach_raw_tracepoint(tp=b"sys_enter", fn_name=b"raw_tracepoint__sys_enter")
+        for tp in self.tracepoints:
+            self.bpf.attach_raw_tracepoint(tp=tp.encode(),
+                                           fn_name=f"raw_tracepoint__{tp}".encode())
 
     def off(self) -> None:
-        self.bpf.detach_raw_tracepoint(tp=b"sys_enter")
+        for tp in self.tracepoints:
+            self.bpf.detach_raw_tracepoint(tp=tp.encode())
 
 
 def program_times(bpf) -> dict[str, tuple[int, int]]:
@@ -168,6 +176,37 @@ def overhead(runs: list[float], base: list[float]) -> tuple[float, float, float]
     return statistics.mean(pct), se, statistics.median(pct)
 
 
+def report_loop(args, rounds, ns, rates, counters, per_call) -> None:
+    base_ns, floor_ns, cap_ns, plain_ns = ns
+    base_rate, floor_rate, cap_rate, plain_rate = rates
+    floor_added = floor_ns - base_ns
+    print(f"getppid loop on {CPUS} CPUs, {args.calls:,} calls per CPU, "
+          f"best of {args.reps} interleaved rounds"
+          + (", capture with strict_compat" if args.strict_compat else ""))
+    print(f"{'':28}{'syscalls/s':>14}{'ns/syscall':>12}{'added ns':>10}")
+    print(f"{'untraced':28}{base_rate:>14,.0f}{base_ns:>12.1f}{0:>10.1f}")
+    print(f"{'floor (count only)':28}{floor_rate:>14,.0f}{floor_ns:>12.1f}{floor_added:>10.1f}")
+    for label, rate, added in (("sysdream capture", cap_rate, cap_ns - base_ns),
+                               ("... without context records", plain_rate,
+                                plain_ns - base_ns)):
+        print(f"{label:28}{rate:>14,.0f}{added + base_ns:>12.1f}{added:>10.1f}")
+    for label, key, best in (("sysdream / floor", "capture", cap_ns),
+                             ("without context / floor", "no context", plain_ns)):
+        ratio = (best - base_ns) / floor_added if floor_added > 0 else float("nan")
+        triples = zip(rounds["untraced"], rounds["floor"], rounds[key], strict=True)
+        per_round = statistics.median((c - u) / (f - u) for u, f, c in triples if f > u)
+        print(f"added cost ratio, {label}: {ratio:.2f}x best of each "
+              f"({per_round:.2f}x median of the rounds' own ratios)")
+    print(f"lost: {counters['lost_syscalls']} syscalls to a full ring buffer, "
+          f"{counters['lost_nostorage']} to no thread storage "
+          f"(of {counters['traced']:,} traced)")
+    if per_call:
+        print(f"BPF program run time (kernel.bpf_stats_enabled, best of 3): floor "
+              f"{per_call['floor']:.1f} ns per syscall, sysdream capture "
+              f"{per_call['capture']:.1f} ns: {per_call['capture'] - per_call['floor']:+.1f} "
+              "ns over the floor")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=5_000_000, help="getppid calls per CPU")
@@ -176,6 +215,8 @@ def main() -> int:
                     help="capture with strict_compat (each syscall's table checked)")
     ap.add_argument("--read-interval", type=float, default=READ_INTERVAL_S,
                     help="the reader's timer in seconds (the daemon's: %(default)s)")
+    ap.add_argument("--loop-only", action="store_true",
+                    help="only the getppid loop (no mixed workload)")
     args = ap.parse_args()
     from bcc import BPF
 
@@ -196,16 +237,22 @@ def main() -> int:
         cap_hook.off()
         drain = Drain(cap, args.read_interval)
         drain.start()
+        # The same capture without process context records (what it was before them),
+        # for the loop only: context records are sent per process, never per syscall.
+        plain = Capture(dataclasses.replace(settings, context=False))
+        plain_hook = Hook(plain.bpf)
+        plain_hook.off()
+        plain_drain = Drain(plain, args.read_interval)
+        plain_drain.start()
 
-        # Interleaved rounds: the VM's speed drifts, and drift must hit all three alike;
-        # the order turns each round, so that none is always the first (cold) run.
-        hooks = {"untraced": None, "floor": floor_hook, "capture": cap_hook}
-
-        def interleaved(run) -> dict[str, list[float]]:
+        # Interleaved rounds: the VM's speed drifts, and drift must hit all alike; the
+        # order turns each round, so that none is always the first (cold) run.
+        def interleaved(run, hooks) -> dict[str, list[float]]:
             out: dict[str, list[float]] = {k: [] for k in hooks}
+            n = len(hooks)
             for r in range(args.reps):
                 names = list(hooks)
-                for name in names[r % 3:] + names[:r % 3]:
+                for name in names[r % n:] + names[:r % n]:
                     if hooks[name]:
                         hooks[name].on()
                     out[name].append(run())
@@ -213,10 +260,25 @@ def main() -> int:
                         hooks[name].off()
             return out
 
-        rounds = interleaved(lambda: loop_ns(exe, args.calls))
-        base_ns, floor_ns, cap_ns = (min(rounds[k]) for k in ("untraced", "floor", "capture"))
-        base_rate, floor_rate, cap_rate = (CPUS * 1e9 / ns for ns in (base_ns, floor_ns, cap_ns))
+        hooks = {"untraced": None, "floor": floor_hook, "capture": cap_hook}
+        rounds = interleaved(lambda: loop_ns(exe, args.calls),
+                             {**hooks, "no context": plain_hook})
+        base_ns, floor_ns, cap_ns, plain_ns = (
+            min(rounds[k]) for k in ("untraced", "floor", "capture", "no context"))
+        base_rate, floor_rate, cap_rate, plain_rate = (
+            CPUS * 1e9 / ns for ns in (base_ns, floor_ns, cap_ns, plain_ns))
         counters = cap.counters()
+        plain_drain.stop.set()
+        plain_drain.join()
+        plain.close()
+        if args.loop_only:
+            floor.cleanup()
+            drain.stop.set()
+            drain.join()
+            cap.close()
+            report_loop(args, rounds, (base_ns, floor_ns, cap_ns, plain_ns),
+                        (base_rate, floor_rate, cap_rate, plain_rate), counters, None)
+            return 0
 
         # The mixed workload, interleaved the same way; each part timed on its own.
         mixed_workload(tmp)  # warm the page and dentry caches once for all
@@ -226,7 +288,7 @@ def main() -> int:
             out["reader"] = drain.cpu() - c0
             return out
 
-        mixed = interleaved(mixed_round)
+        mixed = interleaved(mixed_round, hooks)
         # Its syscalls per part, by the floor's own count.
         def seen() -> int:
             return sum(floor[b"seen"][0])
@@ -269,26 +331,8 @@ def main() -> int:
         mixed_counters = cap.counters()
         cap.close()
 
-    floor_added = floor_ns - base_ns
-    cap_added = cap_ns - base_ns
-    print(f"getppid loop on {CPUS} CPUs, {args.calls:,} calls per CPU, "
-          f"best of {args.reps} interleaved rounds"
-          + (", capture with strict_compat" if args.strict_compat else ""))
-    print(f"{'':22}{'syscalls/s':>14}{'ns/syscall':>12}{'added ns':>10}")
-    print(f"{'untraced':22}{base_rate:>14,.0f}{base_ns:>12.1f}{0:>10.1f}")
-    print(f"{'floor (count only)':22}{floor_rate:>14,.0f}{floor_ns:>12.1f}{floor_added:>10.1f}")
-    print(f"{'sysdream capture':22}{cap_rate:>14,.0f}{cap_ns:>12.1f}{cap_added:>10.1f}")
-    ratio = cap_added / floor_added if floor_added > 0 else float("nan")
-    triples = zip(rounds["untraced"], rounds["floor"], rounds["capture"], strict=True)
-    per_round = statistics.median((c - u) / (f - u) for u, f, c in triples if f > u)
-    print(f"added cost ratio, sysdream / floor: {ratio:.2f}x best of each "
-          f"({per_round:.2f}x median of the rounds' own ratios)")
-    print(f"lost: {counters['lost_syscalls']} syscalls to a full ring buffer, "
-          f"{counters['lost_nostorage']} to no thread storage "
-          f"(of {counters['traced']:,} traced)")
-    print(f"BPF program run time (kernel.bpf_stats_enabled, best of 3): floor "
-          f"{per_call['floor']:.1f} ns per syscall, sysdream capture {per_call['capture']:.1f} "
-          f"ns: {per_call['capture'] - per_call['floor']:+.1f} ns over the floor")
+    report_loop(args, rounds, (base_ns, floor_ns, cap_ns, plain_ns),
+                (base_rate, floor_rate, cap_rate, plain_rate), counters, per_call)
     print(f"mixed workload (find /usr, 10 python start-ups, 5 gcc), {args.reps} interleaved "
           "rounds: per cent over the round beside it, mean +- standard error (median); "
           f"reader timer {args.read_interval * 1000:g} ms")

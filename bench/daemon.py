@@ -13,7 +13,7 @@ filtered to its process name, so other processes do not change the load).
    16, hidden 32) and a few epochs.
 2. Reference: the load alone at 1M syscalls/s, no probes attached: its CPU per syscall.
 3. Phases, each `--warmup` s of settling and `--seconds` s measured, the daemon running
-   with the shipped defaults except an alert rate limit high enough to keep every alert:
+   with the shipped defaults except alert rate limits high enough to keep every alert:
    100k/s from 4 threads, 1M/s from 4 threads, 100k/s from 10,000 threads, and 1M/s with
    the known-window cache off (a second daemon). In every phase, 10 times a second a
    child process makes 48 syscalls the model never saw and exits: the latency from its
@@ -129,7 +129,7 @@ def train_model(exe: Path, tmp: Path, bundle: Path, epochs: int) -> Path:
 def start_daemon(bundle: Path, tmp: Path, journal: JournalNamespace,
                  cache_windows: int | None = None) -> Daemon:
     cfg = tmp / f"sysdream-{cache_windows}.toml"
-    text = "[alerts]\nrate_limit_burst = 1000000\n"
+    text = "[alerts]\nrate_limit_burst = 1000000\nrate_limit_ceiling_per_minute = 1000000\n"
     if cache_windows is not None:
         text += f"[detection]\ncache_windows = {cache_windows}\n"
     cfg.write_text(text)

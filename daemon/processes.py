@@ -50,7 +50,7 @@ TMPFS_MAGIC = 0x01021994
 _HZ = os.sysconf("SC_CLK_TCK")
 
 
-@dataclass
+@dataclass(slots=True)
 class Image:
     """One program a process ran (from an exec, or what it was running when first seen)."""
     since_ns: int
@@ -76,7 +76,7 @@ class Image:
         return out
 
 
-@dataclass
+@dataclass(slots=True)
 class Process:
     tgid: int
     start_ns: int
