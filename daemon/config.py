@@ -117,6 +117,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "rate_limit_interval_s": Key(60.0, NUM, _rng(0.001, 86400), "seconds, up to 86400"),
         "rate_limit_ceiling_per_minute": Key(60, int, _rng(1, 10**6),
                                              "an integer, 1 or more"),
+        "suppressed_summary_s": Key(60.0, NUM, _rng(1, 86400), "seconds, 1 to 86400"),
         "explain_positions": Key(5, int, _rng(1, 64), "an integer, 1 to 64"),
     },
     "metrics": {

@@ -28,6 +28,7 @@ def run(settings: CaptureSettings, seconds: float, output: str, err=sys.stderr) 
             print(f"recording to {output} for {seconds:g} s (probes attached; Ctrl-C "
                   "stops early)", file=err, flush=True)
             pending: list[np.ndarray] = []
+            context: list[np.ndarray] = []
             # Ctrl-C or SIGTERM stops early and keeps everything read so far. A flag
             # checked between reads, so a stop never lands in the middle of writing a
             # block. A SIGINT ignored on entry (a background job of a shell) stays ignored.
@@ -39,15 +40,17 @@ def run(settings: CaptureSettings, seconds: float, output: str, err=sys.stderr) 
             try:
                 while time.monotonic() < end and not stop:
                     cap.wait()
+                    context.append(cap.read_context())
                     pending.append(cap.read())
                     if time.monotonic() >= next_flush:
-                        _flush(writer, cap, pending, tids)
+                        _flush(writer, cap, pending, context, tids)
                         next_flush += FLUSH_EVERY_S
             finally:
                 for sig, handler in old.items():
                     signal.signal(sig, handler)
+            context.append(cap.read_context())
             pending.append(cap.read())
-            _flush(writer, cap, pending, tids)
+            _flush(writer, cap, pending, context, tids)
             counters = cap.counters()
     lost = counters["lost_syscalls"] + counters["lost_nostorage"]
     print(f"recorded {writer.syscalls} syscalls in {writer.records} records from "
@@ -55,7 +58,12 @@ def run(settings: CaptureSettings, seconds: float, output: str, err=sys.stderr) 
     return 0
 
 
-def _flush(writer: TraceWriter, cap: Capture, pending: list[np.ndarray], tids: set[int]) -> None:
+def _flush(writer: TraceWriter, cap: Capture, pending: list[np.ndarray],
+           context: list[np.ndarray], tids: set[int]) -> None:
+    """Context first: a process is described before its syscalls, as in the kernel."""
+    if context:
+        writer.write_context(np.concatenate(context))
+        context.clear()
     batch = np.concatenate(pending) if pending else np.empty(0, cap.dtype)
     pending.clear()
     writer.write_records(batch)

@@ -109,6 +109,7 @@ class Service:
         self._alert_lock = threading.Lock()
         self._writer = None
         self._pending: list[np.ndarray] = []
+        self._pending_context: list[np.ndarray] = []
         self._learn_started = 0.0
         self._trainer: subprocess.Popen | None = None
         self._trainer_log: list[str] = []
@@ -290,6 +291,9 @@ class Service:
         self.baseline_syscalls += int(records["count"].sum())
 
     def _flush_baseline(self) -> None:
+        if self._writer is not None and self._pending_context:
+            self._writer.write_context(np.concatenate(self._pending_context))
+            self._pending_context.clear()
         if self._writer is not None and self._pending:
             self._writer.write_records(np.concatenate(self._pending))
             self._pending.clear()
@@ -479,7 +483,7 @@ class Service:
         while not self._stop:
             cap.wait()
             # context first: a process's record is sent before its first chunk
-            self.processes.ingest(cap.read_context())
+            self._take_context(cap.read_context())
             self._take(cap.read())
             now = time.monotonic()
             if self._reload:
@@ -491,7 +495,7 @@ class Service:
                 self._flush_baseline()
                 self._learning_tick()
                 if now >= self._next_summary:
-                    self._next_summary = now + self.cfg.alerts.rate_limit_interval_s
+                    self._next_summary = now + self.cfg.alerts.suppressed_summary_s
                     self._summarise_suppressed()
                 if now >= self._next_refresh:
                     self._next_refresh = now + FILTER_REFRESH_S
@@ -528,6 +532,14 @@ class Service:
                 log(f"exclude_exes: no such file (yet): {', '.join(missing)}; excluded "
                     "once it exists")
 
+    def _take_context(self, records: np.ndarray) -> None:
+        if not records.size:
+            return
+        self.processes.ingest(records)
+        if self.phase == "learning" and self._writer is not None and \
+                self.baseline_syscalls < self.cfg.learning.max_syscalls:
+            self._pending_context.append(records)   # the baseline keeps who was who
+
     def _take(self, records: np.ndarray) -> None:
         if not records.size:
             return
@@ -540,7 +552,7 @@ class Service:
     def _shutdown(self) -> int:
         self.notify.stopping()
         cap = self.capture
-        self.processes.ingest(cap.read_context())
+        self._take_context(cap.read_context())
         self._take(cap.read())
         self.kernel_counters = cap.counters()
         if self.scorer:

@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from .printable import printable
+from .processes import ProcessTable
 
 
 def summarise(records: np.ndarray, limit: int) -> list[tuple[int, str, int]]:
@@ -26,14 +27,17 @@ def run(source, interval: float = 1.0, rows: int = 15, iterations: int | None = 
     """Show `source` (a live Capture or a TraceReplay) every `interval` seconds."""
     tty = out.isatty()
     replay = hasattr(source, "exhausted")
+    table = ProcessTable(proc="/nonexistent" if replay else "/proc")  # a trace's own only
     first = source.counters()
     prev = dict.fromkeys(first, 0) if replay else first
     done = 0
     while iterations is None or done < iterations:
         start = time.monotonic()
+        table.ingest(source.read_context())
         batches = []
-        if replay:
-            batches.append(source.read(limit=1 << 30))
+        if replay:      # the whole file, batch by batch
+            while not source.exhausted:
+                batches.append(source.read())
         else:
             while time.monotonic() - start < interval:
                 source.wait()
@@ -52,9 +56,9 @@ def run(source, interval: float = 1.0, rows: int = 15, iterations: int | None = 
                   f"delivered {int(records['count'].sum()) / scale:,.0f}  "
                   f"lost {delta.get('lost_syscalls', 0)} (ring buffer full)  "
                   f"{delta.get('lost_nostorage', 0)} (no thread storage)\n")
-        out.write(f"{'PID':>8} {'COMM':16} {rate.upper():>12}\n")
+        out.write(f"{'PID':>8} {'COMM':16} {rate.upper():>12}  EXE\n")
         for tgid, comm, n in summarise(records, rows):
-            out.write(f"{tgid:>8} {comm:16} {n / scale:>12,.0f}\n")
+            out.write(f"{tgid:>8} {comm:16} {n / scale:>12,.0f}  {table.known_exe(tgid)}\n")
         out.flush()
         done += 1
         if replay:

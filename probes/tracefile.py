@@ -7,6 +7,10 @@ Layout (little-endian):
     blocks   b"SDBK"  u32 kind  u32 length  u32 crc32(payload)  then the payload
              kind 1: records, raw `record_dtype(chunk)` rows
              kind 2: kernel counters as JSON (written at every flush and at close)
+             kind 3: process context records, `CONTEXT_DTYPE` rows compressed with zlib
+                     (mostly padding: about a tenth of their 1,464 bytes); the header's
+                     `context_record_size` says their size, and a reader that finds
+                     another size skips them with a warning and keeps the rest
 
 Each block goes out in one write and is flushed, so a crash or SIGKILL loses at most
 the block being written. A reader stops at the first truncated or damaged block,
@@ -30,13 +34,14 @@ import numpy as np
 
 from . import syscalls
 from .errors import TraceFileError
-from .layout import check_chunk, record_dtype
+from .layout import CONTEXT_DTYPE, check_chunk, record_dtype
 
 MAGIC = b"SDTRACE\0"
 VERSION = 1
 BLOCK_MAGIC = b"SDBK"
 KIND_RECORDS = 1
 KIND_COUNTERS = 2
+KIND_CONTEXT = 3
 _HEAD = struct.Struct("<8sHHI")
 _BLOCK = struct.Struct("<4sIII")
 MAX_HEADER = 16 << 20
@@ -55,6 +60,7 @@ def host_header(chunk: int, settings: dict | None = None) -> dict:
         "arch": arch,
         "syscall_table": {str(k): v for k, v in syscalls.table(arch).items()},
         "chunk": chunk,
+        "context_record_size": CONTEXT_DTYPE.itemsize,
         "capture_settings": settings or {},
         "created_unix": time.time(),
         "writer": "sysdream",
@@ -92,6 +98,12 @@ class TraceWriter:
         self.records += records.size
         self.syscalls += int(records["count"].sum())
 
+    def write_context(self, records: np.ndarray) -> None:
+        """Process context records (who each process was: executable, argv, parent)."""
+        if records.size:
+            raw = np.ascontiguousarray(records, CONTEXT_DTYPE).tobytes()
+            self._block(KIND_CONTEXT, zlib.compress(raw, 1))
+
     def write_counters(self, counters: dict) -> None:
         self._block(KIND_COUNTERS, json.dumps(counters, sort_keys=True).encode())
 
@@ -114,6 +126,7 @@ class Trace:
     records: np.ndarray
     counters: dict = field(default_factory=dict)
     damaged: str | None = None   # why reading stopped early, if it did
+    context: np.ndarray = field(default_factory=lambda: np.empty(0, CONTEXT_DTYPE))
 
     @property
     def arch(self) -> str:
@@ -152,6 +165,8 @@ def read_trace(path: str | os.PathLike) -> Trace:
             from None
     dtype = record_dtype(chunk)
     blocks: list[np.ndarray] = []
+    contexts: list[np.ndarray] = []
+    context_size = header.get("context_record_size")
     counters: dict = {}
     damaged = None
     pos = _HEAD.size + hlen
@@ -176,6 +191,16 @@ def read_trace(path: str | os.PathLike) -> Trace:
                 damaged = f"records block at byte {pos} is not a whole number of records"
                 break
             blocks.append(np.frombuffer(payload, dtype=dtype))
+        elif kind == KIND_CONTEXT and context_size is not None:
+            raw = _inflate(payload, MAX_BLOCK)
+            if context_size != CONTEXT_DTYPE.itemsize or raw is None \
+                    or len(raw) % CONTEXT_DTYPE.itemsize:
+                warnings.warn(f"{path}: process context at byte {pos} skipped (another "
+                              f"layout, or not readable); the syscalls are kept",
+                              TraceDamageWarning, stacklevel=2)
+                context_size = None     # warn once, skip the rest of it
+            else:
+                contexts.append(np.frombuffer(raw, dtype=CONTEXT_DTYPE))
         elif kind == KIND_COUNTERS:
             try:
                 counters = json.loads(payload)
@@ -187,7 +212,18 @@ def read_trace(path: str | os.PathLike) -> Trace:
         warnings.warn(f"{path}: {damaged}; kept the records before it", TraceDamageWarning,
                       stacklevel=2)
     records = np.concatenate(blocks) if blocks else np.empty(0, dtype)
-    return Trace(header, records, counters, damaged)
+    context = np.concatenate(contexts) if contexts else np.empty(0, CONTEXT_DTYPE)
+    return Trace(header, records, counters, damaged, context)
+
+
+def _inflate(payload: bytes, limit: int) -> bytes | None:
+    """zlib-decompressed payload, or None when it is not zlib or would exceed `limit`."""
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(payload, limit)
+    except zlib.error:
+        return None
+    return None if d.unconsumed_tail or not d.eof else out
 
 
 class TraceReplay:
@@ -198,6 +234,7 @@ class TraceReplay:
         self.dtype = self.trace.records.dtype
         self.batch = batch
         self._pos = 0
+        self._context_read = False
 
     def wait(self, timeout: float = 0.0) -> None:
         """Replay never waits: records are there already."""
@@ -207,6 +244,13 @@ class TraceReplay:
         out = self.trace.records[self._pos:self._pos + n]
         self._pos += out.size
         return out
+
+    def read_context(self) -> np.ndarray:
+        """The trace's process context records (all of them, once)."""
+        if self._context_read:
+            return np.empty(0, CONTEXT_DTYPE)
+        self._context_read = True
+        return self.trace.context
 
     @property
     def exhausted(self) -> bool:

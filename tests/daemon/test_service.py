@@ -156,7 +156,8 @@ def test_metrics_port_taken_exits_13_with_one_line(tmp_path):
 def test_journald_down_then_back(ebpf_ready, tmp_path, journal, tiny_bundle):
     """Alerts reach journald; with journald gone they go to stderr as JSON lines and are
     counted, the daemon keeps running; when journald returns, alerts go to it again."""
-    cfg = write_config(tmp_path, "[alerts]\nrate_limit_burst = 1000\n")
+    cfg = write_config(tmp_path, "[alerts]\nrate_limit_burst = 1000\n"
+                       "rate_limit_ceiling_per_minute = 100000\n")
     prog = workload(tmp_path, "sdodd")
     d = Daemon(["--config", str(cfg), "--model", str(tiny_bundle), "--state-dir",
                 str(tmp_path / "state"), "--comm", "sdodd"], tmp_path,

@@ -232,3 +232,46 @@ def test_context_off_sends_no_context_records(capture):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__]))
+
+
+def test_a_recorded_trace_keeps_who_each_process_was(ebpf_ready, tmp_path):
+    """`sysdream record` writes the context records beside the syscalls; `top --replay`
+    names each process's executable from them, with no /proc to ask."""
+    from sysdream.probes.tracefile import read_trace
+
+    trace = tmp_path / "t.sdtrace"
+    rec = subprocess.Popen([sys.executable, "-m", "sysdream.daemon.cli", "record",
+                            "--seconds", "2", "-o", str(trace)], stderr=subprocess.PIPE,
+                           text=True)
+    assert "probes attached" in rec.stderr.readline()
+    child = subprocess.run(["/usr/bin/env", "SD=2", "/bin/sleep", "0.3"], check=True)
+    assert child.returncode == 0
+    _, err = rec.communicate(timeout=60)
+    assert rec.returncode == 0, err
+    t = read_trace(trace)
+    execs = t.context[(t.context["kind"] == CTX_EXEC)]
+    sleeps = [r for r in execs if path_of(r) == os.path.realpath("/bin/sleep")]
+    assert sleeps and args_of(sleeps[0]) == [b"/bin/sleep", b"0.3"]
+    pid = int(sleeps[0]["tgid"])
+    out = subprocess.run([sys.executable, "-m", "sysdream.daemon.cli", "top", "--replay",
+                          str(trace), "--rows", "1000"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    line = next(ln for ln in out.stdout.splitlines() if ln.split()[:1] == [str(pid)])
+    assert line.endswith(os.path.realpath("/bin/sleep"))
+
+
+def test_a_context_block_of_another_layout_is_skipped_and_the_syscalls_kept(tmp_path):
+    from sysdream.probes import tracefile
+    from sysdream.probes.layout import record_dtype
+
+    path = tmp_path / "x.sdtrace"
+    header = tracefile.host_header(64)
+    header["context_record_size"] = 999
+    recs = np.zeros(3, record_dtype(64))
+    recs["count"] = 5
+    with tracefile.TraceWriter(path, header) as w:
+        w.write_context(np.zeros(2, CONTEXT_DTYPE))
+        w.write_records(recs)
+    with pytest.warns(tracefile.TraceDamageWarning, match="process context"):
+        t = tracefile.read_trace(path)
+    assert t.context.size == 0 and t.records.size == 3 and t.damaged is None
