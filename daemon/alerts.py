@@ -42,7 +42,7 @@ ALERT_FIELDS = ("kind", "alert_id", "fingerprint", "severity", "hostname", "pid"
                 "login_user", "loginuid", "session", "ppid", "lineage", "lineage_text",
                 "cgroup_id", "cgroup", "unit", "container_id", "container_runtime",
                 "process_start_ns", "context_source", "score", "bound", "confidence",
-                "sigmas", "model_id", "evidence", "position", "syscalls", "context",
+                "sigmas", "model_id", "evidence", "episode", "position", "syscalls", "context",
                 "unknown_syscalls", "surprises", "attention", "suppressed", "incident_count",
                 "latency_s", "time", "time_rfc3339")
 
@@ -90,7 +90,10 @@ def anomaly_fields(det, context: dict | None = None) -> dict:
         "score": round(det.score, 6), "bound": round(m.bound.bound, 6),
         "confidence": m.bound.confidence, "sigmas": round(sigmas, 3),
         "model_id": m.model_id,
-        "evidence": f"{det.exceedances}/{det.evidence_m}",
+        "evidence": f"{det.exceedances}/{det.evidence_m}" + (
+            f" in {len(det.episode['pids'])} processes of parent {det.episode['parent_pid']}"
+            if det.episode else ""),
+        "episode": det.episode or {},
         "position": ex["start"], "syscalls": ex["syscalls"], "context": ex.get("context", []),
         "unknown_syscalls": unknown, "surprises": ex["surprises"],
         "attention": ex.get("attention", []), "suppressed": 0, "incident_count": 1,

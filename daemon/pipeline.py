@@ -89,6 +89,7 @@ class Block:
     exe: str = ""         # the process's executable (process table), "" when not known yet
     first_ns: int = 0     # kernel time of the oldest record the block's syscalls came in
     delivery_peer: bool = False   # made by the program that takes our alerts (journald)
+    parent: tuple = ()    # the process's parent key (ppid, start ns), () when not known
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -99,7 +100,7 @@ class Block:
 
 class _Thread:
     __slots__ = ("tid", "tgid", "comm", "cgroup", "buf", "base", "n", "next_start",
-                 "last_seq", "covered", "exe", "peer", "first_ns")
+                 "last_seq", "covered", "exe", "peer", "first_ns", "parent")
 
     def __init__(self, tid: int, tgid: int, comm: str, cgroup: int, first_seq: int, lead: int,
                  exe: str):
@@ -115,6 +116,7 @@ class _Thread:
         self.exe = exe
         self.peer = False       # the program that takes our alerts (see Block)
         self.first_ns = 0       # oldest record time of the current ingest
+        self.parent = ()        # the parent's key, for episodes (see Episodes)
 
 
 @dataclass
@@ -205,7 +207,7 @@ class WindowQueue:
                         out.append(Block(head.tid, head.tgid, head.comm, head.cgroup,
                                          head.spans[:n], head.valid[:n], head.starts[:n],
                                          head.ns, head.exe, head.first_ns,
-                                         head.delivery_peer))
+                                         head.delivery_peer, head.parent))
                         head.drop_front(n)
                     self._account(tgid, n)
                     taken += n
@@ -285,6 +287,8 @@ class Cutter:
             t.exe = self._exe(int(last["tgid"])) or t.exe
             t.peer = self.processes is not None and \
                 self.processes.delivery_peer(int(last["tgid"]))
+            t.parent = self.processes.parent_key(int(last["tgid"])) \
+                if self.processes is not None else ()
         t.first_ns = int(recs[0]["first_ns"])
         t.tgid, t.cgroup = int(last["tgid"]), int(last["cgroup_id"])
         expected = np.r_[t.last_seq + 1, seqs[:-1] + 1]
@@ -346,7 +350,7 @@ class Cutter:
         spans[ok] = t.buf[rel[ok]]
         self.counters.windows_cut += len(starts)
         self.queue.put(Block(t.tid, t.tgid, t.comm, t.cgroup, spans, valid, starts, ns,
-                             t.exe, t.first_ns or ns, t.peer))
+                             t.exe, t.first_ns or ns, t.peer, t.parent))
 
 
 class Evidence:
@@ -383,6 +387,48 @@ class Evidence:
                 self.recent.move_to_end(tgid)
             return []
         return [(i, n) for i, x in enumerate(exceeded.tolist()) if (n := self.add(tgid, x))]
+
+
+class Episodes:
+    """Related short-lived processes judged together. A process with fewer windows than
+    the evidence rule needs can never raise an alert on its own, so an attack split into
+    short steps would pass unseen. The young windows (among a process's first m) of the
+    children of one parent within `span_s` seconds form an episode: it alerts when k of
+    its last m windows are above the bound and they come from at least two processes (one
+    process alone is the per-process rule's business)."""
+
+    def __init__(self, k: int, m: int, span_s: float = 10.0, max_groups: int = 4096):
+        self.k, self.m, self.span_ns, self.max = k, m, int(span_s * 1e9), max_groups
+        self.recent: OrderedDict[tuple, deque] = OrderedDict()
+
+    def add_many(self, key: tuple, tgid: int, exceeded: np.ndarray, ns: int
+                 ) -> list[tuple[int, int, list[int]]]:
+        """Record a run of one process's young windows (kernel time `ns`); (index,
+        exceedances, pids) of each window that completes an episode."""
+        if not key or not len(exceeded):
+            return []
+        d = self.recent.get(key)
+        if d is None:
+            if not exceeded.any():
+                return []
+            d = self.recent[key] = deque(maxlen=self.m)
+            if len(self.recent) > self.max:
+                self.recent.popitem(last=False)
+        else:
+            self.recent.move_to_end(key)
+        out = []
+        for i, x in enumerate(exceeded.tolist()):
+            d.append((ns, tgid, x))
+            while d and d[0][0] < ns - self.span_ns:
+                d.popleft()
+            if not x:
+                continue
+            hits = [e for e in d if e[2]]
+            pids = sorted({e[1] for e in hits})
+            if len(hits) >= self.k and len(pids) >= 2:
+                out.append((i, len(hits), pids))
+                d.clear()
+        return out
 
 
 class WindowCache:
@@ -438,6 +484,7 @@ class Detection:
     evidence_m: int
     model: ModelView
     explanation: dict
+    episode: dict | None = None     # for an episode: parent pid, pids, exceedances
 
 
 class _Part:
@@ -460,6 +507,7 @@ class Scorer:
         self.deliveries = deliveries    # alerts.Deliveries: when we last sent to journald
         self.on_detection, self.observe = on_detection, observe
         self.evidence = Evidence(evidence_k, evidence_m)
+        self.episodes = Episodes(evidence_k, evidence_m)
         self.cache = WindowCache(cache_windows, model.span)
         self.batch_windows, self.batch_wait = batch_windows, batch_wait_ms / 1000
         self.explain_positions = explain_positions
@@ -480,6 +528,7 @@ class Scorer:
         with self._lock:
             if (evidence_k, evidence_m) != (self.evidence.k, self.evidence.m):
                 self.evidence = Evidence(evidence_k, evidence_m)
+                self.episodes = Episodes(evidence_k, evidence_m)
 
     def start(self) -> None:
         self.thread = threading.Thread(target=self._run, name="sysdream-scorer", daemon=True)
@@ -612,6 +661,18 @@ class Scorer:
                 d = Detection(b, i, float(scores[lo + i]), n, evidence.m, model, ex)
                 out.append(d)
                 self.on_detection(d)
+            # the same windows, as part of an episode of their parent's young children
+            young = np.flatnonzero(b.starts < evidence.m * model.s)
+            if b.parent and young.size:
+                for j, n, pids in self.episodes.add_many(b.parent, b.tgid,
+                                                         exceeds[lo:hi][young], b.ns):
+                    i = int(young[j])
+                    ex = self.explain(model, b, i)
+                    ep = {"parent_pid": b.parent[0], "pids": pids, "exceedances": n,
+                          "windows": self.episodes.m}
+                    d = Detection(b, i, float(scores[lo + i]), n, evidence.m, model, ex, ep)
+                    out.append(d)
+                    self.on_detection(d)
         return out
 
     def _delivery_windows(self, b: Block, model: ModelView) -> np.ndarray:

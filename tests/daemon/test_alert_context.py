@@ -260,3 +260,31 @@ def test_journald_handling_our_alerts_raises_none(ebpf_ready, tmp_path, journal,
     journald = [v for k, v in m.items() if k.startswith("sysdream_anomalous_windows_total")
                 and "systemd-journald" in k]
     assert journald and journald[0] >= m[key]
+
+
+def test_short_lived_steps_are_judged_together(ebpf_ready, tmp_path, journal, group,
+                                               tiny_bundle):
+    """Twenty children of one parent, six syscalls each: none has the windows the
+    evidence rule (3 of 8, the default) needs, so alone none could alert; as an episode
+    of their parent they do, and the alert names the parent and the steps."""
+    rel, cg_id, cg_dir = group
+    prog = gcc(tmp_path, DATA / "shortlived.c")
+    cfg = tmp_path / "default-evidence.toml"
+    cfg.write_text("[alerts]\nrate_limit_burst = 100\nrate_limit_ceiling_per_minute = 1000\n")
+    d = start_daemon(tmp_path, cfg, tiny_bundle, cg_id, journal)
+    try:
+        proc = start_in(cg_dir, [str(prog), "20"], stdin=subprocess.PIPE)
+        proc.communicate(b"g", timeout=30)
+        assert proc.returncode == 0
+
+        def episodes():
+            return [e for e in entries_for(journal)
+                    if json.loads(e["SYSDREAM_EPISODE"]).get("parent_pid") == proc.pid]
+        found = wait_for(episodes, 30, "an episode alert\n" + d.stderr[-2000:])
+    finally:
+        d.kill()
+    ep = json.loads(found[0]["SYSDREAM_EPISODE"])
+    assert len(ep["pids"]) >= 2 and proc.pid not in ep["pids"]
+    assert found[0]["SYSDREAM_PPID"] == str(proc.pid)
+    assert f"processes of parent {proc.pid}" in found[0]["SYSDREAM_EVIDENCE"]
+    assert found[0]["SYSDREAM_EXE"] == str(prog)      # a fork of the parent's program

@@ -254,3 +254,43 @@ def test_queue_capacity_is_respected_for_any_block_size(tiny_detector, bad):
     cutter.ingest(records(1, sample_normal(1, 8 * (17 + bad))))
     assert queue.size <= 16
     assert c.windows_cut == queue.size + c.windows_shed["queue_full"]
+
+
+@pytest.mark.parametrize("parents_known", [True, False])
+def test_short_lived_children_of_one_parent_are_judged_together(tiny_detector,
+                                                                parents_known):
+    """Ten children of one parent, each making six odd syscalls and exiting: one window
+    each, so none can reach 3 of 8 alone; judged together as an episode they alert,
+    naming the parent and the children; with no parent known, nothing can."""
+    from sysdream.daemon.processes import Process, ProcessTable
+
+    view, _c, queue, cutter, scorer, found = make(tiny_detector)
+    table = ProcessTable()
+    for pid in range(200, 210):
+        table._put(Process(pid, 1000 + pid, 77 if parents_known else 0, 500))
+    cutter.processes = table
+    step = ["clone", "execve", "socket", "connect", "dup2", "dup2"]
+    for pid in range(200, 210):
+        cutter.ingest(records(pid, step, exit=True, t0=10_000 + pid))
+    scorer.process(drain(queue))
+    if not parents_known:
+        assert found == []
+        return
+    assert found and all(d.episode for d in found)
+    ep = found[0].episode
+    assert ep["parent_pid"] == 77 and len(ep["pids"]) >= 2 and ep["exceedances"] >= 3
+    assert set(ep["pids"]) <= set(range(200, 210)) and found[0].block.tgid in ep["pids"]
+
+
+def test_an_episode_needs_two_processes_and_recent_windows():
+    from sysdream.daemon.pipeline import Episodes
+
+    ep = Episodes(k=3, m=8, span_s=10.0)
+    hit = np.array([True])
+    assert ep.add_many((1, 5), 100, np.array([True, True, True]), ns=1) == []  # one process
+    got = ep.add_many((1, 5), 101, hit, ns=2)
+    assert got == [(0, 4, [100, 101])]
+    ep.add_many((2, 5), 300, hit, ns=0)
+    ep.add_many((2, 5), 301, hit, ns=1)
+    assert ep.add_many((2, 5), 302, hit, ns=int(20e9)) == []   # the others are too old
+    assert ep.add_many((), 400, hit, ns=0) == []                # no parent: no episode
