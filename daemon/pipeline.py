@@ -90,6 +90,7 @@ class Block:
     first_ns: int = 0     # kernel time of the oldest record the block's syscalls came in
     delivery_peer: bool = False   # made by the program that takes our alerts (journald)
     parent: tuple = ()    # the process's parent key (ppid, start ns), () when not known
+    key: tuple = ()       # the process's own key (tgid, start ns): a reused pid is another
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -100,7 +101,7 @@ class Block:
 
 class _Thread:
     __slots__ = ("tid", "tgid", "comm", "cgroup", "buf", "base", "n", "next_start",
-                 "last_seq", "covered", "exe", "peer", "first_ns", "parent")
+                 "last_seq", "covered", "exe", "peer", "first_ns", "parent", "key")
 
     def __init__(self, tid: int, tgid: int, comm: str, cgroup: int, first_seq: int, lead: int,
                  exe: str):
@@ -117,6 +118,7 @@ class _Thread:
         self.peer = False       # the program that takes our alerts (see Block)
         self.first_ns = 0       # oldest record time of the current ingest
         self.parent = ()        # the parent's key, for episodes (see Episodes)
+        self.key = (tgid, 0)    # the process's key, for its evidence
 
 
 @dataclass
@@ -207,7 +209,7 @@ class WindowQueue:
                         out.append(Block(head.tid, head.tgid, head.comm, head.cgroup,
                                          head.spans[:n], head.valid[:n], head.starts[:n],
                                          head.ns, head.exe, head.first_ns,
-                                         head.delivery_peer, head.parent))
+                                         head.delivery_peer, head.parent, head.key))
                         head.drop_front(n)
                     self._account(tgid, n)
                     taken += n
@@ -287,8 +289,8 @@ class Cutter:
             t.exe = self._exe(int(last["tgid"])) or t.exe
             t.peer = self.processes is not None and \
                 self.processes.delivery_peer(int(last["tgid"]))
-            t.parent = self.processes.parent_key(int(last["tgid"])) \
-                if self.processes is not None else ()
+            if self.processes is not None:
+                t.key, t.parent = self.processes.keys(int(last["tgid"]))
         t.first_ns = int(recs[0]["first_ns"])
         t.tgid, t.cgroup = int(last["tgid"]), int(last["cgroup_id"])
         expected = np.r_[t.last_seq + 1, seqs[:-1] + 1]
@@ -350,17 +352,19 @@ class Cutter:
         spans[ok] = t.buf[rel[ok]]
         self.counters.windows_cut += len(starts)
         self.queue.put(Block(t.tid, t.tgid, t.comm, t.cgroup, spans, valid, starts, ns,
-                             t.exe, t.first_ns or ns, t.peer, t.parent))
+                             t.exe, t.first_ns or ns, t.peer, t.parent, t.key))
 
 
 class Evidence:
-    """Per process: alert when k of its last m windows exceeded the bound."""
+    """Per process: alert when k of its last m windows exceeded the bound. Keyed by the
+    process's key (tgid, start) where the process table knows it, so a reused pid starts
+    afresh; by the tgid alone where it does not."""
 
     def __init__(self, k: int, m: int, max_processes: int = 65536):
         self.k, self.m, self.max = k, m, max_processes
         self.recent: OrderedDict[int, deque] = OrderedDict()
 
-    def add(self, tgid: int, exceeded: bool) -> int:
+    def add(self, tgid, exceeded: bool) -> int:
         """Record one window; returns the exceedances in the last m when that reaches k
         (and then starts over), else 0."""
         d = self.recent.get(tgid)
@@ -377,7 +381,7 @@ class Evidence:
             return n
         return 0
 
-    def add_many(self, tgid: int, exceeded: np.ndarray) -> list[tuple[int, int]]:
+    def add_many(self, tgid, exceeded: np.ndarray) -> list[tuple[int, int]]:
         """Record a run of one process's windows; (index, exceedances) of each that
         completes the evidence. A run without exceedances for a process with none pending
         changes nothing that matters and costs no per-window work."""
@@ -656,7 +660,7 @@ class Scorer:
                 if aside.any():
                     c.set_aside["own_alert_delivery"] += int(aside.sum())
                     exceeds[lo:hi] &= ~aside
-            for i, n in evidence.add_many(b.tgid, exceeds[lo:hi]):
+            for i, n in evidence.add_many(b.key or b.tgid, exceeds[lo:hi]):
                 ex = self.explain(model, b, i)
                 d = Detection(b, i, float(scores[lo + i]), n, evidence.m, model, ex)
                 out.append(d)

@@ -268,12 +268,15 @@ class ProcessTable:
             p = self.entries[keys[-1]] if keys else None
             return p.images[-1].exe if p is not None and p.images else ""
 
-    def parent_key(self, tgid: int) -> tuple:
-        """(ppid, parent start) of the newest process `tgid` the table holds, () if none."""
+    def keys(self, tgid: int) -> tuple[tuple, tuple]:
+        """The newest process `tgid`'s own key (tgid, start) and its parent's
+        (ppid, start); (tgid, 0) and () when the table does not know it."""
         with self._lock:
             keys = self.by_pid.get(tgid)
             p = self.entries[keys[-1]] if keys else None
-            return (p.ppid, p.parent_start_ns) if p is not None and p.ppid else ()
+            if p is None:
+                return (tgid, 0), ()
+            return p.key, ((p.ppid, p.parent_start_ns) if p.ppid else ())
 
     def delivery_peer(self, tgid: int) -> bool:
         """Whether `tgid` is a program that takes this daemon's alerts (journald, by its

@@ -294,3 +294,22 @@ def test_an_episode_needs_two_processes_and_recent_windows():
     ep.add_many((2, 5), 301, hit, ns=1)
     assert ep.add_many((2, 5), 302, hit, ns=int(20e9)) == []   # the others are too old
     assert ep.add_many((), 400, hit, ns=0) == []                # no parent: no episode
+
+
+def test_evidence_does_not_carry_over_to_a_process_that_reuses_a_pid(tiny_detector):
+    """Two windows above the bound from one process, one from the next process given the
+    same pid: 3 of 8 only if they were taken for one process."""
+    from sysdream.daemon.processes import Process, ProcessTable
+
+    odd = ["clone", "execve", "socket", "connect", "dup2", "dup2", "execve", "socket"]
+    for keyed in (False, True):
+        view, _c, queue, cutter, scorer, found = make(tiny_detector)
+        table = ProcessTable()
+        cutter.processes = table if keyed else None
+        table._put(Process(300, 1000))
+        cutter.ingest(records(300, odd * 2, exit=True, t0=2000))
+        scorer.process(drain(queue))
+        table._put(Process(300, 5000))                 # the pid, given to a new process
+        cutter.ingest(records(300, odd, exit=True, t0=6000))
+        scorer.process(drain(queue))
+        assert len(found) == (0 if keyed else 1), keyed
