@@ -23,6 +23,8 @@ import time
 import uuid
 from collections import OrderedDict, deque
 
+from .config import ConfigError
+
 # One fixed MESSAGE_ID per kind (journalctl MESSAGE_ID=...): generated once, never change.
 MESSAGE_IDS = {
     "anomaly": "6c1f3a9e4b2d4f7e8a05d2c9b7e1f342",
@@ -65,8 +67,9 @@ def fingerprint(context: dict, unknown: list[str], surprises: list[dict]) -> str
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def anomaly_fields(det, context: dict | None = None) -> dict:
-    """The alert fields of a pipeline Detection; `context` from the process table."""
+def anomaly_fields(det, context: dict | None = None, comm: str | None = None) -> dict:
+    """The alert fields of a pipeline Detection; `context` from the process table and
+    `comm` for the window's own time (Block.who)."""
     b, ex, m = det.block, det.explanation, det.model
     ctx = dict(context or {})
     ctx.setdefault("exe", b.exe)
@@ -79,7 +82,7 @@ def anomaly_fields(det, context: dict | None = None) -> dict:
         "kind": "anomaly", "alert_id": str(uuid.uuid4()),
         "fingerprint": fingerprint(ctx, unknown, ex["surprises"]),
         "severity": "high" if high else "medium", "hostname": HOSTNAME,
-        "pid": b.tgid, "tid": b.tid, "comm": b.comm}
+        "pid": b.tgid, "tid": b.tid, "comm": b.comm if comm is None else comm}
     for key in ALERT_FIELDS[ALERT_FIELDS.index("exe"):ALERT_FIELDS.index("cgroup_id")]:
         fields[key] = ctx.get(key, "")
     fields["cgroup_id"] = b.cgroup
@@ -248,8 +251,15 @@ class AlertSink:
                 self._json = sys.stdout
             elif json_lines:
                 # alerts name processes and their command lines: readable by root only
-                fd = os.open(json_lines, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-                             | os.O_NOFOLLOW, 0o600)
+                try:
+                    fd = os.open(json_lines, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                                 | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+                except OSError as exc:
+                    self._json = None
+                    raise ConfigError(
+                        f"[alerts] json_lines {json_lines}: cannot open it ({exc.strerror}); "
+                        "name a file in a directory the daemon may write (under systemd: "
+                        "LogsDirectory= or StateDirectory=), not a link") from None
                 self._json = os.fdopen(fd, "a", buffering=1)
             else:
                 self._json = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 from sysdream.model.bundle import BundleError
@@ -221,7 +222,7 @@ def run_overrides(args: argparse.Namespace) -> dict:
          ("metrics", "port"): args.metrics_port,
          ("metrics", "enabled"): False if args.no_metrics else None,
          ("alerts", "json_lines"): args.json_lines if args.json_lines in (None, "-", "")
-         else str(Path(args.json_lines).resolve()),
+         else str(Path(args.json_lines).absolute()),  # not resolved: a link is refused
          ("alerts", "journald"): False if args.no_journald else None,
          ("capture", "chunk"): args.chunk,
          ("capture", "strict_compat"): True if args.strict_compat else None}
@@ -253,7 +254,13 @@ def _run(args: argparse.Namespace) -> int:
         svc.close()
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (a damaged trace read up to the damage) as one line, not Python's two."""
+    print(f"sysdream: warning: {message}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _one_line_warning
     args = build_parser().parse_args(argv)
     # SIGTERM stops like Ctrl-C: probes are detached on the way out.
     signal.signal(signal.SIGTERM, signal.default_int_handler)

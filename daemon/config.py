@@ -267,6 +267,9 @@ def load(path: str | Path | None, required: bool = False) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: nested too deep to be a sysdream configuration; copy "
+                          "packaging/sysdream.toml and edit it") from None
     return check(data, str(p), text)
 
 

@@ -91,6 +91,16 @@ class Block:
     delivery_peer: bool = False   # made by the program that takes our alerts (journald)
     parent: tuple = ()    # the process's parent key (ppid, start ns), () when not known
     key: tuple = ()       # the process's own key (tgid, start ns): a reused pid is another
+    exec_at: int = -1     # stream position after the thread's last exec, -1 if none seen:
+    exec_ns: int = 0      # a window ending before it was made by the program before,
+    comm_before: str = ""  # under this name, at exec_ns (see `who`)
+
+    def who(self, row: int, p: int) -> tuple[int, str]:
+        """(kernel time, name) that say who made window `row`: the program before the
+        last exec for a window that ended before it, else the one after."""
+        if self.exec_at >= 0 and int(self.starts[row]) + p <= self.exec_at:
+            return self.exec_ns - 1, self.comm_before or self.comm
+        return self.ns, self.comm
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -101,7 +111,8 @@ class Block:
 
 class _Thread:
     __slots__ = ("tid", "tgid", "comm", "cgroup", "buf", "base", "n", "next_start",
-                 "last_seq", "covered", "exe", "peer", "first_ns", "parent", "key")
+                 "last_seq", "covered", "exe", "peer", "first_ns", "parent", "key", "exec_at",
+                 "exec_ns", "comm_before")
 
     def __init__(self, tid: int, tgid: int, comm: str, cgroup: int, first_seq: int, lead: int,
                  exe: str):
@@ -119,6 +130,9 @@ class _Thread:
         self.first_ns = 0       # oldest record time of the current ingest
         self.parent = ()        # the parent's key, for episodes (see Episodes)
         self.key = (tgid, 0)    # the process's key, for its evidence
+        self.exec_at = -1       # stream position just after its last exec (-1: none seen)
+        self.exec_ns = 0        # ... the kernel time of that exec
+        self.comm_before = ""   # ... and the name it had before
 
 
 @dataclass
@@ -209,7 +223,8 @@ class WindowQueue:
                         out.append(Block(head.tid, head.tgid, head.comm, head.cgroup,
                                          head.spans[:n], head.valid[:n], head.starts[:n],
                                          head.ns, head.exe, head.first_ns,
-                                         head.delivery_peer, head.parent, head.key))
+                                         head.delivery_peer, head.parent, head.key,
+                                         head.exec_at, head.exec_ns, head.comm_before))
                         head.drop_front(n)
                     self._account(tgid, n)
                     taken += n
@@ -284,8 +299,13 @@ class Cutter:
                 self.counters.threads_evicted += 1
         else:
             self.threads.move_to_end(tid)
+        execs = np.flatnonzero(recs["flags"] & REC_EXEC)
+        if execs.size:   # where in the stream the program changed, and what ran before
+            t.exec_at = t.n + int(counts[:execs[-1] + 1].sum())
+            t.exec_ns = int(recs[execs[-1]]["last_ns"])
+            t.comm_before = t.comm or printable(recs[0]["comm"])
         t.comm = printable(last["comm"])
-        if not t.exe or t.n == 0 or (recs["flags"] & REC_EXEC).any():
+        if not t.exe or t.n == 0 or execs.size:
             t.exe = self._exe(int(last["tgid"])) or t.exe
             t.peer = self.processes is not None and \
                 self.processes.delivery_peer(int(last["tgid"]))
@@ -352,7 +372,8 @@ class Cutter:
         spans[ok] = t.buf[rel[ok]]
         self.counters.windows_cut += len(starts)
         self.queue.put(Block(t.tid, t.tgid, t.comm, t.cgroup, spans, valid, starts, ns,
-                             t.exe, t.first_ns or ns, t.peer, t.parent, t.key))
+                             t.exe, t.first_ns or ns, t.peer, t.parent, t.key, t.exec_at,
+                             t.exec_ns, t.comm_before))
 
 
 class Evidence:

@@ -31,7 +31,7 @@ from sysdream.probes.capture import kernel_dev
 
 from . import alerts
 from .cgroups import CgroupPaths
-from .config import Config
+from .config import Config, ConfigError
 from .exitcodes import MetricsPortError, StateDirError
 from .labels import ExeLabels
 from .notify import Notifier
@@ -128,7 +128,10 @@ class Service:
 
     # -- start ------------------------------------------------------------------------
     def start(self) -> None:
-        """Everything that can fail on bad input, before anything is attached."""
+        """Everything that can fail on bad input, before anything is attached. Privileges
+        first: without them every later step fails for that reason (exit 3), not another."""
+        from sysdream.probes import preflight
+        preflight.check_privileges().raise_if_failed()
         check_state_dir(self.cfg.state_dir())
         from .runtime import adapt_torch, bound_torch_caches, release_memory
         bound_torch_caches()
@@ -137,7 +140,7 @@ class Service:
         torch.set_num_threads(self.cfg.detection.torch_threads)
         adapt_torch(log)
         model_path = self.cfg.model_path()
-        if (model_path / "manifest.json").exists() or self.cfg.service.model:
+        if self._has_model(model_path) or self.cfg.service.model:
             self._use_model(self._load(model_path), event=False)
         m = self.cfg.metrics
         if m.enabled:
@@ -169,6 +172,17 @@ class Service:
                 "process can set for itself (prctl PR_SET_NAME): a process can leave the "
                 "trace by calling itself an excluded name; exclude by exclude_exes, "
                 "exclude_cgroup_paths or exclude_uids instead")
+
+    @staticmethod
+    def _has_model(path: Path) -> bool:
+        """Whether a bundle is there; one the daemon may not read is a bad model (exit
+        11), not a missing one to learn over."""
+        from sysdream.model.bundle import BundleError
+        try:
+            return (path / "manifest.json").exists()
+        except PermissionError:
+            raise BundleError(f"{path}: not readable by uid {os.geteuid()}; give the daemon "
+                              "read access to the model (or run it as the unit does)") from None
 
     def _load(self, path: Path):
         from sysdream.model.bundle import BundleError
@@ -232,7 +246,8 @@ class Service:
     # -- alerts (scorer thread) -------------------------------------------------------
     def _on_detection(self, det) -> None:
         b = det.block
-        fields = alerts.anomaly_fields(det, self.processes.context(b.tgid, b.ns))
+        ns, comm = b.who(det.row, det.model.p)
+        fields = alerts.anomaly_fields(det, self.processes.context(b.tgid, ns), comm)
         exe = fields["exe"] or b.exe
         with self._alert_lock:
             ok, suppressed, incidents = self.limiter.allow(
@@ -398,7 +413,7 @@ class Service:
                 return
             self._apply_config(new)
         path = self.cfg.model_path()
-        if (path / "manifest.json").exists() or self.cfg.service.model:
+        if self._has_model(path) or self.cfg.service.model:
             try:
                 view = self._load(path)
             except (BundleError, OSError, ValueError) as exc:
@@ -441,7 +456,11 @@ class Service:
         a = new.alerts
         self.sink.journald = a.journald
         if a.json_lines != old.alerts.json_lines:
-            self.sink.set_json(a.json_lines)
+            try:
+                self.sink.set_json(a.json_lines)
+            except ConfigError as exc:       # keep running: journald still gets alerts
+                log(f"reload: {exc}; alerts go to journald only")
+                self.reloads["failed"] += 1
         self.limiter.burst, self.limiter.interval = a.rate_limit_burst, a.rate_limit_interval_s
         self.limiter.ceiling = a.rate_limit_ceiling_per_minute
         self.cfg = new

@@ -117,6 +117,9 @@ def _json(path: Path):
         return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{path}: unreadable ({exc}); retrain with `sysdream train`") from None
+    except RecursionError:
+        raise BundleError(f"{path}: JSON nested too deep to be a sysdream bundle file; "
+                          "retrain with `sysdream train`") from None
 
 
 def verify(path: str | os.PathLike) -> dict:
@@ -124,7 +127,7 @@ def verify(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_dir():
         raise BundleError(f"{path}: not a model bundle directory; train one with "
-                          "`sysdream train -o {path}`")
+                          f"`sysdream train -o {path}`")
     manifest = _json(path / "manifest.json") if (path / "manifest.json").exists() else None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{path}: no sysdream manifest.json; not a model bundle")
@@ -135,6 +138,9 @@ def verify(path: str | os.PathLike) -> dict:
     sums = manifest.get("files")
     if not isinstance(sums, dict) or any(f not in sums for f in FILES):
         raise BundleError(f"{path}: manifest does not list every required file")
+    for key in ("model_id", "created"):
+        if not isinstance(manifest.get(key), str):
+            raise BundleError(f"{path}: manifest has no {key}; retrain the bundle")
     for name, want in sorted(sums.items()):
         if name not in FILES + OPTIONAL:
             raise BundleError(f"{path}: manifest lists an unexpected file {name!r}")

@@ -83,11 +83,23 @@ class GaussianBound:
 
     @classmethod
     def from_json(cls, data: dict) -> GaussianBound:
+        if not isinstance(data, dict):
+            raise ValueError("calibration is not a JSON object")
         data = {k: v for k, v in data.items() if k not in ("bound", "z")}
         out = cls(**data)
+        for name in ("mean", "std", "confidence"):
+            v = getattr(out, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"calibration {name} is not a finite number")
         check_confidence(out.confidence)
         if out.transform not in TRANSFORMS or not out.std >= 0:
             raise ValueError("calibration has an unknown transform or a negative std")
+        try:
+            finite = math.isfinite(out.bound)
+        except OverflowError:
+            finite = False
+        if not finite:
+            raise ValueError("calibration gives no finite bound (mean or std out of range)")
         return out
 
 

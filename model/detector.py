@@ -153,7 +153,8 @@ class Detector:
             if b.transfer is not None:
                 from . import transfer
                 transfer.check(b.transfer, transfer.n_features(det))
-        except (ValueError, TypeError, KeyError, RuntimeError) as exc:
+        except (ValueError, TypeError, KeyError, RuntimeError, AttributeError,
+                OverflowError) as exc:
             raise bundle_io.BundleError(f"{path}: inconsistent bundle ({str(exc)[:200]}); "
                                         "retrain it with this version") from None
         return det

@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import socket
+import stat
 import struct
 import time
 import warnings
@@ -67,6 +68,27 @@ def host_header(chunk: int, settings: dict | None = None) -> dict:
     }
 
 
+def _create(path: Path) -> int:
+    """A new file at `path`, for writing. Never through a symbolic link and never into
+    anything but a regular file (the daemon runs privileged: `-o /etc/shadow` via a link
+    must not truncate it); an existing regular file is replaced."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(2):
+        try:
+            return os.open(path, flags, 0o640)
+        except FileExistsError:
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode):
+                raise TraceFileError(f"{path}: exists and is not a regular file (a link or "
+                                     "a device); refusing to write there, name another "
+                                     "output") from None
+            os.unlink(path)
+        except OSError as exc:
+            raise TraceFileError(f"{path}: cannot create: {exc.strerror}; name a writable "
+                                 "output file") from None
+    raise TraceFileError(f"{path}: replaced while being created; try again")
+
+
 class TraceWriter:
     """Append records to a new trace file, one block per `write_records` call."""
 
@@ -75,7 +97,8 @@ class TraceWriter:
         self.chunk = check_chunk(int(header["chunk"]))
         self.dtype = record_dtype(self.chunk)
         body = json.dumps(header, sort_keys=True).encode()
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        self._fd = -1
+        self._fd = _create(self.path)
         self._write(_HEAD.pack(MAGIC, VERSION, 0, len(body)) + body)
         self.records = 0
         self.syscalls = 0
@@ -158,11 +181,17 @@ def read_trace(path: str | os.PathLike) -> Trace:
         raise TraceFileError(f"{path}: header truncated or damaged; the file cannot be used")
     try:
         header = json.loads(data[_HEAD.size:_HEAD.size + hlen])
+        if not isinstance(header, dict):
+            raise ValueError("not a JSON object")
         chunk = check_chunk(int(header["chunk"]))
         syscalls.normalise_arch(header["arch"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise TraceFileError(f"{path}: header is not valid ({exc}); the file cannot be used") \
-            from None
+        _check_table(header.get("syscall_table", {}))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise TraceFileError(f"{path}: header is not valid ({str(exc)[:200]}); the file "
+                             "cannot be used") from None
+    except RecursionError:
+        raise TraceFileError(f"{path}: header is JSON nested too deep to be a sysdream "
+                             "trace header; the file cannot be used") from None
     dtype = record_dtype(chunk)
     blocks: list[np.ndarray] = []
     contexts: list[np.ndarray] = []
@@ -203,10 +232,14 @@ def read_trace(path: str | os.PathLike) -> Trace:
                 contexts.append(np.frombuffer(raw, dtype=CONTEXT_DTYPE))
         elif kind == KIND_COUNTERS:
             try:
-                counters = json.loads(payload)
-            except ValueError:
-                damaged = f"counters block at byte {pos} is not JSON"
+                got = json.loads(payload)
+            except (ValueError, RecursionError):
+                got = None
+            if not isinstance(got, dict) or not all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in got.values()):
+                damaged = f"counters block at byte {pos} is not a JSON object of counts"
                 break
+            counters = got
         pos = start + length
     if damaged:
         warnings.warn(f"{path}: {damaged}; kept the records before it", TraceDamageWarning,
@@ -214,6 +247,16 @@ def read_trace(path: str | os.PathLike) -> Trace:
     records = np.concatenate(blocks) if blocks else np.empty(0, dtype)
     context = np.concatenate(contexts) if contexts else np.empty(0, CONTEXT_DTYPE)
     return Trace(header, records, counters, damaged, context)
+
+
+def _check_table(table) -> None:
+    """A header's syscall table: an object of numbers (as text) to names."""
+    if not isinstance(table, dict):
+        raise ValueError("syscall_table is not an object of numbers to names")
+    for nr, name in table.items():
+        if not (nr.isdigit() and int(nr) < 1 << 32) or not isinstance(name, str):
+            raise ValueError(f"syscall_table entry {str(nr)[:20]!r} is not a number and a "
+                             "name")
 
 
 def _inflate(payload: bytes, limit: int) -> bytes | None:

@@ -313,3 +313,22 @@ def test_evidence_does_not_carry_over_to_a_process_that_reuses_a_pid(tiny_detect
         cutter.ingest(records(300, odd, exit=True, t0=6000))
         scorer.process(drain(queue))
         assert len(found) == (0 if keyed else 1), keyed
+
+
+def test_a_window_made_before_an_exec_is_named_after_the_program_before_it(tiny_detector):
+    """A fork of `sdwork` makes odd syscalls and then execs `wc`: the windows before the
+    exec are sdwork's (its name, and the time at which the process table says who ran)."""
+    from sysdream.probes.layout import REC_EXEC
+
+    view, _c, queue, cutter, scorer, found = make(tiny_detector)
+    odd = ["clone", "execve", "socket", "connect", "dup2", "dup2", "execve", "socket"]
+    before = records(50, odd * 2, comm="sdwork", chunk=8, t0=100)
+    before[-1]["flags"] |= REC_EXEC
+    after = records(50, sample_normal(3, 24).tolist(), comm="wc", chunk=8, seq0=2, t0=300,
+                    exit=True)
+    cutter.ingest(np.concatenate([before, after]))
+    blocks = drain(queue)
+    b = blocks[0]
+    assert b.exec_at == 16 and b.comm == "wc"
+    assert b.who(0, view.p) == (int(before[-1]["last_ns"]) - 1, "sdwork")   # syscalls 0-7
+    assert b.who(len(b) - 1, view.p) == (b.ns, "wc")                       # after the exec
