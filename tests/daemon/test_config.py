@@ -81,10 +81,13 @@ def test_overrides_are_checked_like_the_file():
         config.override(cfg, {("metrics", "port"): 70000})
 
 
-def run_cli(*args, user=None):
+def run_cli(*args, user=None, caps=False):
+    """The CLI, optionally as another user; `caps`: holding what the unit grants."""
     cmd = [sys.executable, "-m", "sysdream.daemon.cli", *args]
     if user:
-        cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
+        grant = ["--inh-caps=+bpf,+perfmon", "--ambient-caps=+bpf,+perfmon"] if caps else []
+        cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *grant,
+               *cmd]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
 
@@ -108,10 +111,11 @@ def test_run_refuses_unreadable_config_with_exit_12(tmp_path):
 
 
 def test_run_refuses_a_state_directory_it_cannot_write_with_exit_14(tmp_path):
+    """With the unit's capabilities (privileges come first, exit 3, without them)."""
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
     tmp_path.chmod(0o755)
-    out = run_cli("run", "--state-dir", str(state), "--no-metrics", user=65534)
+    out = run_cli("run", "--state-dir", str(state), "--no-metrics", user=65534, caps=True)
     assert out.returncode == 14, out.stderr
     assert "Permission denied" in out.stderr and "StateDirectory=" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
