@@ -93,10 +93,10 @@ class ServiceCollector:
         yield _by_label("sysdream_anomalous_windows", "Windows above the bound, by "
                         "executable.", "exe", c.anomalous.snapshot())
         yield _by_label("sysdream_alerts", "Alerts raised, by executable.", "exe",
-                        s.alerts_sent.snapshot())
+                        s.alerting.sent.snapshot())
         yield _by_label("sysdream_alerts_suppressed", "Alerts held back by the rate "
                         "limits (per fingerprint, and the ceiling per minute), by "
-                        "executable.", "exe", s.alerts_suppressed.snapshot())
+                        "executable.", "exe", s.alerting.suppressed.snapshot())
         yield CounterMetricFamily("sysdream_exe_labels_evicted", "Executables whose metric "
                                   "label went to one that raised an alert.",
                                   value=s.labels.evictions)

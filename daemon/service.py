@@ -30,6 +30,7 @@ import numpy as np
 from sysdream.probes.capture import kernel_dev
 
 from . import alerts
+from .alerting import AlertPath
 from .cgroups import CgroupPaths
 from .config import Config, ConfigError
 from .exitcodes import MetricsPortError, StateDirError
@@ -90,23 +91,16 @@ class Service:
         self.reloads: dict[str, int] = defaultdict(int)
         self.labels = ExeLabels(cfg.metrics.exe_labels)
         self.counters = Counters(labels=self.labels)
-        self.alerts_sent = self.labels.counter()
-        self.alerts_suppressed = self.labels.counter()
         self.cgroups = CgroupPaths()
         self.processes = ProcessTable(cfg.detection.max_processes, cgroups=self.cgroups)
         self.processes.delivery_exes = alert_takers()
-        a = cfg.alerts
-        self.deliveries = alerts.Deliveries()
-        self.sink = alerts.AlertSink(a.journald, a.json_lines, deliveries=self.deliveries)
-        self.limiter = alerts.RateLimiter(a.rate_limit_burst, a.rate_limit_interval_s,
-                                          a.rate_limit_ceiling_per_minute)
-        self._next_summary = 0.0
+        self.alerting = AlertPath(cfg.alerts, self.processes, self.labels, log)
+        self.sink = self.alerting.sink      # service events go the same way as alerts
         self._next_refresh = 0.0
         self.metrics = None
         self.capture = None
         self._stop = False
         self._reload = False
-        self._alert_lock = threading.Lock()
         self._writer = None
         self._pending: list[np.ndarray] = []
         self._pending_context: list[np.ndarray] = []
@@ -146,6 +140,7 @@ class Service:
         if m.enabled:
             from .metrics import Metrics
             self.metrics = Metrics(self)
+            self.alerting.observe_latency = self.metrics.detection.observe
             try:
                 self.metrics_port = self.metrics.serve(m.address, m.port)
             except OSError as exc:
@@ -221,12 +216,12 @@ class Service:
         if self.cutter is None:
             self.cutter = Cutter(view, self.queue, self.counters, d.max_threads,
                                  self.processes)
-            self.scorer = Scorer(view, self.queue, self.counters, self._on_detection,
+            self.scorer = Scorer(view, self.queue, self.counters, self.alerting.detected,
                                  d.evidence_exceedances, d.evidence_windows, d.cache_windows,
                                  d.batch_windows, d.batch_wait_ms,
                                  self.cfg.alerts.explain_positions,
                                  observe=self.metrics.observe if self.metrics else None,
-                                 deliveries=self.deliveries)
+                                 deliveries=self.alerting.deliveries)
             self.scorer.start()
         else:
             self.cutter.set_model(view)
@@ -242,41 +237,6 @@ class Service:
         if event:
             self.sink.emit("model-loaded", alerts.INFO, text,
                            {"kind": "model-loaded", "model_id": view.model_id})
-
-    # -- alerts (scorer thread) -------------------------------------------------------
-    def _on_detection(self, det) -> None:
-        b = det.block
-        ns, comm = b.who(det.row, det.model.p)
-        fields = alerts.anomaly_fields(det, self.processes.context(b.tgid, ns), comm)
-        exe = fields["exe"] or b.exe
-        with self._alert_lock:
-            ok, suppressed, incidents = self.limiter.allow(
-                fields["fingerprint"], about={"exe": fields["exe"], "pid": b.tgid,
-                                              "lineage_text": fields["lineage_text"]})
-            if not ok:
-                self.alerts_suppressed.add(exe, alerted=True)
-                return
-            fields["suppressed"], fields["incident_count"] = suppressed, incidents
-            prio = alerts.CRIT if fields["severity"] == "high" else alerts.WARNING
-            self.sink.emit("anomaly", prio, alerts.message(fields), fields)
-            self.alerts_sent.add(exe, alerted=True)
-        if self.metrics:
-            self.metrics.detection.observe(fields["latency_s"])
-
-    def _summarise_suppressed(self) -> None:
-        """One event for the alerts the rate limits held back since the last one: nothing
-        is dropped without a trace."""
-        with self._alert_lock:
-            held = self.limiter.take_summary()
-        if not held:
-            return
-        total = sum(h["count"] for h in held)
-        top = "; ".join(f"{h['count']} x {h['exe'] or 'exe unknown'} (fingerprint "
-                        f"{h['fingerprint']}, last pid {h['pid']})" for h in held[:5])
-        text = f"{total} alerts suppressed by the rate limits since the last summary: {top}"
-        self.sink.emit("alerts-suppressed", alerts.WARNING, text,
-                       {"kind": "alerts-suppressed", "suppressed": total,
-                        "fingerprints": held[:50]})
 
     # -- learning ---------------------------------------------------------------------
     def _start_learning(self) -> None:
@@ -399,7 +359,6 @@ class Service:
     def _do_reload(self) -> None:
         from sysdream.model.bundle import BundleError
 
-        from .config import ConfigError
         self.notify.reloading()
         log("reloading (SIGHUP)")
         if self.reload_config is not None:
@@ -453,16 +412,8 @@ class Service:
             self.queue.capacity = d.queue_windows
         if self.cutter:
             self.cutter.max_threads = d.max_threads
-        a = new.alerts
-        self.sink.journald = a.journald
-        if a.json_lines != old.alerts.json_lines:
-            try:
-                self.sink.set_json(a.json_lines)
-            except ConfigError as exc:       # keep running: journald still gets alerts
-                log(f"reload: {exc}; alerts go to journald only")
-                self.reloads["failed"] += 1
-        self.limiter.burst, self.limiter.interval = a.rate_limit_burst, a.rate_limit_interval_s
-        self.limiter.ceiling = a.rate_limit_ceiling_per_minute
+        if not self.alerting.apply(new.alerts, old.alerts):
+            self.reloads["failed"] += 1
         self.cfg = new
 
     # -- the loop ---------------------------------------------------------------------
@@ -478,7 +429,7 @@ class Service:
         c = self.counters
         return (f"detecting with model {self.model.model_id}: {self.syscalls_read} syscalls, "
                 f"{c.windows_scored + c.windows_cached} windows, "
-                f"{self.alerts_sent.total()} alerts, {lost} syscalls lost, "
+                f"{self.alerting.sent.total()} alerts, {lost} syscalls lost, "
                 f"{sum(c.windows_shed.values())} windows shed")
 
     def _watchdog_ok(self, now: float) -> bool:
@@ -513,9 +464,7 @@ class Service:
                 self.kernel_counters = cap.counters()
                 self._flush_baseline()
                 self._learning_tick()
-                if now >= self._next_summary:
-                    self._next_summary = now + self.cfg.alerts.suppressed_summary_s
-                    self._summarise_suppressed()
+                self.alerting.tick(now)
                 if now >= self._next_refresh:
                     self._next_refresh = now + FILTER_REFRESH_S
                     self._refresh_filters()
@@ -585,7 +534,7 @@ class Service:
         k = self.kernel_counters
         log(f"stopped: {self.syscalls_read} syscalls read, "
             f"{k.get('lost_syscalls', 0) + k.get('lost_nostorage', 0)} lost, "
-            f"{self.alerts_sent.total()} alerts")
+            f"{self.alerting.sent.total()} alerts")
         return 0
 
     def close(self) -> None:
@@ -594,4 +543,4 @@ class Service:
             self.capture = None
         if self.metrics is not None:
             self.metrics.close()
-        self.sink.close()
+        self.alerting.close()

@@ -1,0 +1,97 @@
+"""The alert path: from a pipeline Detection to an alert that went out, or one that was
+held back and counted.
+
+Who made the window comes from the process table, the fields and the fingerprint from
+`alerts.anomaly_fields`; the rate limits (per fingerprint, and a ceiling per minute) decide;
+the sink delivers (journald with its fallback, JSON lines). Nothing held back disappears:
+it is counted by executable, carried by the next alert of its fingerprint and listed in an
+`alerts-suppressed` event every `suppressed_summary_s`. The scorer thread calls
+`detected`, the main loop `tick`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from . import alerts
+from .config import ConfigError
+from .labels import ExeLabels
+
+
+class AlertPath:
+    def __init__(self, settings, processes, labels: ExeLabels, log=print):
+        a = settings
+        self.processes, self.log = processes, log
+        self.deliveries = alerts.Deliveries()
+        self.sink = alerts.AlertSink(a.journald, a.json_lines, deliveries=self.deliveries)
+        self.limiter = alerts.RateLimiter(a.rate_limit_burst, a.rate_limit_interval_s,
+                                          a.rate_limit_ceiling_per_minute)
+        self.summary_s = a.suppressed_summary_s
+        self.sent = labels.counter()           # alerts that went out, by executable
+        self.suppressed = labels.counter()     # ... and those held back
+        self.observe_latency = None            # the metrics' detection-latency histogram
+        self._next_summary = 0.0
+        self._lock = threading.Lock()
+
+    def detected(self, det) -> None:
+        """A Detection from the scorer thread: raise its alert, or hold it back."""
+        b = det.block
+        ns, comm = b.who(det.row, det.model.p)
+        fields = alerts.anomaly_fields(det, self.processes.context(b.tgid, ns), comm)
+        exe = fields["exe"] or b.exe
+        with self._lock:
+            ok, suppressed, incidents = self.limiter.allow(
+                fields["fingerprint"], about={"exe": fields["exe"], "pid": b.tgid,
+                                              "lineage_text": fields["lineage_text"]})
+            if not ok:
+                self.suppressed.add(exe, alerted=True)
+                return
+            fields["suppressed"], fields["incident_count"] = suppressed, incidents
+            prio = alerts.CRIT if fields["severity"] == "high" else alerts.WARNING
+            self.sink.emit("anomaly", prio, alerts.message(fields), fields)
+            self.sent.add(exe, alerted=True)
+        if self.observe_latency is not None:
+            self.observe_latency(fields["latency_s"])
+
+    def tick(self, now: float | None = None) -> None:
+        """From the main loop: the summary of what was held back, when it is due."""
+        now = time.monotonic() if now is None else now
+        if now >= self._next_summary:
+            self._next_summary = now + self.summary_s
+            self.summarise()
+
+    def summarise(self) -> None:
+        """One event for the alerts held back since the last one, if any."""
+        with self._lock:
+            held = self.limiter.take_summary()
+        if not held:
+            return
+        total = sum(h["count"] for h in held)
+        top = "; ".join(f"{h['count']} x {h['exe'] or 'exe unknown'} (fingerprint "
+                        f"{h['fingerprint']}, last pid {h['pid']})" for h in held[:5])
+        text = f"{total} alerts suppressed by the rate limits since the last summary: {top}"
+        self.sink.emit("alerts-suppressed", alerts.WARNING, text,
+                       {"kind": "alerts-suppressed", "suppressed": total,
+                        "fingerprints": held[:50]})
+
+    def apply(self, new, old) -> bool:
+        """New [alerts] settings (a reload); False when the JSON-lines file could not be
+        opened (alerts then go to journald only)."""
+        self.sink.journald = new.journald
+        ok = True
+        if new.json_lines != old.json_lines:
+            try:
+                self.sink.set_json(new.json_lines)
+            except ConfigError as exc:
+                self.log(f"reload: {exc}; alerts go to journald only")
+                ok = False
+        with self._lock:
+            self.limiter.burst, self.limiter.interval = new.rate_limit_burst, \
+                new.rate_limit_interval_s
+            self.limiter.ceiling = new.rate_limit_ceiling_per_minute
+        self.summary_s = new.suppressed_summary_s
+        return ok
+
+    def close(self) -> None:
+        self.sink.close()
