@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import socket
 import threading
 import time
 from collections import OrderedDict
@@ -40,14 +39,15 @@ from sysdream.probes.layout import (
     UNSET_ID,
 )
 
+from . import procfs
 from .cgroups import CgroupPaths, Group
 from .printable import command_line, printable
+from .procfs import split_args
 
 MAX_IMAGES = 4
 LINEAGE_DEPTH = 8
 START_SLACK_NS = 30_000_000   # /proc start times are in clock ticks of the boot clock
 TMPFS_MAGIC = 0x01021994
-_HZ = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(slots=True)
@@ -110,19 +110,6 @@ def _cstr(value) -> bytes:
     """A C string field: up to its first NUL (the ring buffer's space is reused, so what
     follows the NUL may be an older record's bytes)."""
     return bytes(value).split(b"\0", 1)[0]
-
-
-def _args(raw: bytes) -> list[bytes]:
-    parts = raw.split(b"\0")
-    if parts and parts[-1] == b"":
-        parts.pop()
-    return parts
-
-
-def boot_offset_ns() -> int:
-    """CLOCK_BOOTTIME - CLOCK_MONOTONIC now (time suspended): /proc's start times are
-    boot-clock ticks, the kernel's records CLOCK_MONOTONIC."""
-    return time.clock_gettime_ns(time.CLOCK_BOOTTIME) - time.monotonic_ns()
 
 
 class ProcessTable:
@@ -188,7 +175,7 @@ class ProcessTable:
     def _image(self, r, p: Process, kind: int) -> Image:
         flags, name = int(r["flags"]), printable(_cstr(r["exe_name"]))
         dev, ino = int(r["exe_dev"]), int(r["exe_ino"])
-        img = Image(int(r["ns"]), name, _args(bytes(r["args"])[:min(int(r["args_len"]),
+        img = Image(int(r["ns"]), name, split_args(bytes(r["args"])[:min(int(r["args_len"]),
                                                                       ARGS_LEN)]),
                     flags, dev, ino, int(r["exe_fs_magic"]), int(r["uid"]), int(r["euid"]),
                     int(r["gid"]), int(r["egid"]))
@@ -349,49 +336,18 @@ class ProcessTable:
         return None
 
     def _from_procfs(self, pid: int) -> Process | None:
-        base = f"{self.proc}/{pid}"
-        try:
-            with open(f"{base}/stat", "rb") as f:
-                stat = f.read()
-            tail = stat[stat.rindex(b")") + 2:].split()
-            ppid, start_ticks = int(tail[1]), int(tail[19])
-            status = {}
-            with open(f"{base}/status", "rb") as f:
-                for line in f:
-                    k, _, v = line.partition(b":")
-                    status[k] = v.split()
-            with open(f"{base}/cmdline", "rb") as f:
-                args = _args(f.read(4096))
-            comm = stat[stat.index(b"(") + 1:stat.rindex(b")")][:15]
-        except (OSError, ValueError, IndexError):
+        e = procfs.read(self.proc, pid, self.cgroups)
+        if e is None:
             return None
-        start = start_ticks * 1_000_000_000 // _HZ - boot_offset_ns()
-        uid = [int(x) for x in status.get(b"Uid", [UNSET_ID] * 2)]
-        gid = [int(x) for x in status.get(b"Gid", [UNSET_ID] * 2)]
-        exe, dev, ino = "", 0, 0
-        try:
-            exe = printable(os.readlink(f"{base}/exe"))
-            st = os.stat(f"{base}/exe")
-            dev, ino = kernel_dev(st.st_dev), st.st_ino
-        except OSError:
-            pass
-        p = Process(pid, start, ppid, 0, comm, _read_int(f"{base}/loginuid"),
-                    _read_int(f"{base}/sessionid"), _cgroup_id(base, self.cgroups),
-                    source="procfs")
+        exe = printable(e.exe)
         flags = EXE_DELETED if exe.endswith(" (deleted)") else 0
         if exe.startswith("/memfd:"):
             exe, flags = exe[1:].removesuffix(" (deleted)"), EXE_MEMFD
-        p.add_image(Image(start, exe or printable(comm), args, flags, dev, ino, 0,
-                          uid[0], uid[1], gid[0], gid[1]))
+        p = Process(pid, e.start_ns, e.ppid, e.parent_start_ns, e.comm, e.loginuid,
+                    e.sessionid, e.cgroup_id, source="procfs")
+        p.add_image(Image(e.start_ns, exe or printable(e.comm), e.args, flags, e.dev, e.ino,
+                          0, e.uid, e.euid, e.gid, e.egid))
         self.from_procfs += 1
-        # the parent's start, so that a reused parent pid is not taken for the parent
-        try:
-            with open(f"{self.proc}/{ppid}/stat", "rb") as f:
-                pstat = f.read()
-            pticks = int(pstat[pstat.rindex(b")") + 2:].split()[19])
-            p.parent_start_ns = pticks * 1_000_000_000 // _HZ - boot_offset_ns()
-        except (OSError, ValueError, IndexError):
-            pass
         return p
 
     # -- names ----------------------------------------------------------------------
@@ -450,27 +406,3 @@ def _short(exe: str) -> str:
     return exe.removesuffix(" (deleted)").rsplit("/", 1)[-1] or exe
 
 
-def _read_int(path: str) -> int:
-    try:
-        with open(path) as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return UNSET_ID
-
-
-def _cgroup_id(base: str, cgroups: CgroupPaths) -> int:
-    """The cgroup v2 id of a process, from /proc/PID/cgroup ("0::/path")."""
-    if cgroups.root is None:
-        return 0
-    try:
-        with open(f"{base}/cgroup") as f:
-            for line in f:
-                if line.startswith("0::"):
-                    return os.stat(f"{cgroups.root}{line[3:].strip()}").st_ino
-    except OSError:
-        pass
-    return 0
-
-
-def hostname() -> str:
-    return socket.gethostname()
