@@ -37,8 +37,9 @@ class AlertPath:
     def detected(self, det) -> None:
         """A Detection from the scorer thread: raise its alert, or hold it back."""
         b = det.block
-        ns, comm = b.who(det.row, det.model.p)
-        fields = alerts.anomaly_fields(det, self.processes.context(b.tgid, ns), comm)
+        ns, comm, before_exec = b.who(det.row, det.model.p)
+        fields = alerts.anomaly_fields(det, self.processes.context(b.tgid, ns, before_exec),
+                                       comm)
         exe = fields["exe"] or b.exe
         with self._lock:
             ok, suppressed, incidents = self.limiter.allow(

@@ -95,12 +95,14 @@ class Block:
     exec_ns: int = 0      # a window ending before it was made by the program before,
     comm_before: str = ""  # under this name, at exec_ns (see `who`)
 
-    def who(self, row: int, p: int) -> tuple[int, str]:
-        """(kernel time, name) that say who made window `row`: the program before the
-        last exec for a window that ended before it, else the one after."""
+    def who(self, row: int, p: int) -> tuple[int, str, bool]:
+        """(kernel time, name, before an exec) that say who made window `row`: for a
+        window that ended before the thread's last exec, the program that ran before it
+        (the process table's image before the one current at the exec), else the one at
+        the block's newest syscall."""
         if self.exec_at >= 0 and int(self.starts[row]) + p <= self.exec_at:
-            return self.exec_ns - 1, self.comm_before or self.comm
-        return self.ns, self.comm
+            return self.exec_ns, self.comm_before or self.comm, True
+        return self.ns, self.comm, False
 
     def __len__(self) -> int:
         return len(self.starts)

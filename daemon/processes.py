@@ -94,12 +94,15 @@ class Process:
     def key(self) -> tuple[int, int]:
         return self.tgid, self.start_ns
 
-    def image_at(self, ns: int) -> Image | None:
-        """The program the process ran at kernel time `ns` (the newest when ns is 0)."""
-        for img in reversed(self.images):
-            if not ns or img.since_ns <= ns:
-                return img
-        return self.images[0] if self.images else None
+    def image_at(self, ns: int, before_exec: bool = False) -> Image | None:
+        """The program the process ran at kernel time `ns` (the newest when ns is 0);
+        `before_exec`: the one before that (`ns` being the time of an exec)."""
+        if not self.images:
+            return None
+        i = len(self.images) - 1
+        while i > 0 and ns and self.images[i].since_ns > ns:
+            i -= 1
+        return self.images[i - 1 if before_exec and i > 0 else i]
 
     def add_image(self, img: Image) -> None:
         self.images.append(img)
@@ -363,12 +366,14 @@ class ProcessTable:
                 self._users.pop(next(iter(self._users)))
         return self._users[uid]
 
-    def context(self, tgid: int, ns: int = 0) -> dict:
-        """The alert fields that say who made a window (docs/metrics.md, "Alert fields")."""
+    def context(self, tgid: int, ns: int = 0, before_exec: bool = False) -> dict:
+        """The alert fields that say who made a window (docs/metrics.md, "Alert fields"):
+        the process `tgid` at kernel time `ns`; `before_exec`: the program it ran before
+        an exec at `ns` (a window that ended before it)."""
         with self._lock:
-            return self._context(tgid, ns)
+            return self._context(tgid, ns, before_exec)
 
-    def _context(self, tgid: int, ns: int) -> dict:
+    def _context(self, tgid: int, ns: int, before_exec: bool) -> dict:
         p = self._lookup(tgid, ns)
         if p is None:
             return {"exe": "", "exe_flags": [], "cmdline": "", "argv": [], "user": "",
@@ -376,7 +381,7 @@ class ProcessTable:
                     "session": -1, "ppid": 0, "lineage": [], "lineage_text": "",
                     "cgroup": "", "unit": "", "container_id": "", "container_runtime": "",
                     "process_start_ns": 0, "context_source": "unknown"}
-        img = p.image_at(ns) or Image(0, printable(p.comm), [], 0)
+        img = p.image_at(ns, before_exec) or Image(0, printable(p.comm), [], 0)
         group: Group = self.cgroups.group(p.cgroup_id)
         chain = self.lineage(p, ns)
         names = [_short(q.image_at(0).exe if q.images else printable(q.comm)) for q in chain]
