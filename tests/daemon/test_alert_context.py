@@ -211,16 +211,18 @@ def test_three_hundred_names_from_one_program_do_not_flood(ebpf_ready, tmp_path,
     assert kids and all(re.fullmatch(r"nm\d{3}", e["SYSDREAM_COMM"]) for e in kids)
     names = {e["SYSDREAM_PID"]: e["SYSDREAM_COMM"] for e in kids}
     assert len(set(names.values())) == len(names)                    # a name each ...
-    assert len({e["SYSDREAM_FINGERPRINT"] for e in kids}) == 1     # ... one fingerprint
-    assert len(kids) <= 5, [e["SYSDREAM_COMM"] for e in kids]
+    # ... but the fingerprint is the program, its lineage and what was unusual: the
+    # children's windows differ only by position (with the start-up syscalls or without)
+    fps = [e["SYSDREAM_FINGERPRINT"] for e in kids]
+    assert len(set(fps)) <= 3, fps
+    assert all(fps.count(f) <= 5 for f in fps)                       # burst per fingerprint
     assert len(alerts) <= 12                                         # the ceiling held
     assert all(e["SYSDREAM_EXE"] == str(namer) for e in kids)
     # nothing dropped unaccounted: the summaries add up to what the metric counts
     held = sum(int(s["SYSDREAM_SUPPRESSED"]) for s in summaries)
     assert held >= 250 and held <= suppressed_total(m)
     fp = json.loads(summaries[0]["SYSDREAM_FINGERPRINTS"])
-    assert fp[0]["fingerprint"] == kids[0]["SYSDREAM_FINGERPRINT"]
-    assert fp[0]["exe"] == str(namer)
+    assert fp[0]["fingerprint"] in fps and fp[0]["exe"] == str(namer)
     assert suppressed_total(m) + sum(v for k, v in m.items()
                                      if k.startswith("sysdream_alerts_total")) >= 300
     labels = {k for k in m if k.startswith("sysdream_anomalous_windows_total")}
