@@ -67,6 +67,9 @@ class ServiceCollector:
                                 "thread table.", value=s.threads_tracked())
         yield CounterMetricFamily("sysdream_threads_evicted", "Threads forgotten because "
                                   "the thread table was full.", value=c.threads_evicted)
+        yield CounterMetricFamily("sysdream_records_refused", "Records that claim more "
+                                  "syscalls than a chunk holds (never from a kernel): "
+                                  "dropped.", value=c.records_refused)
         yield CounterMetricFamily("sysdream_record_gaps", "Gaps in a thread's record "
                                   "sequence (records lost); windows restart after each.",
                                   value=c.record_gaps)

@@ -150,6 +150,7 @@ class Counters:
     threads_evicted: int = 0
     threads_exited: int = 0
     record_gaps: int = 0
+    records_refused: int = 0      # records claiming more syscalls than a chunk holds
     batches: int = 0
     labels: ExeLabels = field(default_factory=lambda: ExeLabels(64))
     anomalous: LabelledCounts = None       # windows above the bound, by executable
@@ -274,6 +275,10 @@ class Cutter:
         if records.size == 0:
             return
         c = self.counters
+        over = records["count"] > records.dtype["ids"].shape[0]
+        if over.any():   # no kernel sends these: refused and counted, never trusted
+            c.records_refused += int(over.sum())
+            records = records[~over]
         c.records += records.size
         order = np.lexsort((records["seq"], records["tid"]))
         recs = records[order]

@@ -511,7 +511,8 @@ class Service:
     def _take(self, records: np.ndarray) -> None:
         if not records.size:
             return
-        self.syscalls_read += int(records["count"].sum())
+        width = records.dtype["ids"].shape[0]
+        self.syscalls_read += int(np.minimum(records["count"], width).sum())
         if self.phase == "detecting":
             self.cutter.ingest(records)
         elif self.phase == "learning":

@@ -245,6 +245,12 @@ def read_trace(path: str | os.PathLike) -> Trace:
         warnings.warn(f"{path}: {damaged}; kept the records before it", TraceDamageWarning,
                       stacklevel=2)
     records = np.concatenate(blocks) if blocks else np.empty(0, dtype)
+    over = records["count"] > chunk
+    if over.any():   # no kernel writes these: a record claiming more than it can hold
+        warnings.warn(f"{path}: {int(over.sum())} records claim more syscalls than a chunk "
+                      f"of {chunk} holds; dropped, the rest kept", TraceDamageWarning,
+                      stacklevel=2)
+        records = records[~over]
     context = np.concatenate(contexts) if contexts else np.empty(0, CONTEXT_DTYPE)
     return Trace(header, records, counters, damaged, context)
 

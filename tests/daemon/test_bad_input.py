@@ -180,3 +180,31 @@ def test_json_lines_that_cannot_be_opened_exit_12(tmp_path):
     one_line(cli("run", "--json-lines", str(tmp_path / "link.jsonl"), "--no-metrics",
                  "--state-dir", str(tmp_path)), 12, "not a link")
     assert victim.read_text() == "keep me"
+
+
+def test_a_record_claiming_more_than_a_chunk_holds_is_refused(tmp_path, tiny_detector):
+    """65,535 syscalls in a record of 64: dropped with a warning from a trace, refused and
+    counted by the pipeline; the honest records are kept."""
+    from daemon_helpers import records
+
+    from sysdream.daemon.pipeline import Counters, Cutter, ModelView, WindowQueue
+
+    recs = np.zeros(3, record_dtype(64))
+    recs["count"] = [3, 65535, 5]
+    recs["tid"] = recs["tgid"] = 5
+    recs["seq"] = [0, 1, 2]
+    path = tmp_path / "t.sdtrace"
+    with tracefile.TraceWriter(path, tracefile.host_header(64)) as w:
+        w.write_records(recs)
+    with pytest.warns(tracefile.TraceDamageWarning, match="1 records claim more"):
+        t = tracefile.read_trace(path)
+    assert t.records["count"].tolist() == [3, 5]
+
+    counters = Counters()
+    cutter = Cutter(ModelView(tiny_detector), WindowQueue(1000, counters), counters, 100)
+    honest = records(7, ["read"] * 10)
+    liar = honest.copy()
+    liar["count"], liar["tid"] = 65535, 8
+    cutter.ingest(np.concatenate([honest, liar]))
+    assert counters.records_refused == 1 and counters.syscalls == 10
+    assert 8 not in cutter.threads
