@@ -65,6 +65,14 @@ def start_in(cgroup_dir: Path, cmd: list[str], **kw) -> subprocess.Popen:
     return subprocess.Popen(cmd, preexec_fn=enter, **kw)
 
 
+def run_in(cgroup_dir: Path, cmd: list[str], timeout: float = 60) -> subprocess.Popen:
+    """Run a test program (which waits for a byte on stdin) inside the cgroup, to its end."""
+    proc = start_in(cgroup_dir, cmd, stdin=subprocess.PIPE)
+    proc.communicate(b"g", timeout=timeout)
+    assert proc.returncode == 0
+    return proc
+
+
 def gcc(tmp_path: Path, source: Path) -> Path:
     exe = tmp_path / source.stem
     subprocess.run(["gcc", "-O1", "-o", str(exe), str(source)], check=True)
@@ -192,15 +200,9 @@ def test_three_hundred_names_from_one_program_do_not_flood(ebpf_ready, tmp_path,
                  "[metrics]\nexe_labels = 3\n")
     d = start_daemon(tmp_path, cfg, tiny_bundle, cg_id, journal)
     try:
-        proc = start_in(cg_dir, [str(namer), "300"], stdin=subprocess.PIPE)
-        proc.communicate(b"g", timeout=60)
-        assert proc.returncode == 0
-
-        def suppressed():
-            m = d.metrics()
-            return sum(v for k, v in m.items()
-                       if k.startswith("sysdream_alerts_suppressed_total"))
-        wait_for(lambda: suppressed() >= 250, 60, "suppressions counted\n" + d.stderr[-2000:])
+        proc = run_in(cg_dir, [str(namer), "300"])
+        wait_for(lambda: suppressed_total(d.metrics()) >= 250, 60,
+                 "suppressions counted\n" + d.stderr[-2000:])
         summaries = wait_for(lambda: journal.entries(
             MESSAGE_ID=MESSAGE_IDS["alerts-suppressed"]), 20, "a suppression summary")
         m = d.metrics()
@@ -275,9 +277,7 @@ def test_short_lived_steps_are_judged_together(ebpf_ready, tmp_path, journal, gr
     cfg.write_text("[alerts]\nrate_limit_burst = 100\nrate_limit_ceiling_per_minute = 1000\n")
     d = start_daemon(tmp_path, cfg, tiny_bundle, cg_id, journal)
     try:
-        proc = start_in(cg_dir, [str(prog), "20"], stdin=subprocess.PIPE)
-        proc.communicate(b"g", timeout=30)
-        assert proc.returncode == 0
+        proc = run_in(cg_dir, [str(prog), "20"])
 
         def episodes():
             return [e for e in entries_for(journal)
