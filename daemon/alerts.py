@@ -44,9 +44,9 @@ ALERT_FIELDS = ("kind", "alert_id", "fingerprint", "severity", "hostname", "pid"
                 "login_user", "loginuid", "session", "ppid", "lineage", "lineage_text",
                 "cgroup_id", "cgroup", "unit", "container_id", "container_runtime",
                 "process_start_ns", "context_source", "score", "bound", "confidence",
-                "sigmas", "model_id", "evidence", "episode", "position", "syscalls", "context",
-                "unknown_syscalls", "surprises", "attention", "suppressed", "incident_count",
-                "latency_s", "time", "time_rfc3339")
+                "sigmas", "model_id", "evidence", "episode", "novelty", "position", "syscalls",
+                "context", "unknown_syscalls", "surprises", "attention", "suppressed",
+                "incident_count", "latency_s", "time", "time_rfc3339")
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 HOSTNAME = socket.gethostname()
@@ -76,7 +76,9 @@ def anomaly_fields(det, context: dict | None = None, comm: str | None = None) ->
     unknown = ex.get("unknown", [])
     sigmas = ex.get("sigmas", 0.0)
     flags = ctx.get("exe_flags", [])
-    high = bool(unknown) or sigmas >= 2 * m.bound.z or "memfd" in flags or "deleted" in flags
+    novelty = list(getattr(det, "novelty", []) or [])
+    high = bool(unknown) or sigmas >= 2 * m.bound.z or "memfd" in flags or \
+        "deleted" in flags or any(e["weight"] >= 1 for e in novelty)
     now = time.time()
     fields = {
         "kind": "anomaly", "alert_id": str(uuid.uuid4()),
@@ -93,10 +95,10 @@ def anomaly_fields(det, context: dict | None = None, comm: str | None = None) ->
         "score": round(det.score, 6), "bound": round(m.bound.bound, 6),
         "confidence": m.bound.confidence, "sigmas": round(sigmas, 3),
         "model_id": m.model_id,
-        "evidence": f"{det.exceedances}/{det.evidence_m}" + (
+        "evidence": f"{det.exceedances:.3g}/{det.evidence_m}" + (
             f" in {len(det.episode['pids'])} processes of parent {det.episode['parent_pid']}"
             if det.episode else ""),
-        "episode": det.episode or {},
+        "episode": det.episode or {}, "novelty": novelty,
         "position": ex["start"], "syscalls": ex["syscalls"], "context": ex.get("context", []),
         "unknown_syscalls": unknown, "surprises": ex["surprises"],
         "attention": ex.get("attention", []), "suppressed": 0, "incident_count": 1,
@@ -121,10 +123,13 @@ def message(f: dict) -> str:
     lineage = f", lineage {f['lineage_text']}" if f.get("lineage_text") else ""
     where = f", container {f['container_id'][:12]}" if f.get("container_id") else \
         (f", unit {f['unit']}" if f.get("unit") else "")
+    new = "; new to this host: " + ", ".join(
+        f"{e['kind']} {e['what']}" for e in f["novelty"][:4]) if f.get("novelty") else ""
+    cmp = ">" if f["score"] > f["bound"] else "<="
     return (f"anomalous syscalls in {f['comm']} pid {f['pid']} "
             f"({f['exe'] or 'exe unknown'}){flags}{who}{lineage}{where}: "
-            f"score {f['score']:.3f} > bound {f['bound']:.3f}, {f['evidence']} windows"
-            f"{why}{unk}{sup}")
+            f"score {f['score']:.3f} {cmp} bound {f['bound']:.3f}, evidence {f['evidence']}"
+            f"{new}{why}{unk}{sup}")
 
 
 class RateLimiter:

@@ -101,6 +101,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "evidence_windows": Key(8, int, _rng(1, 10000), "an integer, 1 to 10000"),
         "evidence_exceedances": Key(3, int, _rng(1, 10000),
                                     "an integer from 1 to evidence_windows"),
+        "lineage": Key(True, bool, form="true or false"),
         "max_threads": Key(16384, int, _rng(16, 10**7), "an integer, 16 or more"),
         "max_processes": Key(32768, int, _rng(16, 10**7), "an integer, 16 or more"),
         "cache_windows": Key(200000, int, _rng(0, 10**8), "an integer, 0 (no cache) or more"),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sysdream.probes import datasets
 from sysdream.probes.errors import TraceFileError
-from sysdream.probes.tracefile import MAGIC
+from sysdream.probes.tracefile import MAGIC, read_trace
 
 
 def datasets_root() -> Path:
@@ -77,3 +77,26 @@ def read_input(spec: str, label: str = "normal") -> list[datasets.Sequence]:
     if not out:
         raise TraceFileError(f"{spec}: no traces found")
     return out
+
+
+def trace_files(specs: list[str]) -> list:
+    """The sysdream trace files among `specs` (probes.tracefile.Trace each), read whole."""
+    out = []
+    for spec in specs:
+        kind, _, rest = spec.partition(":")
+        if kind in ("adfa-ld", "adfa", "unm", "lidds"):
+            continue
+        path = Path(rest if kind == "trace" and rest else spec)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() \
+            else [path]
+        for f in files:
+            if not f.name.startswith(".") and _guess_safe(f) == "trace":
+                out.append(read_trace(f))
+    return out
+
+
+def _guess_safe(path: Path) -> str:
+    try:
+        return _guess(path)
+    except (TraceFileError, OSError):
+        return ""

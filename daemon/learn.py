@@ -90,6 +90,7 @@ def run_train(args) -> int:
         # normal examples: the calibration traces, or without them the training traces
         normal = calib if calib is not None else seqs
         det.transfer = transfer.fit(det, [s.tokens for s in normal], attacks, args.seed)
+    _host_profile(det, args.input)
     model_id = det.save(args.output)
     b = det.bound
     print(f"sysdream train: model {model_id} written to {args.output}: vocabulary "
@@ -97,6 +98,45 @@ def run_train(args) -> int:
           f"({b.confidence:.1%}, {b.transform} fit, KS {b.ks_statistic:.3f}), "
           f"{det.training['seconds']:.0f} s", file=sys.stderr)
     return 0
+
+
+def _host_profile(det, specs: list[str]) -> None:
+    """For trace-file inputs that carry process context (a host's own recordings): the
+    lineage profile (det.lineage), and the alert rule replayed on the baseline's held-out
+    last quarter (det.training["heldout_alerts"]). Datasets carry no context: nothing."""
+    from .inputs import trace_files
+    from .lineage import Profile, held_out_span
+    from .replay import alerts_after
+
+    traces = [t for t in trace_files(specs) if len(t.context)]
+    if not traces:
+        return
+    prof, early = Profile.learn_with_heldout(traces, (1 - det.bound.confidence) / 2)
+    det.lineage = prof.to_json()
+    edges = sum(len(v) for v in prof.edges.values())
+    print(f"sysdream train: lineage: {len(prof.programs)} programs, {edges} exec edges, "
+          f"{prof.execs} execs", file=sys.stderr)
+    span = held_out_span(traces)
+    if span is None or early is None:
+        return
+    _, cut, end = span
+    got = [alerts_after(det, t, early, cut, end) for t in traces]
+    alerts = sum(g["alerts"] for g in got)
+    hours = max((end - cut) / 3.6e12, 1e-9)
+    det.training["heldout_alerts"] = {
+        "seconds": round((end - cut) / 1e9, 1), "alerts": alerts,
+        "per_hour": round(alerts / hours, 2),
+        "with_lineage_novelty": sum(g["with_lineage_novelty"] for g in got),
+        "evidence": got[0]["evidence"], "confidence": got[0]["confidence"],
+        "lineage_evidence_per_hour": prof.heldout["weight_per_hour"] if prof.heldout
+        else None,
+        "by_exe": {k: v for g in got for k, v in g["by_exe"].items()}}
+    h = det.training["heldout_alerts"]
+    print(f"sysdream train: the alert rule on the baseline's last {h['seconds']:.0f} s, held "
+          f"out from the lineage profile: {alerts} alerts ({h['per_hour']:.1f} an hour; "
+          f"{h['with_lineage_novelty']} with lineage novelty); lineage novelty gave "
+          f"{h['lineage_evidence_per_hour']:.1f} windows' worth of evidence an hour",
+          file=sys.stderr)
 
 
 def _lines(path: str) -> list[str]:

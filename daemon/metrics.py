@@ -107,6 +107,24 @@ class ServiceCollector:
                         "as evidence, by reason (own_alert_delivery: journald handling "
                         "this daemon's alerts).", "reason",
                         {"own_alert_delivery": 0, **c.set_aside})
+        yield _by_label("sysdream_lineage_events", "Lineage novelty events (an exec or a "
+                        "syscall the learnt profile never saw), by kind.", "kind",
+                        {k: 0 for k in ("new_program", "new_edge", "fileless_exec",
+                                        "new_syscall")} | dict(s.lineage_events))
+        held = (s.model.lineage.profile.heldout or {}) if s.model is not None and \
+            s.model.lineage is not None else {}
+        yield GaugeMetricFamily("sysdream_lineage_heldout_evidence_per_hour", "Evidence (in "
+                                "windows above the bound) that lineage novelty gave per hour "
+                                "in the held-out last quarter of the baseline (NaN: no "
+                                "lineage profile).",
+                                value=held.get("weight_per_hour", float("nan")))
+        replay = s.model.det.training.get("heldout_alerts") if s.model is not None else None
+        yield GaugeMetricFamily("sysdream_heldout_alerts_per_hour", "Alerts an hour the "
+                                "alert rule raised when replayed on the baseline's held-out "
+                                "last quarter at training time (NaN: not replayed).",
+                                value=float(replay["per_hour"]) if isinstance(replay, dict)
+                                and isinstance(replay.get("per_hour"), (int, float))
+                                else float("nan"))
         p = s.processes
         yield GaugeMetricFamily("sysdream_processes_tracked", "Processes in the process "
                                 "table.", value=len(p))

@@ -29,6 +29,8 @@ from sysdream.probes.layout import REC_EXEC, REC_EXIT
 from sysdream.probes.streams import flatten
 
 from .labels import ExeLabels, LabelledCounts
+from .lineage import program
+from .lineage import weight as lineage_weight
 from .printable import printable
 
 PAD_NUMBER = 65536  # a span position before the thread's first syscall
@@ -50,7 +52,8 @@ class ModelView:
     """What the pipeline needs of a Detector, derived once per model: window geometry,
     the syscall-number -> token table and the bound at the configured confidence."""
 
-    def __init__(self, detector, confidence: float = 0.0, arch: str | None = None):
+    def __init__(self, detector, confidence: float = 0.0, arch: str | None = None,
+                 lineage: bool = True):
         from sysdream.model.vocab import PAD
 
         self.det = detector
@@ -65,6 +68,13 @@ class ModelView:
             else detector.bound
         self.model_id = detector.model_id
         self.never_for_delivery = syscalls.known_numbers(NEVER_FOR_DELIVERY, self.arch)
+        # the lineage profile learnt beside the model (daemon/lineage.py); None for a
+        # model trained on datasets, which carry no process context
+        self.alpha = (1 - self.bound.confidence) / 2      # the bound's upper tail
+        self.lineage = None
+        if detector.lineage is not None and lineage:
+            from .lineage import Judge, Profile
+            self.lineage = Judge(Profile.from_json(detector.lineage), self.arch, self.alpha)
 
     def geometry(self) -> tuple[int, int, str]:
         return self.p, self.s, self.task
@@ -94,6 +104,7 @@ class Block:
     exec_at: int = -1     # stream position after the thread's last exec, -1 if none seen:
     exec_ns: int = 0      # a window ending before it was made by the program before,
     comm_before: str = ""  # under this name, at exec_ns (see `who`)
+    exe_before: str = ""   # ... running this executable
 
     def who(self, row: int, p: int) -> tuple[int, str, bool]:
         """(kernel time, name, before an exec) that say who made window `row`: for a
@@ -114,7 +125,7 @@ class Block:
 class _Thread:
     __slots__ = ("tid", "tgid", "comm", "cgroup", "buf", "base", "n", "next_start",
                  "last_seq", "covered", "exe", "peer", "first_ns", "parent", "key", "exec_at",
-                 "exec_ns", "comm_before")
+                 "exec_ns", "comm_before", "exe_before")
 
     def __init__(self, tid: int, tgid: int, comm: str, cgroup: int, first_seq: int, lead: int,
                  exe: str):
@@ -135,6 +146,7 @@ class _Thread:
         self.exec_at = -1       # stream position just after its last exec (-1: none seen)
         self.exec_ns = 0        # ... the kernel time of that exec
         self.comm_before = ""   # ... and the name it had before
+        self.exe_before = ""    # ... and the executable it ran before
 
 
 @dataclass
@@ -227,7 +239,8 @@ class WindowQueue:
                                          head.spans[:n], head.valid[:n], head.starts[:n],
                                          head.ns, head.exe, head.first_ns,
                                          head.delivery_peer, head.parent, head.key,
-                                         head.exec_at, head.exec_ns, head.comm_before))
+                                         head.exec_at, head.exec_ns, head.comm_before,
+                                         head.exe_before))
                         head.drop_front(n)
                     self._account(tgid, n)
                     taken += n
@@ -311,6 +324,8 @@ class Cutter:
             t.exec_at = t.n + int(counts[:execs[-1] + 1].sum())
             t.exec_ns = int(recs[execs[-1]]["last_ns"])
             t.comm_before = t.comm or printable(recs[0]["comm"])
+            if self.processes is not None:
+                t.exe_before = self.processes.exe_before_exec(int(last["tgid"]), t.exec_ns)
         t.comm = printable(last["comm"])
         if not t.exe or t.n == 0 or execs.size:
             t.exe = self._exe(int(last["tgid"])) or t.exe
@@ -380,21 +395,23 @@ class Cutter:
         self.counters.windows_cut += len(starts)
         self.queue.put(Block(t.tid, t.tgid, t.comm, t.cgroup, spans, valid, starts, ns,
                              t.exe, t.first_ns or ns, t.peer, t.parent, t.key, t.exec_at,
-                             t.exec_ns, t.comm_before))
+                             t.exec_ns, t.comm_before, t.exe_before))
 
 
 class Evidence:
-    """Per process: alert when k of its last m windows exceeded the bound. Keyed by the
-    process's key (tgid, start) where the process table knows it, so a reused pid starts
-    afresh; by the tgid alone where it does not."""
+    """Per process: alert when the weight of its last m windows reaches k. A window above
+    the bound weighs 1; a lineage novelty (daemon/lineage.py) adds the weight its
+    probability is worth to the window it came with. Keyed by the process's key (tgid,
+    start) where the process table knows it, so a reused pid starts afresh; by the tgid
+    alone where it does not."""
 
     def __init__(self, k: int, m: int, max_processes: int = 65536):
         self.k, self.m, self.max = k, m, max_processes
         self.recent: OrderedDict[int, deque] = OrderedDict()
 
-    def add(self, tgid, exceeded: bool) -> int:
-        """Record one window; returns the exceedances in the last m when that reaches k
-        (and then starts over), else 0."""
+    def add(self, tgid, weight: float) -> float:
+        """Record one window's weight; returns the weight of the last m when that reaches
+        k (and then starts over), else 0."""
         d = self.recent.get(tgid)
         if d is None:
             d = self.recent[tgid] = deque(maxlen=self.m)
@@ -402,23 +419,22 @@ class Evidence:
                 self.recent.popitem(last=False)
         else:
             self.recent.move_to_end(tgid)
-        d.append(exceeded)
-        if exceeded and sum(d) >= self.k:
-            n = sum(d)
+        d.append(float(weight))
+        if weight > 0 and (n := sum(d)) >= self.k - 1e-9:
             d.clear()
             return n
         return 0
 
-    def add_many(self, tgid, exceeded: np.ndarray) -> list[tuple[int, int]]:
-        """Record a run of one process's windows; (index, exceedances) of each that
-        completes the evidence. A run without exceedances for a process with none pending
-        changes nothing that matters and costs no per-window work."""
+    def add_many(self, tgid, weights: np.ndarray) -> list[tuple[int, float]]:
+        """Record a run of one process's window weights (bools: above the bound or not);
+        (index, weight) of each that completes the evidence. A run of zeros for a process
+        with nothing pending changes nothing that matters and costs no per-window work."""
         d = self.recent.get(tgid)
-        if not exceeded.any() and (d is None or not any(d)):
+        if not weights.any() and (d is None or not any(d)):
             if d is not None:
                 self.recent.move_to_end(tgid)
             return []
-        return [(i, n) for i, x in enumerate(exceeded.tolist()) if (n := self.add(tgid, x))]
+        return [(i, n) for i, x in enumerate(weights.tolist()) if (n := self.add(tgid, x))]
 
 
 class Episodes:
@@ -457,8 +473,9 @@ class Episodes:
                 continue
             hits = [e for e in d if e[2]]
             pids = sorted({e[1] for e in hits})
-            if len(hits) >= self.k and len(pids) >= 2:
-                out.append((i, len(hits), pids))
+            n = sum(e[2] for e in hits)
+            if n >= self.k - 1e-9 and len(pids) >= 2:
+                out.append((i, n, pids))
                 d.clear()
         return out
 
@@ -517,6 +534,7 @@ class Detection:
     model: ModelView
     explanation: dict
     episode: dict | None = None     # for an episode: parent pid, pids, exceedances
+    novelty: list = field(default_factory=list)   # lineage events behind it (to_json)
 
 
 class _Part:
@@ -540,6 +558,7 @@ class Scorer:
         self.on_detection, self.observe = on_detection, observe
         self.evidence = Evidence(evidence_k, evidence_m)
         self.episodes = Episodes(evidence_k, evidence_m)
+        self.novel: OrderedDict = OrderedDict()     # process key -> its novelty events
         self.cache = WindowCache(cache_windows, model.span)
         self.batch_windows, self.batch_wait = batch_windows, batch_wait_ms / 1000
         self.explain_positions = explain_positions
@@ -688,24 +707,68 @@ class Scorer:
                 if aside.any():
                     c.set_aside["own_alert_delivery"] += int(aside.sum())
                     exceeds[lo:hi] &= ~aside
-            for i, n in evidence.add_many(b.key or b.tgid, exceeds[lo:hi]):
+            weights = self._novelty(b, model, exceeds[lo:hi])
+            for i, n in evidence.add_many(b.key or b.tgid, weights):
                 ex = self.explain(model, b, i)
-                d = Detection(b, i, float(scores[lo + i]), n, evidence.m, model, ex)
+                d = Detection(b, i, float(scores[lo + i]), n, evidence.m, model, ex,
+                              novelty=self._novelty_of(b, i, model, evidence.m, spend=True))
                 out.append(d)
                 self.on_detection(d)
             # the same windows, as part of an episode of their parent's young children
             young = np.flatnonzero(b.starts < evidence.m * model.s)
             if b.parent and young.size:
-                for j, n, pids in self.episodes.add_many(b.parent, b.tgid,
-                                                         exceeds[lo:hi][young], b.ns):
+                for j, n, pids in self.episodes.add_many(b.parent, b.tgid, weights[young],
+                                                         b.ns):
                     i = int(young[j])
                     ex = self.explain(model, b, i)
-                    ep = {"parent_pid": b.parent[0], "pids": pids, "exceedances": n,
+                    ep = {"parent_pid": b.parent[0], "pids": pids, "exceedances": round(n, 2),
                           "windows": self.episodes.m}
-                    d = Detection(b, i, float(scores[lo + i]), n, evidence.m, model, ex, ep)
+                    d = Detection(b, i, float(scores[lo + i]), n, evidence.m, model, ex, ep,
+                                  self._novelty_of(b, i, model, evidence.m))
                     out.append(d)
                     self.on_detection(d)
         return out
+
+    def _novelty(self, b: Block, model: ModelView, exceeds: np.ndarray) -> np.ndarray:
+        """The block's window weights: 1 for each window above the bound, plus the weight
+        of each lineage novelty (an exec the profile never saw, waiting for the process's
+        next window; a syscall its program never made, on the first window holding it).
+        The events are kept for the process's next alert."""
+        judge = model.lineage
+        if judge is None:
+            return exceeds
+        events = [(0, e) for e in judge.take(b.key)] if b.key else []
+        key = b.key or (b.tgid, 0)
+        targets = b.spans[:, model.lead:]
+        before = b.starts + model.p <= b.exec_at      # windows the program before made
+        for rows, exe in ((np.flatnonzero(before), b.exe_before),
+                          (np.flatnonzero(~before), b.exe)):
+            if rows.size and exe:
+                events += [(int(rows[r]), e) for r, e in
+                           judge.new_syscalls(key, program(exe), targets[rows])]
+        if not events:
+            return exceeds
+        weights = exceeds.astype(np.float64)
+        key = b.key or b.tgid
+        mine = self.novel.get(key)
+        if mine is None:
+            mine = self.novel[key] = []
+            while len(self.novel) > 65536:
+                self.novel.popitem(last=False)
+        for row, e in events:
+            weights[row] += lineage_weight(e.p, model.alpha)
+            mine.append((int(b.starts[row]), e.to_json(model.alpha)))
+        del mine[:-16]
+        return weights
+
+    def _novelty_of(self, b: Block, row: int, model: ModelView, m: int,
+                    spend: bool = False) -> list[dict]:
+        """The lineage events among the evidence's last m windows up to window `row`
+        (those that counted); `spend`: forgotten, as the evidence starts over."""
+        key = b.key or b.tgid
+        mine = self.novel.pop(key, []) if spend else self.novel.get(key, [])
+        since = int(b.starts[row]) - m * model.s
+        return [e for pos, e in mine if pos >= since]
 
     def _delivery_windows(self, b: Block, model: ModelView) -> np.ndarray:
         """The windows of the alert taker (journald) that are its handling of our own

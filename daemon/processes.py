@@ -45,6 +45,7 @@ from .printable import command_line, printable
 from .procfs import split_args
 
 MAX_IMAGES = 4
+MAX_PATHS = 4096
 LINEAGE_DEPTH = 8
 START_SLACK_NS = 30_000_000   # /proc start times are in clock ticks of the boot clock
 TMPFS_MAGIC = 0x01021994
@@ -129,6 +130,9 @@ class ProcessTable:
         self.records = 0
         self.unreadable = 0
         self._users: dict[int, str] = {}
+        # (dev, inode) -> the path an exec record walked: a fork (whose record has no path)
+        # of a program exec'd since capture started is named by it, /proc or not
+        self.paths: OrderedDict[tuple[int, int], str] = OrderedDict()
         # (dev, inode) of the programs that take this daemon's alerts (journald)
         self.delivery_exes: set[tuple[int, int]] = set()
         # the reader thread feeds the table, the scorer thread reads it for alerts
@@ -188,6 +192,11 @@ class ProcessTable:
         if depth:       # the kernel walked the executable's dentries (exec records)
             parts = [printable(_cstr(x)) for x in r["path"][:depth][::-1]]
             img.exe = ("..." if flags & PATH_CUT else "") + "/" + "/".join(parts)
+            if not flags & (EXE_DELETED | PATH_CUT) and ino:
+                self.paths[(dev, ino)] = img.exe
+                self.paths.move_to_end((dev, ino))
+                while len(self.paths) > MAX_PATHS:
+                    self.paths.popitem(last=False)
         else:
             img.exe = self._exe_path(p.tgid, _cstr(r["filename"]) if kind == CTX_EXEC
                                      else b"", dev, ino) or name
@@ -211,6 +220,8 @@ class ProcessTable:
                     return printable(path)
             except OSError:
                 continue
+        if (dev, ino) in self.paths:        # a program exec'd since capture started
+            return self.paths[(dev, ino)]
         for key in reversed(list(self.entries)[-64:]):   # a recent fork of its parent
             q = self.entries[key]
             img = q.images[-1] if q.images else None
@@ -257,6 +268,15 @@ class ProcessTable:
             keys = self.by_pid.get(tgid)
             p = self.entries[keys[-1]] if keys else None
             return p.images[-1].exe if p is not None and p.images else ""
+
+    def exe_before_exec(self, tgid: int, ns: int) -> str:
+        """The executable process `tgid` ran before its exec at kernel time `ns`, without
+        reading /proc; "" when the table does not know."""
+        with self._lock:
+            keys = self.by_pid.get(tgid)
+            p = self.entries[keys[-1]] if keys else None
+            img = p.image_at(ns, before_exec=True) if p is not None else None
+            return img.exe if img is not None else ""
 
     def keys(self, tgid: int) -> tuple[tuple, tuple]:
         """The newest process `tgid`'s own key (tgid, start) and its parent's

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +74,27 @@ def check_state_dir(path: Path) -> None:
                             "set [service] state_directory") from None
 
 
+def _lineage_line(view, enabled: bool) -> str:
+    if not enabled:
+        return "lineage novelty off ([detection] lineage = false): the sequence model alone"
+    if view.lineage is None:
+        return ("no lineage profile in this model (trained without process context): "
+                "alerts rest on the sequence model alone")
+    prof = view.lineage.profile
+    h = prof.heldout or {}
+    held = (f"; its held-out last {h['seconds']:.0f} s gave {h['weight_per_hour']:.1f} "
+            "windows' worth of novelty evidence an hour") if "weight_per_hour" in h else ""
+    text = (f"lineage profile: {len(prof.programs)} programs, "
+            f"{sum(map(len, prof.edges.values()))} exec edges over {prof.seconds:.0f} s"
+            f"{held}")
+    h = view.det.training.get("heldout_alerts")
+    if isinstance(h, dict) and "per_hour" in h:
+        text += (f"; the alert rule ({h.get('evidence')}, at {h.get('confidence', 0):.1%}) "
+                 f"replayed on that held-out part raised {h.get('alerts')} alerts, "
+                 f"{h['per_hour']} an hour")
+    return text
+
+
 class Service:
     def __init__(self, cfg: Config, reload_config=None, notifier: Notifier | None = None):
         self.cfg = cfg
@@ -93,6 +114,7 @@ class Service:
         self.counters = Counters(labels=self.labels)
         self.cgroups = CgroupPaths()
         self.processes = ProcessTable(cfg.detection.max_processes, cgroups=self.cgroups)
+        self.lineage_events: Counter = Counter()    # lineage novelty, by kind (metrics)
         self.processes.delivery_exes = alert_takers()
         self.alerting = AlertPath(cfg.alerts, self.processes, self.labels, log)
         self.sink = self.alerting.sink      # service events go the same way as alerts
@@ -190,8 +212,14 @@ class Service:
         det = Detector.load(path)
         if det.bound is None:
             raise BundleError(f"{path}: the bundle has no calibrated bound; retrain it")
-        view = ModelView(det, self.cfg.detection.confidence)
+        try:
+            view = ModelView(det, self.cfg.detection.confidence,
+                             lineage=self.cfg.detection.lineage)
+        except ValueError as exc:   # lineage.json that is not a profile
+            raise BundleError(f"{path}: inconsistent bundle ({exc}); retrain it") from None
         self._verify(view)
+        if view.lineage is not None:
+            view.lineage.events = self.lineage_events   # counted across model swaps
         return view
 
     @staticmethod
@@ -234,6 +262,7 @@ class Service:
                 f"vocabulary {len(view.det.vocab)}, bound {b.bound:.4f} at "
                 f"{b.confidence:.1%}")
         log(text)
+        log(_lineage_line(view, self.cfg.detection.lineage))
         if event:
             self.sink.emit("model-loaded", alerts.INFO, text,
                            {"kind": "model-loaded", "model_id": view.model_id})
@@ -504,6 +533,8 @@ class Service:
         if not records.size:
             return
         self.processes.ingest(records)
+        if self.model is not None and self.model.lineage is not None:
+            self.model.lineage.on_context(records, self.processes)
         if self.phase == "learning" and self._writer is not None and \
                 self.baseline_syscalls < self.cfg.learning.max_syscalls:
             self._pending_context.append(records)   # the baseline keeps who was who

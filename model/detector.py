@@ -60,10 +60,12 @@ class SequenceScores:
 class Detector:
     def __init__(self, cfg: NetworkConfig, vocab: Vocabulary, net: torch.nn.Module,
                  bound: GaussianBound | None, embedding: np.ndarray, training: dict,
-                 model_id: str = "", transfer: dict | None = None):
+                 model_id: str = "", transfer: dict | None = None,
+                 lineage: dict | None = None):
         self.cfg, self.vocab, self.net, self.bound = cfg, vocab, net, bound
         self.embedding, self.training, self.model_id = embedding, training, model_id
         self.transfer = transfer
+        self.lineage = lineage    # the daemon's lineage profile, carried as written
         net.eval()
 
     # -- training ---------------------------------------------------------------------
@@ -134,7 +136,7 @@ class Detector:
         b = bundle_io.Bundle(network=self.cfg.to_json(), vocabulary=self.vocab.to_json(),
                              embedding=self.embedding, calibration=self.bound.to_json(),
                              training=self.training, state_dict=self.net.state_dict(),
-                             transfer=self.transfer)
+                             transfer=self.transfer, lineage=self.lineage)
         self.model_id = bundle_io.save(b, path)
         return self.model_id
 
@@ -149,7 +151,8 @@ class Detector:
                 raise ValueError("network and vocabulary sizes differ")
             net = build(cfg)
             net.load_state_dict(b.state_dict)
-            det = cls(cfg, vocab, net, bound, b.embedding, b.training, b.model_id, b.transfer)
+            det = cls(cfg, vocab, net, bound, b.embedding, b.training, b.model_id, b.transfer,
+                      b.lineage)
             if b.transfer is not None:
                 from . import transfer
                 transfer.check(b.transfer, transfer.n_features(det))

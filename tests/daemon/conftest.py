@@ -1,12 +1,18 @@
-"""Daemon test fixtures: a small detector trained on the synthetic corpus, and its bundle."""
+"""Daemon test fixtures: a small detector trained on the synthetic corpus, and its bundle;
+a journald in a private mount namespace; a cgroup of the test's own."""
 
 from __future__ import annotations
 
+import time
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 from daemon_helpers import normal_sequence, quick_settings, tiny_config
+from harness import JournalNamespace
+
+from sysdream.daemon.cgroups import mount_point
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +30,28 @@ def tiny_bundle(tiny_detector, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("bundle") / "model"
     tiny_detector.save(path)
     return path
+
+
+@pytest.fixture
+def journal():
+    j = JournalNamespace()
+    yield j
+    j.close()
+
+
+@pytest.fixture
+def group():
+    """A cgroup of the test's own (path relative to the cgroup v2 mount, id, dir)."""
+    root = mount_point()
+    if root is None:
+        pytest.fail("no cgroup v2 hierarchy: the kernel's cgroup ids need one")
+    rel = f"/sysdream-test-{uuid.uuid4().hex[:8]}"
+    d = Path(f"{root}{rel}")
+    d.mkdir()
+    yield rel, d.stat().st_ino, d
+    for _ in range(50):
+        try:
+            d.rmdir()
+            break
+        except OSError:
+            time.sleep(0.1)

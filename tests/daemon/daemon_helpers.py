@@ -3,6 +3,7 @@ the synthetic corpus (a uniquely named module: every test folder has a conftest)
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "probes"))
 
+from harness import Daemon, JournalNamespace  # noqa: E402
 from synthetic_corpus import (  # noqa: E402, F401 (re-exported for the daemon tests)
     attack_sequence,
     normal_sequence,
@@ -18,6 +20,7 @@ from synthetic_corpus import (  # noqa: E402, F401 (re-exported for the daemon t
     tiny_config,
 )
 
+from sysdream.daemon.alerts import MESSAGE_IDS  # noqa: E402
 from sysdream.probes import syscalls  # noqa: E402
 from sysdream.probes.layout import REC_EXIT, record_dtype  # noqa: E402
 
@@ -49,3 +52,53 @@ def sample_normal(seed: int, n: int) -> np.ndarray:
 
 def sample_attack(seed: int, n: int) -> np.ndarray:
     return attack_sequence(np.random.default_rng(seed), n)
+
+
+# -- a daemon tracing a test cgroup, alerts to a journald of the test's own --------------
+DATA = Path(__file__).parent / "data"
+PROBE_DATA = Path(__file__).parents[1] / "probes" / "data"
+ANOMALY = {"MESSAGE_ID": MESSAGE_IDS["anomaly"]}
+
+
+def start_in(cgroup_dir: Path, cmd: list[str], **kw) -> subprocess.Popen:
+    """Start `cmd` inside the cgroup (it moves itself there before it executes)."""
+    procs = str(cgroup_dir / "cgroup.procs")
+
+    def enter():
+        with open(procs, "w") as f:
+            f.write("0")
+    return subprocess.Popen(cmd, preexec_fn=enter, **kw)
+
+
+def run_in(cgroup_dir: Path, cmd: list[str], timeout: float = 60) -> subprocess.Popen:
+    """Run a test program (which waits for a byte on stdin) inside the cgroup, to its end."""
+    proc = start_in(cgroup_dir, cmd, stdin=subprocess.PIPE)
+    proc.communicate(b"g", timeout=timeout)
+    assert proc.returncode == 0
+    return proc
+
+
+def gcc(tmp_path: Path, source: Path) -> Path:
+    exe = tmp_path / source.stem
+    subprocess.run(["gcc", "-O1", "-o", str(exe), str(source)], check=True)
+    return exe
+
+
+def config(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "sysdream.toml"
+    p.write_text("[detection]\nevidence_windows = 1\nevidence_exceedances = 1\n" + text)
+    return p
+
+
+def start_daemon(tmp_path: Path, cfg: Path, bundle: Path, cgroup_id: int,
+                 journal: JournalNamespace, *extra: str) -> Daemon:
+    """The daemon with the tiny model, tracing the test's cgroup only, alerts to journald."""
+    d = Daemon(["--config", str(cfg), "--model", str(bundle), "--state-dir",
+                str(tmp_path / "state"), "--cgroup", str(cgroup_id), *extra], tmp_path,
+               prefix=journal.prefix)
+    d.wait_attached()
+    return d
+
+
+def entries_for(journal: JournalNamespace, **match) -> list[dict]:
+    return journal.entries(**ANOMALY, **match)

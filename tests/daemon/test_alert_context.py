@@ -15,88 +15,22 @@ import json
 import os
 import re
 import subprocess
-import time
-import uuid
 from pathlib import Path
 
-import pytest
-from harness import Daemon, JournalNamespace, wait_for
+from daemon_helpers import (
+    DATA,
+    PROBE_DATA,
+    config,
+    entries_for,
+    gcc,
+    run_in,
+    start_daemon,
+    start_in,
+)
+from harness import wait_for
 
 from sysdream.daemon.alerts import MESSAGE_IDS
 from sysdream.daemon.cgroups import mount_point
-
-DATA = Path(__file__).parent / "data"
-PROBE_DATA = Path(__file__).parents[1] / "probes" / "data"
-ANOMALY = {"MESSAGE_ID": MESSAGE_IDS["anomaly"]}
-
-
-@pytest.fixture
-def journal():
-    j = JournalNamespace()
-    yield j
-    j.close()
-
-
-@pytest.fixture
-def group():
-    """A cgroup of the test's own (path relative to the cgroup v2 mount, id, dir)."""
-    root = mount_point()
-    if root is None:
-        pytest.fail("no cgroup v2 hierarchy: the kernel's cgroup ids need one")
-    rel = f"/sysdream-test-{uuid.uuid4().hex[:8]}"
-    d = Path(f"{root}{rel}")
-    d.mkdir()
-    yield rel, d.stat().st_ino, d
-    for _ in range(50):
-        try:
-            d.rmdir()
-            break
-        except OSError:
-            time.sleep(0.1)
-
-
-def start_in(cgroup_dir: Path, cmd: list[str], **kw) -> subprocess.Popen:
-    """Start `cmd` inside the cgroup (it moves itself there before it executes)."""
-    procs = str(cgroup_dir / "cgroup.procs")
-
-    def enter():
-        with open(procs, "w") as f:
-            f.write("0")
-    return subprocess.Popen(cmd, preexec_fn=enter, **kw)
-
-
-def run_in(cgroup_dir: Path, cmd: list[str], timeout: float = 60) -> subprocess.Popen:
-    """Run a test program (which waits for a byte on stdin) inside the cgroup, to its end."""
-    proc = start_in(cgroup_dir, cmd, stdin=subprocess.PIPE)
-    proc.communicate(b"g", timeout=timeout)
-    assert proc.returncode == 0
-    return proc
-
-
-def gcc(tmp_path: Path, source: Path) -> Path:
-    exe = tmp_path / source.stem
-    subprocess.run(["gcc", "-O1", "-o", str(exe), str(source)], check=True)
-    return exe
-
-
-def config(tmp_path: Path, text: str) -> Path:
-    p = tmp_path / "sysdream.toml"
-    p.write_text("[detection]\nevidence_windows = 1\nevidence_exceedances = 1\n" + text)
-    return p
-
-
-def start_daemon(tmp_path: Path, cfg: Path, bundle: Path, cgroup_id: int,
-                 journal: JournalNamespace, *extra: str) -> Daemon:
-    """The daemon with the tiny model, tracing the test's cgroup only, alerts to journald."""
-    d = Daemon(["--config", str(cfg), "--model", str(bundle), "--state-dir",
-                str(tmp_path / "state"), "--cgroup", str(cgroup_id), *extra], tmp_path,
-               prefix=journal.prefix)
-    d.wait_attached()
-    return d
-
-
-def entries_for(journal: JournalNamespace, **match) -> list[dict]:
-    return journal.entries(**ANOMALY, **match)
 
 
 def no_control_characters(text: str) -> bool:

@@ -208,3 +208,22 @@ def test_a_record_claiming_more_than_a_chunk_holds_is_refused(tmp_path, tiny_det
     cutter.ingest(np.concatenate([honest, liar]))
     assert counters.records_refused == 1 and counters.syscalls == 10
     assert 8 not in cutter.threads
+
+
+@pytest.mark.parametrize("lineage, why", [
+    ("[1, 2]", "not a lineage profile"),
+    ('{"format": 1, "programs": {"/bin/sh": -4}, "edges": {}, "syscalls": {}, "execs": 1, '
+     '"fileless": 0}', "programs must map names to counts"),
+])
+def test_run_refuses_a_resealed_bundle_with_a_bad_lineage_profile(tmp_path, tiny_bundle,
+                                                                   lineage, why):
+    """The daemon reads lineage.json as it loads the model: a bad one exits 11, one line."""
+    b = tmp_path / "model"
+    shutil.copytree(tiny_bundle, b)
+    (b / "lineage.json").write_text(lineage)
+    m = json.loads((b / "manifest.json").read_text())
+    m["files"]["lineage.json"] = ""
+    (b / "manifest.json").write_text(json.dumps(m))
+    reseal(b)
+    one_line(cli("run", "--model", str(b), "--state-dir", str(tmp_path / "state"),
+                 "--no-metrics", "--no-journald"), 11, why)

@@ -332,3 +332,46 @@ def test_a_window_made_before_an_exec_is_named_after_the_program_before_it(tiny_
     assert b.exec_at == 16 and b.comm == "wc"
     assert b.who(0, view.p) == (int(before[-1]["last_ns"]), "sdwork", True)  # 0-7
     assert b.who(len(b) - 1, view.p) == (b.ns, "wc", False)                # after the exec
+
+
+def test_lineage_novelty_completes_the_evidence_and_is_listed(tiny_detector):
+    """A program making a syscall its profile never saw in 10^11 calls alerts on that
+    alone (weight over 3), though no window is above the bound; a window far from it
+    carries no novelty; a model without a profile, or with lineage off, gives none."""
+    import copy
+
+    from sysdream.daemon import alerts
+    from sysdream.daemon.lineage import Profile
+
+    names = sample_normal(21, 400)
+    rare = str(names[200])      # never seen by the program's profile
+    seen = {str(n): 10**10 for n in names if str(n) != rare}
+    det = copy.copy(tiny_detector)
+    det.lineage = Profile(programs={"/bin/w": 5}, syscalls={"/bin/w": seen}, execs=100,
+                          fileless=0).to_json()
+    found = []
+    for lineage in (True, False):
+        view = ModelView(det, lineage=lineage)
+        counters = Counters()
+        queue = WindowQueue(100000, counters)
+        cutter = Cutter(view, queue, counters, 100)
+        scorer = Scorer(view, queue, counters, found.append)
+        cutter.ingest(records(5, names, tgid=5))
+        blocks = drain(queue)
+        for b in blocks:
+            b.exe, b.key = "/bin/w", (5, 1)
+        scorer.process(blocks)
+        if lineage:
+            assert len(found) == 1, "the new syscall alone completes the evidence"
+            (d,) = found
+            assert [e["kind"] for e in d.novelty] == ["new_syscall"]
+            assert d.novelty[0]["what"] == f"/bin/w: {rare}" and d.novelty[0]["weight"] > 3
+            first = [str(n) for n in names].index(rare)
+            row_start = int(d.block.starts[d.row])
+            assert row_start <= first < row_start + view.p, "on the first window holding it"
+            assert d.score <= view.bound.bound, "no window above the bound was needed"
+            f = alerts.anomaly_fields(d)
+            assert f["novelty"] == d.novelty and "new to this host: new_syscall" in \
+                alerts.message(f)
+        else:
+            assert len(found) == 1, "lineage off: nothing more"
