@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 from . import alerts
+from .allow import AllowList
 from .config import ConfigError
 from .labels import ExeLabels
 
+ALLOW_CHECK_S = 1.0
+
 
 class AlertPath:
-    def __init__(self, settings, processes, labels: ExeLabels, log=print):
+    def __init__(self, settings, processes, labels: ExeLabels, log=print,
+                 allow_path: Path | None = None):
         a = settings
         self.processes, self.log = processes, log
         self.deliveries = alerts.Deliveries()
@@ -31,6 +36,11 @@ class AlertPath:
         self.sent = labels.counter()           # alerts that went out, by executable
         self.suppressed = labels.counter()     # ... and those held back
         self.observe_latency = None            # the metrics' detection-latency histogram
+        self.allowed = labels.counter()        # ... and those an allow entry matched
+        # the operator's allow list (daemon/allow.py): a bad file stops the start (exit
+        # 12); later, a bad edit is logged and the list in use stays
+        self.allow = AllowList.load(allow_path) if allow_path is not None else None
+        self._next_allow_check = 0.0
         self._next_summary = 0.0
         self._lock = threading.Lock()
 
@@ -41,6 +51,10 @@ class AlertPath:
         fields = alerts.anomaly_fields(det, self.processes.context(b.tgid, ns, before_exec),
                                        comm)
         exe = fields["exe"] or b.exe
+        allow = self.allow
+        if allow is not None and allow.match(fields) is not None:
+            self.allowed.add(exe)
+            return
         with self._lock:
             ok, suppressed, incidents = self.limiter.allow(
                 fields["fingerprint"], about={"exe": fields["exe"], "pid": b.tgid,
@@ -58,9 +72,30 @@ class AlertPath:
     def tick(self, now: float | None = None) -> None:
         """From the main loop: the summary of what was held back, when it is due."""
         now = time.monotonic() if now is None else now
+        if self.allow is not None and now >= self._next_allow_check:
+            self._next_allow_check = now + ALLOW_CHECK_S
+            self.reload_allow()
         if now >= self._next_summary:
             self._next_summary = now + self.summary_s
             self.summarise()
+
+    def reload_allow(self) -> None:
+        """Take a changed allow list (the file is stat'ed; read only when it changed)."""
+        if not self.allow.changed():
+            return
+        try:
+            new = AllowList.load(self.allow.path)
+        except ConfigError as exc:
+            self.allow.stamp = ()       # logged once per change, not every second
+            try:
+                st = self.allow.path.stat()
+                self.allow.stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+            except OSError:
+                pass
+            self.log(f"allow list refused, the one in use stays: {exc}")
+            return
+        self.allow = new
+        self.log(f"allow list: {len(new.entries)} entries from {new.path}")
 
     def summarise(self) -> None:
         """One event for the alerts held back since the last one, if any."""

@@ -169,6 +169,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-journald", action="store_true", help="alerts not to journald")
     _add_filters(run, chunk_default=None)
 
+    al = sub.add_parser("allow", help="mark a false alert's pattern benign; list or remove "
+                        "such entries", description="An allowed pattern stops alerting at "
+                        "once (the running daemon reads the state directory's allow.json "
+                        "every second; probes stay attached).")
+    what = al.add_mutually_exclusive_group()
+    what.add_argument("--alert-id", help="the alert's pattern: its fingerprint (same "
+                      "executable, lineage and kind of surprise), found in journald")
+    what.add_argument("--fingerprint", help="alerts with this fingerprint")
+    what.add_argument("--exe", help="every alert of this executable (absolute path; broad)")
+    what.add_argument("--lineage", help="alerts whose lineage matches this shell pattern, "
+                      "e.g. '* > cron > sh > /usr/local/bin/backup.sh'")
+    what.add_argument("--list", action="store_true", help="the entries, one per line")
+    what.add_argument("--remove", metavar="ID", help="remove an entry")
+    al.add_argument("--comment", help="why (kept with the entry)")
+    al.add_argument("--json-lines", metavar="FILE", help="find --alert-id in this JSON-lines "
+                    "file instead of journald")
+    al.add_argument("--config", help="configuration file, for the state directory")
+    al.add_argument("--state-dir", help="[service] state_directory")
+
     ex = sub.add_parser("explain", help="explain one alert: per-position table and an "
                         "attention heat map")
     src = ex.add_mutually_exclusive_group(required=True)
@@ -210,6 +229,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "explain":
         from .explain import run_explain
         return run_explain(args)
+    if args.verb == "allow":
+        from . import allow, config
+        state = Path(args.state_dir) if args.state_dir else \
+            config.load(args.config, required=bool(args.config)).state_dir()
+        return allow.run(args, state)
     raise AssertionError(args.verb)
 
 

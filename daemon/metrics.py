@@ -100,6 +100,9 @@ class ServiceCollector:
         yield _by_label("sysdream_alerts_suppressed", "Alerts held back by the rate "
                         "limits (per fingerprint, and the ceiling per minute), by "
                         "executable.", "exe", s.alerting.suppressed.snapshot())
+        yield _by_label("sysdream_alerts_allowed", "Alerts not sent because an operator's "
+                        "allow entry matched them (sysdream allow), by executable.", "exe",
+                        s.alerting.allowed.snapshot())
         yield CounterMetricFamily("sysdream_exe_labels_evicted", "Executables whose metric "
                                   "label went to one that raised an alert.",
                                   value=s.labels.evictions)

@@ -116,7 +116,8 @@ class Service:
         self.processes = ProcessTable(cfg.detection.max_processes, cgroups=self.cgroups)
         self.lineage_events: Counter = Counter()    # lineage novelty, by kind (metrics)
         self.processes.delivery_exes = alert_takers()
-        self.alerting = AlertPath(cfg.alerts, self.processes, self.labels, log)
+        self.alerting = AlertPath(cfg.alerts, self.processes, self.labels, log,
+                                  allow_path=cfg.state_dir() / "allow.json")
         self.sink = self.alerting.sink      # service events go the same way as alerts
         self._next_refresh = 0.0
         self.metrics = None
