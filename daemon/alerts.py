@@ -96,6 +96,8 @@ def anomaly_fields(det, context: dict | None = None, comm: str | None = None) ->
         "confidence": m.bound.confidence, "sigmas": round(sigmas, 3),
         "model_id": m.model_id,
         "evidence": f"{det.exceedances:.3g}/{det.evidence_m}" + (
+            f" at exit, on all its {det.at_exit} windows" if getattr(det, "at_exit", 0)
+            else "") + (
             f" in {len(det.episode['pids'])} processes of parent {det.episode['parent_pid']}"
             if det.episode else ""),
         "episode": det.episode or {}, "novelty": novelty,

@@ -16,6 +16,7 @@ another window geometry are shed at the swap (reason "model_change").
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -34,6 +35,7 @@ from .lineage import weight as lineage_weight
 from .printable import printable
 
 PAD_NUMBER = 65536  # a span position before the thread's first syscall
+GRADED_MAX = 8.0    # no window counts for more than this many at a process's exit
 # How long after one of our own deliveries the alert taker's (journald's) windows may be
 # its handling of it, and the syscalls such handling never makes (docs/architecture.md).
 DELIVERY_SLACK_S = 1.0
@@ -105,6 +107,7 @@ class Block:
     exec_ns: int = 0      # a window ending before it was made by the program before,
     comm_before: str = ""  # under this name, at exec_ns (see `who`)
     exe_before: str = ""   # ... running this executable
+    final: bool = False    # emitted as the thread exited
 
     def who(self, row: int, p: int) -> tuple[int, str, bool]:
         """(kernel time, name, before an exec) that say who made window `row`: for a
@@ -125,7 +128,7 @@ class Block:
 class _Thread:
     __slots__ = ("tid", "tgid", "comm", "cgroup", "buf", "base", "n", "next_start",
                  "last_seq", "covered", "exe", "peer", "first_ns", "parent", "key", "exec_at",
-                 "exec_ns", "comm_before", "exe_before")
+                 "exec_ns", "comm_before", "exe_before", "exiting")
 
     def __init__(self, tid: int, tgid: int, comm: str, cgroup: int, first_seq: int, lead: int,
                  exe: str):
@@ -147,6 +150,7 @@ class _Thread:
         self.exec_ns = 0        # ... the kernel time of that exec
         self.comm_before = ""   # ... and the name it had before
         self.exe_before = ""    # ... and the executable it ran before
+        self.exiting = False    # its exit record is being read: its blocks are final
 
 
 @dataclass
@@ -240,7 +244,7 @@ class WindowQueue:
                                          head.ns, head.exe, head.first_ns,
                                          head.delivery_peer, head.parent, head.key,
                                          head.exec_at, head.exec_ns, head.comm_before,
-                                         head.exe_before))
+                                         head.exe_before))     # the rest stays final
                         head.drop_front(n)
                     self._account(tgid, n)
                     taken += n
@@ -351,6 +355,7 @@ class Cutter:
                 lo = g
             ids = ids[offsets[lo]:]
         t.last_seq = int(seqs[-1])
+        t.exiting = bool(last["flags"] & REC_EXIT)
         self._append(t, ids, int(last["last_ns"]))
         if last["flags"] & REC_EXIT:
             self._final(t, int(last["last_ns"]))
@@ -395,7 +400,7 @@ class Cutter:
         self.counters.windows_cut += len(starts)
         self.queue.put(Block(t.tid, t.tgid, t.comm, t.cgroup, spans, valid, starts, ns,
                              t.exe, t.first_ns or ns, t.peer, t.parent, t.key, t.exec_at,
-                             t.exec_ns, t.comm_before, t.exe_before))
+                             t.exec_ns, t.comm_before, t.exe_before, t.exiting))
 
 
 class Evidence:
@@ -408,6 +413,28 @@ class Evidence:
     def __init__(self, k: int, m: int, max_processes: int = 65536):
         self.k, self.m, self.max = k, m, max_processes
         self.recent: OrderedDict[int, deque] = OrderedDict()
+        # processes that have made at most m windows and not alerted: [windows, strength]
+        # (the sum of the windows' graded weights, see `graded`); None once past that
+        self.young: OrderedDict = OrderedDict()
+
+    def grow(self, key, windows: int, strength: float) -> None:
+        """Count a run of windows of a process while it is young."""
+        y = self.young.get(key, [0, 0.0])
+        if y is None:
+            return
+        y[0] += windows
+        y[1] += strength
+        self.young[key] = y if y[0] <= self.m else None
+        self.young.move_to_end(key)
+        while len(self.young) > self.max:
+            self.young.popitem(last=False)
+
+    def at_exit(self, key) -> tuple[int, float]:
+        """(windows, strength) of a process that exits young and never alerted, else
+        (0, 0); its evidence is forgotten either way."""
+        self.recent.pop(key, None)
+        y = self.young.pop(key, None)
+        return (y[0], y[1]) if y else (0, 0.0)
 
     def add(self, tgid, weight: float) -> float:
         """Record one window's weight; returns the weight of the last m when that reaches
@@ -422,6 +449,8 @@ class Evidence:
         d.append(float(weight))
         if weight > 0 and (n := sum(d)) >= self.k - 1e-9:
             d.clear()
+            if tgid in self.young:
+                self.young[tgid] = None     # judged already: not again at its exit
             return n
         return 0
 
@@ -535,6 +564,7 @@ class Detection:
     explanation: dict
     episode: dict | None = None     # for an episode: parent pid, pids, exceedances
     novelty: list = field(default_factory=list)   # lineage events behind it (to_json)
+    at_exit: int = 0    # judged as it exited young, on all its windows (their number)
 
 
 class _Part:
@@ -707,13 +737,27 @@ class Scorer:
                 if aside.any():
                     c.set_aside["own_alert_delivery"] += int(aside.sum())
                     exceeds[lo:hi] &= ~aside
-            weights = self._novelty(b, model, exceeds[lo:hi])
-            for i, n in evidence.add_many(b.key or b.tgid, weights):
+            weights = self._novelty(b, model, exceeds[lo:hi]).astype(np.float64)
+            key = b.key or b.tgid
+            evidence.grow(key, hi - lo, float(np.sum(
+                graded(model, scores[lo:hi], exceeds[lo:hi]) + weights - exceeds[lo:hi],
+                dtype=np.float64)))
+            for i, n in evidence.add_many(key, weights):
                 ex = self.explain(model, b, i)
                 d = Detection(b, i, float(scores[lo + i]), n, evidence.m, model, ex,
                               novelty=self._novelty_of(b, i, model, evidence.m, spend=True))
                 out.append(d)
                 self.on_detection(d)
+            if b.final and b.tid == b.tgid:     # the process exits: judged on all it did
+                windows, strength = evidence.at_exit(key)
+                if windows and evidence.k - 1e-9 <= strength:
+                    i = len(b) - 1
+                    ex = self.explain(model, b, i)
+                    d = Detection(b, i, float(scores[lo + i]), strength, evidence.m, model,
+                                  ex, novelty=self._novelty_of(b, i, model, evidence.m, True),
+                                  at_exit=windows)
+                    out.append(d)
+                    self.on_detection(d)
             # the same windows, as part of an episode of their parent's young children
             young = np.flatnonzero(b.starts < evidence.m * model.s)
             if b.parent and young.size:
@@ -807,6 +851,22 @@ class Scorer:
         ex["bound"] = model.bound.bound
         ex["sigmas"] = float(model.bound.sigmas(np.array([s.score[0]]))[0])
         return ex
+
+
+def graded(model: ModelView, scores: np.ndarray, exceeds: np.ndarray) -> np.ndarray:
+    """Each window's graded weight: for a window above the bound, log p / log alpha, p
+    being its upper-tail probability under the fitted Gaussian (1 at the bound, 2 where
+    a score is as rare as two windows above it); 0 below the bound."""
+    out = np.zeros(len(scores))
+    if exceeds.any():
+        z = model.bound.sigmas(scores[exceeds])
+        logp = np.log(np.maximum(0.5 * _erfc(z / math.sqrt(2)), 1e-300))
+        out[exceeds] = np.minimum(logp / math.log(model.alpha), GRADED_MAX)
+    return out
+
+
+def _erfc(x: np.ndarray) -> np.ndarray:
+    return np.array([math.erfc(v) for v in np.asarray(x, np.float64).tolist()])
 
 
 def _padded(n: int, batch: int) -> int:

@@ -260,8 +260,10 @@ def test_queue_capacity_is_respected_for_any_block_size(tiny_detector, bad):
 def test_short_lived_children_of_one_parent_are_judged_together(tiny_detector,
                                                                 parents_known):
     """Ten children of one parent, each making six odd syscalls and exiting: one window
-    each, so none can reach 3 of 8 alone; judged together as an episode they alert,
-    naming the parent and the children; with no parent known, nothing can."""
+    each, so none can reach 3 of 8 by count; judged together as an episode they alert,
+    naming the parent and the children; with no parent known, there is no episode (each
+    child is still judged alone at its exit, on how far its one window is beyond the
+    bound)."""
     from sysdream.daemon.processes import Process, ProcessTable
 
     view, _c, queue, cutter, scorer, found = make(tiny_detector)
@@ -273,13 +275,16 @@ def test_short_lived_children_of_one_parent_are_judged_together(tiny_detector,
     for pid in range(200, 210):
         cutter.ingest(records(pid, step, exit=True, t0=10_000 + pid))
     scorer.process(drain(queue))
+    alone = [d for d in found if d.at_exit]
+    assert all(d.at_exit == 1 and not d.episode for d in alone)
+    episodes = [d for d in found if d.episode]
     if not parents_known:
-        assert found == []
+        assert not episodes
         return
-    assert found and all(d.episode for d in found)
-    ep = found[0].episode
+    assert episodes and all(not d.at_exit for d in episodes)
+    ep = episodes[0].episode
     assert ep["parent_pid"] == 77 and len(ep["pids"]) >= 2 and ep["exceedances"] >= 3
-    assert set(ep["pids"]) <= set(range(200, 210)) and found[0].block.tgid in ep["pids"]
+    assert set(ep["pids"]) <= set(range(200, 210)) and episodes[0].block.tgid in ep["pids"]
 
 
 def test_an_episode_needs_two_processes_and_recent_windows():
@@ -297,8 +302,9 @@ def test_an_episode_needs_two_processes_and_recent_windows():
 
 
 def test_evidence_does_not_carry_over_to_a_process_that_reuses_a_pid(tiny_detector):
-    """Two windows above the bound from one process, one from the next process given the
-    same pid: 3 of 8 only if they were taken for one process."""
+    """Two windows above the bound from a process, one from the next process given the
+    same pid: 3 of 8 only if they were taken for one process. Keyed by (pid, start), the
+    second is judged alone at its exit, on its one window."""
     from sysdream.daemon.processes import Process, ProcessTable
 
     odd = ["clone", "execve", "socket", "connect", "dup2", "dup2", "execve", "socket"]
@@ -307,12 +313,51 @@ def test_evidence_does_not_carry_over_to_a_process_that_reuses_a_pid(tiny_detect
         table = ProcessTable()
         cutter.processes = table if keyed else None
         table._put(Process(300, 1000))
-        cutter.ingest(records(300, odd * 2, exit=True, t0=2000))
+        cutter.ingest(records(299, odd * 2, tgid=300, t0=2000))    # a thread of the first
         scorer.process(drain(queue))
         table._put(Process(300, 5000))                 # the pid, given to a new process
         cutter.ingest(records(300, odd, exit=True, t0=6000))
         scorer.process(drain(queue))
-        assert len(found) == (0 if keyed else 1), keyed
+        if keyed:
+            assert [d.at_exit for d in found] == [1], "the second, alone, at its exit"
+        else:
+            assert [(d.at_exit, d.exceedances) for d in found] == [(0, 3)], "mixed up"
+
+
+def test_a_young_process_is_judged_at_exit_on_all_it_did():
+    """Evidence keeps a young process's window count and graded strength until it has
+    made more than m windows or alerted; its exit returns them once."""
+    from sysdream.daemon.pipeline import Evidence
+
+    ev = Evidence(3, 8)
+    ev.grow("a", 2, 3.4)
+    assert ev.at_exit("a") == (2, 3.4) and ev.at_exit("a") == (0, 0.0)
+    ev.grow("b", 8, 1.0)
+    ev.grow("b", 1, 5.0)                  # a ninth window: no longer young
+    assert ev.at_exit("b") == (0, 0.0)
+    ev.grow("c", 2, 4.0)
+    assert ev.add_many("c", np.array([1.0, 1.0, 1.0])) == [(2, 3.0)]
+    assert ev.at_exit("c") == (0, 0.0), "alerted already"
+
+
+def test_a_lone_short_process_alerts_at_exit_only_when_it_stands_out(tiny_detector):
+    """One process, one window of syscalls the model never saw (far beyond the bound):
+    no count rule fires, its exit does, saying so; the same windows from a process still
+    running raise nothing yet, and a normal short process raises nothing at exit."""
+    from sysdream.daemon import alerts
+
+    view, _c, queue, cutter, scorer, found = make(tiny_detector)
+    odd = ["clone", "execve", "socket", "connect", "dup2", "dup2"]
+    cutter.ingest(records(400, odd, t0=100))
+    scorer.process(drain(queue))
+    cutter.ingest(records(401, sample_normal(8, 7), exit=True, t0=200))
+    scorer.process(drain(queue))
+    assert found == []
+    cutter.ingest(records(402, odd, exit=True, t0=300))
+    scorer.process(drain(queue))
+    (d,) = found
+    assert d.block.tgid == 402 and d.at_exit == 1 and d.exceedances >= 3
+    assert "at exit, on all its 1 windows" in alerts.anomaly_fields(d)["evidence"]
 
 
 def test_a_window_made_before_an_exec_is_named_after_the_program_before_it(tiny_detector):
