@@ -36,6 +36,9 @@ from .printable import printable
 
 PAD_NUMBER = 65536  # a span position before the thread's first syscall
 GRADED_MAX = 8.0    # no window counts for more than this many at a process's exit
+EXEC_WAIT_NS = 2_000_000_000   # how long a thread asks the table for its exec's image
+EXEC_SLACK_NS = 100_000   # an exec's context record: stamped at most this long before
+#                           the first_ns of its exec record (an empty one, sent after it)
 # How long after one of our own deliveries the alert taker's (journald's) windows may be
 # its handling of it, and the syscalls such handling never makes (docs/architecture.md).
 DELIVERY_SLACK_S = 1.0
@@ -128,7 +131,7 @@ class Block:
 class _Thread:
     __slots__ = ("tid", "tgid", "comm", "cgroup", "buf", "base", "n", "next_start",
                  "last_seq", "covered", "exe", "peer", "first_ns", "parent", "key", "exec_at",
-                 "exec_ns", "comm_before", "exe_before", "exiting")
+                 "exec_ns", "comm_before", "exe_before", "exiting", "exec_seen")
 
     def __init__(self, tid: int, tgid: int, comm: str, cgroup: int, first_seq: int, lead: int,
                  exe: str):
@@ -151,6 +154,8 @@ class _Thread:
         self.comm_before = ""   # ... and the name it had before
         self.exe_before = ""    # ... and the executable it ran before
         self.exiting = False    # its exit record is being read: its blocks are final
+        self.exec_seen = -1     # first_ns of an exec record whose context is not in the
+        #                         process table yet (-1: none waiting)
 
 
 @dataclass
@@ -271,6 +276,20 @@ class Cutter:
         self.processes = processes      # daemon.processes.ProcessTable, or None
         self.threads: OrderedDict[int, _Thread] = OrderedDict()
 
+    def _refresh_exe(self, t: _Thread, tgid: int) -> None:
+        """The thread's executable from the process table. The kernel sends an exec's
+        context record before the exec's chunk record, but the reader may take the chunk
+        ring's record in a pass that read the context ring just before it came: then the
+        table still holds the program before, and the thread asks again on its next
+        records, until the table has an image as new as the exec."""
+        if self.processes is None:
+            return
+        exe, since = self.processes.newest_image(tgid)
+        t.exe = exe or t.exe
+        if t.exec_seen >= 0 and since >= 0 and since >= t.exec_seen - EXEC_SLACK_NS:
+            t.exe_before = self.processes.exe_before_exec(tgid, t.exec_ns) or t.exe_before
+            t.exec_seen = -1
+
     def _exe(self, tgid: int) -> str:
         """The executable the process table knows for `tgid` (no /proc read here: the
         reader must not wait on the file system)."""
@@ -328,11 +347,13 @@ class Cutter:
             t.exec_at = t.n + int(counts[:execs[-1] + 1].sum())
             t.exec_ns = int(recs[execs[-1]]["last_ns"])
             t.comm_before = t.comm or printable(recs[0]["comm"])
-            if self.processes is not None:
-                t.exe_before = self.processes.exe_before_exec(int(last["tgid"]), t.exec_ns)
+            t.exec_seen = int(recs[execs[-1]]["first_ns"])
+            t.exe_before = t.exe
         t.comm = printable(last["comm"])
-        if not t.exe or t.n == 0 or execs.size:
-            t.exe = self._exe(int(last["tgid"])) or t.exe
+        if t.exec_seen >= 0 and int(last["last_ns"]) - t.exec_ns > EXEC_WAIT_NS:
+            t.exec_seen = -1        # no context for it (context off, or records lost)
+        if not t.exe or t.n == 0 or execs.size or t.exec_seen >= 0:
+            self._refresh_exe(t, int(last["tgid"]))
             t.peer = self.processes is not None and \
                 self.processes.delivery_peer(int(last["tgid"]))
             if self.processes is not None:

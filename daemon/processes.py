@@ -65,6 +65,7 @@ class Image:
     euid: int = UNSET_ID
     gid: int = UNSET_ID
     egid: int = UNSET_ID
+    by_exec: bool = False     # from an exec record (not what it ran when first seen)
 
     def exe_flags(self) -> list[str]:
         out = [name for bit, name in ((EXE_MEMFD, "memfd"), (EXE_DELETED, "deleted"),
@@ -185,7 +186,7 @@ class ProcessTable:
         img = Image(int(r["ns"]), name, split_args(bytes(r["args"])[:min(int(r["args_len"]),
                                                                       ARGS_LEN)]),
                     flags, dev, ino, int(r["exe_fs_magic"]), int(r["uid"]), int(r["euid"]),
-                    int(r["gid"]), int(r["egid"]))
+                    int(r["gid"]), int(r["egid"]), kind == CTX_EXEC)
         if flags & EXE_MEMFD:
             return img                      # exe_name is "memfd:NAME": nothing more to find
         depth = int(r["path_depth"])
@@ -268,6 +269,17 @@ class ProcessTable:
             keys = self.by_pid.get(tgid)
             p = self.entries[keys[-1]] if keys else None
             return p.images[-1].exe if p is not None and p.images else ""
+
+    def newest_image(self, tgid: int) -> tuple[str, int]:
+        """(executable, since when) of the newest image the table holds for `tgid`; the
+        time is -1 unless an exec made it ("", -1 when none), without reading /proc."""
+        with self._lock:
+            keys = self.by_pid.get(tgid)
+            p = self.entries[keys[-1]] if keys else None
+            if p is None or not p.images:
+                return "", -1
+            img = p.images[-1]
+            return img.exe, (img.since_ns if img.by_exec else -1)
 
     def exe_before_exec(self, tgid: int, ns: int) -> str:
         """The executable process `tgid` ran before its exec at kernel time `ns`, without

@@ -420,3 +420,41 @@ def test_lineage_novelty_completes_the_evidence_and_is_listed(tiny_detector):
                 alerts.message(f)
         else:
             assert len(found) == 1, "lineage off: nothing more"
+
+
+def context_record(kind: int, tgid: int, ns: int, path: str, ino: int) -> np.ndarray:
+    """A kernel context record of `tgid` (started at ns 1) running `path`."""
+    from sysdream.probes.layout import CONTEXT_DTYPE
+
+    r = np.zeros(1, CONTEXT_DTYPE)
+    r["kind"], r["tgid"], r["tid"], r["start_ns"], r["ns"] = kind, tgid, tgid, 1, ns
+    r["exe_ino"], r["exe_dev"] = ino, 1
+    parts = path.strip("/").split("/")
+    r["exe_name"] = parts[-1].encode()
+    r["path_depth"] = len(parts)
+    for i, part in enumerate(reversed(parts)):
+        r["path"][0, i] = part.encode()
+    return r
+
+
+def test_an_exec_whose_context_comes_a_read_late_still_names_the_new_program(tiny_detector):
+    """The reader may take an exec's chunk record in the pass after the one that read the
+    context ring: the thread asks the process table again on its next records, so the
+    windows after the exec are the new program's and those before the old one's."""
+    from sysdream.daemon.processes import ProcessTable
+    from sysdream.probes.layout import CTX_EXEC, CTX_NEW, REC_EXEC
+
+    view, _c, queue, cutter, _s, _f = make(tiny_detector)
+    table = ProcessTable(proc="/nonexistent")
+    cutter.processes = table
+    table.ingest(context_record(CTX_NEW, 60, 100, "/usr/bin/python3", 11))
+    before = records(60, sample_normal(5, 40), chunk=8, t0=100)
+    before[-1]["flags"] |= REC_EXEC
+    cutter.ingest(before)                      # the exec's context not read yet
+    assert cutter.threads[60].exe == "/usr/bin/python3"
+    table.ingest(context_record(CTX_EXEC, 60, 104, "/usr/bin/dash", 12))
+    cutter.ingest(records(60, sample_normal(6, 40), chunk=8, seq0=5, t0=200, exit=True))
+    blocks = drain(queue)
+    late = [b for b in blocks if int(b.starts[-1]) >= 40]
+    assert late and all(b.exe == "/usr/bin/dash" for b in late)
+    assert all(b.exe_before == "/usr/bin/python3" and b.exec_at == 40 for b in late)
