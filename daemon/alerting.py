@@ -24,8 +24,7 @@ ALLOW_CHECK_S = 1.0
 
 
 class AlertPath:
-    def __init__(self, settings, processes, labels: ExeLabels, log=print,
-                 allow_path: Path | None = None):
+    def __init__(self, settings, processes, labels: ExeLabels, log=print):
         a = settings
         self.processes, self.log = processes, log
         self.deliveries = alerts.Deliveries()
@@ -37,9 +36,7 @@ class AlertPath:
         self.suppressed = labels.counter()     # ... and those held back
         self.observe_latency = None            # the metrics' detection-latency histogram
         self.allowed = labels.counter()        # ... and those an allow entry matched
-        # the operator's allow list (daemon/allow.py): a bad file stops the start (exit
-        # 12); later, a bad edit is logged and the list in use stays
-        self.allow = AllowList.load(allow_path) if allow_path is not None else None
+        self.allow: AllowList | None = None    # the operator's allow list (load_allow)
         self._next_allow_check = 0.0
         self._next_summary = 0.0
         self._lock = threading.Lock()
@@ -78,6 +75,13 @@ class AlertPath:
         if now >= self._next_summary:
             self._next_summary = now + self.summary_s
             self.summarise()
+
+    def load_allow(self, path: Path) -> None:
+        """The allow list (daemon/allow.py) at start: a bad file stops the start (exit
+        12); later, a bad edit is logged and the list in use stays (reload_allow)."""
+        self.allow = AllowList.load(path)
+        if self.allow.entries:
+            self.log(f"allow list: {len(self.allow.entries)} entries from {path}")
 
     def reload_allow(self) -> None:
         """Take a changed allow list (the file is stat'ed; read only when it changed)."""

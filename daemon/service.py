@@ -116,8 +116,7 @@ class Service:
         self.processes = ProcessTable(cfg.detection.max_processes, cgroups=self.cgroups)
         self.lineage_events: Counter = Counter()    # lineage novelty, by kind (metrics)
         self.processes.delivery_exes = alert_takers()
-        self.alerting = AlertPath(cfg.alerts, self.processes, self.labels, log,
-                                  allow_path=cfg.state_dir() / "allow.json")
+        self.alerting = AlertPath(cfg.alerts, self.processes, self.labels, log)
         self.sink = self.alerting.sink      # service events go the same way as alerts
         self._next_refresh = 0.0
         self.metrics = None
@@ -150,6 +149,7 @@ class Service:
         from sysdream.probes import preflight
         preflight.check_privileges().raise_if_failed()
         check_state_dir(self.cfg.state_dir())
+        self.alerting.load_allow(self.cfg.state_dir() / "allow.json")
         from .runtime import adapt_torch, bound_torch_caches, release_memory
         bound_torch_caches()
         import torch
