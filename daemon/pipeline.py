@@ -131,7 +131,7 @@ class Block:
 class _Thread:
     __slots__ = ("tid", "tgid", "comm", "cgroup", "buf", "base", "n", "next_start",
                  "last_seq", "covered", "exe", "peer", "first_ns", "parent", "key", "exec_at",
-                 "exec_ns", "comm_before", "exe_before", "exiting", "exec_seen")
+                 "exec_ns", "comm_before", "exe_before", "held", "exec_seen")
 
     def __init__(self, tid: int, tgid: int, comm: str, cgroup: int, first_seq: int, lead: int,
                  exe: str):
@@ -153,7 +153,8 @@ class _Thread:
         self.exec_ns = 0        # ... the kernel time of that exec
         self.comm_before = ""   # ... and the name it had before
         self.exe_before = ""    # ... and the executable it ran before
-        self.exiting = False    # its exit record is being read: its blocks are final
+        self.held = None        # while its exit is read: the blocks it makes, held so
+        #                         that the last of them alone is marked final
         self.exec_seen = -1     # first_ns of an exec record whose context is not in the
         #                         process table yet (-1: none waiting)
 
@@ -376,12 +377,18 @@ class Cutter:
                 lo = g
             ids = ids[offsets[lo]:]
         t.last_seq = int(seqs[-1])
-        t.exiting = bool(last["flags"] & REC_EXIT)
+        if not last["flags"] & REC_EXIT:
+            self._append(t, ids, int(last["last_ns"]))
+            return
+        t.held = []
         self._append(t, ids, int(last["last_ns"]))
-        if last["flags"] & REC_EXIT:
-            self._final(t, int(last["last_ns"]))
-            del self.threads[tid]
-            self.counters.threads_exited += 1
+        self._final(t, int(last["last_ns"]))
+        if t.held:      # the thread's last block: the process is judged on it at exit
+            t.held[-1].final = True
+        for b in t.held:
+            self.queue.put(b)
+        del self.threads[tid]
+        self.counters.threads_exited += 1
 
     def _append(self, t: _Thread, ids: np.ndarray, ns: int) -> None:
         if ids.size:
@@ -419,9 +426,13 @@ class Cutter:
         spans = np.full(pos.shape, PAD_NUMBER, np.int32)
         spans[ok] = t.buf[rel[ok]]
         self.counters.windows_cut += len(starts)
-        self.queue.put(Block(t.tid, t.tgid, t.comm, t.cgroup, spans, valid, starts, ns,
-                             t.exe, t.first_ns or ns, t.peer, t.parent, t.key, t.exec_at,
-                             t.exec_ns, t.comm_before, t.exe_before, t.exiting))
+        b = Block(t.tid, t.tgid, t.comm, t.cgroup, spans, valid, starts, ns, t.exe,
+                  t.first_ns or ns, t.peer, t.parent, t.key, t.exec_at, t.exec_ns,
+                  t.comm_before, t.exe_before)
+        if t.held is not None:
+            t.held.append(b)
+        else:
+            self.queue.put(b)
 
 
 class Evidence:

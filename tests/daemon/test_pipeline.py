@@ -458,3 +458,18 @@ def test_an_exec_whose_context_comes_a_read_late_still_names_the_new_program(tin
     late = [b for b in blocks if int(b.starts[-1]) >= 40]
     assert late and all(b.exe == "/usr/bin/dash" for b in late)
     assert all(b.exe_before == "/usr/bin/python3" and b.exec_at == 40 for b in late)
+
+
+def test_a_long_lived_process_is_not_judged_young_at_its_exit(tiny_detector):
+    """Its exit's records give two blocks (the last full windows, then the end window):
+    only the last is final, so the process, long past m windows, is not judged anew on
+    its last odd window alone."""
+    view, _c, queue, cutter, scorer, found = make(tiny_detector)
+    names = list(sample_normal(9, 203)) + ["clone", "execve", "socket", "connect", "dup2",
+                                            "dup2"]
+    cutter.ingest(records(600, names, tgid=600, exit=True))
+    blocks = drain(queue)
+    assert len(blocks) >= 2 and [b.final for b in blocks] == [False] * (len(blocks) - 1) + [
+        True]
+    scorer.process(blocks)
+    assert not [d for d in found if d.at_exit]
