@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sysdream.probes import syscalls
-from sysdream.probes.layout import CTX_EXEC, EXE_DELETED, EXE_MEMFD
+from sysdream.probes.layout import CTX_EXEC, EXE_DELETED, EXE_MEMFD, REC_EXEC
 from sysdream.probes.streams import flatten
 
 from .processes import ProcessTable
@@ -256,13 +256,17 @@ def _exec(table: ProcessTable, r) -> tuple[str, str | None, int]:
 
 def _calls(table: ProcessTable, recs: np.ndarray, trace, keyed: bool = False) -> dict:
     """Syscall counts per program (per (process key, program) with `keyed`): each chunk
-    record goes to the program its process ran at the record's last syscall."""
+    record goes to the program its process ran at the record's last syscall; an exec's
+    record (stamped as the exec is done, its syscalls made before it) to the program
+    before the exec."""
     if not len(recs):
         return {}
     owners = []
-    for tgid, ns in zip(recs["tgid"].tolist(), recs["last_ns"].tolist(), strict=True):
+    execs = (recs["flags"] & REC_EXEC) != 0
+    for tgid, ns, ex in zip(recs["tgid"].tolist(), recs["last_ns"].tolist(), execs.tolist(),
+                            strict=True):
         p = table._lookup(tgid, ns)
-        img = p.image_at(ns) if p is not None else None
+        img = p.image_at(ns, before_exec=ex) if p is not None else None
         if img is None:
             owners.append(None)
         else:

@@ -113,3 +113,16 @@ def test_novelty_weights_complete_the_evidence():
 def test_a_hostile_profile_is_refused(doc, why):
     with pytest.raises(ValueError, match=why.replace("[", r"\[").replace("]", r"\]")):
         Profile.from_json(doc)
+
+
+def test_an_exec_records_syscalls_belong_to_the_program_before_it(capture, group):
+    """The chunk record that ends with an exec is stamped as the exec is done, after the
+    new program's context record; its syscalls are still the old program's."""
+    trace = record(capture, group[2], [[sys.executable, "-c", "import os; os.getpgrp(); "
+                                        "os.execv('/bin/true', ['true'])"]])
+    prof = Profile.learn([trace])
+    true = str(Path("/bin/true").resolve())
+    python = next(p for p in prof.syscalls if "python" in p and "getpgrp" in
+                  prof.syscalls[p])
+    assert "execve" in prof.syscalls[python]
+    assert "getpgrp" not in prof.syscalls[true] and "execve" not in prof.syscalls[true]
