@@ -183,6 +183,8 @@ class Workload:
         for t in threads:
             t.join(15)
         self.stop_app()
+        for child in multiprocessing.active_children():   # a pool that did not finish
+            child.kill()
 
 
 def main() -> int:
