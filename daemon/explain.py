@@ -34,6 +34,16 @@ def _names(value) -> list[str]:
     return str(value).split()
 
 
+def _novelty(value) -> list[dict]:
+    """The alert's lineage events: a list (JSON lines) or its JSON text (journald)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return []
+    return [e for e in value if isinstance(e, dict)] if isinstance(value, list) else []
+
+
 def read_alert(args) -> dict:
     if args.cursor:
         try:
@@ -117,6 +127,10 @@ def run_explain(args) -> int:
           f"{'ABOVE the bound' if res.exceeds[0] else 'within the bound'}")
     if res.unknown:
         print(f"never seen in training: {', '.join(res.unknown)}")
+    print(f"evidence: {_field(alert, 'evidence')}")
+    for e in _novelty(_field(alert, "novelty")):
+        print(f"new to this host: {e.get('kind')} {reprinted(str(e.get('what', '')))} "
+              f"(p={e.get('p')}, worth {e.get('weight')} windows above the bound)")
     print(f"{'pos':>5}  {'observed':20} {'p(obs)':>8}  {'expected':20} {'p(exp)':>7} "
           f"{'surprise':>8}")
     for j in range(len(target)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -379,7 +380,8 @@ def test_a_window_made_before_an_exec_is_named_after_the_program_before_it(tiny_
     assert b.who(len(b) - 1, view.p) == (b.ns, "wc", False)                # after the exec
 
 
-def test_lineage_novelty_completes_the_evidence_and_is_listed(tiny_detector):
+def test_lineage_novelty_completes_the_evidence_and_is_listed(tiny_detector, tiny_bundle,
+                                                              tmp_path):
     """A program making a syscall its profile never saw in 10^11 calls alerts on that
     alone (weight over 3), though no window is above the bound; a window far from it
     carries no novelty; a model without a profile, or with lineage off, gives none."""
@@ -418,6 +420,13 @@ def test_lineage_novelty_completes_the_evidence_and_is_listed(tiny_detector):
             f = alerts.anomaly_fields(d)
             assert f["novelty"] == d.novelty and "new to this host: new_syscall" in \
                 alerts.message(f)
+            (tmp_path / "a.json").write_text(json.dumps(f) + "\n")
+            out = subprocess.run([sys.executable, "-m", "sysdream.daemon.cli", "explain",
+                                  "--json", str(tmp_path / "a.json"), "--model",
+                                  str(tiny_bundle)], capture_output=True, text=True,
+                                 timeout=120)
+            assert out.returncode == 0, out.stderr
+            assert f"new to this host: new_syscall /bin/w: {rare}" in out.stdout
         else:
             assert len(found) == 1, "lineage off: nothing more"
 
