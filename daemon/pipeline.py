@@ -111,6 +111,9 @@ class Block:
     comm_before: str = ""  # under this name, at exec_ns (see `who`)
     exe_before: str = ""   # ... running this executable
     final: bool = False    # emitted as the thread exited
+    marks: tuple = ()      # (stream position after an exec, the executable before it), old
+    #                        to new: which program made each syscall (lineage novelty)
+    unsure_from: int = -1  # from here on the program is not known yet (-1: it is)
 
     def who(self, row: int, p: int) -> tuple[int, str, bool]:
         """(kernel time, name, before an exec) that say who made window `row`: for a
@@ -131,7 +134,8 @@ class Block:
 class _Thread:
     __slots__ = ("tid", "tgid", "comm", "cgroup", "buf", "base", "n", "next_start",
                  "last_seq", "covered", "exe", "peer", "first_ns", "parent", "key", "exec_at",
-                 "exec_ns", "comm_before", "exe_before", "held", "exec_seen")
+                 "exec_ns", "comm_before", "exe_before", "held", "exec_seen", "marks",
+                 "pending")
 
     def __init__(self, tid: int, tgid: int, comm: str, cgroup: int, first_seq: int, lead: int,
                  exe: str):
@@ -157,6 +161,8 @@ class _Thread:
         #                         that the last of them alone is marked final
         self.exec_seen = -1     # first_ns of an exec record whose context is not in the
         #                         process table yet (-1: none waiting)
+        self.marks: list = []   # (position after an exec, executable before it)
+        self.pending: list = []  # (position after an exec, its kernel time): not resolved
 
 
 @dataclass
@@ -250,7 +256,8 @@ class WindowQueue:
                                          head.ns, head.exe, head.first_ns,
                                          head.delivery_peer, head.parent, head.key,
                                          head.exec_at, head.exec_ns, head.comm_before,
-                                         head.exe_before))     # the rest stays final
+                                         head.exe_before, False, head.marks,
+                                         head.unsure_from))     # the rest stays final
                         head.drop_front(n)
                     self._account(tgid, n)
                     taken += n
@@ -288,8 +295,18 @@ class Cutter:
         exe, since = self.processes.newest_image(tgid)
         t.exe = exe or t.exe
         if t.exec_seen >= 0 and since >= 0 and since >= t.exec_seen - EXEC_SLACK_NS:
-            t.exe_before = self.processes.exe_before_exec(tgid, t.exec_ns) or t.exe_before
+            self._resolve(t, [self.processes.exe_before_exec(tgid, ns) or t.exe_before
+                              for _, ns in t.pending])
+            t.exe_before = t.marks[-1][1] if t.marks else t.exe_before
             t.exec_seen = -1
+
+    def _resolve(self, t: _Thread, before: list[str]) -> None:
+        """The pending execs, with the executables that ran before each; marks older than
+        any window still to come are dropped."""
+        keep = t.n - self.model.span
+        t.marks = [m for m in t.marks if m[0] > keep] + \
+            [(pos, exe) for (pos, _), exe in zip(t.pending, before, strict=True)]
+        t.pending = []
 
     def _exe(self, tgid: int) -> str:
         """The executable the process table knows for `tgid` (no /proc read here: the
@@ -350,9 +367,12 @@ class Cutter:
             t.comm_before = t.comm or printable(recs[0]["comm"])
             t.exec_seen = int(recs[execs[-1]]["first_ns"])
             t.exe_before = t.exe
+            ends = t.n + np.cumsum(counts)
+            t.pending += [(int(ends[i]), int(recs[i]["last_ns"])) for i in execs.tolist()]
         t.comm = printable(last["comm"])
         if t.exec_seen >= 0 and int(last["last_ns"]) - t.exec_ns > EXEC_WAIT_NS:
             t.exec_seen = -1        # no context for it (context off, or records lost)
+            self._resolve(t, [t.exe_before] * len(t.pending))
         if not t.exe or t.n == 0 or execs.size or t.exec_seen >= 0:
             self._refresh_exe(t, int(last["tgid"]))
             t.peer = self.processes is not None and \
@@ -428,7 +448,8 @@ class Cutter:
         self.counters.windows_cut += len(starts)
         b = Block(t.tid, t.tgid, t.comm, t.cgroup, spans, valid, starts, ns, t.exe,
                   t.first_ns or ns, t.peer, t.parent, t.key, t.exec_at, t.exec_ns,
-                  t.comm_before, t.exe_before)
+                  t.comm_before, t.exe_before, False, tuple(t.marks),
+                  t.pending[0][0] if t.pending else -1)
         if t.held is not None:
             t.held.append(b)
         else:
@@ -816,12 +837,20 @@ class Scorer:
         events = [(0, e) for e in judge.take(b.key)] if b.key else []
         key = b.key or (b.tgid, 0)
         targets = b.spans[:, model.lead:]
-        before = b.starts + model.p <= b.exec_at      # windows the program before made
-        for rows, exe in ((np.flatnonzero(before), b.exe_before),
-                          (np.flatnonzero(~before), b.exe)):
-            if rows.size and exe:
-                events += [(int(rows[r]), e) for r, e in
-                           judge.new_syscalls(key, program(exe), targets[rows])]
+        # each syscall against the program that made it: one up to an exec (its record
+        # included, as the profile learnt them) the program before that exec; none after
+        # an exec whose program the process table does not know yet
+        pos = b.starts[:, None] + np.arange(model.p)[None, :]
+        owner = np.full(pos.shape, len(b.marks), np.int64)
+        for i in range(len(b.marks) - 1, -1, -1):
+            owner[pos < b.marks[i][0]] = i
+        if b.unsure_from >= 0:
+            owner[pos >= b.unsure_from] = -1
+        exes = [m[1] for m in b.marks] + [b.exe]
+        for i in np.unique(owner[owner >= 0]).tolist():
+            if exes[i]:
+                events += judge.new_syscalls(key, program(exes[i]),
+                                             np.where(owner == i, targets, PAD_NUMBER))
         if not events:
             return exceeds
         weights = exceeds.astype(np.float64)

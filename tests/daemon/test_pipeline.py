@@ -482,3 +482,49 @@ def test_a_long_lived_process_is_not_judged_young_at_its_exit(tiny_detector):
         True]
     scorer.process(blocks)
     assert not [d for d in found if d.at_exit]
+
+
+def test_each_syscall_is_judged_against_the_program_that_made_it(tiny_detector):
+    """A process runs A, execs B, which execs C, all within one read: A's syscalls are
+    A's, B's are B's (each exec's own record included), C's are C's. A profile that knows
+    each program's own syscalls only finds nothing new; one that swapped B and C would."""
+    import copy
+
+    from sysdream.daemon.lineage import Profile
+    from sysdream.daemon.processes import ProcessTable
+    from sysdream.probes.layout import CTX_EXEC, CTX_NEW, REC_EXEC
+
+    parts = {"/bin/a": ["read", "write", "close"] * 8, "/bin/b": ["openat", "mmap"] * 12,
+             "/bin/c": ["getpid", "brk", "munmap"] * 8}
+    recs, seq = [], 0
+    for n, (exe, names) in enumerate(parts.items()):
+        r = records(70, names, chunk=8, seq0=seq, t0=100 * (n + 1), exit=exe == "/bin/c")
+        if exe != "/bin/c":
+            r[-1]["flags"] |= REC_EXEC
+        seq += len(r)
+        recs.append(r)
+
+    def judge(known: dict) -> list:
+        det = copy.copy(tiny_detector)
+        det.lineage = Profile(programs={e: 9 for e in parts}, syscalls={
+            e: {n: 10**9 for n in known[e]} for e in parts}, execs=100).to_json()
+        view = ModelView(det)
+        counters = Counters()
+        queue = WindowQueue(100000, counters)
+        table = ProcessTable(proc="/nonexistent")
+        table.ingest(context_record(CTX_NEW, 70, 50, "/bin/a", 1))
+        # an exec's context is stamped just before its record, as the kernel does
+        table.ingest(context_record(CTX_EXEC, 70, 101, "/bin/b", 2))
+        table.ingest(context_record(CTX_EXEC, 70, 201, "/bin/c", 3))
+        cutter = Cutter(view, queue, counters, 100, table)
+        alerted = []
+        scorer = Scorer(view, queue, counters, alerted.append)
+        cutter.ingest(np.concatenate(recs))
+        scorer.process(drain(queue))
+        return [e["what"] for d in alerted for e in d.novelty] + \
+            [e["what"] for evs in scorer.novel.values() for _, e in evs]
+
+    assert judge({e: set(n) for e, n in parts.items()}) == []
+    swapped = judge({"/bin/a": set(parts["/bin/a"]), "/bin/b": set(parts["/bin/c"]),
+                     "/bin/c": set(parts["/bin/b"])})
+    assert "/bin/b: openat" in swapped and "/bin/c: getpid" in swapped
