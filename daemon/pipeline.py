@@ -840,6 +840,10 @@ class Scorer:
         # each syscall against the program that made it: one up to an exec (its record
         # included, as the profile learnt them) the program before that exec; none after
         # an exec whose program the process table does not know yet
+        if not b.marks and b.unsure_from < 0:       # one program made all of them
+            if b.exe:
+                events += judge.new_syscalls(key, program(b.exe), targets)
+            return self._weigh(b, model, exceeds, events)
         pos = b.starts[:, None] + np.arange(model.p)[None, :]
         owner = np.full(pos.shape, len(b.marks), np.int64)
         for i in range(len(b.marks) - 1, -1, -1):
@@ -851,6 +855,11 @@ class Scorer:
             if exes[i]:
                 events += judge.new_syscalls(key, program(exes[i]),
                                              np.where(owner == i, targets, PAD_NUMBER))
+        return self._weigh(b, model, exceeds, events)
+
+    def _weigh(self, b: Block, model: ModelView, exceeds: np.ndarray, events: list
+               ) -> np.ndarray:
+        """Window weights with the events' weights added; the events kept for alerts."""
         if not events:
             return exceeds
         weights = exceeds.astype(np.float64)
