@@ -95,9 +95,8 @@ def anomaly_fields(det, context: dict | None = None, comm: str | None = None) ->
         "score": round(det.score, 6), "bound": round(m.bound.bound, 6),
         "confidence": m.bound.confidence, "sigmas": round(sigmas, 3),
         "model_id": m.model_id,
-        "evidence": f"{det.exceedances:.3g}/{det.evidence_m}" + (
-            f" at exit, on all its {det.at_exit} windows" if getattr(det, "at_exit", 0)
-            else "") + (
+        "evidence": f"{det.exceedances:.3g} >= {det.needed:.3g} in the last "
+                    f"{det.evidence_m} windows" + (
             f" in {len(det.episode['pids'])} processes of parent {det.episode['parent_pid']}"
             if det.episode else ""),
         "episode": det.episode or {}, "novelty": novelty,

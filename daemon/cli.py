@@ -129,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--labels", metavar="FILE", help="a file listing anomalous traces, one "
                     "input per line: adds the supervised transfer classifier")
     tr.add_argument("-o", "--output", required=True, help="bundle directory to write")
+    tr.add_argument("--alert-confidence", type=float, default=None, metavar="C",
+                    help="confidence of the alert bound fitted on a host recording's "
+                         "held-out last quarter (default: the least, not below --confidence, "
+                         "that expects at most 1 false alert an hour)")
+    tr.add_argument("--retrain", action="store_true",
+                    help="for a host recording: after fitting the alert bound with a model "
+                         "trained on the first three quarters, train once more on all of it "
+                         "(twice the time; the bound carries over)")
     add_model_arguments(tr)
 
     ev = sub.add_parser("eval", help="evaluate models and baselines on a labelled dataset")

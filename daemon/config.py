@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .evidence import GRADED_MAX
+
 DEFAULT_PATH = Path("/etc/sysdream/sysdream.toml")
 
 
@@ -99,8 +101,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "confidence": Key(0.0, NUM, lambda v: v == 0 or 0.5 <= v < 1,
                           "0 (the model's own), or from 0.5 to below 1, e.g. 0.999"),
         "evidence_windows": Key(8, int, _rng(1, 10000), "an integer, 1 to 10000"),
-        "evidence_exceedances": Key(3, int, _rng(1, 10000),
-                                    "an integer from 1 to evidence_windows"),
+        "evidence_exceedances": Key(0, NUM, lambda v: 0 <= v <= 80000,
+                                    "0 (the model's alert bound), or a number of windows' "
+                                    "worth up to 8 x evidence_windows"),
         "lineage": Key(True, bool, form="true or false"),
         "max_threads": Key(16384, int, _rng(16, 10**7), "an integer, 16 or more"),
         "max_processes": Key(32768, int, _rng(16, 10**7), "an integer, 16 or more"),
@@ -242,10 +245,12 @@ def check(data: dict, source: str, text: str = "") -> Config:
                                   f"expected {spec.form or spec.kind.__name__}")
             values[section][key] = value
     d = values["detection"]
-    if d["evidence_exceedances"] > d["evidence_windows"]:
+    if d["evidence_exceedances"] > GRADED_MAX * d["evidence_windows"]:
         raise ConfigError(f"{at('detection', 'evidence_exceedances')}: [detection] "
                           f"evidence_exceedances = {d['evidence_exceedances']}: expected at "
-                          f"most evidence_windows ({d['evidence_windows']})")
+                          f"most {GRADED_MAX:g} x evidence_windows "
+                          f"({GRADED_MAX * d['evidence_windows']:g}), what the evidence can "
+                          "reach")
     return Config(values, source)
 
 

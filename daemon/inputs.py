@@ -79,8 +79,9 @@ def read_input(spec: str, label: str = "normal") -> list[datasets.Sequence]:
     return out
 
 
-def trace_files(specs: list[str]) -> list:
-    """The sysdream trace files among `specs` (probes.tracefile.Trace each), read whole."""
+def trace_files(specs: list[str], paths: bool = False) -> list:
+    """The sysdream trace files among `specs` (probes.tracefile.Trace each), read whole;
+    with `paths`, (path, Trace) pairs."""
     out = []
     for spec in specs:
         kind, _, rest = spec.partition(":")
@@ -91,7 +92,7 @@ def trace_files(specs: list[str]) -> list:
             else [path]
         for f in files:
             if not f.name.startswith(".") and _guess_safe(f) == "trace":
-                out.append(read_trace(f))
+                out.append((f, read_trace(f)) if paths else read_trace(f))
     return out
 
 

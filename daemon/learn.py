@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -63,14 +64,18 @@ def _split(seqs: list, fraction: float, seed: int) -> tuple[list, list]:
 
 
 def run_train(args) -> int:
+    from sysdream.model.calibration import check_confidence
     from sysdream.model.detector import Detector
     from sysdream.model.training import ProgressLine
 
+    from .inputs import trace_files
     from .runtime import adapt_torch
     adapt_torch(lambda m: print(f"sysdream train: {m}", file=sys.stderr))
 
     cfg = network_config(args)
     settings = train_settings(args)
+    if args.alert_confidence is not None:
+        check_confidence(args.alert_confidence)
     seqs = [s for spec in args.input for s in read_input(spec)]
     if args.calibrate:
         calib = [s for spec in args.calibrate for s in read_input(spec)]
@@ -81,8 +86,22 @@ def run_train(args) -> int:
     names = [s.tokens for s in seqs]
     print(f"sysdream train: {len(seqs)} sequences, {sum(map(len, names))} syscalls; {held}",
           file=sys.stderr)
-    det = Detector.train(names, None if calib is None else [s.tokens for s in calib], cfg,
-                         settings, args.confidence, ProgressLine())
+    calib_names = None if calib is None else [s.tokens for s in calib]
+    # a host's own recordings (trace files with process context): the lineage profile,
+    # and the alert bound fitted on their held-out last quarter with a model that never
+    # saw it (the one kept, unless --retrain asks for one trained on everything)
+    host = [(p, t) for p, t in trace_files(args.input, paths=True) if len(t.context)]
+    det = lineage = replay = None
+    if host:
+        det, replay, lineage = _host_model(args, cfg, settings, seqs, host, calib_names)
+    if det is None or args.retrain:
+        alerting = det.alerting if det is not None else None
+        if det is not None:
+            print("sysdream train: --retrain: training once more on everything; the alert "
+                  "bound fitted above carries over", file=sys.stderr)
+        det = Detector.train(names, calib_names, cfg, settings, args.confidence,
+                             ProgressLine())
+        det.alerting = alerting
     if args.labels:
         from sysdream.model import transfer
 
@@ -90,7 +109,8 @@ def run_train(args) -> int:
         # normal examples: the calibration traces, or without them the training traces
         normal = calib if calib is not None else seqs
         det.transfer = transfer.fit(det, [s.tokens for s in normal], attacks, args.seed)
-    _host_profile(det, args.input)
+    if host:
+        det.lineage, det.training["heldout_alerts"] = lineage, replay
     model_id = det.save(args.output)
     b = det.bound
     print(f"sysdream train: model {model_id} written to {args.output}: vocabulary "
@@ -100,43 +120,75 @@ def run_train(args) -> int:
     return 0
 
 
-def _host_profile(det, specs: list[str]) -> None:
-    """For trace-file inputs that carry process context (a host's own recordings): the
-    lineage profile (det.lineage), and the alert rule replayed on the baseline's held-out
-    last quarter (det.training["heldout_alerts"]). Datasets carry no context: nothing."""
-    from .inputs import trace_files
+def _host_model(args, cfg, settings, seqs, host, calib_names):
+    """For a host's own recordings: (a model trained on the first three quarters of them by
+    time, carrying the alert bound fitted on the last quarter, or None where they span no
+    time; what the whole rule raised on that quarter; the lineage profile's JSON).
+
+    The lineage profile of the first three quarters and the model replay the whole alert
+    rule on the last quarter (daemon/replay.py): the excursion peaks found there give the
+    alert bound (daemon/evidence.py). Neither the network nor the profile saw the activity
+    the bound is fitted on."""
+    from sysdream.model.detector import Detector
+    from sysdream.model.training import ProgressLine
+    from sysdream.probes.streams import by_thread
+
+    from .evidence import AlertBound, fit_alert_bound
     from .lineage import Profile, held_out_span
     from .replay import alerts_after
 
-    traces = [t for t in trace_files(specs) if len(t.context)]
-    if not traces:
-        return
-    prof, early = Profile.learn_with_heldout(traces, (1 - det.bound.confidence) / 2)
-    det.lineage = prof.to_json()
+    traces = [t for _, t in host]
+    alpha = (1 - args.confidence) / 2
+    prof, early = Profile.learn_with_heldout(traces, alpha)
     edges = sum(len(v) for v in prof.edges.values())
     print(f"sysdream train: lineage: {len(prof.programs)} programs, {edges} exec edges, "
           f"{prof.execs} execs", file=sys.stderr)
     span = held_out_span(traces)
     if span is None or early is None:
-        return
+        return None, None, prof.to_json()
     _, cut, end = span
-    got = [alerts_after(det, t, early, cut, end) for t in traces]
+    # the first three quarters: the host's threads up to the cut, and any dataset input
+    paths = {str(p) for p, _ in host}
+    names = [s.tokens for s in seqs if s.source.rpartition(":")[0] not in paths]
+    for t in traces:
+        names += [t.syscall_names(s.ids) for s in
+                  by_thread(t.records[t.records["last_ns"] < cut]).values()]
+    names = [n for n in names if len(n)]
+    print(f"sysdream train: training on the first three quarters ({sum(map(len, names))} "
+          f"syscalls); the last {(end - cut) / 1e9:.0f} s are held out to fit the alert "
+          "bound on", file=sys.stderr)
+    det = Detector.train(names, calib_names, cfg, settings, args.confidence, ProgressLine())
+    peaks: list[float] = []
+    cache: dict = {}
+    for t in traces:
+        alerts_after(det, t, early, cut, end, math.inf, peaks=peaks, cache=cache)
+    seconds = (end - cut) / 1e9
+    bound = fit_alert_bound(peaks, seconds, args.alert_confidence, args.confidence)
+    det.alerting = bound.to_json() if bound is not None else None
+    got = [alerts_after(det, t, early, cut, end, cache=cache) for t in traces]
     alerts = sum(g["alerts"] for g in got)
-    hours = max((end - cut) / 3.6e12, 1e-9)
-    det.training["heldout_alerts"] = {
-        "seconds": round((end - cut) / 1e9, 1), "alerts": alerts,
-        "per_hour": round(alerts / hours, 2),
-        "with_lineage_novelty": sum(g["with_lineage_novelty"] for g in got),
+    hours = max(seconds / 3600, 1e-9)
+    replay = {
+        "seconds": round(seconds, 1), "alerts": alerts, "per_hour": round(alerts / hours, 2),
+        "excursions": len(peaks), "with_lineage_novelty":
+        sum(g["with_lineage_novelty"] for g in got),
         "evidence": got[0]["evidence"], "confidence": got[0]["confidence"],
         "lineage_evidence_per_hour": prof.heldout["weight_per_hour"] if prof.heldout
         else None,
         "by_exe": {k: v for g in got for k, v in g["by_exe"].items()}}
-    h = det.training["heldout_alerts"]
-    print(f"sysdream train: the alert rule on the baseline's last {h['seconds']:.0f} s, held "
-          f"out from the lineage profile: {alerts} alerts ({h['per_hour']:.1f} an hour; "
-          f"{h['with_lineage_novelty']} with lineage novelty); lineage novelty gave "
-          f"{h['lineage_evidence_per_hour']:.1f} windows' worth of evidence an hour",
-          file=sys.stderr)
+    if bound is None:
+        print(f"sysdream train: {len(peaks)} excursions of evidence in the held-out "
+              f"{seconds:.0f} s, too few to fit an alert bound on; the daemon will alert "
+              f"at 3 windows' worth of evidence, which raised {alerts} alerts there "
+              f"({replay['per_hour']:.1f} an hour)", file=sys.stderr)
+    else:
+        a = AlertBound.from_json(bound.to_json())
+        print(f"sysdream train: alert bound {a.bound:.2f} at {a.confidence:.3%} "
+              f"({a.fit.transform} fit on {len(peaks)} excursion peaks, KS "
+              f"{a.fit.ks_statistic:.3f}): {a.expected_per_hour():.2f} false alerts an hour "
+              f"expected; replayed on the held-out part it raised {alerts} "
+              f"({replay['per_hour']:.1f} an hour)", file=sys.stderr)
+    return det, replay, prof.to_json()
 
 
 def _lines(path: str) -> list[str]:

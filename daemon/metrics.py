@@ -128,6 +128,17 @@ class ServiceCollector:
                                 value=float(replay["per_hour"]) if isinstance(replay, dict)
                                 and isinstance(replay.get("per_hour"), (int, float))
                                 else float("nan"))
+        alert = s.model.alert if s.model is not None else None
+        yield GaugeMetricFamily("sysdream_expected_false_alerts_per_hour", "False alerts "
+                                "an hour the model's alert bound, at the configured "
+                                "confidence, is expected to raise on activity like the "
+                                "baseline's held-out part (NaN: no alert bound).",
+                                value=alert.expected_per_hour() if alert is not None
+                                else float("nan"))
+        yield GaugeMetricFamily("sysdream_alert_bound", "What a process's evidence (the "
+                                "weight of its last windows) must reach to alert.",
+                                value=s.scorer.evidence.k if s.scorer is not None
+                                else float("nan"))
         p = s.processes
         yield GaugeMetricFamily("sysdream_processes_tracked", "Processes in the process "
                                 "table.", value=len(p))

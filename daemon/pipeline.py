@@ -16,7 +16,6 @@ another window geometry are shed at the swap (reason "model_change").
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import time
@@ -29,13 +28,14 @@ from sysdream.probes import syscalls
 from sysdream.probes.layout import REC_EXEC, REC_EXIT
 from sysdream.probes.streams import flatten
 
+from .evidence import AlertBound, Episodes, Evidence, graded
 from .labels import ExeLabels, LabelledCounts
 from .lineage import program
 from .lineage import weight as lineage_weight
 from .printable import printable
 
 PAD_NUMBER = 65536  # a span position before the thread's first syscall
-GRADED_MAX = 8.0    # no window counts for more than this many at a process's exit
+DEFAULT_EVIDENCE = 3.0  # the evidence that alerts under a model with no alert bound
 EXEC_WAIT_NS = 2_000_000_000   # how long a thread asks the table for its exec's image
 EXEC_SLACK_NS = 100_000   # an exec's context record: stamped at most this long before
 #                           the first_ns of its exec record (an empty one, sent after it)
@@ -76,6 +76,16 @@ class ModelView:
         # the lineage profile learnt beside the model (daemon/lineage.py); None for a
         # model trained on datasets, which carry no process context
         self.alpha = (1 - self.bound.confidence) / 2      # the bound's upper tail
+        # the alert bound (daemon/evidence.py), fitted by `sysdream train` on a host's
+        # held-out baseline; the configured confidence is the alert bound's where there
+        # is one (the statistic that raises an alert), the window bound's where not
+        self.alert = None
+        if detector.alerting is not None:
+            self.alert = AlertBound.from_json(detector.alerting)
+            self.bound = detector.bound
+            self.alpha = (1 - self.bound.confidence) / 2
+            if confidence:
+                self.alert = self.alert.with_confidence(confidence)
         self.lineage = None
         if detector.lineage is not None and lineage:
             from .lineage import Judge, Profile
@@ -83,6 +93,13 @@ class ModelView:
 
     def geometry(self) -> tuple[int, int, str]:
         return self.p, self.s, self.task
+
+    def evidence_bound(self, configured: float = 0) -> float:
+        """What a process's evidence must reach to alert: `configured` where set (in
+        windows at the window bound), else the alert bound, else DEFAULT_EVIDENCE."""
+        if configured:
+            return float(configured)
+        return self.alert.bound if self.alert is not None else DEFAULT_EVIDENCE
 
     def names(self, span: np.ndarray) -> np.ndarray:
         out = syscalls.names(np.minimum(span, 65535), self.arch).copy()
@@ -456,112 +473,6 @@ class Cutter:
             self.queue.put(b)
 
 
-class Evidence:
-    """Per process: alert when the weight of its last m windows reaches k. A window above
-    the bound weighs 1; a lineage novelty (daemon/lineage.py) adds the weight its
-    probability is worth to the window it came with. Keyed by the process's key (tgid,
-    start) where the process table knows it, so a reused pid starts afresh; by the tgid
-    alone where it does not."""
-
-    def __init__(self, k: int, m: int, max_processes: int = 65536):
-        self.k, self.m, self.max = k, m, max_processes
-        self.recent: OrderedDict[int, deque] = OrderedDict()
-        # processes that have made at most m windows and not alerted: [windows, strength]
-        # (the sum of the windows' graded weights, see `graded`); None once past that
-        self.young: OrderedDict = OrderedDict()
-
-    def grow(self, key, windows: int, strength: float) -> None:
-        """Count a run of windows of a process while it is young."""
-        y = self.young.get(key, [0, 0.0])
-        if y is None:
-            return
-        y[0] += windows
-        y[1] += strength
-        self.young[key] = y if y[0] <= self.m else None
-        self.young.move_to_end(key)
-        while len(self.young) > self.max:
-            self.young.popitem(last=False)
-
-    def at_exit(self, key) -> tuple[int, float]:
-        """(windows, strength) of a process that exits young and never alerted, else
-        (0, 0); its evidence is forgotten either way."""
-        self.recent.pop(key, None)
-        y = self.young.pop(key, None)
-        return (y[0], y[1]) if y else (0, 0.0)
-
-    def add(self, tgid, weight: float) -> float:
-        """Record one window's weight; returns the weight of the last m when that reaches
-        k (and then starts over), else 0."""
-        d = self.recent.get(tgid)
-        if d is None:
-            d = self.recent[tgid] = deque(maxlen=self.m)
-            if len(self.recent) > self.max:
-                self.recent.popitem(last=False)
-        else:
-            self.recent.move_to_end(tgid)
-        d.append(float(weight))
-        if weight > 0 and (n := sum(d)) >= self.k - 1e-9:
-            d.clear()
-            if tgid in self.young:
-                self.young[tgid] = None     # judged already: not again at its exit
-            return n
-        return 0
-
-    def add_many(self, tgid, weights: np.ndarray) -> list[tuple[int, float]]:
-        """Record a run of one process's window weights (bools: above the bound or not);
-        (index, weight) of each that completes the evidence. A run of zeros for a process
-        with nothing pending changes nothing that matters and costs no per-window work."""
-        d = self.recent.get(tgid)
-        if not weights.any() and (d is None or not any(d)):
-            if d is not None:
-                self.recent.move_to_end(tgid)
-            return []
-        return [(i, n) for i, x in enumerate(weights.tolist()) if (n := self.add(tgid, x))]
-
-
-class Episodes:
-    """Related short-lived processes judged together. A process with fewer windows than
-    the evidence rule needs can never raise an alert on its own, so an attack split into
-    short steps would pass unseen. The young windows (among a process's first m) of the
-    children of one parent within `span_s` seconds form an episode: it alerts when k of
-    its last m windows are above the bound and they come from at least two processes (one
-    process alone is the per-process rule's business)."""
-
-    def __init__(self, k: int, m: int, span_s: float = 10.0, max_groups: int = 4096):
-        self.k, self.m, self.span_ns, self.max = k, m, int(span_s * 1e9), max_groups
-        self.recent: OrderedDict[tuple, deque] = OrderedDict()
-
-    def add_many(self, key: tuple, tgid: int, exceeded: np.ndarray, ns: int
-                 ) -> list[tuple[int, int, list[int]]]:
-        """Record a run of one process's young windows (kernel time `ns`); (index,
-        exceedances, pids) of each window that completes an episode."""
-        if not key or not len(exceeded):
-            return []
-        d = self.recent.get(key)
-        if d is None:
-            if not exceeded.any():
-                return []
-            d = self.recent[key] = deque(maxlen=self.m)
-            if len(self.recent) > self.max:
-                self.recent.popitem(last=False)
-        else:
-            self.recent.move_to_end(key)
-        out = []
-        for i, x in enumerate(exceeded.tolist()):
-            d.append((ns, tgid, x))
-            while d and d[0][0] < ns - self.span_ns:
-                d.popleft()
-            if not x:
-                continue
-            hits = [e for e in d if e[2]]
-            pids = sorted({e[1] for e in hits})
-            n = sum(e[2] for e in hits)
-            if n >= self.k - 1e-9 and len(pids) >= 2:
-                out.append((i, n, pids))
-                d.clear()
-        return out
-
-
 class WindowCache:
     """Known-window cache: window content -> score under the current model.
 
@@ -617,7 +528,7 @@ class Detection:
     explanation: dict
     episode: dict | None = None     # for an episode: parent pid, pids, exceedances
     novelty: list = field(default_factory=list)   # lineage events behind it (to_json)
-    at_exit: int = 0    # judged as it exited young, on all its windows (their number)
+    needed: float = 0.0     # what the evidence had to reach (the alert bound in use)
 
 
 class _Part:
@@ -632,15 +543,18 @@ class Scorer:
     """The scorer thread: batches from the queue, cache, inference, bound, evidence."""
 
     def __init__(self, model: ModelView, queue: WindowQueue, counters: Counters,
-                 on_detection, evidence_k: int = 3, evidence_m: int = 8,
+                 on_detection, evidence_k: float = 0, evidence_m: int = 8,
                  cache_windows: int = 200000, batch_windows: int = 512,
                  batch_wait_ms: int = 20, explain_positions: int = 5,
-                 observe=None, deliveries=None):
+                 observe=None, deliveries=None, peaks: list | None = None):
         self.model, self.queue, self.counters = model, queue, counters
         self.deliveries = deliveries    # alerts.Deliveries: when we last sent to journald
         self.on_detection, self.observe = on_detection, observe
-        self.evidence = Evidence(evidence_k, evidence_m)
-        self.episodes = Episodes(evidence_k, evidence_m)
+        # evidence_k: what the evidence must reach, 0 for the model's alert bound;
+        # `peaks`: record every excursion's peak there (the calibration replay)
+        self.evidence_k, self.peaks = evidence_k, peaks
+        self.evidence = Evidence(model.evidence_bound(evidence_k), evidence_m, peaks=peaks)
+        self.episodes = Episodes(self.evidence.k, evidence_m)
         self.novel: OrderedDict = OrderedDict()     # process key -> its novelty events
         self.cache = WindowCache(cache_windows, model.span)
         self.batch_windows, self.batch_wait = batch_windows, batch_wait_ms / 1000
@@ -657,12 +571,18 @@ class Scorer:
         with self._lock:
             self.model = model
             self.cache = WindowCache(self.cache.capacity, model.span)
+            self._rules(model, self.evidence_k, self.evidence.m)
 
-    def set_rules(self, evidence_k: int, evidence_m: int) -> None:
+    def set_rules(self, evidence_k: float, evidence_m: int) -> None:
         with self._lock:
-            if (evidence_k, evidence_m) != (self.evidence.k, self.evidence.m):
-                self.evidence = Evidence(evidence_k, evidence_m)
-                self.episodes = Episodes(evidence_k, evidence_m)
+            self.evidence_k = evidence_k
+            self._rules(self.model, evidence_k, evidence_m)
+
+    def _rules(self, model: ModelView, evidence_k: float, evidence_m: int) -> None:
+        bound = model.evidence_bound(evidence_k)
+        if (bound, evidence_m) != (self.evidence.k, self.evidence.m):
+            self.evidence = Evidence(bound, evidence_m, peaks=self.peaks)
+            self.episodes = Episodes(bound, evidence_m)
 
     def start(self) -> None:
         self.thread = threading.Thread(target=self._run, name="sysdream-scorer", daemon=True)
@@ -790,27 +710,18 @@ class Scorer:
                 if aside.any():
                     c.set_aside["own_alert_delivery"] += int(aside.sum())
                     exceeds[lo:hi] &= ~aside
-            weights = self._novelty(b, model, exceeds[lo:hi]).astype(np.float64)
+            weights = self._novelty(b, model, graded(model.bound, model.alpha,
+                                                     scores[lo:hi], exceeds[lo:hi]))
             key = b.key or b.tgid
-            evidence.grow(key, hi - lo, float(np.sum(
-                graded(model, scores[lo:hi], exceeds[lo:hi]) + weights - exceeds[lo:hi],
-                dtype=np.float64)))
             for i, n in evidence.add_many(key, weights):
                 ex = self.explain(model, b, i)
                 d = Detection(b, i, float(scores[lo + i]), n, evidence.m, model, ex,
-                              novelty=self._novelty_of(b, i, model, evidence.m, spend=True))
+                              novelty=self._novelty_of(b, i, model, evidence.m, spend=True),
+                              needed=evidence.k)
                 out.append(d)
                 self.on_detection(d)
-            if b.final and b.tid == b.tgid:     # the process exits: judged on all it did
-                windows, strength = evidence.at_exit(key)
-                if windows and evidence.k - 1e-9 <= strength:
-                    i = len(b) - 1
-                    ex = self.explain(model, b, i)
-                    d = Detection(b, i, float(scores[lo + i]), strength, evidence.m, model,
-                                  ex, novelty=self._novelty_of(b, i, model, evidence.m, True),
-                                  at_exit=windows)
-                    out.append(d)
-                    self.on_detection(d)
+            if b.final and b.tid == b.tgid:     # the process exits: its evidence goes
+                evidence.forget(key)
             # the same windows, as part of an episode of their parent's young children
             young = np.flatnonzero(b.starts < evidence.m * model.s)
             if b.parent and young.size:
@@ -821,19 +732,20 @@ class Scorer:
                     ep = {"parent_pid": b.parent[0], "pids": pids, "exceedances": round(n, 2),
                           "windows": self.episodes.m}
                     d = Detection(b, i, float(scores[lo + i]), n, evidence.m, model, ex, ep,
-                                  self._novelty_of(b, i, model, evidence.m))
+                                  self._novelty_of(b, i, model, evidence.m),
+                                  needed=evidence.k)
                     out.append(d)
                     self.on_detection(d)
         return out
 
-    def _novelty(self, b: Block, model: ModelView, exceeds: np.ndarray) -> np.ndarray:
-        """The block's window weights: 1 for each window above the bound, plus the weight
+    def _novelty(self, b: Block, model: ModelView, base: np.ndarray) -> np.ndarray:
+        """The block's window weights: `base` (each window's graded weight), plus the weight
         of each lineage novelty (an exec the profile never saw, waiting for the process's
         next window; a syscall its program never made, on the first window holding it).
         The events are kept for the process's next alert."""
         judge = model.lineage
         if judge is None:
-            return exceeds
+            return base
         events = [(0, e) for e in judge.take(b.key)] if b.key else []
         key = b.key or (b.tgid, 0)
         targets = b.spans[:, model.lead:]
@@ -843,7 +755,7 @@ class Scorer:
         if not b.marks and b.unsure_from < 0:       # one program made all of them
             if b.exe:
                 events += judge.new_syscalls(key, program(b.exe), targets)
-            return self._weigh(b, model, exceeds, events)
+            return self._weigh(b, model, base, events)
         pos = b.starts[:, None] + np.arange(model.p)[None, :]
         owner = np.full(pos.shape, len(b.marks), np.int64)
         for i in range(len(b.marks) - 1, -1, -1):
@@ -855,14 +767,14 @@ class Scorer:
             if exes[i]:
                 events += judge.new_syscalls(key, program(exes[i]),
                                              np.where(owner == i, targets, PAD_NUMBER))
-        return self._weigh(b, model, exceeds, events)
+        return self._weigh(b, model, base, events)
 
-    def _weigh(self, b: Block, model: ModelView, exceeds: np.ndarray, events: list
+    def _weigh(self, b: Block, model: ModelView, base: np.ndarray, events: list
                ) -> np.ndarray:
         """Window weights with the events' weights added; the events kept for alerts."""
         if not events:
-            return exceeds
-        weights = exceeds.astype(np.float64)
+            return base
+        weights = base.copy()
         key = b.key or b.tgid
         mine = self.novel.get(key)
         if mine is None:
@@ -921,22 +833,6 @@ class Scorer:
         ex["bound"] = model.bound.bound
         ex["sigmas"] = float(model.bound.sigmas(np.array([s.score[0]]))[0])
         return ex
-
-
-def graded(model: ModelView, scores: np.ndarray, exceeds: np.ndarray) -> np.ndarray:
-    """Each window's graded weight: for a window above the bound, log p / log alpha, p
-    being its upper-tail probability under the fitted Gaussian (1 at the bound, 2 where
-    a score is as rare as two windows above it); 0 below the bound."""
-    out = np.zeros(len(scores))
-    if exceeds.any():
-        z = model.bound.sigmas(scores[exceeds])
-        logp = np.log(np.maximum(0.5 * _erfc(z / math.sqrt(2)), 1e-300))
-        out[exceeds] = np.minimum(logp / math.log(model.alpha), GRADED_MAX)
-    return out
-
-
-def _erfc(x: np.ndarray) -> np.ndarray:
-    return np.array([math.erfc(v) for v in np.asarray(x, np.float64).tolist()])
 
 
 def _padded(n: int, batch: int) -> int:

@@ -2,12 +2,12 @@
 known-window cache, scorer, bound, per-process evidence with lineage novelty, episodes)
 fed from a trace instead of the ring buffers.
 
-`sysdream train` replays the last quarter of a host's baseline (in time) with the model it
-has just trained and the lineage profile of the first three quarters, and counts what
-would have alerted: the expected false alerts per hour of activity like the baseline's
-(before rate limits). The network has seen most of those windows in training, so the
-part of the figure that comes from windows above the bound is optimistic; the lineage
-part is not, as its profile never saw the last quarter.
+`sysdream train` (daemon/learn.py) replays the last quarter of a host's baseline (in time)
+with a model and a lineage profile learnt from the first three quarters only: once with no
+alert bound, recording the peak of every excursion of evidence (daemon/evidence.py) to fit
+the alert bound on, and once more with that bound, counting what the whole rule raises
+there (before rate limits). The second pass takes its window scores from the first's
+cache.
 """
 
 from __future__ import annotations
@@ -15,16 +15,20 @@ from __future__ import annotations
 import numpy as np
 
 from .lineage import Profile
-from .pipeline import Counters, Cutter, ModelView, Scorer, WindowQueue
+from .pipeline import Counters, Cutter, ModelView, Scorer, WindowCache, WindowQueue
 from .processes import ProcessTable
 
 BATCH = 4096
 
 
 def alerts_after(det, trace, profile: Profile | None, after_ns: int, end_ns: int,
-                 evidence_k: int = 3, evidence_m: int = 8, confidence: float = 0.0) -> dict:
+                 evidence_k: float = 0, evidence_m: int = 8, confidence: float = 0.0,
+                 peaks: list | None = None, cache: dict | None = None) -> dict:
     """What the rule raises on `trace`'s activity from `after_ns` to `end_ns` (kernel
-    times), with `det` and `profile` (None: the sequence model alone)."""
+    times), with `det` and `profile` (None: the sequence model alone). `evidence_k`: what
+    the evidence must reach (0: the model's alert bound; math.inf with `peaks` to record
+    the excursion peaks there instead). `cache`: a dict kept across calls, holding the
+    window scores already known per model geometry."""
     saved = det.lineage
     det.lineage = profile.to_json() if profile is not None else None
     try:
@@ -42,13 +46,17 @@ def alerts_after(det, trace, profile: Profile | None, after_ns: int, end_ns: int
     cutter = Cutter(view, queue, counters, max_threads=1 << 20, processes=table)
     found = []
     scorer = Scorer(view, queue, counters, found.append, evidence_k, evidence_m,
-                    batch_windows=512)
+                    batch_windows=512, peaks=peaks)
+    if cache is not None:
+        scorer.cache = cache.setdefault((det.model_id, id(det), view.span),
+                                        WindowCache(1 << 21, view.span))
     recs = trace.records[trace.records["last_ns"] >= after_ns]
     recs = recs[np.argsort(recs["last_ns"], kind="stable")]
     for lo in range(0, len(recs), BATCH):
         cutter.ingest(recs[lo:lo + BATCH])
         while queue.size:
             scorer.process(queue.take(1 << 16, 0.0))
+    scorer.evidence.flush()
     hours = max((end_ns - after_ns) / 3.6e12, 1e-9)
     by_exe: dict[str, int] = {}
     for d in found:
@@ -57,5 +65,7 @@ def alerts_after(det, trace, profile: Profile | None, after_ns: int, end_ns: int
     return {"seconds": round((end_ns - after_ns) / 1e9, 1), "alerts": len(found),
             "per_hour": round(len(found) / hours, 2),
             "with_lineage_novelty": lineage, "windows": counters.windows_cut,
-            "evidence": f"{evidence_k} of {evidence_m}", "confidence": view.bound.confidence,
+            "evidence": f"{scorer.evidence.k:.3g} over {evidence_m} windows",
+            "confidence": view.alert.confidence if view.alert is not None and not evidence_k
+            else view.bound.confidence,
             "by_exe": dict(sorted(by_exe.items(), key=lambda kv: -kv[1])[:10])}

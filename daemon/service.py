@@ -95,6 +95,22 @@ def _lineage_line(view, enabled: bool) -> str:
     return text
 
 
+def _alert_line(view, configured: float, m: int) -> str:
+    from .pipeline import DEFAULT_EVIDENCE
+    if configured:
+        return (f"alert rule: a process alerts when its last {m} windows weigh {configured:g} "
+                "windows at the bound ([detection] evidence_exceedances)")
+    a = view.alert
+    if a is None:
+        return (f"no alert bound in this model (trained without a host's own baseline): a "
+                f"process alerts when its last {m} windows weigh {DEFAULT_EVIDENCE:g} windows "
+                "at the bound")
+    return (f"alert bound {a.bound:.2f} at {a.confidence:.3%} ({a.fit.transform} fit on "
+            f"{a.fit.samples} excursions in {a.seconds:.0f} s held out of learning, KS "
+            f"{a.fit.ks_statistic:.3f}): {a.expected_per_hour():.2f} false alerts an hour "
+            "expected of activity like the baseline's")
+
+
 class Service:
     def __init__(self, cfg: Config, reload_config=None, notifier: Notifier | None = None):
         self.cfg = cfg
@@ -264,6 +280,7 @@ class Service:
                 f"{b.confidence:.1%}")
         log(text)
         log(_lineage_line(view, self.cfg.detection.lineage))
+        log(_alert_line(view, d.evidence_exceedances, d.evidence_windows))
         if event:
             self.sink.emit("model-loaded", alerts.INFO, text,
                            {"kind": "model-loaded", "model_id": view.model_id})

@@ -10,6 +10,7 @@
     transfer.json     optional: the supervised transfer classifier (issue: train --labels)
     lineage.json      optional: the lineage profile of the baseline (daemon/lineage.py), kept
                       here as the daemon wrote it; the daemon checks it at load
+    alerting.json     optional: the daemon's alert bound (daemon/evidence.py), likewise
 
 The manifest's checksums catch corruption, truncation and edits of any one file; they are
 not a signature (someone who can rewrite the manifest too is not stopped by it).
@@ -33,7 +34,7 @@ FORMAT = "sysdream-model"
 FORMAT_VERSION = 1
 FILES = ("weights.pt", "vocabulary.json", "embedding.npy", "network.json",
          "calibration.json", "training.json")
-OPTIONAL = ("transfer.json", "lineage.json")
+OPTIONAL = ("transfer.json", "lineage.json", "alerting.json")
 
 
 class BundleError(Exception):
@@ -50,6 +51,7 @@ class Bundle:
     state_dict: dict
     transfer: dict | None = None
     lineage: dict | None = None
+    alerting: dict | None = None
     model_id: str = ""
     path: str = ""
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
@@ -95,6 +97,8 @@ def save(bundle: Bundle, path: str | os.PathLike) -> str:
             docs["transfer.json"] = bundle.transfer
         if bundle.lineage is not None:
             docs["lineage.json"] = bundle.lineage
+        if bundle.alerting is not None:
+            docs["alerting.json"] = bundle.alerting
         for name, doc in docs.items():
             (tmp / name).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
         sums = {name: _sha256(tmp / name) for name in sorted(os.listdir(tmp))}
@@ -171,9 +175,11 @@ def load(path: str | os.PathLike) -> Bundle:
                           "retrain the bundle with this version") from None
     transfer = _json(path / "transfer.json") if "transfer.json" in manifest["files"] else None
     lineage = _json(path / "lineage.json") if "lineage.json" in manifest["files"] else None
+    alerting = _json(path / "alerting.json") if "alerting.json" in manifest["files"] \
+        else None
     return Bundle(network=_json(path / "network.json"),
                   vocabulary=_json(path / "vocabulary.json"), embedding=embedding,
                   calibration=_json(path / "calibration.json"),
                   training=_json(path / "training.json"), state_dict=state, transfer=transfer,
-                  lineage=lineage,
+                  lineage=lineage, alerting=alerting,
                   model_id=manifest["model_id"], path=str(path), created=manifest["created"])

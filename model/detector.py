@@ -61,11 +61,12 @@ class Detector:
     def __init__(self, cfg: NetworkConfig, vocab: Vocabulary, net: torch.nn.Module,
                  bound: GaussianBound | None, embedding: np.ndarray, training: dict,
                  model_id: str = "", transfer: dict | None = None,
-                 lineage: dict | None = None):
+                 lineage: dict | None = None, alerting: dict | None = None):
         self.cfg, self.vocab, self.net, self.bound = cfg, vocab, net, bound
         self.embedding, self.training, self.model_id = embedding, training, model_id
         self.transfer = transfer
         self.lineage = lineage    # the daemon's lineage profile, carried as written
+        self.alerting = alerting  # the daemon's alert bound (daemon/evidence.py), likewise
         net.eval()
 
     # -- training ---------------------------------------------------------------------
@@ -136,7 +137,8 @@ class Detector:
         b = bundle_io.Bundle(network=self.cfg.to_json(), vocabulary=self.vocab.to_json(),
                              embedding=self.embedding, calibration=self.bound.to_json(),
                              training=self.training, state_dict=self.net.state_dict(),
-                             transfer=self.transfer, lineage=self.lineage)
+                             transfer=self.transfer, lineage=self.lineage,
+                             alerting=self.alerting)
         self.model_id = bundle_io.save(b, path)
         return self.model_id
 
@@ -152,7 +154,7 @@ class Detector:
             net = build(cfg)
             net.load_state_dict(b.state_dict)
             det = cls(cfg, vocab, net, bound, b.embedding, b.training, b.model_id, b.transfer,
-                      b.lineage)
+                      b.lineage, b.alerting)
             if b.transfer is not None:
                 from . import transfer
                 transfer.check(b.transfer, transfer.n_features(det))

@@ -54,6 +54,21 @@ def sample_attack(seed: int, n: int) -> np.ndarray:
     return attack_sequence(np.random.default_rng(seed), n)
 
 
+def context_record(kind: int, tgid: int, ns: int, path: str, ino: int) -> np.ndarray:
+    """A kernel context record of `tgid` (started at ns 1) running `path`."""
+    from sysdream.probes.layout import CONTEXT_DTYPE
+
+    r = np.zeros(1, CONTEXT_DTYPE)
+    r["kind"], r["tgid"], r["tid"], r["start_ns"], r["ns"] = kind, tgid, tgid, 1, ns
+    r["exe_ino"], r["exe_dev"] = ino, 1
+    parts = path.strip("/").split("/")
+    r["exe_name"] = parts[-1].encode()
+    r["path_depth"] = len(parts)
+    for i, part in enumerate(reversed(parts)):
+        r["path"][0, i] = part.encode()
+    return r
+
+
 # -- a daemon tracing a test cgroup, alerts to a journald of the test's own --------------
 DATA = Path(__file__).parent / "data"
 PROBE_DATA = Path(__file__).parents[1] / "probes" / "data"

@@ -60,9 +60,9 @@ def test_bad_value_names_line_and_expected_form(tmp_path):
 def test_unknown_section_and_cross_key_rule(tmp_path):
     with pytest.raises(ConfigError, match=r":1: unknown section \[detect\]"):
         config.load(write(tmp_path, "[detect]\nx = 1\n"))
-    with pytest.raises(ConfigError, match="at most evidence_windows"):
+    with pytest.raises(ConfigError, match="at most 8 x evidence_windows"):
         config.load(write(tmp_path, "[detection]\nevidence_windows = 2\n"
-                                    "evidence_exceedances = 3\n"))
+                                    "evidence_exceedances = 16.5\n"))
 
 
 def test_not_toml_and_missing_named_file(tmp_path):

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from capture_helpers import drain
 
+from sysdream.daemon.evidence import Evidence
 from sysdream.daemon.lineage import MEMFD, Judge, Profile, weight
-from sysdream.daemon.pipeline import Evidence
 from sysdream.daemon.processes import ProcessTable
 from sysdream.probes import syscalls
 from sysdream.probes.tracefile import Trace, host_header

@@ -1,0 +1,225 @@
+"""The statistic that raises an alert, and its calibration.
+
+Each window a process makes weighs what it is worth as evidence: a window above the
+window bound weighs log p / log alpha (p its upper-tail probability under the window
+bound's Gaussian, alpha that bound's own upper tail: 1 at the bound, 2 where a window is as
+rare as two at the bound, at most GRADED_MAX), a window below it nothing, and a lineage
+novelty (daemon/lineage.py) adds the weight its probability is worth. A process's
+*evidence* is the sum of the weights of its last m windows; it alerts when that reaches the
+*alert bound*, and then starts over. One rule for every process: a short-lived one is
+judged on all it did as soon as that stands out, without waiting for its exit.
+
+The alert bound is the paper's confidence interval applied to the statistic that raises an
+alert rather than to single windows. `sysdream train` replays the whole rule, with a model
+trained on the baseline's first three quarters, on its held-out last quarter
+(daemon/replay.py) with no alert bound. Every *excursion* there (a stretch of a process's
+windows over which its evidence stays above zero) gives one sample: its peak. The Gaussian
+(model/calibration.py, transform chosen the same way as for windows) is fitted to the
+peaks; the bound is the interval's upper end at the configured confidence, and the expected
+false alerts per hour of activity like the baseline's are the excursions per hour times the
+interval's upper tail. See docs/architecture.md, "Alert-level calibration".
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+
+import numpy as np
+
+GRADED_MAX = 8.0    # no window counts for more than this many at the bound
+MIN_PEAKS = 10      # fewer excursions than this in the held-out part: no alert bound fitted
+TARGET_PER_HOUR = 1.0   # what the default confidence keeps the expected false alerts under
+
+
+def graded(bound, alpha: float, scores: np.ndarray, exceeds: np.ndarray) -> np.ndarray:
+    """Each window's weight as evidence (see the module's docstring); `bound` is the window
+    bound (model.calibration.GaussianBound), `alpha` its upper tail."""
+    out = np.zeros(len(scores))
+    if exceeds.any():
+        z = bound.sigmas(scores[exceeds])
+        logp = np.log(np.maximum(0.5 * _erfc(z / math.sqrt(2)), 1e-300))
+        out[exceeds] = np.clip(logp / math.log(alpha), 1.0, GRADED_MAX)
+    return out
+
+
+def _erfc(x: np.ndarray) -> np.ndarray:
+    return np.array([math.erfc(v) for v in np.asarray(x, np.float64).tolist()])
+
+
+class Evidence:
+    """Per process: alert when the weights of its last m windows reach `bound`. Keyed by
+    the process's key (tgid, start) where the process table knows it, so a reused pid
+    starts afresh; by the tgid alone where it does not. With `peaks` (a list), the peak of
+    every excursion is appended to it as it ends (the calibration replay: bound = inf)."""
+
+    def __init__(self, bound: float, m: int, max_processes: int = 65536,
+                 peaks: list | None = None):
+        self.k, self.m, self.max = float(bound), m, max_processes
+        self.recent: OrderedDict = OrderedDict()
+        self.peaks = peaks
+        self.peak: dict = {}        # key -> the running excursion's peak (with `peaks`)
+
+    def add(self, key, weight: float) -> float:
+        """Record one window's weight; returns the evidence when it reaches the bound (and
+        then starts over), else 0."""
+        d = self.recent.get(key)
+        if d is None:
+            d = self.recent[key] = deque(maxlen=self.m)
+            if len(self.recent) > self.max:
+                old, _ = self.recent.popitem(last=False)
+                self._end(old)
+        else:
+            self.recent.move_to_end(key)
+        d.append(float(weight))
+        n = sum(d)
+        if self.peaks is not None:
+            if n > 1e-12:
+                self.peak[key] = max(self.peak.get(key, 0.0), n)
+            else:
+                self._end(key)
+        if weight > 0 and n >= self.k - 1e-9:
+            d.clear()
+            self._end(key)
+            return n
+        return 0
+
+    def add_many(self, key, weights: np.ndarray) -> list[tuple[int, float]]:
+        """Record a run of one process's window weights; (index, evidence) of each that
+        reaches the bound. A run of zeros for a process with nothing pending changes
+        nothing that matters and costs no per-window work."""
+        d = self.recent.get(key)
+        if not np.any(weights) and (d is None or not any(d)):
+            if d is not None:
+                self.recent.move_to_end(key)
+            return []
+        return [(i, n) for i, x in enumerate(np.asarray(weights, np.float64).tolist())
+                if (n := self.add(key, x))]
+
+    def forget(self, key) -> None:
+        """The process exited: its evidence goes (an excursion ends with it)."""
+        self.recent.pop(key, None)
+        self._end(key)
+
+    def flush(self) -> None:
+        """End every running excursion (the end of a replay)."""
+        for key in list(self.peak):
+            self._end(key)
+
+    def _end(self, key) -> None:
+        if self.peaks is not None and (p := self.peak.pop(key, None)) is not None:
+            self.peaks.append(p)
+
+
+class Episodes:
+    """Related short-lived processes judged together. The young windows (among a process's
+    first m) of the children of one parent within `span_s` seconds form an episode: it
+    alerts when the weights of its last m windows reach the bound and they come from at
+    least two processes (one process alone is the per-process rule's business), so an
+    attack split into short steps, none standing out alone, does not pass unseen."""
+
+    def __init__(self, bound: float, m: int, span_s: float = 10.0, max_groups: int = 4096):
+        self.k, self.m, self.span_ns, self.max = float(bound), m, int(span_s * 1e9), max_groups
+        self.recent: OrderedDict[tuple, deque] = OrderedDict()
+
+    def add_many(self, key: tuple, tgid: int, weights: np.ndarray, ns: int
+                 ) -> list[tuple[int, float, list[int]]]:
+        """Record a run of one process's young window weights (kernel time `ns`); (index,
+        evidence, pids) of each window that completes an episode."""
+        if not key or not len(weights):
+            return []
+        d = self.recent.get(key)
+        if d is None:
+            if not np.any(weights):
+                return []
+            d = self.recent[key] = deque(maxlen=self.m)
+            if len(self.recent) > self.max:
+                self.recent.popitem(last=False)
+        else:
+            self.recent.move_to_end(key)
+        out = []
+        for i, x in enumerate(np.asarray(weights, np.float64).tolist()):
+            d.append((ns, tgid, x))
+            while d and d[0][0] < ns - self.span_ns:
+                d.popleft()
+            if not x:
+                continue
+            hits = [e for e in d if e[2]]
+            pids = sorted({e[1] for e in hits})
+            n = sum(e[2] for e in hits)
+            if n >= self.k - 1e-9 and len(pids) >= 2:
+                out.append((i, n, pids))
+                d.clear()
+        return out
+
+
+@dataclass
+class AlertBound:
+    """The alert bound of a host's model: a Gaussian over the held-out excursion peaks
+    (model.calibration.GaussianBound) and how often excursions happened there."""
+    fit: object                 # GaussianBound over the peaks
+    excursions_per_hour: float
+    seconds: float              # of held-out activity the peaks come from
+
+    @property
+    def bound(self) -> float:
+        return max(self.fit.bound, 1.0)     # never below one window at the window bound
+
+    @property
+    def confidence(self) -> float:
+        return self.fit.confidence
+
+    def expected_per_hour(self, confidence: float | None = None) -> float:
+        """False alerts an hour expected of activity like the held-out part's."""
+        c = self.confidence if confidence is None else confidence
+        return self.excursions_per_hour * (1 - c) / 2
+
+    def with_confidence(self, confidence: float) -> AlertBound:
+        return AlertBound(self.fit.with_confidence(confidence), self.excursions_per_hour,
+                          self.seconds)
+
+    def to_json(self) -> dict:
+        return {"fit": self.fit.to_json(), "excursions_per_hour": self.excursions_per_hour,
+                "seconds": self.seconds, "bound": self.bound,
+                "expected_false_alerts_per_hour": round(self.expected_per_hour(), 4)}
+
+    @classmethod
+    def from_json(cls, data) -> AlertBound:
+        """Validated: ValueError naming what is wrong."""
+        from sysdream.model.calibration import GaussianBound
+
+        if not isinstance(data, dict) or not isinstance(data.get("fit"), dict):
+            raise ValueError("alert calibration is not an object with a fit")
+        fit = GaussianBound.from_json(data["fit"])
+        rate, secs = data.get("excursions_per_hour"), data.get("seconds")
+        for name, v in (("excursions_per_hour", rate), ("seconds", secs)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or \
+                    not math.isfinite(v) or v < 0:
+                raise ValueError(f"alert calibration {name} is not a number >= 0")
+        return cls(fit, float(rate), float(secs))
+
+
+def default_confidence(excursions_per_hour: float, floor: float) -> float:
+    """The confidence at which the expected false alerts stay at or under
+    TARGET_PER_HOUR, never below `floor` (the window bound's); below 1."""
+    if excursions_per_hour <= 0:
+        return floor
+    need = 1 - 2 * TARGET_PER_HOUR / excursions_per_hour
+    return float(min(max(floor, need), 1 - 1e-9))
+
+
+def fit_alert_bound(peaks: list[float], seconds: float, confidence: float | None,
+                    floor: float) -> AlertBound | None:
+    """The alert bound from held-out excursion peaks over `seconds` of activity, at
+    `confidence` (None: the default, see default_confidence); None with fewer than
+    MIN_PEAKS of them."""
+    from sysdream.model.calibration import fit
+
+    peaks = [p for p in peaks if math.isfinite(p) and p > 0]
+    if len(peaks) < MIN_PEAKS or seconds <= 0:
+        return None
+    rate = len(peaks) / (seconds / 3600)
+    c = default_confidence(rate, floor) if confidence is None else confidence
+    return AlertBound(fit(np.array(peaks), c), round(rate, 3), round(seconds, 1))
+

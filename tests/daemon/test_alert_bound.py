@@ -1,0 +1,155 @@
+"""Alert-level calibration (daemon/evidence.py): the Gaussian over held-out excursion peaks,
+its expected false alerts an hour, the default confidence that keeps them at or under one,
+a hostile alerting.json refused, and `sysdream train` on a host recording fitting the
+bound with a model that never saw the held-out part, which the daemon's pipeline then
+uses at the configured confidence."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from daemon_helpers import context_record, records, sample_normal
+
+from sysdream.daemon.evidence import (
+    MIN_PEAKS,
+    AlertBound,
+    default_confidence,
+    fit_alert_bound,
+)
+from sysdream.daemon.pipeline import DEFAULT_EVIDENCE, Counters, ModelView, Scorer, WindowQueue
+from sysdream.probes.layout import CTX_NEW
+from sysdream.probes.tracefile import TraceWriter, host_header
+
+
+def test_the_bound_expects_the_interval_tail_and_the_default_keeps_one_an_hour():
+    rng = np.random.default_rng(3)
+    peaks = np.exp(rng.normal(0.5, 0.4, 4000)).tolist()    # 4000 excursions in 2 hours
+    a = fit_alert_bound(peaks, 7200, None, 0.999)
+    assert a.excursions_per_hour == pytest.approx(2000)
+    assert a.confidence == pytest.approx(0.999)             # 1 - 2 * 1 / 2000
+    assert a.expected_per_hour() == pytest.approx(1.0)
+    assert a.fit.transform == "log" and a.fit.ks_statistic < 0.05
+    assert a.bound == pytest.approx(math.exp(0.5 + a.fit.z * 0.4), rel=0.1)
+    assert 0 < np.mean(np.array(peaks) > a.bound) < 0.003
+    busy = fit_alert_bound(peaks, 720, None, 0.999)         # ten times the excursions
+    assert busy.expected_per_hour() == pytest.approx(1.0) and busy.bound > a.bound
+    quiet = fit_alert_bound(peaks[:100], 7200, None, 0.999)  # 50 an hour: the floor holds
+    assert quiet.confidence == 0.999 and quiet.expected_per_hour() < 1
+    chosen = fit_alert_bound(peaks, 7200, 0.99, 0.999)      # the user's knob
+    assert chosen.expected_per_hour() == pytest.approx(10) and chosen.bound < a.bound
+    assert fit_alert_bound(peaks[:MIN_PEAKS - 1], 7200, None, 0.999) is None
+    assert default_confidence(0.0, 0.999) == 0.999 and default_confidence(1e12, 0.9) < 1
+    again = AlertBound.from_json(json.loads(json.dumps(a.to_json())))
+    assert again.bound == pytest.approx(a.bound)
+    assert again.with_confidence(0.9999).bound > a.bound
+
+
+def test_the_bound_is_never_below_one_window_at_the_window_bound():
+    peaks = [1e-3 * (1 + i % 7) for i in range(200)]
+    assert fit_alert_bound(peaks, 3600, 0.6, 0.6).bound == 1.0
+
+
+@pytest.mark.parametrize("doc, why", [
+    ([], "not an object"),
+    ({"fit": []}, "not an object"),
+    ({"excursions_per_hour": 1, "seconds": 1}, "not an object"),
+    ({"fit": {"mean": 0, "std": 1e300, "confidence": 0.999, "transform": "log",
+              "ks_statistic": 0, "ks_pvalue": 1, "samples": 50},
+      "excursions_per_hour": 1, "seconds": 1}, "no finite bound"),
+    ({"fit": {"mean": 0, "std": 1, "confidence": 1.5, "transform": "log",
+              "ks_statistic": 0, "ks_pvalue": 1, "samples": 50},
+      "excursions_per_hour": 1, "seconds": 1}, "confidence"),
+    ({"fit": {"mean": 0, "std": 1, "confidence": 0.999, "transform": "log",
+              "ks_statistic": 0, "ks_pvalue": 1, "samples": 50},
+      "excursions_per_hour": float("nan"), "seconds": 1}, "excursions_per_hour"),
+    ({"fit": {"mean": 0, "std": 1, "confidence": 0.999, "transform": "log",
+              "ks_statistic": 0, "ks_pvalue": 1, "samples": 50},
+      "excursions_per_hour": 1, "seconds": "1"}, "seconds"),
+])
+def test_a_hostile_alert_calibration_is_refused(doc, why):
+    with pytest.raises(ValueError, match=why):
+        AlertBound.from_json(doc)
+
+
+def host_trace(path, seed: int, processes: int = 600) -> None:
+    """A host recording: `processes` short processes of one program over 6 s, each with
+    its context record; in the last quarter the program has changed a little: each makes
+    a few calls it never made before (what a held-out part is there to catch)."""
+    from sysdream.probes import syscalls
+
+    rng = np.random.default_rng(seed)
+    odd = sorted(syscalls.table(syscalls.native_arch()).values())[:200]
+    recs, ctx = [], []
+    for k in range(processes):
+        pid, t0 = 1000 + k, 10_000_000 * k + 1
+        names = sample_normal(seed * 10_000 + k, int(rng.integers(40, 120))).tolist()
+        if k >= 0.75 * processes:
+            for i in rng.choice(len(names), 3, replace=False):
+                names[int(i)] = odd[int(rng.integers(len(odd)))]
+        recs.append(records(pid, names, exit=True, t0=t0, chunk=64))
+        ctx.append(context_record(CTX_NEW, pid, t0, "/usr/bin/worker", 7))
+    with TraceWriter(path, host_header(64)) as w:
+        w.write_context(np.concatenate(ctx))
+        w.write_records(np.concatenate(recs))
+
+
+def test_train_fits_the_alert_bound_on_the_held_out_quarter_and_the_daemon_uses_it(tmp_path):
+    from sysdream.model.detector import Detector
+
+    trace = tmp_path / "baseline.sdtrace"
+    host_trace(trace, 1)
+    out = subprocess.run([sys.executable, "-m", "sysdream.daemon.cli", "train", "--input",
+                          f"trace:{trace}", "-o", str(tmp_path / "model"), "--window", "8",
+                          "--embed", "8", "--hidden", "8", "--epochs", "3", "--threads", "1"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "training on the first three quarters" in out.stderr, out.stderr
+    assert out.stderr.count("epoch 1:") == 1, "one model trained: the held-out one"
+    model = tmp_path / "model"
+    replay = json.loads((model / "training.json").read_text())["heldout_alerts"]
+    assert replay["seconds"] == pytest.approx(1.5, abs=0.1)
+    assert replay["excursions"] >= MIN_PEAKS, out.stderr
+    a = AlertBound.from_json(json.loads((model / "alerting.json").read_text()))
+    assert a.fit.samples == replay["excursions"]
+    assert a.confidence >= 0.999 and a.expected_per_hour() <= 1.0 + 1e-6
+    assert replay["confidence"] == pytest.approx(a.confidence)
+    assert f"alert bound {a.bound:.2f} at {a.confidence:.3%}" in out.stderr
+
+    det = Detector.load(model)
+    view = ModelView(det)
+    assert view.alert is not None and view.evidence_bound() == pytest.approx(a.bound)
+    assert view.evidence_bound(2.5) == 2.5                    # evidence_exceedances wins
+    lower = ModelView(det, confidence=0.9)
+    assert lower.alert.bound < a.bound and lower.bound.bound == view.bound.bound
+    assert lower.alert.expected_per_hour() > a.expected_per_hour()
+    scorer = Scorer(view, WindowQueue(100, Counters()), Counters(), lambda d: None)
+    assert scorer.evidence.k == pytest.approx(a.bound)
+    det.alerting = None
+    plain = ModelView(det)
+    scorer.set_model(plain)
+    assert scorer.evidence.k == DEFAULT_EVIDENCE and plain.alert is None
+
+
+def test_retrain_learns_everything_and_keeps_the_bound(tmp_path):
+    """--retrain: a second model, trained on the whole recording (so it knows the calls of
+    the last quarter), carries the bound the held-out model fitted."""
+    from sysdream.model.detector import Detector
+
+    trace = tmp_path / "baseline.sdtrace"
+    host_trace(trace, 2)
+    cmd = [sys.executable, "-m", "sysdream.daemon.cli", "train", "--input", f"trace:{trace}",
+           "--window", "8", "--embed", "8", "--hidden", "8", "--epochs", "2", "--threads", "1"]
+    kept = subprocess.run([*cmd, "-o", str(tmp_path / "kept")], capture_output=True,
+                          text=True, timeout=600)
+    again = subprocess.run([*cmd, "-o", str(tmp_path / "all"), "--retrain"],
+                           capture_output=True, text=True, timeout=600)
+    assert kept.returncode == 0 and again.returncode == 0, kept.stderr + again.stderr
+    assert again.stderr.count("epoch 1:") == 2 and "--retrain" in again.stderr
+    one, both = Detector.load(tmp_path / "kept"), Detector.load(tmp_path / "all")
+    assert len(both.vocab) > len(one.vocab), "the last quarter's calls were learnt"
+    assert both.alerting == one.alerting is not None
