@@ -206,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "directory's model)")
     ex.add_argument("--config", help="configuration file, for the default model path")
     ex.add_argument("--plot", default="", help="write the attention heat map to this PNG")
+    from .metrics import build_info
+    b = build_info()
+    text = f"sysdream {b['version']} (python {b['python']}, kernel {b['kernel']})"
+    for p in [parser, *sub.choices.values()]:     # --version on every verb, as on the verb
+        p.add_argument("--version", action="version", version=text)
     return parser
 
 

@@ -22,6 +22,26 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 DETECTION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
+def version() -> str:
+    """This sysdream's version (the installed distribution's; the source tree's if not
+    installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+    try:
+        return dist_version("sysdream")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def build_info() -> dict[str, str]:
+    import platform
+    import sys
+    torch = sys.modules.get("torch")
+    return {"version": version(), "python": platform.python_version(),
+            "torch": getattr(torch, "__version__", "") if torch else "",
+            "kernel": platform.release()}
+
+
 def _by_label(name: str, doc: str, label: str, values: dict[str, int], gauge: bool = False):
     fam = (GaugeMetricFamily if gauge else CounterMetricFamily)(name, doc, labels=[label])
     for k, v in sorted(dict(values).items()):
@@ -41,6 +61,8 @@ class ServiceCollector:
     def collect(self):
         s = self.s
         k = dict(s.kernel_counters)
+        yield InfoMetricFamily("sysdream_build", "The running sysdream and what it runs on.",
+                               value=build_info())
         yield CounterMetricFamily("sysdream_syscalls_seen", "Syscall entries the capture "
                                   "program saw (every process).", value=k.get("seen", 0))
         yield CounterMetricFamily("sysdream_syscalls_filtered", "Syscalls of processes the "
@@ -230,12 +252,44 @@ class Metrics:
         elif what == "scores":
             _observe_many(self.scores, value)
 
-    def serve(self, address: str, port: int) -> int:
-        """Start the HTTP endpoint; returns the port (useful with port 0). OSError when the
+    def serve(self, address: str, port: int, health=None) -> int:
+        """Start the HTTP endpoint: /metrics (and any other path but one) the exposition,
+        /healthz the service's health (`health`: () -> dict with "healthy") as JSON, 200
+        when healthy, 503 when not. Returns the port (useful with port 0); OSError when the
         port is taken."""
-        from prometheus_client import start_http_server
+        import json
+        import socket
+        import threading
+        from socketserver import ThreadingMixIn
+        from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-        server, _thread = start_http_server(port, addr=address, registry=self.registry)
+        from prometheus_client import make_wsgi_app
+
+        exposition = make_wsgi_app(self.registry)
+
+        def app(environ, start_response):
+            if environ.get("PATH_INFO") == "/healthz" and health is not None:
+                h = health()
+                body = (json.dumps(h, sort_keys=True) + "\n").encode()
+                start_response("200 OK" if h.get("healthy") else "503 Service Unavailable",
+                               [("Content-Type", "application/json"),
+                                ("Content-Length", str(len(body)))])
+                return [body]
+            return exposition(environ, start_response)
+
+        family = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)[0][0]
+
+        class Server(ThreadingMixIn, WSGIServer):
+            daemon_threads = True
+            address_family = family
+
+        class Quiet(WSGIRequestHandler):
+            def log_message(self, *args):     # scrapes are not worth a log line each
+                pass
+
+        server = make_server(address, port, app, Server, handler_class=Quiet)
+        threading.Thread(target=server.serve_forever, name="sysdream-metrics",
+                         daemon=True).start()
         self.server = server
         return server.server_address[1]
 

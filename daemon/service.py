@@ -44,6 +44,7 @@ DRAIN_S = 2.0
 # behaviour (docs/architecture.md, "No feedback loop").
 ALERT_TAKERS = ("/lib/systemd/systemd-journald", "/usr/lib/systemd/systemd-journald")
 FILTER_REFRESH_S = 5.0
+HEALTH_BEAT_S = 10.0    # /healthz: the reader and the scorer turned within this long
 
 
 def alert_takers() -> set[tuple[int, int]]:
@@ -139,6 +140,7 @@ class Service:
         self.capture = None
         self._stop = False
         self._reload = False
+        self._loop_beat = time.monotonic()    # the main loop's last turn (health)
         self._writer = None
         self._pending: list[np.ndarray] = []
         self._pending_context: list[np.ndarray] = []
@@ -181,7 +183,7 @@ class Service:
             self.metrics = Metrics(self)
             self.alerting.observe_latency = self.metrics.detection.observe
             try:
-                self.metrics_port = self.metrics.serve(m.address, m.port)
+                self.metrics_port = self.metrics.serve(m.address, m.port, self.health)
             except OSError as exc:
                 raise MetricsPortError(f"metrics endpoint {m.address}:{m.port}: "
                                        f"{exc.strerror or exc}; stop what holds the port or "
@@ -479,6 +481,20 @@ class Service:
                 f"{self.alerting.sent.total()} alerts, {lost} syscalls lost, "
                 f"{sum(c.windows_shed.values())} windows shed")
 
+    def health(self) -> dict:
+        """What /healthz answers: healthy while the reader turns and, when detecting, the
+        scorer thread is alive and has beaten within HEALTH_BEAT_S."""
+        now = time.monotonic()
+        s = self.scorer
+        scorer_ok = s is None or (s.thread is not None and s.thread.is_alive()
+                                  and now - s.beat < HEALTH_BEAT_S)
+        reader_ok = now - self._loop_beat < HEALTH_BEAT_S
+        return {"healthy": bool(scorer_ok and reader_ok), "phase": self.phase,
+                "ready": self.phase == "detecting",
+                "model_id": self.model.model_id if self.model is not None else "",
+                "scorer_ok": bool(scorer_ok), "reader_ok": bool(reader_ok),
+                "learning_progress": round(self.learning_progress, 4)}
+
     def _watchdog_ok(self, now: float) -> bool:
         s = self.scorer
         if s is None:  # learning: the reader loop turning is all there is to check
@@ -502,7 +518,7 @@ class Service:
             # context first: a process's record is sent before its first chunk
             self._take_context(cap.read_context())
             self._take(cap.read())
-            now = time.monotonic()
+            now = self._loop_beat = time.monotonic()
             if self._reload:
                 self._reload = False
                 self._do_reload()

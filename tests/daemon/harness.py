@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -106,6 +107,18 @@ class Daemon:
                 name, _, value = line.rpartition(" ")
                 out[name] = float(value)
         return out
+
+    def health(self) -> tuple[int, dict]:
+        """(HTTP status, JSON body) of the daemon's /healthz; (0, {}) when unreachable."""
+        import json
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz",
+                                        timeout=5) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+        except OSError:
+            return 0, {}
 
     def metric(self, series: str) -> float:
         return self.metrics().get(series, float("nan"))
@@ -226,6 +239,17 @@ class Prometheus:
         except OSError:
             return []
         return data.get("data", {}).get("result", [])
+
+    def status(self, expr: str) -> str:
+        """The API's status for an expression: "success", or "error" for one that does not
+        parse or evaluate."""
+        url = (f"http://127.0.0.1:{self.port}/api/v1/query?"
+               + urllib.parse.urlencode({"query": expr}))
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return json.loads(r.read()).get("status", "")
+        except urllib.error.HTTPError as exc:
+            return json.loads(exc.read()).get("status", "error")
 
     def close(self) -> None:
         self.proc.terminate()

@@ -192,3 +192,13 @@ def test_capture_verbs_do_not_pay_for_torch():
             "print('torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("verb", ["", "run", "train", "score", "record", "doctor", "allow"])
+def test_version_on_every_verb(verb):
+    """`sysdream --version` and `sysdream VERB --version`: the installed version, exit 0,
+    before any required argument is asked for."""
+    from importlib.metadata import version
+
+    r = sysdream(*([verb] if verb else []), "--version")
+    assert r.returncode == 0 and r.stdout.startswith(f"sysdream {version('sysdream')} ("), r

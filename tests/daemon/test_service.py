@@ -83,6 +83,9 @@ def test_notify_watchdog_reload_and_stop(ebpf_ready, tmp_path, notify, tiny_bund
         wait_for(lambda: len(notify.having("READY", "1")) >= 2, 10, "READY=1 after reload")
         info = [k for k in d.metrics() if k.startswith("sysdream_model_info")]
         assert tiny_detector.model_id in info[0]
+        from importlib.metadata import version
+        build = [k for k in d.metrics() if k.startswith("sysdream_build_info")]
+        assert len(build) == 1 and f'version="{version("sysdream")}"' in build[0]
         assert "model reload refused" in d.stderr and "manifest" in d.stderr
 
         # a good bundle (another model) is swapped in without detaching: nothing lost
@@ -127,6 +130,9 @@ def test_stalled_scorer_stops_the_watchdog(ebpf_ready, tmp_path, notify, tiny_bu
     try:
         wait_for(lambda: notify.having("READY", "1"), 90, "READY=1\n" + d.stderr)
         wait_for(lambda: len(notify.having("WATCHDOG", "1")) >= 3, 10, "pings while idle")
+        code, health = d.health()
+        assert code == 200 and health["healthy"] and health["ready"], health
+        assert health["phase"] == "detecting" and health["model_id"]
         run_script(prog, BENIGN)
         wait_for(lambda: d.metric("sysdream_windows_scored_total") > 0, 20, "a first batch")
         time.sleep(1.5)
@@ -136,6 +142,9 @@ def test_stalled_scorer_stops_the_watchdog(ebpf_ready, tmp_path, notify, tiny_bu
         late = [t for t, _ in notify.having("WATCHDOG", "1") if t > stalled_at]
         assert late == [], "watchdog pinged while the scorer was stalled"
         assert d.proc.poll() is None  # systemd, not the daemon, decides to restart it
+        # /healthz says so once the stall outlasts its 10 s; the reader still turns
+        code, health = wait_for(lambda: (h := d.health())[0] == 503 and h, 15, "503")
+        assert not health["scorer_ok"] and health["reader_ok"] and not health["healthy"]
     finally:
         d.kill()
 
