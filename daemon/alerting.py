@@ -3,7 +3,8 @@ held back and counted.
 
 Who made the window comes from the process table, the fields and the fingerprint from
 `alerts.anomaly_fields`; the rate limits (per fingerprint, and a ceiling per minute) decide;
-the sink delivers (journald with its fallback, JSON lines). Nothing held back disappears:
+the sinks deliver (daemon/sinks.py: journald with its fallback, JSON lines, syslog,
+webhook). Nothing held back disappears:
 it is counted by executable, carried by the next alert of its fingerprint and listed in an
 `alerts-suppressed` event every `suppressed_summary_s`. The scorer thread calls
 `detected`, the main loop `tick`.
@@ -23,12 +24,19 @@ from .labels import ExeLabels
 ALLOW_CHECK_S = 1.0
 
 
+def _sinks_of(cfg) -> tuple:
+    """What decides the sinks: [alerts] journald and json_lines, the network sections."""
+    v = cfg.values
+    return (v["alerts"]["journald"], v["alerts"]["json_lines"],
+            sorted(v["alerts.syslog"].items()), sorted(v["alerts.webhook"].items()))
+
+
 class AlertPath:
-    def __init__(self, settings, processes, labels: ExeLabels, log=print):
-        a = settings
+    def __init__(self, cfg, processes, labels: ExeLabels, log=print):
+        a = cfg.alerts
         self.processes, self.log = processes, log
         self.deliveries = alerts.Deliveries()
-        self.sink = alerts.AlertSink(a.journald, a.json_lines, deliveries=self.deliveries)
+        self.sink = alerts.build_sinks(cfg, self.deliveries)
         self.limiter = alerts.RateLimiter(a.rate_limit_burst, a.rate_limit_interval_s,
                                           a.rate_limit_ceiling_per_minute)
         self.summary_s = a.suppressed_summary_s
@@ -115,17 +123,18 @@ class AlertPath:
                        {"kind": "alerts-suppressed", "suppressed": total,
                         "fingerprints": held[:50]})
 
-    def apply(self, new, old) -> bool:
-        """New [alerts] settings (a reload); False when the JSON-lines file could not be
-        opened (alerts then go to journald only)."""
-        self.sink.journald = new.journald
+    def apply(self, cfg, old) -> bool:
+        """New [alerts] settings (a reload): sinks rebuilt where theirs changed; False
+        when they could not be (a JSON-lines file that cannot be opened: the sinks in use
+        stay)."""
         ok = True
-        if new.json_lines != old.json_lines:
+        if _sinks_of(cfg) != _sinks_of(old):
             try:
-                self.sink.set_json(new.json_lines)
+                self.sink.swap(alerts.build_sinks(cfg))
             except ConfigError as exc:
-                self.log(f"reload: {exc}; alerts go to journald only")
+                self.log(f"reload: {exc}; the alert outputs in use stay")
                 ok = False
+        new = cfg.alerts
         with self._lock:
             self.limiter.burst, self.limiter.interval = new.rate_limit_burst, \
                 new.rate_limit_interval_s

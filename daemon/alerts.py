@@ -1,29 +1,22 @@
-"""Alerts and service events: to journald (systemd-python), optionally as JSON lines.
+"""Alerts and service events: their fields, fingerprints, rate limits, and the sinks the
+configuration enables (daemon/sinks.py: journald, JSON lines, syslog, webhook).
 
 Every alert is one flat dict of fields (lower-case names, documented in docs/metrics.md).
 journald receives them as SYSDREAM_<NAME> next to MESSAGE, MESSAGE_ID, PRIORITY and
-SYSLOG_IDENTIFIER=sysdream; the JSON-lines output carries the same names and values.
-
-journald down or absent: libsystemd drops a message silently when journald's socket does
-not exist, so the sink first checks that the socket accepts a connection. When it does not,
-the alert goes to stderr as a JSON line, `sysdream_journald_failures_total` counts it, and
-the next alert tries journald again.
+SYSLOG_IDENTIFIER=sysdream; the JSON-lines output and the webhook carry the same names and
+values; syslog carries the main ones as RFC 5424 structured data.
 """
 
 from __future__ import annotations
 
-import datetime
 import hashlib
-import json
-import os
-import socket
-import sys
 import threading
 import time
 import uuid
 from collections import OrderedDict, deque
 
-from .config import ConfigError
+from . import sinks
+from .sinks import HOSTNAME, rfc3339
 
 # One fixed MESSAGE_ID per kind (journalctl MESSAGE_ID=...): generated once, never change.
 MESSAGE_IDS = {
@@ -47,15 +40,6 @@ ALERT_FIELDS = ("kind", "alert_id", "fingerprint", "severity", "hostname", "pid"
                 "sigmas", "model_id", "evidence", "episode", "novelty", "position", "syscalls",
                 "context", "unknown_syscalls", "surprises", "attention", "suppressed",
                 "incident_count", "latency_s", "time", "time_rfc3339")
-
-JOURNAL_SOCKET = "/run/systemd/journal/socket"
-HOSTNAME = socket.gethostname()
-
-
-def rfc3339(t: float) -> str:
-    return datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat(
-        timespec="milliseconds").replace("+00:00", "Z")
-
 
 def fingerprint(context: dict, unknown: list[str], surprises: list[dict]) -> str:
     """Same program, same lineage, same kind of surprise: same fingerprint (repeats group).
@@ -217,111 +201,29 @@ class Deliveries:
         return False
 
 
-# Lists of names that hold no spaces: space-separated in journald (easy to grep); every
-# other structure (argv among them) is JSON, so that no two values read alike.
-WORD_LISTS = {"syscalls", "context", "unknown_syscalls", "exe_flags"}
+def build_sinks(cfg, deliveries: Deliveries | None = None) -> sinks.Sinks:
+    """The sinks a configuration enables ([alerts], [alerts.syslog], [alerts.webhook]);
+    ConfigError when the JSON-lines file cannot be opened."""
+    a = cfg.alerts
+    out: list[sinks.Sink] = []
+    if a.journald:
+        out.append(sinks.JournaldSink())
+    if a.json_lines:
+        out.append(sinks.JsonLinesSink(a.json_lines))
+    out += network_sinks(cfg)
+    return sinks.Sinks(out, MESSAGE_IDS, deliveries)
 
 
-def _journal_value(key: str, v) -> str:
-    """Lists of names space-separated, other structures as JSON, the rest as text."""
-    if key in WORD_LISTS and isinstance(v, list):
-        return " ".join(str(x) for x in v)
-    if isinstance(v, (list, dict)):
-        return json.dumps(v, separators=(",", ":"))
-    return str(v)
-
-
-class AlertSink:
-    """Where alerts and events go: journald (with a stderr fallback) and JSON lines."""
-
-    def __init__(self, journald: bool = True, json_lines: str = "",
-                 socket_path: str = JOURNAL_SOCKET, err=sys.stderr,
-                 deliveries: Deliveries | None = None):
-        self.journald, self.socket_path, self.err = journald, socket_path, err
-        self.deliveries = deliveries or Deliveries()
-        self.journald_failures = 0
-        self.journald_sent = 0
-        self.json_failures = 0
-        self._json_path = json_lines
-        self._json = None
-        self._lock = threading.Lock()
-        self._down = False
-        self.set_json(json_lines)
-
-    def set_json(self, json_lines: str) -> None:
-        with self._lock:
-            if self._json not in (None, sys.stdout):
-                self._json.close()
-            self._json_path = json_lines
-            if json_lines == "-":
-                self._json = sys.stdout
-            elif json_lines:
-                # alerts name processes and their command lines: readable by root only
-                try:
-                    fd = os.open(json_lines, os.O_WRONLY | os.O_APPEND | os.O_CREAT
-                                 | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-                except OSError as exc:
-                    self._json = None
-                    raise ConfigError(
-                        f"[alerts] json_lines {json_lines}: cannot open it ({exc.strerror}); "
-                        "name a file in a directory the daemon may write (under systemd: "
-                        "LogsDirectory= or StateDirectory=), not a link") from None
-                self._json = os.fdopen(fd, "a", buffering=1)
-            else:
-                self._json = None
-
-    def journald_up(self) -> bool:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            s.connect(self.socket_path)
-            return True
-        except OSError:
-            return False
-        finally:
-            s.close()
-
-    def emit(self, kind: str, priority: int, msg: str, fields: dict) -> None:
-        line = json.dumps({"message": msg, "message_id": MESSAGE_IDS[kind],
-                           "priority": priority, **fields}, separators=(",", ":"))
-        # before the write: journald (or whoever reads our output) acts on it at once
-        self.deliveries.note()
-        with self._lock:
-            if self._json is not None:
-                try:
-                    self._json.write(line + "\n")
-                    self._json.flush()
-                except OSError:
-                    self.json_failures += 1
-            if not self.journald:
-                return
-            if self._send_journal(kind, priority, msg, fields):
-                if self._down:
-                    self._down = False
-                    print("sysdream: journald is back; alerts go to it again", file=self.err)
-                return
-            self.journald_failures += 1
-            if not self._down:
-                self._down = True
-                print("sysdream: journald is not reachable at "
-                      f"{self.socket_path}; alerts go to stderr as JSON lines until it "
-                      "returns", file=self.err)
-            print(line, file=self.err, flush=True)
-
-    def _send_journal(self, kind: str, priority: int, msg: str, fields: dict) -> bool:
-        if not self.journald_up():
-            return False
-        try:
-            from systemd import journal
-        except ImportError:
-            return False
-        extra = {f"SYSDREAM_{k.upper()}": _journal_value(k, v) for k, v in fields.items()}
-        try:
-            journal.send(msg, MESSAGE_ID=MESSAGE_IDS[kind], PRIORITY=str(priority),
-                         SYSLOG_IDENTIFIER="sysdream", **extra)
-        except OSError:
-            return False
-        self.journald_sent += 1
-        return True
-
-    def close(self) -> None:
-        self.set_json("")
+def network_sinks(cfg) -> list:
+    out = []
+    s, w = cfg.alerts_syslog, cfg.alerts_webhook
+    if s.enabled:
+        out.append(sinks.SyslogSink(s.address, s.protocol, s.facility, s.queue, s.max_bytes,
+                                    kinds=tuple(MESSAGE_IDS) if s.events else
+                                    sinks.ALERT_KINDS))
+    if w.enabled:
+        out.append(sinks.WebhookSink(w.url, w.format, tuple(w.headers), float(w.timeout_s),
+                                     w.retries, float(w.backoff_s), w.queue,
+                                     tuple(MESSAGE_IDS) if w.events else sinks.ALERT_KINDS,
+                                     w.ca_file))
+    return out

@@ -56,6 +56,13 @@ def _uids(v) -> bool:
                for x in v)
 
 
+def _hostport(v: str) -> bool:
+    host, _, port = v.rpartition(":")
+    return bool(host.strip("[]")) and port.isdigit() and 0 < int(port) < 65536
+
+
+_FACILITIES = ("kern", "user", "daemon", "auth", "syslog", "authpriv",
+               *(f"local{i}" for i in range(8)))
 NUM = (int, float)
 SCHEMA: dict[str, dict[str, Key]] = {
     "service": {
@@ -124,6 +131,35 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "suppressed_summary_s": Key(60.0, NUM, _rng(1, 86400), "seconds, 1 to 86400"),
         "explain_positions": Key(5, int, _rng(1, 64), "an integer, 1 to 64"),
     },
+    "alerts.syslog": {
+        "enabled": Key(False, bool, form="true or false"),
+        "address": Key("", str, lambda v: v == "" or _hostport(v),
+                       '"HOST:PORT" (an IPv6 address in brackets: "[::1]:514")'),
+        "protocol": Key("udp", str, lambda v: v in ("udp", "tcp"), '"udp" or "tcp"'),
+        "facility": Key("authpriv", str, lambda v: v in _FACILITIES,
+                        f"one of {', '.join(_FACILITIES)}"),
+        "max_bytes": Key(8192, int, _rng(480, 65000),
+                         "bytes, 480 to 65000 (a UDP datagram is cut there)"),
+        "queue": Key(1000, int, _rng(1, 10**6), "an integer, 1 or more"),
+        "events": Key(False, bool, form="true or false"),
+    },
+    "alerts.webhook": {
+        "enabled": Key(False, bool, form="true or false"),
+        "url": Key("", str, lambda v: v == "" or v.startswith(("http://", "https://")),
+                   "an http:// or https:// URL"),
+        "format": Key("sysdream", str, lambda v: v in ("sysdream", "falco"),
+                      '"sysdream" (the alert\'s own fields) or "falco" (Falco\'s JSON)'),
+        "headers": Key([], list, lambda v: all(isinstance(x, str) and ":" in x
+                                               and "\n" not in x for x in v),
+                       'a list of "Name: value" strings'),
+        "timeout_s": Key(5.0, NUM, _rng(0.1, 300), "seconds, 0.1 to 300"),
+        "retries": Key(5, int, _rng(0, 100), "an integer, 0 to 100"),
+        "backoff_s": Key(1.0, NUM, _rng(0.01, 600), "seconds, 0.01 to 600"),
+        "queue": Key(1000, int, _rng(1, 10**6), "an integer, 1 or more"),
+        "ca_file": Key("", str, lambda v: v == "" or v.startswith("/"),
+                       '"" (the system\'s CAs) or an absolute path'),
+        "events": Key(False, bool, form="true or false"),
+    },
     "metrics": {
         "enabled": Key(True, bool, form="true or false"),
         "address": Key("127.0.0.1", str, lambda v: bool(v), "an IP address to listen on"),
@@ -144,8 +180,8 @@ class Config:
 
     def __init__(self, values: dict[str, dict[str, Any]], source: str):
         self.values, self.source = values, source
-        for section, keys in values.items():
-            setattr(self, section, _Section(keys))
+        for section, keys in values.items():     # [alerts.syslog]: cfg.alerts_syslog
+            setattr(self, section.replace(".", "_"), _Section(keys))
 
     def get(self, section: str, key: str) -> Any:
         return self.values[section][key]
@@ -229,7 +265,15 @@ def check(data: dict, source: str, text: str = "") -> Config:
         return f"{source}:{line}" if line else source
 
     values = defaults()
-    for section, table in data.items():
+    tables = []
+    for section, table in data.items():     # [alerts.syslog] arrives as alerts = {syslog}
+        if isinstance(table, dict):
+            subs = {k for k, v in table.items()
+                    if isinstance(v, dict) and f"{section}.{k}" in SCHEMA}
+            tables += [(f"{section}.{k}", table[k]) for k in sorted(subs)]
+            table = {k: v for k, v in table.items() if k not in subs}
+        tables.append((section, table))
+    for section, table in tables:
         if section not in SCHEMA:
             raise ConfigError(f"{at(section)}: unknown section [{section}] (known: "
                               f"{', '.join(SCHEMA)})")
@@ -251,6 +295,10 @@ def check(data: dict, source: str, text: str = "") -> Config:
                           f"most {GRADED_MAX:g} x evidence_windows "
                           f"({GRADED_MAX * d['evidence_windows']:g}), what the evidence can "
                           "reach")
+    for section, key in (("alerts.syslog", "address"), ("alerts.webhook", "url")):
+        if values[section]["enabled"] and not values[section][key]:
+            raise ConfigError(f"{at(section, 'enabled')}: [{section}] is enabled but has no "
+                              f"{key}; set {key} or enabled = false")
     return Config(values, source)
 
 

@@ -177,9 +177,22 @@ class ServiceCollector:
         yield CounterMetricFamily("sysdream_context_records_unreadable", "Process context "
                                   "records the process table could not use.",
                                   value=p.unreadable)
+        journald = s.sink.get("journald")
         yield CounterMetricFamily("sysdream_journald_failures", "Alerts and events that "
                                   "could not reach journald (written to stderr instead).",
-                                  value=s.sink.journald_failures)
+                                  value=journald.counts["failed"] if journald else 0)
+        sent = CounterMetricFamily("sysdream_alert_deliveries", "Alerts and events handed "
+                                   "to each output, by result (sent, failed after its "
+                                   "retries, dropped from a full queue, retried).",
+                                   labels=["sink", "result"])
+        waiting = GaugeMetricFamily("sysdream_alert_queue", "Alerts waiting for a network "
+                                    "output (syslog, webhook).", labels=["sink"])
+        for sink in s.sink.sinks:
+            for result in ("sent", "failed", "dropped", "retried"):
+                sent.add_metric([sink.name, result], sink.counts[result])
+            waiting.add_metric([sink.name], sink.pending())
+        yield sent
+        yield waiting
         phase = GaugeMetricFamily("sysdream_phase", "1 for the daemon's current phase.",
                                   labels=["phase"])
         for name in ("learning", "training", "detecting"):

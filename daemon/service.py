@@ -133,7 +133,7 @@ class Service:
         self.processes = ProcessTable(cfg.detection.max_processes, cgroups=self.cgroups)
         self.lineage_events: Counter = Counter()    # lineage novelty, by kind (metrics)
         self.processes.delivery_exes = alert_takers()
-        self.alerting = AlertPath(cfg.alerts, self.processes, self.labels, log)
+        self.alerting = AlertPath(cfg, self.processes, self.labels, log)
         self.sink = self.alerting.sink      # service events go the same way as alerts
         self._next_refresh = 0.0
         self.metrics = None
@@ -461,7 +461,7 @@ class Service:
             self.queue.capacity = d.queue_windows
         if self.cutter:
             self.cutter.max_threads = d.max_threads
-        if not self.alerting.apply(new.alerts, old.alerts):
+        if not self.alerting.apply(new, old):
             self.reloads["failed"] += 1
         self.cfg = new
 

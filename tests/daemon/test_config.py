@@ -19,12 +19,19 @@ SHIPPED = Path(__file__).resolve().parents[2] / "packaging" / "sysdream.toml"
 
 def test_shipped_default_lists_every_key_with_the_code_defaults():
     data = tomllib.loads(SHIPPED.read_text())
-    assert data == config.defaults()
+    nested: dict = {}
+    for section, keys in config.defaults().items():     # [alerts.syslog] nests in TOML
+        top, _, sub = section.partition(".")
+        (nested.setdefault(top, {}).setdefault(sub, {}) if sub
+         else nested.setdefault(top, {})).update(keys)
+    assert data == nested
     text = SHIPPED.read_text()
     lines = text.splitlines()
+    starts = {ln.strip("[]"): n for n, ln in enumerate(lines) if ln.startswith("[")}
     for section, keys in config.SCHEMA.items():
         for key in keys:  # each key is documented by a comment right above it
-            i = next(n for n, ln in enumerate(lines) if ln.startswith(f"{key} ="))
+            i = next(n for n, ln in enumerate(lines)
+                     if n > starts[section] and ln.startswith(f"{key} ="))
             j = i - 1
             while j >= 0 and lines[j].split("=")[0].strip() in config.SCHEMA[section]:
                 j -= 1
