@@ -35,6 +35,7 @@ from .lineage import weight as lineage_weight
 from .printable import printable
 
 PAD_NUMBER = 65536  # a span position before the thread's first syscall
+STOP_JOIN_S = 30.0   # how long a stop waits for the scorer's cycle in progress
 DEFAULT_EVIDENCE = 3.0  # the evidence that alerts under a model with no alert bound
 EXEC_WAIT_NS = 2_000_000_000   # how long a thread asks the table for its exec's image
 EXEC_SLACK_NS = 100_000   # an exec's context record: stamped at most this long before
@@ -597,7 +598,9 @@ class Scorer:
         with self.queue.cond:
             self.queue.cond.notify_all()
         if self.thread:
-            self.thread.join(timeout=max(0.1, deadline - time.monotonic() + 1))
+            # the cycle in progress is finished, not cut: a thread left inside torch when
+            # the interpreter exits aborts the process (SIGABRT) instead of a clean exit
+            self.thread.join(timeout=max(0.1, deadline - time.monotonic()) + STOP_JOIN_S)
 
     def _run(self) -> None:
         while not self._stop.is_set():
