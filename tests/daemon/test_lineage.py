@@ -54,6 +54,10 @@ def test_profile_learns_programs_edges_and_syscalls_and_judges_novelty(capture, 
     # one is not
     assert prof.p_new_child(bash) < 0.02 < 0.1 < prof.p_new_child(env)
 
+    # the baseline replayed against its own profile holds no news at all: every exec and
+    # every syscall is attributed to the program that learning attributed it to
+    assert base.context.size and Profile.from_json(prof.to_json()).replay(base, 0) == []
+
     # through JSON and back, as in a bundle
     prof = Profile.from_json(prof.to_json())
     later = record(capture, cgroup, [["/bin/bash", "-c", "/bin/true; /usr/bin/id >/dev/null"],
