@@ -17,14 +17,17 @@ windows over which its evidence stays above zero) gives one sample: its peak. Th
 (model/calibration.py, transform chosen the same way as for windows) is fitted to the
 peaks; the bound is the interval's upper end at the configured confidence, and the expected
 false alerts per hour of activity like the baseline's are the excursions per hour times the
-interval's upper tail. See docs/architecture.md, "Alert-level calibration".
+interval's upper tail. Programs differ (a multi-threaded interpreter's evidence swings far
+wider than a shell utility's), so a program with enough excursions of its own gets its own
+Gaussian and the others share one, which also holds for programs never seen there. See
+docs/architecture.md, "Alert-level calibration".
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -49,19 +52,25 @@ def _erfc(x: np.ndarray) -> np.ndarray:
 
 
 class Evidence:
-    """Per process: alert when the weights of its last m windows reach `bound`. Keyed by
-    the process's key (tgid, start) where the process table knows it, so a reused pid
-    starts afresh; by the tgid alone where it does not. With `peaks` (a list), the peak of
-    every excursion is appended to it as it ends (the calibration replay: bound = inf)."""
+    """Per process: alert when the weights of its last m windows reach the bound of the
+    program that made them (`bounds`, by program), `bound` for a program without its own.
+    Keyed by the process's key (tgid, start) where the process table knows it, so a
+    reused pid starts afresh; by the tgid alone where it does not. With `peaks` (a list),
+    (program, peak) of every excursion is appended to it as it ends (the calibration
+    replay: bound = inf)."""
 
     def __init__(self, bound: float, m: int, max_processes: int = 65536,
-                 peaks: list | None = None):
+                 peaks: list | None = None, bounds: dict[str, float] | None = None):
         self.k, self.m, self.max = float(bound), m, max_processes
+        self.bounds = dict(bounds or {})
         self.recent: OrderedDict = OrderedDict()
         self.peaks = peaks
-        self.peak: dict = {}        # key -> the running excursion's peak (with `peaks`)
+        self.peak: dict = {}        # key -> [peak, program] of its running excursion
 
-    def add(self, key, weight: float) -> float:
+    def bound_for(self, program: str) -> float:
+        return self.bounds.get(program, self.k)
+
+    def add(self, key, weight: float, program: str = "") -> float:
         """Record one window's weight; returns the evidence when it reaches the bound (and
         then starts over), else 0."""
         d = self.recent.get(key)
@@ -76,26 +85,28 @@ class Evidence:
         n = sum(d)
         if self.peaks is not None:
             if n > 1e-12:
-                self.peak[key] = max(self.peak.get(key, 0.0), n)
+                p = self.peak.setdefault(key, [0.0, program])
+                p[0], p[1] = max(p[0], n), program
             else:
                 self._end(key)
-        if weight > 0 and n >= self.k - 1e-9:
+        if weight > 0 and n >= self.bounds.get(program, self.k) - 1e-9:
             d.clear()
             self._end(key)
             return n
         return 0
 
-    def add_many(self, key, weights: np.ndarray) -> list[tuple[int, float]]:
-        """Record a run of one process's window weights; (index, evidence) of each that
-        reaches the bound. A run of zeros for a process with nothing pending changes
-        nothing that matters and costs no per-window work."""
+    def add_many(self, key, weights: np.ndarray, program: str = ""
+                 ) -> list[tuple[int, float]]:
+        """Record a run of one process's window weights (made by `program`); (index,
+        evidence) of each that reaches the bound. A run of zeros for a process with
+        nothing pending changes nothing that matters and costs no per-window work."""
         d = self.recent.get(key)
         if not np.any(weights) and (d is None or not any(d)):
             if d is not None:
                 self.recent.move_to_end(key)
             return []
         return [(i, n) for i, x in enumerate(np.asarray(weights, np.float64).tolist())
-                if (n := self.add(key, x))]
+                if (n := self.add(key, x, program))]
 
     def forget(self, key) -> None:
         """The process exited: its evidence goes (an excursion ends with it)."""
@@ -109,7 +120,7 @@ class Evidence:
 
     def _end(self, key) -> None:
         if self.peaks is not None and (p := self.peak.pop(key, None)) is not None:
-            self.peaks.append(p)
+            self.peaks.append((p[1], p[0]))
 
 
 class Episodes:
@@ -156,32 +167,42 @@ class Episodes:
 
 @dataclass
 class AlertBound:
-    """The alert bound of a host's model: a Gaussian over the held-out excursion peaks
-    (model.calibration.GaussianBound) and how often excursions happened there."""
-    fit: object                 # GaussianBound over the peaks
-    excursions_per_hour: float
+    """The alert bound of a host's model: Gaussians over the held-out excursion peaks
+    (model.calibration.GaussianBound), one per program with enough excursions of its own
+    (`programs`) and one over the others (`fit`), which also holds for programs the
+    held-out part never showed; and how often excursions happened there."""
+    fit: object                 # GaussianBound over the peaks of programs without their own
+    excursions_per_hour: float  # all programs
     seconds: float              # of held-out activity the peaks come from
+    programs: dict = field(default_factory=dict)    # program -> its own GaussianBound
 
     @property
     def bound(self) -> float:
+        """For a program without a bound of its own."""
         return max(self.fit.bound, 1.0)     # never below one window at the window bound
+
+    def bounds(self) -> dict[str, float]:
+        return {p: max(f.bound, 1.0) for p, f in self.programs.items()}
 
     @property
     def confidence(self) -> float:
         return self.fit.confidence
 
     def expected_per_hour(self, confidence: float | None = None) -> float:
-        """False alerts an hour expected of activity like the held-out part's."""
+        """False alerts an hour expected of activity like the held-out part's: each
+        program's excursions at the same confidence, so all excursions times the tail."""
         c = self.confidence if confidence is None else confidence
         return self.excursions_per_hour * (1 - c) / 2
 
     def with_confidence(self, confidence: float) -> AlertBound:
         return AlertBound(self.fit.with_confidence(confidence), self.excursions_per_hour,
-                          self.seconds)
+                          self.seconds, {p: f.with_confidence(confidence)
+                                         for p, f in self.programs.items()})
 
     def to_json(self) -> dict:
         return {"fit": self.fit.to_json(), "excursions_per_hour": self.excursions_per_hour,
                 "seconds": self.seconds, "bound": self.bound,
+                "programs": {p: f.to_json() for p, f in sorted(self.programs.items())},
                 "expected_false_alerts_per_hour": round(self.expected_per_hour(), 4)}
 
     @classmethod
@@ -197,7 +218,17 @@ class AlertBound:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or \
                     not math.isfinite(v) or v < 0:
                 raise ValueError(f"alert calibration {name} is not a number >= 0")
-        return cls(fit, float(rate), float(secs))
+        progs = data.get("programs", {})
+        if not isinstance(progs, dict) or len(progs) > 10000:
+            raise ValueError("alert calibration programs is not an object of fits")
+        programs = {}
+        for p, f in progs.items():
+            if not isinstance(f, dict):
+                raise ValueError(f"alert calibration of {p[:80]!r} is not a fit")
+            programs[p] = GaussianBound.from_json(f)
+            if programs[p].confidence != fit.confidence:
+                raise ValueError("alert calibration fits of different confidences")
+        return cls(fit, float(rate), float(secs), programs)
 
 
 def default_confidence(excursions_per_hour: float, floor: float) -> float:
@@ -209,17 +240,26 @@ def default_confidence(excursions_per_hour: float, floor: float) -> float:
     return float(min(max(floor, need), 1 - 1e-9))
 
 
-def fit_alert_bound(peaks: list[float], seconds: float, confidence: float | None,
-                    floor: float) -> AlertBound | None:
-    """The alert bound from held-out excursion peaks over `seconds` of activity, at
-    `confidence` (None: the default, see default_confidence); None with fewer than
-    MIN_PEAKS of them."""
+def fit_alert_bound(peaks: list[tuple[str, float]], seconds: float,
+                    confidence: float | None, floor: float) -> AlertBound | None:
+    """The alert bound from held-out (program, excursion peak) pairs over `seconds` of
+    activity, at `confidence` (None: the default, see default_confidence): a fit of its
+    own for each program with MIN_PEAKS excursions or more, one over the rest (over all
+    of them where the rest are fewer than MIN_PEAKS); None with fewer than MIN_PEAKS in
+    all."""
     from sysdream.model.calibration import fit
 
-    peaks = [p for p in peaks if math.isfinite(p) and p > 0]
+    peaks = [(prog, p) for prog, p in peaks if math.isfinite(p) and p > 0]
     if len(peaks) < MIN_PEAKS or seconds <= 0:
         return None
     rate = len(peaks) / (seconds / 3600)
     c = default_confidence(rate, floor) if confidence is None else confidence
-    return AlertBound(fit(np.array(peaks), c), round(rate, 3), round(seconds, 1))
+    by: dict[str, list[float]] = {}
+    for prog, p in peaks:
+        by.setdefault(prog, []).append(p)
+    own = {prog: ps for prog, ps in by.items() if len(ps) >= MIN_PEAKS and prog}
+    rest = [p for prog, ps in by.items() if prog not in own for p in ps]
+    pooled = fit(np.array(rest if len(rest) >= MIN_PEAKS else [p for _, p in peaks]), c)
+    return AlertBound(pooled, round(rate, 3), round(seconds, 1),
+                      {prog: fit(np.array(ps), c) for prog, ps in own.items()})
 

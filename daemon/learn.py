@@ -183,10 +183,12 @@ def _host_model(args, cfg, settings, seqs, host, calib_names):
               f"({replay['per_hour']:.1f} an hour)", file=sys.stderr)
     else:
         a = AlertBound.from_json(bound.to_json())
+        own = "".join(f"; {p} {b:.2f} on its own {a.programs[p].samples}"
+                      for p, b in sorted(a.bounds().items()))
         print(f"sysdream train: alert bound {a.bound:.2f} at {a.confidence:.3%} "
-              f"({a.fit.transform} fit on {len(peaks)} excursion peaks, KS "
-              f"{a.fit.ks_statistic:.3f}): {a.expected_per_hour():.2f} false alerts an hour "
-              f"expected; replayed on the held-out part it raised {alerts} "
+              f"({a.fit.transform} fit on {a.fit.samples} of {len(peaks)} excursion peaks, "
+              f"KS {a.fit.ks_statistic:.3f}{own}): {a.expected_per_hour():.2f} false alerts "
+              f"an hour expected; replayed on the held-out part it raised {alerts} "
               f"({replay['per_hour']:.1f} an hour)", file=sys.stderr)
     return det, replay, prof.to_json()
 

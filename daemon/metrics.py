@@ -16,6 +16,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
+from .printable import printable
+
 LOSS_REASONS = {"lost_syscalls": "ring_buffer_full", "lost_nostorage": "no_thread_storage"}
 SCORE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -158,9 +160,15 @@ class ServiceCollector:
                                 value=alert.expected_per_hour() if alert is not None
                                 else float("nan"))
         yield GaugeMetricFamily("sysdream_alert_bound", "What a process's evidence (the "
-                                "weight of its last windows) must reach to alert.",
+                                "weight of its last windows) must reach to alert, for a "
+                                "program without a bound of its own.",
                                 value=s.scorer.evidence.k if s.scorer is not None
                                 else float("nan"))
+        own = GaugeMetricFamily("sysdream_program_alert_bound", "The alert bound of each "
+                                "program with one of its own.", labels=["program"])
+        for prog, b in sorted((s.scorer.evidence.bounds if s.scorer else {}).items()):
+            own.add_metric([printable(prog)], b)
+        yield own
         p = s.processes
         yield GaugeMetricFamily("sysdream_processes_tracked", "Processes in the process "
                                 "table.", value=len(p))

@@ -96,11 +96,16 @@ class ModelView:
         return self.p, self.s, self.task
 
     def evidence_bound(self, configured: float = 0) -> float:
-        """What a process's evidence must reach to alert: `configured` where set (in
-        windows at the window bound), else the alert bound, else DEFAULT_EVIDENCE."""
+        """What a process's evidence must reach to alert, for a program without a bound
+        of its own: `configured` where set (in windows at the window bound), else the
+        alert bound, else DEFAULT_EVIDENCE."""
         if configured:
             return float(configured)
         return self.alert.bound if self.alert is not None else DEFAULT_EVIDENCE
+
+    def program_bounds(self, configured: float = 0) -> dict[str, float]:
+        """The programs with an alert bound of their own (none where `configured`)."""
+        return {} if configured or self.alert is None else self.alert.bounds()
 
     def names(self, span: np.ndarray) -> np.ndarray:
         out = syscalls.names(np.minimum(span, 65535), self.arch).copy()
@@ -132,6 +137,8 @@ class Block:
     marks: tuple = ()      # (stream position after an exec, the executable before it), old
     #                        to new: which program made each syscall (lineage novelty)
     unsure_from: int = -1  # from here on the program is not known yet (-1: it is)
+    label: str = ""        # the program as its alert bound knows it (executable, and an
+    #                        interpreter's script: processes.program_label)
 
     def who(self, row: int, p: int) -> tuple[int, str, bool]:
         """(kernel time, name, before an exec) that say who made window `row`: for a
@@ -153,7 +160,7 @@ class _Thread:
     __slots__ = ("tid", "tgid", "comm", "cgroup", "buf", "base", "n", "next_start",
                  "last_seq", "covered", "exe", "peer", "first_ns", "parent", "key", "exec_at",
                  "exec_ns", "comm_before", "exe_before", "held", "exec_seen", "marks",
-                 "pending")
+                 "pending", "label")
 
     def __init__(self, tid: int, tgid: int, comm: str, cgroup: int, first_seq: int, lead: int,
                  exe: str):
@@ -167,6 +174,7 @@ class _Thread:
         self.last_seq = first_seq - 1
         self.covered = 0        # end of the last target emitted
         self.exe = exe
+        self.label = ""         # the program, for its alert bound (processes.program_label)
         self.peer = False       # the program that takes our alerts (see Block)
         self.first_ns = 0       # oldest record time of the current ingest
         self.parent = ()        # the parent's key, for episodes (see Episodes)
@@ -312,6 +320,7 @@ class Cutter:
             return
         exe, since = self.processes.newest_image(tgid)
         t.exe = exe or t.exe
+        t.label = self.processes.label(tgid) or t.label
         if t.exec_seen >= 0 and since >= 0 and since >= t.exec_seen - EXEC_SLACK_NS:
             self._resolve(t, [self.processes.exe_before_exec(tgid, ns) or t.exe_before
                               for _, ns in t.pending])
@@ -467,7 +476,7 @@ class Cutter:
         b = Block(t.tid, t.tgid, t.comm, t.cgroup, spans, valid, starts, ns, t.exe,
                   t.first_ns or ns, t.peer, t.parent, t.key, t.exec_at, t.exec_ns,
                   t.comm_before, t.exe_before, False, tuple(t.marks),
-                  t.pending[0][0] if t.pending else -1)
+                  t.pending[0][0] if t.pending else -1, t.label)
         if t.held is not None:
             t.held.append(b)
         else:
@@ -554,7 +563,8 @@ class Scorer:
         # evidence_k: what the evidence must reach, 0 for the model's alert bound;
         # `peaks`: record every excursion's peak there (the calibration replay)
         self.evidence_k, self.peaks = evidence_k, peaks
-        self.evidence = Evidence(model.evidence_bound(evidence_k), evidence_m, peaks=peaks)
+        self.evidence = Evidence(model.evidence_bound(evidence_k), evidence_m, peaks=peaks,
+                                 bounds=model.program_bounds(evidence_k))
         self.episodes = Episodes(self.evidence.k, evidence_m)
         self.novel: OrderedDict = OrderedDict()     # process key -> its novelty events
         self.cache = WindowCache(cache_windows, model.span)
@@ -580,9 +590,10 @@ class Scorer:
             self._rules(self.model, evidence_k, evidence_m)
 
     def _rules(self, model: ModelView, evidence_k: float, evidence_m: int) -> None:
-        bound = model.evidence_bound(evidence_k)
-        if (bound, evidence_m) != (self.evidence.k, self.evidence.m):
-            self.evidence = Evidence(bound, evidence_m, peaks=self.peaks)
+        bound, bounds = model.evidence_bound(evidence_k), model.program_bounds(evidence_k)
+        e = self.evidence
+        if (bound, bounds, evidence_m) != (e.k, e.bounds, e.m):
+            self.evidence = Evidence(bound, evidence_m, peaks=self.peaks, bounds=bounds)
             self.episodes = Episodes(bound, evidence_m)
 
     def start(self) -> None:
@@ -715,12 +726,12 @@ class Scorer:
                     exceeds[lo:hi] &= ~aside
             weights = self._novelty(b, model, graded(model.bound, model.alpha,
                                                      scores[lo:hi], exceeds[lo:hi]))
-            key = b.key or b.tgid
-            for i, n in evidence.add_many(key, weights):
+            key, prog = b.key or b.tgid, b.label or (program(b.exe) if b.exe else "")
+            for i, n in evidence.add_many(key, weights, prog):
                 ex = self.explain(model, b, i)
                 d = Detection(b, i, float(scores[lo + i]), n, evidence.m, model, ex,
                               novelty=self._novelty_of(b, i, model, evidence.m, spend=True),
-                              needed=evidence.k)
+                              needed=evidence.bound_for(prog))
                 out.append(d)
                 self.on_detection(d)
             if b.final and b.tid == b.tgid:     # the process exits: its evidence goes

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -49,6 +50,33 @@ MAX_PATHS = 4096
 LINEAGE_DEPTH = 8
 START_SLACK_NS = 30_000_000   # /proc start times are in clock ticks of the boot clock
 TMPFS_MAGIC = 0x01021994
+
+
+# Programs that run other programs' code: for them the script (or "-c", "-m MODULE")
+# says which program it is, as a web application and a one-line admin command run by the
+# same python3 are not one program (the alert bound of each is fitted apart).
+INTERPRETERS = re.compile(r"^(python[0-9.]*|perl[0-9.]*|ruby[0-9.]*|node(js)?|php[0-9.]*|"
+                          r"bash|sh|dash|zsh|ksh|mksh|busybox)$")
+
+
+def program_label(exe: str, args: list[bytes], memfd: bool = False) -> str:
+    """The executable (every memfd is one program, as in the lineage profile), and for an
+    interpreter its script: the first argument that is not an option, or the inline-code
+    option (-c, -e) itself, or -m and its module. The arguments are the process's own
+    claim; the executable is the kernel's."""
+    if memfd or exe.startswith("memfd:"):
+        return "memfd:*"
+    if not INTERPRETERS.match(exe.rsplit("/", 1)[-1]):
+        return exe
+    rest = [a.decode("utf-8", "surrogateescape") for a in args[1:]]
+    for i, a in enumerate(rest):
+        if a in ("-c", "-e", "--eval"):
+            return f"{exe} {a}"
+        if a == "-m" and i + 1 < len(rest):
+            return f"{exe} -m {rest[i + 1][:64]}"
+        if not a.startswith("-"):
+            return f"{exe} {a[:128]}"
+    return exe
 
 
 @dataclass(slots=True)
@@ -280,6 +308,17 @@ class ProcessTable:
                 return "", -1
             img = p.images[-1]
             return img.exe, (img.since_ns if img.by_exec else -1)
+
+    def label(self, tgid: int) -> str:
+        """The program `tgid` runs now as its alert bound knows it (program_label of its
+        newest image), "" when the table does not know; without reading /proc."""
+        with self._lock:
+            keys = self.by_pid.get(tgid)
+            p = self.entries[keys[-1]] if keys else None
+            if p is None or not p.images:
+                return ""
+            img = p.images[-1]
+            return program_label(img.exe, img.args, bool(img.flags & EXE_MEMFD))
 
     def exe_before_exec(self, tgid: int, ns: int) -> str:
         """The executable process `tgid` ran before its exec at kernel time `ns`, without

@@ -106,10 +106,13 @@ def _alert_line(view, configured: float, m: int) -> str:
         return (f"no alert bound in this model (trained without a host's own baseline): a "
                 f"process alerts when its last {m} windows weigh {DEFAULT_EVIDENCE:g} windows "
                 "at the bound")
+    own = "; ".join(f"{p} {b:.2f}" for p, b in sorted(a.bounds().items()))
     return (f"alert bound {a.bound:.2f} at {a.confidence:.3%} ({a.fit.transform} fit on "
             f"{a.fit.samples} excursions in {a.seconds:.0f} s held out of learning, KS "
-            f"{a.fit.ks_statistic:.3f}): {a.expected_per_hour():.2f} false alerts an hour "
-            "expected of activity like the baseline's")
+            f"{a.fit.ks_statistic:.3f})" + (f", programs with their own: {own}" if own
+                                              else "") +
+            f": {a.expected_per_hour():.2f} false alerts an hour expected of activity like "
+            "the baseline's")
 
 
 class Service:

@@ -28,14 +28,16 @@ from sysdream.probes.tracefile import TraceWriter, host_header
 
 def test_the_bound_expects_the_interval_tail_and_the_default_keeps_one_an_hour():
     rng = np.random.default_rng(3)
-    peaks = np.exp(rng.normal(0.5, 0.4, 4000)).tolist()    # 4000 excursions in 2 hours
+    # 4000 excursions in 2 hours, of programs with fewer than MIN_PEAKS each: one fit
+    peaks = [(f"/bin/p{i}", float(p)) for i, p in enumerate(np.exp(rng.normal(0.5, 0.4,
+                                                                                4000)))]
     a = fit_alert_bound(peaks, 7200, None, 0.999)
     assert a.excursions_per_hour == pytest.approx(2000)
     assert a.confidence == pytest.approx(0.999)             # 1 - 2 * 1 / 2000
     assert a.expected_per_hour() == pytest.approx(1.0)
     assert a.fit.transform == "log" and a.fit.ks_statistic < 0.05
     assert a.bound == pytest.approx(math.exp(0.5 + a.fit.z * 0.4), rel=0.1)
-    assert 0 < np.mean(np.array(peaks) > a.bound) < 0.003
+    assert 0 < np.mean(np.array([p for _, p in peaks]) > a.bound) < 0.003 and not a.programs
     busy = fit_alert_bound(peaks, 720, None, 0.999)         # ten times the excursions
     assert busy.expected_per_hour() == pytest.approx(1.0) and busy.bound > a.bound
     quiet = fit_alert_bound(peaks[:100], 7200, None, 0.999)  # 50 an hour: the floor holds
@@ -50,8 +52,32 @@ def test_the_bound_expects_the_interval_tail_and_the_default_keeps_one_an_hour()
 
 
 def test_the_bound_is_never_below_one_window_at_the_window_bound():
-    peaks = [1e-3 * (1 + i % 7) for i in range(200)]
+    peaks = [("", 1e-3 * (1 + i % 7)) for i in range(200)]
     assert fit_alert_bound(peaks, 3600, 0.6, 0.6).bound == 1.0
+
+
+def test_a_program_with_enough_excursions_gets_its_own_bound():
+    """A noisy interpreter's evidence swings wide, a shell utility's does not: the
+    interpreter's own bound sits above its peaks, the others share a lower one, which is
+    also the bound of a program the held-out part never showed."""
+    rng = np.random.default_rng(5)
+    noisy = [("/usr/bin/python3", float(p)) for p in np.exp(rng.normal(1.5, 0.8, 60))]
+    quiet = [(f"/usr/bin/u{i % 9}", float(p)) for i, p in
+             enumerate(np.exp(rng.normal(0.3, 0.3, 40)))]
+    a = fit_alert_bound(noisy + quiet, 3600, None, 0.999)
+    assert set(a.programs) == {"/usr/bin/python3"} and a.fit.samples == 40
+    own = a.bounds()["/usr/bin/python3"]
+    assert own > max(p for _, p in noisy) * 0.8 and a.bound < 5 < own
+    again = AlertBound.from_json(json.loads(json.dumps(a.to_json())))
+    assert again.bounds() == pytest.approx(a.bounds()) and again.bound == pytest.approx(a.bound)
+    assert again.with_confidence(0.99).bounds()["/usr/bin/python3"] < own
+    from sysdream.daemon.evidence import Evidence
+    ev = Evidence(a.bound, 8, bounds=a.bounds())
+    assert ev.add_many("p", np.array([a.bound + 0.1]), "/usr/bin/python3") == []
+    assert ev.add_many("q", np.array([a.bound + 0.1]), "/usr/bin/new") != []
+    # too few of the others for a fit of their own: the shared fit takes every peak
+    few = fit_alert_bound(noisy + quiet[:5], 3600, None, 0.999)
+    assert few.fit.samples == 65 and set(few.programs) == {"/usr/bin/python3"}
 
 
 @pytest.mark.parametrize("doc, why", [
@@ -70,6 +96,18 @@ def test_the_bound_is_never_below_one_window_at_the_window_bound():
     ({"fit": {"mean": 0, "std": 1, "confidence": 0.999, "transform": "log",
               "ks_statistic": 0, "ks_pvalue": 1, "samples": 50},
       "excursions_per_hour": 1, "seconds": "1"}, "seconds"),
+    ({"fit": {"mean": 0, "std": 1, "confidence": 0.999, "transform": "log",
+              "ks_statistic": 0, "ks_pvalue": 1, "samples": 50},
+      "excursions_per_hour": 1, "seconds": 1, "programs": []}, "programs"),
+    ({"fit": {"mean": 0, "std": 1, "confidence": 0.999, "transform": "log",
+              "ks_statistic": 0, "ks_pvalue": 1, "samples": 50},
+      "excursions_per_hour": 1, "seconds": 1, "programs": {"/bin/x": 3}}, "not a fit"),
+    ({"fit": {"mean": 0, "std": 1, "confidence": 0.999, "transform": "log",
+              "ks_statistic": 0, "ks_pvalue": 1, "samples": 50},
+      "excursions_per_hour": 1, "seconds": 1,
+      "programs": {"/bin/x": {"mean": 0, "std": 1, "confidence": 0.99, "transform": "log",
+                              "ks_statistic": 0, "ks_pvalue": 1, "samples": 50}}},
+     "different confidences"),
 ])
 def test_a_hostile_alert_calibration_is_refused(doc, why):
     with pytest.raises(ValueError, match=why):

@@ -327,7 +327,7 @@ def test_evidence_does_not_carry_over_to_a_process_that_reuses_a_pid(tiny_detect
         scorer.process(drain(queue))
         scorer.evidence.flush()
         assert found == [] and peaks
-        got[keyed] = peaks
+        got[keyed] = [p for _, p in peaks]
     assert len(got[True]) == 2 and len(got[False]) == 1, "one excursion each, or mixed up"
     assert sum(got[True]) == pytest.approx(got[False][0])
 
@@ -339,14 +339,14 @@ def test_evidence_records_each_excursion_peak_once():
 
     peaks = []
     ev = Evidence(math.inf, 3, peaks=peaks)
-    ev.add_many("a", np.array([0, 1.5, 0, 2.0, 0, 0, 0]))
-    assert peaks == [3.5]                       # 1.5 and 2.0 two windows apart: one
-    ev.add_many("b", np.array([4.0]))
+    ev.add_many("a", np.array([0, 1.5, 0, 2.0, 0, 0, 0]), "/bin/a")
+    assert peaks == [("/bin/a", 3.5)]           # 1.5 and 2.0 two windows apart: one
+    ev.add_many("b", np.array([4.0]), "/bin/b")
     ev.add_many("c", np.array([1.0, 0.5]))
     ev.forget("b")
-    assert peaks == [3.5, 4.0]
+    assert peaks == [("/bin/a", 3.5), ("/bin/b", 4.0)]
     ev.flush()
-    assert peaks == [3.5, 4.0, 1.5] and ev.peak == {}
+    assert peaks[2:] == [("", 1.5)] and ev.peak == {}
     capped = Evidence(3, 8)
     assert capped.add_many("d", np.array([2.5, 0, 0.4])) == []
     assert capped.add_many("d", np.array([0.2])) == [(0, pytest.approx(3.1))]

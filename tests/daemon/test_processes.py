@@ -176,3 +176,18 @@ def test_top_shows_hostile_names_escaped():
     recs["comm"] = b"ev\x1b[2J\nil\xff"
     rows = summarise(recs, 5)
     assert rows == [(7, "ev\\x1b[2J\\nil\\xff", 10)]
+
+
+def test_an_interpreters_script_names_its_program_for_the_alert_bound():
+    from sysdream.daemon.processes import program_label
+
+    py = "/usr/bin/python3.11"
+    assert program_label(py, [b"python3", b"-u", b"/srv/app.py", b"--port", b"80"]) == \
+        f"{py} /srv/app.py"
+    assert program_label(py, [b"python3", b"-c", b"import os"]) == f"{py} -c"
+    assert program_label(py, [b"python3", b"-m", b"http.server"]) == f"{py} -m http.server"
+    assert program_label(py, [b"python3"]) == py
+    assert program_label("/usr/bin/dash", [b"sh", b"-c", b"id"]) == "/usr/bin/dash -c"
+    assert program_label("/usr/bin/tar", [b"tar", b"czf", b"x"]) == "/usr/bin/tar"
+    assert program_label("memfd:x", [b"t"], memfd=True) == "memfd:*"
+    assert program_label(py, [b"python3", b"\xff\xfe.py"]).startswith(f"{py} ")
