@@ -177,11 +177,8 @@ class Service:
 
         torch.set_num_threads(self.cfg.detection.torch_threads)
         adapt_torch(log)
-        model_path = self.cfg.model_path()
-        if self._has_model(model_path) or self.cfg.service.model:
-            self._use_model(self._load(model_path), event=False)
         m = self.cfg.metrics
-        if m.enabled:
+        if m.enabled:   # before the model is put in use: its scorer feeds the histograms
             from .metrics import Metrics
             self.metrics = Metrics(self)
             self.alerting.observe_latency = self.metrics.detection.observe
@@ -191,6 +188,9 @@ class Service:
                 raise MetricsPortError(f"metrics endpoint {m.address}:{m.port}: "
                                        f"{exc.strerror or exc}; stop what holds the port or "
                                        "set [metrics] port (or --metrics-port)") from None
+        model_path = self.cfg.model_path()
+        if self._has_model(model_path) or self.cfg.service.model:
+            self._use_model(self._load(model_path), event=False)
         from sysdream.probes.capture import Capture
         self.capture = Capture(self.cfg.capture_settings(self.cgroups))
         self._configure_capture(self.capture.settings)

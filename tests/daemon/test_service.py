@@ -71,6 +71,9 @@ def test_notify_watchdog_reload_and_stop(ebpf_ready, tmp_path, notify, tiny_bund
         run_script(prog, BENIGN, 3)
         wait_for(lambda: len(notify.having("WATCHDOG", "1")) >= 2, 10, "WATCHDOG=1 pings")
         wait_for(lambda: d.metric("sysdream_windows_scored_total") > 0, 20, "scoring")
+        # a model given at start feeds the histograms as one learnt does
+        wait_for(lambda: d.metric("sysdream_inference_seconds_count") > 0
+                 and d.metric("sysdream_window_score_count") > 0, 10, "the histograms")
 
         # a corrupt bundle: refused, the old model keeps running, the failure is counted
         weights = next(p for p in model.iterdir() if p.suffix == ".pt")
