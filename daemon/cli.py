@@ -102,7 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    sub.add_parser("doctor", help="check that capture can work here, with the fix for each failure")
+    doc = sub.add_parser("doctor", help="check that capture can work here, with the fix for "
+                         "each failure")
+    doc.add_argument("--format", choices=("text", "json"), default="text",
+                     help="one line per check (default) or one JSON object")
 
     top = sub.add_parser("top", help="live per-process syscall rates and losses")
     _add_filters(top)
@@ -110,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("--rows", type=int, default=15)
     top.add_argument("--iterations", type=int, default=None, help="stop after N refreshes")
     top.add_argument("--replay", metavar="TRACE", help="summarise a recorded trace instead")
+    top.add_argument("--format", choices=("text", "json"), default="text",
+                     help="the table (default) or one JSON object a refresh")
 
     rec = sub.add_parser("record", help="capture syscalls to a trace file")
     _add_filters(rec)
@@ -157,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("input", nargs="+", metavar="INPUT", help="traces, as for train")
     sc.add_argument("--model", required=True, help="model bundle directory")
     sc.add_argument("--json", action="store_true", help="one JSON object per sequence")
+    sc.add_argument("--format", choices=("text", "json"), default="text",
+                    help="--format json is --json")
     sc.add_argument("--max-alerts", type=int, default=5, help="alerts shown per sequence")
     sc.add_argument("--exit-status", action="store_true",
                     help="exit 1 when any window is anomalous")
@@ -217,14 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "doctor":
         from . import doctor
-        return doctor.run()
+        return doctor.run(fmt=args.format)
     if args.verb == "top":
         from . import top
         if args.replay:
             from sysdream.probes.tracefile import TraceReplay
-            return top.run(TraceReplay(args.replay), rows=args.rows)
+            return top.run(TraceReplay(args.replay), rows=args.rows, fmt=args.format)
         with _capture(args) as cap:
-            return top.run(cap, args.interval, args.rows, args.iterations)
+            return top.run(cap, args.interval, args.rows, args.iterations,
+                           fmt=args.format)
     if args.verb == "record":
         from . import record
         return record.run(_settings(args), args.seconds, args.output)
@@ -236,6 +244,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_eval(args)
     if args.verb == "score":
         from .offline import run_score
+        args.json = args.json or args.format == "json"
         return run_score(args)
     if args.verb == "run":
         return _run(args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -74,22 +75,31 @@ def check_torch() -> Check:
     return Check("torch", True, f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
 
-def run(out=sys.stdout) -> int:
-    """Print every check; exit 0 only when capture can work."""
+def run(out=sys.stdout, fmt: str = "text") -> int:
+    """Print every check (one line each, or one JSON object with `fmt` "json"); exit 0
+    only when capture can work."""
     capture_checks = preflight.run_capture_checks()
     if all(c.ok for c in capture_checks):
         capture_checks.append(check_program())
     other = [check_context(), check_journald(), check_torch()]
+    failed = [c for c in capture_checks if not c.ok]
+    code = int(exit_code_for_class(failed[0].error)) if failed else int(Exit.OK)
+    if fmt == "json":
+        doc = {"capture_can_work": not failed, "exit_code": code, "uid": os.geteuid(),
+               "checks": [{"name": c.name, "ok": c.ok, "required": c in capture_checks,
+                           "detail": c.detail, "fix": c.fix or ""}
+                          for c in capture_checks + other]}
+        out.write(json.dumps(doc, indent=1) + "\n")
+        return code
     for check in capture_checks + other:
         mark = "ok  " if check.ok else ("FAIL" if check in capture_checks else "warn")
         line = f"{mark} {check.name:16} {check.detail}"
         if not check.ok and check.fix:
             line += f" -- fix: {check.fix}"
         print(line, file=out)
-    failed = [c for c in capture_checks if not c.ok]
     if failed:
         print(f"capture cannot work here: {len(failed)} check(s) failed", file=out)
-        return int(exit_code_for_class(failed[0].error))
+        return code
     print(f"capture can work here (uid {os.geteuid()})", file=out)
     return int(Exit.OK)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 
@@ -23,9 +24,10 @@ def summarise(records: np.ndarray, limit: int) -> list[tuple[int, str, int]]:
 
 
 def run(source, interval: float = 1.0, rows: int = 15, iterations: int | None = None,
-        out=sys.stdout) -> int:
-    """Show `source` (a live Capture or a TraceReplay) every `interval` seconds."""
-    tty = out.isatty()
+        out=sys.stdout, fmt: str = "text") -> int:
+    """Show `source` (a live Capture or a TraceReplay) every `interval` seconds; with
+    `fmt` "json", one JSON object a refresh (a line each) instead of the table."""
+    tty = out.isatty() and fmt == "text"
     replay = hasattr(source, "exhausted")
     table = ProcessTable(proc="/nonexistent" if replay else "/proc")  # a trace's own only
     first = source.counters()
@@ -47,10 +49,26 @@ def run(source, interval: float = 1.0, rows: int = 15, iterations: int | None = 
         now = source.counters()
         delta = {k: now.get(k, 0) - prev.get(k, 0) for k in now}
         prev = now
-        if tty:
-            out.write("\x1b[H\x1b[2J")
         rate = "syscalls" if replay else "syscalls/s"
         scale = 1.0 if replay else elapsed
+        if fmt == "json":
+            out.write(json.dumps({
+                "seconds": None if replay else round(elapsed, 3), "per_second": not replay,
+                "seen": delta.get("seen", 0) / scale, "traced": delta.get("traced", 0) / scale,
+                "delivered": int(records["count"].sum()) / scale,
+                "lost_ring_buffer_full": delta.get("lost_syscalls", 0),
+                "lost_no_thread_storage": delta.get("lost_nostorage", 0),
+                "processes": [{"pid": tgid, "comm": comm, "syscalls": n / scale,
+                               "exe": table.known_exe(tgid)}
+                              for tgid, comm, n in summarise(records, rows)]},
+                separators=(",", ":")) + "\n")
+            out.flush()
+            done += 1
+            if replay:
+                break
+            continue
+        if tty:
+            out.write("\x1b[H\x1b[2J")
         out.write(f"{rate}: seen {delta.get('seen', 0) / scale:,.0f}  "
                   f"traced {delta.get('traced', 0) / scale:,.0f}  "
                   f"delivered {int(records['count'].sum()) / scale:,.0f}  "

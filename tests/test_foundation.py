@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -111,6 +112,23 @@ def test_doctor_red_with_fix_as_unprivileged_user():
     priv = next(line for line in r.stdout.splitlines() if "privileges" in line)
     assert priv.startswith("FAIL") and "fix: run as root" in priv
     assert "Traceback" not in r.stderr
+    # the same, as JSON: the same exit code, the failed check with its fix
+    j = run(as_nobody([str(VENV_BIN / "sysdream"), "doctor", "--format", "json"]))
+    doc = json.loads(j.stdout)
+    assert j.returncode == 3 and doc["exit_code"] == 3 and not doc["capture_can_work"]
+    priv = next(c for c in doc["checks"] if c["name"] == "privileges")
+    assert not priv["ok"] and priv["required"] and priv["fix"].startswith("run as root")
+
+
+def test_doctor_as_json_lists_the_checks_of_the_text(ebpf_ready):
+    text = run([str(VENV_BIN / "sysdream"), "doctor"])
+    j = run([str(VENV_BIN / "sysdream"), "doctor", "--format", "json"])
+    doc = json.loads(j.stdout)
+    assert j.returncode == 0 and doc["capture_can_work"] and doc["exit_code"] == 0
+    names = [c["name"] for c in doc["checks"]]
+    assert len(names) == len(text.stdout.splitlines()) - 1     # the summary line
+    assert all(n in text.stdout for n in names) and "capture program" in names
+    assert all(set(c) == {"name", "ok", "required", "detail", "fix"} for c in doc["checks"])
 
 
 def test_capture_as_unprivileged_user_is_one_line():

@@ -63,6 +63,15 @@ def test_train_writes_a_bundle_that_scores_traces(bundle, data):
         "clone", "execve", "socketcall", "dup2", "read", "open", "fstat64", "close"}
 
 
+def test_score_format_json_is_json(bundle, data):
+    a = sysdream("score", data["attack"], "--model", bundle, "--json")
+    b = sysdream("score", data["attack"], "--model", bundle, "--format", "json")
+    assert a.returncode == b.returncode == 0, a.stderr + b.stderr
+    docs = [json.loads(x) for x in b.stdout.splitlines()]
+    assert len(docs) == len(a.stdout.splitlines()) == 6
+    assert [d.keys() for d in docs] == [json.loads(x).keys() for x in a.stdout.splitlines()]
+
+
 def test_corrupt_bundle_exits_11(bundle, tmp_path, data):
     import shutil
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import struct
@@ -110,6 +111,19 @@ def test_cli_reports_bad_trace_in_one_line_with_its_exit_code(tmp_path):
     assert r.stderr.strip().splitlines() == [
         f"sysdream: error: {path}: not a sysdream trace file (bad magic); "
         "record one with `sysdream record`"]
+
+
+def test_top_replay_as_json_gives_the_whole_file(tmp_path):
+    path = tmp_path / "t.sdtrace"
+    recs = make_records(5)
+    write(path, [recs])
+    r = subprocess.run([SYSDREAM, "top", "--replay", str(path), "--format", "json"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    (line,) = r.stdout.splitlines()
+    doc = json.loads(line)
+    assert doc["delivered"] == int(recs["count"].sum()) and not doc["per_second"]
+    assert sum(p["syscalls"] for p in doc["processes"]) == doc["delivered"]
 
 
 def test_replay_serves_the_reader_interface_in_batches(tmp_path):
