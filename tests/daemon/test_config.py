@@ -126,3 +126,15 @@ def test_run_refuses_a_state_directory_it_cannot_write_with_exit_14(tmp_path):
     assert out.returncode == 14, out.stderr
     assert "Permission denied" in out.stderr and "StateDirectory=" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_the_configuration_reference_is_generated_from_the_schema_and_in_sync():
+    from sysdream.daemon import confref
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+    assert doc.read_text() == confref.reference(SHIPPED.read_text()), \
+        "regenerate: .venv/bin/python -m sysdream.daemon.confref > docs/configuration.md"
+    notes = confref.comments(SHIPPED.read_text())
+    for section, keys in config.SCHEMA.items():
+        for key in keys:
+            assert notes.get((section, key)), f"[{section}] {key} is not described"
