@@ -39,7 +39,10 @@ ALERT_FIELDS = ("kind", "alert_id", "fingerprint", "severity", "hostname", "pid"
                 "process_start_ns", "context_source", "score", "bound", "confidence",
                 "sigmas", "model_id", "evidence", "episode", "novelty", "position", "syscalls",
                 "context", "unknown_syscalls", "surprises", "attention", "suppressed",
-                "incident_count", "latency_s", "time", "time_rfc3339")
+                "incident_count", "latency_s", "time", "time_rfc3339", "schema")
+# The version of the alert's shape (docs/alert.schema.json): a field added, removed or
+# changed in meaning makes a new one.
+ALERT_SCHEMA = "sysdream-alert/1"
 
 def fingerprint(context: dict, unknown: list[str], surprises: list[dict]) -> str:
     """Same program, same lineage, same kind of surprise: same fingerprint (repeats group).
@@ -88,7 +91,7 @@ def anomaly_fields(det, context: dict | None = None, comm: str | None = None) ->
         "unknown_syscalls": unknown, "surprises": ex["surprises"],
         "attention": ex.get("attention", []), "suppressed": 0, "incident_count": 1,
         "latency_s": round(max(0, time.monotonic_ns() - b.ns) / 1e9, 6),
-        "time": round(now, 3), "time_rfc3339": rfc3339(now),
+        "time": round(now, 3), "time_rfc3339": rfc3339(now), "schema": ALERT_SCHEMA,
     })
     return fields
 

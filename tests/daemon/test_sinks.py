@@ -13,7 +13,9 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
+import jsonschema
 import pytest
 from daemon_helpers import config
 from harness import BENIGN, ODD, Daemon, run_script, wait_for, workload
@@ -26,6 +28,7 @@ RFC5424 = re.compile(rb'^<(\d{1,3})>1 (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) (
                      rb'(\d+) (\S+) (\[sysdream@32473 (?:' + SD_PARAM + rb' ?)+\]|-)'
                      rb' \xef\xbb\xbf(.*)$', re.S)
 ID = alerts.MESSAGE_IDS["anomaly"]
+SCHEMA = Path(__file__).resolve().parents[2] / "docs" / "alert.schema.json"
 
 
 def fields(**kw) -> dict:
@@ -249,6 +252,9 @@ backoff_s = 0.05
                                   (tmp_path / "alerts.jsonl").read_text().splitlines()
                                   if '"kind":"anomaly"' in x], 60, "an alert\n" + d.stderr)
         first = lines[0]
+        schema = json.loads(SCHEMA.read_text())
+        for line in lines:                      # the documented shape, field by field
+            jsonschema.validate(line, schema, format_checker=jsonschema.FormatChecker())
         m = RFC5424.match(rx_udp.recv(65536))
         assert m and f'alert_id="{first["alert_id"]}"'.encode() in m.group(6)
         wait_for(lambda: any(doc["output_fields"]["sysdream.alert_id"] == first["alert_id"]
@@ -262,6 +268,17 @@ backoff_s = 0.05
         d.kill()
         rx_udp.close()
         rx_http.close()
+
+
+def test_the_alert_schema_names_every_field_and_checks_types():
+    schema = json.loads(SCHEMA.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert list(schema["properties"]) == ["message", "message_id", "priority",
+                                          *alerts.ALERT_FIELDS]
+    assert schema["properties"]["schema"]["const"] == alerts.ALERT_SCHEMA
+    v = jsonschema.Draft202012Validator(schema)
+    assert not v.is_valid({"kind": "anomaly"}), "fields are required"
+    assert not v.is_valid({**{k: "" for k in schema["properties"]}, "pid": "12"})
 
 
 def test_a_network_output_without_its_address_is_refused_with_exit_12(tmp_path):
