@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
+    kg = sub.add_parser("keygen", help="make an Ed25519 key pair that signs model bundles")
+    kg.add_argument("-o", "--output", required=True, metavar="DIR",
+                    help="folder for NAME.key (private, 0600) and NAME.pub")
+    kg.add_argument("--name", default="sysdream", help="the keys' name (default sysdream)")
+
     doc = sub.add_parser("doctor", help="check that capture can work here, with the fix for "
                          "each failure")
     doc.add_argument("--format", choices=("text", "json"), default="text",
@@ -138,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="confidence of the alert bound fitted on a host recording's "
                          "held-out last quarter (default: the least, not below --confidence, "
                          "that expects at most 1 false alert an hour)")
+    tr.add_argument("--sign", metavar="KEY", help="sign the bundle with this private key "
+                    "(`sysdream keygen`), for hosts with [service] trusted_keys")
     tr.add_argument("--retrain", action="store_true",
                     help="for a host recording: after fitting the alert bound with a model "
                          "trained on the first three quarters, train once more on all of it "
@@ -236,6 +243,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "record":
         from . import record
         return record.run(_settings(args), args.seconds, args.output)
+    if args.verb == "keygen":
+        from .signing import keygen
+        private, public = keygen(args.output, args.name)
+        print(f"{private} (private: keep it where only the signer reads it)\n{public} "
+              "(public: list it in [service] trusted_keys)")
+        return 0
     if args.verb == "train":
         from .learn import run_train
         return run_train(args)

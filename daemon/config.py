@@ -71,6 +71,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "model": Key("", str, lambda v: v == "" or v.startswith("/"),
                      'an absolute path to a bundle directory, or ""'),
         "status_interval_s": Key(10.0, NUM, _rng(0.1, 3600), "seconds, 0.1 to 3600"),
+        "trusted_keys": Key([], list, _paths, "a list of absolute paths of .pub files"),
     },
     "capture": {
         "chunk": Key(64, int, _pow2(8, 1024), "a power of two from 8 to 1024"),
@@ -103,6 +104,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "epochs": Key(15, int, _rng(1, 1000), "an integer, 1 to 1000"),
         "threads": Key(1, int, _rng(1, 256), "an integer, 1 to 256"),
         "nice": Key(19, int, _rng(0, 19), "an integer, 0 to 19"),
+        "signing_key": Key("", str, lambda v: v == "" or v.startswith("/"),
+                           '"" or the absolute path of a .key file'),
     },
     "detection": {
         "confidence": Key(0.0, NUM, lambda v: v == 0 or 0.5 <= v < 1,

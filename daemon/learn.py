@@ -76,6 +76,10 @@ def run_train(args) -> int:
     settings = train_settings(args)
     if args.alert_confidence is not None:
         check_confidence(args.alert_confidence)
+    sign = None
+    if args.sign:
+        from .signing import signer
+        sign = signer(args.sign)        # a bad key stops here, before hours of training
     seqs = [s for spec in args.input for s in read_input(spec)]
     if args.calibrate:
         calib = [s for spec in args.calibrate for s in read_input(spec)]
@@ -111,7 +115,7 @@ def run_train(args) -> int:
         det.transfer = transfer.fit(det, [s.tokens for s in normal], attacks, args.seed)
     if host:
         det.lineage, det.training["heldout_alerts"] = lineage, replay
-    model_id = det.save(args.output)
+    model_id = det.save(args.output, sign)
     b = det.bound
     print(f"sysdream train: model {model_id} written to {args.output}: vocabulary "
           f"{len(det.vocab)}, best epoch {det.training['best_epoch']}, bound {b.bound:.4f} "

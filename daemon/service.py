@@ -115,6 +115,20 @@ def _alert_line(view, configured: float, m: int) -> str:
             "the baseline's")
 
 
+def trusted_keys(cfg) -> dict[str, bytes]:
+    """[service] trusted_keys read (key id -> raw key); [learning] signing_key checked
+    too. ConfigError (exit 12) for a key that cannot be used."""
+    from .signing import load_public, signer
+    out = dict(load_public(p) for p in cfg.service.trusted_keys)
+    if cfg.learning.signing_key:
+        signer(cfg.learning.signing_key)
+    elif out and not cfg.service.model:
+        raise ConfigError(f"{cfg.source}: [service] trusted_keys asks for signed models, but "
+                          "the model this daemon learns would be unsigned; set [learning] "
+                          "signing_key (and trust its .pub) or [service] model")
+    return out
+
+
 class Service:
     def __init__(self, cfg: Config, reload_config=None, notifier: Notifier | None = None):
         self.cfg = cfg
@@ -144,6 +158,7 @@ class Service:
         self._stop = False
         self._reload = False
         self._loop_beat = time.monotonic()    # the main loop's last turn (health)
+        self.trusted: dict[str, bytes] = {}   # [service] trusted_keys, read at start
         self._writer = None
         self._pending: list[np.ndarray] = []
         self._pending_context: list[np.ndarray] = []
@@ -171,6 +186,7 @@ class Service:
         preflight.check_privileges().raise_if_failed()
         check_state_dir(self.cfg.state_dir())
         self.alerting.load_allow(self.cfg.state_dir() / "allow.json")
+        self.trusted = trusted_keys(self.cfg)
         from .runtime import adapt_torch, bound_torch_caches, release_memory
         bound_torch_caches()
         import torch
@@ -231,7 +247,14 @@ class Service:
         if not path.exists():
             raise BundleError(f"{path}: no model bundle there; train one with `sysdream "
                               "train` or leave [service] model empty to learn this host")
+        signed = None
+        if self.trusted:
+            from .signing import check
+            signed = check(path, self.trusted)
         det = Detector.load(path)
+        if signed is not None and det.model_id != signed:
+            raise BundleError(f"{path}: changed while it was read (the signed manifest names "
+                              f"model {signed}); load it again")
         if det.bound is None:
             raise BundleError(f"{path}: the bundle has no calibrated bound; retrain it")
         try:
@@ -369,7 +392,8 @@ class Service:
         L = self.cfg.learning
         state = self.cfg.state_dir()
         inputs = [f"trace:{p}" for p in sorted(state.glob("baseline-*.sdtrace"))]
-        cmd = [sys.executable, "-m", "sysdream.daemon.cli", "train", "--input", *inputs,
+        sign = ["--sign", L.signing_key] if L.signing_key else []
+        cmd = [sys.executable, "-m", "sysdream.daemon.cli", "train", *sign, "--input", *inputs,
                "-o", str(self.cfg.model_path()), "--arch", L.arch, "--window", str(L.window),
                "--hidden", str(L.hidden), "--embed", str(L.embed), "--epochs", str(L.epochs),
                "--threads", str(L.threads)]
@@ -417,12 +441,14 @@ class Service:
             try:
                 new = self.reload_config()
                 new.capture_settings(self.cgroups)      # what the kernel would refuse
+                trusted = trusted_keys(new)
             except (ConfigError, ValueError) as exc:
                 log(f"reload: configuration refused, keeping the running one: {exc}")
                 self.reloads["failed"] += 1
                 self.notify.ready(self._status())
                 return
             self._apply_config(new)
+            self.trusted = trusted
         path = self.cfg.model_path()
         if self._has_model(path) or self.cfg.service.model:
             try:

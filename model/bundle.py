@@ -11,6 +11,8 @@
     lineage.json      optional: the lineage profile of the baseline (daemon/lineage.py), kept
                       here as the daemon wrote it; the daemon checks it at load
     alerting.json     optional: the daemon's alert bound (daemon/evidence.py), likewise
+    signature.json    optional, outside the manifest: a signature of manifest.json
+                      (daemon/signing.py), carried as the daemon wrote it
 
 The manifest's checksums catch corruption, truncation and edits of any one file; they are
 not a signature (someone who can rewrite the manifest too is not stopped by it).
@@ -79,9 +81,11 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save(bundle: Bundle, path: str | os.PathLike) -> str:
+def save(bundle: Bundle, path: str | os.PathLike, sign=None) -> str:
     """Write the bundle atomically (a temporary directory renamed into place); returns the
-    model id, the first 16 hex digits of the sha256 over the file checksums."""
+    model id, the first 16 hex digits of the sha256 over the file checksums. `sign`: a
+    function of the manifest's bytes whose result is written as signature.json (the
+    daemon's, daemon/signing.py; the model room only carries it)."""
     import torch
 
     path = Path(path)
@@ -105,7 +109,10 @@ def save(bundle: Bundle, path: str | os.PathLike) -> str:
         model_id = hashlib.sha256(json.dumps(sums, sort_keys=True).encode()).hexdigest()[:16]
         manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_id": model_id,
                     "created": bundle.created, "files": sums}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
+        (tmp / "manifest.json").write_text(text)
+        if sign is not None:
+            (tmp / "signature.json").write_text(json.dumps(sign(text.encode())) + "\n")
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

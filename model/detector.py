@@ -133,13 +133,13 @@ class Detector:
         return det
 
     # -- persistence ------------------------------------------------------------------
-    def save(self, path) -> str:
+    def save(self, path, sign=None) -> str:
         b = bundle_io.Bundle(network=self.cfg.to_json(), vocabulary=self.vocab.to_json(),
                              embedding=self.embedding, calibration=self.bound.to_json(),
                              training=self.training, state_dict=self.net.state_dict(),
                              transfer=self.transfer, lineage=self.lineage,
                              alerting=self.alerting)
-        self.model_id = bundle_io.save(b, path)
+        self.model_id = bundle_io.save(b, path, sign)
         return self.model_id
 
     @classmethod

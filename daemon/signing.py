@@ -1,0 +1,152 @@
+"""Signed model bundles (Ed25519, from the cryptography package).
+
+A bundle's manifest lists the sha256 of every file, so it catches damage; someone who can
+write the bundle can reseal it. A signature over the manifest's bytes, made with a key the
+host trusts, is what an attacker who can write the bundle cannot make:
+
+    sysdream keygen -o /etc/sysdream/keys --name build     build.key (0600), build.pub
+    sysdream train ... -o MODEL --sign /etc/sysdream/keys/build.key
+    [service] trusted_keys = ["/etc/sysdream/keys/build.pub"]
+
+With trusted keys configured the daemon uses only a bundle whose signature.json verifies
+under one of them (at start: exit 11; at a reload: refused, the old model keeps running),
+and the model it learns itself is signed with `[learning] signing_key`.
+
+A public key file is one line, `sysdream-ed25519 BASE64 NAME`; a private key is PKCS#8
+PEM, written 0600 and never overwritten.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from sysdream.model.bundle import BundleError
+
+from .config import ConfigError
+
+PUBLIC_TAG = "sysdream-ed25519"
+SIGNATURE = "signature.json"
+
+
+def key_id(raw_public: bytes) -> str:
+    return hashlib.sha256(raw_public).hexdigest()[:16]
+
+
+def keygen(folder: str | os.PathLike, name: str) -> tuple[Path, Path]:
+    """A new key pair in `folder`: NAME.key (private, 0600) and NAME.pub. Never replaces
+    an existing file (ConfigError)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"key name {name!r}: use letters, digits, - or _ (no /, not "
+                          "starting with .)")
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise ConfigError(f"{folder}: cannot create it ({exc.strerror})") from None
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw,
+                                        serialization.PublicFormat.Raw)
+    public = f"{PUBLIC_TAG} {base64.b64encode(raw).decode()} {name}\n".encode()
+    paths = folder / f"{name}.key", folder / f"{name}.pub"
+    for path, data, mode in ((paths[0], private, 0o600), (paths[1], public, 0o644)):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, mode)
+        except FileExistsError:
+            raise ConfigError(f"{path}: exists; a key is never overwritten (remove it, or "
+                              "choose another --name)") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot create it ({exc.strerror})") from None
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    return paths
+
+
+def signer(key_path: str | os.PathLike):
+    """A function signing a manifest's bytes with the private key at `key_path` (the
+    content of signature.json); ConfigError when the key cannot be used."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    path = Path(key_path)
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes()[:65536], password=None)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the signing key ({exc.strerror})") from None
+    except (ValueError, TypeError):
+        key = None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"{path}: not an Ed25519 private key; make one with `sysdream "
+                          "keygen`")
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw,
+                                        serialization.PublicFormat.Raw)
+
+    def sign(manifest: bytes) -> dict:
+        return {"algorithm": "ed25519", "key_id": key_id(raw),
+                "signature": base64.b64encode(key.sign(manifest)).decode()}
+    return sign
+
+
+def load_public(path: str | os.PathLike) -> tuple[str, bytes]:
+    """(key id, raw public key) of a public key file; ConfigError when it is not one."""
+    path = Path(path)
+    try:
+        text = path.read_bytes()[:4096].decode("ascii")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the trusted key ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        text = ""
+    parts = text.split()
+    try:
+        raw = base64.b64decode(parts[1], validate=True) if len(parts) >= 2 else b""
+    except ValueError:
+        raw = b""
+    if not parts or parts[0] != PUBLIC_TAG or len(raw) != 32:
+        raise ConfigError(f"{path}: not a sysdream public key (`{PUBLIC_TAG} BASE64 NAME`, "
+                          "from `sysdream keygen`)")
+    return key_id(raw), raw
+
+
+def check(bundle: str | os.PathLike, trusted: dict[str, bytes]) -> str:
+    """That the bundle's manifest is signed by one of `trusted` (key id -> raw key);
+    returns the model id the signed manifest names. BundleError naming the fix."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    path = Path(bundle)
+    try:
+        manifest = (path / "manifest.json").read_bytes()
+        sig = json.loads((path / SIGNATURE).read_bytes()[:65536])
+    except FileNotFoundError:
+        raise BundleError(f"{path}: unsigned, and [service] trusted_keys asks for a "
+                          "signature; sign it (`sysdream train --sign KEY`) or use a signed "
+                          "bundle") from None
+    except (OSError, ValueError, RecursionError):
+        raise BundleError(f"{path}: {SIGNATURE} unreadable; sign the bundle again") from None
+    if not isinstance(sig, dict) or sig.get("algorithm") != "ed25519" or \
+            not isinstance(sig.get("key_id"), str) or not isinstance(sig.get("signature"), str):
+        raise BundleError(f"{path}: {SIGNATURE} is not an Ed25519 signature; sign the "
+                          "bundle again")
+    raw = trusted.get(sig["key_id"])
+    if raw is None:
+        raise BundleError(f"{path}: signed by key {sig['key_id'][:16]!r}, which is not among "
+                          "[service] trusted_keys; add its .pub or sign with a trusted key")
+    try:
+        Ed25519PublicKey.from_public_bytes(raw).verify(
+            base64.b64decode(sig["signature"], validate=True), manifest)
+    except (InvalidSignature, ValueError):
+        raise BundleError(f"{path}: the signature does not match the manifest (modified "
+                          "after signing); restore the bundle or sign it again") from None
+    try:
+        return str(json.loads(manifest)["model_id"])
+    except (ValueError, KeyError, TypeError):
+        raise BundleError(f"{path}: signed manifest has no model_id") from None
