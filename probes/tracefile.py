@@ -3,7 +3,8 @@
 Layout (little-endian):
 
     header   b"SDTRACE\\0"  u16 version  u16 0  u32 n  then n bytes of JSON
-             (host, kernel release, arch, syscall table, chunk width, capture settings)
+             (host, kernel release, arch, syscall table, chunk width, capture settings),
+             then (version 2) u32 crc32 of those n bytes
     blocks   b"SDBK"  u32 kind  u32 length  u32 crc32(payload)  then the payload
              kind 1: records, raw `record_dtype(chunk)` rows
              kind 2: kernel counters as JSON (written at every flush and at close)
@@ -13,8 +14,11 @@ Layout (little-endian):
                      another size skips them with a warning and keeps the rest
 
 Each block goes out in one write and is flushed, so a crash or SIGKILL loses at most
-the block being written. A reader stops at the first truncated or damaged block,
-warns, and returns everything before it.
+the block being written. A reader that meets a damaged block (bad magic, length or
+checksum) looks for the next block magic and goes on from there, warning once with what
+it skipped; a truncated last block ends the file. A damaged header (checksum mismatch)
+makes the file unusable: its syscall table names every syscall. Version 1 files (no
+header checksum) still read.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ from .errors import TraceFileError
 from .layout import CONTEXT_DTYPE, check_chunk, record_dtype
 
 MAGIC = b"SDTRACE\0"
-VERSION = 1
+VERSION = 2
+_HEADER_CRC = struct.Struct("<I")   # version 2: after the header's JSON
 BLOCK_MAGIC = b"SDBK"
 KIND_RECORDS = 1
 KIND_COUNTERS = 2
@@ -99,7 +104,8 @@ class TraceWriter:
         body = json.dumps(header, sort_keys=True).encode()
         self._fd = -1
         self._fd = _create(self.path)
-        self._write(_HEAD.pack(MAGIC, VERSION, 0, len(body)) + body)
+        self._write(_HEAD.pack(MAGIC, VERSION, 0, len(body)) + body
+                    + _HEADER_CRC.pack(zlib.crc32(body)))
         self.records = 0
         self.syscalls = 0
 
@@ -177,10 +183,15 @@ def read_trace(path: str | os.PathLike) -> Trace:
     if version > VERSION:
         raise TraceFileError(f"{path}: trace format {version} is newer than this sysdream "
                              f"reads ({VERSION}); upgrade sysdream")
-    if hlen > MAX_HEADER or _HEAD.size + hlen > len(data):
+    crc_size = _HEADER_CRC.size if version >= 2 else 0
+    if hlen > MAX_HEADER or _HEAD.size + hlen + crc_size > len(data):
         raise TraceFileError(f"{path}: header truncated or damaged; the file cannot be used")
+    body = data[_HEAD.size:_HEAD.size + hlen]
+    if crc_size and _HEADER_CRC.unpack_from(data, _HEAD.size + hlen)[0] != zlib.crc32(body):
+        raise TraceFileError(f"{path}: header checksum mismatch (damaged); the file cannot "
+                             "be used")
     try:
-        header = json.loads(data[_HEAD.size:_HEAD.size + hlen])
+        header = json.loads(body)
         if not isinstance(header, dict):
             raise ValueError("not a JSON object")
         chunk = check_chunk(int(header["chunk"]))
@@ -198,27 +209,34 @@ def read_trace(path: str | os.PathLike) -> Trace:
     context_size = header.get("context_record_size")
     counters: dict = {}
     damaged = None
-    pos = _HEAD.size + hlen
+    skipped = 0
+    pos = _HEAD.size + hlen + crc_size
     while pos < len(data):
+        why = None
         if pos + _BLOCK.size > len(data):
-            damaged = f"truncated block header at byte {pos}"
-            break
-        magic, kind, length, crc = _BLOCK.unpack_from(data, pos)
-        start = pos + _BLOCK.size
-        if magic != BLOCK_MAGIC or length > MAX_BLOCK:
-            damaged = f"damaged block header at byte {pos}"
-            break
-        if start + length > len(data):
-            damaged = f"truncated block at byte {pos} ({len(data) - start} of {length} bytes)"
-            break
-        payload = data[start:start + length]
-        if zlib.crc32(payload) != crc:
-            damaged = f"checksum mismatch in block at byte {pos}"
-            break
-        if kind == KIND_RECORDS:
-            if length % dtype.itemsize:
-                damaged = f"records block at byte {pos} is not a whole number of records"
+            why = f"truncated block header at byte {pos}"
+        else:
+            magic, kind, length, crc = _BLOCK.unpack_from(data, pos)
+            start = pos + _BLOCK.size
+            if magic != BLOCK_MAGIC or length > MAX_BLOCK:
+                why = f"damaged block header at byte {pos}"
+            elif start + length > len(data):
+                why = f"truncated block at byte {pos} ({len(data) - start} of {length} bytes)"
+            elif zlib.crc32(data[start:start + length]) != crc:
+                why = f"checksum mismatch in block at byte {pos}"
+            elif kind == KIND_RECORDS and length % dtype.itemsize:
+                why = f"records block at byte {pos} is not a whole number of records"
+        if why is not None:
+            # resynchronise on the next block magic; none: the rest is lost
+            damaged = damaged or why
+            nxt = data.find(BLOCK_MAGIC, pos + 1)
+            skipped += (nxt if nxt >= 0 else len(data)) - pos
+            if nxt < 0:
                 break
+            pos = nxt
+            continue
+        payload = data[start:start + length]
+        if kind == KIND_RECORDS:
             blocks.append(np.frombuffer(payload, dtype=dtype))
         elif kind == KIND_CONTEXT and context_size is not None:
             raw = _inflate(payload, MAX_BLOCK)
@@ -237,13 +255,16 @@ def read_trace(path: str | os.PathLike) -> Trace:
                 got = None
             if not isinstance(got, dict) or not all(
                     isinstance(v, int) and not isinstance(v, bool) for v in got.values()):
-                damaged = f"counters block at byte {pos} is not a JSON object of counts"
-                break
-            counters = got
+                damaged = damaged or f"counters block at byte {pos} is not a JSON object " \
+                    "of counts"
+                skipped += _BLOCK.size + length
+            else:
+                counters = got
         pos = start + length
     if damaged:
-        warnings.warn(f"{path}: {damaged}; kept the records before it", TraceDamageWarning,
-                      stacklevel=2)
+        damaged += f" ({skipped} bytes skipped in all)"
+        warnings.warn(f"{path}: {damaged}; kept every whole block around it",
+                      TraceDamageWarning, stacklevel=2)
     records = np.concatenate(blocks) if blocks else np.empty(0, dtype)
     over = records["count"] > chunk
     if over.any():   # no kernel writes these: a record claiming more than it can hold

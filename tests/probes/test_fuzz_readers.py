@@ -13,6 +13,7 @@ import os
 import struct
 import tempfile
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -103,10 +104,12 @@ def test_cut_or_grown_files_give_a_trace_or_one_error(cut, extra):
 @given(JSON)
 def test_any_json_header_gives_a_trace_or_one_error(header):
     body = json.dumps(header).encode()
-    # magic, version, flags, header length, header; then the good trace's blocks
+    # magic, version, flags, header length, header, its crc32; then the good blocks
     version, flags, hlen = struct.unpack_from("<HHI", GOOD, len(MAGIC))
-    rest = GOOD[len(MAGIC) + 8 + hlen:]
-    read_bytes(MAGIC + struct.pack("<HHI", version, flags, len(body)) + body + rest)
+    rest = GOOD[len(MAGIC) + 8 + hlen + 4:]
+    assert read_bytes(MAGIC + struct.pack("<HHI", version, flags, len(body)) + body
+                      + struct.pack("<I", zlib.crc32(body)) + rest) is None or \
+        isinstance(header, dict)
 
 
 @FUZZ

@@ -84,15 +84,43 @@ def test_corrupted_block_is_caught_by_its_checksum(tmp_path):
     first_payload = data.find(b"SDBK") + 16
     data[first_payload + 30] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.warns(TraceDamageWarning, match="checksum"):
-        assert read_trace(path).records.size == 0
+    # the damaged block is skipped, the reader finds the next block magic and goes on
+    with pytest.warns(TraceDamageWarning, match=r"checksum.*bytes skipped"):
+        trace = read_trace(path)
+    assert trace.records.size == 3 and trace.counters == {"traced": 3 * 64}
+    assert "checksum mismatch" in trace.damaged
+    # garbage between blocks (a torn write) is skipped the same way
+    second = data.find(b"SDBK", first_payload)
+    data[first_payload + 30] ^= 0xFF
+    torn = bytes(data[:second]) + b"\x00junk\xff" * 7 + bytes(data[second:])
+    path.write_bytes(torn)
+    with pytest.warns(TraceDamageWarning, match="damaged block header"):
+        assert read_trace(path).records.size == 6
+
+
+def as_version_1(d: bytes, body: bytes | None = None) -> bytes:
+    """The same trace in format 1 (no header checksum), its header JSON replaced by
+    `body` if given: what older sysdreams wrote, still read."""
+    hlen = struct.unpack_from("<I", d, 12)[0]
+    old = d[16:16 + hlen]
+    body = old if body is None else body
+    return d[:8] + struct.pack("<HHI", 1, 0, len(body)) + body + d[16 + hlen + 4:]
+
+
+def test_a_format_1_trace_still_reads(tmp_path):
+    path = tmp_path / "t.sdtrace"
+    write(path, [make_records(2)])
+    path.write_bytes(as_version_1(path.read_bytes()))
+    assert read_trace(path).records.size == 2
 
 
 @pytest.mark.parametrize("mutate, message", [
     (lambda d: b"NOTATRACE" + d[9:], "not a sysdream trace file"),
     (lambda d: d[:8] + struct.pack("<H", 99) + d[10:], "newer than this sysdream"),
     (lambda d: d[:20], "header truncated"),
-    (lambda d: d[:16] + b"x" + d[17:], "header is not valid"),
+    (lambda d: d[:16] + b"x" + d[17:], "header checksum mismatch"),
+    (lambda d: as_version_1(d, b"x" + d[17:16 + struct.unpack_from("<I", d, 12)[0]]),
+     "header is not valid"),
     (lambda d: b"", "not a sysdream trace file"),
 ])
 def test_bad_files_are_refused_with_a_clear_error(tmp_path, mutate, message):
