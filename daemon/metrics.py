@@ -70,7 +70,11 @@ class ServiceCollector:
         yield CounterMetricFamily("sysdream_syscalls_filtered", "Syscalls of processes the "
                                   "filters exclude (not traced).", value=k.get("filtered", 0))
         yield CounterMetricFamily("sysdream_syscalls_traced", "Syscalls traced: delivered "
-                                  "+ lost, exactly.", value=k.get("traced", 0))
+                                  "+ lost (ring buffer full) + pending, exactly.",
+                                  value=k.get("traced", 0))
+        yield GaugeMetricFamily("sysdream_syscalls_pending", "Traced syscalls waiting in "
+                                "the kernel's partial chunks (sent within flush_age_s).",
+                                value=k.get("pending", 0))
         yield CounterMetricFamily("sysdream_syscalls_delivered", "Syscalls the kernel "
                                   "delivered in ring-buffer records.",
                                   value=k.get("emitted_syscalls", 0))

@@ -246,15 +246,19 @@ class Capture:
         return self.context_reader.read()
 
     def counters(self) -> dict[str, int]:
-        """Kernel counters summed over CPUs."""
+        """Kernel counters summed over CPUs, and `pending`: the syscalls waiting in the
+        CPUs' partial chunks, read in the same copy of each CPU's slot, so that traced =
+        emitted_syscalls + lost_syscalls + pending."""
         totals = dict.fromkeys(COUNTER_FIELDS, 0)
+        pending = 0
         for per_cpu in self.bpf[b"slots"][0]:
             for name in COUNTER_FIELDS:
                 totals[name] += getattr(per_cpu.c, name)
+            pending += per_cpu.rec.count
         del totals["unwoken"]
         # Each sys_enter is counted once, in exactly one of these.
         seen = totals["filtered"] + totals["traced"] + totals["lost_nostorage"]
-        return {"seen": seen, **totals}
+        return {"seen": seen, **totals, "pending": pending}
 
     def program_stats(self) -> dict[str, tuple[int, int]]:
         """(run count, run time in ns) per attached BPF program, from /proc/self/fdinfo.

@@ -229,6 +229,38 @@ def test_conservation_under_overload_is_exact(capture):
     assert records["flags"][0] & REC_FULL
 
 
+def test_traced_is_delivered_plus_lost_plus_pending_at_every_read_under_load(capture):
+    """Two busy loops (one a CPU), read while they run: at each of hundreds of reads the
+    counters add up with the syscalls waiting in partial chunks, to within the one syscall
+    or one chunk a CPU is handling while its counters are copied (a per-CPU copy is not
+    atomic; a reader cannot stop the CPUs), and exactly in most reads; once the loops end
+    and the chunks age out, exactly and with nothing pending."""
+    code = "import os\nwhile True: os.getppid()"
+    busy = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(2)]
+    try:
+        cap = capture(include_pids=tuple(p.pid for p in busy), ring_buffer_pages=8)
+        reads = pendings = exact = 0
+        end = time.monotonic() + 3.0
+        while time.monotonic() < end:
+            cap.read()
+            c = cap.counters()
+            reads += 1
+            pendings += c["pending"] > 0
+            off = c["traced"] - c["emitted_syscalls"] - c["lost_syscalls"] - c["pending"]
+            assert abs(off) <= cap.settings.chunk * os.cpu_count(), c
+            exact += off == 0
+        assert reads > 100 and pendings > reads // 2, (reads, pendings)
+        assert exact >= 0.8 * reads, (exact, reads)
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+    time.sleep(1.5)                      # past flush_age_s: every chunk went out
+    cap.read()
+    c = cap.counters()
+    assert c["pending"] == 0 and c["traced"] == c["emitted_syscalls"] + c["lost_syscalls"]
+
+
 def test_filter_changes_reach_a_thread_that_never_leaves_its_cpu(capture):
     """The verdict is cached per thread and per CPU slot; a busy thread that is never
     switched out must still follow the filters from the first syscall after a change
