@@ -1,0 +1,47 @@
+"""The man page and the bash completion are generated from the parser (daemon/manpage.py)
+and shipped in packaging/: they stay in sync with it, the page renders without a groff
+warning, and the completion completes verbs, options and choices in a real bash."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from sysdream.daemon import manpage
+
+PACKAGING = Path(__file__).resolve().parents[2] / "packaging"
+
+
+def test_the_shipped_man_page_and_completion_are_the_parsers():
+    fix = "regenerate: .venv/bin/python -m sysdream.daemon.manpage man|bash > packaging/..."
+    assert (PACKAGING / "sysdream.8").read_text() == manpage.man(), fix
+    assert (PACKAGING / "sysdream.bash-completion").read_text() == manpage.bash(), fix
+
+
+def test_the_man_page_renders_cleanly_and_names_every_verb_and_exit_code():
+    r = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z", str(PACKAGING / "sysdream.8")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    text = subprocess.run(["groff", "-man", "-Tascii", "-P-cbou", str(PACKAGING / "sysdream.8")],
+                          capture_output=True, text=True, timeout=60).stdout
+    for verb in ("run", "train", "keygen", "allow", "explain", "doctor"):
+        assert f"   {verb}\n" in text, verb
+    assert "--trusted" not in text and "--sign" in text and "EXIT STATUS" in text
+
+
+def complete(words: list[str]) -> list[str]:
+    script = (f"source {PACKAGING / 'sysdream.bash-completion'}\n"
+              f"COMP_WORDS=({' '.join(repr(w) for w in words)}); "
+              f"COMP_CWORD={len(words) - 1}; _sysdream; printf '%s\\n' \"${{COMPREPLY[@]}}\"")
+    r = subprocess.run(["bash", "--norc", "-c", script], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()
+
+
+def test_bash_completes_verbs_options_and_choices():
+    assert complete(["sysdream", "tr"]) == ["train"]
+    assert "keygen" in complete(["sysdream", ""])
+    assert complete(["sysdream", "run", "--con"]) == ["--config"]
+    assert complete(["sysdream", "doctor", "--format", ""]) == ["text", "json"]
+    assert "--alert-confidence" in complete(["sysdream", "train", "--al"])
