@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make run` and `make test` (both set up first).
-.PHONY: setup run test lint bench
+.PHONY: setup run test lint bench deb
 
 setup:
 	@bash packaging/setup-host.sh
@@ -12,3 +12,6 @@ test: setup
 
 lint: setup
 	.venv/bin/ruff check .
+
+deb: setup
+	bash packaging/deb/build.sh
