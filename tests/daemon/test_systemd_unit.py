@@ -44,6 +44,11 @@ def test_unit_grants_what_capture_needs_and_no_more():
     caps = re.search(r"^CapabilityBoundingSet=(.*)$", text, re.M).group(1).split()
     ambient = re.search(r"^AmbientCapabilities=(.*)$", text, re.M).group(1).split()
     assert sorted(caps) == sorted(ambient) == ["CAP_BPF", "CAP_PERFMON"]
+    prevent = re.search(r"^RestartPreventExitStatus=(.*)$", text, re.M).group(1).split()
+    from sysdream.daemon.exitcodes import Exit
+    cured_by_restart = {Exit.OK, Exit.FAILURE, Exit.METRICS_PORT, Exit.INTERRUPTED}
+    assert sorted(map(int, prevent)) == sorted(int(e) for e in Exit
+                                               if e not in cured_by_restart), prevent
     for needed in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "ExecReload=",
                    "StateDirectory=sysdream", "RuntimeDirectory=sysdream",
                    "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes",
