@@ -298,7 +298,7 @@ def run_eval(args) -> int:
                                                    ProgressLine()))
     if not args.no_baselines:
         methods.extend(evaluation.baselines(args.window, args.seed))
-    report = evaluation.evaluate(split, methods, args.confidence)
+    report = evaluation.evaluate(split, methods, args.confidence, sys.stderr)
     if args.transfer_fraction:
         from sysdream.model import transfer
 

@@ -349,6 +349,14 @@ class Service:
             self._pending.clear()
             self._writer.write_counters(self.kernel_counters)
 
+    def _time_left(self, frac: float) -> str:
+        """", about N min left" of the baseline at the pace so far (the slower of time
+        and syscalls decides); "" before there is a pace."""
+        elapsed = time.monotonic() - self._learn_started
+        if not 0.01 <= frac < 1 or elapsed < 5:
+            return ""
+        return f", about {elapsed * (1 - frac) / frac / 60:.0f} min left"
+
     def _learning_tick(self) -> None:
         L = self.cfg.learning
         if self.phase == "learning":
@@ -499,8 +507,10 @@ class Service:
         k = self.kernel_counters
         lost = k.get("lost_syscalls", 0) + k.get("lost_nostorage", 0)
         if self.phase == "learning":
-            return (f"learning this host: {self.learning_progress / 0.5:.0%} of the baseline "
-                    f"recorded ({self.baseline_syscalls} syscalls), {lost} syscalls lost")
+            frac = self.learning_progress / 0.5
+            return (f"learning this host: {frac:.0%} of the baseline recorded "
+                    f"({self.baseline_syscalls} syscalls{self._time_left(frac)}), {lost} "
+                    "syscalls lost")
         if self.phase == "training":
             return (f"training on the baseline (epoch {self._train_epoch} of "
                     f"{self.cfg.learning.epochs}), capture continues, {lost} syscalls lost")

@@ -144,8 +144,31 @@ def duplicates(split: Split) -> dict:
             "repeated_within_train": sum(c - 1 for c in within.values() if c > 1)}
 
 
-def evaluate(split: Split, methods: list, confidence: float = 0.999) -> dict:
-    results = [run_method(m, split, confidence) for m in methods]
+def evaluate(split: Split, methods: list, confidence: float = 0.999,
+             stream=None) -> dict:
+    """Every method on the split; with `stream` (stderr), progress: a tqdm bar over the
+    methods with the time left on a terminal, a line per method otherwise."""
+    results = []
+    bar = None
+    if stream is not None and stream.isatty():
+        from tqdm import tqdm
+        bar = tqdm(total=len(methods), desc="eval", unit="method", file=stream)
+    t0 = time.monotonic()
+    for i, m in enumerate(methods):
+        name = getattr(m, "name", type(m).__name__)
+        if bar is not None:
+            bar.set_postfix_str(name)
+        results.append(run_method(m, split, confidence))
+        if bar is not None:
+            bar.update(1)
+        elif stream is not None:
+            elapsed = time.monotonic() - t0
+            left = elapsed / (i + 1) * (len(methods) - i - 1)
+            stream.write(f"eval: {name} done ({i + 1} of {len(methods)}, {elapsed:.0f} s; "
+                         f"about {left:.0f} s left)\n")
+            stream.flush()
+    if bar is not None:
+        bar.close()
     return {"dataset": split.name, "confidence": confidence,
             "sizes": {"train": len(split.train), "calibrate": len(split.calibrate),
                       "test_normal": len(split.test_normal),

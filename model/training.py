@@ -79,8 +79,12 @@ def train(cfg: NetworkConfig, train_w: Windows, val_w: Windows, settings: TrainS
             total += float(nll.detach().sum())
             count += int(mask.sum())
             if progress and (i % 20 == 0 or i == steps - 1):
-                progress(f"epoch {epoch}/{settings.epochs} {100 * (i + 1) // steps:3d}% "
-                         f"loss {total / max(count, 1):.4f}")
+                step = getattr(progress, "step", None)
+                if step is not None:        # a bar with its ETA (ProgressLine)
+                    step(epoch, settings.epochs, i + 1, steps, total / max(count, 1))
+                else:
+                    progress(f"epoch {epoch}/{settings.epochs} {100 * (i + 1) // steps:3d}% "
+                             f"loss {total / max(count, 1):.4f}")
         val = mean_loss(net, val_w) if len(val_w) else total / max(count, 1)
         history.append({"epoch": epoch, "train_loss": total / max(count, 1), "val_loss": val,
                         "seconds": round(time.monotonic() - t0, 2)})
@@ -99,18 +103,29 @@ def train(cfg: NetworkConfig, train_w: Windows, val_w: Windows, settings: TrainS
 
 
 class ProgressLine:
-    """A progress line on stderr: redrawn in place on a terminal, one line per epoch
-    otherwise (journald and CI logs stay readable)."""
+    """Training progress on stderr: on a terminal, a tqdm bar per epoch with its rate and
+    time left; otherwise one line per epoch (what the daemon's trainer log and CI keep)."""
 
     def __init__(self, stream=sys.stderr):
         self.stream = stream
         self.tty = stream.isatty()
+        self.bar = None
+
+    def step(self, epoch: int, epochs: int, done: int, steps: int, loss: float) -> None:
+        if not self.tty:
+            return
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", unit="batch",
+                            file=self.stream, leave=False, dynamic_ncols=True)
+        self.bar.update(done - self.bar.n)
+        self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
     def __call__(self, text: str) -> None:
-        if self.tty:
-            self.stream.write("\r\033[K" + text)
-            if text.startswith("epoch") and ":" in text.split()[1]:
-                self.stream.write("\n")
-        elif ":" in text.split()[1]:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.tty or ":" in text.split()[1]:
             self.stream.write(text + "\n")
         self.stream.flush()

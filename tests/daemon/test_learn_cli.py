@@ -4,6 +4,7 @@ ADFA-LD's format (i386 numbers), with their bad inputs."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -193,6 +194,50 @@ def test_eval_prints_every_method_and_writes_json_and_plot(data, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for name in methods:
         assert name in r.stdout
+    # not silent for minutes: a line per method with the time left (no terminal here)
+    done = [ln for ln in r.stderr.splitlines() if ln.startswith("eval: ")]
+    assert len(done) == 5 and done[0].startswith("eval: dream done (1 of 5, ")
+    assert all("s left)" in ln for ln in done) and "about 0 s left" in done[-1]
+
+
+def test_training_shows_a_bar_with_the_time_left_on_a_terminal(data):
+    """On a real terminal (a pty) the epochs show a tqdm bar with rate and time left, and
+    the epoch lines; through a pipe, the epoch lines alone (what the daemon parses)."""
+    import os
+    import pty
+    import threading
+
+    master, slave = pty.openpty()
+    got = bytearray()
+
+    def drain():
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            got.extend(chunk)
+    t = threading.Thread(target=drain, daemon=True)
+    t.start()
+    p = subprocess.run([sys.executable, "-m", "sysdream.daemon.cli", "train", "--input",
+                        str(data["normal"]), "-o", str(data["base"] / "pty-model"), *TINY],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave,
+                       timeout=300)
+    os.close(slave)
+    t.join(5)
+    os.close(master)
+    text = got.decode("utf-8", "replace")
+    assert p.returncode == 0, text[-2000:]
+    assert "batch/s" in text or "s/batch" in text, text[-2000:]
+    assert re.search(r"epoch 1/2: .*\[\d\d:\d\d<(\d\d:\d\d|\?)", text), text[-2000:]
+    assert "epoch 1: train" in text and "epoch 2: train" in text
+    piped = sysdream("train", "--input", data["normal"], "-o", data["base"] / "pipe-model",
+                     *TINY)
+    assert piped.returncode == 0 and "batch" not in piped.stderr
+    assert [ln for ln in piped.stderr.splitlines() if ln.startswith("epoch")] == [
+        ln for ln in piped.stderr.splitlines() if re.match(r"epoch \d+: train", ln)]
 
 
 def test_capture_verbs_do_not_pay_for_torch():

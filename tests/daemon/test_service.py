@@ -223,6 +223,7 @@ def test_learn_then_detect_alert_in_journald_scraped_by_prometheus(ebpf_ready, t
         while time.monotonic() < end:
             run_script(prog, BENIGN)
         d.wait_phase("detecting", 300)
+        assert "min left), 0 syscalls lost" in d.stderr, "the learning status has an ETA"
         assert (state / "model" / "manifest.json").exists()
         assert list(state.glob("baseline-*.sdtrace"))
         assert journal.entries(MESSAGE_ID=MESSAGE_IDS["learning-complete"])
