@@ -134,6 +134,19 @@ def test_calibration_picks_the_honest_transform():
     assert calibration.GaussianBound.from_json(b.to_json()) == b
 
 
+def test_a_bound_far_above_every_calibration_window_is_not_chosen():
+    """Near-perfect windows (a third of them) stretch the log fit's spread until its bound
+    sits thousands of times above the highest normal score: no window could ever exceed it.
+    It used to win whenever the other transforms were off by more than "none above" is;
+    now the sqrt fit, with a few windows above it, is kept."""
+    rng = np.random.default_rng(1)
+    scores = np.concatenate([np.exp(rng.normal(-8, 1.5, 3000)),
+                             np.exp(rng.normal(-0.5, 1.0, 7000))])
+    b = calibration.fit(scores, 0.999)
+    assert b.transform != "log" and b.bound < scores.max()
+    assert 0 < b.exceeds(scores).mean() < 0.01
+
+
 def test_calibration_fits_distinct_windows_so_a_busy_loop_does_not_tighten_it():
     """A loop repeats one near-perfect window; counted per occurrence it is a spike that
     drags the bound below ordinary normal windows. Fitted on distinct windows it is not."""
