@@ -32,6 +32,7 @@ import numpy as np
 
 TRANSFORMS = ("identity", "sqrt", "log")
 _EPS = 1e-6  # keeps log finite for scores of exactly zero (stide on normal windows)
+MAX_FIT = 1e6  # |mean| and std beyond this are no fit of scores: a damaged or forged file
 
 
 def _apply(transform: str, x: np.ndarray) -> np.ndarray:
@@ -96,6 +97,9 @@ class GaussianBound:
         check_confidence(out.confidence)
         if out.transform not in TRANSFORMS or not out.std >= 0:
             raise ValueError("calibration has an unknown transform or a negative std")
+        if abs(out.mean) > MAX_FIT or out.std > MAX_FIT:
+            raise ValueError("calibration mean or std out of range (scores are mean "
+                             f"log-likelihoods: nothing near {MAX_FIT:g})")
         try:
             finite = math.isfinite(out.bound)
         except OverflowError:

@@ -86,7 +86,7 @@ def test_a_program_with_enough_excursions_gets_its_own_bound():
     ({"excursions_per_hour": 1, "seconds": 1}, "not an object"),
     ({"fit": {"mean": 0, "std": 1e300, "confidence": 0.999, "transform": "log",
               "ks_statistic": 0, "ks_pvalue": 1, "samples": 50},
-      "excursions_per_hour": 1, "seconds": 1}, "no finite bound"),
+      "excursions_per_hour": 1, "seconds": 1}, "out of range"),
     ({"fit": {"mean": 0, "std": 1, "confidence": 1.5, "transform": "log",
               "ks_statistic": 0, "ks_pvalue": 1, "samples": 50},
       "excursions_per_hour": 1, "seconds": 1}, "confidence"),
