@@ -80,7 +80,7 @@ def read_alert(args) -> dict:
 def run_explain(args) -> int:
     from sysdream.model.detector import Detector, SequenceScores
     from sysdream.model.scoring import score
-    from sysdream.model.windows import Windows
+    from sysdream.model.windows import Geometry
 
     alert = read_alert(args)
     if args.model:
@@ -93,18 +93,14 @@ def run_explain(args) -> int:
     if model_id and model_id != det.model_id:
         print(f"sysdream explain: warning: the alert came from model {model_id}, this is "
               f"{det.model_id}; the figures below are this model's", file=sys.stderr)
-    p = det.cfg.window
-    lead = 2 * p if det.cfg.task == "predict-next" else p
+    geom = Geometry.of(det.cfg)
+    p, lead = geom.window, geom.lead
     target = _names(_field(alert, "syscalls"))[:p]
     context = _names(_field(alert, "context"))[-lead:]
     span = ["<pad>"] * (lead - len(context)) + context + target + ["<pad>"] * (p - len(target))
     names = np.array(span, dtype=object)
     tokens = det.vocab.encode(names)[None, :]
-    mask = (np.arange(p) < len(target))[None, :]
-    tgt = tokens[:, lead:]
-    src = tokens[:, p:2 * p] if det.cfg.task == "predict-next" else tgt
-    w = Windows(src, tokens[:, :p], tgt, mask, np.zeros(1, bool), np.array([lead]),
-                np.zeros(1, np.int64))
+    w = geom.windows(tokens, np.array([len(target)]), np.array([lead]))
     s = score(det.net, w, 1, detail=True)
     res = SequenceScores(w, s, det.bound.exceeds(s.score), det.vocab.unknown(names), names)
     ex = det.explain(res, 0, top=len(target))

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sysdream.model.windows import Geometry
 from sysdream.probes import syscalls
 from sysdream.probes.layout import REC_EXEC, REC_EXIT
 from sysdream.probes.streams import flatten
@@ -64,9 +65,9 @@ class ModelView:
 
         self.det = detector
         cfg = detector.cfg
+        self.geom = Geometry.of(cfg)     # model/windows.py owns the arithmetic
         self.p, self.s, self.task = cfg.window, cfg.stride, cfg.task
-        self.lead = 2 * self.p if self.task == "predict-next" else self.p
-        self.span = self.lead + self.p
+        self.lead, self.span = self.geom.lead, self.geom.span
         self.arch = arch or syscalls.native_arch()
         names = syscalls.names(np.arange(65536), self.arch)
         self.table = np.append(detector.vocab.encode(names), PAD).astype(np.int64)
@@ -556,8 +557,10 @@ class Scorer:
                  on_detection, evidence_k: float = 0, evidence_m: int = 8,
                  cache_windows: int = 200000, batch_windows: int = 512,
                  batch_wait_ms: int = 20, explain_positions: int = 5,
-                 observe=None, deliveries=None, peaks: list | None = None):
+                 observe=None, deliveries=None, peaks: list | None = None,
+                 remote=None):
         self.model, self.queue, self.counters = model, queue, counters
+        self.remote = remote    # fleet/agent.py Remote: the server scores, when it answers
         self.deliveries = deliveries    # alerts.Deliveries: when we last sent to journald
         self.on_detection, self.observe = on_detection, observe
         # evidence_k: what the evidence must reach, 0 for the model's alert bound;
@@ -666,11 +669,18 @@ class Scorer:
         part.misses, part.size = len(part.miss), len(part.tokens)
         return part
 
+    def infer(self, model: ModelView, tokens: np.ndarray, valid: np.ndarray,
+              starts: np.ndarray) -> np.ndarray:
+        """Scores of spans: the fleet server's when this daemon is an agent and the server
+        answers in time, the local model's otherwise."""
+        if self.remote is not None:
+            got = self.remote.score(model, tokens, valid, starts)
+            if got is not None:
+                return got
+        return local_scores(model, tokens, valid, starts, self.batch_windows)
+
     def _finish(self, parts: list[_Part], model: ModelView, cache: WindowCache,
                 evidence: Evidence) -> list[Detection]:
-        from sysdream.model.scoring import score
-        from sysdream.model.windows import Windows
-
         parts = [p for p in parts if p.blocks]
         if not parts:
             return []
@@ -687,10 +697,9 @@ class Scorer:
             def missed(field: str) -> np.ndarray:  # the field's rows of every miss
                 return np.concatenate([getattr(p, field)[p.first[p.miss]]
                                        for p in parts])[pad]
-            w = _windows(Windows, model, missed("tokens"), missed("valid"), missed("starts"),
-                         np.zeros(len(pad), np.int64))
             t0 = time.perf_counter()
-            got = score(model.det.net, w, self.batch_windows, detail=False).score[:len(at)]
+            got = self.infer(model, missed("tokens"), missed("valid"),
+                             missed("starts"))[:len(at)]
             if self.observe:
                 self.observe("inference", time.perf_counter() - t0, len(at))
             cache.store(ukeys, got)
@@ -825,12 +834,10 @@ class Scorer:
         stream)."""
         from sysdream.model.detector import SequenceScores
         from sysdream.model.scoring import score
-        from sysdream.model.windows import Windows
 
         span = b.spans[row]
         tokens = model.table[span][None, :]
-        w = _windows(Windows, model, tokens, b.valid[row:row + 1],
-                     np.array([model.lead]), np.zeros(1, np.int64))
+        w = model.geom.windows(tokens, b.valid[row:row + 1], np.array([model.lead]))
         s = score(model.det.net, w, 1, detail=True)
         names = model.names(span)
         res = SequenceScores(w, s, model.bound.exceeds(s.score), [], names)
@@ -857,16 +864,9 @@ def _padded(n: int, batch: int) -> int:
     return min(max(8, 1 << (n - 1).bit_length()), batch)
 
 
-def _windows(Windows, model: ModelView, tokens: np.ndarray, valid: np.ndarray,
-             starts: np.ndarray, owner: np.ndarray):
-    p = model.p
-    mask = np.arange(p)[None, :] < valid[:, None]
-    tgt = tokens[:, model.lead:]
-    tgt = np.where(mask, tgt, 0)
-    if model.task == "predict-next":
-        prev, src = tokens[:, :p], tokens[:, p:2 * p]
-    else:
-        prev, src = tokens[:, :p], tgt
-    return Windows(np.ascontiguousarray(src), np.ascontiguousarray(prev),
-                   np.ascontiguousarray(tgt), mask, starts == 0, starts.astype(np.int64),
-                   owner.astype(np.int64))
+def local_scores(model: ModelView, tokens: np.ndarray, valid: np.ndarray,
+                 starts: np.ndarray, batch: int) -> np.ndarray:
+    """The local model's scores of spans (the rows of one padded batch)."""
+    from sysdream.model.scoring import score
+    w = model.geom.windows(tokens, valid, starts)
+    return score(model.det.net, w, batch, detail=False).score

@@ -40,6 +40,53 @@ class Windows:
         return Windows(*(getattr(self, f)[index] for f in self.__dataclass_fields__))
 
 
+@dataclass(frozen=True)
+class Geometry:
+    """A model's window geometry, and the one place its arithmetic lives.
+
+    A *span* is what one window needs of its thread: `lead` syscalls before the target
+    (the context and the previous source for predict-next, the previous source for
+    reconstruct) followed by the `window` syscalls of the target. The daemon cuts spans
+    from live threads, the fleet server receives them; `windows()` turns spans into
+    the model's Windows the same way for both."""
+    window: int
+    stride: int
+    task: str
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, not {self.task!r}")
+        if self.window < 1 or self.stride < 1:
+            raise ValueError("window length and stride must be at least 1")
+
+    @classmethod
+    def of(cls, cfg) -> Geometry:
+        """The geometry of a model configuration (anything with window, stride, task)."""
+        return cls(cfg.window, cfg.stride, cfg.task)
+
+    @property
+    def lead(self) -> int:
+        return 2 * self.window if self.task == "predict-next" else self.window
+
+    @property
+    def span(self) -> int:
+        return self.lead + self.window
+
+    def windows(self, spans: np.ndarray, valid: np.ndarray, starts: np.ndarray,
+                seq: np.ndarray | None = None) -> Windows:
+        """Windows of spans [N, span] of token ids whose targets hold `valid` [N] real
+        tokens (the rest padding) and begin `starts` [N] tokens into their thread."""
+        p = self.window
+        spans = np.asarray(spans, np.int64)
+        mask = np.arange(p)[None, :] < np.asarray(valid)[:, None]
+        tgt = np.where(mask, spans[:, self.lead:], 0)
+        src = spans[:, p:2 * p] if self.task == "predict-next" else tgt
+        starts = np.asarray(starts, np.int64)
+        seq = np.zeros(len(spans), np.int64) if seq is None else np.asarray(seq, np.int64)
+        return Windows(np.ascontiguousarray(src), np.ascontiguousarray(spans[:, :p]),
+                       np.ascontiguousarray(tgt), mask, starts == 0, starts, seq)
+
+
 def count(n: int, p: int, s: int) -> int:
     """Windows cut from a sequence of n tokens."""
     return max(1, -(-max(n - p, 0) // s) + 1) if n else 0

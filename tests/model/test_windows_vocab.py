@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from sysdream.model.vocab import PAD, UNK, Vocabulary
-from sysdream.model.windows import count, cut, cut_many, holdout
+from sysdream.model.windows import TASKS, Geometry, count, cut, cut_many, holdout
 
 
 def test_vocabulary_reserves_padding_and_unknown():
@@ -95,3 +95,23 @@ def test_holdout_splits_blocks_of_windows_and_keeps_their_context():
     other = holdout(seqs, p, p, 8, "predict-next", 0.2, 0.1, seed=1)
     assert not np.array_equal(other.calibration.start, h.calibration.start) or \
         not np.array_equal(other.calibration.seq, h.calibration.seq)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_geometry_windows_from_spans_match_cut(task):
+    """The daemon and the fleet server rebuild windows from spans (lead + window tokens of
+    a thread): the same windows as cutting the whole sequence."""
+    rng = np.random.default_rng(3)
+    tokens = rng.integers(1, 30, 75)
+    g = Geometry(8, 4, task)
+    whole = cut(tokens, 8, 4, task)
+    padded = np.concatenate([np.full(g.lead, PAD), tokens, np.full(8, PAD)])
+    spans = np.stack([padded[s:s + g.span] for s in whole.start])
+    valid = np.minimum(len(tokens) - whole.start, 8)
+    got = g.windows(spans, valid, whole.start)
+    assert g.span == g.lead + 8 and g.lead == (16 if task == "predict-next" else 8)
+    for f in ("src", "prev", "mask", "first", "start"):
+        assert np.array_equal(getattr(got, f), getattr(whole, f)), f
+    assert np.array_equal(np.where(whole.mask, whole.tgt, 0), got.tgt)
+    with pytest.raises(ValueError):
+        Geometry(8, 0, task)
