@@ -189,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-metrics", action="store_true", help="no metrics endpoint")
     run.add_argument("--json-lines", help='[alerts] json_lines: "-" or a file')
     run.add_argument("--no-journald", action="store_true", help="alerts not to journald")
+    run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                     help="any configuration key, e.g. --set detection.confidence=0.999 "
+                          "(repeatable; after the file and the flags above)")
     _add_filters(run, chunk_default=None)
 
     al = sub.add_parser("allow", help="mark a false alert's pattern benign; list or remove "
@@ -302,8 +305,9 @@ def _run(args: argparse.Namespace) -> int:
     from .service import Service
 
     def load() -> config.Config:
-        return config.override(config.load(args.config, required=bool(args.config)),
-                               run_overrides(args))
+        cfg = config.override(config.load(args.config, required=bool(args.config)),
+                              run_overrides(args))
+        return config.override(cfg, config.parse_set(args.set)) if args.set else cfg
 
     svc = Service(load(), reload_config=load)
     try:

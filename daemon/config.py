@@ -337,3 +337,24 @@ def override(cfg: Config, changes: dict[tuple[str, str], Any]) -> Config:
         if value is not None:
             data[section][key] = value
     return check(data, cfg.source + " with command-line overrides")
+
+
+def parse_set(items: list[str]) -> dict[tuple[str, str], Any]:
+    """`--set section.key=value` (as Falco's -o): the value read as TOML (a number, true,
+    a ["list"]), else as a string. ConfigError for a key the schema does not have."""
+    out: dict[tuple[str, str], Any] = {}
+    for item in items:
+        name, eq, raw = item.partition("=")
+        section, _, key = name.strip().rpartition(".")
+        if not eq or not section or not key:
+            raise ConfigError(f"--set {item!r}: write it as SECTION.KEY=VALUE, e.g. "
+                              "detection.evidence_exceedances=4")
+        if key not in SCHEMA.get(section, {}):
+            raise ConfigError(f"--set {item!r}: no key {key!r} in [{section}]; the keys are "
+                              "in packaging/sysdream.toml")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        out[(section, key)] = value
+    return out

@@ -88,6 +88,31 @@ def test_overrides_are_checked_like_the_file():
         config.override(cfg, {("metrics", "port"): 70000})
 
 
+def test_set_overrides_any_key_read_as_toml_and_checked():
+    got = config.parse_set(["detection.evidence_exceedances=4",
+                            "alerts.syslog.address=127.0.0.1:514",
+                            "capture.exclude_uids = [0, 33]", "alerts.journald=false"])
+    assert got == {("detection", "evidence_exceedances"): 4,
+                   ("alerts.syslog", "address"): "127.0.0.1:514",
+                   ("capture", "exclude_uids"): [0, 33], ("alerts", "journald"): False}
+    cfg = config.override(config.load(None), got)
+    assert cfg.detection.evidence_exceedances == 4 and cfg.alerts_syslog.address \
+        == "127.0.0.1:514"
+    for bad, why in (("detection.nope=1", "no key 'nope' in \\[detection\\]"),
+                     ("evidence_exceedances=1", "SECTION.KEY=VALUE"),
+                     ("detection.confidence", "SECTION.KEY=VALUE")):
+        with pytest.raises(ConfigError, match=why):
+            config.parse_set([bad])
+    with pytest.raises(ConfigError, match="confidence"):
+        config.override(cfg, config.parse_set(["detection.confidence=2"]))
+
+
+def test_run_set_is_refused_with_exit_12_and_one_line(tmp_path):
+    out = run_cli("run", "--set", "metrics.prot=1")
+    assert out.returncode == 12 and len(out.stderr.strip().splitlines()) == 1
+    assert "no key 'prot' in [metrics]" in out.stderr
+
+
 def run_cli(*args, user=None, caps=False):
     """The CLI, optionally as another user; `caps`: holding what the unit grants."""
     cmd = [sys.executable, "-m", "sysdream.daemon.cli", *args]
