@@ -19,10 +19,11 @@ command -v apt-get >/dev/null && command -v dpkg-query >/dev/null \
     || die 3 "apt-get not found: sysdream setup supports Debian and Ubuntu hosts only"
 
 # --- Debian packages -------------------------------------------------------
-# prometheus is only for the test suite (a real server scrapes the daemon). libatomic1:
-# the ring-buffer reader's memory fence (required on aarch64).
+# prometheus, openssl (an HTTPS receiver's certificate) and iproute2 (the fleet's network
+# namespaces) are only for the test suite. libatomic1: the ring-buffer reader's memory
+# fence (required on aarch64).
 packages=(python3-bpfcc bpfcc-tools libsystemd-dev pkg-config python3-venv
-          python3-dev gcc systemd libatomic1 prometheus)
+          python3-dev gcc systemd libatomic1 prometheus openssl iproute2)
 
 kernel=$(uname -r)
 modules="/lib/modules/$kernel"

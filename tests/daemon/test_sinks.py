@@ -139,7 +139,7 @@ class Receiver:
     """A local HTTP server: answers each POST with the next status of `plan` (then 200),
     or sleeps `hang_s` first; keeps what it got."""
 
-    def __init__(self, plan=(), hang_s: float = 0.0):
+    def __init__(self, plan=(), hang_s: float = 0.0, tls: tuple[str, str] | None = None):
         self.plan, self.hang_s, self.got = list(plan), hang_s, []
         owner = self
 
@@ -160,7 +160,14 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+        scheme = "http"
+        if tls:     # (certificate, key): HTTPS
+            import ssl
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}/alerts"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self):
@@ -206,6 +213,31 @@ def test_webhook_4xx_is_not_retried_and_the_own_shape_carries_every_field():
         assert doc["surprises"] == [{"observed": "x"}]
     finally:
         sink.close()
+        rx.close()
+
+
+def test_https_webhook_checks_the_certificate_against_ca_file(tmp_path):
+    """HTTPS to a receiver whose certificate a private CA file vouches for: delivered with
+    ca_file; with the system's CAs the certificate is refused and the alert counted
+    failed, never sent in clear."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    rx = Receiver(tls=(str(cert), str(key)))
+    good = sinks.WebhookSink(rx.url, "falco", retries=0, ca_file=str(cert))
+    bad = sinks.WebhookSink(rx.url, "falco", retries=0)
+    try:
+        assert rx.url.startswith("https://")
+        good.emit("anomaly", alerts.CRIT, "m", fields(), ID)
+        bad.emit("anomaly", alerts.CRIT, "m", fields(alert_id="unverified"), ID)
+        wait_for(lambda: good.counts["sent"] == 1 and bad.counts["failed"] == 1, 15,
+                 "one delivered over verified TLS, one refused")
+        assert [d["output_fields"]["sysdream.alert_id"] for _, d in rx.got] == ["a1b2"]
+        assert bad.counts["sent"] == 0
+    finally:
+        good.close()
+        bad.close()
         rx.close()
 
 
