@@ -59,7 +59,39 @@ def alert_takers() -> set[tuple[int, int]]:
     return out
 
 
+class LearningBar:
+    """In the foreground on a terminal, the learning phase as a tqdm bar with the time
+    left: the share of the baseline recorded, then the trainer's epochs. Elsewhere
+    (journald, a pipe) nothing: systemd's STATUS carries the same."""
+    active = None       # the bar on screen, which log lines are written above
+
+    def __init__(self, stream=sys.stderr):
+        self.stream, self.tty = stream, stream.isatty()
+        self.stage = ""
+
+    def show(self, stage: str, done: float, total: float, unit: str) -> None:
+        if not self.tty:
+            return
+        from tqdm import tqdm
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            LearningBar.active = tqdm(total=total, desc=stage, unit=unit, file=self.stream,
+                                      dynamic_ncols=True, leave=False)
+        bar = LearningBar.active
+        bar.update(min(done, total) - bar.n)
+
+    def close(self) -> None:
+        if LearningBar.active is not None:
+            LearningBar.active.close()
+            LearningBar.active = None
+        self.stage = ""
+
+
 def log(msg: str) -> None:
+    if LearningBar.active is not None:
+        LearningBar.active.write(f"sysdream: {msg}", file=sys.stderr)
+        return
     print(f"sysdream: {msg}", file=sys.stderr, flush=True)
 
 
@@ -103,8 +135,8 @@ def _alert_line(view, configured: float, m: int) -> str:
                 "windows at the bound ([detection] evidence_exceedances)")
     a = view.alert
     if a is None:
-        return (f"no alert bound in this model (trained without a host's own baseline): a "
-                f"process alerts when its last {m} windows weigh {DEFAULT_EVIDENCE:g} windows "
+        return (f"no alert bound in this model (trained without a host's baseline, or too "
+                f"few excursions held out of it to fit one): a process alerts when its last {m} windows weigh {DEFAULT_EVIDENCE:g} windows "
                 "at the bound")
     own = "; ".join(f"{p} {b:.2f}" for p, b in sorted(a.bounds().items()))
     return (f"alert bound {a.bound:.2f} at {a.confidence:.3%} ({a.fit.transform} fit on "
@@ -166,6 +198,7 @@ class Service:
         self._trainer: subprocess.Popen | None = None
         self._trainer_log: list[str] = []
         self._train_epoch = 0
+        self._bar = LearningBar()
 
     # -- what the metrics collector reads ---------------------------------------------
     def threads_tracked(self) -> int:
@@ -364,6 +397,7 @@ class Service:
             frac = min(elapsed / L.baseline_seconds, self.baseline_syscalls / L.min_syscalls,
                        1.0)
             self.learning_progress = 0.5 * frac
+            self._bar.show("learning this host", round(100 * frac, 1), 100, "%")
             if frac >= 1.0:
                 self._flush_baseline()
                 self._writer.close()
@@ -373,7 +407,9 @@ class Service:
             rc = self._trainer.poll()
             self.learning_progress = 0.5 + 0.5 * min(self._train_epoch / L.epochs, 1.0)
             if rc is None:
+                self._bar.show("training", self._train_epoch, L.epochs, "epoch")
                 return
+            self._bar.close()
             self._trainer = None
             if rc == 0:
                 try:
@@ -391,6 +427,7 @@ class Service:
                 self._training_failed(last)
 
     def _training_failed(self, why: str) -> None:
+        self._bar.close()
         text = f"training failed ({why}); recording more of this host and trying again"
         log(text)
         self.sink.emit("learning-failed", alerts.ERR, text, {"kind": "learning-failed"})
@@ -643,6 +680,7 @@ class Service:
         return 0
 
     def close(self) -> None:
+        self._bar.close()
         if self.capture is not None:
             self.capture.close()
             self.capture = None

@@ -263,3 +263,59 @@ def test_learn_then_detect_alert_in_journald_scraped_by_prometheus(ebpf_ready, t
     finally:
         d.kill()
         prom.close()
+
+
+def test_learning_shows_a_bar_with_the_time_left_on_a_terminal(ebpf_ready, tmp_path):
+    """In the foreground on a real terminal (a pty), the learning phase is a tqdm bar:
+    the baseline's share recorded with its time left, then the training epochs; the log
+    lines are written above it, not through it."""
+    import os
+    import pty
+    import re
+    import threading
+
+    master, slave = pty.openpty()
+    got = bytearray()
+
+    def drain():
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            got.extend(chunk)
+    threading.Thread(target=drain, daemon=True).start()
+    prog = workload(tmp_path)
+    cmd = [sys.executable, "-m", "sysdream.daemon.cli", "run", "--no-metrics",
+           "--no-journald", "--state-dir", str(tmp_path / "state"), "--learn-seconds", "8",
+           "--comm", "sdwork", "--set", "learning.min_syscalls=1000",
+           "--set", "learning.epochs=3", "--set", "learning.hidden=8",
+           "--set", "learning.nice=0"]
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=slave)
+    try:
+        def text():
+            return got.decode("utf-8", "replace")
+        wait_for(lambda: "probes attached" in text(), 90, "the probes to attach")
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            run_script(prog, BENIGN)
+        wait_for(lambda: " in use: " in text() or p.poll() is not None, 300,
+                 "learning to complete")
+        t = text()
+        assert " in use: " in t, t[-2000:]
+        assert re.search(r"learning this host:\s+\d+%.*\[\d\d:\d\d<\d\d:\d\d", t), \
+            t[-3000:]
+        assert re.search(r"training:\s+\d+%.*epoch", t), t[-3000:]
+        # a log line is never cut into by the bar: each starts at a line's beginning
+        assert set(re.findall(r"(?s)(.)sysdream: ", t)) <= {"\r", "\n"}, t[-3000:]
+    finally:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+        os.close(slave)
+        os.close(master)
