@@ -136,8 +136,8 @@ def _alert_line(view, configured: float, m: int) -> str:
     a = view.alert
     if a is None:
         return (f"no alert bound in this model (trained without a host's baseline, or too "
-                f"few excursions held out of it to fit one): a process alerts when its last {m} windows weigh {DEFAULT_EVIDENCE:g} windows "
-                "at the bound")
+                f"few excursions held out of it to fit one): a process alerts when its last "
+                f"{m} windows weigh {DEFAULT_EVIDENCE:g} windows at the bound")
     own = "; ".join(f"{p} {b:.2f}" for p, b in sorted(a.bounds().items()))
     return (f"alert bound {a.bound:.2f} at {a.confidence:.3%} ({a.fit.transform} fit on "
             f"{a.fit.samples} excursions in {a.seconds:.0f} s held out of learning, KS "

@@ -71,6 +71,36 @@ class NotifySocket:
         self.sock.close()
 
 
+class PtyOutput:
+    """A pseudo-terminal for a child's stderr (`slave`), drained into `text()`: what a
+    user at a terminal would see."""
+
+    def __init__(self):
+        import pty
+        self.master, self.slave = pty.openpty()
+        self.got = bytearray()
+        self.thread = threading.Thread(target=self._drain, daemon=True)
+        self.thread.start()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            self.got.extend(chunk)
+
+    def text(self) -> str:
+        return self.got.decode("utf-8", "replace")
+
+    def close(self) -> None:
+        os.close(self.slave)
+        self.thread.join(5)
+        os.close(self.master)
+
+
 class Daemon:
     """`sysdream run` as a child process (optionally inside a mount namespace)."""
 

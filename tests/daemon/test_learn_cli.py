@@ -203,32 +203,15 @@ def test_eval_prints_every_method_and_writes_json_and_plot(data, tmp_path):
 def test_training_shows_a_bar_with_the_time_left_on_a_terminal(data):
     """On a real terminal (a pty) the epochs show a tqdm bar with rate and time left, and
     the epoch lines; through a pipe, the epoch lines alone (what the daemon parses)."""
-    import os
-    import pty
-    import threading
+    from harness import PtyOutput
 
-    master, slave = pty.openpty()
-    got = bytearray()
-
-    def drain():
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                return
-            if not chunk:
-                return
-            got.extend(chunk)
-    t = threading.Thread(target=drain, daemon=True)
-    t.start()
+    tty = PtyOutput()
     p = subprocess.run([sys.executable, "-m", "sysdream.daemon.cli", "train", "--input",
                         str(data["normal"]), "-o", str(data["base"] / "pty-model"), *TINY],
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=tty.slave,
                        timeout=300)
-    os.close(slave)
-    t.join(5)
-    os.close(master)
-    text = got.decode("utf-8", "replace")
+    tty.close()
+    text = tty.text()
     assert p.returncode == 0, text[-2000:]
     assert "batch/s" in text or "s/batch" in text, text[-2000:]
     assert re.search(r"epoch 1/2: .*\[\d\d:\d\d<(\d\d:\d\d|\?)", text), text[-2000:]

@@ -19,6 +19,7 @@ from harness import (
     JournalNamespace,
     NotifySocket,
     Prometheus,
+    PtyOutput,
     run_script,
     wait_for,
     workload,
@@ -269,24 +270,9 @@ def test_learning_shows_a_bar_with_the_time_left_on_a_terminal(ebpf_ready, tmp_p
     """In the foreground on a real terminal (a pty), the learning phase is a tqdm bar:
     the baseline's share recorded with its time left, then the training epochs; the log
     lines are written above it, not through it."""
-    import os
-    import pty
     import re
-    import threading
 
-    master, slave = pty.openpty()
-    got = bytearray()
-
-    def drain():
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                return
-            if not chunk:
-                return
-            got.extend(chunk)
-    threading.Thread(target=drain, daemon=True).start()
+    tty = PtyOutput()
     prog = workload(tmp_path)
     cmd = [sys.executable, "-m", "sysdream.daemon.cli", "run", "--no-metrics",
            "--no-journald", "--state-dir", str(tmp_path / "state"), "--learn-seconds", "8",
@@ -294,10 +280,9 @@ def test_learning_shows_a_bar_with_the_time_left_on_a_terminal(ebpf_ready, tmp_p
            "--set", "learning.epochs=3", "--set", "learning.hidden=8",
            "--set", "learning.nice=0"]
     p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=slave)
+                         stderr=tty.slave)
+    text = tty.text
     try:
-        def text():
-            return got.decode("utf-8", "replace")
         wait_for(lambda: "probes attached" in text(), 90, "the probes to attach")
         end = time.monotonic() + 10
         while time.monotonic() < end:
@@ -317,5 +302,4 @@ def test_learning_shows_a_bar_with_the_time_left_on_a_terminal(ebpf_ready, tmp_p
             p.wait(30)
         except subprocess.TimeoutExpired:
             p.kill()
-        os.close(slave)
-        os.close(master)
+        tty.close()
