@@ -12,7 +12,7 @@ from sysdream.model.bundle import BundleError
 from sysdream.probes import errors
 
 from .config import ConfigError
-from .exitcodes import Exit, MetricsPortError, StateDirError, exit_code_for
+from .exitcodes import Exit, FleetEndpointError, MetricsPortError, StateDirError, exit_code_for
 
 EPILOG = """\
 examples:
@@ -31,11 +31,15 @@ examples:
   sysdream score base2.sdtrace --model model    the alerts a recording would raise
   sysdream eval --dataset adfa-ld      every method against the baselines, as a table
   sysdream eval --dataset unm:synthetic-sendmail --arch dream,em
+  sysdream keygen --curve -o /etc/sysdream/keys --name web-1    a fleet key pair
+  sysdream server                      the fleet's scoring server ([server])
+  sysdream agent --server tcp://10.0.0.1:7478    run, the server scoring ([fleet])
 
 exit codes: 0 ok, 2 usage, 3 no privileges, 4 no bpf(), 5 tracepoint missing,
 6 kernel headers missing, 7 bcc missing, 8 no ring buffer, 9 BPF program failed
 to load, 10 bad trace file, 11 bad model bundle, 12 bad configuration, 13 metrics
-port taken or unusable, 14 state directory not writable, 1 internal error (a bug).
+port taken or unusable, 14 state directory not writable, 15 fleet server address
+cannot be bound, 1 internal error (a bug).
 """
 
 
@@ -73,6 +77,23 @@ def _add_filters(p: argparse.ArgumentParser, chunk_default: int | None = 64) -> 
                         "64-bit code is read as i386 (about 55 ns per syscall)")
 
 
+def _add_run_arguments(run: argparse.ArgumentParser) -> None:
+    run.add_argument("--config", help="configuration file (default "
+                     "/etc/sysdream/sysdream.toml; defaults when that is absent)")
+    run.add_argument("--model", help="use this model bundle ([service] model)")
+    run.add_argument("--state-dir", help="[service] state_directory")
+    run.add_argument("--learn-seconds", type=float, help="[learning] baseline_seconds")
+    run.add_argument("--metrics-address", help="[metrics] address")
+    run.add_argument("--metrics-port", type=int, help="[metrics] port")
+    run.add_argument("--no-metrics", action="store_true", help="no metrics endpoint")
+    run.add_argument("--json-lines", help='[alerts] json_lines: "-" or a file')
+    run.add_argument("--no-journald", action="store_true", help="alerts not to journald")
+    run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                     help="any configuration key, e.g. --set detection.confidence=0.999 "
+                          "(repeatable; after the file and the flags above)")
+    _add_filters(run, chunk_default=None)
+
+
 def _settings(args: argparse.Namespace):
     from sysdream.probes.capture import CaptureSettings
 
@@ -102,10 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    kg = sub.add_parser("keygen", help="make an Ed25519 key pair that signs model bundles")
+    kg = sub.add_parser("keygen", help="make an Ed25519 key pair that signs model bundles, "
+                        "or (--curve) a CurveZMQ pair for the fleet")
     kg.add_argument("-o", "--output", required=True, metavar="DIR",
-                    help="folder for NAME.key (private, 0600) and NAME.pub")
-    kg.add_argument("--name", default="sysdream", help="the keys' name (default sysdream)")
+                    help="folder for NAME.key (private, 0600) and NAME.pub; with --curve "
+                         "NAME.curve-secret (0600) and NAME.curve")
+    kg.add_argument("--name", default="sysdream", help="the keys' name (default sysdream); "
+                    "for --curve, how the server's metrics and logs name this agent")
+    kg.add_argument("--curve", action="store_true", help="a CurveZMQ key pair (fleet "
+                    "agents and server) instead of a signing key")
 
     doc = sub.add_parser("doctor", help="check that capture can work here, with the fix for "
                          "each failure")
@@ -179,20 +205,32 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Learn this host (when there is no model), then detect: "
                          "alerts to journald, metrics on 127.0.0.1. Settings come from the "
                          "configuration file; these flags override it.")
-    run.add_argument("--config", help="configuration file (default "
-                     "/etc/sysdream/sysdream.toml; defaults when that is absent)")
-    run.add_argument("--model", help="use this model bundle ([service] model)")
-    run.add_argument("--state-dir", help="[service] state_directory")
-    run.add_argument("--learn-seconds", type=float, help="[learning] baseline_seconds")
-    run.add_argument("--metrics-address", help="[metrics] address")
-    run.add_argument("--metrics-port", type=int, help="[metrics] port")
-    run.add_argument("--no-metrics", action="store_true", help="no metrics endpoint")
-    run.add_argument("--json-lines", help='[alerts] json_lines: "-" or a file')
-    run.add_argument("--no-journald", action="store_true", help="alerts not to journald")
-    run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                     help="any configuration key, e.g. --set detection.confidence=0.999 "
-                          "(repeatable; after the file and the flags above)")
-    _add_filters(run, chunk_default=None)
+    _add_run_arguments(run)
+    ag = sub.add_parser("agent", help="run, as an agent of a fleet server that scores its "
+                        "windows", description="`sysdream run` whose cache misses are scored "
+                        "by a fleet server ([fleet] in the configuration); alerts stay on "
+                        "this host, and the local model scores whenever the server does not "
+                        "answer in time.")
+    _add_run_arguments(ag)
+    ag.add_argument("--server", help="[fleet] server, e.g. tcp://10.0.0.1:7478")
+    ag.add_argument("--server-key", help="[fleet] server_key: the server's .curve file")
+    ag.add_argument("--key", help="[fleet] key: this agent's .curve-secret file")
+    ag.add_argument("--role", help="[fleet] role")
+    sv = sub.add_parser("server", help="the fleet's scoring server, in the foreground",
+                        description="Score the windows of the agents of a fleet ([server] in "
+                        "the configuration): a CurveZMQ ROUTER in front of worker processes.")
+    sv.add_argument("--config", help="configuration file (default "
+                    "/etc/sysdream/sysdream.toml)")
+    sv.add_argument("--bind", help="[server] bind, e.g. tcp://0.0.0.0:7478")
+    sv.add_argument("--publish", help="[server] publish")
+    sv.add_argument("--key", help="[server] key: the server's .curve-secret file")
+    sv.add_argument("--agents", help="[server] agents: folder of agents' .curve files")
+    sv.add_argument("--models", help="[server] models: folder of model bundles")
+    sv.add_argument("--workers", type=int, help="[server] workers")
+    sv.add_argument("--device", choices=("auto", "cpu", "cuda"), help="[server] device")
+    sv.add_argument("--metrics-port", type=int, help="[server] metrics_port")
+    sv.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="any configuration key (repeatable)")
 
     al = sub.add_parser("allow", help="mark a false alert's pattern benign; list or remove "
                         "such entries", description="An allowed pattern stops alerting at "
@@ -246,6 +284,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "record":
         from . import record
         return record.run(_settings(args), args.seconds, args.output)
+    if args.verb == "keygen" and args.curve:
+        from .fleet.keys import keygen
+        secret, public = keygen(args.output, args.name)
+        print(f"{secret} (secret: only this host reads it)\n{public} (public: on the "
+              "server, copy an agent's into [server] agents; on an agent, the server's is "
+              "[fleet] server_key)")
+        return 0
     if args.verb == "keygen":
         from .signing import keygen
         private, public = keygen(args.output, args.name)
@@ -262,8 +307,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .offline import run_score
         args.json = args.json or args.format == "json"
         return run_score(args)
-    if args.verb == "run":
+    if args.verb in ("run", "agent"):
         return _run(args)
+    if args.verb == "server":
+        return _server(args)
     if args.verb == "explain":
         from .explain import run_explain
         return run_explain(args)
@@ -297,6 +344,11 @@ def run_overrides(args: argparse.Namespace) -> dict:
                 list(values)
     if args.exclude_exe:
         o[("capture", "exclude_exes")] = [str(Path(p).absolute()) for p in args.exclude_exe]
+    if args.verb == "agent":
+        o.update({("fleet", "server"): args.server, ("fleet", "role"): args.role,
+                  ("fleet", "server_key"): args.server_key and
+                  str(Path(args.server_key).absolute()),
+                  ("fleet", "key"): args.key and str(Path(args.key).absolute())})
     return o
 
 
@@ -309,12 +361,32 @@ def _run(args: argparse.Namespace) -> int:
                               run_overrides(args))
         return config.override(cfg, config.parse_set(args.set)) if args.set else cfg
 
-    svc = Service(load(), reload_config=load)
+    cfg = load()
+    if args.verb == "agent" and not cfg.fleet.server:
+        raise config.ConfigError(f"{cfg.source}: an agent needs its server: set [fleet] "
+                                 "server (or --server tcp://HOST:PORT)")
+    svc = Service(cfg, reload_config=load)
     try:
         svc.start()
         return svc.run()
     finally:
         svc.close()
+
+
+def _server(args: argparse.Namespace) -> int:
+    from . import config
+    from .fleet import server
+
+    def absolute(p):
+        return p and str(Path(p).absolute())
+    cfg = config.override(config.load(args.config, required=bool(args.config)), {
+        ("server", "bind"): args.bind, ("server", "publish"): args.publish,
+        ("server", "key"): absolute(args.key), ("server", "agents"): absolute(args.agents),
+        ("server", "models"): absolute(args.models), ("server", "workers"): args.workers,
+        ("server", "device"): args.device, ("server", "metrics_port"): args.metrics_port})
+    if args.set:
+        cfg = config.override(cfg, config.parse_set(args.set))
+    return server.run(cfg)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -338,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sysdream: error: {exc}", file=sys.stderr)
         return int(Exit.USAGE)
     except (errors.CaptureError, errors.TraceFileError, BundleError, MetricsPortError,
-            StateDirError) as exc:
+            StateDirError, FleetEndpointError) as exc:
         print(f"sysdream: error: {exc}", file=sys.stderr)
         return int(exit_code_for(exc))
 

@@ -61,6 +61,10 @@ def _hostport(v: str) -> bool:
     return bool(host.strip("[]")) and port.isdigit() and 0 < int(port) < 65536
 
 
+def _endpoint(v: str) -> bool:
+    return v.startswith("tcp://") and _hostport(v[6:].replace("*", "0.0.0.0"))
+
+
 _FACILITIES = ("kern", "user", "daemon", "auth", "syslog", "authpriv",
                *(f"local{i}" for i in range(8)))
 NUM = (int, float)
@@ -162,6 +166,35 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "ca_file": Key("", str, lambda v: v == "" or v.startswith("/"),
                        '"" (the system\'s CAs) or an absolute path'),
         "events": Key(False, bool, form="true or false"),
+    },
+    "fleet": {
+        "server": Key("", str, lambda v: v == "" or _endpoint(v),
+                      '"" (not an agent) or the server\'s "tcp://HOST:PORT"'),
+        "server_key": Key("", str, lambda v: v == "" or v.startswith("/"),
+                          '"" or the absolute path of the server\'s .curve file'),
+        "key": Key("", str, lambda v: v == "" or v.startswith("/"),
+                   '"" or the absolute path of this agent\'s .curve-secret file'),
+        "role": Key("default", str, lambda v: bool(re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v)),
+                    "a name of letters, digits, _, . or - (1 to 64)"),
+        "timeout_ms": Key(250, int, _rng(10, 60000), "milliseconds, 10 to 60000"),
+        "retry_s": Key(5.0, NUM, _rng(0.1, 3600), "seconds, 0.1 to 3600"),
+    },
+    "server": {
+        "bind": Key("tcp://0.0.0.0:7478", str, _endpoint, '"tcp://HOST:PORT"'),
+        "publish": Key("tcp://0.0.0.0:7479", str, _endpoint, '"tcp://HOST:PORT"'),
+        "key": Key("/etc/sysdream/keys/server.curve-secret", str, lambda v: v.startswith("/"),
+                   "the absolute path of the server's .curve-secret file"),
+        "agents": Key("/etc/sysdream/keys/agents", str, lambda v: v.startswith("/"),
+                      "the absolute path of a folder of agents' .curve files"),
+        "models": Key("/var/lib/sysdream/fleet/models", str, lambda v: v.startswith("/"),
+                      "the absolute path of a folder of model bundles"),
+        "workers": Key(2, int, _rng(1, 256), "an integer, 1 to 256"),
+        "batch_windows": Key(4096, int, _rng(1, 8192), "an integer, 1 to 8192"),
+        "device": Key("auto", str, lambda v: v in ("auto", "cpu", "cuda"),
+                      '"auto" (CUDA when torch sees a GPU), "cpu" or "cuda"'),
+        "metrics_address": Key("127.0.0.1", str, lambda v: bool(v),
+                               "an IP address to listen on"),
+        "metrics_port": Key(9478, int, _rng(0, 65535), "a TCP port, 0 to 65535"),
     },
     "metrics": {
         "enabled": Key(True, bool, form="true or false"),
@@ -298,6 +331,11 @@ def check(data: dict, source: str, text: str = "") -> Config:
                           f"most {GRADED_MAX:g} x evidence_windows "
                           f"({GRADED_MAX * d['evidence_windows']:g}), what the evidence can "
                           "reach")
+    f = values["fleet"]
+    if f["server"] and not (f["key"] and f["server_key"]):
+        raise ConfigError(f"{at('fleet', 'server')}: an agent needs its own key and the "
+                          "server's: set [fleet] key and server_key (sysdream keygen "
+                          "--curve)")
     for section, key in (("alerts.syslog", "address"), ("alerts.webhook", "url")):
         if values[section]["enabled"] and not values[section][key]:
             raise ConfigError(f"{at(section, 'enabled')}: [{section}] is enabled but has no "

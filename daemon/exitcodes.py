@@ -18,6 +18,10 @@ class StateDirError(OSError):
     """The state directory cannot be created or written."""
 
 
+class FleetEndpointError(OSError):
+    """A fleet socket cannot bind where configured."""
+
+
 class Exit(IntEnum):
     OK = 0
     FAILURE = 1            # an unexpected internal error (a bug: please report it)
@@ -34,6 +38,7 @@ class Exit(IntEnum):
     BAD_CONFIG = 12        # configuration file unreadable, not TOML, unknown key, bad value
     METRICS_PORT = 13      # the metrics address/port cannot be bound (taken, or no such address)
     STATE_DIR = 14         # the state directory cannot be created or written
+    FLEET_ENDPOINT = 15    # a fleet server's socket address cannot be bound
     INTERRUPTED = 130
 
 
@@ -50,6 +55,7 @@ _BY_ERROR: dict[type[Exception], Exit] = {
     ConfigError: Exit.BAD_CONFIG,
     MetricsPortError: Exit.METRICS_PORT,
     StateDirError: Exit.STATE_DIR,
+    FleetEndpointError: Exit.FLEET_ENDPOINT,
 }
 
 

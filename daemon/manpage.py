@@ -25,6 +25,7 @@ EXIT_TEXT = {
                     "trusted, or another format version)",
     Exit.BAD_CONFIG: "bad configuration", Exit.METRICS_PORT: "the metrics port cannot be bound",
     Exit.STATE_DIR: "the state directory cannot be created or written",
+    Exit.FLEET_ENDPOINT: "a fleet server address cannot be bound",
     Exit.INTERRUPTED: "interrupted",
 }
 

@@ -51,16 +51,27 @@ def _by_label(name: str, doc: str, label: str, values: dict[str, int], gauge: bo
     return fam
 
 
-class ServiceCollector:
-    """Everything read from the running service at scrape time."""
+class Collector:
+    """A collector of the families `produce()` yields at each scrape."""
 
-    def __init__(self, service):
-        self.s = service
+    def __init__(self, produce):
+        self.produce = produce
 
     def describe(self):
         return []
 
     def collect(self):
+        return self.produce()
+
+
+class ServiceCollector(Collector):
+    """Everything read from the running service at scrape time."""
+
+    def __init__(self, service):
+        super().__init__(self.families)
+        self.s = service
+
+    def families(self):
         s = self.s
         k = dict(s.kernel_counters)
         yield InfoMetricFamily("sysdream_build", "The running sysdream and what it runs on.",
@@ -254,6 +265,10 @@ class Metrics:
         disable_created_metrics()  # no *_created series: they only double the cardinality
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(ServiceCollector(service))
+        if getattr(service, "remote", None) is not None:    # a fleet agent
+            from .fleet.agent import collect
+            remote = service.remote
+            self.registry.register(Collector(lambda: collect(remote)))
         ProcessCollector(registry=self.registry)
         self.inference = Histogram("sysdream_inference_seconds", "Time of one inference "
                                    "(the distinct cache misses of a scorer cycle).",
@@ -278,51 +293,57 @@ class Metrics:
             _observe_many(self.scores, value)
 
     def serve(self, address: str, port: int, health=None) -> int:
-        """Start the HTTP endpoint: /metrics (and any other path but one) the exposition,
-        /healthz the service's health (`health`: () -> dict with "healthy") as JSON, 200
-        when healthy, 503 when not. Returns the port (useful with port 0); OSError when the
-        port is taken."""
-        import json
-        import socket
-        import threading
-        from socketserver import ThreadingMixIn
-        from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
-
-        from prometheus_client import make_wsgi_app
-
-        exposition = make_wsgi_app(self.registry)
-
-        def app(environ, start_response):
-            if environ.get("PATH_INFO") == "/healthz" and health is not None:
-                h = health()
-                body = (json.dumps(h, sort_keys=True) + "\n").encode()
-                start_response("200 OK" if h.get("healthy") else "503 Service Unavailable",
-                               [("Content-Type", "application/json"),
-                                ("Content-Length", str(len(body)))])
-                return [body]
-            return exposition(environ, start_response)
-
-        family = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)[0][0]
-
-        class Server(ThreadingMixIn, WSGIServer):
-            daemon_threads = True
-            address_family = family
-
-        class Quiet(WSGIRequestHandler):
-            def log_message(self, *args):     # scrapes are not worth a log line each
-                pass
-
-        server = make_server(address, port, app, Server, handler_class=Quiet)
-        threading.Thread(target=server.serve_forever, name="sysdream-metrics",
-                         daemon=True).start()
-        self.server = server
-        return server.server_address[1]
+        """Start /metrics and /healthz (serve_http); returns the port (useful with port
+        0); OSError when the port is taken."""
+        self.server = serve_http(self.registry, address, port, health)
+        return self.server.server_address[1]
 
     def close(self) -> None:
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
+
+
+def serve_http(registry, address: str, port: int, health=None):
+    """An HTTP endpoint in a thread of its own: /metrics (and any other path but one) the
+    registry's exposition, /healthz the health (`health`: () -> dict with "healthy") as
+    JSON, 200 when healthy, 503 when not. Returns the server; OSError when the port is
+    taken."""
+    import json
+    import socket
+    import threading
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from prometheus_client import make_wsgi_app
+
+    exposition = make_wsgi_app(registry)
+
+    def app(environ, start_response):
+        if environ.get("PATH_INFO") == "/healthz" and health is not None:
+            h = health()
+            body = (json.dumps(h, sort_keys=True) + "\n").encode()
+            start_response("200 OK" if h.get("healthy") else "503 Service Unavailable",
+                           [("Content-Type", "application/json"),
+                            ("Content-Length", str(len(body)))])
+            return [body]
+        return exposition(environ, start_response)
+
+    family = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)[0][0]
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        address_family = family
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args):     # scrapes are not worth a log line each
+            pass
+
+    server = make_server(address, port, app, Server, handler_class=Quiet)
+    threading.Thread(target=server.serve_forever, name="sysdream-metrics",
+                     daemon=True).start()
+    return server
 
 
 def _observe_many(hist: Histogram, values) -> None:

@@ -199,6 +199,7 @@ class Service:
         self._trainer_log: list[str] = []
         self._train_epoch = 0
         self._bar = LearningBar()
+        self.remote = None      # fleet/agent.py Remote when this daemon is an agent
 
     # -- what the metrics collector reads ---------------------------------------------
     def threads_tracked(self) -> int:
@@ -220,6 +221,13 @@ class Service:
         check_state_dir(self.cfg.state_dir())
         self.alerting.load_allow(self.cfg.state_dir() / "allow.json")
         self.trusted = trusted_keys(self.cfg)
+        f = self.cfg.fleet
+        if f.server:     # an agent: the fleet server scores what the cache misses
+            from .fleet.agent import Remote
+            self.remote = Remote(f.server, f.server_key, f.key, f.role, f.timeout_ms,
+                                 f.retry_s)
+            log(f"agent {self.remote.name} of role {f.role}: the fleet server at {f.server} "
+                f"scores, the local model when it does not answer in {f.timeout_ms} ms")
         from .runtime import adapt_torch, bound_torch_caches, release_memory
         bound_torch_caches()
         import torch
@@ -327,7 +335,7 @@ class Service:
                                  d.batch_windows, d.batch_wait_ms,
                                  self.cfg.alerts.explain_positions,
                                  observe=self.metrics.observe if self.metrics else None,
-                                 deliveries=self.alerting.deliveries)
+                                 deliveries=self.alerting.deliveries, remote=self.remote)
             self.scorer.start()
         else:
             self.cutter.set_model(view)
@@ -687,3 +695,6 @@ class Service:
         if self.metrics is not None:
             self.metrics.close()
         self.alerting.close()
+        if self.remote is not None:
+            self.remote.close()
+            self.remote = None

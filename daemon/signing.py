@@ -45,19 +45,26 @@ def keygen(folder: str | os.PathLike, name: str) -> tuple[Path, Path]:
     if not name or "/" in name or name.startswith("."):
         raise ConfigError(f"key name {name!r}: use letters, digits, - or _ (no /, not "
                           "starting with .)")
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError as exc:
-        raise ConfigError(f"{folder}: cannot create it ({exc.strerror})") from None
     key = Ed25519PrivateKey.generate()
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     raw = key.public_key().public_bytes(serialization.Encoding.Raw,
                                         serialization.PublicFormat.Raw)
     public = f"{PUBLIC_TAG} {base64.b64encode(raw).decode()} {name}\n".encode()
-    paths = folder / f"{name}.key", folder / f"{name}.pub"
-    for path, data, mode in ((paths[0], private, 0o600), (paths[1], public, 0o644)):
+    return write_key_pair(folder, (f"{name}.key", private), (f"{name}.pub", public))
+
+
+def write_key_pair(folder: str | os.PathLike, secret: tuple[str, bytes],
+                   public: tuple[str, bytes]) -> tuple[Path, Path]:
+    """Write a new key pair into `folder` (made 0700 if absent): the secret file 0600,
+    the public one 0644, neither replacing a file nor following a link (ConfigError)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise ConfigError(f"{folder}: cannot create it ({exc.strerror})") from None
+    paths = folder / secret[0], folder / public[0]
+    for path, data, mode in ((paths[0], secret[1], 0o600), (paths[1], public[1], 0o644)):
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                          | os.O_CLOEXEC, mode)

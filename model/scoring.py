@@ -55,36 +55,42 @@ def score(net: nn.Module, w: Windows, batch: int = 1024, detail: bool = True,
                        np.zeros((n, p), np.float32), np.zeros((n, p, 0), np.float32))
     attn_parts, z_parts = [], []
     carried = _carried(w) if getattr(net, "encode", None) else None
+    # the net's device (a fleet server's GPU); on the CPU .to() and .cpu() are no-ops
+    dev = next(net.parameters()).device
+
+    def put(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a).to(dev)
+
     for lo in range(0, n, batch):
         hi = min(n, lo + batch)
-        src = torch.from_numpy(w.src[lo:hi])
-        tgt = torch.from_numpy(w.tgt[lo:hi])
-        mask = torch.from_numpy(w.mask[lo:hi])
+        src = put(w.src[lo:hi])
+        tgt = put(w.tgt[lo:hi])
+        mask = put(w.mask[lo:hi])
         if carried is not None:
             Z, s, final = net.encode(src)
             Z_prev = torch.empty_like(Z)
-            c = torch.from_numpy(carried[lo:hi].copy())
+            c = put(carried[lo:hi].copy())
             c[0] = False  # the previous row sits in the last batch
             Z_prev[1:][c[1:]] = Z[:-1][c[1:]]
             if (~c).any():
-                Z_prev[~c] = net.encode(torch.from_numpy(w.prev[lo:hi])[~c])[0]
+                Z_prev[~c] = net.encode(put(w.prev[lo:hi])[~c])[0]
             dec_in = torch.cat([net.start_tokens(src), tgt[:, :-1]], 1)
             logits = net.decode(Z, Z_prev, final, dec_in)
             attn = s.unsqueeze(1)
             if features:
-                z_parts.append(Z.numpy())
+                z_parts.append(Z.cpu().numpy())
         else:
-            logits, attn = net(src, torch.from_numpy(w.prev[lo:hi]), tgt)
+            logits, attn = net(src, put(w.prev[lo:hi]), tgt)
         logp = torch.log_softmax(logits, dim=2)
         nll = -logp.gather(2, tgt.unsqueeze(2)).squeeze(2) * mask
-        out.score[lo:hi] = (nll.sum(1) / mask.sum(1).clamp(min=1)).numpy()
+        out.score[lo:hi] = (nll.sum(1) / mask.sum(1).clamp(min=1)).cpu().numpy()
         if detail:
-            out.nll[lo:hi] = nll.numpy()
+            out.nll[lo:hi] = nll.cpu().numpy()
             best_lp, best = logp.max(dim=2)
-            out.expected[lo:hi] = best.numpy()
-            out.expected_p[lo:hi] = best_lp.exp().numpy()
-            out.observed_p[lo:hi] = torch.exp(-nll).numpy()
-            attn_parts.append(attn.numpy())
+            out.expected[lo:hi] = best.cpu().numpy()
+            out.expected_p[lo:hi] = best_lp.exp().cpu().numpy()
+            out.observed_p[lo:hi] = torch.exp(-nll).cpu().numpy()
+            attn_parts.append(attn.cpu().numpy())
     if detail and attn_parts:
         out.attention = np.concatenate(attn_parts)
     if features:

@@ -71,6 +71,30 @@ class NotifySocket:
         self.sock.close()
 
 
+def scrape(port: int, netns: str | None = None) -> dict[str, float]:
+    """A Prometheus exposition on 127.0.0.1:port (inside network namespace `netns`, when
+    given), as {series: value}; {} when unreachable."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    if netns:
+        code = ("import sys, urllib.request\ntry:\n sys.stdout.write(urllib.request.urlopen("
+                f"{url!r}, timeout=5).read().decode())\nexcept OSError:\n pass")
+        r = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", code],
+                           capture_output=True, text=True, timeout=30)
+        text = r.stdout
+    else:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            return {}
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
 class PtyOutput:
     """A pseudo-terminal for a child's stderr (`slave`), drained into `text()`: what a
     user at a terminal would see."""
@@ -125,18 +149,7 @@ class Daemon:
 
     def metrics(self) -> dict[str, float]:
         """The daemon's own exposition, as {series: value}."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics",
-                                        timeout=5) as r:
-                text = r.read().decode()
-        except OSError:
-            return {}
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                out[name] = float(value)
-        return out
+        return scrape(self.port)
 
     def health(self) -> tuple[int, dict]:
         """(HTTP status, JSON body) of the daemon's /healthz; (0, {}) when unreachable."""

@@ -1,0 +1,254 @@
+"""The agent's side of the fleet: the scorer thread's remote inference.
+
+`Remote.score()` is called by the scorer thread (daemon/pipeline.py, Scorer.infer) with
+the spans the known-window cache missed. It sends them to the server on a DEALER socket
+(CURVE, the server's public key pinned) and waits at most `timeout_ms` for the verdict.
+When the server does not answer in time, refuses, or is not connected, it returns None
+and the scorer scores with the local copy of the model; after a failure the local model
+scores for `retry_s` before the server is asked again. Nothing is buffered beyond one
+request: while the server is away the daemon's own bounded window queue holds what waits
+and sheds what overflows (counted, sysdream_windows_shed_total), and the local model keeps
+it moving. Every outcome is counted (docs/metrics.md, "Fleet agent").
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+from collections import Counter
+
+import numpy as np
+
+from . import protocol as wire
+from .keys import load_public, load_secret
+
+RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+def log(msg: str) -> None:
+    print(f"sysdream: fleet: {msg}", file=sys.stderr, flush=True)
+
+
+class Remote:
+    def __init__(self, server: str, server_key: str, key: str, role: str,
+                 timeout_ms: int = 250, retry_s: float = 5.0):
+        import zmq
+
+        from ..metrics import version
+        self.endpoint, self.role = server, role
+        self.server_name, self.server_public = load_public(server_key)
+        self.name, public, secret = load_secret(key)
+        self.timeout_ms, self.retry_s = timeout_ms, retry_s
+        self.version = version()
+        self.hostname = socket.gethostname()
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.curve_secretkey, self.sock.curve_publickey = secret, public
+        self.sock.curve_serverkey = self.server_public
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.IMMEDIATE, 1)      # no queue for a server not connected
+        self.sock.setsockopt(zmq.SNDHWM, 4)
+        self.sock.setsockopt(zmq.RCVHWM, 64)
+        self.sock.setsockopt(zmq.RECONNECT_IVL, 200)
+        self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_FRAME)
+        self.monitor = self.sock.get_monitor_socket(
+            zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+            | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+        self.sock.connect(server)
+        self.seq = 0
+        self.connected = False
+        self.ever_connected = False
+        self.down_until = 0.0
+        self.down_since: float | None = time.monotonic()   # not connected yet
+        self.fallback_s = 0.0
+        self.lock = threading.Lock()
+        self.counts: Counter = Counter()      # requests by result
+        self.fallback: Counter = Counter()    # windows scored locally, by reason
+        self.windows_sent = self.verdicts = self.bytes_sent = self.bytes_received = 0
+        self.reconnects = self.stale = 0
+        self.rtt_buckets = np.zeros(len(RTT_BUCKETS) + 1, np.int64)   # last: +Inf
+        self.rtt_sum = 0.0
+        self.last_refusal = ""
+        self.server_model = ""
+
+    # -- the scorer thread's call ------------------------------------------------------
+    def score(self, model, tokens: np.ndarray, valid: np.ndarray,
+              starts: np.ndarray) -> np.ndarray | None:
+        import zmq
+        self._events()
+        now = time.monotonic()
+        n = len(tokens)
+        if not self.connected or now < self.down_until:
+            self._fallback("unreachable" if not self.connected else "backoff", n)
+            return None
+        self.seq += 1
+        frames = wire.encode("score", {"seq": self.seq, "model": model.model_id, "rows": n,
+                                       "span": int(tokens.shape[1]), "role": self.role,
+                                       "version": self.version},
+                             tokens=tokens, valid=valid, starts=starts)
+        try:
+            self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self._failed("unreachable", n)
+            return None
+        size = sum(len(f) for f in frames)
+        with self.lock:
+            self.windows_sent += n
+            self.bytes_sent += size
+        t0 = time.monotonic()
+        deadline = t0 + self.timeout_ms / 1000
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.sock.poll(max(1, int(left * 1000))):
+                self._failed("timeout", n)
+                return None
+            reply = self.sock.recv_multipart()
+            with self.lock:
+                self.bytes_received += sum(len(f) for f in reply)
+            try:
+                m = wire.decode(reply, ("scores", "error"))
+            except wire.ProtocolError as exc:
+                self._refused(exc.code, str(exc), n)
+                return None
+            if m.header["seq"] != self.seq:
+                with self.lock:
+                    self.stale += 1     # the answer to a request that timed out
+                continue
+            if m.type == "error":
+                self._refused(m.header["code"], m.header["reason"], n)
+                return None
+            if m.header["rows"] != n or m.header["model"] != model.model_id:
+                self._refused("malformed", "a verdict for other windows", n)
+                return None
+            with self.lock:
+                self.counts["ok"] += 1
+                self.verdicts += n
+                rtt = time.monotonic() - t0
+                self.rtt_buckets[np.searchsorted(RTT_BUCKETS, rtt)] += 1
+                self.rtt_sum += rtt
+            return m.arrays["scores"].astype(np.float32)
+
+    # -- outcomes ------------------------------------------------------------------------
+    def _fallback(self, reason: str, n: int) -> None:
+        with self.lock:
+            self.fallback[reason] += n
+
+    def _failed(self, result: str, n: int) -> None:
+        with self.lock:
+            self.counts[result] += 1
+            self.fallback[result] += n
+        self.down_until = time.monotonic() + self.retry_s
+
+    def _refused(self, code: str, reason: str, n: int) -> None:
+        with self.lock:
+            self.counts[f"refused-{code}" if code in wire.CODES else "refused-malformed"] += 1
+            self.fallback["refused"] += n
+        if reason != self.last_refusal:
+            log(f"the server refused a request ({code}): {reason}; scoring with the local "
+                f"model for {self.retry_s:g} s")
+            self.last_refusal = reason
+        self.down_until = time.monotonic() + self.retry_s
+
+    def _events(self) -> None:
+        """Connection events from the socket monitor (non-blocking)."""
+        import zmq
+        from zmq.utils.monitor import recv_monitor_message
+        while self.monitor.poll(0):
+            ev = recv_monitor_message(self.monitor)["event"]
+            now = time.monotonic()
+            if ev == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                if self.ever_connected:
+                    with self.lock:
+                        self.reconnects += 1
+                    log(f"reconnected to the server {self.endpoint}")
+                else:
+                    log(f"connected to the server {self.endpoint} ({self.server_name})")
+                self.ever_connected = self.connected = True
+                self.down_until = 0.0
+                if self.down_since is not None:
+                    with self.lock:
+                        self.fallback_s += now - self.down_since
+                    self.down_since = None
+            elif ev == zmq.EVENT_DISCONNECTED:
+                if self.connected:
+                    log(f"lost the server {self.endpoint}; the local model scores until it "
+                        "is back")
+                self.connected = False
+                if self.down_since is None:
+                    self.down_since = now
+            elif ev in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                        zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+                with self.lock:
+                    self.counts["handshake-failed"] += 1
+                if self.counts["handshake-failed"] == 1:
+                    log(f"the server {self.endpoint} refused this agent's key, or is not "
+                        f"the server of {self.server_name}.curve; scoring locally")
+
+    def stats(self) -> dict:
+        """A consistent copy for the metrics collector."""
+        with self.lock:
+            fallback_s = self.fallback_s + (time.monotonic() - self.down_since
+                                            if self.down_since is not None else 0.0)
+            return {"requests": dict(self.counts), "fallback": dict(self.fallback),
+                    "windows_sent": self.windows_sent, "verdicts": self.verdicts,
+                    "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received,
+                    "reconnects": self.reconnects, "stale": self.stale,
+                    "connected": self.connected, "fallback_s": fallback_s,
+                    "rtt_buckets": np.cumsum(self.rtt_buckets).tolist(),
+                    "rtt_sum": self.rtt_sum}
+
+    def close(self) -> None:
+        self.sock.disable_monitor()
+        self.monitor.close(0)
+        self.sock.close(0)
+        self.ctx.term()
+
+
+def collect(remote: Remote):
+    """The agent's fleet metrics (docs/metrics.md, "Fleet agent"), read at scrape time."""
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
+    s = remote.stats()
+    req = CounterMetricFamily("sysdream_fleet_requests", "Requests to the fleet server, by "
+                              "result (ok, timeout, unreachable, refused-CODE, "
+                              "handshake-failed).", labels=["result"])
+    for k, v in sorted(s["requests"].items()):
+        req.add_metric([k], v)
+    yield req
+    fb = CounterMetricFamily("sysdream_fleet_fallback_windows", "Windows scored by the "
+                             "local model instead of the server, by reason.",
+                             labels=["reason"])
+    for k, v in sorted(s["fallback"].items()):
+        fb.add_metric([k], v)
+    yield fb
+    for name, doc, key in (
+            ("sysdream_fleet_windows_sent", "Windows sent to the server.", "windows_sent"),
+            ("sysdream_fleet_verdicts", "Window scores received from the server.",
+             "verdicts"),
+            ("sysdream_fleet_sent_bytes", "Bytes sent to the server.", "bytes_sent"),
+            ("sysdream_fleet_received_bytes", "Bytes received from the server.",
+             "bytes_received"),
+            ("sysdream_fleet_reconnects", "Connections to the server made again after "
+             "one was lost.", "reconnects"),
+            ("sysdream_fleet_stale_replies", "Verdicts that came after their request had "
+             "timed out (dropped).", "stale"),
+            ("sysdream_fleet_fallback_seconds", "Time without a connection to the server "
+             "(the local model scoring).", "fallback_s")):
+        yield CounterMetricFamily(name, doc, value=s[key])
+    yield GaugeMetricFamily("sysdream_fleet_connected", "1 while connected to the server.",
+                            value=int(s["connected"]))
+    buckets = [(f"{b:g}", c) for b, c in zip(RTT_BUCKETS, s["rtt_buckets"], strict=False)]
+    buckets.append(("+Inf", s["rtt_buckets"][-1]))
+    yield HistogramMetricFamily("sysdream_fleet_rtt_seconds", "From a request sent to its "
+                                "verdict received.", buckets=buckets, sum_value=s["rtt_sum"])
+    info = GaugeMetricFamily("sysdream_fleet_agent_info", "This agent: its key's name, "
+                             "role and server.", labels=["agent", "role", "server"])
+    info.add_metric([remote.name, remote.role, remote.endpoint], 1)
+    yield info

@@ -1,0 +1,145 @@
+"""The fleet's wire schema, version PROTO.
+
+Every message is a ZeroMQ multipart message: one header frame, a JSON object of at most
+MAX_HEADER bytes with `proto` and `type`, then the array frames its type names, raw
+little-endian, their shapes given by the header. A peer speaking another `proto` is told
+so in one error message naming both versions; nothing is guessed.
+
+    agent -> server   score    {seq, model, rows, span, role, version}
+                               tokens uint16 [rows, span], valid int16 [rows],
+                               starts int64 [rows]
+    server -> agent   scores   {seq, model, rows, worker, infer_ms}   scores float32 [rows]
+                      error    {seq, code, reason}
+    server PUB        event    {kind, server, version, models, time}  (topic b"fleet")
+
+`seq` increases with every request of an agent: a reply to an older request (one that
+timed out) is stale and dropped by the agent; a request whose seq does not increase is
+refused by the server (code "order"). Bad messages are refused with a code from CODES and
+counted on both sides; nothing a peer sends can raise past `decode`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+PROTO = 1
+MAX_HEADER = 4096
+MAX_ROWS = 8192         # windows in one request
+MAX_SPAN = 768          # tokens in one window's span (window 256, predict-next)
+MAX_FRAME = MAX_ROWS * MAX_SPAN * 2
+MAX_TOKEN = 1 << 16    # token ids are indices into a vocabulary (uint16 on the wire)
+TOPIC = b"fleet"
+CODES = ("version", "malformed", "oversized", "order", "unknown-model", "busy", "internal")
+
+# frame layouts of each type: (name, dtype, shape from the header)
+FRAMES = {
+    "score": (("tokens", "<u2", ("rows", "span")), ("valid", "<i2", ("rows",)),
+              ("starts", "<i8", ("rows",))),
+    "scores": (("scores", "<f4", ("rows",)),),
+    "error": (),
+    "event": (),
+}
+# header keys each type must carry, with their types
+KEYS = {
+    "score": {"seq": int, "model": str, "rows": int, "span": int, "role": str,
+              "version": str},
+    "scores": {"seq": int, "model": str, "rows": int, "worker": int, "infer_ms": float},
+    "error": {"seq": int, "code": str, "reason": str},
+    "event": {"kind": str, "server": str, "version": str, "models": list, "time": float},
+}
+
+
+class ProtocolError(ValueError):
+    """A message that breaks the schema; `code` is one of CODES."""
+
+    def __init__(self, code: str, reason: str):
+        super().__init__(reason)
+        self.code = code
+
+
+@dataclass
+class Message:
+    type: str
+    header: dict
+    arrays: dict[str, np.ndarray]
+
+
+def encode(type_: str, header: dict, **arrays: np.ndarray) -> list[bytes]:
+    """The frames of one message (the sender's own data: checked by assertion only)."""
+    h = {"proto": PROTO, "type": type_, **header}
+    frames = [json.dumps(h, separators=(",", ":")).encode()]
+    for name, dtype, _ in FRAMES[type_]:
+        frames.append(np.ascontiguousarray(arrays[name], dtype=dtype).tobytes())
+    return frames
+
+
+def decode(frames: list[bytes], expect: tuple[str, ...]) -> Message:
+    """Check and decode a received message of one of the `expect`ed types; ProtocolError
+    for anything else."""
+    if not frames:
+        raise ProtocolError("malformed", "an empty message")
+    raw = bytes(frames[0])
+    if len(raw) > MAX_HEADER:
+        raise ProtocolError("oversized", f"a header of {len(raw)} bytes (at most "
+                            f"{MAX_HEADER})")
+    try:
+        h = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ProtocolError("malformed", "the header is not JSON") from None
+    if not isinstance(h, dict):
+        raise ProtocolError("malformed", "the header is not a JSON object")
+    proto = h.get("proto")
+    if proto != PROTO:
+        peer = h.get("version") if isinstance(h.get("version"), str) else "?"
+        raise ProtocolError("version", f"fleet protocol {proto!r} (sysdream {peer[:40]}); "
+                            f"this side speaks {PROTO}: run the same sysdream release on "
+                            "the agents and the server")
+    t = h.get("type")
+    if t not in expect:
+        raise ProtocolError("malformed", f"a message of type {str(t)[:40]!r} where "
+                            f"{' or '.join(expect)} is expected")
+    for key, kind in KEYS[t].items():
+        v = h.get(key)
+        ok = isinstance(v, kind) and not isinstance(v, bool)
+        if kind is float:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if not ok:
+            raise ProtocolError("malformed", f"{t}: {key} missing or not a "
+                                f"{kind.__name__}")
+    layout = FRAMES[t]
+    if len(frames) != 1 + len(layout):
+        raise ProtocolError("malformed", f"{t}: {len(frames) - 1} array frames, not "
+                            f"{len(layout)}")
+    if layout:
+        rows = h["rows"]
+        span = h.get("span", 1)
+        if not 0 < rows <= MAX_ROWS:
+            raise ProtocolError("oversized" if rows > MAX_ROWS else "malformed",
+                                f"{t}: {rows} rows (1 to {MAX_ROWS})")
+        if not 0 < span <= MAX_SPAN:
+            raise ProtocolError("oversized" if span > MAX_SPAN else "malformed",
+                                f"{t}: a span of {span} (1 to {MAX_SPAN})")
+    arrays = {}
+    for frame, (name, dtype, dims) in zip(frames[1:], layout, strict=True):
+        shape = tuple(h[d] for d in dims)
+        want = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if len(frame) != want:
+            raise ProtocolError("malformed", f"{t}: {name} holds {len(frame)} bytes, not "
+                                f"{want} for shape {shape}")
+        arrays[name] = np.frombuffer(frame, dtype=dtype).reshape(shape)
+    if t == "score":
+        tok, valid, starts = arrays["tokens"], arrays["valid"], arrays["starts"]
+        if tok.size and (tok.min() < 0 or tok.max() >= MAX_TOKEN):
+            raise ProtocolError("malformed", "score: a token id out of range")
+        if valid.min() < 1 or valid.max() > h["span"] or starts.min() < 0:
+            raise ProtocolError("malformed", "score: valid or starts out of range")
+    if t == "scores" and not np.all(np.isfinite(arrays["scores"])):
+        raise ProtocolError("malformed", "scores: a score that is not finite")
+    return Message(t, h, arrays)
+
+
+def error(seq: int, code: str, reason: str) -> list[bytes]:
+    return encode("error", {"seq": seq, "code": code, "reason": reason[:300]})

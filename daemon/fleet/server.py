@@ -1,0 +1,442 @@
+"""`sysdream server`: the fleet's scoring server.
+
+ZeroMQ's standard broker: a ROUTER socket the agents connect to (CurveZMQ, agents
+admitted by their public key in the [server] agents folder) in front of a DEALER socket
+that spreads requests over N worker processes (worker.py) on a private ipc:// socket;
+replies go back the same way. The broker checks every request against the schema
+(protocol.py) before a worker sees it, keeps each agent's sequence in order, answers
+"busy" when no worker can take more, and counts all of it by agent (the key's name). A PUB
+socket (CurveZMQ too) publishes fleet events: the server's start and, every 10 s, the
+models it holds. Exit codes: 12 bad configuration or keys, 15 an endpoint it cannot bind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from ..config import Config, ConfigError
+from ..exitcodes import FleetEndpointError
+from . import protocol as wire
+from .keys import allow_list, load_secret
+
+HEARTBEAT_S = 10.0
+INFER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+MAX_INFLIGHT = 256      # requests with the workers before the broker answers "busy"
+UNKNOWN = "unknown"
+
+
+def log(msg: str) -> None:
+    print(f"sysdream server: {msg}", file=sys.stderr, flush=True)
+
+
+class Server:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        s = cfg.server
+        self.allowed: dict[bytes, str] = {}
+        self.refused: Counter = Counter()          # peers, by reason
+        self.refused_keys: set[bytes] = set()
+        self.rejected: Counter = Counter()         # messages, by code
+        self.requests: Counter = Counter()         # (agent, result)
+        self.windows: Counter = Counter()          # agent -> windows scored
+        self.bytes_in: Counter = Counter()
+        self.last_seen: dict[str, float] = {}
+        self.seqs: OrderedDict = OrderedDict()     # routing id -> last seq
+        self.inflight: dict[tuple, tuple[str, float]] = {}   # (ident, seq) -> (agent, t0)
+        self.infer = np.zeros(len(INFER_BUCKETS) + 1, np.int64)
+        self.infer_sum = 0.0
+        self.latency = np.zeros(len(INFER_BUCKETS) + 1, np.int64)
+        self.latency_sum = 0.0
+        self.worker_restarts = 0
+        self.ready: set[int] = set()       # workers that said they are ready
+        self.workers: list[subprocess.Popen | None] = [None] * s.workers
+        self.lock = threading.Lock()
+        self.stop = False
+        self.reload = False
+        self.device = s.device
+        self.ctx = self.auth = self.front = self.back = self.pub = self.monitor = None
+        self.http = None
+        self.rundir = None
+        self.started = time.time()
+        self.name = os.uname().nodename
+
+    # -- ZAP: which agents may connect ------------------------------------------------
+    def callback(self, domain: str, key: bytes) -> bool:
+        """Called by the authenticator thread for each CURVE handshake."""
+        if key in self.allowed:
+            return True
+        with self.lock:
+            self.refused["unknown-key"] += 1
+            new = key not in self.refused_keys and len(self.refused_keys) < 10000
+            self.refused_keys.add(key)
+        if new:
+            log(f"refused an agent whose key {key.decode()[:12]}... is not in "
+                f"{self.cfg.server.agents}")
+        return False
+
+    # -- start ------------------------------------------------------------------------
+    def start(self) -> None:
+        import zmq
+        from zmq.auth.thread import ThreadAuthenticator
+
+        s = self.cfg.server
+        self.key_name, public, secret = load_secret(s.key)
+        self.allowed = allow_list(s.agents)
+        if not self.allowed:
+            log(f"no agent keys in {s.agents} yet: every agent is refused until one is "
+                "there (reload with SIGHUP)")
+        Path(s.models).mkdir(parents=True, exist_ok=True)
+        self.device = self._device(s.device)
+        self.ctx = zmq.Context()
+        self.auth = ThreadAuthenticator(self.ctx)
+        self.auth.start()
+        self.auth.configure_curve_callback(domain="*", credentials_provider=self)
+        self.front = self.ctx.socket(zmq.ROUTER)
+        self.pub = self.ctx.socket(zmq.PUB)
+        for sock in (self.front, self.pub):
+            sock.curve_server = True
+            sock.curve_secretkey, sock.curve_publickey = secret, public
+            sock.setsockopt(zmq.LINGER, 0)
+        self.front.setsockopt(zmq.MAXMSGSIZE, wire.MAX_FRAME)
+        self.front.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.front.setsockopt(zmq.RCVHWM, 1000)
+        self.monitor = self.front.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_SUCCEEDED
+            | zmq.EVENT_DISCONNECTED)
+        for sock, where, key in ((self.front, s.bind, "bind"), (self.pub, s.publish,
+                                                                 "publish")):
+            try:
+                sock.bind(where)
+            except zmq.ZMQError as exc:
+                raise FleetEndpointError(f"[server] {key} {where}: {exc}; stop what holds "
+                                         "it or choose another address") from None
+        self.rundir = tempfile.mkdtemp(prefix="sysdream-server-")   # 0700
+        self.back = self.ctx.socket(zmq.DEALER)
+        self.back.setsockopt(zmq.LINGER, 0)
+        self.back.setsockopt(zmq.SNDHWM, MAX_INFLIGHT)
+        self.backend = f"ipc://{self.rundir}/workers"
+        self.back.bind(self.backend)
+        for i in range(len(self.workers)):
+            self._spawn(i)
+        from prometheus_client import CollectorRegistry
+
+        from ..metrics import Collector, serve_http
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(Collector(ServerCollector(self).collect))
+        try:
+            self.http = serve_http(self.registry, s.metrics_address, s.metrics_port,
+                                   self.health)
+        except OSError as exc:
+            from ..exitcodes import MetricsPortError
+            raise MetricsPortError(f"metrics endpoint {s.metrics_address}:"
+                                   f"{s.metrics_port}: {exc.strerror or exc}; set [server] "
+                                   "metrics_port") from None
+        self.metrics_port = self.http.server_address[1]
+        log(f"listening on {s.bind} (fleet events on {s.publish}) as {self.key_name}, "
+            f"{len(self.allowed)} agent keys, {len(self.workers)} workers on "
+            f"{self.device}, models in {s.models}, metrics on {s.metrics_address}:"
+            f"{self.metrics_port}")
+
+    @staticmethod
+    def _device(want: str) -> str:
+        if want == "cpu":
+            return "cpu"
+        import torch
+        if torch.cuda.is_available():
+            return "cuda"
+        if want == "cuda":
+            raise ConfigError("[server] device = \"cuda\", but torch sees no GPU here; set "
+                              "\"auto\" or \"cpu\"")
+        return "cpu"
+
+    def _spawn(self, i: int) -> None:
+        s = self.cfg.server
+        cmd = [sys.executable, "-m", "sysdream.daemon.fleet.worker", "--backend",
+               self.backend, "--models", s.models, "--device", self.device, "--batch",
+               str(s.batch_windows), "--index", str(i)]
+        self.workers[i] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+
+    # -- the broker loop --------------------------------------------------------------
+    def run(self) -> int:
+        import zmq
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stop", True))
+        signal.signal(signal.SIGINT, lambda *_: setattr(self, "stop", True))
+        signal.signal(signal.SIGHUP, lambda *_: setattr(self, "reload", True))
+        poller = zmq.Poller()
+        poller.register(self.front, zmq.POLLIN)
+        poller.register(self.back, zmq.POLLIN)
+        poller.register(self.monitor, zmq.POLLIN)
+        next_beat = 0.0
+        self._event("server-started")
+        while not self.stop:
+            ready = dict(poller.poll(200))
+            if self.front in ready:
+                for _ in range(256):
+                    try:
+                        frames = self.front.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._from_agent(frames)
+            if self.back in ready:
+                for _ in range(256):
+                    try:
+                        frames = self.back.recv_multipart(flags=zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._from_worker(frames)
+            if self.monitor in ready:
+                self._monitor_events()
+            now = time.monotonic()
+            if self.reload:
+                self.reload = False
+                self._reload()
+            if now >= next_beat:
+                next_beat = now + HEARTBEAT_S
+                self._event("heartbeat")
+                self._check_workers()
+        log("stopping")
+        return 0
+
+    def _agent_of(self, frame) -> str:
+        try:
+            user = frame.get("User-Id")
+        except Exception:  # noqa: BLE001 (no ZAP metadata: not an authenticated peer)
+            user = None
+        return self.allowed.get(user.encode(), UNKNOWN) if user else UNKNOWN
+
+    def _from_agent(self, frames) -> None:
+        import zmq
+        ident = frames[0].bytes
+        agent = self._agent_of(frames[1]) if len(frames) > 1 else UNKNOWN
+        body = [f.bytes for f in frames[1:]]
+        with self.lock:
+            self.bytes_in[agent] += sum(len(b) for b in body)
+            self.last_seen[agent] = time.monotonic()
+        try:
+            m = wire.decode(body, ("score",))
+        except wire.ProtocolError as exc:
+            self._reject(ident, agent, -1, exc.code, str(exc))
+            return
+        seq = m.header["seq"]
+        last = self.seqs.get(ident)
+        if last is not None and seq <= last:
+            self._reject(ident, agent, seq, "order", f"request {seq} after {last}")
+            return
+        self.seqs[ident] = seq
+        self.seqs.move_to_end(ident)
+        while len(self.seqs) > 100000:
+            self.seqs.popitem(last=False)
+        if len(self.inflight) >= MAX_INFLIGHT:
+            self._reject(ident, agent, seq, "busy", "every worker is busy")
+            return
+        try:
+            self.back.send_multipart([ident, *body], flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self._reject(ident, agent, seq, "busy", "no worker can take it")
+            return
+        self.inflight[(ident, seq)] = (agent, time.monotonic())
+
+    def _reject(self, ident: bytes, agent: str, seq: int, code: str, reason: str) -> None:
+        with self.lock:
+            self.rejected[code] += 1
+            self.requests[(agent, f"refused-{code}")] += 1
+        self._send(ident, wire.error(seq, code, reason))
+
+    def _send(self, ident: bytes, frames: list[bytes]) -> None:
+        import zmq
+        try:
+            self.front.send_multipart([ident, *frames], flags=zmq.NOBLOCK)
+        except (zmq.Again, zmq.ZMQError):   # the agent is gone (ROUTER_MANDATORY)
+            with self.lock:
+                self.rejected["undeliverable"] += 1
+
+    def _from_worker(self, frames: list[bytes]) -> None:
+        ident, body = frames[0], frames[1:]
+        if ident == b"" and len(body) == 1:     # a worker is ready (worker.py)
+            self.ready.add(int(body[0]))
+            return
+        try:
+            m = wire.decode(body, ("scores", "error"))
+        except wire.ProtocolError:
+            return
+        seq = m.header["seq"]
+        agent, t0 = self.inflight.pop((ident, seq), (UNKNOWN, None))
+        with self.lock:
+            if m.type == "scores":
+                self.requests[(agent, "ok")] += 1
+                self.windows[agent] += m.header["rows"]
+                ms = m.header["infer_ms"] / 1000
+                self.infer[np.searchsorted(INFER_BUCKETS, ms)] += 1
+                self.infer_sum += ms
+            else:
+                self.requests[(agent, f"refused-{m.header['code']}")] += 1
+                self.rejected[m.header["code"]] += 1
+            if t0 is not None:
+                took = time.monotonic() - t0
+                self.latency[np.searchsorted(INFER_BUCKETS, took)] += 1
+                self.latency_sum += took
+        self._send(ident, body)
+
+    def _monitor_events(self) -> None:
+        import zmq
+        from zmq.utils.monitor import recv_monitor_message
+        while self.monitor.poll(0):
+            ev = recv_monitor_message(self.monitor)["event"]
+            if ev in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                      zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+                with self.lock:
+                    self.refused["handshake"] += 1
+
+    def _event(self, kind: str) -> None:
+        from ..metrics import version
+        models = sorted(p.parent.name for p in Path(self.cfg.server.models).glob(
+            "*/manifest.json"))[:100]
+        self.pub.send_multipart([wire.TOPIC, *wire.encode(
+            "event", {"kind": kind, "server": self.name, "version": version(),
+                      "models": models, "time": time.time()})])
+
+    def _check_workers(self) -> None:
+        for i, w in enumerate(self.workers):
+            if w is not None and w.poll() is not None:
+                log(f"worker {i} exited ({w.returncode}); starting it again")
+                self.ready.discard(i)
+                with self.lock:
+                    self.worker_restarts += 1
+                self._spawn(i)
+        # requests a dead worker took are never answered: forget them after a minute
+        old = time.monotonic() - 60
+        for k in [k for k, (_, t0) in self.inflight.items() if t0 < old]:
+            del self.inflight[k]
+
+    def _reload(self) -> None:
+        try:
+            self.allowed = allow_list(self.cfg.server.agents)
+            log(f"reloaded: {len(self.allowed)} agent keys")
+        except ConfigError as exc:
+            log(f"reload refused, keeping {len(self.allowed)} agent keys: {exc}")
+
+    def health(self) -> dict:
+        alive = self._alive()
+        return {"healthy": alive > 0, "workers_alive": alive, "workers": len(self.workers),
+                "agents": len(self.allowed), "device": self.device}
+
+    def _alive(self) -> int:
+        return sum(1 for i, w in enumerate(self.workers)
+                   if w is not None and w.poll() is None and i in self.ready)
+
+    def close(self) -> None:
+        for w in self.workers:
+            if w is not None and w.poll() is None:
+                w.terminate()
+        for w in self.workers:
+            if w is not None:
+                try:
+                    w.wait(10)
+                except subprocess.TimeoutExpired:
+                    w.kill()
+        if self.http is not None:
+            self.http.shutdown()
+            self.http.server_close()
+        if self.auth is not None:
+            self.auth.stop()
+        for sock in (self.front, self.back, self.pub, self.monitor):
+            if sock is not None:
+                sock.close(0)
+        if self.ctx is not None:
+            self.ctx.term()
+        if self.rundir:
+            for p in Path(self.rundir).iterdir():
+                p.unlink(missing_ok=True)
+            os.rmdir(self.rundir)
+
+
+class ServerCollector:
+    """The server's metrics (docs/metrics.md, "Fleet server"), read at scrape time."""
+
+    def __init__(self, server: Server):
+        self.s = server
+
+    def collect(self):
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+            InfoMetricFamily,
+        )
+
+        from ..metrics import build_info
+        s = self.s
+        with s.lock:
+            requests, windows = dict(s.requests), dict(s.windows)
+            bytes_in, refused = dict(s.bytes_in), dict(s.refused)
+            rejected = dict(s.rejected)
+            infer, latency = np.cumsum(s.infer).tolist(), np.cumsum(s.latency).tolist()
+            infer_sum, latency_sum = s.infer_sum, s.latency_sum
+            seen = dict(s.last_seen)
+        fam = CounterMetricFamily("sysdream_server_requests", "Agents' requests, by agent "
+                                  "(its key's name) and result.", labels=["agent", "result"])
+        for (agent, result), v in sorted(requests.items()):
+            fam.add_metric([agent, result], v)
+        yield fam
+        for name, doc, values in (
+                ("sysdream_server_windows_scored", "Windows scored for each agent.",
+                 windows),
+                ("sysdream_server_received_bytes", "Bytes received from each agent.",
+                 bytes_in)):
+            fam = CounterMetricFamily(name, doc, labels=["agent"])
+            for agent, v in sorted(values.items()):
+                fam.add_metric([agent], v)
+            yield fam
+        fam = CounterMetricFamily("sysdream_server_refused_peers", "Connections refused, by "
+                                  "reason (unknown-key: not in the allow-list; handshake: "
+                                  "not CurveZMQ with this server's key).", labels=["reason"])
+        for k, v in sorted(refused.items()):
+            fam.add_metric([k], v)
+        yield fam
+        fam = CounterMetricFamily("sysdream_server_rejected_messages", "Messages refused, "
+                                  "by code (docs/fleet.md).", labels=["code"])
+        for k, v in sorted(rejected.items()):
+            fam.add_metric([k], v)
+        yield fam
+        now = time.monotonic()
+        yield GaugeMetricFamily("sysdream_server_agents_active", "Agents heard from in the "
+                                "last minute.", value=sum(1 for a, t in seen.items()
+                                                          if now - t < 60 and a != UNKNOWN))
+        yield GaugeMetricFamily("sysdream_server_agent_keys", "Agent keys in the "
+                                "allow-list.", value=len(s.allowed))
+        yield GaugeMetricFamily("sysdream_server_inflight_requests", "Requests with the "
+                                "workers (the broker's queue).", value=len(s.inflight))
+        yield GaugeMetricFamily("sysdream_server_workers", "Worker processes alive and "
+                                "ready (connected, model code loaded).", value=s._alive())
+        yield CounterMetricFamily("sysdream_server_worker_restarts", "Workers started again "
+                                  "after they exited.", value=s.worker_restarts)
+        for name, doc, cum, total in (
+                ("sysdream_server_inference_seconds", "One worker inference (the requests "
+                 "of every agent it batched).", infer, infer_sum),
+                ("sysdream_server_request_seconds", "From a request's arrival to its "
+                 "verdict leaving the broker.", latency, latency_sum)):
+            buckets = [(f"{b:g}", c) for b, c in zip(INFER_BUCKETS, cum, strict=False)]
+            buckets.append(("+Inf", cum[-1]))
+            yield HistogramMetricFamily(name, doc, buckets=buckets, sum_value=total)
+        yield InfoMetricFamily("sysdream_build", "The running sysdream and what it runs "
+                               "on.", value={**build_info(), "device": s.device})
+
+
+def run(cfg: Config) -> int:
+    srv = Server(cfg)
+    try:
+        srv.start()
+        return srv.run()
+    finally:
+        srv.close()

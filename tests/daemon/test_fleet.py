@@ -1,0 +1,280 @@
+"""Fleet mode (daemon/fleet/): the wire schema and its refusals (fuzzed), CurveZMQ keys,
+a real `sysdream server` on loopback scoring for in-process agents as the local model
+would, refusing unknown keys, wrong server keys and every bad message while it keeps
+serving; then three real agents (eBPF capture) in network namespaces with the server in a
+fourth: detection through the server, the server killed and back, metrics from all four."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from harness import free_port, scrape, wait_for
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sysdream.daemon.config import ConfigError
+from sysdream.daemon.fleet import keys
+from sysdream.daemon.fleet import protocol as wire
+
+EXAMPLES = int(os.environ.get("SYSDREAM_FUZZ_EXAMPLES", "150"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow,
+                                       HealthCheck.function_scoped_fixture])
+SYSDREAM = [sys.executable, "-m", "sysdream.daemon.cli"]
+
+
+def score_request(seq=1, rows=3, span=48, model="m", **over):
+    header = {"seq": seq, "model": model, "rows": rows, "span": span, "role": "web",
+              "version": "test", **over}
+    return wire.encode("score", header, tokens=np.full((rows, span), 2),
+                       valid=np.full(rows, 16), starts=np.arange(rows) + 32)
+
+
+# -- the wire schema ------------------------------------------------------------------
+
+def test_a_score_request_round_trips_and_each_bad_message_has_its_code():
+    m = wire.decode(score_request(), ("score",))
+    assert m.type == "score" and m.arrays["tokens"].shape == (3, 48)
+    assert m.arrays["starts"].tolist() == [32, 33, 34]
+    frames = score_request()
+    bad = {
+        "version": [json.dumps({"proto": 2, "type": "score", "version": "9.9"}).encode()],
+        "malformed": [b"{not json", *frames[1:]],
+        "oversized": [b" " * (wire.MAX_HEADER + 1)],
+    }
+    for code, msg in bad.items():
+        with pytest.raises(wire.ProtocolError) as e:
+            wire.decode(msg, ("score",))
+        assert e.value.code == code, (code, str(e.value))
+    with pytest.raises(wire.ProtocolError, match="protocol 2 .*sysdream 9.9.*speaks 1"):
+        wire.decode(bad["version"], ("score",))
+    cases = [
+        ([frames[0], frames[1][:-2], *frames[2:]], "tokens holds"),         # short frame
+        (frames[:-1], "2 array frames, not 3"),
+        (score_request(rows=0)[:1] + frames[1:], "rows"),
+        (score_request(rows=wire.MAX_ROWS + 1)[:1] + frames[1:], "rows"),
+        (score_request(seq="1")[:1] + frames[1:], "seq missing or not a int"),
+        (score_request(valid=1)[:1], "array frames"),
+        ([json.dumps([1]).encode()], "not a JSON object"),
+    ]
+    for msg, why in cases:
+        with pytest.raises(wire.ProtocolError, match=why):
+            wire.decode(msg, ("score",))
+    with pytest.raises(wire.ProtocolError, match="where score is expected"):
+        wire.decode(wire.error(1, "busy", "x"), ("score",))
+    v = score_request()
+    v[2] = np.zeros(3, "<i2").tobytes()        # a window of no real syscall
+    with pytest.raises(wire.ProtocolError, match="valid or starts"):
+        wire.decode(v, ("score",))
+
+
+@FUZZ
+@given(st.lists(st.binary(max_size=64), max_size=5), st.integers(0, 4),
+       st.binary(max_size=16))
+def test_any_frames_decode_or_are_refused_with_a_code(frames, cut, noise):
+    """Random frames, and a good request cut or spliced with noise: a Message or a
+    ProtocolError with a known code, never another exception."""
+    good = score_request()
+    spliced = good[:cut] + [noise] + good[cut + 1:]
+    for msg in (frames, spliced):
+        try:
+            wire.decode(msg, ("score", "scores", "error"))
+        except wire.ProtocolError as exc:
+            assert exc.code in wire.CODES
+
+
+# -- keys -----------------------------------------------------------------------------
+
+def test_curve_keys_are_private_never_overwritten_and_checked(tmp_path):
+    secret, public = keys.keygen(tmp_path / "k", "web-1")
+    assert secret.stat().st_mode & 0o777 == 0o600 and public.stat().st_mode & 0o777 == 0o644
+    name, pub, sec = keys.load_secret(secret)
+    assert name == "web-1" and keys.load_public(public) == ("web-1", pub) and len(sec) == 40
+    with pytest.raises(ConfigError, match="never overwritten"):
+        keys.keygen(tmp_path / "k", "web-1")
+    with pytest.raises(ConfigError, match="key name"):
+        keys.keygen(tmp_path / "k", "../x")
+    secret.chmod(0o640)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        keys.load_secret(secret)
+    (tmp_path / "bad.curve").write_text("sysdream-ed25519 AAAA x\n")
+    with pytest.raises(ConfigError, match="not a sysdream CURVE public key"):
+        keys.load_public(tmp_path / "bad.curve")
+    with pytest.raises(ConfigError, match="no such folder"):
+        keys.allow_list(tmp_path / "nowhere")
+    assert keys.allow_list(tmp_path / "k") == {pub: "web-1"}
+    out = subprocess.run([*SYSDREAM, "keygen", "--curve", "-o", str(tmp_path / "k"),
+                          "--name", "web-1"], capture_output=True, text=True)
+    assert out.returncode == 12 and len(out.stderr.strip().splitlines()) == 1
+
+
+# -- a real server on loopback ----------------------------------------------------------
+
+@pytest.fixture
+def fleet_keys(tmp_path):
+    d = tmp_path / "keys"
+    for name in ("server", "web-1", "web-2", "web-3", "intruder"):
+        keys.keygen(d, name)
+    agents = tmp_path / "agents"
+    agents.mkdir()
+    for name in ("web-1", "web-2", "web-3"):
+        (agents / f"{name}.curve").write_text((d / f"{name}.curve").read_text())
+    return d
+
+
+class Server:
+    """`sysdream server` as a child process (optionally inside a network namespace)."""
+
+    def __init__(self, tmp: Path, keydir: Path, models: Path, bind: str,
+                 netns: str | None = None, workers: int = 2):
+        self.port, self.netns = free_port(), netns
+        self.err = tmp / f"server-{self.port}.err"
+        prefix = ["ip", "netns", "exec", netns] if netns else []
+        self.proc = subprocess.Popen(
+            [*prefix, *SYSDREAM, "server", "--bind", bind, "--publish",
+             bind.rsplit(":", 1)[0] + f":{free_port()}", "--key",
+             str(keydir / "server.curve-secret"), "--agents", str(tmp / "agents"),
+             "--models", str(models), "--workers", str(workers), "--device", "cpu",
+             "--metrics-port", str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=self.err.open("w"), start_new_session=True)
+
+    def wait_ready(self) -> None:
+        def ok():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited {self.proc.returncode}: "
+                                     f"{self.err.read_text()}")
+            return self.metrics().get("sysdream_server_workers") == 2
+        wait_for(ok, 120, "the server and its workers")
+
+    def metrics(self) -> dict[str, float]:
+        return scrape(self.port, self.netns)
+
+    def kill(self) -> None:
+        """SIGKILL the server and its workers (its whole process group)."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+
+def spans(view, n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(2, len(view.det.vocab), (n, view.span))
+    return tokens, np.full(n, view.p), view.lead + np.arange(n) * view.s
+
+
+def test_the_server_scores_as_the_local_model_and_refuses_what_it_must(
+        tmp_path, fleet_keys, tiny_bundle, tiny_detector):
+    import zmq
+
+    from sysdream.daemon.fleet.agent import Remote
+    from sysdream.daemon.pipeline import ModelView, local_scores
+
+    models = tmp_path / "models"
+    models.mkdir()
+    subprocess.run(["cp", "-r", str(tiny_bundle), str(models / "tiny")], check=True)
+    port = free_port()
+    srv = Server(tmp_path, fleet_keys, models, f"tcp://127.0.0.1:{port}")
+    view = ModelView(tiny_detector)
+    endpoint = f"tcp://127.0.0.1:{port}"
+    good = Remote(endpoint, str(fleet_keys / "server.curve"),
+                  str(fleet_keys / "web-1.curve-secret"), "web", timeout_ms=5000,
+                  retry_s=0.1)
+    stranger = Remote(endpoint, str(fleet_keys / "server.curve"),
+                      str(fleet_keys / "intruder.curve-secret"), "web", timeout_ms=300,
+                      retry_s=0.1)
+    impostor = Remote(endpoint, str(fleet_keys / "web-3.curve"),   # not the server's key
+                      str(fleet_keys / "web-2.curve-secret"), "web", timeout_ms=300,
+                      retry_s=0.1)
+    try:
+        srv.wait_ready()
+        tok, valid, starts = spans(view, 300)
+        got = wait_for(lambda: (r := good.score(view, tok, valid, starts)) is not None
+                       and [r], 30, "a verdict")[0]
+        want = local_scores(view, tok, valid, starts, 512)
+        assert np.allclose(got, want, atol=1e-4), np.abs(got - want).max()
+        s = good.stats()
+        assert s["requests"]["ok"] == 1 and s["windows_sent"] == s["verdicts"] == 300
+        assert s["bytes_sent"] < 300 * (view.span * 2 + 10) + 1000   # uint16 tokens
+
+        # a key not in the allow-list, and an agent that pins the wrong server key
+        for who in (stranger, impostor):
+            end = time.monotonic() + 5
+            while time.monotonic() < end:
+                assert who.score(view, tok[:5], valid[:5], starts[:5]) is None
+                time.sleep(0.2)
+            assert who.stats()["fallback"] and not who.connected
+        m = wait_for(lambda: (m := srv.metrics()).get(
+            'sysdream_server_refused_peers_total{reason="unknown-key"}', 0) >= 1
+            and m.get('sysdream_server_refused_peers_total{reason="handshake"}', 0) >= 1
+            and m, 30, "both refusals counted")
+        assert m['sysdream_server_requests_total{agent="web-1",result="ok"}'] == 1
+        assert m['sysdream_server_windows_scored_total{agent="web-1"}'] == 300
+        assert not [k for k in m if "intruder" in k], "a refused peer has no series"
+
+        # a raw agent socket (web-2's keys) sends what a broken or hostile agent would
+        ctx = zmq.Context.instance()
+        raw = ctx.socket(zmq.DEALER)
+        name, pub, sec = keys.load_secret(fleet_keys / "web-2.curve-secret")
+        raw.curve_secretkey, raw.curve_publickey = sec, pub
+        raw.curve_serverkey = keys.load_public(fleet_keys / "server.curve")[1]
+        raw.setsockopt(zmq.LINGER, 0)
+        raw.connect(endpoint)
+
+        def ask(frames):
+            raw.send_multipart(frames)
+            assert raw.poll(10000), "no answer"
+            return wire.decode(raw.recv_multipart(), ("scores", "error"))
+        mid = view.model_id
+        tok16 = tok[:4].astype(np.uint16)
+        ok = wire.encode("score", {"seq": 10, "model": mid, "rows": 4, "span": view.span,
+                                   "role": "web", "version": "t"},
+                         tokens=tok16, valid=valid[:4], starts=starts[:4])
+        assert ask(ok).type == "scores"
+        replies = {
+            "order": ask(ok),                                        # seq 10 again
+            "version": ask([json.dumps({"proto": 99, "type": "score",
+                                        "version": "99.0"}).encode()]),
+            "malformed": ask([b"\xff\xfe", b"x"]),
+            "unknown-model": ask(wire.encode(
+                "score", {"seq": 11, "model": "0" * 16, "rows": 4, "span": view.span,
+                          "role": "web", "version": "t"},
+                tokens=tok16, valid=valid[:4], starts=starts[:4])),
+        }
+        big = np.full((4, view.span), len(view.det.vocab) + 5, np.uint16)
+        replies["malformed-vocab"] = ask(wire.encode(
+            "score", {"seq": 12, "model": mid, "rows": 4, "span": view.span, "role": "web",
+                      "version": "t"}, tokens=big, valid=valid[:4], starts=starts[:4]))
+        for code, r in replies.items():
+            assert r.type == "error" and r.header["code"] == code.split("-vocab")[0], \
+                (code, r.header)
+        assert "speaks 1" in replies["version"].header["reason"]
+        ok[0] = ok[0].replace(b'"seq":10', b'"seq":13')
+        assert ask(ok).type == "scores", "the server still serves after all of that"
+        raw.close(0)
+        m = srv.metrics()
+        for code in ("order", "version", "malformed", "unknown-model"):
+            assert m[f'sysdream_server_rejected_messages_total{{code="{code}"}}'] >= 1, code
+        assert m['sysdream_server_requests_total{agent="web-2",result="ok"}'] == 2
+        assert srv.proc.poll() is None
+        assert srv.stop() == 0
+    finally:
+        for r in (good, stranger, impostor):
+            r.close()
+        srv.kill()
