@@ -73,13 +73,16 @@ class Remote:
         self.rtt_buckets = np.zeros(len(RTT_BUCKETS) + 1, np.int64)   # last: +Inf
         self.rtt_sum = 0.0
         self.last_refusal = ""
-        self.server_model = ""
+        self._stop = threading.Event()
+        # the monitor socket belongs to this thread alone (ZeroMQ sockets are not shared)
+        self._watcher = threading.Thread(target=self._watch, name="sysdream-fleet-monitor",
+                                         daemon=True)
+        self._watcher.start()
 
     # -- the scorer thread's call ------------------------------------------------------
     def score(self, model, tokens: np.ndarray, valid: np.ndarray,
               starts: np.ndarray) -> np.ndarray | None:
         import zmq
-        self._events()
         now = time.monotonic()
         n = len(tokens)
         if not self.connected or now < self.down_until:
@@ -153,12 +156,17 @@ class Remote:
             self.last_refusal = reason
         self.down_until = time.monotonic() + self.retry_s
 
-    def _events(self) -> None:
-        """Connection events from the socket monitor (non-blocking)."""
+    def _watch(self) -> None:
+        """Connection events from the socket monitor, as they come."""
         import zmq
         from zmq.utils.monitor import recv_monitor_message
-        while self.monitor.poll(0):
-            ev = recv_monitor_message(self.monitor)["event"]
+        while not self._stop.is_set():
+            try:
+                if not self.monitor.poll(200):
+                    continue
+                ev = recv_monitor_message(self.monitor)["event"]
+            except zmq.ZMQError:
+                return
             now = time.monotonic()
             if ev == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 if self.ever_connected:
@@ -202,6 +210,8 @@ class Remote:
                     "rtt_sum": self.rtt_sum}
 
     def close(self) -> None:
+        self._stop.set()
+        self._watcher.join(2)
         self.sock.disable_monitor()
         self.monitor.close(0)
         self.sock.close(0)

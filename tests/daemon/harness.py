@@ -78,8 +78,8 @@ def scrape(port: int, netns: str | None = None) -> dict[str, float]:
     if netns:
         code = ("import sys, urllib.request\ntry:\n sys.stdout.write(urllib.request.urlopen("
                 f"{url!r}, timeout=5).read().decode())\nexcept OSError:\n pass")
-        r = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", code],
-                           capture_output=True, text=True, timeout=30)
+        r = subprocess.run(["nsenter", f"--net=/run/netns/{netns}", sys.executable, "-c",
+                            code], capture_output=True, text=True, timeout=30)
         text = r.stdout
     else:
         try:

@@ -137,7 +137,7 @@ class Server:
                  netns: str | None = None, workers: int = 2):
         self.port, self.netns = free_port(), netns
         self.err = tmp / f"server-{self.port}.err"
-        prefix = ["ip", "netns", "exec", netns] if netns else []
+        prefix = ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
         self.proc = subprocess.Popen(
             [*prefix, *SYSDREAM, "server", "--bind", bind, "--publish",
              bind.rsplit(":", 1)[0] + f":{free_port()}", "--key",
@@ -278,3 +278,183 @@ def test_the_server_scores_as_the_local_model_and_refuses_what_it_must(
         for r in (good, stranger, impostor):
             r.close()
         srv.kill()
+
+
+# -- three agents and the server, each in a network namespace ---------------------------
+
+class Namespaces:
+    """The server's network namespace joined to each agent's by a veth pair: agent i is
+    10.77.i.2, the server 10.77.i.1 on its side; nothing else is reachable."""
+
+    def __init__(self, agents: int):
+        self.tag = f"{os.getpid() % 10000}"
+        self.server = f"sdsrv{self.tag}"
+        self.agents = [f"sdag{self.tag}-{i}" for i in range(1, agents + 1)]
+        for ns in (self.server, *self.agents):
+            self.ip("netns", "add", ns)
+            self.ip("-n", ns, "link", "set", "lo", "up")
+        for i, ns in enumerate(self.agents, 1):
+            a, s = f"sd{self.tag}v{i}a", f"sd{self.tag}v{i}s"
+            self.ip("link", "add", a, "netns", ns, "type", "veth", "peer", "name", s,
+                    "netns", self.server)
+            self.ip("-n", ns, "addr", "add", f"10.77.{i}.2/24", "dev", a)
+            self.ip("-n", self.server, "addr", "add", f"10.77.{i}.1/24", "dev", s)
+            self.ip("-n", ns, "link", "set", a, "up")
+            self.ip("-n", self.server, "link", "set", s, "up")
+
+    @staticmethod
+    def ip(*args: str) -> None:
+        r = subprocess.run(["ip", *args], capture_output=True, text=True)
+        assert r.returncode == 0, f"ip {' '.join(args)}: {r.stderr}"
+
+    def close(self) -> None:
+        for ns in (self.server, *self.agents):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+@pytest.fixture
+def cgroups():
+    from sysdream.daemon.cgroups import mount_point
+    root = mount_point()
+    made = []
+    for i in range(3):
+        d = Path(f"{root}/sysdream-fleet-{os.getpid()}-{i}")
+        d.mkdir()
+        made.append(d)
+    yield made
+    for d in made:
+        for _ in range(50):
+            try:
+                d.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
+def in_cgroup(cg: Path, prog: Path, script: str, times: int = 1) -> None:
+    from daemon_helpers import start_in
+    for _ in range(times):
+        p = start_in(cg, [str(prog), "-c", script], stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL)
+        p.wait(60)
+
+
+def anomalies(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [a for a in map(json.loads, path.read_text().splitlines())
+            if a.get("kind") == "anomaly"]
+
+
+def test_three_agents_in_network_namespaces_detect_through_the_server_and_without_it(
+        ebpf_ready, tmp_path, fleet_keys, cgroups):
+    """A model of a workload (recorded and trained here) on the server and on each agent;
+    each agent watches its own cgroup. The deviating workload on agent 1 alerts there and
+    nowhere else, scored by the server; with the server SIGKILLed, agent 2 falls back to
+    its local model, still alerts, and nothing is lost silently; the server back, the
+    agents reconnect and the server scores again. Metrics from all four."""
+    from harness import BENIGN, ODD, workload
+
+    prog = workload(tmp_path)
+    trace, model = tmp_path / "base.sdtrace", tmp_path / "model"
+    rec = subprocess.Popen([*SYSDREAM, "record", "--seconds", "14", "--cgroup",
+                            str(cgroups[0].stat().st_ino), "-o", str(trace)],
+                           stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    end = time.monotonic() + 9
+    while time.monotonic() < end:
+        in_cgroup(cgroups[0], prog, BENIGN)
+    assert rec.wait(60) == 0, rec.stderr.read()
+    r = subprocess.run([*SYSDREAM, "train", "--input", str(trace), "-o", str(model),
+                        "--epochs", "6", "--hidden", "24", "--threads", "2"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    models = tmp_path / "models"
+    models.mkdir()
+    subprocess.run(["cp", "-r", str(model), str(models / "workload")], check=True)
+
+    net = Namespaces(3)
+    srv = agents = None
+    try:
+        srv = Server(tmp_path, fleet_keys, models, "tcp://0.0.0.0:7478", net.server)
+        srv.wait_ready()
+        agents = []
+        for i, ns in enumerate(net.agents, 1):
+            port = free_port()
+            out = tmp_path / f"agent{i}.jsonl"
+            err = tmp_path / f"agent{i}.err"
+            p = subprocess.Popen(
+                ["nsenter", f"--net=/run/netns/{ns}", *SYSDREAM, "agent",
+                 "--server", f"tcp://10.77.{i}.1:7478",
+                 "--server-key", str(fleet_keys / "server.curve"),
+                 "--key", str(fleet_keys / f"web-{i}.curve-secret"), "--role", "web",
+                 "--model", str(model), "--state-dir", str(tmp_path / f"state{i}"),
+                 "--cgroup", str(cgroups[i - 1].stat().st_ino), "--metrics-port", str(port),
+                 "--no-journald", "--json-lines", str(out),
+                 "--set", "fleet.timeout_ms=500", "--set", "fleet.retry_s=1"],
+                stdout=subprocess.DEVNULL, stderr=err.open("w"))
+            agents.append((p, ns, port, out, err))
+
+        def agent_metrics(i):
+            p, ns, port, out, err = agents[i - 1]
+            if p.poll() is not None:
+                raise AssertionError(f"agent {i} exited {p.returncode}: {err.read_text()}")
+            return scrape(port, ns)
+        for i in (1, 2, 3):
+            wait_for(lambda i=i: agent_metrics(i).get("sysdream_fleet_connected") == 1
+                     and "probes attached" in agents[i - 1][4].read_text(), 180,
+                     f"agent {i} to attach and connect")
+            in_cgroup(cgroups[i - 1], prog, BENIGN, 3)
+        in_cgroup(cgroups[0], prog, ODD)
+        got = wait_for(lambda: anomalies(agents[0][3]), 30, "agent 1's alert")
+        assert got[0]["exe"] == str(prog) and got[0]["cgroup_id"] == cgroups[0].stat().st_ino
+        time.sleep(2)
+        assert anomalies(agents[1][3]) == [] and anomalies(agents[2][3]) == [], \
+            "an agent alerted on another's process, or on the learnt workload"
+        m1 = agent_metrics(1)
+        assert m1["sysdream_fleet_verdicts_total"] > 0 and \
+            m1['sysdream_fleet_requests_total{result="ok"}'] > 0
+        s = srv.metrics()
+        assert s['sysdream_server_windows_scored_total{agent="web-1"}'] == \
+            m1["sysdream_fleet_verdicts_total"]
+        assert s["sysdream_server_agents_active"] == 3
+
+        srv.kill()          # the server and its workers, mid-stream
+        in_cgroup(cgroups[1], prog, ODD)
+        wait_for(lambda: anomalies(agents[1][3]), 30, "agent 2's alert without the server")
+        m2 = wait_for(lambda: (m := agent_metrics(2)).get(
+            "sysdream_fleet_connected") == 0 and m, 30, "agent 2 to see the server gone")
+        fallback = sum(v for k, v in m2.items()
+                       if k.startswith("sysdream_fleet_fallback_windows_total"))
+        assert fallback > 0
+        def conserved(i):   # every window cut was scored, answered by the cache or shed
+            m = agent_metrics(i)
+            shed = sum(v for k, v in m.items() if k.startswith("sysdream_windows_shed_total"))
+            return m["sysdream_windows_cut_total"] == m["sysdream_windows_scored_total"] + \
+                m["sysdream_windows_cached_total"] + shed
+        for i in (1, 2, 3):
+            wait_for(lambda i=i: conserved(i), 30, f"agent {i}'s queue to drain, every "
+                     "window accounted for")
+
+        srv = Server(tmp_path, fleet_keys, models, "tcp://0.0.0.0:7478", net.server)
+        srv.wait_ready()
+        for i in (1, 2, 3):
+            wait_for(lambda i=i: agent_metrics(i).get("sysdream_fleet_reconnects_total", 0)
+                     >= 1 and agent_metrics(i).get("sysdream_fleet_connected") == 1, 60,
+                     f"agent {i} to reconnect")
+        in_cgroup(cgroups[2], prog, ODD)
+        wait_for(lambda: anomalies(agents[2][3]), 30, "agent 3's alert")
+        s = wait_for(lambda: (m := srv.metrics()).get(
+            'sysdream_server_windows_scored_total{agent="web-3"}', 0) > 0 and m, 30,
+            "the restarted server to score for agent 3")
+        assert s["sysdream_server_workers"] == 2
+        for p, *_ in agents:
+            p.send_signal(signal.SIGTERM)
+            assert p.wait(30) == 0
+    finally:
+        for p, *_ in agents or []:
+            if p.poll() is None:
+                p.kill()
+        if srv is not None:
+            srv.kill()
+        net.close()
