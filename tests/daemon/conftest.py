@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from daemon_helpers import normal_sequence, quick_settings, tiny_config
+from daemon_helpers import normal_sequence, quick_settings, remove_cgroup, tiny_config
 from harness import JournalNamespace
 
 from sysdream.daemon.cgroups import mount_point
@@ -49,9 +49,5 @@ def group():
     d = Path(f"{root}{rel}")
     d.mkdir()
     yield rel, d.stat().st_ino, d
-    for _ in range(50):
-        try:
-            d.rmdir()
-            break
-        except OSError:
-            time.sleep(0.1)
+    remove_cgroup(d)
+

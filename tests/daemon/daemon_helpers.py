@@ -93,6 +93,17 @@ def run_in(cgroup_dir: Path, cmd: list[str], timeout: float = 60) -> subprocess.
     return proc
 
 
+def remove_cgroup(d: Path) -> None:
+    """rmdir a test cgroup once its last process has left (that takes a moment)."""
+    import time
+    for _ in range(50):
+        try:
+            d.rmdir()
+            return
+        except OSError:
+            time.sleep(0.1)
+
+
 def gcc(tmp_path: Path, source: Path) -> Path:
     exe = tmp_path / source.stem
     subprocess.run(["gcc", "-O1", "-o", str(exe), str(source)], check=True)

@@ -322,13 +322,9 @@ def cgroups():
         d.mkdir()
         made.append(d)
     yield made
+    from daemon_helpers import remove_cgroup
     for d in made:
-        for _ in range(50):
-            try:
-                d.rmdir()
-                break
-            except OSError:
-                time.sleep(0.1)
+        remove_cgroup(d)
 
 
 def in_cgroup(cg: Path, prog: Path, script: str, times: int = 1) -> None:
