@@ -3,7 +3,6 @@ a journald in a private mount namespace; a cgroup of the test's own."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 
