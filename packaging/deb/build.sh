@@ -5,7 +5,8 @@
 #                        dependencies (torch's CPU build among them); Debian's bcc is seen
 #                        through a link, as in make setup
 #   /usr/bin/sysdream    the command
-#   /usr/lib/systemd/system/sysdream.service, /etc/sysdream/sysdream.toml (a conffile),
+#   /usr/lib/systemd/system/sysdream{,-agent,-server}.service, /etc/sysdream/sysdream.toml
+#   (a conffile),
 #   /usr/share/doc/sysdream, the man page, the bash completion, and the Grafana dashboard
 #   and Prometheus rules under /usr/share/sysdream
 #
@@ -42,7 +43,7 @@ install -d "$pkg/usr/bin" "$pkg/usr/lib/systemd/system" "$pkg/etc/sysdream" \
     "$pkg/usr/share/doc/sysdream" "$pkg/usr/share/man/man8" \
     "$pkg/usr/share/bash-completion/completions" "$pkg/usr/share/sysdream" "$pkg/DEBIAN"
 ln -s /opt/sysdream/bin/sysdream "$pkg/usr/bin/sysdream"
-install -m 0644 "$root/systemd/sysdream.service" "$pkg/usr/lib/systemd/system/"
+install -m 0644 "$root"/systemd/sysdream*.service "$pkg/usr/lib/systemd/system/"
 install -m 0644 "$root/packaging/sysdream.toml" "$pkg/etc/sysdream/"
 install -m 0644 "$root/README.md" "$root"/docs/*.md "$root/docs/alert.schema.json" \
     "$pkg/usr/share/doc/sysdream/"

@@ -173,6 +173,17 @@ class Server:
         return self.proc.returncode
 
 
+def good_exposition(remote) -> str:
+    """The fleet families an agent's metrics add, as exposition text."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from sysdream.daemon.fleet.agent import collect
+    from sysdream.daemon.metrics import Collector
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(Collector(lambda: collect(remote)))
+    return generate_latest(reg).decode()
+
+
 def spans(view, n: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     tokens = rng.integers(2, len(view.det.vocab), (n, view.span))
@@ -273,6 +284,13 @@ def test_the_server_scores_as_the_local_model_and_refuses_what_it_must(
             assert m[f'sysdream_server_rejected_messages_total{{code="{code}"}}'] >= 1, code
         assert m['sysdream_server_requests_total{agent="web-2",result="ok"}'] == 2
         assert srv.proc.poll() is None
+        import urllib.request
+
+        from test_metrics_doc import documented, registered
+        with urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/metrics") as r:
+            assert registered(r.read().decode()) == documented("Fleet server")
+        agent_exposition = good_exposition(good)
+        assert registered(agent_exposition) == documented("Fleet agent")
         assert srv.stop() == 0
     finally:
         for r in (good, stranger, impostor):

@@ -1,5 +1,7 @@
-"""systemd/sysdream.service: verified offline, scored by systemd-analyze security, and its
-privileges proven sufficient by running capture with only the capabilities it grants."""
+"""systemd/sysdream.service (and the fleet's sysdream-agent.service and
+sysdream-server.service): verified offline, scored by systemd-analyze security, and the
+daemon's privileges proven sufficient by running capture with only the capabilities it
+grants."""
 
 from __future__ import annotations
 
@@ -9,34 +11,60 @@ import subprocess
 import sys
 from pathlib import Path
 
-UNIT = Path(__file__).resolve().parents[2] / "systemd" / "sysdream.service"
+import pytest
+
+UNITS = Path(__file__).resolve().parents[2] / "systemd"
+UNIT = UNITS / "sysdream.service"
+NAMES = ("sysdream", "sysdream-agent", "sysdream-server")
 
 
-def installed_copy(tmp_path) -> Path:
+def installed_copy(tmp_path, name: str = "sysdream") -> Path:
     """The unit as the package installs it, ExecStart pointing at this checkout's sysdream
     (verify checks that the binary exists)."""
     exe = Path(sys.executable).with_name("sysdream")
     assert exe.exists(), "sysdream is not installed in this environment (make setup)"
-    text = UNIT.read_text().replace("/usr/bin/sysdream", str(exe))
-    out = tmp_path / "sysdream.service"
+    text = (UNITS / f"{name}.service").read_text().replace("/usr/bin/sysdream", str(exe))
+    out = tmp_path / f"{name}.service"
     out.write_text(text)
     return out
 
 
-def test_unit_verifies_clean(tmp_path):
-    unit = installed_copy(tmp_path)
+@pytest.mark.parametrize("name", NAMES)
+def test_unit_verifies_clean(tmp_path, name):
+    unit = installed_copy(tmp_path, name)
     out = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0 and out.stderr.strip() == "", out.stderr
 
 
-def test_unit_exposure_at_most_3(tmp_path):
-    unit = installed_copy(tmp_path)
+@pytest.mark.parametrize("name", NAMES)
+def test_unit_exposure_at_most_3(tmp_path, name):
+    unit = installed_copy(tmp_path, name)
     out = subprocess.run(["systemd-analyze", "security", "--offline=true", str(unit)],
                          capture_output=True, text=True, timeout=60)
-    m = re.search(r"Overall exposure level for sysdream.service: ([\d.]+)", out.stdout)
+    m = re.search(rf"Overall exposure level for {name}.service: ([\d.]+)", out.stdout)
     assert m, out.stdout[-500:] + out.stderr
     assert float(m.group(1)) <= 3.0
+
+
+def test_the_agent_unit_is_the_daemons_hardening_with_its_own_start():
+    """sysdream-agent.service differs from sysdream.service only in what names it and
+    starts it (the secret key as a credential): the same sandbox, line for line."""
+    def settings(name):
+        return {ln for ln in (UNITS / f"{name}.service").read_text().splitlines()
+                if ln and not ln.startswith("#")}
+    own = {"Description", "Documentation", "Conflicts", "ExecStart", "LoadCredential"}
+    agent, daemon = settings("sysdream-agent"), settings("sysdream")
+    assert {ln.split("=")[0] for ln in agent ^ daemon} <= own, agent ^ daemon
+    assert "Conflicts=sysdream.service" in agent
+
+
+def test_the_server_unit_holds_no_capability():
+    text = (UNITS / "sysdream-server.service").read_text()
+    assert re.search(r"^CapabilityBoundingSet=$", text, re.M)
+    assert "LoadCredential=server.curve-secret:" in text and "%d/server.curve-secret" in text
+    prevent = re.search(r"^RestartPreventExitStatus=(.*)$", text, re.M).group(1).split()
+    assert {"12", "15"} <= set(prevent)
 
 
 def test_unit_grants_what_capture_needs_and_no_more():

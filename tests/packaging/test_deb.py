@@ -15,7 +15,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 LEFT = [Path(p) for p in ("/opt/sysdream", "/usr/bin/sysdream", "/etc/sysdream",
-                          "/usr/lib/systemd/system/sysdream.service", "/var/lib/sysdream",
+                          "/usr/lib/systemd/system/sysdream.service",
+                          "/usr/lib/systemd/system/sysdream-agent.service",
+                          "/usr/lib/systemd/system/sysdream-server.service",
+                          "/var/lib/sysdream", "/var/lib/sysdream-server",
                           "/usr/share/doc/sysdream", "/usr/share/sysdream",
                           "/usr/share/man/man8/sysdream.8.gz",
                           "/usr/share/bash-completion/completions/sysdream")]
@@ -50,12 +53,14 @@ def test_the_deb_installs_runs_upgrades_and_purges_clean(debs, tmp_path):
     try:
         r = sh("dpkg", "-i", old)
         assert r.returncode == 0, r.stderr
+        for name in ("sysdream", "sysdream-agent", "sysdream-server"):
+            path = Path(f"/usr/lib/systemd/system/{name}.service")
+            v = sh("systemd-analyze", "verify", path)
+            assert v.returncode == 0 and v.stderr.strip() == "", (name, v.stderr)
+            s = sh("systemd-analyze", "security", "--offline=true", path)
+            m = re.search(rf"Overall exposure level for {name}.service: ([\d.]+)", s.stdout)
+            assert m and float(m.group(1)) <= 3.0, s.stdout[-400:]
         unit = Path("/usr/lib/systemd/system/sysdream.service")
-        v = sh("systemd-analyze", "verify", unit)
-        assert v.returncode == 0 and v.stderr.strip() == "", v.stderr
-        s = sh("systemd-analyze", "security", "--offline=true", unit)
-        m = re.search(r"Overall exposure level for sysdream.service: ([\d.]+)", s.stdout)
-        assert m and float(m.group(1)) <= 3.0, s.stdout[-400:]
         assert sh("/usr/bin/sysdream", "--version").stdout.startswith("sysdream ")
         doctor = sh("/usr/bin/sysdream", "doctor", timeout=300)
         assert doctor.returncode == 0, doctor.stdout + doctor.stderr
