@@ -670,14 +670,15 @@ class Scorer:
         return part
 
     def infer(self, model: ModelView, tokens: np.ndarray, valid: np.ndarray,
-              starts: np.ndarray) -> np.ndarray:
-        """Scores of spans: the fleet server's when this daemon is an agent and the server
-        answers in time, the local model's otherwise."""
+              starts: np.ndarray, n: int) -> np.ndarray:
+        """Scores of the first n spans: the fleet server's when this daemon is an agent and
+        the server answers in time (the n distinct spans sent, not the padding), the local
+        model's otherwise (on all rows: a padded batch keeps oneDNN to a few shapes)."""
         if self.remote is not None:
-            got = self.remote.score(model, tokens, valid, starts)
+            got = self.remote.score(model, tokens[:n], valid[:n], starts[:n])
             if got is not None:
                 return got
-        return local_scores(model, tokens, valid, starts, self.batch_windows)
+        return local_scores(model, tokens, valid, starts, self.batch_windows)[:n]
 
     def _finish(self, parts: list[_Part], model: ModelView, cache: WindowCache,
                 evidence: Evidence) -> list[Detection]:
@@ -698,8 +699,8 @@ class Scorer:
                 return np.concatenate([getattr(p, field)[p.first[p.miss]]
                                        for p in parts])[pad]
             t0 = time.perf_counter()
-            got = self.infer(model, missed("tokens"), missed("valid"),
-                             missed("starts"))[:len(at)]
+            got = self.infer(model, missed("tokens"), missed("valid"), missed("starts"),
+                             len(at))
             if self.observe:
                 self.observe("inference", time.perf_counter() - t0, len(at))
             cache.store(ukeys, got)

@@ -82,12 +82,27 @@ class Remote:
     # -- the scorer thread's call ------------------------------------------------------
     def score(self, model, tokens: np.ndarray, valid: np.ndarray,
               starts: np.ndarray) -> np.ndarray | None:
-        import zmq
-        now = time.monotonic()
+        """The server's scores of these spans (requests of at most MAX_ROWS), or None
+        when any part of them does not come back in time."""
         n = len(tokens)
-        if not self.connected or now < self.down_until:
+        if not self.connected or time.monotonic() < self.down_until:
             self._fallback("unreachable" if not self.connected else "backoff", n)
             return None
+        out = []
+        for lo in range(0, n, wire.MAX_ROWS):
+            hi = min(n, lo + wire.MAX_ROWS)
+            got = self._request(model, tokens[lo:hi], valid[lo:hi], starts[lo:hi])
+            if got is None:
+                if lo:       # the parts already scored were not used: count them so
+                    self._fallback("partial", lo)
+                return None
+            out.append(got)
+        return np.concatenate(out) if len(out) > 1 else out[0]
+
+    def _request(self, model, tokens: np.ndarray, valid: np.ndarray,
+                 starts: np.ndarray) -> np.ndarray | None:
+        import zmq
+        n = len(tokens)
         self.seq += 1
         frames = wire.encode("score", {"seq": self.seq, "model": model.model_id, "rows": n,
                                        "span": int(tokens.shape[1]), "role": self.role,

@@ -223,6 +223,10 @@ def test_the_server_scores_as_the_local_model_and_refuses_what_it_must(
         s = good.stats()
         assert s["requests"]["ok"] == 1 and s["windows_sent"] == s["verdicts"] == 300
         assert s["bytes_sent"] < 300 * (view.span * 2 + 10) + 1000   # uint16 tokens
+        many = spans(view, wire.MAX_ROWS + 700, seed=1)     # split into two requests
+        assert np.allclose(good.score(view, *many), local_scores(view, *many, 512),
+                           atol=1e-4)
+        assert good.stats()["requests"]["ok"] == 3
 
         # a key not in the allow-list, and an agent that pins the wrong server key
         for who in (stranger, impostor):
@@ -235,8 +239,9 @@ def test_the_server_scores_as_the_local_model_and_refuses_what_it_must(
             'sysdream_server_refused_peers_total{reason="unknown-key"}', 0) >= 1
             and m.get('sysdream_server_refused_peers_total{reason="handshake"}', 0) >= 1
             and m, 30, "both refusals counted")
-        assert m['sysdream_server_requests_total{agent="web-1",result="ok"}'] == 1
-        assert m['sysdream_server_windows_scored_total{agent="web-1"}'] == 300
+        assert m['sysdream_server_requests_total{agent="web-1",result="ok"}'] == 3
+        assert m['sysdream_server_windows_scored_total{agent="web-1"}'] == \
+            300 + wire.MAX_ROWS + 700
         assert not [k for k in m if "intruder" in k], "a refused peer has no series"
 
         # a raw agent socket (web-2's keys) sends what a broken or hostile agent would
