@@ -1,6 +1,6 @@
 """The daemon under steady load: CPU, memory, cache, shedding and detection latency.
 
-    .venv/bin/python bench/daemon.py [--seconds 20] [--warmup 8] [--model BUNDLE]
+    .venv/bin/python bench/daemon.py [--seconds 20] [--warmup 8] [--model BUNDLE] [--fleet]
 
 Real parts throughout: `sysdream run` as its own process with its probes in the running
 kernel, alerts to a systemd-journald started here in a private mount namespace, and a
@@ -19,6 +19,9 @@ filtered to its process name, so other processes do not change the load).
    child process makes 48 syscalls the model never saw and exits: the latency from its
    last syscall (CLOCK_MONOTONIC in the child) to its alert's journald entry
    (__MONOTONIC_TIMESTAMP) is measured for each.
+   With --fleet, instead: the daemon is an agent of a fleet server on loopback (one
+   worker, the same bundle), phases 100k/s and 1M/s from 4 threads, the server scoring
+   every cache miss, so the latency includes the round trip.
 
 Prints per phase: syscalls/s the daemon delivered, its CPU in cores (from /proc), RSS and
 peak RSS, threads tracked, cache hit ratio, windows shed, syscalls lost, alerts for the
@@ -126,12 +129,42 @@ def train_model(exe: Path, tmp: Path, bundle: Path, epochs: int) -> Path:
     return bundle
 
 
+def start_server(bundle: Path, tmp: Path) -> tuple[subprocess.Popen, str]:
+    """A fleet server with the bundle, on loopback, and the [fleet] section an agent of it
+    needs (keys made here)."""
+    import shutil
+
+    from sysdream.daemon.fleet import keys
+    keys.keygen(tmp / "keys", "server")
+    keys.keygen(tmp / "keys", "agent")
+    (tmp / "agents").mkdir()
+    shutil.copy(tmp / "keys" / "agent.curve", tmp / "agents")
+    shutil.copytree(bundle, tmp / "models" / "bench")
+    sys.path.insert(0, str(HERE.parent / "tests" / "daemon"))
+    from harness import free_port
+    port = free_port()
+    srv = subprocess.Popen([sys.executable, "-m", "sysdream.daemon.cli", "server", "--bind",
+                            f"tcp://127.0.0.1:{port}", "--publish",
+                            f"tcp://127.0.0.1:{free_port()}", "--key",
+                            str(tmp / "keys" / "server.curve-secret"), "--agents",
+                            str(tmp / "agents"), "--models", str(tmp / "models"),
+                            "--workers", "1", "--device", "cpu", "--metrics-port", "0",
+                            "--set", f'server.baselines="{tmp / "baselines"}"'],
+                           stderr=subprocess.DEVNULL)
+    fleet = (f'[fleet]\nserver = "tcp://127.0.0.1:{port}"\nserver_key = '
+             f'"{tmp / "keys" / "server.curve"}"\nkey = "{tmp / "keys" / "agent.curve-secret"}"'
+             '\ntimeout_ms = 250\n')
+    time.sleep(5)     # the worker loads torch
+    return srv, fleet
+
+
 def start_daemon(bundle: Path, tmp: Path, journal: JournalNamespace,
-                 cache_windows: int | None = None) -> Daemon:
-    cfg = tmp / f"sysdream-{cache_windows}.toml"
+                 cache_windows: int | None = None, fleet: str = "") -> Daemon:
+    cfg = tmp / f"sysdream-{cache_windows}-{bool(fleet)}.toml"
     text = "[alerts]\nrate_limit_burst = 1000000\nrate_limit_ceiling_per_minute = 1000000\n"
     if cache_windows is not None:
         text += f"[detection]\ncache_windows = {cache_windows}\n"
+    text += fleet
     cfg.write_text(text)
     d = Daemon(["--config", str(cfg), "--model", str(bundle), "--state-dir",
                 str(tmp / "state"), "--comm", "loadgen"], tmp, prefix=journal.prefix)
@@ -224,6 +257,8 @@ def main() -> int:
                     "when the directory has none (default: trained in a temporary one)")
     ap.add_argument("--epochs", type=int, default=4, help="epochs when training here")
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--fleet", action="store_true", help="only the fleet phases: the daemon "
+                    "an agent of a fleet server (one worker, loopback) scoring its windows")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench/daemon.py: run as root (it loads eBPF programs and starts journald)",
@@ -242,6 +277,33 @@ def main() -> int:
 
         journal = JournalNamespace()
         rows = []
+        if args.fleet:
+            srv, fleet = start_server(bundle, tmp)
+            try:
+                daemon = start_daemon(bundle, tmp, journal, fleet=fleet)
+                try:
+                    for name, rate in (("100k/s, 4 threads, server", 100_000),
+                                       ("1M/s, 4 threads, server", 1_000_000)):
+                        rows.append(phase(name, exe, daemon, journal, rate, 4, args.warmup,
+                                          args.seconds))
+                        m = daemon.metrics()
+                        rows[-1]["fleet_verdicts"] = m.get("sysdream_fleet_verdicts_total")
+                        rows[-1]["fleet_fallback"] = sum(
+                            v for k, v in m.items()
+                            if k.startswith("sysdream_fleet_fallback_windows_total"))
+                        print(f"{name}: done; verdicts from the server "
+                              f"{rows[-1]['fleet_verdicts']:.0f}, scored locally "
+                              f"{rows[-1]['fleet_fallback']:.0f}", flush=True)
+                finally:
+                    daemon.stop()
+            finally:
+                srv.terminate()
+                srv.wait(30)
+                journal.close()
+            report(rows, ref_per)
+            if args.json:
+                Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+            return 0
         try:
             daemon = start_daemon(bundle, tmp, journal)
             try:

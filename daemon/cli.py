@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "that expects at most 1 false alert an hour)")
     tr.add_argument("--sign", metavar="KEY", help="sign the bundle with this private key "
                     "(`sysdream keygen`), for hosts with [service] trusted_keys")
+    tr.add_argument("--max-share", type=float, default=None, metavar="F",
+                    help="with several inputs, none gives more than this fraction of the "
+                         "syscalls trained on (a fleet role's hosts)")
     tr.add_argument("--retrain", action="store_true",
                     help="for a host recording: after fitting the alert bound with a model "
                          "trained on the first three quarters, train once more on all of it "

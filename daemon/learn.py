@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -63,6 +64,38 @@ def _split(seqs: list, fraction: float, seed: int) -> tuple[list, list]:
     return [seqs[i] for i in sorted(order[:cut])], [seqs[i] for i in sorted(order[cut:])]
 
 
+def _shared(parts: list[list], share: float | None) -> list:
+    """The sequences of every input, none giving more than `share` of all the syscalls
+    when there are several (a fleet role's hosts: one cannot dominate, or poison, the
+    model): an input over its share keeps its sequences in order up to it."""
+    if not share or len(parts) < 2:
+        return [s for part in parts for s in part]
+    sizes = [sum(len(s.tokens) for s in part) for part in parts]
+    share = max(share, 1 / len(parts))      # equal shares are always allowed
+    # the cap c with sum(min(n, c)) * share = c, found by bisection on the sizes
+    lo, hi = 0.0, float(max(sizes))
+    for _ in range(60):
+        c = (lo + hi) / 2
+        if sum(min(n, c) for n in sizes) * share >= c:
+            lo = c
+        else:
+            hi = c
+    cap, out = max(int(lo), 1), []
+    for part, n in zip(parts, sizes, strict=True):
+        if n > cap:
+            print(f"sysdream train: an input of {n} syscalls gives {cap} (--max-share "
+                  f"{share:g})", file=sys.stderr)
+        left = cap
+        for s in part:
+            if left <= 0:
+                break
+            if len(s.tokens) > left:
+                s = dataclasses.replace(s, tokens=s.tokens[:left])
+            out.append(s)
+            left -= len(s.tokens)
+    return out
+
+
 def run_train(args) -> int:
     from sysdream.model.calibration import check_confidence
     from sysdream.model.detector import Detector
@@ -80,7 +113,7 @@ def run_train(args) -> int:
     if args.sign:
         from .signing import signer
         sign = signer(args.sign)        # a bad key stops here, before hours of training
-    seqs = [s for spec in args.input for s in read_input(spec)]
+    seqs = _shared([read_input(spec) for spec in args.input], args.max_share)
     if args.calibrate:
         calib = [s for spec in args.calibrate for s in read_input(spec)]
         held = f"calibrating on {len(calib)} other sequences"

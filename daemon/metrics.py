@@ -267,8 +267,8 @@ class Metrics:
         self.registry.register(ServiceCollector(service))
         if getattr(service, "remote", None) is not None:    # a fleet agent
             from .fleet.agent import collect
-            remote = service.remote
-            self.registry.register(Collector(lambda: collect(remote)))
+            remote, control = service.remote, getattr(service, "control", None)
+            self.registry.register(Collector(lambda: collect(remote, control)))
         ProcessCollector(registry=self.registry)
         self.inference = Histogram("sysdream_inference_seconds", "Time of one inference "
                                    "(the distinct cache misses of a scorer cycle).",

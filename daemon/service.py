@@ -88,6 +88,12 @@ class LearningBar:
         self.stage = ""
 
 
+def events_of(server: str) -> str:
+    """The fleet server's PUB address when not configured: its host, its port + 1."""
+    host, _, port = server.rpartition(":")
+    return f"{host}:{int(port) + 1}"
+
+
 def log(msg: str) -> None:
     if LearningBar.active is not None:
         LearningBar.active.write(f"sysdream: {msg}", file=sys.stderr)
@@ -200,6 +206,8 @@ class Service:
         self._train_epoch = 0
         self._bar = LearningBar()
         self.remote = None      # fleet/agent.py Remote when this daemon is an agent
+        self.control = None     # ... and its Control: baseline out, the role's model in
+        self._baseline_path: Path | None = None
 
     # -- what the metrics collector reads ---------------------------------------------
     def threads_tracked(self) -> int:
@@ -228,6 +236,9 @@ class Service:
                                  f.retry_s)
             log(f"agent {self.remote.name} of role {f.role}: the fleet server at {f.server} "
                 f"scores, the local model when it does not answer in {f.timeout_ms} ms")
+            from .fleet.agent import Control
+            self.control = Control(self.remote, f.events or events_of(f.server),
+                                   self.cfg.state_dir(), f.fetch_s)
         from .runtime import adapt_torch, bound_torch_caches, release_memory
         bound_torch_caches()
         import torch
@@ -257,6 +268,10 @@ class Service:
         self._warn_spoofable(self.cfg)
         release_memory()
         self.kernel_counters = self.capture.counters()
+        if self.control is not None and not self.cfg.service.model:
+            # the role's model, when the server has one (a bundle named in [service] model
+            # is the operator's choice and stays)
+            self.control.want(self.model.model_id if self.model is not None else "")
         if self.model is None:
             self._start_learning()
 
@@ -362,6 +377,7 @@ class Service:
         self.phase = "learning"
         settings = self.capture.settings
         path = self.cfg.state_dir() / f"baseline-{int(time.time())}.sdtrace"
+        self._baseline_path = path
         self._writer = TraceWriter(path, host_header(settings.chunk,
                                                      dataclasses.asdict(settings)))
         self._learn_started = time.monotonic()
@@ -410,7 +426,15 @@ class Service:
                 self._flush_baseline()
                 self._writer.close()
                 self._writer = None
-                self._start_training()
+                if self.control is not None:      # the fleet server trains the role's
+                    self._bar.close()
+                    self.control.upload(self._baseline_path)
+                    self.phase = "training"
+                    log(f"baseline recorded ({self.baseline_syscalls} syscalls); sending it "
+                        f"to the fleet server, which trains role {self.cfg.fleet.role}'s "
+                        "model; capture continues")
+                else:
+                    self._start_training()
         elif self.phase == "training" and self._trainer is not None:
             rc = self._trainer.poll()
             self.learning_progress = 0.5 + 0.5 * min(self._train_epoch / L.epochs, 1.0)
@@ -433,6 +457,33 @@ class Service:
             else:
                 last = self._trainer_log[-1] if self._trainer_log else f"exit {rc}"
                 self._training_failed(last)
+
+    def _fleet_tick(self) -> None:
+        """A role model the agent's Control fetched and checked: loaded (checksums,
+        signature, one window run) and swapped in like a reload, or refused."""
+        folder = self.control.take()
+        if folder is None:
+            return
+        import shutil
+        view = self._try_load(folder, "the fleet's model refused, the model in use stays",
+                              "fleet")
+        if view is None:
+            shutil.rmtree(folder, ignore_errors=True)
+            self.control.refused()
+            return
+        target = self.cfg.model_path()
+        old = target.with_name(target.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(folder, target)
+        shutil.rmtree(old, ignore_errors=True)
+        self._swap_in(view)
+        self.control.want(view.model_id)
+        self.sink.emit("learning-complete", alerts.NOTICE,
+                       f"the fleet's model {view.model_id} for role "
+                       f"{self.cfg.fleet.role} in use",
+                       {"kind": "learning-complete", "model_id": view.model_id})
 
     def _training_failed(self, why: str) -> None:
         self._bar.close()
@@ -486,7 +537,6 @@ class Service:
 
     # -- reload -----------------------------------------------------------------------
     def _do_reload(self) -> None:
-        from sysdream.model.bundle import BundleError
 
         self.notify.reloading()
         log("reloading (SIGHUP)")
@@ -504,25 +554,37 @@ class Service:
             self.trusted = trusted
         path = self.cfg.model_path()
         if self._has_model(path) or self.cfg.service.model:
-            try:
-                view = self._load(path)
-            except (BundleError, OSError, ValueError) as exc:
-                self.reloads["failed"] += 1
-                text = f"model reload refused, the running model stays: {exc}"
-                log(text)
-                self.sink.emit("model-rejected", alerts.ERR, text,
-                               {"kind": "model-rejected", "path": str(path)})
-            else:
-                if self._trainer is not None:
-                    self._trainer.kill()
-                    self._trainer = None
-                if self._writer is not None:
-                    self._flush_baseline()
-                    self._writer.close()
-                    self._writer = None
-                self._use_model(view)
-                self.reloads["ok"] += 1
+            view = self._try_load(path, "model reload refused, the running model stays",
+                                  str(path))
+            if view is not None:
+                self._swap_in(view)
         self.notify.ready(self._status())
+
+    def _try_load(self, path: Path, refused: str, where: str):
+        """The bundle at `path` loaded and checked, or None: refused, counted, said."""
+        from sysdream.model.bundle import BundleError
+        try:
+            return self._load(path)
+        except (BundleError, OSError, ValueError) as exc:
+            self.reloads["failed"] += 1
+            text = f"{refused}: {exc}"
+            log(text)
+            self.sink.emit("model-rejected", alerts.ERR, text,
+                           {"kind": "model-rejected", "path": where})
+            return None
+
+    def _swap_in(self, view) -> None:
+        """A new model in use without a restart: learning and training in progress end."""
+        if self._trainer is not None:
+            self._trainer.kill()
+            self._trainer = None
+        if self._writer is not None:
+            self._flush_baseline()
+            self._writer.close()
+            self._writer = None
+        self._bar.close()
+        self._use_model(view)
+        self.reloads["ok"] += 1
 
     def _apply_config(self, new: Config) -> None:
         old = self.cfg
@@ -556,6 +618,9 @@ class Service:
             return (f"learning this host: {frac:.0%} of the baseline recorded "
                     f"({self.baseline_syscalls} syscalls{self._time_left(frac)}), {lost} "
                     "syscalls lost")
+        if self.phase == "training" and self.control is not None:
+            return (f"waiting for role {self.cfg.fleet.role}'s model from the fleet server "
+                    f"(baseline sent), capture continues, {lost} syscalls lost")
         if self.phase == "training":
             return (f"training on the baseline (epoch {self._train_epoch} of "
                     f"{self.cfg.learning.epochs}), capture continues, {lost} syscalls lost")
@@ -611,6 +676,8 @@ class Service:
                 self.kernel_counters = cap.counters()
                 self._flush_baseline()
                 self._learning_tick()
+                if self.control is not None:
+                    self._fleet_tick()
                 self.alerting.tick(now)
                 if now >= self._next_refresh:
                     self._next_refresh = now + FILTER_REFRESH_S
@@ -695,6 +762,9 @@ class Service:
         if self.metrics is not None:
             self.metrics.close()
         self.alerting.close()
+        if self.control is not None:      # first: its sockets share the remote's context
+            self.control.close()
+            self.control = None
         if self.remote is not None:
             self.remote.close()
             self.remote = None

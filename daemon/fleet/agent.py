@@ -13,11 +13,14 @@ it moving. Every outcome is counted (docs/metrics.md, "Fleet agent").
 
 from __future__ import annotations
 
+import hashlib
+import json
 import socket
 import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 
@@ -39,6 +42,7 @@ class Remote:
         from ..metrics import version
         self.endpoint, self.role = server, role
         self.server_name, self.server_public = load_public(server_key)
+        self.key_path = key
         self.name, public, secret = load_secret(key)
         self.timeout_ms, self.retry_s = timeout_ms, retry_s
         self.version = version()
@@ -230,10 +234,10 @@ class Remote:
         self.sock.disable_monitor()
         self.monitor.close(0)
         self.sock.close(0)
-        self.ctx.term()
+        self.ctx.term()     # after Control.close(): its sockets share this context
 
 
-def collect(remote: Remote):
+def collect(remote: Remote, control: Control | None = None):
     """The agent's fleet metrics (docs/metrics.md, "Fleet agent"), read at scrape time."""
     from prometheus_client.core import (
         CounterMetricFamily,
@@ -277,3 +281,222 @@ def collect(remote: Remote):
                              "role and server.", labels=["agent", "role", "server"])
     info.add_metric([remote.name, remote.role, remote.endpoint], 1)
     yield info
+    fam = CounterMetricFamily("sysdream_fleet_learning_events", "Fleet learning, by event: "
+                              "uploads, uploads-failed (baselines sent), announced (role "
+                              "models the server published), bundles, bundles-refused "
+                              "(fetched), events-refused.", labels=["event"])
+    counts = control.stats() if control is not None else {}
+    for k in ("uploads", "uploads-failed", "announced", "bundles", "bundles-refused",
+              "events-refused"):
+        fam.add_metric([k], counts.get(k, 0))
+    yield fam
+
+
+class Control:
+    """The agent's fleet learning, on a thread and sockets of its own (the scorer's socket
+    is the scorer thread's alone): its baseline sent to the server in parts, the role's
+    model fetched when the server announces one (SUB) or every `fetch_s`, checked (the
+    manifest's sha256 against the one announced and the one sent; the files' against the
+    manifest when the service loads it) and left in a folder for the main loop to take."""
+
+    def __init__(self, remote: Remote, events: str, state_dir, fetch_s: float = 30.0):
+        import zmq
+        self.remote, self.role, self.fetch_s = remote, remote.role, fetch_s
+        self.state_dir = Path(state_dir)
+        _, public, secret = load_secret_of(remote)
+        self.ctx = remote.ctx
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sub = self.ctx.socket(zmq.SUB)
+        for sock in (self.sock, self.sub):
+            sock.curve_secretkey, sock.curve_publickey = secret, public
+            sock.curve_serverkey = remote.server_public
+            sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_BUNDLE + (1 << 20))
+        self.sub.setsockopt(zmq.MAXMSGSIZE, wire.MAX_HEADER + 64)
+        self.sub.setsockopt(zmq.SUBSCRIBE, wire.TOPIC)
+        self.sock.connect(remote.endpoint)
+        self.sub.connect(events)
+        self.seq = 0
+        self.lock = threading.Lock()
+        self.have = ""              # the model in use (its id)
+        self.fetching = False       # asking for the role's model
+        self.active = False         # taking the role's models at all (want() called)
+        self.uploads: list[Path] = []
+        self.ready: Path | None = None
+        self.announced: dict[str, str] = {}    # model id -> sha256 announced
+        self.last = ""                         # the model id of the last bundle fetched
+        self.refused_ids: set[str] = set()     # fetched and refused by the service
+        self.counts: Counter = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sysdream-fleet-control",
+                                        daemon=True)
+        self._thread.start()
+
+    # -- what the main loop calls -------------------------------------------------------
+    def upload(self, path: Path) -> None:
+        with self.lock:
+            self.uploads.append(Path(path))
+
+    def want(self, have: str) -> None:
+        """Fetch the role's model when it is not `have` (the model in use, "" for none)."""
+        with self.lock:
+            self.have, self.fetching, self.active = have, True, True
+
+    def refused(self) -> None:
+        """The service refused the last bundle: not fetched again until another model is
+        announced (or, without a model, at the next periodic fetch)."""
+        with self.lock:
+            self.refused_ids.add(self.last)
+            self.counts["bundles-refused"] += 1
+            self.fetching = not self.have
+
+    def take(self) -> Path | None:
+        with self.lock:
+            ready, self.ready = self.ready, None
+            return ready
+
+    def stats(self) -> dict:
+        with self.lock:
+            return dict(self.counts)
+
+    # -- the thread -------------------------------------------------------------------
+    def _run(self) -> None:
+        import zmq
+        next_fetch = 0.0
+        while not self._stop.is_set():
+            try:
+                if self.sub.poll(200):
+                    self._event(self.sub.recv_multipart())
+                    next_fetch = 0.0 if self._announced_new() else next_fetch
+                with self.lock:
+                    upload = self.uploads[0] if self.uploads else None
+                    fetching = self.fetching
+                if upload is not None and self._upload(upload):
+                    with self.lock:
+                        self.uploads.pop(0)
+                if fetching and time.monotonic() >= next_fetch:
+                    next_fetch = time.monotonic() + self.fetch_s
+                    self._fetch()
+            except zmq.ZMQError:
+                if self._stop.is_set():
+                    return
+                time.sleep(1)
+
+    def _event(self, frames: list[bytes]) -> None:
+        try:
+            m = wire.decode(frames[1:], ("event",))
+        except wire.ProtocolError:
+            with self.lock:
+                self.counts["events-refused"] += 1
+            return
+        h = m.header
+        if h["kind"] != "model" or h.get("role") != self.role:
+            return
+        mid, sha = h.get("model"), h.get("sha256")
+        if isinstance(mid, str) and isinstance(sha, str) and len(sha) == 64:
+            with self.lock:
+                self.announced[mid] = sha
+                self.counts["announced"] += 1
+                if self.active and mid != self.have and mid not in self.refused_ids:
+                    self.fetching = True
+
+    def _announced_new(self) -> bool:
+        with self.lock:
+            return self.active and any(mid != self.have and mid not in self.refused_ids
+                       for mid in self.announced)
+
+    def _ask(self, frames: list[bytes], expect: tuple[str, ...], timeout_s: float):
+        """Send and wait for the reply to this request (older replies dropped)."""
+        self.sock.send_multipart(frames)
+        seq = json.loads(frames[0])["seq"]
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            if not self.sock.poll(int(left * 1000) + 1):
+                break
+            try:
+                m = wire.decode(self.sock.recv_multipart(), (*expect, "error"))
+            except wire.ProtocolError:
+                continue
+            if m.header["seq"] == seq:
+                return m
+        return None
+
+    def _upload(self, path: Path) -> bool:
+        from ..metrics import version
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            log(f"the baseline {path} cannot be read ({exc.strerror}); not sent")
+            return True
+        sha = hashlib.sha256(data).hexdigest()
+        parts = max(1, -(-len(data) // wire.MAX_PART))
+        if parts > wire.MAX_PARTS:
+            log(f"the baseline {path} is over {wire.MAX_PARTS * wire.MAX_PART >> 20} MiB; "
+                "not sent (lower [learning] max_syscalls)")
+            return True
+        for i in range(parts):
+            chunk = np.frombuffer(data[i * wire.MAX_PART:(i + 1) * wire.MAX_PART], np.uint8)
+            self.seq += 1
+            m = self._ask(wire.encode("baseline", {
+                "seq": self.seq, "role": self.role, "version": version(), "part": i,
+                "parts": parts, "bytes": len(chunk), "sha256": sha}, data=chunk),
+                ("stored",), 60)
+            if m is None or m.type == "error":
+                why = "no answer" if m is None else m.header["reason"]
+                log(f"sending the baseline failed at part {i + 1} of {parts} ({why}); "
+                    f"again in {self.fetch_s:g} s")
+                with self.lock:
+                    self.counts["uploads-failed"] += 1
+                time.sleep(min(self.fetch_s, 5))
+                return False
+        log(f"baseline sent to the server for role {self.role} ({len(data)} bytes); the "
+            "role's model comes from the server")
+        with self.lock:
+            self.counts["uploads"] += 1
+        return True
+
+    def _fetch(self) -> None:
+        import tempfile
+
+        from ..metrics import version
+        self.seq += 1
+        with self.lock:
+            have = self.have
+        m = self._ask(wire.encode("fetch", {"seq": self.seq, "role": self.role,
+                                            "version": version(), "have": have}),
+                      ("bundle",), 60)
+        if m is None or m.type == "error":
+            return
+        h = m.header
+        with self.lock:
+            self.last = h["model"]
+            if h["model"] in self.refused_ids:
+                self.fetching = not self.have
+                return
+        manifest = m.arrays["manifest.json"]
+        with self.lock:
+            announced = self.announced.get(h["model"])
+        sha = hashlib.sha256(manifest).hexdigest()
+        if sha != h["sha256"] or (announced is not None and sha != announced):
+            log(f"refused the role's model {h['model'][:16]}: its manifest is not the one "
+                "announced; the model in use stays")
+            with self.lock:
+                self.counts["bundles-refused"] += 1
+            return
+        folder = Path(tempfile.mkdtemp(prefix=".fleet-", dir=self.state_dir))
+        for name, data in m.arrays.items():
+            (folder / name).write_bytes(data)
+        with self.lock:
+            self.counts["bundles"] += 1
+            self.ready = folder
+            self.fetching = False
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close(0)
+        self.sub.close(0)
+
+
+def load_secret_of(remote: Remote):
+    return load_secret(remote.key_path)

@@ -11,6 +11,14 @@ so in one error message naming both versions; nothing is guessed.
     server -> agent   scores   {seq, model, rows, worker, infer_ms}   scores float32 [rows]
                       error    {seq, code, reason}
     server PUB        event    {kind, server, version, models, time}  (topic b"fleet")
+                               kind "model" adds {role, model, sha256}: a role's new model
+    agent -> server   baseline {seq, role, version, part, parts, bytes, sha256}
+                               data uint8 [bytes]: part of the agent's baseline recording
+    server -> agent   stored   {seq, part, parts, complete}
+    agent -> server   fetch    {seq, role, version, have}: the role's model, unless `have`
+    server -> agent   bundle   {seq, role, model, sha256, names, sizes}
+                               one uint8 frame per file of the bundle, in `names` order;
+                               sha256 is the manifest's (which lists every file's)
 
 `seq` increases with every request of an agent: a reply to an older request (one that
 timed out) is stale and dropped by the agent; a request whose seq does not increase is
@@ -32,7 +40,12 @@ MAX_SPAN = 768          # tokens in one window's span (window 256, predict-next)
 MAX_FRAME = MAX_ROWS * MAX_SPAN * 2
 MAX_TOKEN = 1 << 16    # token ids are indices into a vocabulary (uint16 on the wire)
 TOPIC = b"fleet"
-CODES = ("version", "malformed", "oversized", "order", "unknown-model", "busy", "internal")
+CODES = ("version", "malformed", "oversized", "order", "unknown-model", "busy", "internal",
+         "no-model", "current", "refused")
+MAX_PART = 8 << 20      # bytes of a baseline in one message
+MAX_PARTS = 64          # so a baseline of at most 512 MiB
+MAX_FILES = 32          # files in a bundle
+MAX_BUNDLE = 256 << 20  # bytes of a bundle
 
 # frame layouts of each type: (name, dtype, shape from the header)
 FRAMES = {
@@ -41,6 +54,10 @@ FRAMES = {
     "scores": (("scores", "<f4", ("rows",)),),
     "error": (),
     "event": (),
+    "baseline": (("data", "<u1", ("bytes",)),),
+    "stored": (),
+    "fetch": (),
+    "bundle": None,     # one frame per file, sizes in the header
 }
 # header keys each type must carry, with their types
 KEYS = {
@@ -49,7 +66,14 @@ KEYS = {
     "scores": {"seq": int, "model": str, "rows": int, "worker": int, "infer_ms": float},
     "error": {"seq": int, "code": str, "reason": str},
     "event": {"kind": str, "server": str, "version": str, "models": list, "time": float},
+    "baseline": {"seq": int, "role": str, "version": str, "part": int, "parts": int,
+                 "bytes": int, "sha256": str},
+    "stored": {"seq": int, "part": int, "parts": int, "complete": bool},
+    "fetch": {"seq": int, "role": str, "version": str, "have": str},
+    "bundle": {"seq": int, "role": str, "model": str, "sha256": str, "names": list,
+               "sizes": list},
 }
+ROLE_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
 class ProtocolError(ValueError):
@@ -71,6 +95,8 @@ def encode(type_: str, header: dict, **arrays: np.ndarray) -> list[bytes]:
     """The frames of one message (the sender's own data: checked by assertion only)."""
     h = {"proto": PROTO, "type": type_, **header}
     frames = [json.dumps(h, separators=(",", ":")).encode()]
+    if type_ == "bundle":
+        return frames + [bytes(arrays[n]) for n in header["names"]]
     for name, dtype, _ in FRAMES[type_]:
         frames.append(np.ascontiguousarray(arrays[name], dtype=dtype).tobytes())
     return frames
@@ -103,17 +129,30 @@ def decode(frames: list[bytes], expect: tuple[str, ...]) -> Message:
                             f"{' or '.join(expect)} is expected")
     for key, kind in KEYS[t].items():
         v = h.get(key)
-        ok = isinstance(v, kind) and not isinstance(v, bool)
+        ok = isinstance(v, kind) and (kind is bool or not isinstance(v, bool))
         if kind is float:
             ok = isinstance(v, (int, float)) and not isinstance(v, bool)
         if not ok:
             raise ProtocolError("malformed", f"{t}: {key} missing or not a "
                                 f"{kind.__name__}")
+    if "role" in h and not (isinstance(h["role"], str) and 0 < len(h["role"]) <= 64
+                            and set(h["role"]) <= ROLE_CHARS
+                            and not h["role"].startswith(".")):
+        raise ProtocolError("malformed", f"{t}: a role of letters, digits, _, . or - "
+                            "(not starting with .)")
+    if t == "bundle":
+        return _bundle(frames, h)
+    if t == "baseline" and not (0 <= h["part"] < h["parts"] <= MAX_PARTS
+                                and 0 < h["bytes"] <= MAX_PART):
+        raise ProtocolError("oversized" if h["bytes"] > MAX_PART or h["parts"] > MAX_PARTS
+                            else "malformed", f"baseline: part {h['part']} of "
+                            f"{h['parts']}, {h['bytes']} bytes (at most {MAX_PARTS} parts "
+                            f"of {MAX_PART})")
     layout = FRAMES[t]
     if len(frames) != 1 + len(layout):
         raise ProtocolError("malformed", f"{t}: {len(frames) - 1} array frames, not "
                             f"{len(layout)}")
-    if layout:
+    if layout and "rows" in KEYS[t]:
         rows = h["rows"]
         span = h.get("span", 1)
         if not 0 < rows <= MAX_ROWS:
@@ -139,6 +178,27 @@ def decode(frames: list[bytes], expect: tuple[str, ...]) -> Message:
     if t == "scores" and not np.all(np.isfinite(arrays["scores"])):
         raise ProtocolError("malformed", "scores: a score that is not finite")
     return Message(t, h, arrays)
+
+
+def _bundle(frames: list[bytes], h: dict) -> Message:
+    names, sizes = h["names"], h["sizes"]
+    if not (0 < len(names) == len(sizes) == len(frames) - 1 <= MAX_FILES):
+        raise ProtocolError("malformed", f"bundle: {len(frames) - 1} files for "
+                            f"{len(names)} names")
+    for n, size, f in zip(names, sizes, frames[1:], strict=True):
+        if not (isinstance(n, str) and 0 < len(n) <= 64 and "/" not in n
+                and not n.startswith(".") and "\0" not in n):
+            raise ProtocolError("malformed", f"bundle: a file name {str(n)[:40]!r}")
+        if not (isinstance(size, int) and not isinstance(size, bool) and size == len(f)):
+            raise ProtocolError("malformed", f"bundle: {n} holds {len(f)} bytes, not "
+                                f"{size}")
+    if sum(sizes) > MAX_BUNDLE or len(set(names)) != len(names):
+        raise ProtocolError("oversized" if sum(sizes) > MAX_BUNDLE else "malformed",
+                            "bundle: too large, or a file named twice")
+    if "manifest.json" not in names:
+        raise ProtocolError("malformed", "bundle: no manifest.json")
+    return Message("bundle", h, {n: bytes(f) for n, f in zip(names, frames[1:],
+                                                             strict=True)})
 
 
 def error(seq: int, code: str, reason: str) -> list[bytes]:

@@ -28,6 +28,7 @@ from ..config import Config, ConfigError
 from ..exitcodes import FleetEndpointError
 from . import protocol as wire
 from .keys import allow_list, load_secret
+from .roles import Roles
 
 HEARTBEAT_S = 10.0
 INFER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -66,6 +67,7 @@ class Server:
         self.device = s.device
         self.ctx = self.auth = self.front = self.back = self.pub = self.monitor = None
         self.http = None
+        self.roles = Roles(cfg)
         self.rundir = None
         self.started = time.time()
         self.name = os.uname().nodename
@@ -95,7 +97,8 @@ class Server:
         if not self.allowed:
             log(f"no agent keys in {s.agents} yet: every agent is refused until one is "
                 "there (reload with SIGHUP)")
-        Path(s.models).mkdir(parents=True, exist_ok=True)
+        for folder in (s.models, s.baselines):
+            Path(folder).mkdir(parents=True, exist_ok=True)
         self.device = self._device(s.device)
         self.ctx = zmq.Context()
         self.auth = ThreadAuthenticator(self.ctx)
@@ -177,7 +180,7 @@ class Server:
         poller.register(self.front, zmq.POLLIN)
         poller.register(self.back, zmq.POLLIN)
         poller.register(self.monitor, zmq.POLLIN)
-        next_beat = 0.0
+        next_beat = next_tick = 0.0
         self._event("server-started")
         while not self.stop:
             ready = dict(poller.poll(200))
@@ -201,6 +204,9 @@ class Server:
             if self.reload:
                 self.reload = False
                 self._reload()
+            if now >= next_tick:
+                next_tick = now + 1.0
+                self.roles.tick(self._publish_model)
             if now >= next_beat:
                 next_beat = now + HEARTBEAT_S
                 self._event("heartbeat")
@@ -224,7 +230,7 @@ class Server:
             self.bytes_in[agent] += sum(len(b) for b in body)
             self.last_seen[agent] = time.monotonic()
         try:
-            m = wire.decode(body, ("score",))
+            m = wire.decode(body, ("score", "baseline", "fetch"))
         except wire.ProtocolError as exc:
             self._reject(ident, agent, -1, exc.code, str(exc))
             return
@@ -237,6 +243,9 @@ class Server:
         self.seqs.move_to_end(ident)
         while len(self.seqs) > 100000:
             self.seqs.popitem(last=False)
+        if m.type != "score":
+            self._learning(ident, agent, m)
+            return
         if len(self.inflight) >= MAX_INFLIGHT:
             self._reject(ident, agent, seq, "busy", "every worker is busy")
             return
@@ -246,6 +255,40 @@ class Server:
             self._reject(ident, agent, seq, "busy", "no worker can take it")
             return
         self.inflight[(ident, seq)] = (agent, time.monotonic())
+
+    def _learning(self, ident: bytes, agent: str, m: wire.Message) -> None:
+        """A baseline part in, or a role's model out (roles.py), in the broker itself."""
+        h = m.header
+        try:
+            if agent == UNKNOWN:
+                raise wire.ProtocolError("refused", "no key name for this agent")
+            if m.type == "baseline":
+                complete, _ = self.roles.store(agent, m)
+                reply = wire.encode("stored", {"seq": h["seq"], "part": h["part"],
+                                               "parts": h["parts"], "complete": complete})
+            else:
+                mid, sha, files = self.roles.bundle(h["role"], h["have"])
+                reply = wire.encode("bundle", {"seq": h["seq"], "role": h["role"],
+                                               "model": mid, "sha256": sha,
+                                               "names": list(files),
+                                               "sizes": [len(b) for b in files.values()]},
+                                    **files)
+        except wire.ProtocolError as exc:
+            self._reject(ident, agent, h["seq"], exc.code, str(exc))
+            return
+        except OSError as exc:
+            self._reject(ident, agent, h["seq"], "internal", f"{exc.strerror or exc}")
+            return
+        with self.lock:
+            self.requests[(agent, "ok")] += 1
+        self._send(ident, reply)
+
+    def _publish_model(self, role: str, model_id: str, sha: str) -> None:
+        from ..metrics import version
+        self.pub.send_multipart([wire.TOPIC, *wire.encode(
+            "event", {"kind": "model", "server": self.name, "version": version(),
+                      "models": [], "time": time.time(), "role": role, "model": model_id,
+                      "sha256": sha})])
 
     def _reject(self, ident: bytes, agent: str, seq: int, code: str, reason: str) -> None:
         with self.lock:
@@ -301,7 +344,7 @@ class Server:
     def _event(self, kind: str) -> None:
         from ..metrics import version
         models = sorted(p.parent.name for p in Path(self.cfg.server.models).glob(
-            "*/manifest.json"))[:100]
+            "*/manifest.json") if not p.parent.name.startswith("."))[:100]
         self.pub.send_multipart([wire.TOPIC, *wire.encode(
             "event", {"kind": kind, "server": self.name, "version": version(),
                       "models": models, "time": time.time()})])
@@ -325,6 +368,8 @@ class Server:
             log(f"reloaded: {len(self.allowed)} agent keys")
         except ConfigError as exc:
             log(f"reload refused, keeping {len(self.allowed)} agent keys: {exc}")
+        for role, mid, sha in self.roles.published():     # announced again
+            self._publish_model(role, mid, sha)
 
     def health(self) -> dict:
         alive = self._alive()
@@ -336,6 +381,7 @@ class Server:
                    if w is not None and w.poll() is None and i in self.ready)
 
     def close(self) -> None:
+        self.roles.close()
         for w in self.workers:
             if w is not None and w.poll() is None:
                 w.terminate()
@@ -421,6 +467,16 @@ class ServerCollector:
                                 "ready (connected, model code loaded).", value=s._alive())
         yield CounterMetricFamily("sysdream_server_worker_restarts", "Workers started again "
                                   "after they exited.", value=s.worker_restarts)
+        r = s.roles
+        yield CounterMetricFamily("sysdream_server_baselines_stored", "Agents' baselines "
+                                  "received whole and checked.", value=r.baselines_stored)
+        fam = CounterMetricFamily("sysdream_server_models_trained", "Role models trained, "
+                                  "by result.", labels=["result"])
+        fam.add_metric(["ok"], r.trained)
+        fam.add_metric(["failed"], r.failed)
+        yield fam
+        yield GaugeMetricFamily("sysdream_server_roles_training", "Roles whose model is "
+                                "being trained now.", value=len(r.training))
         for name, doc, cum, total in (
                 ("sysdream_server_inference_seconds", "One worker inference (the requests "
                  "of every agent it batched).", infer, infer_sum),

@@ -86,9 +86,34 @@ def test_any_frames_decode_or_are_refused_with_a_code(frames, cut, noise):
     spliced = good[:cut] + [noise] + good[cut + 1:]
     for msg in (frames, spliced):
         try:
-            wire.decode(msg, ("score", "scores", "error"))
+            wire.decode(msg, tuple(wire.FRAMES))
         except wire.ProtocolError as exc:
             assert exc.code in wire.CODES
+
+
+def test_bundles_and_baselines_are_checked_before_anything_is_written():
+    files = {"manifest.json": b"{}", "network.json": b"[]"}
+    header = {"seq": 1, "role": "web", "model": "m", "sha256": "0" * 64,
+              "names": list(files), "sizes": [2, 2]}
+    m = wire.decode(wire.encode("bundle", header, **files), ("bundle",))
+    assert m.arrays == files
+    for bad, why in (({"names": ["../x", "network.json"]}, "a file name"),
+                     ({"names": [".hidden", "network.json"]}, "a file name"),
+                     ({"sizes": [2, 3]}, "holds 2 bytes, not 3"),
+                     ({"names": ["a.json", "network.json"]}, "no manifest"),
+                     ({"role": ".."}, "role"), ({"role": "web/x"}, "role")):
+        frames = wire.encode("bundle", {**header, **bad}, **{
+            n: b for n, b in zip(bad.get("names", files), files.values(), strict=True)})
+        with pytest.raises(wire.ProtocolError, match=why):
+            wire.decode(frames, ("bundle",))
+    part = {"seq": 1, "role": "web", "version": "t", "part": 0, "parts": 1, "bytes": 3,
+            "sha256": "0" * 64}
+    assert wire.decode(wire.encode("baseline", part, data=np.frombuffer(b"abc", np.uint8)),
+                       ("baseline",)).arrays["data"].tobytes() == b"abc"
+    for bad in ({"part": 1}, {"parts": wire.MAX_PARTS + 1}, {"bytes": wire.MAX_PART + 1}):
+        with pytest.raises(wire.ProtocolError):
+            wire.decode(wire.encode("baseline", {**part, **bad},
+                                    data=np.frombuffer(b"abc", np.uint8)), ("baseline",))
 
 
 # -- keys -----------------------------------------------------------------------------
@@ -134,16 +159,18 @@ class Server:
     """`sysdream server` as a child process (optionally inside a network namespace)."""
 
     def __init__(self, tmp: Path, keydir: Path, models: Path, bind: str,
-                 netns: str | None = None, workers: int = 2):
+                 netns: str | None = None, workers: int = 2, publish: str = "",
+                 extra: tuple[str, ...] = ()):
         self.port, self.netns = free_port(), netns
         self.err = tmp / f"server-{self.port}.err"
+        self.publish = publish or bind.rsplit(":", 1)[0] + f":{free_port()}"
         prefix = ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
         self.proc = subprocess.Popen(
-            [*prefix, *SYSDREAM, "server", "--bind", bind, "--publish",
-             bind.rsplit(":", 1)[0] + f":{free_port()}", "--key",
-             str(keydir / "server.curve-secret"), "--agents", str(tmp / "agents"),
+            [*prefix, *SYSDREAM, "server", "--bind", bind, "--publish", self.publish,
+             "--key", str(keydir / "server.curve-secret"), "--agents", str(tmp / "agents"),
              "--models", str(models), "--workers", str(workers), "--device", "cpu",
-             "--metrics-port", str(self.port)],
+             "--metrics-port", str(self.port), "--set",
+             f"server.baselines={tmp / 'baselines'}", *extra],
             stdout=subprocess.DEVNULL, stderr=self.err.open("w"), start_new_session=True)
 
     def wait_ready(self) -> None:
@@ -358,11 +385,55 @@ def in_cgroup(cg: Path, prog: Path, script: str, times: int = 1) -> None:
         p.wait(60)
 
 
-def anomalies(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [a for a in map(json.loads, path.read_text().splitlines())
-            if a.get("kind") == "anomaly"]
+class Agent:
+    """`sysdream agent` as a child process watching one cgroup (optionally inside a
+    network namespace), alerts to a JSON-lines file."""
+
+    def __init__(self, tmp: Path, i: int, keydir: Path, server: str, events: str,
+                 cgroup: Path, extra: list[str], netns: str | None = None):
+        self.port, self.netns, self.i = free_port(), netns, i
+        self.out, self.err = tmp / f"agent{i}.jsonl", tmp / f"agent{i}.err"
+        self.state = tmp / f"state{i}"
+        prefix = ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
+        self.proc = subprocess.Popen(
+            [*prefix, *SYSDREAM, "agent", "--server", server, "--server-key",
+             str(keydir / "server.curve"), "--key", str(keydir / f"web-{i}.curve-secret"),
+             "--role", "web", "--state-dir", str(self.state), "--cgroup",
+             str(cgroup.stat().st_ino), "--metrics-port", str(self.port), "--no-journald",
+             "--json-lines", str(self.out), "--set", "fleet.timeout_ms=500", "--set",
+             "fleet.retry_s=1", "--set", f'fleet.events="{events}"', "--set",
+             "fleet.fetch_s=2", *extra],
+            stdout=subprocess.DEVNULL, stderr=self.err.open("w"))
+
+    def metrics(self) -> dict[str, float]:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"agent {self.i} exited {self.proc.returncode}: "
+                                 f"{self.err.read_text()}")
+        return scrape(self.port, self.netns)
+
+    def wait_connected(self) -> None:
+        wait_for(lambda: self.metrics().get("sysdream_fleet_connected") == 1
+                 and "probes attached" in self.err.read_text(), 180,
+                 f"agent {self.i} to attach and connect")
+
+    def model_id(self) -> str:
+        return next((k.split('model_id="')[1].split('"')[0] for k in self.metrics()
+                     if k.startswith("sysdream_model_info")), "")
+
+    def alerts(self) -> list[dict]:
+        if not self.out.exists():
+            return []
+        return [a for a in map(json.loads, self.out.read_text().splitlines())
+                if a.get("kind") == "anomaly"]
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def test_three_agents_in_network_namespaces_detect_through_the_server_and_without_it(
@@ -395,40 +466,24 @@ def test_three_agents_in_network_namespaces_detect_through_the_server_and_withou
     net = Namespaces(3)
     srv = agents = None
     try:
-        srv = Server(tmp_path, fleet_keys, models, "tcp://0.0.0.0:7478", net.server)
+        srv = Server(tmp_path, fleet_keys, models, "tcp://0.0.0.0:7478", net.server,
+                     publish="tcp://0.0.0.0:7479")
         srv.wait_ready()
-        agents = []
-        for i, ns in enumerate(net.agents, 1):
-            port = free_port()
-            out = tmp_path / f"agent{i}.jsonl"
-            err = tmp_path / f"agent{i}.err"
-            p = subprocess.Popen(
-                ["nsenter", f"--net=/run/netns/{ns}", *SYSDREAM, "agent",
-                 "--server", f"tcp://10.77.{i}.1:7478",
-                 "--server-key", str(fleet_keys / "server.curve"),
-                 "--key", str(fleet_keys / f"web-{i}.curve-secret"), "--role", "web",
-                 "--model", str(model), "--state-dir", str(tmp_path / f"state{i}"),
-                 "--cgroup", str(cgroups[i - 1].stat().st_ino), "--metrics-port", str(port),
-                 "--no-journald", "--json-lines", str(out),
-                 "--set", "fleet.timeout_ms=500", "--set", "fleet.retry_s=1"],
-                stdout=subprocess.DEVNULL, stderr=err.open("w"))
-            agents.append((p, ns, port, out, err))
+        agents = [Agent(tmp_path, i, fleet_keys, f"tcp://10.77.{i}.1:7478",
+                        f"tcp://10.77.{i}.1:7479", cgroups[i - 1],
+                        ["--model", str(model)], ns)
+                  for i, ns in enumerate(net.agents, 1)]
 
         def agent_metrics(i):
-            p, ns, port, out, err = agents[i - 1]
-            if p.poll() is not None:
-                raise AssertionError(f"agent {i} exited {p.returncode}: {err.read_text()}")
-            return scrape(port, ns)
+            return agents[i - 1].metrics()
         for i in (1, 2, 3):
-            wait_for(lambda i=i: agent_metrics(i).get("sysdream_fleet_connected") == 1
-                     and "probes attached" in agents[i - 1][4].read_text(), 180,
-                     f"agent {i} to attach and connect")
+            agents[i - 1].wait_connected()
             in_cgroup(cgroups[i - 1], prog, BENIGN, 3)
         in_cgroup(cgroups[0], prog, ODD)
-        got = wait_for(lambda: anomalies(agents[0][3]), 30, "agent 1's alert")
+        got = wait_for(lambda: agents[0].alerts(), 30, "agent 1's alert")
         assert got[0]["exe"] == str(prog) and got[0]["cgroup_id"] == cgroups[0].stat().st_ino
         time.sleep(2)
-        assert anomalies(agents[1][3]) == [] and anomalies(agents[2][3]) == [], \
+        assert agents[1].alerts() == [] and agents[2].alerts() == [], \
             "an agent alerted on another's process, or on the learnt workload"
         m1 = agent_metrics(1)
         assert m1["sysdream_fleet_verdicts_total"] > 0 and \
@@ -440,7 +495,7 @@ def test_three_agents_in_network_namespaces_detect_through_the_server_and_withou
 
         srv.kill()          # the server and its workers, mid-stream
         in_cgroup(cgroups[1], prog, ODD)
-        wait_for(lambda: anomalies(agents[1][3]), 30, "agent 2's alert without the server")
+        wait_for(lambda: agents[1].alerts(), 30, "agent 2's alert without the server")
         m2 = wait_for(lambda: (m := agent_metrics(2)).get(
             "sysdream_fleet_connected") == 0 and m, 30, "agent 2 to see the server gone")
         fallback = sum(v for k, v in m2.items()
@@ -455,25 +510,114 @@ def test_three_agents_in_network_namespaces_detect_through_the_server_and_withou
             wait_for(lambda i=i: conserved(i), 30, f"agent {i}'s queue to drain, every "
                      "window accounted for")
 
-        srv = Server(tmp_path, fleet_keys, models, "tcp://0.0.0.0:7478", net.server)
+        srv = Server(tmp_path, fleet_keys, models, "tcp://0.0.0.0:7478", net.server,
+                     publish="tcp://0.0.0.0:7479")
         srv.wait_ready()
         for i in (1, 2, 3):
             wait_for(lambda i=i: agent_metrics(i).get("sysdream_fleet_reconnects_total", 0)
                      >= 1 and agent_metrics(i).get("sysdream_fleet_connected") == 1, 60,
                      f"agent {i} to reconnect")
         in_cgroup(cgroups[2], prog, ODD)
-        wait_for(lambda: anomalies(agents[2][3]), 30, "agent 3's alert")
+        wait_for(lambda: agents[2].alerts(), 30, "agent 3's alert")
         s = wait_for(lambda: (m := srv.metrics()).get(
             'sysdream_server_windows_scored_total{agent="web-3"}', 0) > 0 and m, 30,
             "the restarted server to score for agent 3")
         assert s["sysdream_server_workers"] == 2
-        for p, *_ in agents:
-            p.send_signal(signal.SIGTERM)
-            assert p.wait(30) == 0
+        for a in agents:
+            assert a.stop() == 0
     finally:
-        for p, *_ in agents or []:
-            if p.poll() is None:
-                p.kill()
+        for a in agents or []:
+            a.kill()
         if srv is not None:
             srv.kill()
         net.close()
+
+
+def test_agents_learn_a_role_model_from_the_server_and_refuse_a_tampered_one(
+        ebpf_ready, tmp_path, fleet_keys, cgroups):
+    """Two agents with no model record their cgroups' workload and send their baselines;
+    the server trains role web's model on both (neither over its share) and publishes it;
+    both agents swap it in without a restart and agent 1 alerts on the deviating
+    workload. A third agent joining the role detects at once with that model, learning
+    nothing. A bundle altered on the server's disk and announced again is refused by the
+    agents, and the model in use stays."""
+    from harness import BENIGN, ODD, workload
+
+    prog = workload(tmp_path)
+    models = tmp_path / "models"
+    port = free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    srv = Server(tmp_path, fleet_keys, models, endpoint, extra=(
+        "--set", "server.train_after_s=1", "--set", "server.min_hosts=2",
+        "--set", "learning.epochs=6", "--set", "learning.hidden=24",
+        "--set", "learning.threads=2", "--set", "learning.nice=0"))
+    learn = ["--learn-seconds", "12", "--set", "learning.min_syscalls=1000"]
+    agents = []
+    try:
+        srv.wait_ready()
+        agents = [Agent(tmp_path, i, fleet_keys, endpoint, srv.publish, cgroups[i - 1],
+                        learn) for i in (1, 2)]
+        for a in agents:
+            a.wait_connected()
+        end = time.monotonic() + 14
+        while time.monotonic() < end:
+            for cg in cgroups[:2]:
+                in_cgroup(cg, prog, BENIGN)
+        wait_for(lambda: srv.metrics().get("sysdream_server_baselines_stored_total") == 2,
+                 60, "both baselines on the server")
+        assert sorted(p.name for p in (tmp_path / "baselines" / "web").iterdir()) == \
+            ["web-1.sdtrace", "web-2.sdtrace"]
+        wait_for(lambda: all(a.metrics().get('sysdream_phase{phase="detecting"}') == 1
+                             for a in agents), 300, "both agents to take the role's model")
+        role_model = json.loads((models / "web" / "manifest.json").read_text())["model_id"]
+        assert [a.model_id() for a in agents] == [role_model, role_model]
+        m = agents[0].metrics()
+        assert m['sysdream_fleet_learning_events_total{event="uploads"}'] == 1
+        assert m['sysdream_fleet_learning_events_total{event="bundles"}'] == 1
+        assert (agents[0].state / "model" / "manifest.json").exists()
+        s = srv.metrics()
+        assert s['sysdream_server_models_trained_total{result="ok"}'] == 1
+
+        for cg in cgroups[:2]:
+            in_cgroup(cg, prog, BENIGN, 2)
+        time.sleep(2)
+        assert agents[0].alerts() == [] and agents[1].alerts() == [], \
+            "the role's model alerted on the workload it learnt"
+        in_cgroup(cgroups[0], prog, ODD)
+        got = wait_for(lambda: agents[0].alerts(), 30, "agent 1's alert")
+        assert got[0]["model_id"] == role_model and agents[1].alerts() == []
+
+        # a new host of the role detects at once, with the role's model
+        third = Agent(tmp_path, 3, fleet_keys, endpoint, srv.publish, cgroups[2], learn)
+        agents.append(third)
+        wait_for(lambda: third.metrics().get('sysdream_phase{phase="detecting"}') == 1
+                 and third.model_id() == role_model, 120, "the new agent to detect")
+        assert third.metrics()['sysdream_fleet_learning_events_total{event="uploads"}'] == 0
+
+        # the role's bundle altered on the server (a weight file and the manifest's id),
+        # announced again: every agent refuses it, the model in use stays
+        bundle = models / "web"
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        manifest["model_id"] = "f" * 16
+        (bundle / "manifest.json").write_text(json.dumps(manifest))
+        weights = max((p for p in bundle.iterdir() if p.name != "manifest.json"),
+                      key=lambda p: p.stat().st_size)
+        data = bytearray(weights.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        weights.write_bytes(bytes(data))
+        srv.proc.send_signal(signal.SIGHUP)
+        for a in agents:
+            wait_for(lambda a=a: a.metrics().get(
+                'sysdream_fleet_learning_events_total{event="bundles-refused"}', 0) >= 1,
+                60, f"agent {a.i} to refuse the altered bundle")
+            assert a.model_id() == role_model
+            assert a.metrics()['sysdream_model_reloads_total{result="failed"}'] >= 1
+        in_cgroup(cgroups[1], prog, ODD)
+        wait_for(lambda: agents[1].alerts(), 30, "agent 2 detecting still")
+        for a in agents:
+            assert a.stop() == 0
+        assert srv.stop() == 0
+    finally:
+        for a in agents:
+            a.kill()
+        srv.kill()

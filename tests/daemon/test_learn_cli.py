@@ -239,3 +239,24 @@ def test_version_on_every_verb(verb):
 
     r = sysdream(*([verb] if verb else []), "--version")
     assert r.returncode == 0 and r.stdout.startswith(f"sysdream {version('sysdream')} ("), r
+
+
+def test_max_share_keeps_one_input_from_dominating_the_training_data():
+    """A fleet role's hosts: with --max-share 0.5 the big host gives no more syscalls than
+    the rest together, its sequences kept in order; equal hosts keep everything; one
+    input is never cut."""
+    from sysdream.daemon.learn import _shared
+    from sysdream.probes.datasets import Sequence
+
+    def host(name, n, parts=4):
+        return [Sequence(f"{name}{i}", np.arange(n // parts), "normal", "g")
+                for i in range(parts)]
+
+    def given(got, name):
+        return sum(len(s.tokens) for s in got if s.source.startswith(name))
+    got = _shared([host("big", 100_000), host("small", 4_000), host("other", 6_000)], 0.5)
+    assert (given(got, "big"), given(got, "small"), given(got, "other")) == \
+        (10_000, 4_000, 6_000)
+    assert [s.source for s in got if s.source.startswith("big")] == ["big0"]
+    assert given(_shared([host("a", 800), host("b", 800)], 0.2), "") == 1600
+    assert given(_shared([host("big", 100_000)], 0.1), "") == 100_000
