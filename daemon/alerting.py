@@ -43,6 +43,7 @@ class AlertPath:
         self.sent = labels.counter()           # alerts that went out, by executable
         self.suppressed = labels.counter()     # ... and those held back
         self.observe_latency = None            # the metrics' detection-latency histogram
+        self.fleet_server = ""                 # an agent's server: "NAME@tcp://HOST:PORT"
         self.allowed = labels.counter()        # ... and those an allow entry matched
         self.allow: AllowList | None = None    # the operator's allow list (load_allow)
         self._next_allow_check = 0.0
@@ -54,7 +55,7 @@ class AlertPath:
         b = det.block
         ns, comm, before_exec = b.who(det.row, det.model.p)
         fields = alerts.anomaly_fields(det, self.processes.context(b.tgid, ns, before_exec),
-                                       comm)
+                                       comm, self.fleet_server)
         exe = fields["exe"] or b.exe
         allow = self.allow
         if allow is not None and allow.match(fields) is not None:

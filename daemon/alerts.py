@@ -37,12 +37,13 @@ ALERT_FIELDS = ("kind", "alert_id", "fingerprint", "severity", "hostname", "pid"
                 "login_user", "loginuid", "session", "ppid", "lineage", "lineage_text",
                 "cgroup_id", "cgroup", "unit", "container_id", "container_runtime",
                 "process_start_ns", "context_source", "score", "bound", "confidence",
-                "sigmas", "model_id", "evidence", "episode", "novelty", "position", "syscalls",
-                "context", "unknown_syscalls", "surprises", "attention", "suppressed",
-                "incident_count", "latency_s", "time", "time_rfc3339", "schema")
+                "sigmas", "model_id", "fleet_server", "evidence", "episode", "novelty",
+                "position", "syscalls", "context", "unknown_syscalls", "surprises",
+                "attention", "suppressed", "incident_count", "latency_s", "time",
+                "time_rfc3339", "schema")
 # The version of the alert's shape (docs/alert.schema.json): a field added, removed or
 # changed in meaning makes a new one.
-ALERT_SCHEMA = "sysdream-alert/1"
+ALERT_SCHEMA = "sysdream-alert/2"     # 2: fleet_server
 
 def fingerprint(context: dict, unknown: list[str], surprises: list[dict]) -> str:
     """Same program, same lineage, same kind of surprise: same fingerprint (repeats group).
@@ -54,9 +55,11 @@ def fingerprint(context: dict, unknown: list[str], surprises: list[dict]) -> str
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def anomaly_fields(det, context: dict | None = None, comm: str | None = None) -> dict:
+def anomaly_fields(det, context: dict | None = None, comm: str | None = None,
+                   fleet_server: str = "") -> dict:
     """The alert fields of a pipeline Detection; `context` from the process table and
-    `comm` for the window's own time (Block.who)."""
+    `comm` for the window's own time (Block.who); `fleet_server` the server that scores
+    for this agent ("" for a daemon on its own)."""
     b, ex, m = det.block, det.explanation, det.model
     ctx = dict(context or {})
     ctx.setdefault("exe", b.exe)
@@ -81,7 +84,7 @@ def anomaly_fields(det, context: dict | None = None, comm: str | None = None) ->
     fields.update({
         "score": round(det.score, 6), "bound": round(m.bound.bound, 6),
         "confidence": m.bound.confidence, "sigmas": round(sigmas, 3),
-        "model_id": m.model_id,
+        "model_id": m.model_id, "fleet_server": fleet_server,
         "evidence": f"{det.exceedances:.3g} >= {det.needed:.3g} in the last "
                     f"{det.evidence_m} windows" + (
             f" in {len(det.episode['pids'])} processes of parent {det.episode['parent_pid']}"

@@ -236,6 +236,7 @@ class Service:
                                  f.retry_s)
             log(f"agent {self.remote.name} of role {f.role}: the fleet server at {f.server} "
                 f"scores, the local model when it does not answer in {f.timeout_ms} ms")
+            self.alerting.fleet_server = f"{self.remote.server_name}@{f.server}"
             from .fleet.agent import Control
             self.control = Control(self.remote, f.events or events_of(f.server),
                                    self.cfg.state_dir(), f.fetch_s)

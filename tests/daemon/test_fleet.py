@@ -482,6 +482,7 @@ def test_three_agents_in_network_namespaces_detect_through_the_server_and_withou
         in_cgroup(cgroups[0], prog, ODD)
         got = wait_for(lambda: agents[0].alerts(), 30, "agent 1's alert")
         assert got[0]["exe"] == str(prog) and got[0]["cgroup_id"] == cgroups[0].stat().st_ino
+        assert got[0]["fleet_server"] == "server@tcp://10.77.1.1:7478"   # who scored
         time.sleep(2)
         assert agents[1].alerts() == [] and agents[2].alerts() == [], \
             "an agent alerted on another's process, or on the learnt workload"
@@ -586,6 +587,7 @@ def test_agents_learn_a_role_model_from_the_server_and_refuse_a_tampered_one(
         in_cgroup(cgroups[0], prog, ODD)
         got = wait_for(lambda: agents[0].alerts(), 30, "agent 1's alert")
         assert got[0]["model_id"] == role_model and agents[1].alerts() == []
+        assert got[0]["fleet_server"] == f"server@{endpoint}"
 
         # a new host of the role detects at once, with the role's model
         third = Agent(tmp_path, 3, fleet_keys, endpoint, srv.publish, cgroups[2], learn)
