@@ -536,7 +536,8 @@ def test_three_agents_in_network_namespaces_detect_through_the_server_and_withou
 
 def test_agents_learn_a_role_model_from_the_server_and_refuse_a_tampered_one(
         ebpf_ready, tmp_path, fleet_keys, cgroups):
-    """Two agents with no model record their cgroups' workload and send their baselines;
+    """In network namespaces as above: two agents with no model record their cgroups'
+    workload and send their baselines;
     the server trains role web's model on both (neither over its share) and publishes it;
     both agents swap it in without a restart and agent 1 alerts on the deviating
     workload. A third agent joining the role detects at once with that model, learning
@@ -546,18 +547,21 @@ def test_agents_learn_a_role_model_from_the_server_and_refuse_a_tampered_one(
 
     prog = workload(tmp_path)
     models = tmp_path / "models"
-    port = free_port()
-    endpoint = f"tcp://127.0.0.1:{port}"
-    srv = Server(tmp_path, fleet_keys, models, endpoint, extra=(
-        "--set", "server.train_after_s=1", "--set", "server.min_hosts=2",
-        "--set", "learning.epochs=6", "--set", "learning.hidden=24",
-        "--set", "learning.threads=2", "--set", "learning.nice=0"))
+    net = Namespaces(3)
+    srv = Server(tmp_path, fleet_keys, models, "tcp://0.0.0.0:7478", net.server,
+                 publish="tcp://0.0.0.0:7479", extra=(
+                     "--set", "server.train_after_s=1", "--set", "server.min_hosts=2",
+                     "--set", "learning.epochs=6", "--set", "learning.hidden=24",
+                     "--set", "learning.threads=2", "--set", "learning.nice=0"))
     learn = ["--learn-seconds", "12", "--set", "learning.min_syscalls=1000"]
+
+    def agent(i):
+        return Agent(tmp_path, i, fleet_keys, f"tcp://10.77.{i}.1:7478",
+                     f"tcp://10.77.{i}.1:7479", cgroups[i - 1], learn, net.agents[i - 1])
     agents = []
     try:
         srv.wait_ready()
-        agents = [Agent(tmp_path, i, fleet_keys, endpoint, srv.publish, cgroups[i - 1],
-                        learn) for i in (1, 2)]
+        agents = [agent(1), agent(2)]
         for a in agents:
             a.wait_connected()
         end = time.monotonic() + 14
@@ -587,10 +591,10 @@ def test_agents_learn_a_role_model_from_the_server_and_refuse_a_tampered_one(
         in_cgroup(cgroups[0], prog, ODD)
         got = wait_for(lambda: agents[0].alerts(), 30, "agent 1's alert")
         assert got[0]["model_id"] == role_model and agents[1].alerts() == []
-        assert got[0]["fleet_server"] == f"server@{endpoint}"
+        assert got[0]["fleet_server"] == "server@tcp://10.77.1.1:7478"
 
         # a new host of the role detects at once, with the role's model
-        third = Agent(tmp_path, 3, fleet_keys, endpoint, srv.publish, cgroups[2], learn)
+        third = agent(3)
         agents.append(third)
         wait_for(lambda: third.metrics().get('sysdream_phase{phase="detecting"}') == 1
                  and third.model_id() == role_model, 120, "the new agent to detect")
@@ -623,3 +627,4 @@ def test_agents_learn_a_role_model_from_the_server_and_refuse_a_tampered_one(
         for a in agents:
             a.kill()
         srv.kill()
+        net.close()
