@@ -33,6 +33,9 @@ import numpy as np
 
 GRADED_MAX = 8.0    # no window counts for more than this many at the bound
 MIN_PEAKS = 10      # fewer excursions than this in the held-out part: no alert bound fitted
+MAX_KS = 0.5        # a normal fit this far from its peaks (Kolmogorov-Smirnov) is no fit:
+#                     a loop repeating one pattern gives the same peak every time, and a
+#                     "bound" at that peak alerts on the loop itself
 TARGET_PER_HOUR = 1.0   # what the default confidence keeps the expected false alerts under
 
 
@@ -246,7 +249,8 @@ def fit_alert_bound(peaks: list[tuple[str, float]], seconds: float,
     activity, at `confidence` (None: the default, see default_confidence): a fit of its
     own for each program with MIN_PEAKS excursions or more, one over the rest (over all
     of them where the rest are fewer than MIN_PEAKS); None with fewer than MIN_PEAKS in
-    all."""
+    all, or where no normal fits them (KS MAX_KS or more: a program's own fit that far
+    off gives its peaks back to the pool)."""
     from sysdream.model.calibration import fit
 
     peaks = [(prog, p) for prog, p in peaks if math.isfinite(p) and p > 0]
@@ -257,9 +261,12 @@ def fit_alert_bound(peaks: list[tuple[str, float]], seconds: float,
     by: dict[str, list[float]] = {}
     for prog, p in peaks:
         by.setdefault(prog, []).append(p)
-    own = {prog: ps for prog, ps in by.items() if len(ps) >= MIN_PEAKS and prog}
+    own = {prog: fit(np.array(ps), c) for prog, ps in by.items()
+           if len(ps) >= MIN_PEAKS and prog}
+    own = {prog: f for prog, f in own.items() if f.ks_statistic < MAX_KS}
     rest = [p for prog, ps in by.items() if prog not in own for p in ps]
     pooled = fit(np.array(rest if len(rest) >= MIN_PEAKS else [p for _, p in peaks]), c)
-    return AlertBound(pooled, round(rate, 3), round(seconds, 1),
-                      {prog: fit(np.array(ps), c) for prog, ps in own.items()})
+    if pooled.ks_statistic >= MAX_KS:
+        return None
+    return AlertBound(pooled, round(rate, 3), round(seconds, 1), own)
 

@@ -215,7 +215,8 @@ def _host_model(args, cfg, settings, seqs, host, calib_names):
         "by_exe": {k: v for g in got for k, v in g["by_exe"].items()}}
     if bound is None:
         print(f"sysdream train: {len(peaks)} excursions of evidence in the held-out "
-              f"{seconds:.0f} s, too few to fit an alert bound on; the daemon will alert "
+              f"{seconds:.0f} s: too few, or too alike, to fit an alert bound on; the "
+              "daemon will alert "
               f"at 3 windows' worth of evidence, which raised {alerts} alerts there "
               f"({replay['per_hour']:.1f} an hour)", file=sys.stderr)
     else:

@@ -226,6 +226,9 @@ class ServiceCollector(Collector):
                                 value=s.learning_progress)
         yield CounterMetricFamily("sysdream_learning_syscalls", "Syscalls recorded into "
                                   "the learning baseline.", value=s.baseline_syscalls)
+        yield CounterMetricFamily("sysdream_state_write_errors", "Writes the state "
+                                  "directory refused (full, read-only): the baseline so far "
+                                  "is kept, capture goes on.", value=s.write_errors)
         yield _by_label("sysdream_model_reloads", "Model loads after start, by result.",
                         "result", {"ok": 0, "failed": 0, **s.reloads})
         m = s.model

@@ -45,6 +45,7 @@ DRAIN_S = 2.0
 ALERT_TAKERS = ("/lib/systemd/systemd-journald", "/usr/lib/systemd/systemd-journald")
 FILTER_REFRESH_S = 5.0
 HEALTH_BEAT_S = 10.0    # /healthz: the reader and the scorer turned within this long
+LEARN_RETRY_S = 60.0    # after the state directory refused the baseline, recording waits
 
 
 def alert_takers() -> set[tuple[int, int]]:
@@ -208,6 +209,9 @@ class Service:
         self.remote = None      # fleet/agent.py Remote when this daemon is an agent
         self.control = None     # ... and its Control: baseline out, the role's model in
         self._baseline_path: Path | None = None
+        self.write_errors = 0           # the state directory refused a write
+        self._baseline_cut = False      # ... after enough of the baseline was written
+        self._learn_retry_at = 0.0      # ... before: when recording starts again
 
     # -- what the metrics collector reads ---------------------------------------------
     def threads_tracked(self) -> int:
@@ -379,11 +383,16 @@ class Service:
         settings = self.capture.settings
         path = self.cfg.state_dir() / f"baseline-{int(time.time())}.sdtrace"
         self._baseline_path = path
-        self._writer = TraceWriter(path, host_header(settings.chunk,
-                                                     dataclasses.asdict(settings)))
+        try:
+            self._writer = TraceWriter(path, host_header(settings.chunk,
+                                                         dataclasses.asdict(settings)))
+        except OSError as exc:
+            self._baseline_write_failed(exc)
         self._learn_started = time.monotonic()
         self.baseline_syscalls = 0
         L = self.cfg.learning
+        if self._writer is None:       # the state directory refused the new file
+            return
         text = (f"no model at {self.cfg.model_path()}: learning this host for "
                 f"{L.baseline_seconds:.0f} s (at least {L.min_syscalls} syscalls) into {path}")
         log(text)
@@ -399,13 +408,54 @@ class Service:
         self.baseline_syscalls += int(records["count"].sum())
 
     def _flush_baseline(self) -> None:
-        if self._writer is not None and self._pending_context:
-            self._writer.write_context(np.concatenate(self._pending_context))
-            self._pending_context.clear()
-        if self._writer is not None and self._pending:
-            self._writer.write_records(np.concatenate(self._pending))
-            self._pending.clear()
-            self._writer.write_counters(self.kernel_counters)
+        try:
+            if self._writer is not None and self._pending_context:
+                self._writer.write_context(np.concatenate(self._pending_context))
+                self._pending_context.clear()
+            if self._writer is not None and self._pending:
+                self._writer.write_records(np.concatenate(self._pending))
+                self._pending.clear()
+                self._writer.write_counters(self.kernel_counters)
+        except OSError as exc:
+            self._baseline_write_failed(exc)
+
+    def _close_baseline(self) -> None:
+        """Flush and close the baseline being recorded (a failure as in a flush)."""
+        self._flush_baseline()
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except OSError as exc:
+                self._baseline_write_failed(exc)
+            self._writer = None
+
+    def _baseline_write_failed(self, exc: OSError) -> None:
+        """The state directory refused a write (full, read-only, gone): what was written
+        stays, capture and detection go on. With enough syscalls written the baseline ends
+        there and training starts; otherwise recording starts again in LEARN_RETRY_S."""
+        self.write_errors += 1
+        written = self._writer.syscalls if self._writer is not None else 0
+        if self._writer is not None:
+            try:
+                os.close(self._writer._fd)
+            except OSError:
+                pass
+            self._writer._fd = -1
+            self._writer = None
+        self._pending.clear()
+        self._pending_context.clear()
+        L, where = self.cfg.learning, self.cfg.state_dir()
+        if written >= L.min_syscalls:
+            self._baseline_cut = True
+            text = (f"state directory {where}: {exc.strerror or exc} after {written} "
+                    "syscalls of the baseline; training on what was written")
+        else:
+            self._learn_retry_at = time.monotonic() + LEARN_RETRY_S
+            text = (f"state directory {where}: {exc.strerror or exc} with {written} syscalls "
+                    f"of the baseline written ({L.min_syscalls} needed); free space there: "
+                    f"recording starts again in {LEARN_RETRY_S:.0f} s, capture goes on")
+        log(text)
+        self.sink.emit("learning-failed", alerts.ERR, text, {"kind": "learning-failed"})
 
     def _time_left(self, frac: float) -> str:
         """", about N min left" of the baseline at the pace so far (the slower of time
@@ -417,16 +467,21 @@ class Service:
 
     def _learning_tick(self) -> None:
         L = self.cfg.learning
+        if self.phase == "learning" and self._writer is None and not self._baseline_cut:
+            if time.monotonic() >= self._learn_retry_at:     # after a write failure
+                self._start_learning()
+            return
         if self.phase == "learning":
             elapsed = time.monotonic() - self._learn_started
             frac = min(elapsed / L.baseline_seconds, self.baseline_syscalls / L.min_syscalls,
                        1.0)
+            if self._baseline_cut:
+                frac = 1.0
             self.learning_progress = 0.5 * frac
             self._bar.show("learning this host", round(100 * frac, 1), 100, "%")
             if frac >= 1.0:
-                self._flush_baseline()
-                self._writer.close()
-                self._writer = None
+                self._close_baseline()
+                self._baseline_cut = False
                 if self.control is not None:      # the fleet server trains the role's
                     self._bar.close()
                     self.control.upload(self._baseline_path)
@@ -579,10 +634,7 @@ class Service:
         if self._trainer is not None:
             self._trainer.kill()
             self._trainer = None
-        if self._writer is not None:
-            self._flush_baseline()
-            self._writer.close()
-            self._writer = None
+        self._close_baseline()
         self._bar.close()
         self._use_model(view)
         self.reloads["ok"] += 1
@@ -743,9 +795,7 @@ class Service:
         self.kernel_counters = cap.counters()
         if self.scorer:
             self.scorer.stop(DRAIN_S)
-        if self._writer is not None:
-            self._flush_baseline()
-            self._writer.close()
+        self._close_baseline()
         if self._trainer is not None:
             self._trainer.kill()
         self.close()

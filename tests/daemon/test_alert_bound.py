@@ -56,6 +56,20 @@ def test_the_bound_is_never_below_one_window_at_the_window_bound():
     assert fit_alert_bound(peaks, 3600, 0.6, 0.6).bound == 1.0
 
 
+def test_peaks_no_normal_fits_give_no_bound_and_the_default_rule():
+    """A loop repeating one pattern peaks at the same evidence every time: a normal "fit"
+    puts the bound at that very peak and the loop alerts on itself (seen: 52 peaks of
+    1.34 in 2 s, KS 0.84). No bound is fitted from such peaks; a program's own that far
+    off goes back to the pool."""
+    same = [("/bin/loop", 1.34)] * 45 + [("/bin/loop", 1.35)] * 7
+    assert fit_alert_bound(same, 2, None, 0.999) is None
+    rng = np.random.default_rng(2)
+    varied = [(f"/usr/bin/u{i % 9}", float(p)) for i, p in
+              enumerate(np.exp(rng.normal(0.3, 0.3, 40)))]
+    a = fit_alert_bound(same + varied, 3600, None, 0.999)
+    assert a is None or "/bin/loop" not in a.programs
+
+
 def test_a_program_with_enough_excursions_gets_its_own_bound():
     """A noisy interpreter's evidence swings wide, a shell utility's does not: the
     interpreter's own bound sits above its peaks, the others share a lower one, which is

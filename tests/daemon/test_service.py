@@ -303,3 +303,40 @@ def test_learning_shows_a_bar_with_the_time_left_on_a_terminal(ebpf_ready, tmp_p
         except subprocess.TimeoutExpired:
             p.kill()
         tty.close()
+
+
+def test_a_full_state_directory_keeps_the_daemon_up_and_says_so(ebpf_ready, tmp_path):
+    """A real fault: the state directory is a 256 KiB tmpfs (in a mount namespace of the
+    test's own) that the baseline fills. The daemon stays up and healthy, says so in one
+    line naming the directory and what happens next, counts it, keeps what was written,
+    and stops with 0 on SIGTERM; no traceback."""
+    state = tmp_path / "state"
+    state.mkdir()
+    holder = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sleep", "600"])
+    try:
+        time.sleep(0.5)
+        subprocess.run(["nsenter", "-t", str(holder.pid), "-m", "mount", "-t", "tmpfs", "-o",
+                        "size=256k", "none", str(state)], check=True)
+        d = Daemon(["--state-dir", str(state), "--learn-seconds", "600", "--no-journald",
+                    "--set", "learning.min_syscalls=1000000000"], tmp_path,
+                   prefix=["nsenter", "-t", str(holder.pid), "-m", "--"])
+        try:
+            d.wait_attached()
+            wait_for(lambda: d.metric("sysdream_state_write_errors_total") >= 1, 90,
+                     "the state directory to fill")
+            err = d.stderr
+            assert "No space left on device" in err and f"state directory {state}" in err
+            assert "recording starts again in 60 s, capture goes on" in err
+            assert "Traceback" not in err
+            time.sleep(2)
+            code, h = d.health()
+            assert code == 200 and h["healthy"] and h["phase"] == "learning", h
+            assert d.metric("sysdream_syscalls_read_total") > 0
+            rc, _ = d.stop()
+            assert rc == 0, d.stderr[-2000:]
+            assert "Traceback" not in d.stderr
+        finally:
+            d.kill()
+    finally:
+        holder.kill()
+        holder.wait()
