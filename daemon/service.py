@@ -15,6 +15,7 @@ A failed training keeps the recordings and records again for another period.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -87,12 +88,6 @@ class LearningBar:
             LearningBar.active.close()
             LearningBar.active = None
         self.stage = ""
-
-
-def events_of(server: str) -> str:
-    """The fleet server's PUB address when not configured: its host, its port + 1."""
-    host, _, port = server.rpartition(":")
-    return f"{host}:{int(port) + 1}"
 
 
 def log(msg: str) -> None:
@@ -241,7 +236,7 @@ class Service:
             log(f"agent {self.remote.name} of role {f.role}: the fleet server at {f.server} "
                 f"scores, the local model when it does not answer in {f.timeout_ms} ms")
             self.alerting.fleet_server = f"{self.remote.server_name}@{f.server}"
-            from .fleet.agent import Control
+            from .fleet.agent import Control, events_of
             self.control = Control(self.remote, f.events or events_of(f.server),
                                    self.cfg.state_dir(), f.fetch_s)
         from .runtime import adapt_torch, bound_torch_caches, release_memory
@@ -387,6 +382,8 @@ class Service:
             self._writer = TraceWriter(path, host_header(settings.chunk,
                                                          dataclasses.asdict(settings)))
         except OSError as exc:
+            with contextlib.suppress(OSError):     # a file without a whole header is no
+                path.unlink(missing_ok=True)        # baseline
             self._baseline_write_failed(exc)
         self._learn_started = time.monotonic()
         self.baseline_syscalls = 0
@@ -436,11 +433,7 @@ class Service:
         self.write_errors += 1
         written = self._writer.syscalls if self._writer is not None else 0
         if self._writer is not None:
-            try:
-                os.close(self._writer._fd)
-            except OSError:
-                pass
-            self._writer._fd = -1
+            self._writer.abandon()
             self._writer = None
         self._pending.clear()
         self._pending_context.clear()

@@ -142,6 +142,16 @@ class TraceWriter:
             os.close(self._fd)
             self._fd = -1
 
+    def abandon(self) -> None:
+        """Close without flushing to disk (after a write failed: the file may end in a
+        torn block, which a reader skips with a warning)."""
+        if self._fd >= 0:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = -1
+
     def __enter__(self) -> TraceWriter:
         return self
 

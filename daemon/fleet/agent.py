@@ -30,6 +30,12 @@ from .keys import load_public, load_secret
 RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
+def events_of(server: str) -> str:
+    """The fleet server's PUB address when not configured: its host, its port + 1."""
+    host, _, port = server.rpartition(":")
+    return f"{host}:{int(port) + 1}"
+
+
 def log(msg: str) -> None:
     print(f"sysdream: fleet: {msg}", file=sys.stderr, flush=True)
 
@@ -303,7 +309,7 @@ class Control:
         import zmq
         self.remote, self.role, self.fetch_s = remote, remote.role, fetch_s
         self.state_dir = Path(state_dir)
-        _, public, secret = load_secret_of(remote)
+        _, public, secret = load_secret(remote.key_path)
         self.ctx = remote.ctx
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sub = self.ctx.socket(zmq.SUB)
@@ -496,7 +502,3 @@ class Control:
         self._thread.join(5)
         self.sock.close(0)
         self.sub.close(0)
-
-
-def load_secret_of(remote: Remote):
-    return load_secret(remote.key_path)
