@@ -18,9 +18,10 @@ import time
 import numpy as np
 import torch
 
+from sysdream.model.archs import build
 from sysdream.model.baselines import DeepLog
 from sysdream.model.config import NetworkConfig
-from sysdream.model.scoring import build, score
+from sysdream.model.scoring import score
 from sysdream.model.windows import cut_many
 
 DEFAULT = {"hidden": 32, "window": 16}

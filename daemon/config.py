@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sysdream.model import archs
+
 from .evidence import GRADED_MAX
 
 DEFAULT_PATH = Path("/etc/sysdream/sysdream.toml")
@@ -99,9 +101,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "baseline_seconds": Key(3600.0, NUM, _rng(1, 30 * 86400), "seconds, 1 to 2592000"),
         "min_syscalls": Key(100000, int, _rng(100, 10**10), "an integer, 100 or more"),
         "max_syscalls": Key(50000000, int, _rng(1000, 10**11), "an integer, 1000 or more"),
-        "arch": Key("dream", str, lambda v: v in _archs(), "one of " + ", ".join(
-            ("dream", "em", "bem", "fixed", "syntax", "semantic1", "semantic2", "tiered",
-             "tiered-attention"))),
+        "arch": Key(archs.DEFAULT, str, lambda v: v in archs.ARCHS,
+                    "one of " + ", ".join(archs.ARCHS)),
         "window": Key(16, int, _rng(2, 256), "an integer, 2 to 256"),
         "hidden": Key(32, int, _rng(4, 1024), "an integer, 4 to 1024"),
         "embed": Key(32, int, _rng(4, 1024), "an integer, 4 to 1024"),
@@ -211,12 +212,6 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "exe_labels": Key(64, int, _rng(1, 10000), "an integer, 1 to 10000"),
     },
 }
-
-
-def _archs() -> tuple[str, ...]:
-    from sysdream.model.config import ARCHS
-
-    return ARCHS
 
 
 class Config:

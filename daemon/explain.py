@@ -78,6 +78,7 @@ def read_alert(args) -> dict:
 
 
 def run_explain(args) -> int:
+    from sysdream.model import archs
     from sysdream.model.detector import Detector, SequenceScores
     from sysdream.model.scoring import score
     from sysdream.model.windows import Geometry
@@ -138,28 +139,35 @@ def run_explain(args) -> int:
         top = ", ".join(f"{a['syscall']}@{a['position'] - lead + offset} ({a['weight']:.2f})"
                         for a in ex["attention"][:5])
         print(f"most attended inputs: {top}")
-    if args.plot:
-        _plot(args.plot, s.attention[0], span, lead, p, det.cfg.task, target)
+    attends = archs.get(det.cfg.arch).attends
+    if args.plot and not attends:
+        print(f"sysdream explain: no heat map: the {det.cfg.arch} architecture has no "
+              "attention weights", file=sys.stderr)
+    elif args.plot:
+        _plot(args.plot, s.attention[0], span, lead, p, det.cfg.task, target, attends)
         print(f"attention heat map written to {args.plot}")
     return 0
 
 
 def _plot(path: str, attn: np.ndarray, span: list[str], lead: int, p: int, task: str,
-          target: list[str]) -> None:
+          target: list[str], attends: str) -> None:
+    """The attention weights as a heat map: one row over the source for a model that
+    attends once per window (DReAM's s, which makes Z), a row per scored position for one
+    that attends at each (model/archs.py says which)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     first = lead - p if task == "predict-next" else lead
     inputs = span[first:first + attn.shape[1]]
-    rows = attn if attn.shape[0] > 1 else attn[:1]
-    labels = target if rows.shape[0] > 1 else ["Z (window)"]
+    per_position = attends == "positions"
+    labels = target if per_position else ["Z (window)"]
     fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(inputs)), max(2.5, 0.35 * len(labels))))
-    im = ax.imshow(rows[:len(labels)], aspect="auto", cmap="viridis")
+    im = ax.imshow(attn[:len(labels)], aspect="auto", cmap="viridis")
     ax.set_xticks(range(len(inputs)), inputs, rotation=70, fontsize=7)
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
     ax.set_xlabel("input syscall (what the model read)")
-    ax.set_ylabel("scored position" if rows.shape[0] > 1 else "")
+    ax.set_ylabel("scored position" if per_position else "")
     fig.colorbar(im, ax=ax, label="attention weight")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
+from sysdream.model import archs
 from sysdream.model.config import NetworkConfig, TrainSettings
 from sysdream.probes import datasets
 
 from .inputs import datasets_root, read_input
 
 # The default model, chosen by `sysdream eval --dataset adfa-ld` (see README).
-DEFAULTS = {"arch": "dream", "task": "predict-next", "window": 16, "stride": 16,
+DEFAULTS = {"arch": archs.DEFAULT, "task": "predict-next", "window": 16, "stride": 16,
             "embed_dim": 32, "hidden": 32}
 
 
@@ -35,10 +36,11 @@ def train_settings(args) -> TrainSettings:
 def add_model_arguments(p) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--arch", default=DEFAULTS["arch"],
-                   help="dream (default), em, bem, fixed, syntax, semantic1, semantic2, "
-                        "tiered, tiered-attention")
+                   help="the network (eval: a comma-separated list of them). "
+                        + archs.help_text())
     g.add_argument("--task", default=DEFAULTS["task"], help="predict-next (default) or "
-                   "reconstruct (dream only)")
+                   "reconstruct (" + ", ".join(a.name for a in archs.ARCHS.values()
+                                               if not a.next_token) + " only)")
     g.add_argument("--window", type=int, default=DEFAULTS["window"], help="syscalls per window")
     g.add_argument("--stride", type=int, default=None, help="syscalls between windows "
                    "when scoring (default: the window)")

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from . import archs
 from .windows import TASKS
-
-ARCHS = ("dream", "em", "bem", "fixed", "syntax", "semantic1", "semantic2", "tiered",
-         "tiered-attention")
-EVENT_ARCHS = ARCHS[1:]  # next-token models: they only predict, never reconstruct
 
 
 @dataclass
 class NetworkConfig:
     vocab_size: int
-    arch: str = "dream"
+    arch: str = archs.DEFAULT   # a name in model/archs.py
     task: str = "predict-next"
     window: int = 16          # p: syscalls per scored window (chosen: docs/model.md)
     stride: int = 16          # s: syscalls between consecutive windows when scoring
@@ -25,11 +22,10 @@ class NetworkConfig:
     freeze_embedding: bool = False
 
     def validate(self) -> NetworkConfig:
-        if self.arch not in ARCHS:
-            raise ValueError(f"arch must be one of {', '.join(ARCHS)}, not {self.arch!r}")
+        arch = archs.get(self.arch)
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {', '.join(TASKS)}, not {self.task!r}")
-        if self.arch in EVENT_ARCHS and self.task != "predict-next":
+        if arch.next_token and self.task != "predict-next":
             raise ValueError(f"arch {self.arch} is a next-token model: use task predict-next")
         for name in ("vocab_size", "window", "stride", "embed_dim", "hidden", "layers",
                      "attn_dim"):

@@ -12,12 +12,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from . import archs, calibration
 from . import bundle as bundle_io
-from . import calibration
 from .calibration import GaussianBound
 from .config import NetworkConfig, TrainSettings
 from .embedding import train_word2vec
-from .scoring import WindowScores, build, score
+from .scoring import WindowScores, score
 from .training import train
 from .vocab import Vocabulary
 from .windows import Windows, count, cut, cut_many, holdout
@@ -151,7 +151,7 @@ class Detector:
             bound = GaussianBound.from_json(b.calibration)
             if cfg.vocab_size != len(vocab):
                 raise ValueError("network and vocabulary sizes differ")
-            net = build(cfg)
+            net = archs.build(cfg)
             net.load_state_dict(b.state_dict)
             det = cls(cfg, vocab, net, bound, b.embedding, b.training, b.model_id, b.transfer,
                       b.lineage, b.alerting)
@@ -221,7 +221,8 @@ class Detector:
                               "expected_p": float(s.expected_p[i, j])} for j in worst]}
         if s.attention.shape[-1]:
             a = s.attention[i]
-            row = a[0] if a.shape[0] == 1 else a[worst[0]] if len(worst) else a[0]
+            per_position = archs.get(self.cfg.arch).attends == "positions"
+            row = a[worst[0]] if per_position and len(worst) else a[0]
             # what the model read: the source (and for event models the target after it)
             first = start if self.cfg.task == "reconstruct" else start - self.cfg.window
             order = np.argsort(-row, kind="stable")[:top]

@@ -8,7 +8,9 @@ Attention with a learned query W_q:
     Z   = sum_i s_i h_i                      (III.6)
 Decoder: h_t = LSTM(h_{t-1}, [V_{t-1}; Z; Z_{t-1}])   (III.7)
 where V_{t-1} is the previous output token (teacher-forced with the true one) and Z_{t-1}
-the attention vector of the thread's previous window, so context carries across windows.
+the attention vector of the thread's previous window, so context carries across windows:
+in training it is computed from `prev`; in scoring, where a window's `prev` is the previous
+row's source (stride = window), that row's Z is reused (`score_batch`).
 h_0 comes from Z and the encoder's final states, as in any encoder-decoder: Z alone, a
 weighted mean, cannot say in which order the last syscalls came.
 Output: a fully connected layer over the vocabulary.
@@ -19,11 +21,14 @@ source is the context and the decoder emits the window that follows it.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 from .config import NetworkConfig
+from .network import Network, Scored
 from .vocab import PAD
+from .windows import Windows
 
 
 class ContextAttention(nn.Module):
@@ -44,7 +49,7 @@ class ContextAttention(nn.Module):
         return Z, s
 
 
-class DReAM(nn.Module):
+class DReAM(Network):
     def __init__(self, cfg: NetworkConfig):
         super().__init__()
         self.cfg = cfg
@@ -93,3 +98,26 @@ class DReAM(nn.Module):
             Z, s, final = self.encode(src)
         dec_in = torch.cat([self.start_tokens(src), tgt[:, :-1]], dim=1)
         return self.decode(Z, Z_prev, final, dec_in), s.unsqueeze(1)
+
+    def score_batch(self, w: Windows) -> Scored:
+        """As forward, one encoder pass per window: Z_{t-1} is the previous row's Z where
+        that row's source is this row's `prev`, and is encoded from `prev` elsewhere."""
+        src, tgt = self.tensor(w.src), self.tensor(w.tgt)
+        Z, s, final = self.encode(src)
+        Z_prev = torch.empty_like(Z)
+        c = self.tensor(carried(w))
+        Z_prev[1:][c[1:]] = Z[:-1][c[1:]]
+        if (~c).any():
+            Z_prev[~c] = self.encode(self.tensor(w.prev)[~c])[0]
+        dec_in = torch.cat([self.start_tokens(src), tgt[:, :-1]], 1)
+        return Scored(self.decode(Z, Z_prev, final, dec_in), s.unsqueeze(1), Z)
+
+
+def carried(w: Windows) -> np.ndarray:
+    """Rows whose `prev` is the previous row's source (the first row never: its previous
+    row is not in the batch)."""
+    out = np.zeros(len(w), bool)
+    if len(w) > 1:
+        out[1:] = (~w.first[1:]) & (w.seq[1:] == w.seq[:-1]) & \
+            (w.prev[1:] == w.src[:-1]).all(axis=1)
+    return out

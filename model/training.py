@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .archs import build
 from .config import NetworkConfig, TrainSettings
-from .scoring import build, window_nll
+from .scoring import window_nll
 from .windows import Windows
 
 

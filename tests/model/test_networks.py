@@ -1,11 +1,17 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 from synthetic_corpus import tiny_config
 
-from sysdream.model.config import ARCHS, NetworkConfig
+from sysdream.model import dream
+from sysdream.model.archs import ARCHS, build
+from sysdream.model.config import NetworkConfig
 from sysdream.model.dream import DReAM
-from sysdream.model.scoring import build, score
+from sysdream.model.network import Network
+from sysdream.model.scoring import score
 from sysdream.model.vocab import PAD
 from sysdream.model.windows import cut_many
 
@@ -69,6 +75,36 @@ def test_every_arch_learns_and_its_attention_is_causal(arch):
                 assert torch.all(attn[:, j, offset + j + 1:] == 0)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_arch_is_what_the_registry_says(arch):
+    spec = ARCHS[arch]
+    torch.manual_seed(0)
+    net = build(tiny_config(vocab_size=12, arch=arch))
+    assert isinstance(net, Network) and net.cfg.arch == arch
+    rng = np.random.default_rng(0)
+    w = cut_many([rng.integers(2, 12, 30)], 8, 8, "predict-next")
+    s = score(net, w, batch=2, features=True)
+    assert s.score.shape == (len(w),) and np.isfinite(s.score).all()
+    rows, K = s.attention.shape[1:]
+    assert (rows, K > 0) == {"window": (1, True), "positions": (8, True),
+                             "": (8, False)}[spec.attends]
+    assert s.z.shape == (len(w), 16 if arch == "dream" else 0)
+    if spec.next_token:
+        with pytest.raises(ValueError, match="predict-next"):
+            tiny_config(vocab_size=12, arch=arch, task="reconstruct")
+    else:
+        build(tiny_config(vocab_size=12, arch=arch, task="reconstruct"))
+
+
+def test_the_registry_needs_no_torch():
+    out = subprocess.run([sys.executable, "-c", "import sys, sysdream.model.archs, "
+                          "sysdream.model.config; print('torch' in sys.modules)"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    with pytest.raises(ValueError, match="arch must be one of dream, em"):
+        NetworkConfig(vocab_size=5, arch="gpt").validate()
+
+
 def test_event_models_refuse_reconstruction():
     with pytest.raises(ValueError, match="predict-next"):
         NetworkConfig(vocab_size=5, arch="em", task="reconstruct").validate()
@@ -81,6 +117,8 @@ def test_batched_scoring_matches_one_window_at_a_time(arch):
     rng = np.random.default_rng(1)
     w = cut_many([rng.integers(2, 12, 50), rng.integers(2, 12, 9)], 8, 8, "predict-next")
     full = score(net, w, batch=4)  # batch edges fall inside a sequence
+    if arch == "dream":  # scoring reused earlier rows' Z for these; forward encodes prev
+        assert dream.carried(w.take(slice(0, 4))).sum() == 3
     for i in range(len(w)):
         with torch.no_grad():
             logits, _ = net(*(torch.from_numpy(a[i:i + 1]) for a in (w.src, w.prev, w.tgt)))
