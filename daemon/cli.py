@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sysdream.model.bundle import BundleError
 from sysdream.probes import errors
+from sysdream.probes.filters import FILTERS
 
 from .config import ConfigError
 from .exitcodes import Exit, FleetEndpointError, MetricsPortError, StateDirError, exit_code_for
@@ -54,22 +55,9 @@ inputs: a trace file from `sysdream record`, a dataset file or folder, or a data
 
 def _add_filters(p: argparse.ArgumentParser, chunk_default: int | None = 64) -> None:
     g = p.add_argument_group("capture filters (the daemon itself is always excluded)")
-    g.add_argument("--pid", type=int, action="append", default=[], help="only this process id")
-    g.add_argument("--exclude-pid", type=int, action="append", default=[])
-    g.add_argument("--comm", action="append", default=[],
-                   help="only this process name (spoofable: any process can take a name)")
-    g.add_argument("--exclude-comm", action="append", default=[],
-                   help="not this process name (spoofable: prefer --exclude-exe)")
-    g.add_argument("--cgroup", type=int, action="append", default=[],
-                   help="only this cgroup id (the inode number of its cgroupfs directory)")
-    g.add_argument("--exclude-cgroup", type=int, action="append", default=[])
-    g.add_argument("--exclude-cgroup-path", action="append", default=[], metavar="PATTERN",
-                   help="not processes in cgroups matching this path pattern "
-                        "(e.g. '/system.slice/docker-*.scope')")
-    g.add_argument("--exclude-exe", action="append", default=[], metavar="PATH",
-                   help="not processes running this executable (by device and inode)")
-    g.add_argument("--exclude-uid", type=int, action="append", default=[], metavar="UID",
-                   help="not processes of this user id")
+    for f in FILTERS:
+        g.add_argument(f.flag, type=f.type, action="append", default=[], help=f.help,
+                       metavar=f.metavar)
     g.add_argument("--chunk", type=int, default=chunk_default,
                    help="syscall ids per kernel record, a power of two (default 64)")
     g.add_argument("--strict-compat", action="store_true",
@@ -94,20 +82,23 @@ def _add_run_arguments(run: argparse.ArgumentParser) -> None:
     _add_filters(run, chunk_default=None)
 
 
+def filter_values(args: argparse.Namespace) -> dict[str, list]:
+    """The filter flags given, by [capture] key; file paths made absolute."""
+    out = {}
+    for f in FILTERS:
+        values = getattr(args, f.dest)
+        if values:
+            out[f.key] = [str(Path(v).absolute()) for v in values] if f.path else list(values)
+    return out
+
+
 def _settings(args: argparse.Namespace):
     from sysdream.probes.capture import CaptureSettings
 
-    from .config import excluded_cgroups
+    from .config import filter_settings
 
-    return CaptureSettings(
-        chunk=args.chunk, strict_compat=args.strict_compat,
-        include_pids=tuple(args.pid), exclude_pids=tuple(args.exclude_pid),
-        include_comms=tuple(args.comm), exclude_comms=tuple(args.exclude_comm),
-        include_cgroups=tuple(args.cgroup),
-        exclude_cgroups=excluded_cgroups(args.exclude_cgroup, args.exclude_cgroup_path),
-        exclude_exes=tuple(str(Path(p).absolute()) for p in args.exclude_exe),
-        exclude_uids=tuple(args.exclude_uid),
-    ).validate()
+    return CaptureSettings(chunk=args.chunk, strict_compat=args.strict_compat,
+                           **filter_settings(filter_values(args))).validate()
 
 
 def _capture(args: argparse.Namespace):
@@ -338,15 +329,7 @@ def run_overrides(args: argparse.Namespace) -> dict:
          ("alerts", "journald"): False if args.no_journald else None,
          ("capture", "chunk"): args.chunk,
          ("capture", "strict_compat"): True if args.strict_compat else None}
-    for key in ("pid", "exclude_pid", "comm", "exclude_comm", "cgroup", "exclude_cgroup",
-                "exclude_uid", "exclude_cgroup_path"):
-        values = getattr(args, key)
-        name = key.replace("exclude_", "") + "s"
-        if values:
-            o[("capture", ("exclude_" if key.startswith("exclude") else "include_") + name)] = \
-                list(values)
-    if args.exclude_exe:
-        o[("capture", "exclude_exes")] = [str(Path(p).absolute()) for p in args.exclude_exe]
+    o.update({("capture", key): values for key, values in filter_values(args).items()})
     if args.verb == "agent":
         o.update({("fleet", "server"): args.server, ("fleet", "role"): args.role,
                   ("fleet", "server_key"): args.server_key and

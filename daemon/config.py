@@ -2,7 +2,8 @@
 
 The shipped default, packaging/sysdream.toml, documents every key; a test checks that it
 lists exactly the keys below with the same defaults. An unknown key or a bad value is a
-ConfigError naming the file, the line, the key and the expected form.
+ConfigError naming the file, the line, the key and the expected form. The [capture]
+filter keys come from the filter table, probes/filters.py.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sysdream.model import archs
+from sysdream.probes.filters import FILTERS, Filter
 
 from .evidence import GRADED_MAX
 
@@ -41,21 +43,12 @@ def _rng(lo: float, hi: float) -> Callable[[float], bool]:
     return lambda v: lo <= v <= hi
 
 
-def _ints(v) -> bool:
-    return all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
-
-
-def _strs(v) -> bool:
-    return all(isinstance(x, str) and 0 < len(x) < 16 for x in v)
-
-
 def _paths(v) -> bool:
     return all(isinstance(x, str) and x.startswith("/") and "\0" not in x for x in v)
 
 
-def _uids(v) -> bool:
-    return all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**32 - 1
-               for x in v)
+def _filter_key(f: Filter) -> Key:
+    return Key([], list, lambda v: all(f.accepts(x) for x in v), f.form)
 
 
 def _hostport(v: str) -> bool:
@@ -85,17 +78,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "ring_buffer_pages": Key(1024, int, _pow2(1, 1 << 18), "a power of two"),
         "strict_compat": Key(False, bool, form="true or false"),
         "context": Key(True, bool, form="true or false"),
-        "include_pids": Key([], list, _ints, "a list of process ids"),
-        "exclude_pids": Key([], list, _ints, "a list of process ids"),
-        "include_comms": Key([], list, _strs, "a list of process names (1-15 characters)"),
-        "exclude_comms": Key([], list, _strs, "a list of process names (1-15 characters)"),
-        "include_cgroups": Key([], list, _ints, "a list of cgroup ids"),
-        "exclude_cgroups": Key([], list, _ints, "a list of cgroup ids"),
-        "exclude_exes": Key([], list, _paths, "a list of absolute executable paths"),
-        "exclude_uids": Key([], list, _uids, "a list of user ids"),
-        "exclude_cgroup_paths": Key([], list, _paths, 'a list of cgroup path patterns, e.g. '
-                                    '"/system.slice/backup.service" or '
-                                    '"/system.slice/docker-*.scope"'),
+        **{f.key: _filter_key(f) for f in FILTERS},
     },
     "learning": {
         "baseline_seconds": Key(3600.0, NUM, _rng(1, 30 * 86400), "seconds, 1 to 2592000"),
@@ -234,14 +217,7 @@ class Config:
         return CaptureSettings(
             chunk=c["chunk"], flush_age_s=float(c["flush_age_s"]),
             ring_buffer_pages=c["ring_buffer_pages"], strict_compat=c["strict_compat"],
-            context=c["context"],
-            include_pids=tuple(c["include_pids"]), exclude_pids=tuple(c["exclude_pids"]),
-            include_comms=tuple(c["include_comms"]), exclude_comms=tuple(c["exclude_comms"]),
-            include_cgroups=tuple(c["include_cgroups"]),
-            exclude_cgroups=excluded_cgroups(c["exclude_cgroups"], c["exclude_cgroup_paths"],
-                                             cgroups),
-            exclude_uids=tuple(c["exclude_uids"]),
-            exclude_exes=tuple(c["exclude_exes"])).validate()
+            context=c["context"], **filter_settings(c, cgroups)).validate()
 
     def state_dir(self) -> Path:
         return Path(self.values["service"]["state_directory"])
@@ -249,6 +225,16 @@ class Config:
     def model_path(self) -> Path:
         m = self.values["service"]["model"]
         return Path(m) if m else self.state_dir() / "model"
+
+
+def filter_settings(values: dict[str, Any], cgroups=None) -> dict[str, tuple]:
+    """CaptureSettings' filter fields from filter values by [capture] key (a missing key:
+    none); cgroup path patterns resolved to the ids of the cgroups that match now."""
+    out = {f.key: tuple(values.get(f.key, ())) for f in FILTERS if not f.into}
+    for f in FILTERS:
+        if f.into:      # only exclude_cgroup_paths, which daemon/cgroups.py resolves
+            out[f.into] = excluded_cgroups(out[f.into], values.get(f.key, ()), cgroups)
+    return out
 
 
 def excluded_cgroups(ids, patterns, cgroups=None) -> tuple[int, ...]:

@@ -23,6 +23,7 @@
 //   CONTEXT       1: process context records (below) into the `procs` ring (capture.py
 //                 sets it when the kernel's BTF gives the offsets; 0 leaves them out)
 //   CTX_PAGES     the context ring buffer's size in pages (power of two)
+//   FILTER_MAX    entries per filter map (probes/filters.py)
 //   OFF_*         field offsets of the running kernel's structures, from its BTF
 //                 (probes/btf.py); -1 where the kernel lacks the field
 //
@@ -59,6 +60,9 @@
 #endif
 #ifndef CTX_PAGES
 #define CTX_PAGES 512
+#endif
+#ifndef FILTER_MAX
+#define FILTER_MAX 1024
 #endif
 #ifndef EXCLUDE_EXES
 #define EXCLUDE_EXES 0
@@ -111,7 +115,9 @@ struct counters {
 };
 
 // Filters, set by user space. A thread is traced unless it belongs to the daemon,
-// matches an exclude map, or misses an include kind that has entries.
+// matches an exclude map, or misses an include kind that has entries. Each filter map
+// (BPF_HASH, further down) is a row of probes/filters.py, named by its key; a row's
+// `switch` names its byte here.
 struct filter_cfg {
     u32 generation;         // bumped by user space on every change; 0 is never used
     u32 self_tgid;
@@ -200,14 +206,14 @@ BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_TASK_STORAGE(threads, struct thread_state);
 BPF_PERCPU_ARRAY(slots, struct cpu_slot, 1);
 BPF_ARRAY(config, struct filter_cfg, 1);
-BPF_HASH(include_pids, u32, u8, 1024);
-BPF_HASH(exclude_pids, u32, u8, 1024);
-BPF_HASH(include_comms, struct comm_key, u8, 1024);
-BPF_HASH(exclude_comms, struct comm_key, u8, 1024);
-BPF_HASH(include_cgroups, u64, u8, 1024);
-BPF_HASH(exclude_cgroups, u64, u8, 1024);
-BPF_HASH(exclude_uids, u32, u8, 1024);
-BPF_HASH(exclude_exes, struct exe_key, u8, 1024);
+BPF_HASH(include_pids, u32, u8, FILTER_MAX);
+BPF_HASH(exclude_pids, u32, u8, FILTER_MAX);
+BPF_HASH(include_comms, struct comm_key, u8, FILTER_MAX);
+BPF_HASH(exclude_comms, struct comm_key, u8, FILTER_MAX);
+BPF_HASH(include_cgroups, u64, u8, FILTER_MAX);
+BPF_HASH(exclude_cgroups, u64, u8, FILTER_MAX);
+BPF_HASH(exclude_uids, u32, u8, FILTER_MAX);
+BPF_HASH(exclude_exes, struct exe_key, u8, FILTER_MAX);
 #if CONTEXT
 BPF_RINGBUF_OUTPUT(procs, CTX_PAGES);
 // Processes described so far: tgid -> start time (a pid reused by a new process has

@@ -14,11 +14,10 @@ from importlib import resources
 import numpy as np
 
 from . import btf, errors, preflight
+from .filters import COMM_LEN, FILTER_MAX, KERNEL_FILTERS, Filter
 from .layout import CONTEXT_DTYPE, COUNTER_FIELDS, DEFAULT_CHUNK, check_chunk, record_dtype
 from .ringbuf import RingBufferReader
 
-COMM_LEN = 16
-FILTER_MAX = 1024
 CONTEXT_PAGES = 512     # the context ring buffer: 2 MiB, about 2,900 records
 
 
@@ -30,6 +29,7 @@ class CaptureSettings:
     wake_every: int = 512               # records per CPU between reader wakeups
     strict_compat: bool = False         # each syscall's table, not each switch-in's
     context: bool = True                # process context records (needs the kernel's BTF)
+    # The filters, one field per row of filters.KERNEL_FILTERS.
     include_pids: tuple[int, ...] = ()
     exclude_pids: tuple[int, ...] = ()
     include_comms: tuple[str, ...] = ()
@@ -48,13 +48,13 @@ class CaptureSettings:
             raise ValueError(f"flush_age_s must be between 0.001 and 3600, got {self.flush_age_s}")
         if self.wake_every < 1:
             raise ValueError(f"wake_every must be at least 1, got {self.wake_every}")
-        for name in ("include_pids", "exclude_pids", "include_comms", "exclude_comms",
-                     "include_cgroups", "exclude_cgroups", "exclude_uids", "exclude_exes"):
-            if len(getattr(self, name)) > FILTER_MAX:
-                raise ValueError(f"{name}: at most {FILTER_MAX} entries")
-        for path in self.exclude_exes:
-            if not path.startswith("/"):
-                raise ValueError(f"exclude_exes: {path!r} is not an absolute path")
+        for f in KERNEL_FILTERS:
+            if len(getattr(self, f.key)) > FILTER_MAX:
+                raise ValueError(f"{f.key}: at most {FILTER_MAX} entries")
+        for f in KERNEL_FILTERS:
+            for path in getattr(self, f.key) if f.path else ():
+                if not path.startswith("/"):
+                    raise ValueError(f"{f.key}: {path!r} is not an absolute path")
         return self
 
 
@@ -130,10 +130,17 @@ def bpf_source() -> bytes:
     return resources.files(__package__).joinpath("capture.bpf.c").read_bytes()
 
 
-def _comm_key(table, comm: str):
-    key = table.Key()
-    key.comm = comm.encode()[:COMM_LEN - 1]
-    return key
+def _map_key(table, f: Filter, value):
+    """The key of `value` in the BPF map of filter `f`."""
+    if f.map_key == "comm":
+        key = table.Key()
+        key.comm = value.encode()[:COMM_LEN - 1]
+        return key
+    if f.map_key == "exe":
+        key = table.Key()
+        key.dev, key.ino = value
+        return key
+    return table.Key(value)
 
 
 class Capture:
@@ -151,7 +158,8 @@ class Capture:
         cflags = [f"-DCHUNK_W={s.chunk}", f"-DAGE_JIFFIES={age_jiffies(s.flush_age_s, self.hz)}",
                   f"-DRINGBUF_PAGES={s.ring_buffer_pages}", f"-DWAKE_EVERY={s.wake_every}",
                   f"-DSTRICT_COMPAT={int(s.strict_compat)}", f"-DCONTEXT={int(self.context)}",
-                  f"-DCTX_PAGES={CONTEXT_PAGES}", f"-DEXCLUDE_EXES={int(bool(offsets))}",
+                  f"-DCTX_PAGES={CONTEXT_PAGES}", f"-DFILTER_MAX={FILTER_MAX}",
+                  f"-DEXCLUDE_EXES={int(bool(offsets))}",
                   *(f"-D{k}={v}" for k, v in offsets.items()),
                   "-Wno-unused-function"]
         log = io.StringIO()
@@ -181,47 +189,37 @@ class Capture:
     def configure(self, settings: CaptureSettings) -> None:
         """Load the filters of `settings` into the kernel; applies to every thread."""
         settings.validate()
+        # Every filter's keys first: a refused one leaves the kernel's filters as they were.
+        keys = {f.key: self._keys(f, getattr(settings, f.key)) for f in KERNEL_FILTERS}
         b = self.bpf
-        pairs = (("include_pids", settings.include_pids), ("exclude_pids", settings.exclude_pids),
-                 ("include_cgroups", settings.include_cgroups),
-                 ("exclude_cgroups", settings.exclude_cgroups))
-        for name, values in pairs:
-            table = b[name.encode()]
+        for f in KERNEL_FILTERS:
+            table = b[f.key.encode()]
             table.clear()
-            for v in values:
-                table[table.Key(v)] = table.Leaf(1)
-        for name, values in (("include_comms", settings.include_comms),
-                             ("exclude_comms", settings.exclude_comms)):
-            table = b[name.encode()]
-            table.clear()
-            for comm in values:
-                table[_comm_key(table, comm)] = table.Leaf(1)
-        table = b[b"exclude_uids"]
-        table.clear()
-        for uid in settings.exclude_uids:
-            table[table.Key(uid)] = table.Leaf(1)
-        self.exe_keys, _missing = exe_keys(settings.exclude_exes)
-        if self.exe_keys and self.context_missing:
-            raise errors.ProgramLoadError(
-                "exclude_exes needs the kernel's BTF to read executables' inodes "
-                f"({self.context_missing}); exclude by cgroup or uid instead")
-        table = b[b"exclude_exes"]
-        table.clear()
-        for dev, ino in self.exe_keys:
-            key = table.Key()
-            key.dev, key.ino = dev, ino
-            table[key] = table.Leaf(1)
+            for v in keys[f.key]:
+                table[_map_key(table, f, v)] = table.Leaf(1)
         cfg_table = b[b"config"]
         cfg = cfg_table.Leaf()
         self._generation += 1
         cfg.generation = self._generation
         cfg.self_tgid = os.getpid()
-        cfg.include_pid = int(bool(settings.include_pids))
-        cfg.include_comm = int(bool(settings.include_comms))
-        cfg.include_cgroup = int(bool(settings.include_cgroups))
-        cfg.exclude_exe = int(bool(self.exe_keys))
+        for f in KERNEL_FILTERS:
+            if f.switch:
+                setattr(cfg, f.switch, int(bool(keys[f.key])))
         cfg_table[cfg_table.Key(0)] = cfg
         self.settings = settings
+        self.exe_keys = keys["exclude_exes"]
+
+    def _keys(self, f: Filter, values: tuple) -> tuple | set:
+        """What the map of filter `f` holds for `values`: the values themselves, or for
+        executables the (device, inode) of each path that exists now."""
+        if f.map_key != "exe":
+            return values
+        found, _missing = exe_keys(values)
+        if found and self.context_missing:
+            raise errors.ProgramLoadError(
+                f"{f.key} needs the kernel's BTF to read executables' inodes "
+                f"({self.context_missing}); exclude by cgroup or uid instead")
+        return found
 
     def exes_changed(self) -> bool:
         """Whether an excluded executable's path now leads to another file (a package

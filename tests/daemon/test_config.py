@@ -163,3 +163,42 @@ def test_the_configuration_reference_is_generated_from_the_schema_and_in_sync():
     for section, keys in config.SCHEMA.items():
         for key in keys:
             assert notes.get((section, key)), f"[{section}] {key} is not described"
+
+
+def test_each_capture_filter_is_a_key_and_a_flag_that_give_the_same_settings():
+    """probes/filters.py declares the filters once: each is a [capture] key, a flag of
+    record, top, run and agent, and a CaptureSettings field (or resolves into one), and the
+    file, --set and the flag all give the same CaptureSettings."""
+    import dataclasses
+    import json
+
+    from sysdream.daemon import cli
+    from sysdream.probes.capture import CaptureSettings
+    from sysdream.probes.filters import FILTERS
+
+    fields = {f.name for f in dataclasses.fields(CaptureSettings) if f.default == ()}
+    assert fields == {f.key for f in FILTERS if not f.into}
+    assert all(f.into in fields for f in FILTERS if f.into)
+
+    def sample(f) -> list:
+        for values in ([4, 5], [33], ["sshd", "cron"], ["/nonexistent/sysdream-test-*"]):
+            if all(isinstance(v, f.type) and f.accepts(v) for v in values):
+                return values
+        raise AssertionError(f"no sample value for {f.key}")
+
+    flags = [a for f in FILTERS for v in sample(f) for a in (f.flag, str(v))]
+    toml = "[capture]\n" + "".join(f"{f.key} = {json.dumps(sample(f))}\n" for f in FILTERS)
+    parser = cli.build_parser()
+    for verb in ("top", "run", "agent"):
+        parser.parse_args([verb, *flags])
+    via_flag = cli._settings(parser.parse_args(["record", "--seconds", "1", "-o", "t",
+                                                *flags]))
+    via_file = config.check(tomllib.loads(toml), "t", toml).capture_settings()
+    via_run = config.override(config.load(None), cli.run_overrides(
+        parser.parse_args(["run", *flags]))).capture_settings()
+    via_set = config.override(config.load(None), config.parse_set(
+        [f"capture.{f.key}={json.dumps(sample(f))}" for f in FILTERS])).capture_settings()
+    assert via_flag == via_file == via_run == via_set
+    for f in FILTERS:
+        if not f.into:
+            assert getattr(via_flag, f.key) == tuple(sample(f)), f.key
