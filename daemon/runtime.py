@@ -1,4 +1,5 @@
-"""Adapting the process to the service: torch in the sandbox, memory after start-up.
+"""Adapting the process to the service: torch in the sandbox, memory after start-up,
+the trainer child's place under it.
 
 systemd's MemoryDenyWriteExecute=yes (and prctl PR_SET_MDWE) refuse writable+executable
 memory. oneDNN, torch's fast CPU path for the LSTM, generates code at run time and fails
@@ -78,3 +79,17 @@ def release_memory() -> int:
         if libc.madvise(lo, hi - lo, MADV_PAGEOUT) == 0:
             advised += hi - lo
     return advised
+
+
+def trainer_child(nice: int):
+    """A preexec function for a trainer child: at `nice` and SCHED_IDLE, so detection
+    keeps the CPU, and killed with its parent (PR_SET_PDEATHSIG), so a daemon killed by
+    SIGKILL leaves no trainer behind to write a model it will not load."""
+    def setup() -> None:
+        os.nice(nice)
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except (OSError, AttributeError):
+            pass
+        ctypes.CDLL(None, use_errno=True).prctl(1, 9)    # PR_SET_PDEATHSIG, SIGKILL
+    return setup

@@ -39,6 +39,7 @@ from .labels import ExeLabels
 from .notify import Notifier
 from .pipeline import Counters
 from .processes import ProcessTable
+from .runtime import trainer_child
 
 DRAIN_S = 2.0
 # Programs that take our alerts: their handling of them is not judged as their own
@@ -107,6 +108,17 @@ def check_state_dir(path: Path) -> None:
         raise StateDirError(f"state directory {path}: {exc.strerror or exc}; create it "
                             "writable by the daemon (systemd: StateDirectory=sysdream) or "
                             "set [service] state_directory") from None
+
+
+def _new_baseline(state: Path) -> Path:
+    """A name no earlier baseline has: the wall clock may have stepped back to a second
+    already used (the writer replaces a file of the same name)."""
+    stamp = int(time.time())
+    path, n = state / f"baseline-{stamp}.sdtrace", 0
+    while path.exists():
+        n += 1
+        path = state / f"baseline-{stamp}-{n}.sdtrace"
+    return path
 
 
 def _lineage_line(view, enabled: bool) -> str:
@@ -376,7 +388,7 @@ class Service:
         from sysdream.probes.tracefile import TraceWriter, host_header
         self.phase = "learning"
         settings = self.capture.settings
-        path = self.cfg.state_dir() / f"baseline-{int(time.time())}.sdtrace"
+        path = _new_baseline(self.cfg.state_dir())
         self._baseline_path = path
         try:
             self._writer = TraceWriter(path, host_header(settings.chunk,
@@ -520,13 +532,8 @@ class Service:
             shutil.rmtree(folder, ignore_errors=True)
             self.control.refused()
             return
-        target = self.cfg.model_path()
-        old = target.with_name(target.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if target.exists():
-            os.replace(target, old)
-        os.replace(folder, target)
-        shutil.rmtree(old, ignore_errors=True)
+        from sysdream.model.bundle import install
+        install(folder, self.cfg.model_path())
         self._swap_in(view)
         self.control.want(view.model_id)
         self.sink.emit("learning-complete", alerts.NOTICE,
@@ -552,24 +559,15 @@ class Service:
                "--threads", str(L.threads)]
         if self.model is None and self.cfg.detection.confidence:
             cmd += ["--confidence", str(self.cfg.detection.confidence)]
-        nice = L.nice
-
-        def lower_priority() -> None:
-            os.nice(nice)
-            try:
-                os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-            except (OSError, AttributeError):
-                pass
-
         log(f"baseline recorded ({self.baseline_syscalls} syscalls); training at nice "
-            f"{nice}: {' '.join(cmd[3:])}")
+            f"{L.nice}: {' '.join(cmd[3:])}")
         self.phase = "training"
         self._train_epoch = 0
         self._trainer_log = []
         env = {**os.environ, "OMP_NUM_THREADS": str(L.threads)}
         self._trainer = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.PIPE, text=True, env=env,
-                                         preexec_fn=lower_priority)
+                                         preexec_fn=trainer_child(L.nice))
         threading.Thread(target=self._read_trainer, args=(self._trainer,), daemon=True,
                          name="sysdream-trainer-log").start()
 

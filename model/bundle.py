@@ -16,15 +16,26 @@
 
 The manifest's checksums catch corruption, truncation and edits of any one file; they are
 not a signature (someone who can rewrite the manifest too is not stopped by it).
+
+A bundle is written into a temporary directory beside its place and swapped in whole
+(renameat2 RENAME_EXCHANGE where the filesystem has it): a reader sees the old bundle or
+the new one, and `sysdream train` killed at any moment leaves no half bundle there. A
+reader takes every file through one descriptor of the directory, each read once, checked
+against the manifest and parsed from those same bytes: a bundle replaced while it is read
+(a reload racing a training) loads as one bundle or is refused, never as a mix of two.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
+import io
 import json
 import os
 import platform
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,6 +48,9 @@ FORMAT_VERSION = 1
 FILES = ("weights.pt", "vocabulary.json", "embedding.npy", "network.json",
          "calibration.json", "training.json")
 OPTIONAL = ("transfer.json", "lineage.json", "alerting.json")
+MAX_FILE = {"weights.pt": 1 << 30, "embedding.npy": 256 << 20}   # bytes, read before parsing
+MAX_JSON = 64 << 20
+_TMP = ".tmp-"      # a temporary bundle: .NAME.tmp-PID-XXXX beside NAME
 
 
 class BundleError(Exception):
@@ -90,7 +104,8 @@ def save(bundle: Bundle, path: str | os.PathLike, sign=None) -> str:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    _remove_stale(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{_TMP}{os.getpid()}-", dir=path.parent))
     try:
         torch.save(bundle.state_dict, tmp / "weights.pt")
         np.save(tmp / "embedding.npy", np.asarray(bundle.embedding, np.float32),
@@ -113,14 +128,8 @@ def save(bundle: Bundle, path: str | os.PathLike, sign=None) -> str:
         (tmp / "manifest.json").write_text(text)
         if sign is not None:
             (tmp / "signature.json").write_text(json.dumps(sign(text.encode())) + "\n")
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(path)
+        _fsync_tree(tmp)
+        install(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -128,65 +137,196 @@ def save(bundle: Bundle, path: str | os.PathLike, sign=None) -> str:
     return model_id
 
 
-def _json(path: Path):
+def install(folder: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Put the bundle directory `folder` at `path` (same filesystem) in one step: swapped
+    with the bundle there, which is then removed; where the filesystem cannot swap, the old
+    one is moved aside first (a reader may then find none for an instant, never a half)."""
+    folder, path = Path(folder), Path(path)
+    if path.exists() and _exchange(folder, path):
+        shutil.rmtree(folder, ignore_errors=True)      # the old bundle, now at folder
+        return
+    if path.exists():
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        path.rename(old)
+        folder.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        folder.rename(path)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """renameat2(RENAME_EXCHANGE): True when swapped, False where the kernel or the
+    filesystem cannot."""
+    fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if fn is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Every file and the directory on disk before the swap: a crash right after it
+    leaves the new bundle whole, not files of length zero."""
+    for name in os.listdir(folder):
+        fd = os.open(folder / name, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{path}: unreadable ({exc}); retrain with `sysdream train`") from None
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_stale(path: Path) -> None:
+    """Temporary bundles of writers that died (SIGKILL during `sysdream train`)."""
+    prefix = f".{path.name}{_TMP}"
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        pid = name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path.parent / name, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _parse_json(where: str, data: bytes):
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{where}: unreadable ({exc}); retrain with `sysdream train`") from None
     except RecursionError:
-        raise BundleError(f"{path}: JSON nested too deep to be a sysdream bundle file; "
+        raise BundleError(f"{where}: JSON nested too deep to be a sysdream bundle file; "
                           "retrain with `sysdream train`") from None
+
+
+class _Snapshot:
+    """The files of one bundle directory, read through one descriptor of it, each once."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            raise BundleError(f"{path}: not a model bundle directory; train one with "
+                              f"`sysdream train -o {path}`") from None
+        self.files: dict[str, bytes] = {}
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def read(self, name: str) -> bytes | None:
+        """The file's bytes; None when it is not there."""
+        limit = MAX_FILE.get(name, MAX_JSON)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise BundleError(f"{self.path}: {name} is a symbolic link; a bundle holds "
+                                  "its own files (copy them in)") from None
+            raise
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise BundleError(f"{self.path}: {name} is not a regular file")
+            if st.st_size > limit:
+                raise BundleError(f"{self.path}: {name} is {st.st_size} bytes, over the "
+                                  f"{limit} a bundle file may hold; retrain the bundle")
+            parts, left = [], limit + 1
+            while left > 0 and (part := os.read(fd, min(left, 1 << 20))):
+                parts.append(part)
+                left -= len(part)
+        finally:
+            os.close(fd)
+        data = b"".join(parts)
+        if len(data) > limit:
+            raise BundleError(f"{self.path}: {name} grew over {limit} bytes while read")
+        self.files[name] = data
+        return data
 
 
 def verify(path: str | os.PathLike) -> dict:
     """Check the manifest and every checksum; returns the manifest."""
-    path = Path(path)
-    if not path.is_dir():
-        raise BundleError(f"{path}: not a model bundle directory; train one with "
-                          f"`sysdream train -o {path}`")
-    manifest = _json(path / "manifest.json") if (path / "manifest.json").exists() else None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BundleError(f"{path}: no sysdream manifest.json; not a model bundle")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise BundleError(f"{path}: bundle format {version} is not the {FORMAT_VERSION} this "
-                          "sysdream reads; retrain it with this version")
-    sums = manifest.get("files")
-    if not isinstance(sums, dict) or any(f not in sums for f in FILES):
-        raise BundleError(f"{path}: manifest does not list every required file")
-    for key in ("model_id", "created"):
-        if not isinstance(manifest.get(key), str):
-            raise BundleError(f"{path}: manifest has no {key}; retrain the bundle")
-    for name, want in sorted(sums.items()):
-        if name not in FILES + OPTIONAL:
-            raise BundleError(f"{path}: manifest lists an unexpected file {name!r}")
-        f = path / name
-        if not f.is_file():
-            raise BundleError(f"{path}: {name} is missing; the bundle is incomplete")
-        if _sha256(f) != want:
-            raise BundleError(f"{path}: {name} does not match its sha256 in the manifest "
-                              "(corrupted or modified); retrain or restore the bundle")
-    return manifest
+    return _verified(Path(path))[0]
+
+
+def _verified(path: Path) -> tuple[dict, dict[str, bytes]]:
+    """The manifest and the bytes of every file it lists, each checked against its sha256."""
+    snap = _Snapshot(path)
+    try:
+        raw = snap.read("manifest.json")
+        manifest = _parse_json(f"{path}/manifest.json", raw) if raw is not None else None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise BundleError(f"{path}: no sysdream manifest.json; not a model bundle")
+        version = manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            raise BundleError(f"{path}: bundle format {version} is not the {FORMAT_VERSION} "
+                              "this sysdream reads; retrain it with this version")
+        sums = manifest.get("files")
+        if not isinstance(sums, dict) or any(f not in sums for f in FILES):
+            raise BundleError(f"{path}: manifest does not list every required file")
+        for key in ("model_id", "created"):
+            if not isinstance(manifest.get(key), str):
+                raise BundleError(f"{path}: manifest has no {key}; retrain the bundle")
+        files = {}
+        for name, want in sorted(sums.items()):
+            if name not in FILES + OPTIONAL:
+                raise BundleError(f"{path}: manifest lists an unexpected file {name!r}")
+            data = snap.read(name)
+            if data is None:
+                raise BundleError(f"{path}: {name} is missing; the bundle is incomplete (or "
+                                  "was replaced while read: load it again)")
+            if hashlib.sha256(data).hexdigest() != want:
+                raise BundleError(f"{path}: {name} does not match its sha256 in the manifest "
+                                  "(corrupted or modified); retrain or restore the bundle")
+            files[name] = data
+        return manifest, files
+    finally:
+        snap.close()
 
 
 def load(path: str | os.PathLike) -> Bundle:
     import torch
 
     path = Path(path)
-    manifest = verify(path)
+    manifest, files = _verified(path)
     try:
-        state = torch.load(path / "weights.pt", weights_only=True, map_location="cpu")
-        embedding = np.load(path / "embedding.npy", allow_pickle=False)
+        state = torch.load(io.BytesIO(files["weights.pt"]), weights_only=True,
+                           map_location="cpu")
+        embedding = np.load(io.BytesIO(files["embedding.npy"]), allow_pickle=False)
     except Exception as exc:  # checksums matched, so this is an incompatible writer
         raise BundleError(f"{path}: weights unreadable by this torch/numpy ({exc}); "
                           "retrain the bundle with this version") from None
-    transfer = _json(path / "transfer.json") if "transfer.json" in manifest["files"] else None
-    lineage = _json(path / "lineage.json") if "lineage.json" in manifest["files"] else None
-    alerting = _json(path / "alerting.json") if "alerting.json" in manifest["files"] \
-        else None
-    return Bundle(network=_json(path / "network.json"),
-                  vocabulary=_json(path / "vocabulary.json"), embedding=embedding,
-                  calibration=_json(path / "calibration.json"),
-                  training=_json(path / "training.json"), state_dict=state, transfer=transfer,
-                  lineage=lineage, alerting=alerting,
-                  model_id=manifest["model_id"], path=str(path), created=manifest["created"])
+
+    def doc(name: str):
+        return _parse_json(f"{path}/{name}", files[name]) if name in files else None
+
+    return Bundle(network=doc("network.json"), vocabulary=doc("vocabulary.json"),
+                  embedding=embedding, calibration=doc("calibration.json"),
+                  training=doc("training.json"), state_dict=state,
+                  transfer=doc("transfer.json"), lineage=doc("lineage.json"),
+                  alerting=doc("alerting.json"), model_id=manifest["model_id"],
+                  path=str(path), created=manifest["created"])

@@ -6,7 +6,7 @@ parts (protocol `baseline`); the parts are written under [server] baselines/ROLE
 whole is checked against the sha256 the agent sent. Once the newest baseline of a role
 is `train_after_s` old and the role has baselines of `min_hosts` agents, `sysdream train`
 runs in a child (nice, [learning] settings, --max-share host_share) on all of them, into
-models/.ROLE.new; a model that trained replaces models/ROLE in one rename and is announced
+models/.ROLE.new; a model that trained replaces models/ROLE in one swap and is announced
 on the PUB socket (kind "model", with the sha256 of its manifest, which lists every
 file's). Agents fetch it (protocol `fetch` -> `bundle`), check it and swap it in.
 """
@@ -22,6 +22,9 @@ import sys
 import time
 from pathlib import Path
 
+from sysdream.model.bundle import install
+
+from ..runtime import trainer_child
 from . import protocol as wire
 
 
@@ -104,12 +107,7 @@ class Roles:
                     "it is tried again when a baseline arrives")
                 shutil.rmtree(new, ignore_errors=True)
                 continue
-            old = self.models / f".{role}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            if final.exists():
-                os.replace(final, old)
-            os.replace(new, final)
-            shutil.rmtree(old, ignore_errors=True)
+            install(new, final)
             self.trained += 1
             mid = json.loads((final / "manifest.json").read_text())["model_id"]
             log(f"role {role}: model {mid} trained and published")
@@ -131,7 +129,7 @@ class Roles:
         self.training[role] = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             env={**os.environ, "OMP_NUM_THREADS": str(L.threads)},
-            preexec_fn=lambda: os.nice(nice))
+            preexec_fn=trainer_child(nice))
 
     # -- models out -------------------------------------------------------------------
     def bundle(self, role: str, have: str) -> tuple[str, str, dict[str, bytes]]:
