@@ -10,6 +10,7 @@ import time
 import numpy as np
 
 from sysdream.probes.capture import Capture, CaptureSettings
+from sysdream.probes.errors import TraceFileError
 from sysdream.probes.streams import by_thread
 from sysdream.probes.tracefile import TraceWriter, host_header
 
@@ -45,12 +46,20 @@ def run(settings: CaptureSettings, seconds: float, output: str, err=sys.stderr) 
                     if time.monotonic() >= next_flush:
                         _flush(writer, cap, pending, context, tids)
                         next_flush += FLUSH_EVERY_S
+                context.append(cap.read_context())
+                pending.append(cap.read())
+                _flush(writer, cap, pending, context, tids)
+            except OSError as exc:
+                if writer.failed is None:
+                    raise
+                raise TraceFileError(
+                    f"{output}: {exc.strerror or exc} after {writer.syscalls} syscalls; the "
+                    "recording stopped there and the file keeps those in whole blocks (a "
+                    "short trace, not the whole time asked for); free space or name another "
+                    "output") from None
             finally:
                 for sig, handler in old.items():
                     signal.signal(sig, handler)
-            context.append(cap.read_context())
-            pending.append(cap.read())
-            _flush(writer, cap, pending, context, tids)
             counters = cap.counters()
     lost = counters["lost_syscalls"] + counters["lost_nostorage"]
     print(f"recorded {writer.syscalls} syscalls in {writer.records} records from "

@@ -374,6 +374,9 @@ class Sinks:
         self._lock = threading.Lock()
 
     def emit(self, kind: str, priority: int, msg: str, fields: dict) -> None:
+        if "time" not in fields:     # service events: the wall time they were raised at
+            now = time.time()
+            fields = {**fields, "time": round(now, 3), "time_rfc3339": rfc3339(now)}
         # before the writes: journald (or whoever reads our output) acts on it at once
         if self.deliveries is not None:
             self.deliveries.note()

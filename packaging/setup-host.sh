@@ -19,11 +19,11 @@ command -v apt-get >/dev/null && command -v dpkg-query >/dev/null \
     || die 3 "apt-get not found: sysdream setup supports Debian and Ubuntu hosts only"
 
 # --- Debian packages -------------------------------------------------------
-# prometheus, openssl (an HTTPS receiver's certificate) and iproute2 (the fleet's network
-# namespaces) are only for the test suite. libatomic1: the ring-buffer reader's memory
-# fence (required on aarch64).
+# prometheus, openssl (an HTTPS receiver's certificate), iproute2 (the fleet's network
+# namespaces) and faketime (a wall-clock step seen by the daemon alone) are only for the
+# test suite. libatomic1: the ring-buffer reader's memory fence (required on aarch64).
 packages=(python3-bpfcc bpfcc-tools libsystemd-dev pkg-config python3-venv
-          python3-dev gcc systemd libatomic1 prometheus openssl iproute2)
+          python3-dev gcc systemd libatomic1 prometheus openssl iproute2 faketime)
 
 kernel=$(uname -r)
 modules="/lib/modules/$kernel"

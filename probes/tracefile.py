@@ -95,7 +95,12 @@ def _create(path: Path) -> int:
 
 
 class TraceWriter:
-    """Append records to a new trace file, one block per `write_records` call."""
+    """Append records to a new trace file, one block per `write_records` call.
+
+    A write that fails (the disk full) raises its OSError after cutting the file back to
+    its last whole block: what was written before stays readable, with no torn block at
+    the end; `syscalls` and `records` count what the file holds. The writer takes no more
+    blocks after that."""
 
     def __init__(self, path: str | os.PathLike, header: dict):
         self.path = Path(path)
@@ -104,19 +109,33 @@ class TraceWriter:
         body = json.dumps(header, sort_keys=True).encode()
         self._fd = -1
         self._fd = _create(self.path)
-        self._write(_HEAD.pack(MAGIC, VERSION, 0, len(body)) + body
-                    + _HEADER_CRC.pack(zlib.crc32(body)))
+        self.size = 0            # bytes of the header and whole blocks on file
+        self.failed: OSError | None = None
+        self._append(_HEAD.pack(MAGIC, VERSION, 0, len(body)) + body
+                     + _HEADER_CRC.pack(zlib.crc32(body)))
         self.records = 0
         self.syscalls = 0
 
-    def _write(self, data: bytes) -> None:
+    def _append(self, data: bytes) -> None:
+        if self.failed is not None:
+            raise self.failed
         view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError as exc:
+            self.failed = exc
+            try:
+                os.ftruncate(self._fd, self.size)
+            except OSError:
+                pass
+            raise
+        self.size += len(data)
 
     def _block(self, kind: int, payload: bytes) -> None:
-        self._write(_BLOCK.pack(BLOCK_MAGIC, kind, len(payload), zlib.crc32(payload)) + payload)
+        self._append(_BLOCK.pack(BLOCK_MAGIC, kind, len(payload), zlib.crc32(payload))
+                     + payload)
 
     def write_records(self, records: np.ndarray) -> None:
         if records.size == 0:
@@ -137,14 +156,17 @@ class TraceWriter:
         self._block(KIND_COUNTERS, json.dumps(counters, sort_keys=True).encode())
 
     def close(self) -> None:
+        """Flush to disk and close; after a failed write only close (the error was
+        raised then)."""
+        if self.failed is not None:
+            self.abandon()
         if self._fd >= 0:
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
 
     def abandon(self) -> None:
-        """Close without flushing to disk (after a write failed: the file may end in a
-        torn block, which a reader skips with a warning)."""
+        """Close without flushing to disk (after a write failed)."""
         if self._fd >= 0:
             try:
                 os.close(self._fd)

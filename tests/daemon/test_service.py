@@ -4,12 +4,14 @@ journald (real, in a private mount namespace), Prometheus (real, on 127.0.0.1), 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from harness import (
@@ -92,6 +94,15 @@ def test_notify_watchdog_reload_and_stop(ebpf_ready, tmp_path, notify, tiny_bund
         assert len(build) == 1 and f'version="{version("sysdream")}"' in build[0]
         assert "model reload refused" in d.stderr and "manifest" in d.stderr
 
+        # the model directory removed: refused and counted likewise, the model stays
+        shutil.rmtree(model)
+        d.signal(signal.SIGHUP)
+        wait_for(lambda: d.metric('sysdream_model_reloads_total{result="failed"}') == 2, 30,
+                 "the reload of a removed model")
+        assert "no model bundle there" in d.stderr
+        assert any(tiny_detector.model_id in k for k in d.metrics()
+                   if k.startswith("sysdream_model_info"))
+
         # a good bundle (another model) is swapped in without detaching: nothing lost
         from daemon_helpers import sample_normal
         from synthetic_corpus import quick_settings, tiny_config
@@ -100,7 +111,6 @@ def test_notify_watchdog_reload_and_stop(ebpf_ready, tmp_path, notify, tiny_bund
         other = Detector.train([sample_normal(i, 150) for i in range(30)],
                                [sample_normal(500 + i, 150) for i in range(10)],
                                tiny_config(), quick_settings(epochs=2, seed=3))
-        shutil.rmtree(model)
         new_id = other.save(model)
         load = subprocess.Popen([str(prog), "-c", BENIGN + ";" + BENIGN + ";" + BENIGN])
         before = conserved(d)
@@ -335,8 +345,121 @@ def test_a_full_state_directory_keeps_the_daemon_up_and_says_so(ebpf_ready, tmp_
             rc, _ = d.stop()
             assert rc == 0, d.stderr[-2000:]
             assert "Traceback" not in d.stderr
+            # what was written is whole blocks: no torn block for a reader to skip
+            got = subprocess.run(["nsenter", "-t", str(holder.pid), "-m", "--", sys.executable,
+                                  "-c", WHOLE, str(state)],
+                                 capture_output=True, text=True, timeout=60)
+            assert got.returncode == 0 and got.stdout.strip(), got.stderr
         finally:
             d.kill()
     finally:
         holder.kill()
         holder.wait()
+
+
+WHOLE = """
+import pathlib, sys, warnings
+from sysdream.probes.tracefile import read_trace
+warnings.simplefilter("error")
+for arg in map(pathlib.Path, sys.argv[1:]):
+    for path in sorted(arg.glob("baseline-*.sdtrace")) if arg.is_dir() else [arg]:
+        t = read_trace(path)
+        assert t.damaged is None, t.damaged
+        print(path, int(t.records["count"].sum()))
+"""
+
+
+def test_record_onto_a_full_disk_exits_10_and_keeps_whole_blocks(ebpf_ready, tmp_path):
+    """`sysdream record` of `ls` in a loop onto a 2 MiB tmpfs: one line naming the cause,
+    how many syscalls the file keeps and the fix, exit 10 (no traceback); the file reads
+    without a warning and holds exactly the syscalls the line names."""
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sleep", "600"])
+    try:
+        time.sleep(0.5)
+        ns = ["nsenter", "-t", str(holder.pid), "-m", "--"]
+        subprocess.run([*ns, "mount", "-t", "tmpfs", "-o", "size=2m", "none", str(out)],
+                       check=True)
+        load = subprocess.Popen(["sh", "-c", "end=$(($(date +%s) + 60)); while [ "
+                                 "$(date +%s) -lt $end ]; do ls /proc > /dev/null; done"],
+                                start_new_session=True)
+        trace = out / "t.sdtrace"
+        try:
+            got = subprocess.run([*ns, sys.executable, "-m", "sysdream.daemon.cli", "record",
+                                  "--comm", "ls", "--seconds", "50", "-o", str(trace)],
+                                 capture_output=True, text=True, timeout=120)
+        finally:
+            os.killpg(load.pid, signal.SIGKILL)
+            load.wait()
+        assert got.returncode == 10, got.stderr[-2000:]
+        line = got.stderr.strip().splitlines()[-1]
+        assert "Traceback" not in got.stderr
+        assert line.startswith(f"sysdream: error: {trace}: No space left on device after "), line
+        assert "free space or name another output" in line
+        kept = int(line.split(" after ")[1].split()[0])
+        assert kept > 0, line
+        read = subprocess.run([*ns, sys.executable, "-c", WHOLE, str(trace)],
+                              capture_output=True, text=True, timeout=60)
+        assert read.returncode == 0, read.stderr
+        assert int(read.stdout.split()[-1]) == kept
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+
+
+def test_wall_clock_jumps_change_no_duration(ebpf_ready, tmp_path, notify):
+    """The host's wall clock set a day back and then two days ahead while the daemon
+    learns (libfaketime, a fake named so: stepping this machine's own clock would move
+    every other process too; the daemon's CLOCK_MONOTONIC and the kernel's are real). The
+    baseline still lasts its 14 s, the watchdog keeps being fed, detection starts and
+    alerts, and an alert carries the wall time of the moment it was raised."""
+    if not Path(FAKETIME).exists():
+        pytest.fail(f"{FAKETIME} missing: setup installs Debian's faketime package")
+    prog = workload(tmp_path)
+    shift = tmp_path / "faketime"
+    shift.write_text("+0\n")
+    cfg = write_config(tmp_path, "[learning]\nmin_syscalls = 1000\nepochs = 6\nhidden = 24\n"
+                       "threads = 2\nnice = 0\n")
+    out = tmp_path / "alerts.jsonl"
+    d = Daemon(["--config", str(cfg), "--state-dir", str(tmp_path / "state"),
+                "--learn-seconds", "14", "--comm", "sdwork", "--no-journald",
+                "--json-lines", str(out)], tmp_path, notify,
+               env={"LD_PRELOAD": FAKETIME, "FAKETIME_TIMESTAMP_FILE": str(shift),
+                    "FAKETIME_CACHE_DURATION": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+                    "WATCHDOG_USEC": "3000000"})
+    try:
+        d.wait_attached()
+        d.wait_phase("learning", 30)
+        started = time.monotonic()
+        pings = len(notify.having("WATCHDOG", "1"))
+        for step, at in (("-1d", 4), ("+2d", 8)):
+            while time.monotonic() < started + at:
+                run_script(prog, BENIGN)
+            shift.write_text(step + "\n")
+        while time.monotonic() < started + 10:
+            run_script(prog, BENIGN)
+            assert d.metrics().get('sysdream_phase{phase="learning"}') == 1.0, \
+                "learning ended early: a wall-clock step shortened the baseline"
+        while time.monotonic() < started + 15:
+            run_script(prog, BENIGN)
+        d.wait_phase("detecting", 300)
+        assert len(notify.having("WATCHDOG", "1")) > pings + 3
+        assert len(list((tmp_path / "state").glob("baseline-*.sdtrace"))) == 1
+        run_script(prog, ODD)
+
+        def lines(kind):
+            return [e for e in map(json.loads, out.read_text().splitlines())
+                    if e["kind"] == kind] if out.exists() else []
+        a = wait_for(lambda: lines("anomaly"), 60, "an alert after the clock steps")[0]
+        assert abs(a["time"] - (time.time() + 2 * 86400)) < 600, a["time"]   # the last step
+        assert abs(lines("learning-started")[0]["time"] - time.time()) < 600
+        code, h = d.health()
+        assert code == 200 and h["healthy"], h
+        rc, _ = d.stop()
+        assert rc == 0, d.stderr[-2000:]
+    finally:
+        d.kill()
