@@ -25,12 +25,15 @@ from . import protocol as wire
 
 class Models:
     """Bundles of the models folder by model id, loaded on first use, reloaded when the
-    folder changes."""
+    folder changes. A bundle that fails to load is said once and not tried again until
+    one of its files changes (a corrupt bundle would otherwise be read, and logged, at
+    every request for it); its requests are answered unknown-model."""
 
     def __init__(self, folder: Path, device: str):
         self.folder, self.device = folder, device
         self.paths: dict[str, Path] = {}
         self.loaded: dict[str, object] = {}
+        self.failed: dict[str, tuple] = {}      # model id -> its files' stat when it failed
         self.scanned = 0.0
 
     def scan(self) -> None:
@@ -54,14 +57,24 @@ class Models:
         path = self.paths.get(model_id)
         if path is None:
             return None
+        try:
+            stamp = tuple(sorted((f.name, f.stat().st_ino, f.stat().st_mtime_ns,
+                                  f.stat().st_size) for f in path.iterdir()))
+        except OSError:
+            return None
+        if self.failed.get(model_id) == stamp:
+            return None
         from sysdream.model.bundle import BundleError
         from sysdream.model.detector import Detector
         from sysdream.model.windows import Geometry
         try:
             det = Detector.load(path)
         except (BundleError, OSError) as exc:
-            print(f"sysdream worker: {path}: {exc}", file=sys.stderr, flush=True)
+            self.failed[model_id] = stamp
+            print(f"sysdream worker: {path}: {exc}; not tried again until the bundle "
+                  "changes", file=sys.stderr, flush=True)
             return None
+        self.failed.pop(model_id, None)
         if det.model_id != model_id:
             return None
         det.net.to(self.device)

@@ -118,6 +118,28 @@ def test_bundles_and_baselines_are_checked_before_anything_is_written():
 
 # -- keys -----------------------------------------------------------------------------
 
+def test_a_worker_says_a_bad_bundle_once_and_tries_again_when_it_changes(
+        tmp_path, tiny_bundle, tiny_detector, capsys):
+    """A corrupt bundle in the server's models folder: the worker refuses it, says so in
+    one line, and does not read it again at every request; restored, it is loaded."""
+    import shutil
+
+    from sysdream.daemon.fleet.worker import Models
+    folder = tmp_path / "models"
+    shutil.copytree(tiny_bundle, folder / "web")
+    weights = folder / "web" / "weights.pt"
+    good = weights.read_bytes()
+    weights.write_bytes(good[:100] + bytes([good[100] ^ 0xFF]) + good[101:])
+    models = Models(folder, "cpu")
+    mid = tiny_detector.model_id
+    assert all(models.get(mid) is None for _ in range(5))
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and "not tried again until the bundle changes" in said[0], said
+    weights.write_bytes(good)
+    det, geom = models.get(mid)
+    assert det.model_id == mid and geom.window == tiny_detector.cfg.window
+
+
 def test_curve_keys_are_private_never_overwritten_and_checked(tmp_path):
     secret, public = keys.keygen(tmp_path / "k", "web-1")
     assert secret.stat().st_mode & 0o777 == 0o600 and public.stat().st_mode & 0o777 == 0o644
