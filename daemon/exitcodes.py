@@ -33,7 +33,7 @@ class Exit(IntEnum):
     BCC_MISSING = 7
     RING_BUFFER_UNSUPPORTED = 8
     PROGRAM_LOAD = 9
-    BAD_TRACE = 10
+    BAD_TRACE = 10         # a trace file unreadable or damaged, or one `record` cannot write
     BAD_MODEL = 11         # model bundle missing, corrupt, tampered or incompatible
     BAD_CONFIG = 12        # configuration file unreadable, not TOML, unknown key, bad value
     METRICS_PORT = 13      # the metrics address/port cannot be bound (taken, or no such address)

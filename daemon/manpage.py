@@ -20,7 +20,8 @@ EXIT_TEXT = {
     Exit.BPF_UNAVAILABLE: "no bpf() syscall", Exit.TRACEPOINT_MISSING: "a tracepoint is missing",
     Exit.HEADERS_MISSING: "kernel headers missing", Exit.BCC_MISSING: "bcc missing",
     Exit.RING_BUFFER_UNSUPPORTED: "no BPF ring buffer",
-    Exit.PROGRAM_LOAD: "the BPF program failed to load", Exit.BAD_TRACE: "bad trace file",
+    Exit.PROGRAM_LOAD: "the BPF program failed to load",
+    Exit.BAD_TRACE: "bad trace file, or one record cannot write (disk full)",
     Exit.BAD_MODEL: "bad model bundle (missing, corrupt, modified, unsigned where keys are "
                     "trusted, or another format version)",
     Exit.BAD_CONFIG: "bad configuration", Exit.METRICS_PORT: "the metrics port cannot be bound",
