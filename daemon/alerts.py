@@ -10,6 +10,7 @@ values; syslog carries the main ones as RFC 5424 structured data.
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 import uuid
@@ -19,6 +20,29 @@ from . import sinks
 from .sinks import HOSTNAME, rfc3339
 
 # One fixed MESSAGE_ID per kind (journalctl MESSAGE_ID=...): generated once, never change.
+MAX_ALERT_LINE = 1 << 20     # characters of one JSON-lines alert a reader takes
+
+
+def json_lines(f, having: str | None = None, limit: int = MAX_ALERT_LINE):
+    """Each non-empty line of a JSON-lines text file as the JSON object it holds, or None
+    where it holds none (bad JSON, nested too deep, not an object, or over `limit`
+    characters: such a line is passed over without being held). `having`: lines without
+    it are passed over unparsed."""
+    while line := f.readline(limit + 1):
+        if len(line) > limit and not line.endswith("\n"):
+            while (rest := f.readline(limit + 1)) and not rest.endswith("\n"):
+                pass
+            yield None
+            continue
+        if not line.strip() or (having is not None and having not in line):
+            continue
+        try:
+            doc = json.loads(line)
+        except (ValueError, RecursionError):
+            doc = None
+        yield doc if isinstance(doc, dict) else None
+
+
 MESSAGE_IDS = {
     "anomaly": "6c1f3a9e4b2d4f7e8a05d2c9b7e1f342",
     "alerts-suppressed": "3f7b9d1e5c2a4e86b0d4f6a8c1e3b527",

@@ -19,6 +19,7 @@ syscalls and their context), for the next retraining to learn from.
 from __future__ import annotations
 
 import fnmatch
+import io
 import json
 import os
 import secrets
@@ -29,6 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import alerts
 from .config import ConfigError
 
 FORMAT = 1
@@ -181,14 +183,9 @@ def find_alert(alert_id: str, json_lines: str | None) -> dict:
     if json_lines:
         try:
             with open(json_lines, encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    if alert_id in line:
-                        try:
-                            a = json.loads(line)
-                        except ValueError:
-                            continue
-                        if a.get("alert_id") == alert_id:
-                            return a
+                for a in alerts.json_lines(f, having=alert_id):
+                    if a is not None and a.get("alert_id") == alert_id:
+                        return a
         except OSError as exc:
             raise ValueError(f"--json-lines {json_lines}: {exc.strerror}") from None
         raise ValueError(f"allow --alert-id {alert_id}: not in {json_lines}")
@@ -199,12 +196,8 @@ def find_alert(alert_id: str, json_lines: str | None) -> dict:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ValueError(f"allow --alert-id: cannot ask journald ({exc}); give "
                          "--json-lines FILE or allow by --fingerprint") from None
-    for line in out.stdout.splitlines():
-        try:
-            e = json.loads(line)
-        except ValueError:
-            continue
-        if e.get("SYSDREAM_ALERT_ID") == alert_id:
+    for e in alerts.json_lines(io.StringIO(out.stdout), having=alert_id):
+        if e is not None and e.get("SYSDREAM_ALERT_ID") == alert_id:
             return {k[len("SYSDREAM_"):].lower(): _journal_value(v) for k, v in e.items()
                     if k.startswith("SYSDREAM_")}
     raise ValueError(f"allow --alert-id {alert_id}: no such alert in journald; give "
@@ -215,7 +208,7 @@ def _journal_value(v):
     if isinstance(v, str) and v[:1] in "[{":
         try:
             return json.loads(v)
-        except ValueError:
+        except (ValueError, RecursionError):
             return v
     return v
 

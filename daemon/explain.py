@@ -8,6 +8,7 @@ surprise (NLL); --plot draws the attention weights as a heat map.
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import numpy as np
 
 from sysdream.probes.errors import TraceFileError
 
+from .alerts import MAX_ALERT_LINE, json_lines
 from .printable import reprinted
 
 
@@ -39,7 +41,7 @@ def _novelty(value) -> list[dict]:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             return []
     return [e for e in value if isinstance(e, dict)] if isinstance(value, list) else []
 
@@ -56,21 +58,23 @@ def read_alert(args) -> dict:
         if out.returncode or not first:
             raise TraceFileError(f"journald has no entry at cursor {args.cursor!r}"
                                  f"{': ' + out.stderr.strip() if out.stderr.strip() else ''}")
-        text = first[0]
         where = f"cursor {args.cursor}"
+        alert = next(json_lines(io.StringIO(first[0])), None)
     else:
         where = args.json
         try:
-            text = sys.stdin.read() if args.json == "-" else Path(args.json).read_text()
+            if args.json == "-":
+                alert = next(json_lines(sys.stdin), None)
+            else:
+                with open(args.json, encoding="utf-8", errors="replace") as f:
+                    alert = next(json_lines(f), None)
         except OSError as exc:
             raise TraceFileError(f"{args.json}: {exc.strerror}") from None
-        text = next((ln for ln in text.splitlines() if ln.strip()), "")
-    try:
-        alert = json.loads(text)
-    except json.JSONDecodeError:
-        raise TraceFileError(f"{where}: not a JSON alert (one JSON object per line, as "
-                             "written by [alerts] json_lines or `journalctl -o json`)") from None
-    if not isinstance(alert, dict) or _field(alert, "kind") != "anomaly":
+    if alert is None:
+        raise TraceFileError(f"{where}: not a JSON alert (one JSON object per line of at "
+                             f"most {MAX_ALERT_LINE} characters, as written by [alerts] "
+                             "json_lines or `journalctl -o json`)")
+    if _field(alert, "kind") != "anomaly":
         raise TraceFileError(f"{where}: not a sysdream anomaly alert (no kind=anomaly field)")
     if not _names(_field(alert, "syscalls")):
         raise TraceFileError(f"{where}: the alert lists no syscalls")
@@ -105,7 +109,10 @@ def run_explain(args) -> int:
     s = score(det.net, w, 1, detail=True)
     res = SequenceScores(w, s, det.bound.exceeds(s.score), det.vocab.unknown(names), names)
     ex = det.explain(res, 0, top=len(target))
-    offset = int(_field(alert, "position") or 0)
+    try:
+        offset = int(_field(alert, "position") or 0)
+    except (TypeError, ValueError, OverflowError):
+        offset = 0
     print(f"alert: {reprinted(str(_field(alert, 'comm')))} pid {_field(alert, 'pid')} "
           f"({reprinted(str(_field(alert, 'exe') or '')) or 'exe unknown'}), syscalls "
           f"{offset}-{offset + len(target) - 1} of its thread")

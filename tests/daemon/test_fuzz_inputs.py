@@ -1,9 +1,11 @@
 """Fuzzing what the daemon reads from files an operator or an attacker may have written
-(hypothesis): the configuration (any TOML text, any table of values) and a model bundle
+(hypothesis): the configuration (any TOML text, any table of values), a model bundle
 whose JSON files (calibration, network, vocabulary, training, lineage, alert bound) hold
-anything, the manifest resealed so the checksums pass. The property: a Config or a
-ConfigError; a usable model or a BundleError (exit 11) / ValueError the service turns into
-one; never another exception.
+anything, the manifest resealed so the checksums pass, and alerts as `sysdream explain`
+and `sysdream allow --alert-id` read them (any JSON, any fields, too deep, too long). The
+property: a Config or a ConfigError; a usable model or a BundleError (exit 11) /
+ValueError the service turns into one; an explanation or an error with its exit code;
+never another exception.
 
 `make test` runs a bounded number of examples; SYSDREAM_FUZZ_EXAMPLES=N runs N each."""
 
@@ -139,3 +141,76 @@ def test_a_bound_with_any_one_field_changed_loads_or_is_refused(bundle_dir, name
     doc = {**fit, key: value} if name == "calibration.json" else \
         {"fit": {**fit, key: value}, "excursions_per_hour": 100.0, "seconds": 150.0}
     tampered(bundle_dir, name, doc)
+
+
+# -- alerts as `sysdream explain` and `sysdream allow --alert-id` read them ------------
+ALERT_FIELDS = ("context", "position", "novelty", "comm", "exe", "model_id",
+                "evidence", "time_rfc3339", "cmdline", "pid", "SYSDREAM_SYSCALLS")
+NAMES = st.lists(st.sampled_from(["read", "write", "openat", "close", "nosuch", ""]),
+                 max_size=40).map(" ".join)
+ALERTS = st.one_of(
+    st.fixed_dictionaries({"kind": st.just("anomaly"), "syscalls": NAMES | JSON},
+                          optional={k: JSON | NAMES for k in ALERT_FIELDS}),
+    JSON)
+
+
+def explained(bundle_dir: Path, text: str) -> None:
+    """`sysdream explain --json FILE` on `text`: an explanation (exit 0) or one error the
+    CLI turns into its exit code, never another exception."""
+    import argparse
+
+    from sysdream.daemon.exitcodes import Exit, exit_code_for
+    from sysdream.daemon.explain import run_explain
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "alert.jsonl"
+        path.write_text(text)
+        args = argparse.Namespace(json=str(path), cursor=None, model=str(bundle_dir),
+                                  plot=None, config=None)
+        try:
+            assert run_explain(args) == 0
+        except Exception as exc:   # noqa: BLE001 (the property: a documented code)
+            assert exit_code_for(exc) not in (Exit.FAILURE, Exit.OK), repr(exc)
+
+
+@FUZZ
+@given(ALERTS)
+def test_any_alert_explains_or_gives_one_error(bundle_dir, capsys, alert):
+    explained(bundle_dir, json.dumps(alert) + "\n")
+    capsys.readouterr()
+
+
+def test_alerts_too_deep_or_too_long_give_one_error(bundle_dir, capsys):
+    from sysdream.daemon.alerts import MAX_ALERT_LINE
+    for text in ("[" * 100_000 + "\n", '{"kind": "anomaly", "syscalls": "' + "read " *
+                 (MAX_ALERT_LINE // 5) + '"}\n'):
+        with pytest.raises(Exception) as got:
+            with tempfile.TemporaryDirectory() as d:
+                import argparse
+
+                from sysdream.daemon.explain import run_explain
+                (Path(d) / "a").write_text(text)
+                run_explain(argparse.Namespace(json=str(Path(d) / "a"), cursor=None,
+                                               model=str(bundle_dir), plot=None,
+                                               config=None))
+        assert "not a JSON alert" in str(got.value), got.value
+    capsys.readouterr()
+
+
+@FUZZ
+@given(st.lists(JSON | st.text(max_size=30), max_size=6), st.booleans())
+def test_an_alert_id_is_found_among_any_lines_or_one_error(lines, present):
+    from sysdream.daemon.allow import find_alert
+    want = "5f0e2d7c-0000-4000-8000-000000000001"
+    text = [json.dumps(v) if not isinstance(v, str) else v for v in lines]
+    text = [t.replace("\n", " ") + (f" {want}" if i % 2 else "") for i, t in enumerate(text)]
+    if present:
+        text.append(json.dumps({"kind": "anomaly", "alert_id": want, "exe": "/bin/sh"}))
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "alerts.jsonl"
+        path.write_text("\n".join(text) + "\n")
+        try:
+            got = find_alert(want, str(path))
+        except ValueError as exc:
+            assert not present and want in str(exc)
+            return
+        assert present and got["alert_id"] == want
