@@ -4,21 +4,25 @@ Layout (little-endian):
 
     header   b"SDTRACE\\0"  u16 version  u16 0  u32 n  then n bytes of JSON
              (host, kernel release, arch, syscall table, chunk width, capture settings),
-             then (version 2) u32 crc32 of those n bytes
+             then (version 2 on) u32 crc32 of those n bytes
     blocks   b"SDBK"  u32 kind  u32 length  u32 crc32(payload)  then the payload
-             kind 1: records, raw `record_dtype(chunk)` rows
+             kind 1: records, raw `record_dtype(chunk)` rows (versions 1 and 2)
              kind 2: kernel counters as JSON (written at every flush and at close)
              kind 3: process context records, `CONTEXT_DTYPE` rows compressed with zlib
                      (mostly padding: about a tenth of their 1,464 bytes); the header's
                      `context_record_size` says their size, and a reader that finds
                      another size skips them with a warning and keeps the rest
+             kind 4: records, `record_dtype(chunk)` rows compressed with zlib at level
+                     1 (version 3 on; a chunk's unused slots and the repeats of a
+                     program's syscalls make them several times smaller: what a
+                     baseline costs on disk and on a fleet agent's link)
 
 Each block goes out in one write and is flushed, so a crash or SIGKILL loses at most
 the block being written. A reader that meets a damaged block (bad magic, length or
 checksum) looks for the next block magic and goes on from there, warning once with what
 it skipped; a truncated last block ends the file. A damaged header (checksum mismatch)
 makes the file unusable: its syscall table names every syscall. Version 1 files (no
-header checksum) still read.
+header checksum) and version 2 files (raw records) still read.
 """
 
 from __future__ import annotations
@@ -42,12 +46,14 @@ from .errors import TraceFileError
 from .layout import CONTEXT_DTYPE, check_chunk, record_dtype
 
 MAGIC = b"SDTRACE\0"
-VERSION = 2
-_HEADER_CRC = struct.Struct("<I")   # version 2: after the header's JSON
+VERSION = 3
+_HEADER_CRC = struct.Struct("<I")   # version 2 on: after the header's JSON
 BLOCK_MAGIC = b"SDBK"
 KIND_RECORDS = 1
 KIND_COUNTERS = 2
 KIND_CONTEXT = 3
+KIND_RECORDS_Z = 4
+RECORDS_LEVEL = 1       # zlib level of records blocks: fast enough for a baseline at 1M/s
 _HEAD = struct.Struct("<8sHHI")
 _BLOCK = struct.Struct("<4sIII")
 MAX_HEADER = 16 << 20
@@ -142,7 +148,8 @@ class TraceWriter:
             return
         if records.dtype != self.dtype:
             raise ValueError(f"records have dtype {records.dtype}, this trace holds {self.dtype}")
-        self._block(KIND_RECORDS, np.ascontiguousarray(records).tobytes())
+        self._block(KIND_RECORDS_Z, zlib.compress(np.ascontiguousarray(records).tobytes(),
+                                                  RECORDS_LEVEL))
         self.records += records.size
         self.syscalls += int(records["count"].sum())
 
@@ -258,6 +265,10 @@ def read_trace(path: str | os.PathLike) -> Trace:
                 why = f"checksum mismatch in block at byte {pos}"
             elif kind == KIND_RECORDS and length % dtype.itemsize:
                 why = f"records block at byte {pos} is not a whole number of records"
+            elif kind == KIND_RECORDS_Z:
+                raw = _inflate(data[start:start + length], MAX_BLOCK)
+                if raw is None or len(raw) % dtype.itemsize:
+                    why = f"records block at byte {pos} does not inflate to whole records"
         if why is not None:
             # resynchronise on the next block magic; none: the rest is lost
             damaged = damaged or why
@@ -270,6 +281,8 @@ def read_trace(path: str | os.PathLike) -> Trace:
         payload = data[start:start + length]
         if kind == KIND_RECORDS:
             blocks.append(np.frombuffer(payload, dtype=dtype))
+        elif kind == KIND_RECORDS_Z:
+            blocks.append(np.frombuffer(raw, dtype=dtype))
         elif kind == KIND_CONTEXT and context_size is not None:
             raw = _inflate(payload, MAX_BLOCK)
             if context_size != CONTEXT_DTYPE.itemsize or raw is None \

@@ -114,6 +114,43 @@ def test_a_format_1_trace_still_reads(tmp_path):
     assert read_trace(path).records.size == 2
 
 
+def test_records_are_stored_compressed_and_a_format_2_trace_of_raw_records_reads(tmp_path):
+    import zlib
+
+    from sysdream.probes.tracefile import KIND_RECORDS, KIND_RECORDS_Z
+    recs = make_records(400)
+    recs["ids"] = np.tile([0, 1, 3, 0, 1, 3, 257, 232] * 8, (400, 1))  # a loop's syscalls
+    path = tmp_path / "t.sdtrace"
+    write(path, [recs])
+    data = path.read_bytes()
+    assert struct.unpack_from("<H", data, 8)[0] == 3
+    assert struct.unpack_from("<I", data, data.index(b"SDBK") + 4)[0] == KIND_RECORDS_Z
+    assert len(data) < recs.nbytes / 5
+    assert np.array_equal(read_trace(path).records, recs)
+    # what sysdream wrote before: format 2, the same records raw
+    hlen = struct.unpack_from("<I", data, 12)[0]
+    raw = recs.tobytes()
+    old = (data[:8] + struct.pack("<HHI", 2, 0, hlen) + data[16:16 + hlen + 4]
+           + b"SDBK" + struct.pack("<III", KIND_RECORDS, len(raw), zlib.crc32(raw)) + raw)
+    (tmp_path / "old.sdtrace").write_bytes(old)
+    assert np.array_equal(read_trace(tmp_path / "old.sdtrace").records, recs)
+
+
+def test_a_records_block_that_does_not_inflate_is_skipped_with_a_warning(tmp_path):
+    import zlib
+    path = tmp_path / "t.sdtrace"
+    write(path, [make_records(3), make_records(4)])
+    data = bytearray(path.read_bytes())
+    first = data.index(b"SDBK")
+    length = struct.unpack_from("<I", data, first + 8)[0]
+    junk = bytes(length)                    # not zlib, but its checksum right
+    data[first + 16:first + 16 + length] = junk
+    struct.pack_into("<I", data, first + 12, zlib.crc32(junk))
+    path.write_bytes(bytes(data))
+    with pytest.warns(TraceDamageWarning, match="does not inflate"):
+        assert read_trace(path).records.size == 4
+
+
 @pytest.mark.parametrize("mutate, message", [
     (lambda d: b"NOTATRACE" + d[9:], "not a sysdream trace file"),
     (lambda d: d[:8] + struct.pack("<H", 99) + d[10:], "newer than this sysdream"),
