@@ -332,11 +332,18 @@ def check(data: dict, source: str, text: str = "") -> Config:
     return Config(values, source)
 
 
+MAX_CONFIG = 1 << 20      # bytes: the shipped file with every comment is a few kB
+
+
 def load(path: str | Path | None, required: bool = False) -> Config:
     """Read `path` (default /etc/sysdream/sysdream.toml). A missing default file means the
     defaults; a missing file the user named is an error."""
     p = Path(path) if path else DEFAULT_PATH
     try:
+        if p.is_file() and p.stat().st_size > MAX_CONFIG:
+            raise ConfigError(f"{p}: {p.stat().st_size} bytes, over the {MAX_CONFIG >> 10} "
+                              "KiB a configuration may hold; name the sysdream.toml with "
+                              "--config")
         text = p.read_text()
     except FileNotFoundError:
         if path is None and not required:

@@ -37,6 +37,21 @@ class Sequence:
     group: str = ""       # attack type, program, or split
 
 
+MAX_FILE = 256 << 20     # bytes of one dataset trace file (ADFA-LD's are kB, UNM's MB)
+
+
+def _text(path: Path) -> str:
+    """A dataset file's text, its size checked before it is read."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise TraceFileError(f"{path}: cannot read: {exc.strerror}") from None
+    if size > MAX_FILE:
+        raise TraceFileError(f"{path}: {size} bytes, over the {MAX_FILE >> 20} MiB a dataset "
+                             "trace file may hold; is this a dataset trace file?")
+    return path.read_text(errors="replace")
+
+
 def _numbers(path: Path, text: str) -> np.ndarray:
     try:
         return np.array(text.split(), dtype=np.int64)
@@ -51,7 +66,7 @@ def _numbers(path: Path, text: str) -> np.ndarray:
 
 def read_adfa_file(path: str | os.PathLike, label: str = "normal", group: str = "") -> Sequence:
     path = Path(path)
-    ids = _numbers(path, path.read_text(errors="replace"))
+    ids = _numbers(path, _text(path))
     return Sequence(str(path), syscalls.names(ids, "i386"), label, group)
 
 
@@ -73,7 +88,7 @@ def read_adfa_ld(root: str | os.PathLike, split: str) -> list[Sequence]:
 def read_unm_file(path: str | os.PathLike, label: str = "normal", group: str = "") \
         -> list[Sequence]:
     path = Path(path)
-    numbers = _numbers(path, path.read_text(errors="replace"))
+    numbers = _numbers(path, _text(path))
     if numbers.size % 2:
         raise TraceFileError(f"{path}: odd number of fields; UNM lines are 'pid number'")
     pairs = numbers.reshape(-1, 2)

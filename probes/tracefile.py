@@ -58,6 +58,9 @@ _HEAD = struct.Struct("<8sHHI")
 _BLOCK = struct.Struct("<4sIII")
 MAX_HEADER = 16 << 20
 MAX_BLOCK = 1 << 30
+MAX_FILE = 8 << 30       # a trace file, read whole
+MAX_RECORDS = 16 << 30   # its records once inflated (a small file of blocks that inflate
+#                          far is refused, not followed into the machine's memory)
 
 
 class TraceDamageWarning(UserWarning):
@@ -212,6 +215,10 @@ def read_trace(path: str | os.PathLike) -> Trace:
     """Read a whole trace. Damage after a valid header warns and keeps what came before."""
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE:
+            raise TraceFileError(f"{path}: {size >> 20} MiB, over the {MAX_FILE >> 30} GiB a "
+                                 "trace may hold in memory; record shorter traces")
         data = path.read_bytes()
     except OSError as exc:
         raise TraceFileError(f"{path}: cannot read: {exc.strerror}") from exc
@@ -248,7 +255,7 @@ def read_trace(path: str | os.PathLike) -> Trace:
     context_size = header.get("context_record_size")
     counters: dict = {}
     damaged = None
-    skipped = 0
+    skipped = inflated = 0
     pos = _HEAD.size + hlen + crc_size
     while pos < len(data):
         why = None
@@ -269,6 +276,9 @@ def read_trace(path: str | os.PathLike) -> Trace:
                 raw = _inflate(data[start:start + length], MAX_BLOCK)
                 if raw is None or len(raw) % dtype.itemsize:
                     why = f"records block at byte {pos} does not inflate to whole records"
+                elif (inflated := inflated + len(raw)) > MAX_RECORDS:
+                    raise TraceFileError(f"{path}: records inflate to over "
+                                         f"{MAX_RECORDS >> 30} GiB; record shorter traces")
         if why is not None:
             # resynchronise on the next block magic; none: the rest is lost
             damaged = damaged or why

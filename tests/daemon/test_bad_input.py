@@ -85,6 +85,40 @@ def test_a_configuration_nested_too_deep_exits_12(tmp_path):
              "nested too deep")
 
 
+def sparse(path: Path, size: int) -> Path:
+    """A file of `size` bytes that takes no disk (the readers must refuse it by its size,
+    before they read it)."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+def test_files_too_large_to_be_what_they_claim_are_refused_by_size(tmp_path):
+    from sysdream.daemon.config import MAX_CONFIG
+    from sysdream.probes import datasets
+    cfg = sparse(tmp_path / "big.toml", MAX_CONFIG + 1)
+    one_line(cli("run", "--config", str(cfg), "--state-dir", str(tmp_path)), 12,
+             f"over the {MAX_CONFIG >> 10} KiB a configuration may hold")
+    trace = sparse(tmp_path / "big.sdtrace", tracefile.MAX_FILE + 1)
+    one_line(cli("top", "--replay", str(trace)), 10, "a trace may hold in memory")
+    adfa = sparse(tmp_path / "UTD-0001.txt", datasets.MAX_FILE + 1)
+    with pytest.raises(tracefile.TraceFileError, match="a dataset trace file may hold"):
+        datasets.read_adfa_file(adfa)
+
+
+def test_records_that_inflate_past_the_limit_are_refused(tmp_path, monkeypatch):
+    """A small file whose blocks inflate far: refused once the records pass the limit
+    (lowered here to a few blocks' worth, the real one is 16 GiB)."""
+    path = tmp_path / "t.sdtrace"
+    with tracefile.TraceWriter(path, tracefile.host_header(64)) as w:
+        for _ in range(4):
+            w.write_records(np.zeros(1000, record_dtype(64)))
+    assert tracefile.read_trace(path).records.size == 4000
+    monkeypatch.setattr(tracefile, "MAX_RECORDS", 3 * 1000 * record_dtype(64).itemsize)
+    with pytest.raises(tracefile.TraceFileError, match="records inflate to over"):
+        tracefile.read_trace(path)
+
+
 def reseal(bundle: Path) -> None:
     """What an attacker with write access would do: fix up the manifest's checksums."""
     m = json.loads((bundle / "manifest.json").read_text())
