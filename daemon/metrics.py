@@ -65,7 +65,9 @@ class Collector:
 
 
 class ServiceCollector(Collector):
-    """Everything read from the running service at scrape time."""
+    """Everything read at scrape time from the running service and the owners it holds:
+    its learner (phase, progress, baseline) and its model slot (model, reloads, lineage
+    novelty counts)."""
 
     def __init__(self, service):
         super().__init__(self.families)
@@ -73,6 +75,7 @@ class ServiceCollector(Collector):
 
     def families(self):
         s = self.s
+        learner = s.learner
         k = dict(s.kernel_counters)
         yield InfoMetricFamily("sysdream_build", "The running sysdream and what it runs on.",
                                value=build_info())
@@ -152,22 +155,23 @@ class ServiceCollector(Collector):
         yield _by_label("sysdream_lineage_events", "Lineage novelty events (an exec or a "
                         "syscall the learnt profile never saw), by kind.", "kind",
                         {k: 0 for k in ("new_program", "new_edge", "fileless_exec",
-                                        "new_syscall")} | dict(s.lineage_events))
-        held = (s.model.lineage.profile.heldout or {}) if s.model is not None and \
-            s.model.lineage is not None else {}
+                                        "new_syscall")} | dict(s.slot.lineage_events))
+        m = s.slot.model
+        held = (m.lineage.profile.heldout or {}) if m is not None and \
+            m.lineage is not None else {}
         yield GaugeMetricFamily("sysdream_lineage_heldout_evidence_per_hour", "Evidence (in "
                                 "windows above the bound) that lineage novelty gave per hour "
                                 "in the held-out last quarter of the baseline (NaN: no "
                                 "lineage profile).",
                                 value=held.get("weight_per_hour", float("nan")))
-        replay = s.model.det.training.get("heldout_alerts") if s.model is not None else None
+        replay = m.det.training.get("heldout_alerts") if m is not None else None
         yield GaugeMetricFamily("sysdream_heldout_alerts_per_hour", "Alerts an hour the "
                                 "alert rule raised when replayed on the baseline's held-out "
                                 "last quarter at training time (NaN: not replayed).",
                                 value=float(replay["per_hour"]) if isinstance(replay, dict)
                                 and isinstance(replay.get("per_hour"), (int, float))
                                 else float("nan"))
-        alert = s.model.alert if s.model is not None else None
+        alert = m.alert if m is not None else None
         yield GaugeMetricFamily("sysdream_expected_false_alerts_per_hour", "False alerts "
                                 "an hour the model's alert bound, at the configured "
                                 "confidence, is expected to raise on activity like the "
@@ -219,19 +223,18 @@ class ServiceCollector(Collector):
         phase = GaugeMetricFamily("sysdream_phase", "1 for the daemon's current phase.",
                                   labels=["phase"])
         for name in ("learning", "training", "detecting"):
-            phase.add_metric([name], 1.0 if s.phase == name else 0.0)
+            phase.add_metric([name], 1.0 if learner.phase == name else 0.0)
         yield phase
         yield GaugeMetricFamily("sysdream_learning_progress_ratio", "Progress of learning "
                                 "this host (0-1): recording the baseline, then training.",
-                                value=s.learning_progress)
+                                value=learner.progress)
         yield CounterMetricFamily("sysdream_learning_syscalls", "Syscalls recorded into "
-                                  "the learning baseline.", value=s.baseline_syscalls)
+                                  "the learning baseline.", value=learner.baseline_syscalls)
         yield CounterMetricFamily("sysdream_state_write_errors", "Writes the state "
                                   "directory refused (full, read-only): the baseline so far "
-                                  "is kept, capture goes on.", value=s.write_errors)
+                                  "is kept, capture goes on.", value=learner.write_errors)
         yield _by_label("sysdream_model_reloads", "Model loads after start, by result.",
-                        "result", {"ok": 0, "failed": 0, **s.reloads})
-        m = s.model
+                        "result", {"ok": 0, "failed": 0, **s.slot.reloads})
         info = InfoMetricFamily("sysdream_model", "The model in use.")
         gauges = []
         if m is not None:

@@ -1,0 +1,316 @@
+"""The service's learner: learn-then-detect up to the bundle.
+
+Owns the baseline recorded into state_directory/baseline-<time>.sdtrace (the writer, the
+records and process context waiting for the next flush, what a refused write does), the
+trainer child (`sysdream train` at nice 19 and SCHED_IDLE, its stderr read for epochs and
+its last lines) and, on a fleet agent, the hand-off of the baseline to the fleet server.
+It reports where learning stands through `phase`, `progress`, `baseline_syscalls`,
+`write_errors` and `status()`; the main loop (daemon/service.py) feeds it and the model
+slot (daemon/modelslot.py) loads what it trained.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from sysdream.probes.tracefile import TraceWriter, host_header
+
+from . import alerts
+from .config import Config
+from .runtime import trainer_child
+
+LEARN_RETRY_S = 60.0    # after the state directory refused the baseline, recording waits
+
+
+class LearningBar:
+    """In the foreground on a terminal, the learning phase as a tqdm bar with the time
+    left: the share of the baseline recorded, then the trainer's epochs. Elsewhere
+    (journald, a pipe) nothing: systemd's STATUS carries the same."""
+    active = None       # the bar on screen, which log lines are written above
+
+    def __init__(self, stream=sys.stderr):
+        self.stream, self.tty = stream, stream.isatty()
+        self.stage = ""
+
+    def show(self, stage: str, done: float, total: float, unit: str) -> None:
+        if not self.tty:
+            return
+        from tqdm import tqdm  # only on a terminal
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            LearningBar.active = tqdm(total=total, desc=stage, unit=unit, file=self.stream,
+                                      dynamic_ncols=True, leave=False)
+        bar = LearningBar.active
+        bar.update(min(done, total) - bar.n)
+
+    def close(self) -> None:
+        if LearningBar.active is not None:
+            LearningBar.active.close()
+            LearningBar.active = None
+        self.stage = ""
+
+
+def new_baseline(state: Path) -> Path:
+    """A name no earlier baseline has: the wall clock may have stepped back to a second
+    already used (the writer replaces a file of the same name)."""
+    stamp = int(time.time())
+    path, n = state / f"baseline-{stamp}.sdtrace", 0
+    while path.exists():
+        n += 1
+        path = state / f"baseline-{stamp}-{n}.sdtrace"
+    return path
+
+
+class Learner:
+    """Baseline, trainer and fleet hand-off of one daemon. `phase` is the daemon's:
+    learning, training, or detecting once `finish()` says a model is in use."""
+
+    def __init__(self, cfg: Config, sink, log: Callable[[str], None],
+                 settings: Callable[[], object], counters: Callable[[], dict]):
+        self.cfg = cfg              # the main loop swaps it on a reload
+        self.sink = sink
+        self.log = log
+        self._settings = settings   # the capture settings in use (the trace header)
+        self._counters = counters   # the kernel counters last read (written with records)
+        self.control = None         # fleet/agent.py Control: the fleet server trains
+        self.phase = "learning"
+        self.progress = 0.0         # recording 0-0.5, training 0.5-1
+        self.baseline_syscalls = 0
+        self.write_errors = 0           # the state directory refused a write
+        self.epoch = 0                  # the trainer's last epoch
+        self._writer: TraceWriter | None = None
+        self._pending: list[np.ndarray] = []
+        self._pending_context: list[np.ndarray] = []
+        self._started = 0.0
+        self._trainer: subprocess.Popen | None = None
+        self._trainer_log: list[str] = []
+        self._bar = LearningBar()
+        self._baseline_path: Path | None = None
+        self._cut = False           # a refused write after enough of the baseline
+        self._retry_at = 0.0        # ... before: when recording starts again
+
+    # -- recording --------------------------------------------------------------------
+    def start(self) -> None:
+        """A new baseline file, recording from now on."""
+        self.phase = "learning"
+        settings = self._settings()
+        path = new_baseline(self.cfg.state_dir())
+        self._baseline_path = path
+        try:
+            self._writer = TraceWriter(path, host_header(settings.chunk,
+                                                         dataclasses.asdict(settings)))
+        except OSError as exc:
+            with contextlib.suppress(OSError):     # a file without a whole header is no
+                path.unlink(missing_ok=True)        # baseline
+            self._write_failed(exc)
+        self._started = time.monotonic()
+        self.baseline_syscalls = 0
+        L = self.cfg.learning
+        if self._writer is None:       # the state directory refused the new file
+            return
+        text = (f"no model at {self.cfg.model_path()}: learning this host for "
+                f"{L.baseline_seconds:.0f} s (at least {L.min_syscalls} syscalls) into {path}")
+        self.log(text)
+        self.sink.emit("learning-started", alerts.NOTICE, text,
+                       {"kind": "learning-started", "baseline": str(path)})
+
+    def record(self, records: np.ndarray) -> None:
+        if self._writer is None or not records.size:
+            return
+        if self.baseline_syscalls >= self.cfg.learning.max_syscalls:
+            return
+        self._pending.append(records)
+        self.baseline_syscalls += int(records["count"].sum())
+
+    def record_context(self, records: np.ndarray) -> None:
+        """Process records while learning: the baseline keeps who was who."""
+        if self.phase == "learning" and self._writer is not None and \
+                self.baseline_syscalls < self.cfg.learning.max_syscalls:
+            self._pending_context.append(records)
+
+    def flush(self) -> None:
+        try:
+            if self._writer is not None and self._pending_context:
+                self._writer.write_context(np.concatenate(self._pending_context))
+                self._pending_context.clear()
+            if self._writer is not None and self._pending:
+                self._writer.write_records(np.concatenate(self._pending))
+                self._pending.clear()
+                self._writer.write_counters(self._counters())
+        except OSError as exc:
+            self._write_failed(exc)
+
+    def close_baseline(self) -> None:
+        """Flush and close the baseline being recorded (a failure as in a flush)."""
+        self.flush()
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except OSError as exc:
+                self._write_failed(exc)
+            self._writer = None
+
+    def _write_failed(self, exc: OSError) -> None:
+        """The state directory refused a write (full, read-only, gone): what was written
+        stays, capture and detection go on. With enough syscalls written the baseline ends
+        there and training starts; otherwise recording starts again in LEARN_RETRY_S."""
+        self.write_errors += 1
+        written = self._writer.syscalls if self._writer is not None else 0
+        if self._writer is not None:
+            self._writer.abandon()
+            self._writer = None
+        self._pending.clear()
+        self._pending_context.clear()
+        L, where = self.cfg.learning, self.cfg.state_dir()
+        if written >= L.min_syscalls:
+            self._cut = True
+            text = (f"state directory {where}: {exc.strerror or exc} after {written} "
+                    "syscalls of the baseline; training on what was written")
+        else:
+            self._retry_at = time.monotonic() + LEARN_RETRY_S
+            text = (f"state directory {where}: {exc.strerror or exc} with {written} syscalls "
+                    f"of the baseline written ({L.min_syscalls} needed); free space there: "
+                    f"recording starts again in {LEARN_RETRY_S:.0f} s, capture goes on")
+        self.log(text)
+        self.sink.emit("learning-failed", alerts.ERR, text, {"kind": "learning-failed"})
+
+    # -- where it stands --------------------------------------------------------------
+    def _time_left(self, frac: float) -> str:
+        """", about N min left" of the baseline at the pace so far (the slower of time
+        and syscalls decides); "" before there is a pace."""
+        elapsed = time.monotonic() - self._started
+        if not 0.01 <= frac < 1 or elapsed < 5:
+            return ""
+        return f", about {elapsed * (1 - frac) / frac / 60:.0f} min left"
+
+    def status(self, lost: int) -> str:
+        """systemd's STATUS while learning or training."""
+        if self.phase == "learning":
+            frac = self.progress / 0.5
+            return (f"learning this host: {frac:.0%} of the baseline recorded "
+                    f"({self.baseline_syscalls} syscalls{self._time_left(frac)}), {lost} "
+                    "syscalls lost")
+        if self.control is not None:
+            return (f"waiting for role {self.cfg.fleet.role}'s model from the fleet server "
+                    f"(baseline sent), capture continues, {lost} syscalls lost")
+        return (f"training on the baseline (epoch {self.epoch} of "
+                f"{self.cfg.learning.epochs}), capture continues, {lost} syscalls lost")
+
+    def tick(self) -> bool:
+        """Once a second: the baseline ends, training starts, the trainer is polled.
+        True when the trainer exited 0: its bundle is at the model path to be loaded."""
+        L = self.cfg.learning
+        if self.phase == "learning" and self._writer is None and not self._cut:
+            if time.monotonic() >= self._retry_at:     # after a write failure
+                self.start()
+            return False
+        if self.phase == "learning":
+            elapsed = time.monotonic() - self._started
+            frac = min(elapsed / L.baseline_seconds, self.baseline_syscalls / L.min_syscalls,
+                       1.0)
+            if self._cut:
+                frac = 1.0
+            self.progress = 0.5 * frac
+            self._bar.show("learning this host", round(100 * frac, 1), 100, "%")
+            if frac >= 1.0:
+                self.close_baseline()
+                self._cut = False
+                if self.control is not None:      # the fleet server trains the role's
+                    self._bar.close()
+                    self.control.upload(self._baseline_path)
+                    self.phase = "training"
+                    self.log(f"baseline recorded ({self.baseline_syscalls} syscalls); "
+                             "sending it to the fleet server, which trains role "
+                             f"{self.cfg.fleet.role}'s model; capture continues")
+                else:
+                    self._start_training()
+        elif self.phase == "training" and self._trainer is not None:
+            rc = self._trainer.poll()
+            self.progress = 0.5 + 0.5 * min(self.epoch / L.epochs, 1.0)
+            if rc is None:
+                self._bar.show("training", self.epoch, L.epochs, "epoch")
+                return False
+            self._bar.close()
+            self._trainer = None
+            if rc == 0:
+                return True
+            self.failed(self._trainer_log[-1] if self._trainer_log else f"exit {rc}")
+        return False
+
+    def finish(self) -> None:
+        """A model is in use: the daemon detects."""
+        self.phase = "detecting"
+        self.progress = 1.0
+
+    def failed(self, why: str) -> None:
+        """Training gave no model: the recordings stay, a new baseline starts."""
+        self._bar.close()
+        text = f"training failed ({why}); recording more of this host and trying again"
+        self.log(text)
+        self.sink.emit("learning-failed", alerts.ERR, text, {"kind": "learning-failed"})
+        self.start()
+
+    # -- the trainer ------------------------------------------------------------------
+    def _start_training(self) -> None:
+        L = self.cfg.learning
+        state = self.cfg.state_dir()
+        inputs = [f"trace:{p}" for p in sorted(state.glob("baseline-*.sdtrace"))]
+        sign = ["--sign", L.signing_key] if L.signing_key else []
+        cmd = [sys.executable, "-m", "sysdream.daemon.cli", "train", *sign, "--input", *inputs,
+               "-o", str(self.cfg.model_path()), "--arch", L.arch, "--window", str(L.window),
+               "--hidden", str(L.hidden), "--embed", str(L.embed), "--epochs", str(L.epochs),
+               "--threads", str(L.threads)]
+        if self.cfg.detection.confidence:   # training only starts with no model in use
+            cmd += ["--confidence", str(self.cfg.detection.confidence)]
+        self.log(f"baseline recorded ({self.baseline_syscalls} syscalls); training at nice "
+                 f"{L.nice}: {' '.join(cmd[3:])}")
+        self.phase = "training"
+        self.epoch = 0
+        self._trainer_log = []
+        env = {**os.environ, "OMP_NUM_THREADS": str(L.threads)}
+        self._trainer = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.PIPE, text=True, env=env,
+                                         preexec_fn=trainer_child(L.nice))
+        threading.Thread(target=self._read_trainer, args=(self._trainer,), daemon=True,
+                         name="sysdream-trainer-log").start()
+
+    def _read_trainer(self, proc: subprocess.Popen) -> None:
+        for line in proc.stderr:
+            line = line.strip()
+            if not line:
+                continue
+            self._trainer_log.append(line)
+            del self._trainer_log[:-20]
+            if m := re.match(r"epoch (\d+):", line):
+                self.epoch = int(m.group(1))
+            self.log(f"trainer: {line}")
+
+    # -- the end ----------------------------------------------------------------------
+    def stop(self) -> None:
+        """A model came from elsewhere (a reload, the fleet): training and recording end."""
+        if self._trainer is not None:
+            self._trainer.kill()
+            self._trainer = None
+        self.close_baseline()
+        self._bar.close()
+
+    def shutdown(self) -> None:
+        """The daemon stops: what was recorded is written, the trainer killed."""
+        self.close_baseline()
+        if self._trainer is not None:
+            self._trainer.kill()
+
+    def close(self) -> None:
+        self._bar.close()
