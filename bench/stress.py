@@ -45,7 +45,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "daemon"))
 from harness import Daemon, NotifySocket, wait_for  # noqa: E402  (real parts, shared)
 
-from daemon import Load, build_loadgen, proc_mem_mb, total  # noqa: E402  (sibling bench)
+from daemon import Load, build_loadgen, cli, proc_mem_mb, total  # noqa: E402  (sibling bench)
 
 WATCHDOG_S = 2.0
 ODD_EVERY_MS = 500
@@ -80,11 +80,6 @@ def build_spawner(tmp: Path) -> Path:
     exe = tmp / "spawn_loop"
     subprocess.run(["gcc", "-O2", "-o", str(exe), str(HERE / "spawn_loop.c")], check=True)
     return exe
-
-
-def cli(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sysdream.daemon.cli", *args], check=True,
-                          **kw)
 
 
 def train_model(loadgen: Path, spawner: Path, tmp: Path, bundle: Path, spawn_rate: float,
