@@ -122,8 +122,9 @@ class ServiceCollector(Collector):
         yield CounterMetricFamily("sysdream_windows_cached", "Windows whose score came from "
                                   "the known-window cache.", value=c.windows_cached)
         yield _by_label("sysdream_windows_shed", "Windows dropped unscored, by reason "
-                        "(queue_full, model_change).", "reason",
-                        {"queue_full": 0, "model_change": 0, **c.windows_shed})
+                        "(queue_full, model_change, shutdown).", "reason",
+                        {"queue_full": 0, "model_change": 0, "shutdown": 0,
+                         **c.windows_shed})
         looked = c.windows_scored + c.windows_cached
         yield GaugeMetricFamily("sysdream_cache_hit_ratio", "Share of windows answered by "
                                 "the known-window cache since start.",

@@ -11,7 +11,8 @@ Shedding: the queue holds at most `queue_windows` windows. When a new block woul
 overflow it, the process with the most windows waiting loses its oldest waiting windows
 first (a flood from one process cannot push out the windows of the others); every shed
 window is counted (`sysdream_windows_shed_total`). Windows queued under a model with
-another window geometry are shed at the swap (reason "model_change").
+another window geometry are shed at the swap (reason "model_change"), and what a stop's
+drain leaves unscored at the stop (reason "shutdown").
 """
 
 from __future__ import annotations
@@ -576,6 +577,7 @@ class Scorer:
         self.beat = time.monotonic()     # last sign of life (the watchdog reads it)
         self.busy_since = 0.0            # start of the batch in progress, 0 when idle
         self._stop = threading.Event()
+        self._cut_at = float("inf")     # stopping: past this, a cycle sheds what it holds
         self._lock = threading.Lock()
         self.thread: threading.Thread | None = None
         # test-only fault, named so: a scorer stuck for good cannot be caused on demand
@@ -604,8 +606,12 @@ class Scorer:
         self.thread.start()
 
     def stop(self, drain_s: float = 0.0) -> None:
-        """Stop; first score what is queued for up to `drain_s` seconds."""
+        """Stop; first score what is queued for up to `drain_s` seconds. Past that, the
+        cycle in progress ends at its next block (not inside torch) and what is left unscored
+        is shed, counted under reason `shutdown`: a stop takes drain_s plus one cycle,
+        whatever the backlog."""
         deadline = time.monotonic() + drain_s
+        self._cut_at = deadline
         while self.queue.size and time.monotonic() < deadline:
             time.sleep(0.01)
         self._stop.set()
@@ -615,6 +621,11 @@ class Scorer:
             # the cycle in progress is finished, not cut: a thread left inside torch when
             # the interpreter exits aborts the process (SIGABRT) instead of a clean exit
             self.thread.join(timeout=max(0.1, deadline - time.monotonic()) + STOP_JOIN_S)
+        self.queue.clear("shutdown")
+
+    def _cut(self) -> bool:
+        """Stopping and past the drain: the rest of a cycle is shed."""
+        return self._stop.is_set() and time.monotonic() > self._cut_at
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -686,6 +697,9 @@ class Scorer:
         if not parts:
             return []
         c = self.counters
+        if self._cut():
+            c.windows_shed["shutdown"] += sum(p.size for p in parts)
+            return []
         # one inference for the distinct misses of the whole cycle
         miss_keys = np.concatenate([p.keys[p.miss] for p in parts])
         if len(miss_keys):
@@ -738,12 +752,10 @@ class Scorer:
                                                      scores[lo:hi], exceeds[lo:hi]))
             key, prog = b.key or b.tgid, b.label or (program(b.exe) if b.exe else "")
             for i, n in evidence.add_many(key, weights, prog):
-                ex = self.explain(model, b, i)
-                d = Detection(b, i, float(scores[lo + i]), n, evidence.m, model, ex,
-                              novelty=self._novelty_of(b, i, model, evidence.m, spend=True),
-                              needed=evidence.bound_for(prog))
-                out.append(d)
-                self.on_detection(d)
+                out.append(Detection(b, i, float(scores[lo + i]), n, evidence.m, model, {},
+                                     novelty=self._novelty_of(b, i, model, evidence.m,
+                                                              spend=True),
+                                     needed=evidence.bound_for(prog)))
             if b.final and b.tid == b.tgid:     # the process exits: its evidence goes
                 evidence.forget(key)
             # the same windows, as part of an episode of their parent's young children
@@ -752,14 +764,17 @@ class Scorer:
                 for j, n, pids in self.episodes.add_many(b.parent, b.tgid, weights[young],
                                                          b.ns):
                     i = int(young[j])
-                    ex = self.explain(model, b, i)
                     ep = {"parent_pid": b.parent[0], "pids": pids, "exceedances": round(n, 2),
                           "windows": self.episodes.m}
-                    d = Detection(b, i, float(scores[lo + i]), n, evidence.m, model, ex, ep,
-                                  self._novelty_of(b, i, model, evidence.m),
-                                  needed=evidence.k)
-                    out.append(d)
-                    self.on_detection(d)
+                    out.append(Detection(b, i, float(scores[lo + i]), n, evidence.m, model,
+                                         {}, ep, self._novelty_of(b, i, model, evidence.m),
+                                         needed=evidence.k))
+        # explained in one batch: an alert storm raises hundreds a cycle, and one window
+        # scored alone costs about as much as a batch of a hundred
+        for d, ex in zip(out, self.explain_many(model, [(d.block, d.row) for d in out]),
+                         strict=True):
+            d.explanation = ex
+            self.on_detection(d)
         return out
 
     def _novelty(self, b: Block, model: ModelView, base: np.ndarray) -> np.ndarray:
@@ -833,28 +848,47 @@ class Scorer:
     def explain(self, model: ModelView, b: Block, row: int) -> dict:
         """Rescore one window with detail and explain it (positions in the thread's
         stream)."""
-        from sysdream.model.detector import SequenceScores
-        from sysdream.model.scoring import score
+        return self.explain_many(model, [(b, row)])[0]
 
-        span = b.spans[row]
-        tokens = model.table[span][None, :]
-        w = model.geom.windows(tokens, b.valid[row:row + 1], np.array([model.lead]))
-        s = score(model.det.net, w, 1, detail=True)
-        names = model.names(span)
-        res = SequenceScores(w, s, model.bound.exceeds(s.score), [], names)
-        ex = model.det.explain(res, 0, self.explain_positions)
-        shift = int(b.starts[row]) - model.lead
-        for item in ex["surprises"]:
-            item["position_in_sequence"] += shift
-        for item in ex.get("attention", []):
-            item["position"] += shift
-        ex["start"] = int(b.starts[row])
-        ex["context"] = [str(n) for n in names[:model.lead] if n != "<pad>"]
-        ex["unknown"] = sorted({str(n) for n, t in zip(names.tolist(), tokens[0].tolist(),
-                                                        strict=True) if t == 1})
-        ex["bound"] = model.bound.bound
-        ex["sigmas"] = float(model.bound.sigmas(np.array([s.score[0]]))[0])
-        return ex
+    def explain_many(self, model: ModelView, items: list[tuple[Block, int]]) -> list[dict]:
+        """`explain` for several windows, rescored together (padded to a batch size of a
+        few shapes, as inference is)."""
+        from sysdream.model.detector import SequenceScores
+        from sysdream.model.scoring import WindowScores, score
+
+        if not items:
+            return []
+        n = len(items)
+        pad = np.r_[np.arange(n), np.full(_padded(n, self.batch_windows) - n, n - 1)]
+        spans = np.stack([b.spans[row] for b, row in items])
+        valid = np.array([b.valid[row] for b, row in items])
+        w = model.geom.windows(model.table[spans][pad], valid[pad],
+                               np.full(len(pad), model.lead))
+        s = score(model.det.net, w, self.batch_windows, detail=True)
+        sigmas = model.bound.sigmas(s.score[:n])
+        out = []
+        for k, (b, row) in enumerate(items):
+            one = slice(k, k + 1)
+            names = model.names(spans[k])
+            res = SequenceScores(w.take(one), WindowScores(
+                *(getattr(s, f)[one] for f in ("score", "nll", "expected", "expected_p",
+                                                "observed_p", "attention"))),
+                model.bound.exceeds(s.score[one]), [], names)
+            ex = model.det.explain(res, 0, self.explain_positions)
+            shift = int(b.starts[row]) - model.lead
+            for item in ex["surprises"]:
+                item["position_in_sequence"] += shift
+            for item in ex.get("attention", []):
+                item["position"] += shift
+            ex["start"] = int(b.starts[row])
+            ex["context"] = [str(x) for x in names[:model.lead] if x != "<pad>"]
+            ex["unknown"] = sorted({str(x) for x, t in zip(names.tolist(),
+                                                           model.table[spans[k]].tolist(),
+                                                           strict=True) if t == 1})
+            ex["bound"] = model.bound.bound
+            ex["sigmas"] = float(sigmas[k])
+            out.append(ex)
+        return out
 
 
 def _padded(n: int, batch: int) -> int:

@@ -399,9 +399,11 @@ class Service:
         self.learner.shutdown()
         self.close()
         k = self.kernel_counters
+        shed = self.counters.windows_shed.get("shutdown", 0)
         log(f"stopped: {self.syscalls_read} syscalls read, "
             f"{k.get('lost_syscalls', 0) + k.get('lost_nostorage', 0)} lost, "
-            f"{self.alerting.sent.total()} alerts")
+            f"{self.alerting.sent.total()} alerts"
+            + (f", {shed} windows left unscored at the stop" if shed else ""))
         return 0
 
     def close(self) -> None:

@@ -155,6 +155,42 @@ def test_attack_raises_detections_with_explanation_and_normal_none(tiny_detector
     assert c.anomalous.snapshot()["unknown"] >= 3  # no process table here: exe unknown
 
 
+def test_a_storm_of_detections_is_explained_in_one_batch_as_each_alone(tiny_detector):
+    """Detections are explained together, one inference for all; each explanation is the
+    one its window gets alone (same score, same surprises at the same positions)."""
+    view, _c, queue, cutter, scorer, found = make(tiny_detector)
+    for tid in range(100, 130):
+        cutter.ingest(records(tid, sample_attack(tid, 200), comm="attacker", exit=True))
+    scorer.process(drain(queue))
+    assert len(found) >= 30 and all(d.explanation for d in found)
+    for d in found:
+        (alone,) = scorer.explain_many(view, [(d.block, d.row)])
+        ex = d.explanation
+        assert math.isclose(ex["score"], alone["score"], rel_tol=1e-4)
+        assert [(x["observed"], x["position_in_sequence"]) for x in ex["surprises"]] == \
+            [(x["observed"], x["position_in_sequence"]) for x in alone["surprises"]]
+        assert ex["start"] == alone["start"] and ex["context"] == alone["context"]
+        assert math.isclose(ex["score"], d.score, rel_tol=1e-4)
+
+
+def test_a_stop_behind_a_backlog_is_bounded_and_sheds_what_is_left_counted(tiny_detector):
+    """Stopping with more queued than the drain can score: the stop returns within the
+    drain plus one cycle, and every window cut is scored, cached or shed (`shutdown`)."""
+    view, c, queue, cutter, scorer, found = make(tiny_detector, cache_windows=0,
+                                                 batch_windows=64)
+    for tid in range(1000, 1400):
+        cutter.ingest(records(tid, sample_attack(tid, 400), comm="attacker", exit=True))
+    assert queue.size > 10000
+    scorer.start()
+    t0 = time.monotonic()
+    scorer.stop(drain_s=0.3)
+    took = time.monotonic() - t0
+    assert not scorer.thread.is_alive() and took < 3.0, took
+    assert c.windows_shed["shutdown"] > 0 and queue.size == 0
+    assert c.windows_cut == c.windows_scored + c.windows_cached + \
+        sum(c.windows_shed.values())
+
+
 def test_evidence_needs_k_of_m():
     from sysdream.daemon.evidence import Evidence
 

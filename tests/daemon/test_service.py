@@ -207,8 +207,9 @@ def test_journald_down_then_back(ebpf_ready, tmp_path, journal, tiny_bundle):
         run_script(prog, ODD)
         wait_for(lambda: "journald is back" in d.stderr, 30, "journald used again")
         wait_for(lambda: journal.entries(**anomaly), 30, "alerts in the new journald")
-        rc, _ = d.stop()
-        assert rc == 0
+        # hundreds of alerts a second are being explained: the stop is still prompt
+        rc, took = d.stop()
+        assert rc == 0 and took < 5.0, d.stderr[-3000:]
     finally:
         d.kill()
 
