@@ -334,7 +334,9 @@ def run_eval(args) -> int:
                                                    ProgressLine()))
     if not args.no_baselines:
         methods.extend(evaluation.baselines(args.window, args.seed))
-    report = evaluation.evaluate(split, methods, args.confidence, sys.stderr)
+    if args.combine:
+        methods.append(evaluation.background(args.window))
+    report = evaluation.evaluate(split, methods, args.confidence, sys.stderr, args.combine)
     if args.transfer_fraction:
         from sysdream.model import transfer
 

@@ -6,6 +6,13 @@ bound when any of its windows exceeds it. A trace's score for the ROC is the mea
 window scores. Where attack traces come in files that hold several processes (UNM labels
 per file: an intrusion file also holds the ordinary processes the attack ran), an
 intrusion counts as detected when any of its traces is flagged, as in Forrest et al.
+
+Every row after the first carries a paired bootstrap interval of its ROC-AUC minus the
+first row's (the same resampled traces for both). With `combine`, rows of evidence
+combined at the trace level follow (COMBINATIONS): standardised sums of different
+families and likelihood ratios against a background model; their bound is the Gaussian
+interval on the combined scores of the calibration traces, and a trace is flagged at it
+when its own combined score exceeds it.
 """
 
 from __future__ import annotations
@@ -53,6 +60,41 @@ class MethodResult:
     train_seconds: float
     windows_per_second: float
     roc: dict = field(repr=False, default_factory=dict)
+    # [low, high]: 95% paired bootstrap interval of this ROC-AUC minus the first row's
+    roc_auc_minus_first: list = field(default_factory=list)
+
+
+@dataclass
+class TraceScores:
+    """A method's trace scores (the mean of its window scores)."""
+    normal: np.ndarray
+    attack: np.ndarray
+    calibrate: np.ndarray | None = None     # scored only when rows are combined
+
+
+@dataclass(frozen=True)
+class Combination:
+    """Trace-level evidence from several methods: sum(weight * score), each score first
+    standardised on the calibration traces ("z": minus their mean, over their standard
+    deviation) or taken as it is ("raw": for a likelihood ratio, both in nats a call).
+    "{net}" stands for the first (neural) method."""
+    name: str
+    members: tuple[str, ...]
+    weights: tuple[float, ...]
+    scale: str      # "z" or "raw"
+
+
+COMBINATIONS = (
+    Combination("z: {net} + n-gram", ("{net}", "n-gram"), (1.0, 1.0), "z"),
+    Combination("z: {net} + stide", ("{net}", "stide"), (1.0, 1.0), "z"),
+    Combination("z: {net} + n-gram + stide", ("{net}", "n-gram", "stide"), (1.0, 1.0, 1.0),
+                "z"),
+    # Ren et al. 2019: the model's likelihood over a background model's, which carries
+    # what is common to all sequences (here the syscall frequencies and pairs)
+    Combination("LR: {net} / 2-gram", ("{net}", "2-gram"), (1.0, -1.0), "raw"),
+    Combination("LR: n-gram / 2-gram", ("n-gram", "2-gram"), (1.0, -1.0), "raw"),
+)
+BOOTSTRAP = 1000
 
 
 class NeuralMethod:
@@ -71,9 +113,9 @@ class NeuralMethod:
 
 
 class BaselineMethod:
-    def __init__(self, make, window: int):
+    def __init__(self, make, window: int, name: str = ""):
         self.make, self.window, self.model = make, window, None
-        self.name = ""
+        self.name, self.fixed_name = name, name
         self.vocab = None
 
     def fit(self, train: list[np.ndarray], calibrate: list[np.ndarray], confidence: float):
@@ -81,7 +123,7 @@ class BaselineMethod:
 
         self.vocab = Vocabulary.build(train)
         self.model = self.make(len(self.vocab)).fit([self.vocab.encode(s) for s in train])
-        self.name = self.model.name
+        self.name = self.fixed_name or self.model.name
         cal = np.concatenate(self.window_scores(calibrate))
         return calibration.fit(cal, confidence)  # baselines: every window counts
 
@@ -96,11 +138,19 @@ def baselines(window: int, seed: int) -> list[BaselineMethod]:
             BaselineMethod(lambda v: DeepLog(v, seed=seed), window)]
 
 
+def background(window: int) -> BaselineMethod:
+    """The background model of the likelihood-ratio combinations: syscall pairs."""
+    return BaselineMethod(lambda v: NGram(v, n=2), window, name="2-gram")
+
+
 def _aggregate(per: list[np.ndarray]) -> np.ndarray:
     return np.array([x.mean() if len(x) else 0.0 for x in per])
 
 
-def run_method(method, split: Split, confidence: float) -> MethodResult:
+def run_method(method, split: Split, confidence: float, keep: dict | None = None,
+               calibrate: bool = False) -> MethodResult:
+    """Train, calibrate and test one method; with `keep`, its trace scores are put there
+    under its name (with `calibrate`, the calibration traces' too)."""
     t0 = time.monotonic()
     bound = method.fit(split.train, split.calibrate, confidence)
     train_s = time.monotonic() - t0
@@ -110,8 +160,18 @@ def run_method(method, split: Split, confidence: float) -> MethodResult:
     score_s = time.monotonic() - t0
     n_windows = sum(len(x) for x in normal_w + attack_w)
     normal, attack = _aggregate(normal_w), _aggregate(attack_w)
+    if keep is not None:
+        keep[method.name] = TraceScores(normal, attack, _aggregate(
+            method.window_scores(split.calibrate)) if calibrate else None)
     flag_n = np.array([bound.exceeds(x).any() for x in normal_w])
     flag_a = np.array([bound.exceeds(x).any() for x in attack_w])
+    return _result(method.name, split, normal, attack, flag_n, flag_a, bound, train_s,
+                   n_windows / max(score_s, 1e-9))
+
+
+def _result(name: str, split: Split, normal: np.ndarray, attack: np.ndarray,
+            flag_n: np.ndarray, flag_a: np.ndarray, bound, train_s: float,
+            windows_per_s: float) -> MethodResult:
     groups: dict = {}
     for g in sorted(set(split.attack_groups)):
         sel = np.array([x == g for x in split.attack_groups])
@@ -121,13 +181,52 @@ def run_method(method, split: Split, confidence: float) -> MethodResult:
         intrusions[src] = intrusions.get(src, False) or bool(flagged)
     fpr, tpr = metrics.roc_curve(normal, attack)
     return MethodResult(
-        method.name, metrics.roc_auc(normal, attack), metrics.pr_auc(normal, attack),
+        name, metrics.roc_auc(normal, attack), metrics.pr_auc(normal, attack),
         metrics.detection_at_fpr(normal, attack, 0.01),
         metrics.detection_at_fpr(normal, attack, 0.001),
         float(flag_n.mean()) if len(flag_n) else float("nan"),
         float(flag_a.mean()) if len(flag_a) else float("nan"),
         bound.bound, bound.transform, bound.ks_statistic, groups, intrusions, train_s,
-        n_windows / max(score_s, 1e-9), {"fpr": fpr.tolist(), "tpr": tpr.tolist()})
+        windows_per_s, {"fpr": fpr.tolist(), "tpr": tpr.tolist()})
+
+
+def combine(c: Combination, net: str, scores: dict[str, TraceScores], split: Split,
+            confidence: float, train_s: dict[str, float]
+            ) -> tuple[MethodResult, TraceScores] | None:
+    """One combination's row and trace scores, or None when a member did not run (or the
+    first method is one of the others)."""
+    members = [m.replace("{net}", net) for m in c.members]
+    if any(m not in scores for m in members) or len(set(members)) < len(members):
+        return None
+    parts = {"normal": 0.0, "attack": 0.0, "calibrate": 0.0}
+    for m, w in zip(members, c.weights, strict=True):
+        t = scores[m]
+        mu, sd = (t.calibrate.mean(), t.calibrate.std() or 1.0) if c.scale == "z" \
+            else (0.0, 1.0)
+        for part in parts:
+            parts[part] = parts[part] + w * (getattr(t, part) - mu) / sd
+    bound = calibration.fit(parts["calibrate"], confidence)
+    row = _result(c.name.replace("{net}", net), split, parts["normal"], parts["attack"],
+                  bound.exceeds(parts["normal"]), bound.exceeds(parts["attack"]), bound,
+                  sum(train_s[m] for m in members), float("nan"))
+    return row, TraceScores(parts["normal"], parts["attack"], parts["calibrate"])
+
+
+def auc_difference(first: TraceScores, other: TraceScores, rounds: int = BOOTSTRAP,
+                   seed: int = 0) -> list[float]:
+    """95% paired bootstrap interval of ROC-AUC(other) - ROC-AUC(first): normal and
+    attack traces resampled with replacement, the same draw for both methods."""
+    rng = np.random.default_rng(seed)
+    n0, n1 = len(first.normal), len(first.attack)
+    if not n0 or not n1:
+        return []
+    diffs = np.empty(rounds)
+    for r in range(rounds):
+        i, j = rng.integers(0, n0, n0), rng.integers(0, n1, n1)
+        diffs[r] = (metrics.roc_auc(other.normal[i], other.attack[j])
+                    - metrics.roc_auc(first.normal[i], first.attack[j]))
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return [round(float(lo), 4), round(float(hi), 4)]
 
 
 def duplicates(split: Split) -> dict:
@@ -145,10 +244,12 @@ def duplicates(split: Split) -> dict:
 
 
 def evaluate(split: Split, methods: list, confidence: float = 0.999,
-             stream=None) -> dict:
-    """Every method on the split; with `stream` (stderr), progress: a tqdm bar over the
-    methods with the time left on a terminal, a line per method otherwise."""
+             stream=None, combinations: bool = False) -> dict:
+    """Every method on the split, then (`combinations`) the COMBINATIONS of those that
+    ran; with `stream` (stderr), progress: a tqdm bar over the methods with the time left
+    on a terminal, a line per method otherwise."""
     results = []
+    scores: dict[str, TraceScores] = {}
     bar = None
     if stream is not None and stream.isatty():
         from tqdm import tqdm
@@ -158,7 +259,7 @@ def evaluate(split: Split, methods: list, confidence: float = 0.999,
         name = getattr(m, "name", type(m).__name__)
         if bar is not None:
             bar.set_postfix_str(name)
-        results.append(run_method(m, split, confidence))
+        results.append(run_method(m, split, confidence, scores, combinations))
         if bar is not None:
             bar.update(1)
         elif stream is not None:
@@ -169,6 +270,17 @@ def evaluate(split: Split, methods: list, confidence: float = 0.999,
             stream.flush()
     if bar is not None:
         bar.close()
+    if combinations and results:
+        train_s = {r.method: r.train_seconds for r in results}
+        for c in COMBINATIONS:
+            got = combine(c, results[0].method, scores, split, confidence, train_s)
+            if got is not None:
+                results.append(got[0])
+                scores[got[0].method] = got[1]
+    if results:
+        first = scores[results[0].method]
+        for r in results[1:]:
+            r.roc_auc_minus_first = auc_difference(first, scores[r.method])
     return {"dataset": split.name, "confidence": confidence,
             "sizes": {"train": len(split.train), "calibrate": len(split.calibrate),
                       "test_normal": len(split.test_normal),
@@ -178,14 +290,19 @@ def evaluate(split: Split, methods: list, confidence: float = 0.999,
 
 
 def table(report: dict) -> str:
-    head = (f"{'method':<22}{'ROC-AUC':>8}{'PR-AUC':>8}{'DR@1%':>7}{'DR@.1%':>7}"
-            f"{'FPR@b':>7}{'DR@b':>7}{'train s':>9}{'win/s':>9}")
+    w = max([22] + [len(r["method"]) + 1 for r in report["results"]])
+    head = (f"{'method':<{w}}{'ROC-AUC':>8}{'dAUC 95%':>18}{'PR-AUC':>8}{'DR@1%':>7}"
+            f"{'DR@.1%':>7}{'FPR@b':>7}{'DR@b':>7}{'train s':>9}{'win/s':>9}")
     lines = [f"dataset {report['dataset']}: " + ", ".join(f"{k} {v}" for k, v in
                                                          report["sizes"].items()),
-             f"bound: Gaussian {report['confidence']:.1%} interval on calibration windows; "
-             "trace score = mean window score", head, "-" * len(head)]
+             f"bound: Gaussian {report['confidence']:.1%} interval on calibration windows "
+             "(combinations: on calibration traces); trace score = mean window score; "
+             "dAUC: 95% paired bootstrap interval of ROC-AUC minus the first row's", head,
+             "-" * len(head)]
     for r in report["results"]:
-        lines.append(f"{r['method']:<22}{r['roc_auc']:8.4f}{r['pr_auc']:8.4f}"
+        ci = r.get("roc_auc_minus_first") or []
+        ci = f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "-"
+        lines.append(f"{r['method']:<{w}}{r['roc_auc']:8.4f}{ci:>18}{r['pr_auc']:8.4f}"
                      f"{r['dr_at_1pct_fpr']:7.3f}{r['dr_at_01pct_fpr']:7.3f}"
                      f"{r['fpr_at_bound']:7.3f}{r['dr_at_bound']:7.3f}"
                      f"{r['train_seconds']:9.1f}{r['windows_per_second']:9.0f}")
@@ -193,9 +310,9 @@ def table(report: dict) -> str:
     if kinds:
         lines.append("")
         lines.append("detected at the bound, per attack type:")
-        lines.append(f"{'method':<22}" + "".join(f"{k[:14]:>15}" for k in kinds))
+        lines.append(f"{'method':<{w}}" + "".join(f"{k[:14]:>15}" for k in kinds))
         for r in report["results"]:
-            lines.append(f"{r['method']:<22}" + "".join(
+            lines.append(f"{r['method']:<{w}}" + "".join(
                 f"{r['per_attack_type'].get(k, {}).get('detected_at_bound', float('nan')):15.3f}"
                 for k in kinds))
     if any(r["intrusions_detected_at_bound"] for r in report["results"]):
@@ -204,7 +321,7 @@ def table(report: dict) -> str:
         for r in report["results"]:
             got = r["intrusions_detected_at_bound"]
             missed = sorted(k.rsplit("/", 1)[-1] for k, v in got.items() if not v)
-            lines.append(f"{r['method']:<22}{sum(got.values())} of {len(got)}"
+            lines.append(f"{r['method']:<{w}}{sum(got.values())} of {len(got)}"
                          + (f" (missed: {', '.join(missed)})" if missed else ""))
     d = report["duplicates"]
     lines.append("")

@@ -58,3 +58,78 @@ def test_an_intrusion_file_counts_as_detected_when_any_of_its_traces_is_flagged(
     r = run_method(BaselineMethod(lambda v: Stide(v), 16), split, 0.999)
     assert r.intrusions_detected_at_bound == {"a.int": True, "b.int": False}
     assert r.dr_at_bound == pytest.approx(1 / 3) and r.fpr_at_bound == 0
+
+
+def _synthetic_split(seed: int):
+    """Normal traces drawn from one Markov chain, attacks from a shifted one: n-gram
+    models tell them apart; a 2-gram background knows the pairs of both kinds."""
+    from sysdream.model.evaluation import Split
+
+    rng = np.random.default_rng(seed)
+    names = np.array(["read", "write", "poll", "close", "openat", "mmap", "futex", "ioctl"],
+                     dtype=object)
+
+    def trace(odd: float):
+        n = int(rng.integers(60, 120))
+        t = rng.choice(4, n)                      # mostly the first four calls
+        swap = rng.random(n) < odd
+        t[swap] = rng.choice(np.arange(4, 8), int(swap.sum()))
+        return names[t]
+    return Split([trace(0.02) for _ in range(60)], [trace(0.02) for _ in range(40)],
+                 [trace(0.02) for _ in range(60)], [trace(0.3) for _ in range(40)],
+                 ["shifted"] * 40, "synthetic")
+
+
+def test_combinations_and_paired_intervals_on_two_methods():
+    """Combined rows come from the members' trace scores standardised on the calibration
+    traces; each row after the first carries a paired bootstrap interval of its ROC-AUC
+    minus the first's, which holds 0 for a copy of the first and is one-sided for a
+    method that is worse on every draw."""
+    from sysdream.model import evaluation as ev
+
+    split = _synthetic_split(1)
+    methods = [ev.BaselineMethod(lambda v: NGram(v), 16), ev.background(16),
+               ev.BaselineMethod(lambda v: NGram(v), 16, name="copy")]
+    report = ev.evaluate(split, methods, 0.999, combinations=True)
+    rows = {r["method"]: r for r in report["results"]}
+    assert rows["n-gram"]["roc_auc_minus_first"] == []
+    lo, hi = rows["copy"]["roc_auc_minus_first"]
+    assert lo == hi == 0.0
+    # the likelihood ratio n-gram / 2-gram is computed from the two rows' trace scores
+    lr = rows["LR: n-gram / 2-gram"]
+    assert 0.0 <= lr["roc_auc"] <= 1.0 and len(lr["roc_auc_minus_first"]) == 2
+    assert lr["roc_auc_minus_first"][0] <= lr["roc_auc_minus_first"][1]
+    # combinations whose members did not run are left out, not faked
+    assert not any(name.startswith("z:") for name in rows)
+    assert "dAUC 95%" in ev.table(report)
+
+
+def test_auc_difference_interval_excludes_zero_for_a_clearly_worse_method():
+    from sysdream.model.evaluation import TraceScores, auc_difference
+
+    rng = np.random.default_rng(3)
+    good = TraceScores(rng.normal(0, 1, 300), rng.normal(2, 1, 200))
+    noise = TraceScores(rng.normal(0, 1, 300), rng.normal(0.2, 1, 200))
+    lo, hi = auc_difference(good, noise, rounds=300)
+    assert lo < hi < 0
+    assert auc_difference(good, good, rounds=50) == [0.0, 0.0]
+
+
+def test_a_combination_standardises_each_member_on_the_calibration_traces():
+    from sysdream.model.evaluation import Combination, TraceScores, combine
+
+    split = _synthetic_split(2)
+    rng = np.random.default_rng(4)
+    a = TraceScores(rng.normal(5, 2, 60), rng.normal(9, 2, 40), rng.normal(5, 2, 40))
+    b = TraceScores(rng.normal(0, .1, 60), rng.normal(.3, .1, 40), rng.normal(0, .1, 40))
+    z = Combination("z: {net} + b", ("{net}", "b"), (1.0, 1.0), "z")
+    row, got = combine(z, "a", {"a": a, "b": b}, split, 0.999, {"a": 1.0, "b": 2.0})
+    want = (a.normal - a.calibrate.mean()) / a.calibrate.std() + \
+        (b.normal - b.calibrate.mean()) / b.calibrate.std()
+    assert np.allclose(got.normal, want) and row.method == "z: a + b"
+    assert row.train_seconds == 3.0
+    assert row.fpr_at_bound == np.mean(got.normal > row.bound)
+    lr = Combination("LR", ("{net}", "b"), (1.0, -1.0), "raw")
+    _row, got = combine(lr, "a", {"a": a, "b": b}, split, 0.999, {"a": 1.0, "b": 2.0})
+    assert np.allclose(got.attack, a.attack - b.attack)
+    assert combine(lr, "a", {"a": a}, split, 0.999, {"a": 1.0}) is None
