@@ -8,14 +8,12 @@ import stat
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from sysdream.probes import errors, preflight
 from sysdream.probes.preflight import Check
 
 from .exitcodes import Exit, exit_code_for_class
-
-JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
+from .sinks import JOURNAL_SOCKET
 
 
 def check_program() -> Check:
@@ -43,7 +41,7 @@ def check_program() -> Check:
 
 def check_journald() -> Check:
     try:
-        ok = stat.S_ISSOCK(JOURNAL_SOCKET.stat().st_mode)
+        ok = stat.S_ISSOCK(os.stat(JOURNAL_SOCKET).st_mode)
     except OSError:
         ok = False
     if ok:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sysdream.model.vocab import UNK
 from sysdream.model.windows import Geometry
 from sysdream.probes import syscalls
 from sysdream.probes.layout import REC_EXEC, REC_EXIT
@@ -884,7 +885,7 @@ class Scorer:
             ex["context"] = [str(x) for x in names[:model.lead] if x != "<pad>"]
             ex["unknown"] = sorted({str(x) for x, t in zip(names.tolist(),
                                                            model.table[spans[k]].tolist(),
-                                                           strict=True) if t == 1})
+                                                           strict=True) if t == UNK})
             ex["bound"] = model.bound.bound
             ex["sigmas"] = float(sigmas[k])
             out.append(ex)
