@@ -180,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--combine", action="store_true",
                     help="also combine evidence at the trace level: standardised sums of the "
                          "network and the baselines, likelihood ratios against a 2-gram "
-                         "background (scores the calibration traces too)")
+                         "background, and other trace aggregations of the network's window "
+                         "scores (scores the calibration traces too)")
     ev.add_argument("--limit", type=int, default=0, help="at most N sequences per part "
                     "(a quick look, not the protocol)")
     ev.add_argument("--transfer-fraction", type=float, default=0.0,

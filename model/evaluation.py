@@ -6,6 +6,8 @@ bound when any of its windows exceeds it. A trace's score for the ROC is the mea
 window scores. Where attack traces come in files that hold several processes (UNM labels
 per file: an intrusion file also holds the ordinary processes the attack ran), an
 intrusion counts as detected when any of its traces is flagged, as in Forrest et al.
+With `combine`, the first method is also scored with the other trace aggregations
+(AGGREGATIONS).
 
 Every row after the first carries a paired bootstrap interval of its ROC-AUC minus the
 first row's (the same resampled traces for both). With `combine`, rows of evidence
@@ -70,6 +72,22 @@ class TraceScores:
     normal: np.ndarray
     attack: np.ndarray
     calibrate: np.ndarray | None = None     # scored only when rows are combined
+    windows: dict | None = None     # part -> its traces' window scores (the same case)
+
+
+def _sliding_max(x: np.ndarray, k: int) -> float:
+    """The largest mean of k consecutive windows (of all of them, for fewer)."""
+    k = min(k, len(x))
+    c = np.r_[0.0, np.cumsum(x)]
+    return float(((c[k:] - c[:-k]) / k).max())
+
+
+# other ways to turn a trace's window scores into its score, tried on the first method
+AGGREGATIONS = {
+    "max": lambda x: float(x.max()),
+    "top-10% mean": lambda x: float(np.sort(x)[-max(1, -(-len(x) // 10)):].mean()),
+    "max of a sliding mean of 8": lambda x: _sliding_max(x, 8),
+}
 
 
 @dataclass(frozen=True)
@@ -161,8 +179,11 @@ def run_method(method, split: Split, confidence: float, keep: dict | None = None
     n_windows = sum(len(x) for x in normal_w + attack_w)
     normal, attack = _aggregate(normal_w), _aggregate(attack_w)
     if keep is not None:
-        keep[method.name] = TraceScores(normal, attack, _aggregate(
-            method.window_scores(split.calibrate)) if calibrate else None)
+        keep[method.name] = TraceScores(normal, attack)
+        if calibrate:
+            cal_w = method.window_scores(split.calibrate)
+            keep[method.name] = TraceScores(normal, attack, _aggregate(cal_w), {
+                "normal": normal_w, "attack": attack_w, "calibrate": cal_w})
     flag_n = np.array([bound.exceeds(x).any() for x in normal_w])
     flag_a = np.array([bound.exceeds(x).any() for x in attack_w])
     return _result(method.name, split, normal, attack, flag_n, flag_a, bound, train_s,
@@ -210,6 +231,20 @@ def combine(c: Combination, net: str, scores: dict[str, TraceScores], split: Spl
                   bound.exceeds(parts["normal"]), bound.exceeds(parts["attack"]), bound,
                   sum(train_s[m] for m in members), float("nan"))
     return row, TraceScores(parts["normal"], parts["attack"], parts["calibrate"])
+
+
+def aggregate(name: str, net: str, t: TraceScores, split: Split, confidence: float,
+              train_s: float) -> tuple[MethodResult, TraceScores]:
+    """A row of the method `net` with its traces scored by AGGREGATIONS[name]; the bound
+    is fitted on the calibration traces' scores."""
+    f = AGGREGATIONS[name]
+    got = {part: np.array([f(x) if len(x) else 0.0 for x in t.windows[part]])
+           for part in ("normal", "attack", "calibrate")}
+    bound = calibration.fit(got["calibrate"], confidence)
+    row = _result(f"{net}, {name}", split, got["normal"], got["attack"],
+                  bound.exceeds(got["normal"]), bound.exceeds(got["attack"]), bound, train_s,
+                  float("nan"))
+    return row, TraceScores(got["normal"], got["attack"], got["calibrate"])
 
 
 def auc_difference(first: TraceScores, other: TraceScores, rounds: int = BOOTSTRAP,
@@ -272,6 +307,11 @@ def evaluate(split: Split, methods: list, confidence: float = 0.999,
         bar.close()
     if combinations and results:
         train_s = {r.method: r.train_seconds for r in results}
+        net = results[0].method
+        for name in AGGREGATIONS:
+            row, t = aggregate(name, net, scores[net], split, confidence, train_s[net])
+            results.append(row)
+            scores[row.method] = t
         for c in COMBINATIONS:
             got = combine(c, results[0].method, scores, split, confidence, train_s)
             if got is not None:

@@ -133,3 +133,18 @@ def test_a_combination_standardises_each_member_on_the_calibration_traces():
     _row, got = combine(lr, "a", {"a": a, "b": b}, split, 0.999, {"a": 1.0, "b": 2.0})
     assert np.allclose(got.attack, a.attack - b.attack)
     assert combine(lr, "a", {"a": a}, split, 0.999, {"a": 1.0}) is None
+
+
+def test_other_aggregations_of_the_first_method_are_rows_of_their_own():
+    from sysdream.model import evaluation as ev
+
+    assert ev._sliding_max(np.array([0.0, 4.0, 0.0, 2.0, 2.0]), 2) == 2.0
+    assert ev._sliding_max(np.array([1.0, 3.0]), 8) == 2.0
+    assert ev.AGGREGATIONS["top-10% mean"](np.arange(20.0)) == 18.5
+    split = _synthetic_split(5)
+    report = ev.evaluate(split, [ev.BaselineMethod(lambda v: NGram(v), 16)], 0.999,
+                         combinations=True)
+    names = [r["method"] for r in report["results"]]
+    assert names == ["n-gram", "n-gram, max", "n-gram, top-10% mean",
+                     "n-gram, max of a sliding mean of 8"]
+    assert all(len(r["roc_auc_minus_first"]) == 2 for r in report["results"][1:])
