@@ -176,7 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="adfa-ld[:ROOT], unm:PROGRAM, or files (with --normal/--attack)")
     ev.add_argument("--normal", nargs="+", default=[], metavar="INPUT")
     ev.add_argument("--attack", nargs="+", default=[], metavar="INPUT")
-    ev.add_argument("--no-baselines", action="store_true", help="skip stide, n-gram, DeepLog")
+    ev.add_argument("--no-baselines", action="store_true",
+                    help="skip the baselines (stide, n-gram, DeepLog, covering)")
+    ev.add_argument("--baselines", default="", metavar="NAMES",
+                    help="only these baselines, comma-separated (stide, n-gram, DeepLog, "
+                         "covering)")
     ev.add_argument("--combine", action="store_true",
                     help="also combine evidence at the trace level: standardised sums of the "
                          "network and the baselines, likelihood ratios against a 2-gram "

@@ -303,6 +303,9 @@ def run_eval(args) -> int:
     from sysdream.model import evaluation
     from sysdream.model.training import ProgressLine
 
+    names = tuple(n.strip() for n in args.baselines.split(",") if n.strip())
+    chosen = [] if args.no_baselines else \
+        evaluation.baselines(args.window, args.seed, names or evaluation.BASELINES)
     ds = args.dataset
     if ds == "adfa-ld" or ds.startswith("adfa-ld:"):
         root = Path(ds.partition(":")[2]) if ":" in ds else datasets_root() / "ADFA-LD"
@@ -332,8 +335,7 @@ def run_eval(args) -> int:
             args_one = type(args)(**{**vars(args), "arch": arch, "task": task})
             methods.append(evaluation.NeuralMethod(network_config(args_one), settings,
                                                    ProgressLine()))
-    if not args.no_baselines:
-        methods.extend(evaluation.baselines(args.window, args.seed))
+    methods.extend(chosen)
     if args.combine:
         methods.append(evaluation.background(args.window))
     report = evaluation.evaluate(split, methods, args.confidence, sys.stderr, args.combine)

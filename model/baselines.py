@@ -9,6 +9,10 @@
 - DeepLog-style LSTM (Du et al. 2017): the previous 10 syscalls predict the next through a
   2-layer LSTM of 64 units; a syscall is a miss when it is not among the g = 9 most likely.
   Window score: the fraction of misses (DeepLog's own verdict: any miss is anomalous).
+- sequence covering, in the manner of Marteau 2019 (SC4ID): a sequence is covered left to
+  right by the longest pieces (at most 20 syscalls) that occur in normal data; a syscall
+  scores 1 where a piece starts. Window score: the fraction of its syscalls that start a
+  piece (normal activity is covered by a few long pieces, an attack by many short ones).
 """
 
 from __future__ import annotations
@@ -62,6 +66,68 @@ class Stide:
 
     def window_scores(self, tokens: np.ndarray, p: int, s: int) -> np.ndarray:
         return _window_reduce(self.token_scores(tokens), p, s, "max")
+
+
+_HASH = (1 << 47) - 115     # a prime: gram hashes times a vocabulary below 2^16 fit int64
+
+
+def _gram_hashes(tokens: np.ndarray, longest: int, base: int) -> list[np.ndarray]:
+    """For n = 1..longest, a hash of the n-gram ending at each position (positions before
+    n - 1 hold -1: no gram ends there)."""
+    t = np.asarray(tokens, np.int64)
+    out, h = [], t.copy()
+    for n in range(1, longest + 1):
+        if n > 1:
+            h = np.r_[np.full(1, -1, np.int64), (h[:-1] * base + t[1:]) % _HASH]
+            h[:n - 1] = -1
+        out.append(h)
+    return out
+
+
+class SequenceCovering:
+    name = "covering"
+
+    def __init__(self, vocab_size: int, longest: int = 20):
+        self.base, self.longest = vocab_size + 1, longest
+        self.known: list[np.ndarray] = []
+
+    def fit(self, sequences: list[np.ndarray]) -> SequenceCovering:
+        per_n: list[list[np.ndarray]] = [[] for _ in range(self.longest)]
+        for s in sequences:
+            for n, h in enumerate(_gram_hashes(s, self.longest, self.base)):
+                per_n[n].append(h[h >= 0])
+        self.known = [np.unique(np.concatenate(x)) if x else np.zeros(0, np.int64)
+                      for x in per_n]
+        return self
+
+    def piece_lengths(self, tokens: np.ndarray) -> np.ndarray:
+        """The longest piece seen in normal data that starts at each position (0 for a
+        syscall never seen); pieces are prefix-closed, so lengths count up from 1."""
+        m = len(tokens)
+        length = np.zeros(m, np.int64)
+        alive = np.ones(m, bool)
+        for n, h in enumerate(_gram_hashes(tokens, self.longest, self.base), start=1):
+            if n > m:
+                break
+            start_ok = np.zeros(m, bool)   # the n-gram starting at i ends at i + n - 1
+            start_ok[:m - n + 1] = np.isin(h[n - 1:], self.known[n - 1])
+            alive &= start_ok
+            if not alive.any():
+                break
+            length += alive
+        return length
+
+    def token_scores(self, tokens: np.ndarray) -> np.ndarray:
+        length = self.piece_lengths(tokens)
+        starts = np.zeros(len(tokens))
+        i = 0
+        while i < len(tokens):           # greedy: the longest piece at each step
+            starts[i] = 1.0
+            i += max(int(length[i]), 1)
+        return starts
+
+    def window_scores(self, tokens: np.ndarray, p: int, s: int) -> np.ndarray:
+        return _window_reduce(self.token_scores(tokens), p, s, "mean")
 
 
 class NGram:

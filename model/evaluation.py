@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import calibration, metrics
-from .baselines import DeepLog, NGram, Stide
+from .baselines import DeepLog, NGram, SequenceCovering, Stide
 from .config import NetworkConfig, TrainSettings
 from .detector import Detector
 
@@ -150,10 +150,20 @@ class BaselineMethod:
                 if len(s) else np.zeros(0) for s in seqs]
 
 
-def baselines(window: int, seed: int) -> list[BaselineMethod]:
-    return [BaselineMethod(lambda v: Stide(v), window),
-            BaselineMethod(lambda v: NGram(v), window),
-            BaselineMethod(lambda v: DeepLog(v, seed=seed), window)]
+BASELINES = ("stide", "n-gram", "DeepLog", "covering")
+
+
+def baselines(window: int, seed: int, names: tuple[str, ...] = BASELINES
+              ) -> list[BaselineMethod]:
+    """The baselines named (BASELINES, in that order)."""
+    make = {"stide": lambda v: Stide(v), "n-gram": lambda v: NGram(v),
+            "DeepLog": lambda v: DeepLog(v, seed=seed),
+            "covering": lambda v: SequenceCovering(v)}
+    unknown = set(names) - set(make)
+    if unknown:
+        raise ValueError(f"baselines: no {', '.join(sorted(unknown))} (there are "
+                         f"{', '.join(BASELINES)})")
+    return [BaselineMethod(make[n], window) for n in BASELINES if n in names]
 
 
 def background(window: int) -> BaselineMethod:

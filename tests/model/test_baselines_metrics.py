@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from sysdream.model import metrics
-from sysdream.model.baselines import DeepLog, NGram, Stide
+from sysdream.model.baselines import DeepLog, NGram, SequenceCovering, Stide
 
 
 def test_stide_counts_mismatches_in_its_locality_frame():
@@ -24,6 +24,21 @@ def test_ngram_is_a_proper_distribution():
         for w in range(V):
             total += np.exp(-m.token_nll(np.array(ctx + [w]))[-1])
         assert total == pytest.approx(1.0, abs=1e-6)
+
+
+def test_sequence_covering_takes_the_longest_pieces_seen_in_normal_data():
+    c = SequenceCovering(10, longest=4).fit([np.array([2, 3, 4, 5, 6, 7])])
+    # from each start: the longest run that occurs in the normal sequence, at most 4
+    assert c.piece_lengths(np.array([2, 3, 4, 5, 6, 9, 7])).tolist() == [4, 4, 3, 2, 1, 0, 1]
+    # greedy: 2345 | 6 | 9 | 7: four pieces over seven syscalls
+    assert c.token_scores(np.array([2, 3, 4, 5, 6, 9, 7])).tolist() == \
+        [1, 0, 0, 0, 1, 1, 1]
+    normal = np.tile(np.arange(2, 9), 12)
+    c = SequenceCovering(10).fit([normal])
+    odd = normal.copy()
+    odd[30:40] = np.array([9, 2, 9, 3, 9, 4, 9, 5, 9, 6])
+    assert c.window_scores(normal, 16, 16).max() <= 1 / 16 + 1e-9
+    assert c.window_scores(odd, 16, 16).max() >= 8 / 16
 
 
 def test_deeplog_misses_only_what_it_never_saw():
