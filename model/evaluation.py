@@ -105,6 +105,7 @@ class Combination:
 COMBINATIONS = (
     Combination("z: {net} + n-gram", ("{net}", "n-gram"), (1.0, 1.0), "z"),
     Combination("z: {net} + stide", ("{net}", "stide"), (1.0, 1.0), "z"),
+    Combination("z: {net} + covering", ("{net}", "covering"), (1.0, 1.0), "z"),
     Combination("z: {net} + n-gram + stide", ("{net}", "n-gram", "stide"), (1.0, 1.0, 1.0),
                 "z"),
     # Ren et al. 2019: the model's likelihood over a background model's, which carries
