@@ -311,8 +311,8 @@ def evaluate(split: Split, methods: list, confidence: float = 0.999,
         elif stream is not None:
             elapsed = time.monotonic() - t0
             left = elapsed / (i + 1) * (len(methods) - i - 1)
-            stream.write(f"eval: {name} done ({i + 1} of {len(methods)}, {elapsed:.0f} s; "
-                         f"about {left:.0f} s left)\n")
+            stream.write(f"eval: {results[-1].method} done ({i + 1} of {len(methods)}, "
+                         f"{elapsed:.0f} s; about {left:.0f} s left)\n")
             stream.flush()
     if bar is not None:
         bar.close()
