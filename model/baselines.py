@@ -58,7 +58,7 @@ class Stide:
         return self
 
     def token_scores(self, tokens: np.ndarray) -> np.ndarray:
-        miss = ~np.isin(_grams(tokens, self.n, self.base), self.known)
+        miss = ~_member(_grams(tokens, self.n, self.base), self.known)
         c = np.concatenate([[0], np.cumsum(miss)])
         idx = np.arange(1, len(tokens) + 1)
         lfc = c[idx] - c[np.maximum(idx - self.frame, 0)]
@@ -82,6 +82,15 @@ def _gram_hashes(tokens: np.ndarray, longest: int, base: int) -> list[np.ndarray
             h[:n - 1] = -1
         out.append(h)
     return out
+
+
+def _member(x: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """x in `known` (sorted, unique), by binary search: np.isin sorts `known` again on
+    every call, which dominates when it is large and x is one short trace."""
+    if not len(known):
+        return np.zeros(len(x), bool)
+    i = np.minimum(np.searchsorted(known, x), len(known) - 1)
+    return known[i] == x
 
 
 class SequenceCovering:
@@ -110,7 +119,7 @@ class SequenceCovering:
             if n > m:
                 break
             start_ok = np.zeros(m, bool)   # the n-gram starting at i ends at i + n - 1
-            start_ok[:m - n + 1] = np.isin(h[n - 1:], self.known[n - 1])
+            start_ok[:m - n + 1] = _member(h[n - 1:], self.known[n - 1])
             alive &= start_ok
             if not alive.any():
                 break
