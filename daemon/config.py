@@ -219,6 +219,15 @@ class Config:
             ring_buffer_pages=c["ring_buffer_pages"], strict_compat=c["strict_compat"],
             context=c["context"], **filter_settings(c, cgroups)).validate()
 
+    def scorer_settings(self):
+        """The scorer's settings (daemon.pipeline.ScorerSettings)."""
+        from .pipeline import ScorerSettings
+
+        d = self.values["detection"]
+        return ScorerSettings(d["evidence_exceedances"], d["evidence_windows"],
+                              d["cache_windows"], d["batch_windows"], d["batch_wait_ms"],
+                              self.values["alerts"]["explain_positions"])
+
     def state_dir(self) -> Path:
         return Path(self.values["service"]["state_directory"])
 

@@ -552,29 +552,39 @@ class _Part:
         self.misses = self.size = 0
 
 
+@dataclass(frozen=True)
+class ScorerSettings:
+    """How the scorer batches, caches, judges and explains: [detection] and
+    [alerts] explain_positions (config.Config.scorer_settings)."""
+    evidence_k: float = 0.0     # what the evidence must reach, 0 for the model's alert bound
+    evidence_m: int = 8         # windows of a process the evidence sums
+    cache_windows: int = 200000
+    batch_windows: int = 512
+    batch_wait_ms: int = 20
+    explain_positions: int = 5
+
+
 class Scorer:
     """The scorer thread: batches from the queue, cache, inference, bound, evidence."""
 
     def __init__(self, model: ModelView, queue: WindowQueue, counters: Counters,
-                 on_detection, evidence_k: float = 0, evidence_m: int = 8,
-                 cache_windows: int = 200000, batch_windows: int = 512,
-                 batch_wait_ms: int = 20, explain_positions: int = 5,
+                 on_detection, settings: ScorerSettings = ScorerSettings(),
                  observe=None, deliveries=None, peaks: list | None = None,
                  remote=None):
+        st = settings
         self.model, self.queue, self.counters = model, queue, counters
         self.remote = remote    # fleet/agent.py Remote: the server scores, when it answers
         self.deliveries = deliveries    # alerts.Deliveries: when we last sent to journald
         self.on_detection, self.observe = on_detection, observe
-        # evidence_k: what the evidence must reach, 0 for the model's alert bound;
         # `peaks`: record every excursion's peak there (the calibration replay)
-        self.evidence_k, self.peaks = evidence_k, peaks
-        self.evidence = Evidence(model.evidence_bound(evidence_k), evidence_m, peaks=peaks,
-                                 bounds=model.program_bounds(evidence_k))
-        self.episodes = Episodes(self.evidence.k, evidence_m)
+        self.evidence_k, self.peaks = st.evidence_k, peaks
+        self.evidence = Evidence(model.evidence_bound(st.evidence_k), st.evidence_m,
+                                 peaks=peaks, bounds=model.program_bounds(st.evidence_k))
+        self.episodes = Episodes(self.evidence.k, st.evidence_m)
         self.novel: OrderedDict = OrderedDict()     # process key -> its novelty events
-        self.cache = WindowCache(cache_windows, model.span)
-        self.batch_windows, self.batch_wait = batch_windows, batch_wait_ms / 1000
-        self.explain_positions = explain_positions
+        self.cache = WindowCache(st.cache_windows, model.span)
+        self.batch_windows, self.batch_wait = st.batch_windows, st.batch_wait_ms / 1000
+        self.explain_positions = st.explain_positions
         self.beat = time.monotonic()     # last sign of life (the watchdog reads it)
         self.busy_since = 0.0            # start of the batch in progress, 0 when idle
         self._stop = threading.Event()

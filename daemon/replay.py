@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .lineage import Profile
-from .pipeline import Counters, Cutter, ModelView, Scorer, WindowCache, WindowQueue
+from .pipeline import Counters, Cutter, ModelView, Scorer, ScorerSettings, WindowCache, WindowQueue
 from .processes import ProcessTable
 
 BATCH = 4096
@@ -45,8 +45,8 @@ def alerts_after(det, trace, profile: Profile | None, after_ns: int, end_ns: int
         view.lineage.on_context(ctx[ctx["ns"] >= after_ns], table)
     cutter = Cutter(view, queue, counters, max_threads=1 << 20, processes=table)
     found = []
-    scorer = Scorer(view, queue, counters, found.append, evidence_k, evidence_m,
-                    batch_windows=512, peaks=peaks)
+    scorer = Scorer(view, queue, counters, found.append,
+                    ScorerSettings(evidence_k, evidence_m, batch_windows=512), peaks=peaks)
     if cache is not None:
         scorer.cache = cache.setdefault((det.model_id, id(det), view.span),
                                         WindowCache(1 << 21, view.span))

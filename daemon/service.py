@@ -204,9 +204,7 @@ class Service:
             self.cutter = Cutter(view, self.queue, self.counters, d.max_threads,
                                  self.processes)
             self.scorer = Scorer(view, self.queue, self.counters, self.alerting.detected,
-                                 d.evidence_exceedances, d.evidence_windows, d.cache_windows,
-                                 d.batch_windows, d.batch_wait_ms,
-                                 self.cfg.alerts.explain_positions,
+                                 self.cfg.scorer_settings(),
                                  observe=self.metrics.observe if self.metrics else None,
                                  deliveries=self.alerting.deliveries, remote=self.remote)
             self.scorer.start()

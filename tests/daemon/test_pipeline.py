@@ -12,17 +12,26 @@ import numpy as np
 import pytest
 from daemon_helpers import context_record, records, sample_attack, sample_normal
 
-from sysdream.daemon.pipeline import Counters, Cutter, ModelView, Scorer, WindowQueue
+from sysdream.daemon.pipeline import (
+    Counters,
+    Cutter,
+    ModelView,
+    Scorer,
+    ScorerSettings,
+    WindowQueue,
+)
 from sysdream.model.windows import cut
 
 
-def make(detector, capacity=100000, max_threads=1000, **scorer_kw):
+def make(detector, capacity=100000, max_threads=1000, observe=None, peaks=None,
+         **settings):
     view = ModelView(detector)
     counters = Counters()
     queue = WindowQueue(capacity, counters)
     cutter = Cutter(view, queue, counters, max_threads)
     found = []
-    scorer = Scorer(view, queue, counters, found.append, **scorer_kw)
+    scorer = Scorer(view, queue, counters, found.append, ScorerSettings(**settings),
+                    observe=observe, peaks=peaks)
     return view, counters, queue, cutter, scorer, found
 
 
