@@ -165,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-share", type=float, default=None, metavar="F",
                     help="with several inputs, none gives more than this fraction of the "
                          "syscalls trained on (a fleet role's hosts)")
+    tr.add_argument("--progress-fd", type=int, default=None, metavar="FD",
+                    help="for a supervising process: progress as JSON lines on this open "
+                         "file descriptor (a stage and each epoch; the daemon's learner "
+                         "reads them)")
     tr.add_argument("--retrain", action="store_true",
                     help="for a host recording: after fitting the alert bound with a model "
                          "trained on the first three quarters, train once more on all of it "

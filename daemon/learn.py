@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -98,10 +99,37 @@ def _shared(parts: list[list], share: float | None) -> list:
     return out
 
 
+def _progress(args, stage: str):
+    """Training progress for stderr (ProgressLine), and with --progress-fd also as JSON
+    lines for the process supervising this one: {"stage", "epoch", "epochs",
+    "train_loss", "validation_loss"} at each epoch's end."""
+    from sysdream.model.training import ProgressLine
+
+    if args.progress_fd is None:
+        return ProgressLine()
+    out = args.progress_out
+
+    class Report(ProgressLine):
+        def epoch_done(self, epoch: int, epochs: int, train: float, val: float) -> None:
+            _report(out, {"stage": stage, "epoch": epoch, "epochs": epochs,
+                          "train_loss": round(train, 6), "validation_loss": round(val, 6)})
+    return Report()
+
+
+def _report(out, event: dict) -> None:
+    """One JSON line to the supervisor; one that went away is not an error of training."""
+    if out is None:
+        return
+    try:
+        out.write(json.dumps(event) + "\n")
+        out.flush()
+    except OSError:
+        pass
+
+
 def run_train(args) -> int:
     from sysdream.model.calibration import check_confidence
     from sysdream.model.detector import Detector
-    from sysdream.model.training import ProgressLine
 
     from .inputs import trace_files
     from .runtime import adapt_torch
@@ -109,6 +137,13 @@ def run_train(args) -> int:
 
     cfg = network_config(args)
     settings = train_settings(args)
+    args.progress_out = None
+    if args.progress_fd is not None:
+        try:
+            args.progress_out = os.fdopen(args.progress_fd, "w", buffering=1)
+        except OSError as exc:
+            raise ValueError(f"--progress-fd {args.progress_fd}: {exc.strerror}; give an "
+                             "open file descriptor") from None
     if args.alert_confidence is not None:
         check_confidence(args.alert_confidence)
     sign = None
@@ -139,7 +174,7 @@ def run_train(args) -> int:
             print("sysdream train: --retrain: training once more on everything; the alert "
                   "bound fitted above carries over", file=sys.stderr)
         det = Detector.train(names, calib_names, cfg, settings, args.confidence,
-                             ProgressLine())
+                             _progress(args, "model"))
         det.alerting = alerting
     if args.labels:
         from sysdream.model import transfer
@@ -151,6 +186,7 @@ def run_train(args) -> int:
     if host:
         det.lineage, det.training["heldout_alerts"] = lineage, replay
     model_id = det.save(args.output, sign)
+    _report(args.progress_out, {"stage": "written", "model_id": model_id})
     b = det.bound
     print(f"sysdream train: model {model_id} written to {args.output}: vocabulary "
           f"{len(det.vocab)}, best epoch {det.training['best_epoch']}, bound {b.bound:.4f} "
@@ -169,7 +205,6 @@ def _host_model(args, cfg, settings, seqs, host, calib_names):
     alert bound (daemon/evidence.py). Neither the network nor the profile saw the activity
     the bound is fitted on."""
     from sysdream.model.detector import Detector
-    from sysdream.model.training import ProgressLine
     from sysdream.probes.streams import by_thread
 
     from .evidence import AlertBound, fit_alert_bound
@@ -196,7 +231,9 @@ def _host_model(args, cfg, settings, seqs, host, calib_names):
     print(f"sysdream train: training on the first three quarters ({sum(map(len, names))} "
           f"syscalls); the last {(end - cut) / 1e9:.0f} s are held out to fit the alert "
           "bound on", file=sys.stderr)
-    det = Detector.train(names, calib_names, cfg, settings, args.confidence, ProgressLine())
+    det = Detector.train(names, calib_names, cfg, settings, args.confidence,
+                         _progress(args, "held-out model"))
+    _report(args.progress_out, {"stage": "alert bound"})
     peaks: list[float] = []
     cache: dict = {}
     for t in traces:

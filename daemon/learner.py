@@ -2,8 +2,9 @@
 
 Owns the baseline recorded into state_directory/baseline-<time>.sdtrace (the writer, the
 records and process context waiting for the next flush, what a refused write does), the
-trainer child (`sysdream train` at nice 19 and SCHED_IDLE, its stderr read for epochs and
-its last lines) and, on a fleet agent, the hand-off of the baseline to the fleet server.
+trainer child (`sysdream train` at nice 19 and SCHED_IDLE; its progress read as JSON lines
+from a pipe of its own, its stderr logged and its last lines kept) and, on a fleet agent,
+the hand-off of the baseline to the fleet server.
 It reports where learning stands through `phase`, `progress`, `baseline_syscalls`,
 `write_errors` and `status()`; the main loop (daemon/service.py) feeds it and the model
 slot (daemon/modelslot.py) loads what it trained.
@@ -13,8 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -280,11 +281,23 @@ class Learner:
         self.epoch = 0
         self._trainer_log = []
         env = {**os.environ, "OMP_NUM_THREADS": str(L.threads)}
-        self._trainer = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.PIPE, text=True, env=env,
-                                         preexec_fn=trainer_child(L.nice))
+        # progress comes as JSON lines on a pipe of its own (--progress-fd); stderr is the
+        # trainer's log, kept for the journal and for the reason of a failure
+        rd, wr = os.pipe()
+        try:
+            self._trainer = subprocess.Popen(
+                [*cmd, "--progress-fd", str(wr)], stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE, text=True, env=env, pass_fds=(wr,),
+                preexec_fn=trainer_child(L.nice))
+        except OSError:
+            os.close(rd)
+            raise
+        finally:
+            os.close(wr)
         threading.Thread(target=self._read_trainer, args=(self._trainer,), daemon=True,
                          name="sysdream-trainer-log").start()
+        threading.Thread(target=self._read_progress, args=(rd,), daemon=True,
+                         name="sysdream-trainer-progress").start()
 
     def _read_trainer(self, proc: subprocess.Popen) -> None:
         for line in proc.stderr:
@@ -293,9 +306,20 @@ class Learner:
                 continue
             self._trainer_log.append(line)
             del self._trainer_log[:-20]
-            if m := re.match(r"epoch (\d+):", line):
-                self.epoch = int(m.group(1))
             self.log(f"trainer: {line}")
+
+    def _read_progress(self, fd: int) -> None:
+        """The trainer's progress events (daemon/learn.py `_progress`): the epochs of the
+        model being trained."""
+        with open(fd, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                epoch = event.get("epoch") if isinstance(event, dict) else None
+                if isinstance(epoch, int) and not isinstance(epoch, bool):
+                    self.epoch = epoch
 
     # -- the end ----------------------------------------------------------------------
     def stop(self) -> None:

@@ -90,6 +90,9 @@ def train(cfg: NetworkConfig, train_w: Windows, val_w: Windows, settings: TrainS
         history.append({"epoch": epoch, "train_loss": total / max(count, 1), "val_loss": val,
                         "seconds": round(time.monotonic() - t0, 2)})
         if progress:
+            done = getattr(progress, "epoch_done", None)
+            if done is not None:            # a supervisor's structured report
+                done(epoch, settings.epochs, total / max(count, 1), val)
             progress(f"epoch {epoch}: train {total / max(count, 1):.4f} validation {val:.4f}")
         if val < best - 1e-4:
             best, best_state, best_epoch, stale = val, copy.deepcopy(net.state_dict()), epoch, 0

@@ -4,6 +4,7 @@ ADFA-LD's format (i386 numbers), with their bad inputs."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -202,7 +203,8 @@ def test_eval_prints_every_method_and_writes_json_and_plot(data, tmp_path):
 
 def test_training_shows_a_bar_with_the_time_left_on_a_terminal(data):
     """On a real terminal (a pty) the epochs show a tqdm bar with rate and time left, and
-    the epoch lines; through a pipe, the epoch lines alone (what the daemon parses)."""
+    the epoch lines; through a pipe, the epoch lines alone; to a supervisor (the daemon's
+    learner, --progress-fd), JSON lines: each epoch, then the model written."""
     from harness import PtyOutput
 
     tty = PtyOutput()
@@ -216,11 +218,28 @@ def test_training_shows_a_bar_with_the_time_left_on_a_terminal(data):
     assert "batch/s" in text or "s/batch" in text, text[-2000:]
     assert re.search(r"epoch 1/2: .*\[\d\d:\d\d<(\d\d:\d\d|\?)", text), text[-2000:]
     assert "epoch 1: train" in text and "epoch 2: train" in text
-    piped = sysdream("train", "--input", data["normal"], "-o", data["base"] / "pipe-model",
-                     *TINY)
+    rd, wr = os.pipe()
+    piped = subprocess.run([sys.executable, "-m", "sysdream.daemon.cli", "train", "--input",
+                            str(data["normal"]), "-o", str(data["base"] / "pipe-model"),
+                            "--progress-fd", str(wr), *TINY], pass_fds=(wr,),
+                           capture_output=True, text=True, timeout=300)
+    os.close(wr)
+    with open(rd) as f:
+        events = [json.loads(ln) for ln in f]
     assert piped.returncode == 0 and "batch" not in piped.stderr
     assert [ln for ln in piped.stderr.splitlines() if ln.startswith("epoch")] == [
         ln for ln in piped.stderr.splitlines() if re.match(r"epoch \d+: train", ln)]
+    epochs = [e for e in events if "epoch" in e]
+    assert [(e["stage"], e["epoch"], e["epochs"]) for e in epochs] == [("model", 1, 2),
+                                                                     ("model", 2, 2)]
+    assert all(e["validation_loss"] > 0 for e in epochs)
+    model_id = json.loads((data["base"] / "pipe-model" / "manifest.json").read_text())[
+        "model_id"]
+    assert events[-1] == {"stage": "written", "model_id": model_id}
+    bad = sysdream("train", "--input", data["normal"], "-o", data["base"] / "no-model",
+                   "--progress-fd", "999", *TINY)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--progress-fd 999" in \
+        bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_capture_verbs_do_not_pay_for_torch():

@@ -305,6 +305,8 @@ def test_learning_shows_a_bar_with_the_time_left_on_a_terminal(ebpf_ready, tmp_p
         assert re.search(r"learning this host:\s+\d+%.*\[\d\d:\d\d<\d\d:\d\d", t), \
             t[-3000:]
         assert re.search(r"training:\s+\d+%.*epoch", t), t[-3000:]
+        # the epochs come from the trainer's progress events: the bar moves through them
+        assert re.search(r"training:\s+\d+%.*\b[123]/3 ", t), t[-3000:]
         # a log line is never cut into by the bar: each starts at a line's beginning
         assert set(re.findall(r"(?s)(.)sysdream: ", t)) <= {"\r", "\n"}, t[-3000:]
     finally:
