@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import socket
 import sys
 import threading
@@ -325,6 +326,7 @@ class Control:
         self.seq = 0
         self.lock = threading.Lock()
         self.have = ""              # the model in use (its id)
+        self.pending = ""           # fetched, waiting for the main loop to take or refuse
         self.fetching = False       # asking for the role's model
         self.active = False         # taking the role's models at all (want() called)
         self.uploads: list[Path] = []
@@ -347,6 +349,7 @@ class Control:
         """Fetch the role's model when it is not `have` (the model in use, "" for none)."""
         with self.lock:
             self.have, self.fetching, self.active = have, True, True
+            self.pending = ""
 
     def refused(self) -> None:
         """The service refused the last bundle: not fetched again until another model is
@@ -355,6 +358,7 @@ class Control:
             self.refused_ids.add(self.last)
             self.counts["bundles-refused"] += 1
             self.fetching = not self.have
+            self.pending = ""
 
     def take(self) -> Path | None:
         with self.lock:
@@ -403,13 +407,17 @@ class Control:
             with self.lock:
                 self.announced[mid] = sha
                 self.counts["announced"] += 1
-                if self.active and mid != self.have and mid not in self.refused_ids:
+                if self.active and self._new(mid):
                     self.fetching = True
 
     def _announced_new(self) -> bool:
         with self.lock:
-            return self.active and any(mid != self.have and mid not in self.refused_ids
-                       for mid in self.announced)
+            return self.active and any(self._new(mid) for mid in self.announced)
+
+    def _new(self, mid: str) -> bool:
+        """A model announced that is neither in use, nor fetched and waiting to be taken
+        (announcements repeat every 10 s), nor refused. Called with the lock held."""
+        return mid not in (self.have, self.pending) and mid not in self.refused_ids
 
     def _ask(self, frames: list[bytes], expect: tuple[str, ...], timeout_s: float):
         """Send and wait for the reply to this request (older replies dropped)."""
@@ -494,8 +502,11 @@ class Control:
             (folder / name).write_bytes(data)
         with self.lock:
             self.counts["bundles"] += 1
-            self.ready = folder
+            stale, self.ready = self.ready, folder
+            self.pending = h["model"]
             self.fetching = False
+        if stale is not None:       # a newer model came before the main loop took this one
+            shutil.rmtree(stale, ignore_errors=True)
 
     def close(self) -> None:
         self._stop.set()

@@ -662,3 +662,34 @@ def test_agents_learn_a_role_model_from_the_server_and_refuse_a_tampered_one(
             a.kill()
         srv.kill()
         net.close()
+
+
+def test_an_announcement_repeated_while_a_fetched_model_waits_does_not_fetch_it_again():
+    """The server announces its models every 10 s. A bundle fetched and not yet taken by
+    the main loop is not fetched again on the next announcement (a CI run counted two
+    bundles for one model); a newer model is. Named fake: the Control's state is set by
+    hand (no sockets), since the moment between the fetch and the main loop's take cannot
+    be caused on demand; the announcements are real wire frames."""
+    import threading
+    from collections import Counter
+
+    from sysdream.daemon.fleet.agent import Control
+
+    c = Control.__new__(Control)
+    c.lock, c.role, c.counts = threading.Lock(), "web", Counter()
+    c.have, c.pending, c.active, c.fetching = "", "m1", True, False
+    c.refused_ids, c.announced = set(), {}
+
+    def announce(mid):
+        return [wire.TOPIC, *wire.encode("event", {
+            "kind": "model", "server": "s", "version": "t", "models": [], "time": 0.0,
+            "role": "web", "model": mid, "sha256": "a" * 64})]
+    c._event(announce("m1"))
+    assert not c.fetching and not c._announced_new()
+    c.want("m1")                        # the main loop took it and uses it: one more ask,
+    assert c.fetching and c.pending == ""   # which the server answers "current"
+    c.fetching = False
+    c._event(announce("m1"))
+    assert not c.fetching
+    c._event(announce("m2"))            # a newer model of the role
+    assert c.fetching and c._announced_new()
