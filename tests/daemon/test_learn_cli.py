@@ -187,7 +187,7 @@ def test_eval_prints_every_method_and_writes_json_and_plot(data, tmp_path):
     assert t["labelled_attack_traces"] == 3 and t["test_attack_traces"] == 3
     assert t["transfer"]["roc_auc"] > 0.9 and "transfer step" in r.stdout
     methods = [m["method"] for m in report["results"]]
-    assert methods == ["dream", "em", "stide", "n-gram", "DeepLog"]
+    assert methods == ["dream", "em", "stide", "n-gram", "DeepLog", "covering"]
     for m in report["results"]:
         assert 0 <= m["roc_auc"] <= 1 and m["windows_per_second"] > 0
         if m["method"] != "DeepLog":  # top-9 of this 10-name vocabulary misses nothing
@@ -197,8 +197,28 @@ def test_eval_prints_every_method_and_writes_json_and_plot(data, tmp_path):
         assert name in r.stdout
     # not silent for minutes: a line per method with the time left (no terminal here)
     done = [ln for ln in r.stderr.splitlines() if ln.startswith("eval: ")]
-    assert len(done) == 5 and done[0].startswith("eval: dream done (1 of 5, ")
+    assert len(done) == 6 and done[0].startswith("eval: dream done (1 of 6, ")
     assert all("s left)" in ln for ln in done) and "about 0 s left" in done[-1]
+
+
+def test_eval_combine_adds_rows_with_intervals_and_refuses_an_unknown_baseline(data,
+                                                                               tmp_path):
+    out = tmp_path / "c.json"
+    r = sysdream("eval", "--dataset", "files", "--normal", data["normal"], "--attack",
+                 data["attack"], "--baselines", "stide", "--combine", "--json", out,
+                 "--plot", "", *TINY)
+    assert r.returncode == 0, r.stderr
+    rows = {m["method"]: m for m in json.loads(out.read_text())["results"]}
+    assert list(rows) == ["dream", "stide", "dream, worst position", "2-gram", "dream, max",
+                          "dream, top-10% mean", "dream, max of a sliding mean of 8",
+                          "z: dream + stide", "LR: dream / 2-gram"]
+    assert rows["dream"]["roc_auc_minus_first"] == []
+    assert all(len(m["roc_auc_minus_first"]) == 2 for k, m in rows.items() if k != "dream")
+    assert "dAUC 95%" in r.stdout and "z: dream + stide" in r.stdout
+    bad = sysdream("eval", "--dataset", "files", "--normal", data["normal"], "--attack",
+                   data["attack"], "--baselines", "stide,snort", "--json", out, *TINY)
+    assert bad.returncode == 2 and "no snort (there are stide, n-gram, DeepLog, " \
+        "covering)" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_training_shows_a_bar_with_the_time_left_on_a_terminal(data):
