@@ -374,7 +374,7 @@ def run_eval(args) -> int:
                                                    ProgressLine()))
     methods.extend(chosen)
     if args.combine:
-        methods.append(evaluation.background(args.window))
+        methods += [evaluation.WorstPosition(methods[0]), evaluation.background(args.window)]
     report = evaluation.evaluate(split, methods, args.confidence, sys.stderr, args.combine)
     if args.transfer_fraction:
         from sysdream.model import transfer

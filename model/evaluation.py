@@ -131,6 +131,31 @@ class NeuralMethod:
         return self.detector.trace_scores(seqs)[1]
 
 
+class WorstPosition:
+    """The first (neural) method's network, its window scored by its most surprising
+    position (the largest per-call NLL) instead of the mean over the window: one odd call
+    among 16 moves a mean little. No training of its own: it runs after that method."""
+
+    def __init__(self, base: NeuralMethod):
+        self.base = base
+        self.name = f"{base.name}, worst position"
+
+    def fit(self, train: list[np.ndarray], calibrate: list[np.ndarray], confidence: float):
+        return calibration.fit(np.concatenate(self.window_scores(calibrate)), confidence)
+
+    def window_scores(self, seqs: list[np.ndarray]) -> list[np.ndarray]:
+        from .scoring import score
+        from .windows import cut_many
+
+        det = self.base.detector
+        w = cut_many([det.vocab.encode(s) for s in seqs], det.cfg.window, det.cfg.stride,
+                     det.cfg.task)
+        nll = score(det.net, w, 1024, detail=True).nll
+        worst = np.where(w.mask, nll, 0.0).max(1)     # NLL >= 0; padding 0
+        bounds = np.searchsorted(w.seq, np.arange(len(seqs) + 1))
+        return [worst[bounds[i]:bounds[i + 1]] for i in range(len(seqs))]
+
+
 class BaselineMethod:
     def __init__(self, make, window: int, name: str = ""):
         self.make, self.window, self.model = make, window, None

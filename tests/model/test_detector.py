@@ -161,3 +161,30 @@ def test_calibration_fits_distinct_windows_so_a_busy_loop_does_not_tighten_it():
     assert per_window.exceeds(varied).mean() < per_occurrence.exceeds(varied).mean() / 3
     assert per_window.exceeds(scores).mean() < 0.001
     assert per_window.samples == 401
+
+
+def test_the_worst_position_row_scores_each_window_by_its_most_surprising_call(trained,
+                                                                               corpus):
+    """eval's "worst position" row: the network's per-call NLL, its maximum over each
+    window's real positions, on the same windows the mean is taken over."""
+    from sysdream.model.evaluation import NeuralMethod, WorstPosition
+    from sysdream.model.scoring import score
+    from sysdream.model.windows import cut
+
+    base = NeuralMethod(trained.cfg, None)
+    base.detector = trained
+    worst = WorstPosition(base)
+    assert worst.name == "dream, worst position"
+    seqs = corpus["attack"][:3] + corpus["normal"][:3]
+    got = worst.window_scores(seqs)
+    means = trained.trace_scores(seqs)[1]
+    for s, g, m in zip(seqs, got, means, strict=True):
+        w = cut(trained.vocab.encode(s), trained.cfg.window, trained.cfg.stride,
+                trained.cfg.task)
+        nll = score(trained.net, w, 64, detail=True).nll
+        assert len(g) == len(m) == len(w)
+        assert np.allclose(g, [row[mask].max() for row, mask in zip(nll, w.mask,
+                                                                     strict=True)], atol=1e-5)
+        assert (g >= m - 1e-6).all()        # a maximum is never below the mean
+    bound = worst.fit([], corpus["calibrate"], 0.999)
+    assert bound.bound > 0
