@@ -617,9 +617,9 @@ class Scorer:
         self.thread.start()
 
     def stop(self, drain_s: float = 0.0) -> None:
-        """Stop; first score what is queued for up to `drain_s` seconds. Past that, the
-        cycle in progress ends at its next block (not inside torch) and what is left unscored
-        is shed, counted under reason `shutdown`: a stop takes drain_s plus one cycle,
+        """Stop; first score what is queued for up to `drain_s` seconds. Past that, a cycle
+        that has not reached its inference sheds what it holds, and so does the queue,
+        counted under reason `shutdown`: a stop takes drain_s plus at most one cycle,
         whatever the backlog."""
         deadline = time.monotonic() + drain_s
         self._cut_at = deadline
@@ -856,14 +856,9 @@ class Scorer:
         never = model.never_for_delivery
         return ~np.isin(b.spans[:, model.lead:], never).any(axis=1)
 
-    def explain(self, model: ModelView, b: Block, row: int) -> dict:
-        """Rescore one window with detail and explain it (positions in the thread's
-        stream)."""
-        return self.explain_many(model, [(b, row)])[0]
-
     def explain_many(self, model: ModelView, items: list[tuple[Block, int]]) -> list[dict]:
-        """`explain` for several windows, rescored together (padded to a batch size of a
-        few shapes, as inference is)."""
+        """Rescore windows with detail, together (padded to a batch size of a few shapes,
+        as inference is), and explain each (positions in the thread's stream)."""
         from sysdream.model.detector import SequenceScores
         from sysdream.model.scoring import WindowScores, score
 
@@ -872,9 +867,9 @@ class Scorer:
         n = len(items)
         pad = np.r_[np.arange(n), np.full(_padded(n, self.batch_windows) - n, n - 1)]
         spans = np.stack([b.spans[row] for b, row in items])
+        tokens = model.table[spans]
         valid = np.array([b.valid[row] for b, row in items])
-        w = model.geom.windows(model.table[spans][pad], valid[pad],
-                               np.full(len(pad), model.lead))
+        w = model.geom.windows(tokens[pad], valid[pad], np.full(len(pad), model.lead))
         s = score(model.det.net, w, self.batch_windows, detail=True)
         sigmas = model.bound.sigmas(s.score[:n])
         out = []
@@ -893,8 +888,7 @@ class Scorer:
                 item["position"] += shift
             ex["start"] = int(b.starts[row])
             ex["context"] = [str(x) for x in names[:model.lead] if x != "<pad>"]
-            ex["unknown"] = sorted({str(x) for x, t in zip(names.tolist(),
-                                                           model.table[spans[k]].tolist(),
+            ex["unknown"] = sorted({str(x) for x, t in zip(names.tolist(), tokens[k].tolist(),
                                                            strict=True) if t == UNK})
             ex["bound"] = model.bound.bound
             ex["sigmas"] = float(sigmas[k])

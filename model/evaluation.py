@@ -6,15 +6,13 @@ bound when any of its windows exceeds it. A trace's score for the ROC is the mea
 window scores. Where attack traces come in files that hold several processes (UNM labels
 per file: an intrusion file also holds the ordinary processes the attack ran), an
 intrusion counts as detected when any of its traces is flagged, as in Forrest et al.
-With `combine`, the first method is also scored with the other trace aggregations
-(AGGREGATIONS).
 
 Every row after the first carries a paired bootstrap interval of its ROC-AUC minus the
-first row's (the same resampled traces for both). With `combine`, rows of evidence
-combined at the trace level follow (COMBINATIONS): standardised sums of different
-families and likelihood ratios against a background model; their bound is the Gaussian
-interval on the combined scores of the calibration traces, and a trace is flagged at it
-when its own combined score exceeds it.
+first row's (the same resampled traces for both). With `combine`, more rows follow: the
+first method's window scores aggregated otherwise (AGGREGATIONS), and evidence combined
+at the trace level (COMBINATIONS: standardised sums of different families, likelihood
+ratios against a background model). Their bound is the Gaussian interval on the
+calibration traces' scores, and a trace is flagged when its own score exceeds it.
 """
 
 from __future__ import annotations
@@ -214,12 +212,12 @@ def run_method(method, split: Split, confidence: float, keep: dict | None = None
     score_s = time.monotonic() - t0
     n_windows = sum(len(x) for x in normal_w + attack_w)
     normal, attack = _aggregate(normal_w), _aggregate(attack_w)
-    if keep is not None:
+    if keep is not None and calibrate:
+        cal_w = method.window_scores(split.calibrate)
+        keep[method.name] = TraceScores(normal, attack, _aggregate(cal_w), {
+            "normal": normal_w, "attack": attack_w, "calibrate": cal_w})
+    elif keep is not None:
         keep[method.name] = TraceScores(normal, attack)
-        if calibrate:
-            cal_w = method.window_scores(split.calibrate)
-            keep[method.name] = TraceScores(normal, attack, _aggregate(cal_w), {
-                "normal": normal_w, "attack": attack_w, "calibrate": cal_w})
     flag_n = np.array([bound.exceeds(x).any() for x in normal_w])
     flag_a = np.array([bound.exceeds(x).any() for x in attack_w])
     return _result(method.name, split, normal, attack, flag_n, flag_a, bound, train_s,
@@ -349,7 +347,7 @@ def evaluate(split: Split, methods: list, confidence: float = 0.999,
             results.append(row)
             scores[row.method] = t
         for c in COMBINATIONS:
-            got = combine(c, results[0].method, scores, split, confidence, train_s)
+            got = combine(c, net, scores, split, confidence, train_s)
             if got is not None:
                 results.append(got[0])
                 scores[got[0].method] = got[1]
