@@ -790,13 +790,18 @@ class Scorer:
 
     def _novelty(self, b: Block, model: ModelView, base: np.ndarray) -> np.ndarray:
         """The block's window weights: `base` (each window's graded weight), plus the weight
-        of each lineage novelty (an exec the profile never saw, waiting for the process's
-        next window; a syscall its program never made, on the first window holding it).
+        of each lineage novelty (an exec the profile never saw, on the process's first
+        window after it; a syscall its program never made, on the first window holding
+        it).
         The events are kept for the process's next alert."""
         judge = model.lineage
         if judge is None:
             return base
-        events = [(0, e) for e in judge.take(b.key)] if b.key else []
+        # an exec's events go to the first window holding a syscall after the exec
+        # (the block may begin with windows the program before it made)
+        at = 0 if b.exec_at < 0 else min(int(np.searchsorted(
+            b.starts + model.p, b.exec_at, side="right")), len(b) - 1)
+        events = [(at, e) for e in judge.take(b.key)] if b.key else []
         key = b.key or (b.tgid, 0)
         targets = b.spans[:, model.lead:]
         # each syscall against the program that made it: one up to an exec (its record

@@ -579,3 +579,37 @@ def test_each_syscall_is_judged_against_the_program_that_made_it(tiny_detector):
     swapped = judge({"/bin/a": set(parts["/bin/a"]), "/bin/b": set(parts["/bin/c"]),
                      "/bin/c": set(parts["/bin/b"])})
     assert "/bin/b: openat" in swapped and "/bin/c: getpid" in swapped
+
+
+def test_an_exec_s_news_go_to_the_first_window_after_it(tiny_detector):
+    """A fork of /bin/a makes 16 syscalls and execs /bin/b (never seen): the block cut
+    after the exec starts with /bin/a's window, and the exec's event goes to the first
+    window holding /bin/b's syscalls, where the evidence of the new program builds up."""
+    import copy
+
+    from sysdream.daemon.lineage import Profile
+    from sysdream.daemon.processes import ProcessTable
+    from sysdream.probes.layout import CTX_EXEC, CTX_NEW, REC_EXEC
+
+    det = copy.copy(tiny_detector)
+    det.lineage = Profile(programs={"/bin/a": 50}, syscalls={}, execs=100).to_json()
+    view = ModelView(det)
+    counters = Counters()
+    queue = WindowQueue(100000, counters)
+    table = ProcessTable(proc="/nonexistent")
+    ctx = np.concatenate([context_record(CTX_NEW, 70, 50, "/bin/a", 1),
+                          context_record(CTX_EXEC, 70, 101, "/bin/b", 2)])
+    table.ingest(ctx)
+    view.lineage.on_context(ctx, table)
+    before = records(70, sample_normal(2, 16).tolist(), chunk=8, t0=100)
+    before[-1]["flags"] |= REC_EXEC
+    after = records(70, sample_normal(3, 40).tolist(), chunk=8, seq0=2, t0=300, exit=True)
+    cutter = Cutter(view, queue, counters, 100, table)
+    scorer = Scorer(view, queue, counters, lambda d: None)
+    cutter.ingest(np.concatenate([before, after]))
+    (b,) = drain(queue)
+    assert b.exec_at == 16 and b.starts[0] == 0, "the block begins before the exec"
+    scorer.process([b])
+    (pos, event), = scorer.novel[b.key]
+    assert event["kind"] == "new_program" and event["what"] == "/bin/b"
+    assert pos == 16, "on the window after the exec, not the block's first"
