@@ -67,7 +67,7 @@ ALERT_FIELDS = ("kind", "alert_id", "fingerprint", "severity", "hostname", "pid"
                 "time_rfc3339", "schema")
 # The version of the alert's shape (docs/alert.schema.json): a field added, removed or
 # changed in meaning makes a new one.
-ALERT_SCHEMA = "sysdream-alert/2"     # 2: fleet_server
+ALERT_SCHEMA = "sysdream-alert/3"     # 2: fleet_server; 3: novelty kind new_sequence
 
 def fingerprint(context: dict, unknown: list[str], surprises: list[dict]) -> str:
     """Same program, same lineage, same kind of surprise: same fingerprint (repeats group).

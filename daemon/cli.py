@@ -169,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="for a supervising process: progress as JSON lines on this open "
                          "file descriptor (a stage and each epoch; the daemon's learner "
                          "reads them)")
+    tr.add_argument("--sequences", action="store_true",
+                    help="for a host recording: the lineage profile also learns each "
+                         "program's 6-syscall sequences, and a run of ones a program never "
+                         "made is evidence (stide per program; off by default: "
+                         "docs/benchmarks.md, \"Scenario suite\", has why)")
     tr.add_argument("--retrain", action="store_true",
                     help="for a host recording: after fitting the alert bound with a model "
                          "trained on the first three quarters, train once more on all of it "

@@ -213,10 +213,13 @@ def _host_model(args, cfg, settings, seqs, host, calib_names):
 
     traces = [t for _, t in host]
     alpha = (1 - args.confidence) / 2
-    prof, early = Profile.learn_with_heldout(traces, alpha)
+    prof, early = Profile.learn_with_heldout(traces, alpha, args.sequences)
     edges = sum(len(v) for v in prof.edges.values())
+    grams = (f", {sum(len(h) for h in prof.grams.values())} distinct 6-syscall sequences "
+             f"(a run of new ones every {1 / prof.gram_default:.0f} held out)"
+             if prof.gram_default else "")
     print(f"sysdream train: lineage: {len(prof.programs)} programs, {edges} exec edges, "
-          f"{prof.execs} execs", file=sys.stderr)
+          f"{prof.execs} execs{grams}", file=sys.stderr)
     span = held_out_span(traces)
     if span is None or early is None:
         return None, None, prof.to_json()

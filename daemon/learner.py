@@ -272,7 +272,7 @@ class Learner:
         cmd = [sys.executable, "-m", "sysdream.daemon.cli", "train", *sign, "--input", *inputs,
                "-o", str(self.cfg.model_path()), "--arch", L.arch, "--window", str(L.window),
                "--hidden", str(L.hidden), "--embed", str(L.embed), "--epochs", str(L.epochs),
-               "--threads", str(L.threads)]
+               "--threads", str(L.threads)] + (["--sequences"] if L.sequences else [])
         if self.cfg.detection.confidence:   # training only starts with no model in use
             cmd += ["--confidence", str(self.cfg.detection.confidence)]
         self.log(f"baseline recorded ({self.baseline_syscalls} syscalls); training at nice "

@@ -10,6 +10,7 @@ a deleted file. At detection, four kinds of novelty are events:
     new_edge        a known program starting one it never started
     fileless_exec   an exec of a memfd or a deleted file
     new_syscall     a program making a syscall it never made
+    new_sequence    a program making a run of GRAM syscalls in an order it never made
 
 How surprising each is comes from the baseline itself, not from a hand-set threshold: the
 chance that the next opportunity shows something new is the Good-Turing estimate of the
@@ -19,10 +20,21 @@ unremarkable; a web application that started the same two children a thousand ti
 a third one rare. An event of probability p weighs log p / log alpha windows above the
 bound, alpha being the bound's own tail (1 - confidence): the per-process evidence rule
 adds these weights to its count of windows above the bound (daemon/pipeline.py).
+
+A new sequence is stide's evidence (Forrest et al. 1996), kept per program: the profile
+holds the hashes of every GRAM-syscall sequence each program made in the baseline, and a
+program's syscall that ends a sequence it never made, after one that did not, starts a run
+of news: one event (a single odd call ends GRAM unseen sequences in a row). Its probability
+is the rate of such runs in the baseline's held-out last quarter against the first three
+quarters, per program, with one run at the rate of all programs as a prior: a dash that
+made 13,000 sequences there without one new is as sure as a busy interpreter whose dozens
+of new runs say its news is common; both weigh about one window a run, and the evidence
+comes from how many a process makes.
 """
 
 from __future__ import annotations
 
+import base64
 import math
 from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass, field
@@ -38,6 +50,9 @@ from .processes import ProcessTable
 FORMAT = 1
 HELDOUT_FRACTION = 0.25       # the baseline's last quarter estimates the novelty rates
 MAX_WEIGHT = 8.0
+GRAM = 6                      # syscalls in a sequence of new_sequence (stide's length)
+MAX_GRAMS = 1 << 22           # sequence hashes a bundle's profile may hold, all programs
+_GRAM_MUL = np.uint64(0x100000001B3)   # FNV's 64-bit prime: h = h * MUL + call, mod 2^64
 MEMFD = "memfd:*"             # memfd names are the caller's choice: one program for all
 
 
@@ -61,6 +76,87 @@ def weight(p: float, alpha: float) -> float:
     return min(MAX_WEIGHT, max(0.0, math.log(max(p, 1e-300)) / math.log(alpha)))
 
 
+def gram_hashes(rows: np.ndarray) -> np.ndarray:
+    """The hash of each row of `rows` ([n, GRAM] syscall numbers), as uint64."""
+    h = np.zeros(len(rows), np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(rows.shape[1]):
+            h = h * _GRAM_MUL + rows[:, j].astype(np.uint64)
+    return h
+
+
+def stream_grams(ids: np.ndarray) -> np.ndarray:
+    """The hash of the sequence ending at each position of one thread's syscall numbers
+    (positions before GRAM - 1 end none: 0, which no real sequence hashes to in practice,
+    and they are never looked up)."""
+    out = np.zeros(len(ids), np.uint64)
+    if len(ids) >= GRAM:
+        win = np.lib.stride_tricks.sliding_window_view(np.asarray(ids, np.int64), GRAM)
+        out[GRAM - 1:] = gram_hashes(win)
+    return out
+
+
+class GramTable:
+    """Exact membership of (program, sequence hash) pairs, vectorised: an open-addressing
+    table (linear probing, at most half full), so a lookup is one or two reads where a
+    binary search over a program's sorted hashes is twenty (the daemon looks up every
+    syscall it judges)."""
+
+    def __init__(self, grams: dict[str, np.ndarray]):
+        self.code = {prog: i + 1 for i, prog in enumerate(sorted(grams))}
+        keys = np.concatenate([self._keys(np.asarray(h, np.uint64), self.code[prog])
+                               for prog, h in grams.items()] or [np.zeros(0, np.uint64)])
+        keys = np.unique(keys)
+        size = 1 << max(4, int(2 * max(len(keys), 1) - 1).bit_length())
+        self.mask = np.uint64(size - 1)
+        self.table = np.zeros(size, np.uint64)          # 0: an empty slot
+        slot = keys & self.mask
+        left = np.arange(len(keys))
+        while len(left):            # place every key at its first free slot from its own
+            s = slot[left]
+            free = self.table[s] == 0
+            # of the keys wanting one free slot, the first takes it
+            s_free, first = np.unique(s[free], return_index=True)
+            took = left[free][first]
+            self.table[s_free] = keys[took]
+            placed = np.zeros(len(keys), bool)
+            placed[took] = True
+            left = left[~placed[left]]
+            slot[left] = (slot[left] + np.uint64(1)) & self.mask
+
+    @staticmethod
+    def _keys(h: np.ndarray, code: int) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            k = (h * _GRAM_MUL + np.uint64(code)) * np.uint64(0x9E3779B97F4A7C15)
+        k[k == 0] = 1
+        return k
+
+    def contains(self, h: np.ndarray, prog: str) -> np.ndarray:
+        """Whether `prog` made each sequence of hashes `h` (any shape); all False for a
+        program it does not know."""
+        code = self.code.get(prog)
+        if code is None:
+            return np.zeros(h.shape, bool)
+        keys = self._keys(h.ravel(), code)
+        out = np.zeros(len(keys), bool)
+        slot = keys & self.mask
+        left = np.arange(len(keys))
+        while len(left):
+            got = self.table[slot[left]]
+            hit = got == keys[left]
+            out[left[hit]] = True
+            left = left[~hit & (got != 0)]          # an empty slot: not there
+            slot[left] = (slot[left] + np.uint64(1)) & self.mask
+        return out.reshape(h.shape)
+
+
+def _member(x: np.ndarray, known: np.ndarray) -> np.ndarray:
+    if not len(known):
+        return np.zeros(len(x), bool)
+    i = np.minimum(np.searchsorted(known, x), len(known) - 1)
+    return known[i] == x
+
+
 @dataclass
 class Event:
     kind: str
@@ -81,6 +177,11 @@ class Profile:
     fileless: int = 0
     seconds: float = 0.0
     heldout: dict | None = None                      # novelty seen in the held-out part
+    grams: dict = field(default_factory=dict)        # program -> sorted uint64 hashes
+    gram_runs: dict = field(default_factory=dict)    # program -> p of a run of new ones
+    gram_default: float = 0.0    # that p for a program the held-out part never showed;
+    #                              0: no sequence novelty (a profile without held-out part)
+    arch: str = ""               # the syscall numbers the hashes were made of
 
     # -- probabilities of each kind of novelty -------------------------------------------
     def p_new_program(self) -> float:
@@ -96,12 +197,16 @@ class Profile:
     def p_new_syscall(self, prog: str) -> float:
         return unseen(self.syscalls.get(prog, {}))
 
+    def p_new_sequence(self, prog: str) -> float:
+        return self.gram_runs.get(prog, self.gram_default)
+
     # -- learning ---------------------------------------------------------------------
     @classmethod
-    def learn(cls, traces, until_ns: int = 0) -> Profile:
+    def learn(cls, traces, until_ns: int = 0, sequences: bool = False) -> Profile:
         """From traces (probes.tracefile.Trace) that carry context records; with
-        `until_ns`, only what happened before that kernel time."""
-        prof = cls()
+        `until_ns`, only what happened before that kernel time; with `sequences`, each
+        program's sequences too."""
+        prof, grams = cls(), {}
         for tr in traces:
             ctx, recs = tr.context, tr.records
             if until_ns:
@@ -126,26 +231,51 @@ class Profile:
                 mine = prof.syscalls.setdefault(prog, {})
                 for name, n in counts.items():
                     mine[name] = mine.get(name, 0) + n
+            if sequences:
+                g = _grams(table, tr.records)
+                keep = g.ns < until_ns if until_ns else np.ones(len(g.ns), bool)
+                for i in np.unique(g.at[keep]).tolist():
+                    new, old = g.hashes[keep & (g.at == i)], grams.get(g.progs[i])
+                    grams[g.progs[i]] = np.unique(new if old is None else np.r_[old, new])
+                prof.arch = prof.arch or tr.arch
             span = [int(x) for x in (ctx["ns"].min(), ctx["ns"].max())]
             if len(recs):
                 span += [int(recs["first_ns"].min()), int(recs["last_ns"].max())]
             prof.seconds += (max(span) - min(span)) / 1e9
+        prof.grams = grams
         return prof
 
     @classmethod
-    def learn_with_heldout(cls, traces, alpha: float) -> tuple[Profile, Profile | None]:
+    def learn_with_heldout(cls, traces, alpha: float, sequences: bool = False
+                           ) -> tuple[Profile, Profile | None]:
         """The profile of everything, with the novelty its first three quarters (returned
         too, None without records) would have met in the last quarter: events per hour,
-        and their weight at `alpha`."""
-        whole = cls.learn(traces)
+        and their weight at `alpha`; with `sequences`, each program's sequences and the
+        rate of runs of new ones there."""
+        whole = cls.learn(traces, sequences=sequences)
         span = held_out_span(traces)
         if span is None:
             return whole, None
         start, cut, end = span
-        early = cls.learn(traces, until_ns=cut)
+        early = cls.learn(traces, until_ns=cut, sequences=sequences)
         events = []
         for tr in traces:
             events += early.replay(tr, cut)
+        runs = [r for tr in traces for r in early.sequence_runs(tr, cut)] \
+            if sequences else []
+        positions = Counter()
+        for tr in traces if sequences else []:
+            g = _grams(_table(tr.context), tr.records)
+            known = np.array([p in early.grams for p in g.progs] + [False], bool)
+            ok = (g.ns >= cut) & known[g.at]
+            positions.update(Counter(g.progs[i] for i in g.at[ok].tolist()))
+        per = Counter(prog for prog, _ in runs)
+        g = (len(runs) + 1) / (sum(positions.values()) + 2) if sequences else 0.0
+        for prof in (whole, early) if sequences else ():
+            prof.gram_default = g
+            prof.gram_runs = {p: (per[p] + 1) / (n + 1 / g) for p, n in positions.items()}
+        events += [Event("new_sequence", f"{prog}: {what}", early.p_new_sequence(prog))
+                   for prog, what in runs]
         hours = max((end - cut) / 3.6e12, 1e-9)
         worth = [weight(e.p, alpha) for e in events]
         whole.heldout = {
@@ -153,6 +283,7 @@ class Profile:
             "events": len(events), "events_per_hour": round(len(events) / hours, 2),
             "weight_per_hour": round(sum(worth) / hours, 3),
             "kinds": dict(Counter(e.kind for e in events)),
+            "sequence_positions": sum(positions.values()),
             "strongest": [e.to_json(alpha) for e in
                           sorted(events, key=lambda e: e.p)[:10]]}
         return whole, early
@@ -181,11 +312,34 @@ class Profile:
                                      self.p_new_syscall(prog)))
         return out
 
+    def sequence_runs(self, trace, after_ns: int) -> list[tuple[str, str]]:
+        """(program, its calls) of each run of new sequences in what `trace` holds after
+        `after_ns`: one per process and sequence, as the daemon counts them."""
+        g = _grams(_table(trace.context), trace.records)
+        out, seen = [], set()
+        for i, prog in enumerate(g.progs):
+            known = self.grams.get(prog)
+            if known is None:
+                continue
+            rows = np.flatnonzero((g.at == i) & (g.ns >= after_ns))
+            new = ~_member(g.hashes[rows], known)
+            start = new & ((g.prev[rows] == 0) | _member(g.prev[rows], known))
+            for r in rows[start].tolist():
+                if (int(g.tgids[r]), int(g.hashes[r])) not in seen:
+                    seen.add((int(g.tgids[r]), int(g.hashes[r])))
+                    out.append((prog, " ".join(trace.syscall_names(g.calls(r)).tolist())))
+        return out
+
     # -- the bundle's lineage.json -----------------------------------------------------
     def to_json(self) -> dict:
         return {"format": FORMAT, "programs": self.programs, "edges": self.edges,
                 "syscalls": self.syscalls, "execs": self.execs, "fileless": self.fileless,
-                "seconds": round(self.seconds, 1), "heldout": self.heldout}
+                "seconds": round(self.seconds, 1), "heldout": self.heldout,
+                "sequences": None if not self.gram_default else {
+                    "length": GRAM, "arch": self.arch, "default_p": self.gram_default,
+                    "p": self.gram_runs,
+                    "hashes": {prog: base64.b64encode(np.asarray(h, "<u8").tobytes()).decode()
+                               for prog, h in sorted(self.grams.items())}}}
 
     @classmethod
     def from_json(cls, d) -> Profile:
@@ -213,9 +367,43 @@ class Profile:
         heldout = d.get("heldout")
         if heldout is not None and not isinstance(heldout, dict):
             raise ValueError("lineage.json: heldout must be an object")
-        return cls(counts(d.get("programs"), "programs"), nested(d.get("edges"), "edges"),
+        prof = cls(counts(d.get("programs"), "programs"), nested(d.get("edges"), "edges"),
                    nested(d.get("syscalls"), "syscalls"), d["execs"], d["fileless"],
                    float(seconds), heldout)
+        if d.get("sequences") is not None:
+            prof._read_sequences(d["sequences"])
+        return prof
+
+    def _read_sequences(self, d) -> None:
+        """The sequence part of lineage.json (absent from profiles before it)."""
+        bad = "lineage.json: sequences must hold length, arch, default_p, p and hashes"
+        if not isinstance(d, dict) or d.get("length") != GRAM or \
+                not isinstance(d.get("arch"), str) or not isinstance(d.get("p"), dict) or \
+                not isinstance(d.get("hashes"), dict):
+            raise ValueError(bad + f" (of length {GRAM})")
+
+        def prob(v, what: str) -> float:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+                raise ValueError(f"lineage.json: sequences {what} must be in [0, 1)")
+            return float(v)
+        self.gram_default = prob(d.get("default_p"), "default_p")
+        self.gram_runs = {str(k): prob(v, f"p[{k!r}]") for k, v in d["p"].items()}
+        total = 0
+        for prog, text in d["hashes"].items():
+            try:
+                raw = base64.b64decode(text, validate=True) if isinstance(text, str) else None
+            except ValueError:
+                raw = None
+            if raw is None or len(raw) % 8:
+                raise ValueError(f"lineage.json: sequences of {prog[:80]!r} are not base64 "
+                                 "of 8-byte hashes")
+            h = np.frombuffer(raw, "<u8").astype(np.uint64)
+            total += len(h)
+            if total > MAX_GRAMS or (len(h) > 1 and not (h[1:] > h[:-1]).all()):
+                raise ValueError(f"lineage.json: sequences of {prog[:80]!r}: more than "
+                                 f"{MAX_GRAMS} in all, or not sorted and unique")
+            self.grams[prog] = h
+        self.arch = d["arch"]
 
 
 def held_out_span(traces) -> tuple[int, int, int] | None:
@@ -254,13 +442,48 @@ def _exec(table: ProcessTable, r) -> tuple[str, str | None, int]:
     return parent, program(img.exe, img.flags), img.flags
 
 
-def _calls(table: ProcessTable, recs: np.ndarray, trace, keyed: bool = False) -> dict:
-    """Syscall counts per program (per (process key, program) with `keyed`): each chunk
-    record goes to the program its process ran at the record's last syscall; an exec's
-    record (stamped as the exec is done, its syscalls made before it) to the program
-    before the exec."""
-    if not len(recs):
-        return {}
+@dataclass
+class _Positions:
+    """Every position of a recording's threads that ends a sequence of GRAM syscalls."""
+    progs: list          # the programs, indexed by `at`
+    at: np.ndarray       # the program that made the position's syscall
+    hashes: np.ndarray   # the sequence ending there (uint64)
+    prev: np.ndarray     # the one ending at the position before (0: none, a thread start)
+    ns: np.ndarray       # kernel time of the position's record
+    tgids: np.ndarray
+    ids: np.ndarray      # every syscall, in thread order, and where each position is in it
+    where: np.ndarray
+
+    def calls(self, row: int) -> np.ndarray:
+        end = int(self.where[row])
+        return self.ids[end - GRAM + 1:end + 1]
+
+
+def _grams(table: ProcessTable, recs: np.ndarray) -> _Positions:
+    """The sequence ending at each syscall of each thread (but its first GRAM - 1), with
+    the program that made it as _calls reads it."""
+    recs = recs[np.lexsort((recs["seq"], recs["tid"]))]
+    owners = _owners(table, recs, keyed=False)
+    index = {o: i for i, o in enumerate(dict.fromkeys(o for o in owners if o is not None))}
+    rec_at = np.array([index.get(o, -1) if o is not None else -1 for o in owners] + [-1])
+    ids, owner = flatten(recs)
+    hashes = stream_grams(ids)
+    first = np.r_[True, recs["tid"][owner[1:]] != recs["tid"][owner[:-1]]] if len(ids) \
+        else np.zeros(0, bool)
+    # the position's index within its thread: GRAM - 1 or more ends a sequence
+    starts = np.maximum.accumulate(np.where(first, np.arange(len(ids)), 0))
+    depth = np.arange(len(ids)) - starts
+    at = rec_at[owner] if len(ids) else np.zeros(0, np.int64)
+    ok = np.flatnonzero((depth >= GRAM - 1) & (at >= 0))
+    prev = np.where(depth[ok] >= GRAM, hashes[np.maximum(ok - 1, 0)], 0).astype(np.uint64)
+    return _Positions(list(index), at[ok], hashes[ok], prev,
+                      recs["last_ns"][owner[ok]].astype(np.int64),
+                      recs["tgid"][owner[ok]].astype(np.int64), ids, ok)
+
+
+def _owners(table: ProcessTable, recs: np.ndarray, keyed: bool) -> list:
+    """The program (with `keyed`, (process key, program)) each record's syscalls are
+    counted to, None where the table does not know it (see _calls)."""
     owners = []
     execs = (recs["flags"] & REC_EXEC) != 0
     for tgid, ns, ex in zip(recs["tgid"].tolist(), recs["last_ns"].tolist(), execs.tolist(),
@@ -272,6 +495,17 @@ def _calls(table: ProcessTable, recs: np.ndarray, trace, keyed: bool = False) ->
         else:
             prog = program(img.exe, img.flags)
             owners.append((p.key, prog) if keyed else prog)
+    return owners
+
+
+def _calls(table: ProcessTable, recs: np.ndarray, trace, keyed: bool = False) -> dict:
+    """Syscall counts per program (per (process key, program) with `keyed`): each chunk
+    record goes to the program its process ran at the record's last syscall; an exec's
+    record (stamped as the exec is done, its syscalls made before it) to the program
+    before the exec."""
+    if not len(recs):
+        return {}
+    owners = _owners(table, recs, keyed)
     ids, owner = flatten(recs)
     names = trace.syscall_names(ids)
     out: dict = defaultdict(Counter)
@@ -292,6 +526,7 @@ class Judge:
         self.profile, self.alpha, self.max = profile, alpha, max_processes
         self.arch = arch
         self._known: dict[str, np.ndarray] = {}
+        self._grams: GramTable | None = None       # built on first use
         self.pending: OrderedDict[tuple, list[Event]] = OrderedDict()
         self.reported: OrderedDict[tuple, set] = OrderedDict()
         self.events = Counter()                    # by kind, for the metrics
@@ -347,6 +582,80 @@ class Judge:
             self._known[prog] = got
         return got
 
+    def sequence_news(self, spans: np.ndarray, lead: int, codes: np.ndarray,
+                      progs: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+        """For the rows of `spans` ([k, lead + p] numbers, PAD_NUMBER before a thread's
+        start), row i made by progs[codes[i]] (none where codes[i] < 0), in one pass:
+        (starts [k, p]: the targets that end a sequence their program never made after one
+        that it did make; hashes [k, p + 1] of the sequences ending from the position before
+        the first target to the last). None where the profile holds no sequences of this
+        architecture."""
+        prof = self.profile
+        if not prof.grams or prof.arch != self.arch or lead < GRAM or not prof.gram_default:
+            return None
+        k, width = spans.shape
+        p = width - lead
+        h = np.zeros((k, p + 1), np.uint64)
+        real = np.ones((k, p + 1), bool)           # no PAD in the sequence
+        with np.errstate(over="ignore"):
+            for j in range(GRAM):
+                col = spans[:, lead - GRAM + j:lead - GRAM + j + p + 1]
+                h = h * _GRAM_MUL + col.astype(np.uint64)
+                real &= col < 65536
+        if self._grams is None:
+            self._grams = GramTable(prof.grams)
+        new = np.zeros((k, p + 1), bool)
+        for c in np.unique(codes[codes >= 0]).tolist():
+            if progs[c] in prof.grams:
+                rows = codes == c
+                new[rows] = ~self._grams.contains(h[rows], progs[c])
+        new &= real
+        return new[:, 1:] & ~new[:, :-1], h
+
+    def new_sequences(self, key: tuple, prog: str, spans: np.ndarray, lead: int,
+                      mine: np.ndarray | None = None,
+                      news: tuple[np.ndarray, np.ndarray] | None = None
+                      ) -> list[tuple[int, Event]]:
+        """(row, event) for each run of sequences `prog` never made among the targets of
+        `spans` (see sequence_news, whose answer for these rows `news` may hold already;
+        `mine` [k, p]: the targets this program made, all where None), the first time this
+        process makes that sequence."""
+        if prog not in self.profile.grams:
+            return []
+        if news is None:
+            news = self.sequence_news(spans, lead, np.zeros(len(spans), np.int64), [prog])
+            if news is None:
+                return []
+        start, h = news
+        if mine is not None:
+            start = start & mine
+        if not start.any():
+            return []
+        done = self._reported((key, prog, "seq"))
+        out = []
+        pr = self.profile.p_new_sequence(prog)
+        rows, cols = np.nonzero(start)
+        for row, col in zip(rows.tolist(), cols.tolist(), strict=True):
+            x = int(h[row, col + 1])
+            if x in done:
+                continue
+            if len(done) < 4096:
+                done.add(x)
+            calls = spans[row, lead + col - GRAM + 1:lead + col + 1]
+            names = " ".join(syscalls.names(calls, self.arch).tolist())
+            out.append((row, Event("new_sequence", f"{prog}: {names}", pr)))
+            self.events["new_sequence"] += 1
+        return out
+
+    def _reported(self, key: tuple) -> set:
+        """What was reported already for a (process, program[, kind]): each news once."""
+        done = self.reported.get(key)
+        if done is None:
+            done = self.reported[key] = set()
+            while len(self.reported) > self.max:
+                self.reported.popitem(last=False)
+        return done
+
     def new_syscalls(self, key: tuple, prog: str, targets: np.ndarray) -> list[tuple[int, Event]]:
         """(row, event) for each syscall in `targets` ([k, p] numbers) that `prog` never
         made in the baseline, the first time this process makes it under this program."""
@@ -356,11 +665,7 @@ class Judge:
         novel = ~known[np.minimum(targets, 65536)]
         if not novel.any():
             return []
-        done = self.reported.get((key, prog))
-        if done is None:
-            done = self.reported[(key, prog)] = set()
-            while len(self.reported) > self.max:
-                self.reported.popitem(last=False)
+        done = self._reported((key, prog))
         out = []
         p = self.profile.p_new_syscall(prog)
         rows, cols = np.nonzero(novel)

@@ -153,10 +153,12 @@ class ServiceCollector(Collector):
                         "as evidence, by reason (own_alert_delivery: journald handling "
                         "this daemon's alerts).", "reason",
                         {"own_alert_delivery": 0, **c.set_aside})
-        yield _by_label("sysdream_lineage_events", "Lineage novelty events (an exec or a "
-                        "syscall the learnt profile never saw), by kind.", "kind",
+        yield _by_label("sysdream_lineage_events", "Lineage novelty events (an exec, a "
+                        "syscall or a run of 6-syscall sequences the learnt profile never "
+                        "saw), by kind.", "kind",
                         {k: 0 for k in ("new_program", "new_edge", "fileless_exec",
-                                        "new_syscall")} | dict(s.slot.lineage_events))
+                                        "new_syscall", "new_sequence")}
+                        | dict(s.slot.lineage_events))
         m = s.slot.model
         held = (m.lineage.profile.heldout or {}) if m is not None and \
             m.lineage is not None else {}

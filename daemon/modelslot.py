@@ -52,9 +52,11 @@ def lineage_line(view: ModelView, enabled: bool) -> str:
     h = prof.heldout or {}
     held = (f"; its held-out last {h['seconds']:.0f} s gave {h['weight_per_hour']:.1f} "
             "windows' worth of novelty evidence an hour") if "weight_per_hour" in h else ""
+    seqs = (f", {sum(map(len, prof.grams.values()))} 6-syscall sequences"
+            if prof.grams and prof.gram_default else "")
     text = (f"lineage profile: {len(prof.programs)} programs, "
-            f"{sum(map(len, prof.edges.values()))} exec edges over {prof.seconds:.0f} s"
-            f"{held}")
+            f"{sum(map(len, prof.edges.values()))} exec edges{seqs} over "
+            f"{prof.seconds:.0f} s{held}")
     h = view.det.training.get("heldout_alerts")
     if isinstance(h, dict) and "per_hour" in h:
         text += (f"; the alert rule ({h.get('evidence')}, at {h.get('confidence', 0):.1%}) "

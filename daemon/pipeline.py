@@ -752,6 +752,7 @@ class Scorer:
         out = []
         # evidence per process, in bulk: windows arrive grouped by block (one thread each)
         bounds = np.r_[0, np.cumsum([len(b) for b in blocks])]
+        news = self._sequence_news(blocks, model)
         for k, b in enumerate(blocks):
             lo, hi = int(bounds[k]), int(bounds[k + 1])
             if b.delivery_peer and exceeds[lo:hi].any():
@@ -760,7 +761,9 @@ class Scorer:
                     c.set_aside["own_alert_delivery"] += int(aside.sum())
                     exceeds[lo:hi] &= ~aside
             weights = self._novelty(b, model, graded(model.bound, model.alpha,
-                                                     scores[lo:hi], exceeds[lo:hi]))
+                                                     scores[lo:hi], exceeds[lo:hi]),
+                                    None if news is None else (news[0][lo:hi],
+                                                               news[1][lo:hi]))
             key, prog = b.key or b.tgid, b.label or (program(b.exe) if b.exe else "")
             for i, n in evidence.add_many(key, weights, prog):
                 out.append(Detection(b, i, float(scores[lo + i]), n, evidence.m, model, {},
@@ -788,11 +791,28 @@ class Scorer:
             self.on_detection(d)
         return out
 
-    def _novelty(self, b: Block, model: ModelView, base: np.ndarray) -> np.ndarray:
+    @staticmethod
+    def _sequence_news(blocks: list[Block], model: ModelView
+                       ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Judge.sequence_news for the windows of every block one program made, in one
+        pass (a block with an exec inside is judged per program in _novelty)."""
+        judge = model.lineage
+        if judge is None or not judge.profile.grams:
+            return None
+        progs: dict[str, int] = {}
+        codes = [progs.setdefault(program(b.exe), len(progs))
+                 if b.exe and not b.marks and b.unsure_from < 0 else -1 for b in blocks]
+        if not progs:
+            return None
+        return judge.sequence_news(np.concatenate([b.spans for b in blocks]), model.lead,
+                                   np.repeat(codes, [len(b) for b in blocks]), list(progs))
+
+    def _novelty(self, b: Block, model: ModelView, base: np.ndarray,
+                 news: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """The block's window weights: `base` (each window's graded weight), plus the weight
         of each lineage novelty (an exec the profile never saw, on the process's first
-        window after it; a syscall its program never made, on the first window holding
-        it).
+        window after it; a syscall or a run of sequences its program never made, on the
+        first window holding it).
         The events are kept for the process's next alert."""
         judge = model.lineage
         if judge is None:
@@ -810,6 +830,8 @@ class Scorer:
         if not b.marks and b.unsure_from < 0:       # one program made all of them
             if b.exe:
                 events += judge.new_syscalls(key, program(b.exe), targets)
+                events += judge.new_sequences(key, program(b.exe), b.spans, model.lead,
+                                              news=news)
             return self._weigh(b, model, base, events)
         pos = b.starts[:, None] + np.arange(model.p)[None, :]
         owner = np.full(pos.shape, len(b.marks), np.int64)
@@ -822,6 +844,8 @@ class Scorer:
             if exes[i]:
                 events += judge.new_syscalls(key, program(exes[i]),
                                              np.where(owner == i, targets, PAD_NUMBER))
+                events += judge.new_sequences(key, program(exes[i]), b.spans, model.lead,
+                                              owner == i)
         return self._weigh(b, model, base, events)
 
     def _weigh(self, b: Block, model: ModelView, base: np.ndarray, events: list

@@ -122,7 +122,7 @@ class Roles:
                *[f"trace:{p}" for p in hosts], "--max-share", str(self.share), "-o",
                str(new), "--arch", L.arch, "--window", str(L.window), "--hidden",
                str(L.hidden), "--embed", str(L.embed), "--epochs", str(L.epochs),
-               "--threads", str(L.threads)]
+               "--threads", str(L.threads)] + (["--sequences"] if L.sequences else [])
         nice = L.nice
         log(f"role {role}: training on the baselines of {len(hosts)} agents "
             f"({', '.join(p.stem for p in hosts)})")

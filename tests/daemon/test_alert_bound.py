@@ -205,3 +205,32 @@ def test_retrain_learns_everything_and_keeps_the_bound(tmp_path):
     one, both = Detector.load(tmp_path / "kept"), Detector.load(tmp_path / "all")
     assert len(both.vocab) > len(one.vocab), "the last quarter's calls were learnt"
     assert both.alerting == one.alerting is not None
+
+
+def test_train_learns_each_program_s_sequences_when_asked(tmp_path):
+    """--sequences: lineage.json holds the program's sequence hashes and the rate of runs
+    of new ones in the held-out quarter (its last processes make odd calls), the daemon's
+    judge uses them, and the alert bound was fitted with them; without it, none."""
+    from sysdream.daemon.lineage import GRAM
+    from sysdream.model.detector import Detector
+
+    trace = tmp_path / "baseline.sdtrace"
+    host_trace(trace, 3)
+    cmd = [sys.executable, "-m", "sysdream.daemon.cli", "train", "--input", f"trace:{trace}",
+           "--window", "8", "--embed", "8", "--hidden", "8", "--epochs", "2", "--threads", "1"]
+    on = subprocess.run([*cmd, "-o", str(tmp_path / "on"), "--sequences"],
+                        capture_output=True, text=True, timeout=600)
+    off = subprocess.run([*cmd, "-o", str(tmp_path / "off")], capture_output=True,
+                         text=True, timeout=600)
+    assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
+    assert "distinct 6-syscall sequences" in on.stderr
+    assert "6-syscall" not in off.stderr
+    seq = json.loads((tmp_path / "on" / "lineage.json").read_text())["sequences"]
+    assert seq["length"] == GRAM and list(seq["hashes"]) == ["/usr/bin/worker"]
+    assert 0 < seq["p"]["/usr/bin/worker"] < 1 and 0 < seq["default_p"] < 1
+    held = json.loads((tmp_path / "on" / "lineage.json").read_text())["heldout"]
+    assert held["kinds"].get("new_sequence", 0) > 0, "the odd calls of the last quarter"
+    assert json.loads((tmp_path / "off" / "lineage.json").read_text())["sequences"] is None
+    judge = ModelView(Detector.load(tmp_path / "on")).lineage
+    assert len(judge.profile.grams["/usr/bin/worker"]) > 100
+    assert not ModelView(Detector.load(tmp_path / "off")).lineage.profile.grams

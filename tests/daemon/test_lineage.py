@@ -8,13 +8,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-import daemon_helpers  # noqa: F401 (puts tests/probes on the path for capture_helpers)
+import daemon_helpers  # puts tests/probes on the path for capture_helpers
 import numpy as np
 import pytest
 from capture_helpers import drain
 
 from sysdream.daemon.evidence import Evidence
-from sysdream.daemon.lineage import MEMFD, Judge, Profile, weight
+from sysdream.daemon.lineage import (
+    GRAM,
+    MEMFD,
+    GramTable,
+    Judge,
+    Profile,
+    held_out_span,
+    stream_grams,
+    weight,
+)
 from sysdream.daemon.processes import ProcessTable
 from sysdream.probes import syscalls
 from sysdream.probes.tracefile import Trace, host_header
@@ -41,7 +50,7 @@ def record(capture, cg: Path, cmds: list[list[str]]) -> Trace:
 def test_profile_learns_programs_edges_and_syscalls_and_judges_novelty(capture, group):
     cgroup = group[2]
     base = record(capture, cgroup, [["/bin/bash", "-c", BASELINE]])
-    prof = Profile.learn([base])
+    prof = Profile.learn([base], sequences=True)
     bash, true, echo = (str(Path(p).resolve()) for p in ("/bin/bash", "/bin/true",
                                                           "/bin/echo"))
     env = str(Path("/usr/bin/env").resolve())
@@ -54,9 +63,17 @@ def test_profile_learns_programs_edges_and_syscalls_and_judges_novelty(capture, 
     # one is not
     assert prof.p_new_child(bash) < 0.02 < 0.1 < prof.p_new_child(env)
 
-    # the baseline replayed against its own profile holds no news at all: every exec and
-    # every syscall is attributed to the program that learning attributed it to
+    # the baseline replayed against its own profile holds no news at all: every exec,
+    # every syscall and every sequence is attributed to the program that learning
+    # attributed it to
     assert base.context.size and Profile.from_json(prof.to_json()).replay(base, 0) == []
+    assert len(prof.grams[bash]) > 10 and prof.arch == base.arch
+    assert not Profile.learn([base]).grams, "sequences are learnt when asked"
+    prof.gram_default = 1e-3        # what learn_with_heldout sets: they go into the JSON
+    again = Profile.from_json(prof.to_json())
+    assert again.grams.keys() == prof.grams.keys() and all(
+        np.array_equal(again.grams[p], prof.grams[p]) for p in prof.grams)
+    assert again.sequence_runs(base, 0) == []
 
     # through JSON and back, as in a bundle
     prof = Profile.from_json(prof.to_json())
@@ -88,6 +105,96 @@ def test_profile_learns_programs_edges_and_syscalls_and_judges_novelty(capture, 
     assert judge.new_syscalls((3, 1), "/no/such/program", rows) == []
 
 
+def test_new_sequences_are_runs_once_per_process_and_never_across_a_thread_start():
+    """Judge.new_sequences on spans of a known stream with one call changed: one event
+    for the run of GRAM new sequences it ends, naming the calls; none again in that
+    process, one in another; none for a sequence reaching before the thread's start
+    (PAD), but the first whole one after it; none for targets another program made, none
+    for a profile of another architecture or one without sequences."""
+    arch = syscalls.native_arch()
+    names = (["read", "write", "close", "openat", "mmap", "fstat"] * 30)[:160]
+    ids = syscalls.number_array(names, arch).astype(np.int64)
+    prof = Profile(programs={"/bin/w": 1}, arch=arch, gram_default=1e-4,
+                   gram_runs={"/bin/w": 2e-5})
+    prof.grams = {"/bin/w": np.unique(stream_grams(ids)[GRAM - 1:])}
+    lead, p = 32, 16
+    spans = np.stack([ids[s - lead:s + p] for s in (64, 80, 96)])
+    judge = Judge(prof, arch, alpha=0.0005)
+    assert judge.new_sequences((1, 1), "/bin/w", spans, lead) == []
+    odd = spans.copy()
+    odd[1, lead + 3] = syscalls.number("ptrace", arch)
+    got = judge.new_sequences((1, 1), "/bin/w", odd, lead)
+    want = " ".join(names[80 - GRAM + 4:80 + 3]) + " ptrace"
+    assert [(r, e.kind, e.what, e.p) for r, e in got] == \
+        [(1, "new_sequence", f"/bin/w: {want}", 2e-5)]
+    assert judge.new_sequences((1, 1), "/bin/w", odd, lead) == [], "news once a process"
+    assert len(judge.new_sequences((2, 1), "/bin/w", odd, lead)) == 1
+    # the thread started one call before the changed one: the sequences reaching before
+    # its start are none; the first whole one is news
+    young = odd.copy()
+    young[1, :lead + 2] = 65536
+    first = " ".join([names[82], "ptrace", *names[84:88]])
+    assert [(r, e.what) for r, e in judge.new_sequences((3, 1), "/bin/w", young, lead)] \
+        == [(1, f"/bin/w: {first}")]
+    mine = np.ones((3, p), bool)
+    mine[1, :8] = False         # another program made these targets
+    assert judge.new_sequences((4, 1), "/bin/w", odd, lead, mine) == []
+    assert judge.new_sequences((5, 1), "/bin/other", odd, lead) == []
+    assert Judge(Profile(**{**vars(prof), "arch": "aarch64"}), arch, 0.0005
+                 ).new_sequences((6, 1), "/bin/w", odd, lead) == []
+    assert Judge(Profile(programs={"/bin/w": 1}), arch, 0.0005
+                 ).new_sequences((7, 1), "/bin/w", odd, lead) == []
+
+
+def test_the_held_out_quarter_sets_each_program_s_rate_of_new_sequences():
+    """/bin/a repeats one pattern throughout; a second /bin/b process, in the last quarter
+    only, makes calls in an order the first never did. The profile of the first three
+    quarters meets runs of new sequences in /bin/b only, so /bin/b's news is rated more
+    likely (weighs less) than /bin/a's, and the profile of everything holds both."""
+    from sysdream.probes.layout import CTX_NEW
+
+    rd = ["read", "write", "close", "openat", "fstat", "mmap", "munmap", "brk"]
+    a = daemon_helpers.records(10, rd * 250, chunk=8, t0=1000)            # ns 1000-1249
+    b1 = daemon_helpers.records(20, (rd[::-1] * 50), chunk=8, t0=1000)    # 1000-1049
+    b2 = daemon_helpers.records(30, (rd[::2] + rd[1::2]) * 20, chunk=8, t0=1200)
+    ctx = np.concatenate([daemon_helpers.context_record(CTX_NEW, t, 10, exe, t)
+                          for t, exe in ((10, "/bin/a"), (20, "/bin/b"), (30, "/bin/b"))])
+    recs = np.concatenate([a, b1, b2])
+    trace = Trace(host_header(8), recs, {}, None, ctx)
+    assert Profile.learn_with_heldout([trace], 0.0005)[0].to_json()["sequences"] is None
+    prof, early = Profile.learn_with_heldout([trace], alpha=0.0005, sequences=True)
+    assert set(early.grams) == {"/bin/a", "/bin/b"} and prof.arch == trace.arch
+    assert len(prof.grams["/bin/b"]) > len(early.grams["/bin/b"])
+    runs = early.sequence_runs(trace, held_out_span([trace])[1])
+    assert runs and {p for p, _ in runs} == {"/bin/b"}
+    assert prof.heldout["kinds"] == {"new_sequence": len(runs)}
+    assert prof.gram_runs == early.gram_runs
+    assert prof.gram_runs["/bin/a"] < prof.gram_default < prof.gram_runs["/bin/b"]
+    assert weight(prof.p_new_sequence("/bin/a"), 0.0005) > \
+        weight(prof.p_new_sequence("/bin/b"), 0.0005)
+    assert prof.p_new_sequence("/bin/never") == prof.gram_default
+    # the whole profile has nothing new to say about the recording it learnt
+    assert Profile.from_json(prof.to_json()).sequence_runs(trace, 0) == []
+
+
+def test_the_gram_table_answers_exactly_per_program():
+    """The open-addressing table agrees with a search of each program's sorted hashes,
+    for hashes it holds, hashes it does not, and the same hash under another program."""
+    rng = np.random.default_rng(4)
+    a = np.unique(rng.integers(1, 2**63, 30000).astype(np.uint64))
+    b = np.unique(np.r_[a[:500], rng.integers(1, 2**63, 3000).astype(np.uint64)])
+    table = GramTable({"/bin/a": a, "/bin/b": b})
+    assert len(table.table) >= 2 * (len(a) + len(b))
+    q = np.r_[a[::7], b[::3], rng.integers(1, 2**63, 20000).astype(np.uint64)]
+    for prog, known in (("/bin/a", a), ("/bin/b", b)):
+        want = np.isin(q, known)
+        assert want.any() and not want.all()
+        assert np.array_equal(table.contains(q, prog), want)
+    assert not table.contains(q, "/bin/c").any()
+    assert table.contains(q.reshape(-1, 1), "/bin/a").shape == (len(q), 1)
+    assert not GramTable({}).contains(q, "/bin/a").any()
+
+
 def test_novelty_weights_complete_the_evidence():
     alpha = 0.0005
     assert weight(alpha, alpha) == pytest.approx(1)
@@ -117,6 +224,24 @@ def test_novelty_weights_complete_the_evidence():
 def test_a_hostile_profile_is_refused(doc, why):
     with pytest.raises(ValueError, match=why.replace("[", r"\[").replace("]", r"\]")):
         Profile.from_json(doc)
+
+
+GOOD = {"format": 1, "programs": {}, "edges": {}, "syscalls": {}, "execs": 1, "fileless": 0}
+SEQ = {"length": GRAM, "arch": "x86_64", "default_p": 0.001, "p": {}, "hashes": {}}
+
+
+@pytest.mark.parametrize("seq, why", [
+    ([], "sequences must hold"),
+    ({**SEQ, "length": 4}, "sequences must hold"),
+    ({**SEQ, "default_p": 1.5}, r"default_p must be in \[0, 1\)"),
+    ({**SEQ, "p": {"/bin/a": -1}}, "p.'/bin/a'. must be in"),
+    ({**SEQ, "hashes": {"/bin/a": "not base64!"}}, "not base64 of 8-byte hashes"),
+    ({**SEQ, "hashes": {"/bin/a": "AAAA"}}, "not base64 of 8-byte hashes"),
+    ({**SEQ, "hashes": {"/bin/a": "AgAAAAAAAAABAAAAAAAAAA=="}}, "not sorted and unique"),
+])
+def test_a_hostile_sequence_table_is_refused(seq, why):
+    with pytest.raises(ValueError, match=why):
+        Profile.from_json({**GOOD, "sequences": seq})
 
 
 def test_an_exec_records_syscalls_belong_to_the_program_before_it(capture, group):

@@ -581,6 +581,51 @@ def test_each_syscall_is_judged_against_the_program_that_made_it(tiny_detector):
     assert "/bin/b: openat" in swapped and "/bin/c: getpid" in swapped
 
 
+def test_a_sequence_its_program_never_made_completes_the_evidence(tiny_detector):
+    """The profile holds every 6-call sequence /bin/w made; the same calls again raise
+    nothing, two of them swapped make a run of new sequences: an event on the window
+    holding the swap, worth its probability, which alone completes the evidence."""
+    import copy
+
+    from sysdream.daemon.lineage import Profile, stream_grams
+    from sysdream.probes import syscalls
+
+    names = [str(n) for n in sample_normal(21, 400)]
+    arch = syscalls.native_arch()
+    at = next(i for i in range(200, 300) if names[i] != names[i + 1])
+    swapped = names[:at] + [names[at + 1], names[at]] + names[at + 2:]
+    det = copy.copy(tiny_detector)
+    prof = Profile(programs={"/bin/w": 5}, syscalls={"/bin/w": {n: 10**9 for n in names}},
+                   execs=100)
+    prof.grams = {"/bin/w": np.unique(stream_grams(syscalls.number_array(names, arch))[5:])}
+    prof.gram_runs, prof.gram_default, prof.arch = {"/bin/w": 1e-12}, 1e-3, arch
+    det.lineage = prof.to_json()
+
+    def run(stream: list[str], tgid: int) -> tuple[list, Scorer]:
+        view, counters, queue, cutter, _, _ = make(det)
+        found = []
+        scorer = Scorer(view, queue, counters, found.append)
+        cutter.ingest(records(tgid, stream, tgid=tgid))
+        blocks = drain(queue)
+        for b in blocks:
+            b.exe, b.key = "/bin/w", (tgid, 1)
+        scorer.process(blocks)
+        return found, scorer
+
+    found, scorer = run(names, 5)
+    assert found == [] and not scorer.novel
+    found, scorer = run(swapped, 6)
+    assert len(found) == 1, "the run of new sequences alone completes the evidence"
+    (d,) = found
+    kinds = {e["kind"] for e in d.novelty}
+    assert kinds == {"new_sequence"} and d.novelty[0]["weight"] > 3
+    first = d.novelty[0]["what"]
+    assert first.startswith("/bin/w: ") and len(first.split(": ")[1].split()) == 6
+    row_start = int(d.block.starts[d.row])
+    assert row_start <= at + 1 < row_start + d.model.p + 6
+    assert d.novelty[0]["what"].split()[-1] in (names[at], names[at + 1])
+
+
 def test_an_exec_s_news_go_to_the_first_window_after_it(tiny_detector):
     """A fork of /bin/a makes 16 syscalls and execs /bin/b (never seen): the block cut
     after the exec starts with /bin/a's window, and the exec's event goes to the first
