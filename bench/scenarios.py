@@ -1,7 +1,8 @@
 """The live scenario suite: learn a benign workload, then detect it and eight attack kinds.
 
     .venv/bin/python bench/scenarios.py [--learn-seconds 600] [--benign-seconds 1200]
-        [--kinds memfd-exec,reverse-shell] [--record DIR] [--compare] [--json report.json]
+        [--kinds memfd-exec,reverse-shell] [--record DIR] [--compare] [--sequences]
+        [--json report.json]
 
 Loopback only, on the real kernel and a real systemd-journald (bench/scenarios/suite.py
 says how; benign.py what the host normally does; attacks.py each attack kind). Prints for
@@ -14,7 +15,8 @@ with and without lineage novelty.
 
 --record DIR keeps labelled recordings for `sysdream eval`: DIR/normal holds the daemon's
 baseline (what it learnt), DIR/attack one trace per attack kind (a recorder on that kind's
-cgroup while it runs):
+cgroup while it runs), DIR/benign the benign activity the daemon judged (for offline
+replays of the false alerts):
 
     sysdream eval --dataset files --normal DIR/normal --attack DIR/attack
 """
@@ -47,6 +49,8 @@ def main() -> int:
     ap.add_argument("--compare", action="store_true", help="a second daemon detects "
                     "beside the first with [detection] lineage = false (same model, same "
                     "activity)")
+    ap.add_argument("--sequences", action="store_true", help="[learning] sequences = true: "
+                    "the daemon also learns each program's 6-syscall sequences")
     ap.add_argument("--json", type=Path, default=None, metavar="FILE",
                     help="the whole report, every alert in it")
     ap.add_argument("--work", type=Path, default=None, help="working folder (default: a "
@@ -56,7 +60,7 @@ def main() -> int:
     suite = Suite(work, args.learn_seconds, args.benign_seconds, epochs=args.epochs,
                   settle_s=args.settle_seconds,
                   kinds=[k for k in args.kinds.split(",") if k] or None, record=args.record,
-                  compare=args.compare)
+                  compare=args.compare, sequences=args.sequences)
     # a stop (Ctrl-C, SIGTERM) still takes the cgroups, journald and daemons down
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     report = suite.run()
@@ -65,7 +69,9 @@ def main() -> int:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
     if args.record:
         print(f"\nrecordings: sysdream eval --dataset files --normal {args.record}/normal "
-              f"--attack {args.record}/attack")
+              f"--attack {args.record}/attack; bench/replay.py --model {work}/state/model "
+              f"--baseline {args.record}/normal/*.sdtrace --benign {args.record}/benign/*"
+              f" --attack {args.record}/attack/*.sdtrace")
     return 0
 
 

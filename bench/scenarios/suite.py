@@ -85,7 +85,8 @@ class Suite:
     def __init__(self, work: Path, learn_s: float, benign_s: float, *, epochs: int = 15,
                  settle_s: float = 6.0, kinds: list[str] | None = None,
                  min_syscalls: int = 100000, record: Path | None = None,
-                 train_timeout_s: float = 1800, compare: bool = False, log=None):
+                 train_timeout_s: float = 1800, compare: bool = False,
+                 sequences: bool = False, log=None):
         self.work, self.learn_s, self.benign_s = work, learn_s, benign_s
         self.epochs, self.settle_s, self.min_syscalls = epochs, settle_s, min_syscalls
         self.kinds = kinds or list(attacks.KINDS)
@@ -94,7 +95,7 @@ class Suite:
             raise ValueError(f"unknown attack kinds {sorted(unknown)}; "
                              f"known: {', '.join(attacks.KINDS)}")
         self.record, self.train_timeout_s = record, train_timeout_s
-        self.compare = compare
+        self.compare, self.sequences = compare, sequences
         self.other: Daemon | None = None
         self.log = log or (lambda m: print(f"scenarios: {m}", file=sys.stderr, flush=True))
         self.groups: dict[str, Path] = {}
@@ -140,6 +141,7 @@ class Suite:
             extra +
             "[learning]\n"
             f"epochs = {self.epochs}\n"
+            f"sequences = {'true' if self.sequences else 'false'}\n"
             f"min_syscalls = {self.min_syscalls}\n"
             "[alerts]\n"
             "# every alert kept: the suite counts what the detector raised\n"
@@ -163,19 +165,23 @@ class Suite:
                 self.benign.wait()
         self.benign = None
 
-    def _recorder(self, kind: str) -> subprocess.Popen | None:
-        if self.record is None:
-            return None
-        out = self.record / "attack" / f"{kind}.sdtrace"
+    def _recorder(self, group: str, out: Path, seconds: float) -> subprocess.Popen:
+        """`sysdream record` of one of the suite's cgroups into `out`."""
         out.parent.mkdir(parents=True, exist_ok=True)
-        err = self.work / f"record-{kind}.err"
+        err = self.work / f"record-{out.stem}.err"
         p = subprocess.Popen([PY, "-m", "sysdream.daemon.cli", "record", "--cgroup",
-                              str(self.ids[f"attack-{kind}"]),
-                              "--seconds", "600", "-o", str(out)],
+                              str(self.ids[group]), "--seconds", str(int(seconds)),
+                              "-o", str(out)],
                              stdout=subprocess.DEVNULL, stderr=err.open("w"))
         wait_for(lambda: "probes attached" in err.read_text() or p.poll() is not None, 120,
-                 f"the recorder for {kind}")
+                 f"the recorder for {out.stem}")
         return p
+
+    @staticmethod
+    def _stop_recorder(p: subprocess.Popen | None) -> None:
+        if p is not None:
+            p.terminate()
+            p.wait(60)
 
     # -- the run --------------------------------------------------------------------------
     def run(self) -> dict:
@@ -211,21 +217,26 @@ class Suite:
                 self.other.wait_attached()
                 self.log("a second daemon detects beside it without lineage novelty")
             self._stop_benign()
+            # with --record, the benign activity judged (not learnt) too: what false
+            # alerts come from, to replay offline
+            benign = self._recorder("benign", self.record / "benign" / "detecting.sdtrace",
+                                    self.benign_s + 3600) if self.record else None
             detect_start = time.time()
             self._start_benign(seed=2)
             time.sleep(self.benign_s)
             outcomes: dict[str, attacks.Outcome] = {}
             for kind in self.kinds:
-                recorder = self._recorder(kind)
+                recorder = self._recorder(f"attack-{kind}",
+                                          self.record / "attack" / f"{kind}.sdtrace", 600) \
+                    if self.record else None
                 ctx = AttackContext(self.work / "attacker", self.groups[f"attack-{kind}"],
                                     http)
                 self.log(f"attack {kind}")
                 outcomes[kind] = attacks.KINDS[kind](ctx)
                 time.sleep(self.settle_s)
-                if recorder is not None:
-                    recorder.terminate()
-                    recorder.wait(60)
+                self._stop_recorder(recorder)
             self._stop_benign()
+            self._stop_recorder(benign)
             detect_end = time.time()
             time.sleep(2)   # the last alerts on their way
             metrics = self.daemon.metrics()

@@ -1,0 +1,105 @@
+"""The whole alert rule replayed offline on the scenario suite's recordings, to compare
+evidence settings on the same network in seconds instead of a 40-minute live run.
+
+    .venv/bin/python bench/replay.py --model DIR/state/model --baseline DIR/normal/*.sdtrace
+        [--benign REC/benign/detecting.sdtrace ...] [--attack REC/attack/*.sdtrace]
+        [--sequences] [--json report.json]
+
+The bundle is the one the suite's daemon learnt (a network trained on the baseline's
+first three quarters, as `sysdream train` keeps it). As `sysdream train` does, the
+lineage profile is learnt from the baseline (with each program's 6-syscall sequences with
+--sequences), the rule is replayed on the baseline's held-out last quarter and the alert
+bound fitted on its excursion peaks (daemon/replay.py, daemon/evidence.py). Then every
+--benign recording (the suite's --record keeps the benign activity it judged, or another
+run's baseline) is replayed from its start: the alerts there are false alerts, per hour;
+and each --attack recording: alerted or not. Prints the bound, the false alerts by
+program, and the attack kinds alerted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> int:
+    from sysdream.daemon.evidence import AlertBound, fit_alert_bound
+    from sysdream.daemon.lineage import Profile, held_out_span
+    from sysdream.daemon.replay import alerts_after
+    from sysdream.model.detector import Detector
+    from sysdream.probes.tracefile import read_trace
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, help="the suite's bundle (DIR/state/model)")
+    ap.add_argument("--baseline", required=True, nargs="+", help="its baseline recordings")
+    ap.add_argument("--benign", nargs="*", default=[], help="benign activity to judge")
+    ap.add_argument("--attack", nargs="*", default=[], help="one recording per attack kind")
+    ap.add_argument("--sequences", action="store_true", help="learn and judge each "
+                    "program's 6-syscall sequences too ([learning] sequences)")
+    ap.add_argument("--confidence", type=float, default=0.999,
+                    help="the window bound's confidence (the model's default)")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+
+    det = Detector.load(args.model)
+    base = [read_trace(p) for p in args.baseline]
+    alpha = (1 - args.confidence) / 2
+    prof, early = Profile.learn_with_heldout(base, alpha, args.sequences)
+    span = held_out_span(base)
+    if span is None or early is None:
+        print("bench/replay.py: the baseline holds no records", file=sys.stderr)
+        return 2
+    _, cut, end = span
+    peaks: list = []
+    cache: dict = {}
+    for t in base:
+        alerts_after(det, t, early, cut, end, math.inf, peaks=peaks, cache=cache)
+    bound = fit_alert_bound(peaks, (end - cut) / 1e9, None, args.confidence)
+    det.alerting = bound.to_json() if bound is not None else None
+    report: dict = {"sequences": args.sequences, "excursions": len(peaks)}
+    if bound is not None:
+        a = AlertBound.from_json(det.alerting)
+        report["bound"] = {"shared": round(a.bound, 2), **{p: round(b, 2) for p, b in
+                                                            a.bounds().items()}}
+        report["expected_per_hour"] = round(a.expected_per_hour(), 2)
+    print(f"alert bound {report.get('bound')} from {len(peaks)} held-out excursions "
+          f"(sequences {'on' if args.sequences else 'off'})")
+    seconds = alerts = 0.0
+    by: dict[str, int] = {}
+    for path in args.benign:
+        t = read_trace(path)
+        s, _, e = held_out_span([t])
+        got = alerts_after(det, t, prof, s, e)
+        seconds += got["seconds"]
+        alerts += got["alerts"]
+        for k, v in got["by_exe"].items():
+            by[k] = by.get(k, 0) + v
+    if args.benign:
+        report["benign"] = {"seconds": round(seconds, 1), "alerts": int(alerts),
+                            "per_hour": round(alerts / max(seconds, 1e-9) * 3600, 1),
+                            "by_exe": by}
+        print(f"false alerts: {int(alerts)} in {seconds:.0f} s of benign activity "
+              f"({report['benign']['per_hour']} an hour) {by}")
+    kinds = {}
+    for path in args.attack:
+        t = read_trace(path)
+        s, _, e = held_out_span([t])
+        got = alerts_after(det, t, prof, s - 1, e)
+        kinds[Path(path).stem] = got["alerts"]
+        print(f"  {Path(path).stem:20s} {'yes' if got['alerts'] else 'no ':3s} "
+              f"{got['alerts']:5d} alerts {got['by_exe']}")
+    if args.attack:
+        report["attacks"] = kinds
+        print(f"attack kinds alerted: {sum(1 for n in kinds.values() if n)} of {len(kinds)}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
