@@ -1,6 +1,7 @@
 """The daemon under steady load: CPU, memory, cache, shedding and detection latency.
 
     .venv/bin/python bench/daemon.py [--seconds 20] [--warmup 8] [--model BUNDLE] [--fleet]
+        [--sequences]
 
 Real parts throughout: `sysdream run` as its own process with its probes in the running
 kernel, alerts to a systemd-journald started here in a private mount namespace, and a
@@ -103,7 +104,8 @@ def total(metrics: dict[str, float], name: str) -> float:
     return sum(v for k, v in metrics.items() if k == name or k.startswith(name + "{"))
 
 
-def train_model(exe: Path, tmp: Path, bundle: Path, epochs: int) -> Path:
+def train_model(exe: Path, tmp: Path, bundle: Path, epochs: int, sequences: bool = False
+                ) -> Path:
     """What learn-then-detect would do on a host running this load: record it (4 and
     10,000 threads, children making ordinary syscalls) and train with the daemon's
     learning defaults, fewer epochs."""
@@ -123,7 +125,7 @@ def train_model(exe: Path, tmp: Path, bundle: Path, epochs: int) -> Path:
     t0 = time.monotonic()
     cli("train", "--input", *traces, "-o", str(bundle), "--window", "16", "--hidden", "32",
         "--embed", "32", "--epochs", str(epochs), "--threads", "2",
-        stdout=subprocess.DEVNULL)
+        *(["--sequences"] if sequences else []), stdout=subprocess.DEVNULL)
     print(f"model: trained on 12 s of the load at 100k/s in {time.monotonic() - t0:.0f} s",
           flush=True)
     return bundle
@@ -256,6 +258,9 @@ def main() -> int:
     ap.add_argument("--model", help="a bundle trained on this load; trained and kept there "
                     "when the directory has none (default: trained in a temporary one)")
     ap.add_argument("--epochs", type=int, default=4, help="epochs when training here")
+    ap.add_argument("--sequences", action="store_true", help="train with --sequences: the "
+                    "daemon also judges each program's 6-syscall sequences "
+                    "([learning] sequences)")
     ap.add_argument("--json", help="also write the figures here")
     ap.add_argument("--fleet", action="store_true", help="only the fleet phases: the daemon "
                     "an agent of a fleet server (one worker, loopback) scoring its windows")
@@ -269,7 +274,7 @@ def main() -> int:
         exe = build_loadgen(tmp)
         bundle = Path(args.model) if args.model else tmp / "model"
         if not (bundle / "manifest.json").exists():
-            train_model(exe, tmp, bundle, args.epochs)
+            train_model(exe, tmp, bundle, args.epochs, args.sequences)
 
         ref = Load(exe, 1_000_000, 4, args.seconds, odd_mode=1)
         _, ref_syscalls, ref_cpu = ref.finish()
