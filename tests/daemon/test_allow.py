@@ -49,8 +49,16 @@ def test_allow_by_alert_id_then_remove(ebpf_ready, tmp_path, journal, group, tin
         assert oct((state / "allow.json").stat().st_mode & 0o777) == "0o600"
 
         second = run_ls(cg_dir)
-        wait_for(lambda: d.metric(f'sysdream_alerts_allowed_total{{exe="{LS}"}}') > 0, 40,
-                 "the allowed alert to be counted")
+        try:
+            wait_for(lambda: d.metric(f'sysdream_alerts_allowed_total{{exe="{LS}"}}') > 0,
+                     40, "the allowed alert to be counted")
+        except AssertionError as exc:   # what the second ls raised instead, to say why
+            def seen(pid):
+                return [(e.get("SYSDREAM_FINGERPRINT"), e.get("SYSDREAM_EXE"),
+                         e.get("SYSDREAM_LINEAGE_TEXT"), e.get("SYSDREAM_SYSCALLS", "")[:200])
+                        for e in entries_for(journal, SYSDREAM_PID=str(pid))]
+            raise AssertionError(f"{exc}; first ls {seen(first)}; second ls "
+                                 f"{seen(second)}; daemon: {d.stderr[-2000:]}") from None
         assert not [e for e in entries_for(journal, SYSDREAM_PID=str(second))
                     if e["SYSDREAM_FINGERPRINT"] == fp]
 
