@@ -76,12 +76,13 @@ def weight(p: float, alpha: float) -> float:
     return min(MAX_WEIGHT, max(0.0, math.log(max(p, 1e-300)) / math.log(alpha)))
 
 
-def gram_hashes(rows: np.ndarray) -> np.ndarray:
-    """The hash of each row of `rows` ([n, GRAM] syscall numbers), as uint64."""
-    h = np.zeros(len(rows), np.uint64)
+def gram_hashes(win: np.ndarray) -> np.ndarray:
+    """The hash of each sequence along the last axis of `win` (syscall numbers, [..., GRAM],
+    a sliding-window view as well as an array), as uint64 of the leading shape."""
+    h = np.zeros(win.shape[:-1], np.uint64)
     with np.errstate(over="ignore"):
-        for j in range(rows.shape[1]):
-            h = h * _GRAM_MUL + rows[:, j].astype(np.uint64)
+        for j in range(win.shape[-1]):
+            h = h * _GRAM_MUL + win[..., j].astype(np.uint64)
     return h
 
 
@@ -148,13 +149,6 @@ class GramTable:
             left = left[~hit & (got != 0)]          # an empty slot: not there
             slot[left] = (slot[left] + np.uint64(1)) & self.mask
         return out.reshape(h.shape)
-
-
-def _member(x: np.ndarray, known: np.ndarray) -> np.ndarray:
-    if not len(known):
-        return np.zeros(len(x), bool)
-    i = np.minimum(np.searchsorted(known, x), len(known) - 1)
-    return known[i] == x
 
 
 @dataclass
@@ -316,14 +310,14 @@ class Profile:
         """(program, its calls) of each run of new sequences in what `trace` holds after
         `after_ns`: one per process and sequence, as the daemon counts them."""
         g = _grams(_table(trace.context), trace.records)
+        table = GramTable(self.grams)
         out, seen = [], set()
         for i, prog in enumerate(g.progs):
-            known = self.grams.get(prog)
-            if known is None:
+            if prog not in self.grams:
                 continue
             rows = np.flatnonzero((g.at == i) & (g.ns >= after_ns))
-            new = ~_member(g.hashes[rows], known)
-            start = new & ((g.prev[rows] == 0) | _member(g.prev[rows], known))
+            new = ~table.contains(g.hashes[rows], prog)
+            start = new & ((g.prev[rows] == 0) | table.contains(g.prev[rows], prog))
             for r in rows[start].tolist():
                 if (int(g.tgids[r]), int(g.hashes[r])) not in seen:
                     seen.add((int(g.tgids[r]), int(g.hashes[r])))
@@ -593,18 +587,17 @@ class Judge:
         prof = self.profile
         if not prof.grams or prof.arch != self.arch or lead < GRAM or not prof.gram_default:
             return None
-        k, width = spans.shape
-        p = width - lead
-        h = np.zeros((k, p + 1), np.uint64)
-        real = np.ones((k, p + 1), bool)           # no PAD in the sequence
-        with np.errstate(over="ignore"):
-            for j in range(GRAM):
-                col = spans[:, lead - GRAM + j:lead - GRAM + j + p + 1]
-                h = h * _GRAM_MUL + col.astype(np.uint64)
-                real &= col < 65536
+        p = spans.shape[1] - lead
+        # the sequences ending from the position before the first target to the last
+        win = np.lib.stride_tricks.sliding_window_view(spans[:, lead - GRAM:], GRAM,
+                                                       axis=1)[:, :p + 1]
+        h = gram_hashes(win)
+        # no PAD in the sequence: a span holds PAD only before the thread's first syscall
+        # (or the context lost at a gap) and after its last, so the ends tell
+        real = (win[..., 0] < 65536) & (win[..., -1] < 65536)
         if self._grams is None:
             self._grams = GramTable(prof.grams)
-        new = np.zeros((k, p + 1), bool)
+        new = np.zeros(h.shape, bool)
         for c in np.unique(codes[codes >= 0]).tolist():
             if progs[c] in prof.grams:
                 rows = codes == c

@@ -136,6 +136,11 @@ def test_new_sequences_are_runs_once_per_process_and_never_across_a_thread_start
     first = " ".join([names[82], "ptrace", *names[84:88]])
     assert [(r, e.what) for r, e in judge.new_sequences((3, 1), "/bin/w", young, lead)] \
         == [(1, f"/bin/w: {first}")]
+    # the thread's last call was before the end of the window (a padded exit window):
+    # the sequences reaching past it are none
+    ended = spans.copy()
+    ended[1, lead + 8:] = 65536
+    assert judge.new_sequences((8, 1), "/bin/w", ended, lead) == []
     mine = np.ones((3, p), bool)
     mine[1, :8] = False         # another program made these targets
     assert judge.new_sequences((4, 1), "/bin/w", odd, lead, mine) == []
