@@ -74,6 +74,131 @@ def new_baseline(state: Path) -> Path:
     return path
 
 
+class Recording:
+    """A trace file in the state directory being written: chunk records and process
+    context wait for the next flush. A write the directory refuses raises OSError; the
+    owner then abandons the file (what was written stays)."""
+
+    def __init__(self, path: Path, settings, counters: Callable[[], dict], limit: int):
+        self.path, self.limit = path, limit
+        self._counters = counters
+        self.syscalls = 0           # accepted so far (at most about `limit`)
+        self._pending: list[np.ndarray] = []
+        self._pending_context: list[np.ndarray] = []
+        try:
+            self.writer = TraceWriter(path, host_header(settings.chunk,
+                                                        dataclasses.asdict(settings)))
+        except OSError:
+            with contextlib.suppress(OSError):     # a file without a whole header is no
+                path.unlink(missing_ok=True)        # recording
+            raise
+
+    @property
+    def full(self) -> bool:
+        return self.syscalls >= self.limit
+
+    def add(self, records: np.ndarray) -> None:
+        if records.size and not self.full:
+            self._pending.append(records)
+            self.syscalls += int(records["count"].sum())
+
+    def add_context(self, records: np.ndarray) -> None:
+        if records.size and not self.full:
+            self._pending_context.append(records)
+
+    def flush(self) -> None:
+        if self._pending_context:
+            self.writer.write_context(np.concatenate(self._pending_context))
+            self._pending_context.clear()
+        if self._pending:
+            self.writer.write_records(np.concatenate(self._pending))
+            self._pending.clear()
+            self.writer.write_counters(self._counters())
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+
+    def abandon(self) -> None:
+        self._pending.clear()
+        self._pending_context.clear()
+        self.writer.abandon()
+
+
+def train_command(cfg: Config, inputs: list[Path], output: Path) -> list[str]:
+    """`sysdream train` on `inputs` into `output` with the [learning] settings."""
+    L = cfg.learning
+    sign = ["--sign", L.signing_key] if L.signing_key else []
+    cmd = [sys.executable, "-m", "sysdream.daemon.cli", "train", *sign, "--input",
+           *(f"trace:{p}" for p in inputs), "-o", str(output), "--arch", L.arch,
+           "--window", str(L.window), "--hidden", str(L.hidden), "--embed", str(L.embed),
+           "--epochs", str(L.epochs), "--threads", str(L.threads)]
+    return cmd + (["--sequences"] if L.sequences else [])
+
+
+class TrainerChild:
+    """`sysdream train` as a child at nice [learning] nice and SCHED_IDLE: its progress
+    read as JSON lines from a pipe of its own (`epoch`), its stderr logged and its last
+    lines kept (`lines`)."""
+
+    def __init__(self, cmd: list[str], cfg: Config, log: Callable[[str], None],
+                 name: str = "trainer"):
+        L = cfg.learning
+        self.log, self.name = log, name
+        self.epoch = 0
+        self.lines: list[str] = []
+        env = {**os.environ, "OMP_NUM_THREADS": str(L.threads)}
+        # progress comes as JSON lines on a pipe of its own (--progress-fd); stderr is the
+        # trainer's log, kept for the journal and for the reason of a failure
+        rd, wr = os.pipe()
+        try:
+            self.proc = subprocess.Popen(
+                [*cmd, "--progress-fd", str(wr)], stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE, text=True, env=env, pass_fds=(wr,),
+                preexec_fn=trainer_child(L.nice))
+        except OSError:
+            os.close(rd)
+            raise
+        finally:
+            os.close(wr)
+        threading.Thread(target=self._read_log, daemon=True,
+                         name=f"sysdream-{name}-log").start()
+        threading.Thread(target=self._read_progress, args=(rd,), daemon=True,
+                         name=f"sysdream-{name}-progress").start()
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def kill(self) -> None:
+        self.proc.kill()
+
+    def why(self, rc: int) -> str:
+        """The reason of a failed exit: its last line."""
+        return self.lines[-1] if self.lines else f"exit {rc}"
+
+    def _read_log(self) -> None:
+        for line in self.proc.stderr:
+            line = line.strip()
+            if not line:
+                continue
+            self.lines.append(line)
+            del self.lines[:-20]
+            self.log(f"{self.name}: {line}")
+
+    def _read_progress(self, fd: int) -> None:
+        """The trainer's progress events (daemon/learn.py `_progress`): the epochs of the
+        model being trained."""
+        with open(fd, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                epoch = event.get("epoch") if isinstance(event, dict) else None
+                if isinstance(epoch, int) and not isinstance(epoch, bool):
+                    self.epoch = epoch
+
+
 class Learner:
     """Baseline, trainer and fleet hand-off of one daemon. `phase` is the daemon's:
     learning, training, or detecting once `finish()` says a model is in use."""
@@ -88,38 +213,34 @@ class Learner:
         self.control = None         # fleet/agent.py Control: the fleet server trains
         self.phase = "learning"
         self.progress = 0.0         # recording 0-0.5, training 0.5-1
-        self.baseline_syscalls = 0
         self.write_errors = 0           # the state directory refused a write
         self.epoch = 0                  # the trainer's last epoch
-        self._writer: TraceWriter | None = None
-        self._pending: list[np.ndarray] = []
-        self._pending_context: list[np.ndarray] = []
+        self._rec: Recording | None = None
         self._started = 0.0
-        self._trainer: subprocess.Popen | None = None
-        self._trainer_log: list[str] = []
+        self._trainer: TrainerChild | None = None
         self._bar = LearningBar()
         self._baseline_path: Path | None = None
         self._cut = False           # a refused write after enough of the baseline
         self._retry_at = 0.0        # ... before: when recording starts again
+        self._syscalls = 0          # of the baseline, kept when its file is closed
+
+    @property
+    def baseline_syscalls(self) -> int:
+        return self._rec.syscalls if self._rec is not None else self._syscalls
 
     # -- recording --------------------------------------------------------------------
     def start(self) -> None:
         """A new baseline file, recording from now on."""
         self.phase = "learning"
-        settings = self._settings()
         path = new_baseline(self.cfg.state_dir())
         self._baseline_path = path
-        try:
-            self._writer = TraceWriter(path, host_header(settings.chunk,
-                                                         dataclasses.asdict(settings)))
-        except OSError as exc:
-            with contextlib.suppress(OSError):     # a file without a whole header is no
-                path.unlink(missing_ok=True)        # baseline
-            self._write_failed(exc)
         self._started = time.monotonic()
-        self.baseline_syscalls = 0
+        self._syscalls = 0
         L = self.cfg.learning
-        if self._writer is None:       # the state directory refused the new file
+        try:
+            self._rec = Recording(path, self._settings(), self._counters, L.max_syscalls)
+        except OSError as exc:
+            self._write_failed(exc)
             return
         text = (f"no model at {self.cfg.model_path()}: learning this host for "
                 f"{L.baseline_seconds:.0f} s (at least {L.min_syscalls} syscalls) into {path}")
@@ -128,52 +249,42 @@ class Learner:
                        {"kind": "learning-started", "baseline": str(path)})
 
     def record(self, records: np.ndarray) -> None:
-        if self._writer is None or not records.size:
-            return
-        if self.baseline_syscalls >= self.cfg.learning.max_syscalls:
-            return
-        self._pending.append(records)
-        self.baseline_syscalls += int(records["count"].sum())
+        if self._rec is not None:
+            self._rec.add(records)
 
     def record_context(self, records: np.ndarray) -> None:
         """Process records while learning: the baseline keeps who was who."""
-        if self.phase == "learning" and self._writer is not None and \
-                self.baseline_syscalls < self.cfg.learning.max_syscalls:
-            self._pending_context.append(records)
+        if self.phase == "learning" and self._rec is not None:
+            self._rec.add_context(records)
 
     def flush(self) -> None:
         try:
-            if self._writer is not None and self._pending_context:
-                self._writer.write_context(np.concatenate(self._pending_context))
-                self._pending_context.clear()
-            if self._writer is not None and self._pending:
-                self._writer.write_records(np.concatenate(self._pending))
-                self._pending.clear()
-                self._writer.write_counters(self._counters())
+            if self._rec is not None:
+                self._rec.flush()
         except OSError as exc:
             self._write_failed(exc)
 
     def close_baseline(self) -> None:
         """Flush and close the baseline being recorded (a failure as in a flush)."""
-        self.flush()
-        if self._writer is not None:
+        if self._rec is not None:
             try:
-                self._writer.close()
+                self._rec.close()
             except OSError as exc:
                 self._write_failed(exc)
-            self._writer = None
+            else:
+                self._syscalls = self._rec.syscalls
+                self._rec = None
 
     def _write_failed(self, exc: OSError) -> None:
         """The state directory refused a write (full, read-only, gone): what was written
         stays, capture and detection go on. With enough syscalls written the baseline ends
         there and training starts; otherwise recording starts again in LEARN_RETRY_S."""
         self.write_errors += 1
-        written = self._writer.syscalls if self._writer is not None else 0
-        if self._writer is not None:
-            self._writer.abandon()
-            self._writer = None
-        self._pending.clear()
-        self._pending_context.clear()
+        written = self._rec.writer.syscalls if self._rec is not None else 0
+        if self._rec is not None:
+            self._rec.abandon()
+            self._rec = None
+        self._syscalls = written
         L, where = self.cfg.learning, self.cfg.state_dir()
         if written >= L.min_syscalls:
             self._cut = True
@@ -213,7 +324,7 @@ class Learner:
         """Once a second: the baseline ends, training starts, the trainer is polled.
         True when the trainer exited 0: its bundle is at the model path to be loaded."""
         L = self.cfg.learning
-        if self.phase == "learning" and self._writer is None and not self._cut:
+        if self.phase == "learning" and self._rec is None and not self._cut:
             if time.monotonic() >= self._retry_at:     # after a write failure
                 self.start()
             return False
@@ -239,15 +350,16 @@ class Learner:
                     self._start_training()
         elif self.phase == "training" and self._trainer is not None:
             rc = self._trainer.poll()
+            self.epoch = self._trainer.epoch
             self.progress = 0.5 + 0.5 * min(self.epoch / L.epochs, 1.0)
             if rc is None:
                 self._bar.show("training", self.epoch, L.epochs, "epoch")
                 return False
             self._bar.close()
-            self._trainer = None
+            trainer, self._trainer = self._trainer, None
             if rc == 0:
                 return True
-            self.failed(self._trainer_log[-1] if self._trainer_log else f"exit {rc}")
+            self.failed(trainer.why(rc))
         return False
 
     def finish(self) -> None:
@@ -267,59 +379,15 @@ class Learner:
     def _start_training(self) -> None:
         L = self.cfg.learning
         state = self.cfg.state_dir()
-        inputs = [f"trace:{p}" for p in sorted(state.glob("baseline-*.sdtrace"))]
-        sign = ["--sign", L.signing_key] if L.signing_key else []
-        cmd = [sys.executable, "-m", "sysdream.daemon.cli", "train", *sign, "--input", *inputs,
-               "-o", str(self.cfg.model_path()), "--arch", L.arch, "--window", str(L.window),
-               "--hidden", str(L.hidden), "--embed", str(L.embed), "--epochs", str(L.epochs),
-               "--threads", str(L.threads)] + (["--sequences"] if L.sequences else [])
+        cmd = train_command(self.cfg, sorted(state.glob("baseline-*.sdtrace")),
+                            self.cfg.model_path())
         if self.cfg.detection.confidence:   # training only starts with no model in use
             cmd += ["--confidence", str(self.cfg.detection.confidence)]
         self.log(f"baseline recorded ({self.baseline_syscalls} syscalls); training at nice "
                  f"{L.nice}: {' '.join(cmd[3:])}")
         self.phase = "training"
         self.epoch = 0
-        self._trainer_log = []
-        env = {**os.environ, "OMP_NUM_THREADS": str(L.threads)}
-        # progress comes as JSON lines on a pipe of its own (--progress-fd); stderr is the
-        # trainer's log, kept for the journal and for the reason of a failure
-        rd, wr = os.pipe()
-        try:
-            self._trainer = subprocess.Popen(
-                [*cmd, "--progress-fd", str(wr)], stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE, text=True, env=env, pass_fds=(wr,),
-                preexec_fn=trainer_child(L.nice))
-        except OSError:
-            os.close(rd)
-            raise
-        finally:
-            os.close(wr)
-        threading.Thread(target=self._read_trainer, args=(self._trainer,), daemon=True,
-                         name="sysdream-trainer-log").start()
-        threading.Thread(target=self._read_progress, args=(rd,), daemon=True,
-                         name="sysdream-trainer-progress").start()
-
-    def _read_trainer(self, proc: subprocess.Popen) -> None:
-        for line in proc.stderr:
-            line = line.strip()
-            if not line:
-                continue
-            self._trainer_log.append(line)
-            del self._trainer_log[:-20]
-            self.log(f"trainer: {line}")
-
-    def _read_progress(self, fd: int) -> None:
-        """The trainer's progress events (daemon/learn.py `_progress`): the epochs of the
-        model being trained."""
-        with open(fd, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                epoch = event.get("epoch") if isinstance(event, dict) else None
-                if isinstance(epoch, int) and not isinstance(epoch, bool):
-                    self.epoch = epoch
+        self._trainer = TrainerChild(cmd, self.cfg, self.log)
 
     # -- the end ----------------------------------------------------------------------
     def stop(self) -> None:
