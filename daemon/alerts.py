@@ -51,6 +51,8 @@ MESSAGE_IDS = {
     "learning-started": "47a2c9e1d3b54f6a8e0c1b7d2f9e3a60",
     "learning-complete": "d15e8a3c7b2f4096a4c3e1b8d7f20a95",
     "learning-failed": "a8c3f1e6b9d24c7e95b0a2d4c8e71f36",
+    "model-retrained": "fda2c0dd74f84a588a90626cc8efbff4",
+    "retraining-rejected": "ca8e4d9a8016406e852f7f66ebd2a590",
 }
 # syslog priorities
 CRIT, ERR, WARNING, NOTICE, INFO = 2, 3, 4, 5, 6

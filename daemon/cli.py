@@ -178,6 +178,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="for a host recording: after fitting the alert bound with a model "
                          "trained on the first three quarters, train once more on all of it "
                          "(twice the time; the bound carries over)")
+    g = tr.add_argument_group("retraining (what the daemon's scheduled retraining passes)")
+    g.add_argument("--recent", nargs="+", default=[], metavar="TRACE",
+                   help="trace files recorded while a model detected, trained on after "
+                        "--guard has removed what may be an attack being taught")
+    g.add_argument("--guard", metavar="MODEL", help="the model that detected during --recent: "
+                   "its whole alert rule replays them, and a process whose evidence came "
+                   "near its alert bound is dropped around that moment")
+    g.add_argument("--guard-near", type=float, default=0.5, metavar="F",
+                   help="what 'near' is: this fraction of the alert bound (default 0.5)")
+    g.add_argument("--program-share", type=float, default=0.25, metavar="F",
+                   help="no program gives more than this fraction of --recent's syscalls "
+                        "(default 0.25; equal shares are always allowed)")
+    g.add_argument("--allowed", metavar="FILE", help="an allow list (STATE/allow.json): the "
+                   "window of every entry's alert is trained on as normal")
     add_model_arguments(tr)
 
     ev = sub.add_parser("eval", help="evaluate models and baselines on a labelled dataset")

@@ -96,6 +96,16 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "signing_key": Key("", str, lambda v: v == "" or v.startswith("/"),
                            '"" or the absolute path of a .key file'),
     },
+    "retraining": {
+        "interval_s": Key(0.0, NUM, lambda v: v == 0 or 10 <= v <= 365 * 86400,
+                          "0 (off), or seconds from 10 to 31536000, e.g. 604800 (weekly)"),
+        "record_seconds": Key(3600.0, NUM, _rng(1, 30 * 86400), "seconds, 1 to 2592000"),
+        "shadow_seconds": Key(600.0, NUM, _rng(1, 7 * 86400), "seconds, 1 to 604800"),
+        "near": Key(0.5, NUM, lambda v: 0 < v <= 1, "a fraction above 0, at most 1"),
+        "program_share": Key(0.25, NUM, lambda v: 0 < v <= 1,
+                             "a fraction above 0, at most 1"),
+        "keep": Key(3, int, _rng(1, 100), "an integer, 1 to 100"),
+    },
     "detection": {
         "confidence": Key(0.0, NUM, lambda v: v == 0 or 0.5 <= v < 1,
                           "0 (the model's own), or from 0.5 to below 1, e.g. 0.999"),

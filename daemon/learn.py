@@ -67,15 +67,11 @@ def _split(seqs: list, fraction: float, seed: int) -> tuple[list, list]:
     return [seqs[i] for i in sorted(order[:cut])], [seqs[i] for i in sorted(order[cut:])]
 
 
-def _shared(parts: list[list], share: float | None) -> list:
-    """The sequences of every input, none giving more than `share` of all the syscalls
-    when there are several (a fleet role's hosts: one cannot dominate, or poison, the
-    model): an input over its share keeps its sequences in order up to it."""
-    if not share or len(parts) < 2:
-        return [s for part in parts for s in part]
-    sizes = [sum(len(s.tokens) for s in part) for part in parts]
-    share = max(share, 1 / len(parts))      # equal shares are always allowed
-    # the cap c with sum(min(n, c)) * share = c, found by bisection on the sizes
+def share_cap(sizes: list[int], share: float) -> int:
+    """The most any one part may give so that none is over `share` of what all give
+    after the cap: c with sum(min(n, c)) * share = c (found by bisection). Equal shares are
+    always allowed."""
+    share = max(share, 1 / len(sizes))
     lo, hi = 0.0, float(max(sizes))
     for _ in range(60):
         c = (lo + hi) / 2
@@ -83,7 +79,17 @@ def _shared(parts: list[list], share: float | None) -> list:
             lo = c
         else:
             hi = c
-    cap, out = max(int(lo), 1), []
+    return max(int(lo), 1)
+
+
+def _shared(parts: list[list], share: float | None) -> list:
+    """The sequences of every input, none giving more than `share` of all the syscalls
+    when there are several (a fleet role's hosts: one cannot dominate, or poison, the
+    model): an input over its share keeps its sequences in order up to it."""
+    if not share or len(parts) < 2:
+        return [s for part in parts for s in part]
+    sizes = [sum(len(s.tokens) for s in part) for part in parts]
+    cap, out = share_cap(sizes, share), []
     for part, n in zip(parts, sizes, strict=True):
         if n > cap:
             print(f"sysdream train: an input of {n} syscalls gives {cap} (--max-share "
@@ -151,6 +157,14 @@ def run_train(args) -> int:
         from .signing import signer
         sign = signer(args.sign)        # a bad key stops here, before hours of training
     seqs = _shared([read_input(spec) for spec in args.input], args.max_share)
+    recent = _guarded(args, seqs) if args.recent else []
+    if args.allowed:
+        from .retraining import allowed_sequences
+
+        allowed = allowed_sequences(Path(args.allowed))
+        print(f"sysdream train: {len(allowed)} allowed windows (--allowed) trained on as "
+              "normal", file=sys.stderr)
+        seqs += allowed
     if args.calibrate:
         calib = [s for spec in args.calibrate for s in read_input(spec)]
         held = f"calibrating on {len(calib)} other sequences"
@@ -165,6 +179,7 @@ def run_train(args) -> int:
     # and the alert bound fitted on their held-out last quarter with a model that never
     # saw it (the one kept, unless --retrain asks for one trained on everything)
     host = [(p, t) for p, t in trace_files(args.input, paths=True) if len(t.context)]
+    host += recent
     det = lineage = replay = None
     if host:
         det, replay, lineage = _host_model(args, cfg, settings, seqs, host, calib_names)
@@ -195,6 +210,35 @@ def run_train(args) -> int:
     return 0
 
 
+def _guarded(args, seqs: list) -> list:
+    """--recent less what --guard removes: (path, Trace) of those with process context
+    (host recordings); the threads of any without are added to `seqs`."""
+    from sysdream.model.detector import Detector
+    from sysdream.probes.streams import by_thread
+    from sysdream.probes.tracefile import read_trace
+
+    from .retraining import describe, guard
+
+    if not args.guard:
+        raise ValueError("--recent needs --guard MODEL: the model that detected while they "
+                         "were recorded")
+    for flag, v in (("--guard-near", args.guard_near), ("--program-share", args.program_share)):
+        if not 0 < v <= 1:
+            raise ValueError(f"{flag} {v:g}: give a fraction above 0, at most 1")
+    old = Detector.load(args.guard)
+    traces = [read_trace(p) for p in args.recent]
+    kept, report = guard(old, traces, args.guard_near, args.program_share)
+    print(f"sysdream train: {describe(report)}", file=sys.stderr)
+    out = []
+    for path, t in zip(args.recent, kept, strict=True):
+        if len(t.context):
+            out.append((Path(path), t))
+        else:
+            seqs += [datasets.Sequence(f"{path}:{s.tid}", t.syscall_names(s.ids), "normal")
+                     for s in by_thread(t.records).values()]
+    return out
+
+
 def _host_model(args, cfg, settings, seqs, host, calib_names):
     """For a host's own recordings: (a model trained on the first three quarters of them by
     time, carrying the alert bound fitted on the last quarter, or None where they span no
@@ -208,7 +252,7 @@ def _host_model(args, cfg, settings, seqs, host, calib_names):
     from sysdream.probes.streams import by_thread
 
     from .evidence import AlertBound, fit_alert_bound
-    from .lineage import Profile, held_out_span
+    from .lineage import Profile, active_ns, held_out_span
     from .replay import alerts_after
 
     traces = [t for _, t in host]
@@ -224,6 +268,7 @@ def _host_model(args, cfg, settings, seqs, host, calib_names):
     if span is None or early is None:
         return None, None, prof.to_json()
     _, cut, end = span
+    seconds = active_ns(traces, cut) / 1e9
     # the first three quarters: the host's threads up to the cut, and any dataset input
     paths = {str(p) for p, _ in host}
     names = [s.tokens for s in seqs if s.source.rpartition(":")[0] not in paths]
@@ -232,7 +277,7 @@ def _host_model(args, cfg, settings, seqs, host, calib_names):
                   by_thread(t.records[t.records["last_ns"] < cut]).values()]
     names = [n for n in names if len(n)]
     print(f"sysdream train: training on the first three quarters ({sum(map(len, names))} "
-          f"syscalls); the last {(end - cut) / 1e9:.0f} s are held out to fit the alert "
+          f"syscalls); the last {seconds:.0f} s are held out to fit the alert "
           "bound on", file=sys.stderr)
     det = Detector.train(names, calib_names, cfg, settings, args.confidence,
                          _progress(args, "held-out model"))
@@ -241,7 +286,6 @@ def _host_model(args, cfg, settings, seqs, host, calib_names):
     cache: dict = {}
     for t in traces:
         alerts_after(det, t, early, cut, end, math.inf, peaks=peaks, cache=cache)
-    seconds = (end - cut) / 1e9
     bound = fit_alert_bound(peaks, seconds, args.alert_confidence, args.confidence)
     det.alerting = bound.to_json() if bound is not None else None
     got = [alerts_after(det, t, early, cut, end, cache=cache) for t in traces]

@@ -250,7 +250,7 @@ class Profile:
         span = held_out_span(traces)
         if span is None:
             return whole, None
-        start, cut, end = span
+        _, cut, _ = span
         early = cls.learn(traces, until_ns=cut, sequences=sequences)
         events = []
         for tr in traces:
@@ -270,10 +270,11 @@ class Profile:
             prof.gram_runs = {p: (per[p] + 1) / (n + 1 / g) for p, n in positions.items()}
         events += [Event("new_sequence", f"{prog}: {what}", early.p_new_sequence(prog))
                    for prog, what in runs]
-        hours = max((end - cut) / 3.6e12, 1e-9)
+        held = active_ns(traces, cut)
+        hours = max(held / 3.6e12, 1e-9)
         worth = [weight(e.p, alpha) for e in events]
         whole.heldout = {
-            "seconds": round((end - cut) / 1e9, 1), "alpha": alpha,
+            "seconds": round(held / 1e9, 1), "alpha": alpha,
             "events": len(events), "events_per_hour": round(len(events) / hours, 2),
             "weight_per_hour": round(sum(worth) / hours, 3),
             "kinds": dict(Counter(e.kind for e in events)),
@@ -400,15 +401,38 @@ class Profile:
         self.arch = d["arch"]
 
 
+def _active(traces) -> list[list[int]]:
+    """The kernel-time intervals the traces' records cover, merged, oldest first: a
+    baseline and the recordings of later retrainings have days between them."""
+    spans = sorted((int(t.records["first_ns"].min()), int(t.records["last_ns"].max()))
+                   for t in traces if len(t.records))
+    merged: list[list[int]] = []
+    for a, b in spans:
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return merged
+
+
 def held_out_span(traces) -> tuple[int, int, int] | None:
     """(start, cut, end) kernel times of the traces' records: the last HELDOUT_FRACTION of
-    the time after `cut` is what the held-out estimates are made on."""
-    firsts = [int(t.records["first_ns"].min()) for t in traces if len(t.records)]
-    lasts = [int(t.records["last_ns"].max()) for t in traces if len(t.records)]
-    if not firsts:
+    the recorded time (gaps between recordings not counted) lies after `cut`, and is what
+    the held-out estimates are made on."""
+    merged = _active(traces)
+    if not merged:
         return None
-    start, end = min(firsts), max(lasts)
-    return start, end - int((end - start) * HELDOUT_FRACTION), end
+    left = int(sum(b - a for a, b in merged) * HELDOUT_FRACTION)
+    for a, b in reversed(merged):
+        if b - a >= left:
+            return merged[0][0], b - left, merged[-1][1]
+        left -= b - a
+    return merged[0][0], merged[0][0], merged[-1][1]
+
+
+def active_ns(traces, after_ns: int) -> int:
+    """Recorded time after `after_ns` (gaps between recordings not counted)."""
+    return sum(max(0, b - max(a, after_ns)) for a, b in _active(traces))
 
 
 def _table(ctx: np.ndarray) -> ProcessTable:
@@ -490,6 +514,14 @@ def _owners(table: ProcessTable, recs: np.ndarray, keyed: bool) -> list:
             prog = program(img.exe, img.flags)
             owners.append((p.key, prog) if keyed else prog)
     return owners
+
+
+def record_programs(trace) -> list:
+    """The program each of `trace`'s chunk records is counted to (as `_calls` counts it),
+    None where its process context does not say."""
+    if not len(trace.records):
+        return []
+    return _owners(_table(trace.context), trace.records, False)
 
 
 def _calls(table: ProcessTable, recs: np.ndarray, trace, keyed: bool = False) -> dict:

@@ -238,6 +238,18 @@ class ServiceCollector(Collector):
                                   "is kept, capture goes on.", value=learner.write_errors)
         yield _by_label("sysdream_model_reloads", "Model loads after start, by result.",
                         "result", {"ok": 0, "failed": 0, **s.slot.reloads})
+        r = s.retrainer
+        yield _by_label("sysdream_retrainings", "Scheduled retrainings, by outcome: the "
+                        "candidate swapped in, rejected after its shadow, or failed.",
+                        "outcome", {"swapped": 0, "rejected": 0, "failed": 0, **r.outcomes})
+        state = GaugeMetricFamily("sysdream_retraining_state", "1 for where scheduled "
+                                  "retraining stands.", labels=["state"])
+        for name in ("off", "waiting", "recording", "training", "shadow"):
+            state.add_metric([name], 1.0 if r.state == name else 0.0)
+        yield state
+        yield GaugeMetricFamily("sysdream_retraining_next_timestamp_seconds", "When the "
+                                "next candidate trains (Unix time; 0 when off).",
+                                value=r.next_at if r.state != "off" else 0.0)
         info = InfoMetricFamily("sysdream_model", "The model in use.")
         gauges = []
         if m is not None:

@@ -585,6 +585,7 @@ class Scorer:
         self.cache = WindowCache(st.cache_windows, model.span)
         self.batch_windows, self.batch_wait = st.batch_windows, st.batch_wait_ms / 1000
         self.explain_positions = st.explain_positions
+        self.shadow: Shadow | None = None   # a candidate judging the same windows
         self.beat = time.monotonic()     # last sign of life (the watchdog reads it)
         self.busy_since = 0.0            # start of the batch in progress, 0 when idle
         self._stop = threading.Event()
@@ -661,7 +662,8 @@ class Scorer:
                 parts.append(self._prepare(more, model, cache))
                 misses += parts[-1].misses
                 held += parts[-1].size
-            self._finish(parts, model, cache, evidence)
+            found = self._finish(parts, model, cache, evidence)
+            self._shadowed(parts, found)
             self.busy_since = 0.0
             if self._stall:
                 threading.Event().wait()  # a stalled scorer: never beats again
@@ -670,7 +672,16 @@ class Scorer:
         """Score blocks at once (one cycle of the scorer thread)."""
         with self._lock:
             model, cache, evidence = self.model, self.cache, self.evidence
-        return self._finish([self._prepare(blocks, model, cache)], model, cache, evidence)
+        parts = [self._prepare(blocks, model, cache)]
+        found = self._finish(parts, model, cache, evidence)
+        self._shadowed(parts, found)
+        return found
+
+    def _shadowed(self, parts: list[_Part], found: list[Detection]) -> None:
+        """The cycle's windows judged once more by the shadow, when there is one."""
+        shadow = self.shadow
+        if shadow is not None and not self._cut():
+            shadow.judge([b for p in parts for b in p.blocks], len(found))
 
     @staticmethod
     def _prepare(blocks: list[Block], model: ModelView, cache: WindowCache) -> _Part:
@@ -923,6 +934,39 @@ class Scorer:
             ex["sigmas"] = float(sigmas[k])
             out.append(ex)
         return out
+
+
+class Shadow:
+    """A candidate model judging the windows the model in use judges, with its whole
+    alert rule (scheduled retraining, daemon/retraining.py): its alerts are counted, never
+    sent, beside the alerts of the model in use on the same windows."""
+
+    def __init__(self, model: ModelView, settings: ScorerSettings = ScorerSettings(),
+                 deliveries=None):
+        c = Counters()
+        self.model = model
+        self.scorer = Scorer(model, WindowQueue(1, c), c, self._alert, settings,
+                             deliveries=deliveries)
+        self.alerts = self.current = self.windows = 0
+        self.by_exe: dict[str, int] = defaultdict(int)
+        self._lock = threading.Lock()
+
+    def _alert(self, d: Detection) -> None:
+        self.alerts += 1
+        self.by_exe[d.block.exe or d.block.comm] += 1
+
+    def judge(self, blocks: list[Block], current: int) -> None:
+        """`blocks` of one cycle, in which the model in use raised `current` alerts."""
+        with self._lock:
+            self.current += current
+            span = self.model.span
+            self.windows += sum(len(b) for b in blocks if b.spans.shape[1] == span)
+            self.scorer.process(blocks)
+
+    def result(self) -> dict:
+        with self._lock:
+            return {"windows": self.windows, "alerts": self.alerts, "current": self.current,
+                    "by_exe": dict(self.by_exe)}
 
 
 def _padded(n: int, batch: int) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .evidence import Episodes, Evidence
 from .lineage import Profile
 from .pipeline import Counters, Cutter, ModelView, Scorer, ScorerSettings, WindowCache, WindowQueue
 from .processes import ProcessTable
@@ -23,12 +24,15 @@ BATCH = 4096
 
 def alerts_after(det, trace, profile: Profile | None, after_ns: int, end_ns: int,
                  evidence_k: float = 0, evidence_m: int = 8, confidence: float = 0.0,
-                 peaks: list | None = None, cache: dict | None = None) -> dict:
+                 peaks: list | None = None, cache: dict | None = None, near: float = 1.0,
+                 found: list | None = None) -> dict:
     """What the rule raises on `trace`'s activity from `after_ns` to `end_ns` (kernel
     times), with `det` and `profile` (None: the sequence model alone). `evidence_k`: what
     the evidence must reach (0: the model's alert bound; math.inf with `peaks` to record
     the excursion peaks there instead). `cache`: a dict kept across calls, holding the
-    window scores already known per model geometry."""
+    window scores already known per model geometry. `near`: alert where the evidence
+    reaches that fraction of what it must reach (the retraining guard, daemon/retraining.py).
+    `found`: a list the detections are appended to."""
     saved = det.lineage
     det.lineage = profile.to_json() if profile is not None else None
     try:
@@ -44,9 +48,15 @@ def alerts_after(det, trace, profile: Profile | None, after_ns: int, end_ns: int
         ctx = trace.context
         view.lineage.on_context(ctx[ctx["ns"] >= after_ns], table)
     cutter = Cutter(view, queue, counters, max_threads=1 << 20, processes=table)
+    out = found
     found = []
     scorer = Scorer(view, queue, counters, found.append,
                     ScorerSettings(evidence_k, evidence_m, batch_windows=512), peaks=peaks)
+    if near != 1.0:
+        e = scorer.evidence
+        scorer.evidence = Evidence(e.k * near, e.m, peaks=peaks,
+                                   bounds={p: b * near for p, b in e.bounds.items()})
+        scorer.episodes = Episodes(e.k * near, e.m)
     if cache is not None:
         scorer.cache = cache.setdefault((det.model_id, id(det), view.span),
                                         WindowCache(1 << 21, view.span))
@@ -57,6 +67,8 @@ def alerts_after(det, trace, profile: Profile | None, after_ns: int, end_ns: int
         while queue.size:
             scorer.process(queue.take(1 << 16, 0.0))
     scorer.evidence.flush()
+    if out is not None:
+        out.extend(found)
     hours = max((end_ns - after_ns) / 3.6e12, 1e-9)
     by_exe: dict[str, int] = {}
     for d in found:

@@ -3,7 +3,9 @@
 Owns the lifecycle: signals, the systemd notifications (READY, STATUS, WATCHDOG), /healthz,
 the capture and its filters, the reader/scorer pipeline, configuration reloads and the
 shutdown. Learning (baseline, trainer, fleet hand-off) is daemon/learner.py's, the model
-in use and its loading and swapping daemon/modelslot.py's; the Service owns one of each.
+in use and its loading and swapping daemon/modelslot.py's, scheduled retraining (recording
+while detecting, the candidate's trainer, its shadow and the swap) daemon/retraining.py's;
+the Service owns one of each.
 
 Lifecycle (systemd Type=notify): READY=1 once the probes are attached; STATUS= every
 status interval; WATCHDOG=1 only while the reader loop turns and the scorer shows signs of
@@ -42,8 +44,9 @@ from .learner import Learner, LearningBar
 from .metrics import Metrics
 from .modelslot import ModelSlot, trusted_keys
 from .notify import Notifier
-from .pipeline import Counters, Cutter, Scorer, WindowQueue
+from .pipeline import Counters, Cutter, Scorer, Shadow, WindowQueue
 from .processes import ProcessTable
+from .retraining import Retrainer
 from .runtime import adapt_torch, bound_torch_caches, release_memory
 
 DRAIN_S = 2.0
@@ -105,6 +108,9 @@ class Service:
         self.learner = Learner(cfg, self.sink, log, lambda: self.capture.settings,
                                lambda: self.kernel_counters)
         self.slot = ModelSlot(cfg, self.sink, log, self._use_model, self.learner.stop)
+        self.retrainer = Retrainer(cfg, self.sink, log, lambda: self.capture.settings,
+                                   lambda: self.kernel_counters, self.slot.load,
+                                   self._shadow, self._retrained)
         self._next_refresh = 0.0
         self.metrics = None
         self.capture = None
@@ -214,6 +220,9 @@ class Service:
         self.slot.model = view
         self.learner.finish()
         self.slot.announce(view, event)
+        # at start and after learning the schedule runs from the bundle's time; a model
+        # swapped in (a reload, the fleet, a retraining) starts a whole interval
+        self.retrainer.begin(from_bundle=not event)
 
     def _learning_tick(self) -> None:
         """The learner's second; a trainer that exited 0 left its bundle to load."""
@@ -229,6 +238,28 @@ class Service:
                 f"(bound {view.bound.bound:.4f})")
         self.sink.emit("learning-complete", alerts.NOTICE, text,
                        {"kind": "learning-complete", "model_id": view.model_id})
+
+    # -- scheduled retraining (daemon/retraining.py) -----------------------------------
+    def _shadow(self, view) -> dict | None:
+        """A candidate judges the same windows as the model in use (`view`), or the one
+        that did is taken down (None): what it found."""
+        if view is not None:
+            self.scorer.shadow = Shadow(view, self.cfg.scorer_settings(),
+                                        self.alerting.deliveries)
+            return None
+        shadow, self.scorer.shadow = self.scorer.shadow, None
+        return shadow.result() if shadow is not None else \
+            {"windows": 0, "alerts": 0, "current": 0, "by_exe": {}}
+
+    def _retrained(self) -> None:
+        """The retrained bundle is at the model path: in use like a reload's."""
+        path = self.cfg.model_path()
+        view = self.slot.try_load(path, "the retrained model refused, the running model "
+                                  "stays", str(path))
+        if view is None:
+            self.retrainer.begin_next()
+        else:
+            self.slot.swap_in(view)
 
     # -- reload -----------------------------------------------------------------------
     def _do_reload(self) -> None:
@@ -270,7 +301,9 @@ class Service:
             self.cutter.max_threads = d.max_threads
         if not self.alerting.apply(new, old):
             self.slot.reloads["failed"] += 1
-        self.cfg = self.learner.cfg = self.slot.cfg = new
+        self.cfg = self.learner.cfg = self.slot.cfg = self.retrainer.cfg = new
+        if new.values["retraining"] != old.values["retraining"] and self.phase == "detecting":
+            self.retrainer.begin()      # what was under way ends; the new schedule starts
 
     # -- the loop ---------------------------------------------------------------------
     def _status(self) -> str:
@@ -279,10 +312,12 @@ class Service:
         if self.phase != "detecting":
             return self.learner.status(lost)
         c = self.counters
+        retraining = self.retrainer.status()
         return (f"detecting with model {self.model.model_id}: {self.syscalls_read} syscalls, "
                 f"{c.windows_scored + c.windows_cached} windows, "
                 f"{self.alerting.sent.total()} alerts, {lost} syscalls lost, "
-                f"{sum(c.windows_shed.values())} windows shed")
+                f"{sum(c.windows_shed.values())} windows shed"
+                + (f"; {retraining}" if retraining else ""))
 
     def health(self) -> dict:
         """What /healthz answers: healthy while the reader turns and, when detecting, the
@@ -331,6 +366,9 @@ class Service:
                 self.kernel_counters = cap.counters()
                 self.learner.flush()
                 self._learning_tick()
+                self.retrainer.flush()
+                if self.phase == "detecting":
+                    self.retrainer.tick()
                 if self.control is not None:
                     self.slot.take_from_fleet(self.control)
                 self.alerting.tick(now)
@@ -374,7 +412,11 @@ class Service:
         model = self.model
         if model is not None and model.lineage is not None:
             model.lineage.on_context(records, self.processes)
+        shadow = self.scorer.shadow if self.scorer is not None else None
+        if shadow is not None and shadow.model.lineage is not None:
+            shadow.model.lineage.on_context(records, self.processes)
         self.learner.record_context(records)
+        self.retrainer.record_context(records)
 
     def _take(self, records: np.ndarray) -> None:
         if not records.size:
@@ -383,6 +425,7 @@ class Service:
         self.syscalls_read += int(np.minimum(records["count"], width).sum())
         if self.phase == "detecting":
             self.cutter.ingest(records)
+            self.retrainer.record(records)
         elif self.phase == "learning":
             self.learner.record(records)
 
@@ -395,6 +438,7 @@ class Service:
         if self.scorer:
             self.scorer.stop(DRAIN_S)
         self.learner.shutdown()
+        self.retrainer.shutdown()
         self.close()
         k = self.kernel_counters
         shed = self.counters.windows_shed.get("shutdown", 0)

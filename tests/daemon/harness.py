@@ -321,3 +321,15 @@ def run_script(program: Path, script: str, times: int = 1, prefix=None) -> None:
     for _ in range(times):
         subprocess.run([*(prefix or []), str(program), "-c", script], timeout=60,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def learn_benign(d: Daemon, program: Path, seconds: float = 15, pause: float = 0.0) -> None:
+    """A learning daemon records `program` running BENIGN for `seconds` (with `pause`
+    between runs), then trains and detects."""
+    d.wait_attached()
+    d.wait_phase("learning", 30)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        run_script(program, BENIGN)
+        time.sleep(pause)
+    d.wait_phase("detecting", 300)

@@ -22,6 +22,7 @@ from harness import (
     NotifySocket,
     Prometheus,
     PtyOutput,
+    learn_benign,
     run_script,
     wait_for,
     workload,
@@ -229,12 +230,7 @@ def test_learn_then_detect_alert_in_journald_scraped_by_prometheus(ebpf_ready, t
     prom = Prometheus(tmp_path, f"127.0.0.1:{d.port}")
     anomaly = {"MESSAGE_ID": MESSAGE_IDS["anomaly"]}
     try:
-        d.wait_attached()
-        d.wait_phase("learning", 30)
-        end = time.monotonic() + 15
-        while time.monotonic() < end:
-            run_script(prog, BENIGN)
-        d.wait_phase("detecting", 300)
+        learn_benign(d, prog)
         # `systemctl status` said how long the baseline had left while it was recorded
         assert any("min left" in f.get("STATUS", "") and "learning this host" in f["STATUS"]
                    for _, f in notify.having("STATUS")), notify.having("STATUS")[:3]
