@@ -193,7 +193,8 @@ class Retrainer:
         self.state = "off"
         self.outcomes: Counter = Counter()      # swapped, rejected, failed (metrics)
         self.next_at = 0.0          # wall-clock time the next candidate's training starts
-        self._due = self._record_at = self._shadow_end = 0.0     # monotonic
+        self._due = self._record_at = 0.0        # monotonic
+        self._shadow_start = self._shadow_end = 0.0
         self._rec = None
         self._trainer = None
         self._candidate = None      # the candidate's ModelView while it is shadowed
@@ -347,6 +348,12 @@ class Retrainer:
             self._fail(f"the candidate's training failed ({trainer.why(rc)})")
             return
         guard = next((ln for ln in trainer.lines if "guard:" in ln), "")
+        self.try_candidate(f"trained in {time.monotonic() - self._started:.0f} s"
+                           + (f" ({guard.partition('guard:')[2].strip()})" if guard else ""))
+
+    def try_candidate(self, how: str = "") -> None:
+        """The bundle at candidate_path loaded and put in the shadow for shadow_seconds;
+        a bundle that does not load fails this retraining."""
         try:
             view = self._load(self.candidate_path)
         except Exception as exc:  # noqa: BLE001 (any failure: keep the model in use)
@@ -356,18 +363,19 @@ class Retrainer:
             view.lineage.events = Counter()     # the shadow's novelty is not the host's
         self._candidate = view
         self._shadow(view)
-        self._shadow_end = time.monotonic() + self.cfg.retraining.shadow_seconds
+        self._shadow_start = time.monotonic()
+        self._shadow_end = self._shadow_start + self.cfg.retraining.shadow_seconds
         self.state = "shadow"
-        self.log(f"retraining: candidate {view.model_id} trained in "
-                 f"{time.monotonic() - self._started:.0f} s"
-                 + (f" ({guard.partition('guard:')[2].strip()})" if guard else "")
-                 + f"; shadow-scoring it beside the model in use for "
+        self.log(f"retraining: candidate {view.model_id}" + (f" {how}" if how else "")
+                 + "; shadow-scoring it beside the model in use for "
                  f"{self.cfg.retraining.shadow_seconds:.0f} s")
 
-    def _decide(self) -> None:
+    def decide(self) -> None:
+        """The shadow ends: the candidate swapped in, or rejected (see the module's
+        docstring)."""
         view, self._candidate = self._candidate, None
         got = self._shadow(None)
-        seconds = self.cfg.retraining.shadow_seconds
+        seconds = time.monotonic() - self._shadow_start
         exp = view.alert.expected_per_hour() if view.alert is not None else None
         fields = {"model_id": view.model_id, "shadow_seconds": round(seconds, 1),
                   "shadow_windows": got["windows"], "candidate_alerts": got["alerts"],
@@ -434,7 +442,7 @@ class Retrainer:
             if rc is not None:
                 self._trained(rc)
         elif self.state == "shadow" and now >= self._shadow_end:
-            self._decide()
+            self.decide()
 
     def status(self) -> str:
         """A few words for systemd's STATUS; "" while nothing is under way."""

@@ -7,14 +7,25 @@ training data; `sysdream train --recent` refuses what it cannot use in one line.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
-from daemon_helpers import context_record, records, sample_attack, sample_normal
+from daemon_helpers import (
+    context_record,
+    quick_settings,
+    records,
+    sample_attack,
+    sample_normal,
+    tiny_config,
+)
+from harness import BENIGN, ODD, Daemon, learn_benign, run_script, wait_for, workload
 
+from sysdream.daemon import config
+from sysdream.daemon.alerts import MESSAGE_IDS
 from sysdream.daemon.allow import AllowList
 from sysdream.daemon.lineage import active_ns, held_out_span
 from sysdream.daemon.pipeline import (
@@ -26,9 +37,17 @@ from sysdream.daemon.pipeline import (
     Shadow,
     WindowQueue,
 )
-from sysdream.daemon.retraining import GUARD_SPAN_S, allowed_sequences, describe, guard
+from sysdream.daemon.retraining import (
+    GUARD_SPAN_S,
+    Retrainer,
+    allowed_sequences,
+    describe,
+    guard,
+)
+from sysdream.daemon.sinks import JsonLinesSink, Sinks
+from sysdream.model.detector import Detector
 from sysdream.probes.layout import CONTEXT_DTYPE, CTX_NEW
-from sysdream.probes.tracefile import Trace, host_header
+from sysdream.probes.tracefile import Trace, TraceWriter, host_header
 
 S = 1_000_000_000
 
@@ -154,8 +173,6 @@ def test_allow_entries_windows_join_the_training_data(tmp_path):
 ])
 def test_train_recent_refuses_in_one_line(tmp_path, tiny_bundle, extra, said):
     trace = tmp_path / "recent.sdtrace"
-    from sysdream.probes.tracefile import TraceWriter
-
     w = TraceWriter(trace, host_header(64))
     w.write_records(records(1, sample_normal(1, 200)))
     w.close()
@@ -175,10 +192,6 @@ def test_the_daemon_retrains_on_schedule_without_learning_the_odd_process(ebpf_r
     process turns odd (and alerts): the candidate trains on the baseline and the recording
     less that process (the guard), judges the same windows as the model in use in its
     shadow, and is swapped in without a restart; the odd process still alerts under it."""
-    from harness import BENIGN, ODD, Daemon, learn_benign, run_script, wait_for, workload
-
-    from sysdream.daemon.alerts import MESSAGE_IDS
-
     prog = workload(tmp_path)
     state = tmp_path / "state"
     cfg = tmp_path / "sysdream.toml"
@@ -238,3 +251,70 @@ def test_the_daemon_retrains_on_schedule_without_learning_the_odd_process(ebpf_r
         assert rc == 0
     finally:
         d.kill()
+
+
+def test_the_shadow_decides_reject_a_candidate_that_alerts_more_swap_one_that_does_not(
+        tmp_path, tiny_detector, tiny_bundle):
+    """A candidate that learnt something else alerts on the host's normal work in its
+    shadow: rejected, kept aside, the model in use stays, a warning event says both
+    counts. A candidate that raises no more than the model in use is swapped in, the model
+    before it kept."""
+    state = tmp_path / "state"
+    state.mkdir()
+    shutil.copytree(tiny_bundle, state / "model")
+    cfg = config.override(config.load(None), {("service", "state_directory"): str(state),
+                                              ("retraining", "interval_s"): 3600})
+    counters = Counters()
+    queue = WindowQueue(1 << 20, counters)
+    found = []
+    scorer = Scorer(ModelView(tiny_detector), queue, counters, found.append)
+
+    def shadow(view):
+        if view is not None:
+            scorer.shadow = Shadow(view)
+            return None
+        done, scorer.shadow = scorer.shadow, None
+        return done.result()
+    swapped = []
+    events = tmp_path / "events.jsonl"
+    r = Retrainer(cfg, Sinks([JsonLinesSink(str(events))], MESSAGE_IDS), lambda _: None,
+                  None, None,
+                  lambda p: ModelView(Detector.load(p)), shadow, lambda: swapped.append(1))
+    r.begin()
+    assert r.state == "waiting" and r.next_at > time.time() + 3000
+
+    def shadowed() -> None:
+        cutter = Cutter(ModelView(tiny_detector), queue, counters, max_threads=1024)
+        cutter.ingest(np.concatenate([
+            records(10 + i, sample_normal(i, 400), tgid=10 + i, t0=1000 * i, exit=True)
+            for i in range(6)]))
+        scorer.process(queue.take(1 << 16, 0.0))
+        r.decide()
+
+    # a candidate that learnt something else (a recording taken over by one odd loop):
+    # the host's normal work is unknown to it
+    rng = np.random.default_rng(5)
+    odd = np.array(["getpid", "gettid", "getuid", "sched_yield"], dtype=object)
+    Detector.train([rng.choice(odd, 150) for _ in range(40)],
+                   [rng.choice(odd, 150) for _ in range(20)], tiny_config(),
+                   quick_settings()).save(state / "model.candidate")
+    r.try_candidate()
+    assert r.state == "shadow" and scorer.shadow is not None
+    shadowed()
+    assert not found, "the model in use alerted on the normal work"
+    ev = [json.loads(x) for x in events.read_text().splitlines()]
+    assert [e["kind"] for e in ev] == ["retraining-rejected"]
+    assert ev[0]["candidate_alerts"] > ev[0]["current_alerts"] == 0
+    assert ev[0]["shadow_windows"] > 0 and "more alerts" in ev[0]["reason"]
+    assert (state / "model.rejected" / "manifest.json").exists()
+    assert not (state / "model.candidate").exists() and not swapped
+    assert Detector.load(state / "model").model_id == tiny_detector.model_id
+    assert r.outcomes == {"rejected": 1} and r.state == "waiting" and scorer.shadow is None
+
+    shutil.copytree(tiny_bundle, state / "model.candidate")    # raises what the model does
+    r.try_candidate()
+    shadowed()
+    ev = [json.loads(x) for x in events.read_text().splitlines()]
+    assert ev[-1]["kind"] == "model-retrained" and ev[-1]["candidate_alerts"] == 0
+    assert swapped == [1] and r.outcomes["swapped"] == 1
+    assert (state / "model.previous" / "manifest.json").exists()
