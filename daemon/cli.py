@@ -174,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "program's 6-syscall sequences, and a run of ones a program never "
                          "made is evidence (stide per program; off by default: "
                          "docs/benchmarks.md, \"Scenario suite\", has why)")
+    tr.add_argument("--condition", choices=("head", "decoder"), default="",
+                    help="for a host recording: the network reads each thread's program "
+                         "(executable, an interpreter's script): as a token heading every "
+                         "window's context (head), also fed to DReAM's decoder at every step "
+                         "(decoder), so one program's normal is not another's "
+                         "(docs/model.md, \"Conditioned on the program\")")
     tr.add_argument("--retrain", action="store_true",
                     help="for a host recording: after fitting the alert bound with a model "
                          "trained on the first three quarters, train once more on all of it "

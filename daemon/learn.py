@@ -16,6 +16,7 @@ from sysdream.model.config import NetworkConfig, TrainSettings
 from sysdream.probes import datasets
 
 from .inputs import datasets_root, read_input
+from .lineage import thread_labels
 
 # The default model, chosen by `sysdream eval --dataset adfa-ld` (see README).
 DEFAULTS = {"arch": archs.DEFAULT, "task": "predict-next", "window": 16, "stride": 16,
@@ -26,7 +27,8 @@ def network_config(args) -> NetworkConfig:
     return NetworkConfig(vocab_size=1, arch=args.arch, task=args.task, window=args.window,
                          stride=args.stride or args.window, embed_dim=args.embed,
                          hidden=args.hidden, layers=args.layers,
-                         freeze_embedding=args.freeze_embedding).validate()
+                         freeze_embedding=args.freeze_embedding,
+                         condition=getattr(args, "condition", "") or "").validate()
 
 
 def train_settings(args) -> TrainSettings:
@@ -180,16 +182,20 @@ def run_train(args) -> int:
     # saw it (the one kept, unless --retrain asks for one trained on everything)
     host = [(p, t) for p, t in trace_files(args.input, paths=True) if len(t.context)]
     host += recent
+    # a conditioned model: each thread's program, from the process context recorded
+    labels = {str(p): thread_labels(t) for p, t in host} if cfg.condition else {}
+    conds = [_cond_of(s.source, labels) for s in seqs] if cfg.condition else None
     det = lineage = replay = None
     if host:
-        det, replay, lineage = _host_model(args, cfg, settings, seqs, host, calib_names)
+        det, replay, lineage = _host_model(args, cfg, settings, seqs, host, calib_names,
+                                           conds, labels)
     if det is None or args.retrain:
         alerting = det.alerting if det is not None else None
         if det is not None:
             print("sysdream train: --retrain: training once more on everything; the alert "
                   "bound fitted above carries over", file=sys.stderr)
         det = Detector.train(names, calib_names, cfg, settings, args.confidence,
-                             _progress(args, "model"))
+                             _progress(args, "model"), conds=conds)
         det.alerting = alerting
     if args.labels:
         from sysdream.model import transfer
@@ -212,7 +218,8 @@ def run_train(args) -> int:
 
 def _guarded(args, seqs: list) -> list:
     """--recent less what --guard removes: (path, Trace) of those with process context
-    (host recordings); the threads of any without are added to `seqs`."""
+    (host recordings); the threads of all are added to `seqs` (as a host's own input's
+    are: the held-out model takes them from the traces, a whole --retrain from `seqs`)."""
     from sysdream.model.detector import Detector
     from sysdream.probes.streams import by_thread
     from sysdream.probes.tracefile import read_trace
@@ -233,13 +240,21 @@ def _guarded(args, seqs: list) -> list:
     for path, t in zip(args.recent, kept, strict=True):
         if len(t.context):
             out.append((Path(path), t))
-        else:
-            seqs += [datasets.Sequence(f"{path}:{s.tid}", t.syscall_names(s.ids), "normal")
-                     for s in by_thread(t.records).values()]
+        seqs += [datasets.Sequence(f"{path}:{s.tid}", t.syscall_names(s.ids), "normal")
+                 for s in by_thread(t.records).values()]
     return out
 
 
-def _host_model(args, cfg, settings, seqs, host, calib_names):
+def _cond_of(source: str, labels: dict) -> str:
+    """The program token of a sequence from `source` ("path:tid"): its thread's program
+    in `labels` (path -> tid -> label), the unknown program's for a dataset's."""
+    from .pipeline import condition_name
+
+    path, _, tid = source.rpartition(":")
+    return condition_name(labels.get(path, {}).get(int(tid), "") if tid.isdigit() else "")
+
+
+def _host_model(args, cfg, settings, seqs, host, calib_names, conds=None, labels=None):
     """For a host's own recordings: (a model trained on the first three quarters of them by
     time, carrying the alert bound fitted on the last quarter, or None where they span no
     time; what the whole rule raised on that quarter; the lineage profile's JSON).
@@ -270,17 +285,25 @@ def _host_model(args, cfg, settings, seqs, host, calib_names):
     _, cut, end = span
     seconds = active_ns(traces, cut) / 1e9
     # the first three quarters: the host's threads up to the cut, and any dataset input
+    from .pipeline import condition_name
+
     paths = {str(p) for p, _ in host}
-    names = [s.tokens for s in seqs if s.source.rpartition(":")[0] not in paths]
-    for t in traces:
-        names += [t.syscall_names(s.ids) for s in
-                  by_thread(t.records[t.records["last_ns"] < cut]).values()]
-    names = [n for n in names if len(n)]
+    mine = [s.source.rpartition(":")[0] not in paths for s in seqs]
+    names = [s.tokens for s, m in zip(seqs, mine, strict=True) if m]
+    early_conds = [c for c, m in zip(conds, mine, strict=True) if m] if conds else []
+    for p, t in host:
+        for s in by_thread(t.records[t.records["last_ns"] < cut]).values():
+            names.append(t.syscall_names(s.ids))
+            early_conds.append(condition_name((labels or {}).get(str(p), {}).get(s.tid, "")))
+    keep = [len(n) > 0 for n in names]
+    names = [n for n, k in zip(names, keep, strict=True) if k]
+    early_conds = [c for c, k in zip(early_conds, keep, strict=True) if k]
     print(f"sysdream train: training on the first three quarters ({sum(map(len, names))} "
           f"syscalls); the last {seconds:.0f} s are held out to fit the alert "
           "bound on", file=sys.stderr)
     det = Detector.train(names, calib_names, cfg, settings, args.confidence,
-                         _progress(args, "held-out model"))
+                         _progress(args, "held-out model"),
+                         conds=early_conds if cfg.condition else None)
     _report(args.progress_out, {"stage": "alert bound"})
     peaks: list[float] = []
     cache: dict = {}

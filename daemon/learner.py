@@ -133,7 +133,8 @@ def train_command(cfg: Config, inputs: list[Path], output: Path) -> list[str]:
            *(f"trace:{p}" for p in inputs), "-o", str(output), "--arch", L.arch,
            "--window", str(L.window), "--hidden", str(L.hidden), "--embed", str(L.embed),
            "--epochs", str(L.epochs), "--threads", str(L.threads)]
-    return cmd + (["--sequences"] if L.sequences else [])
+    return cmd + (["--sequences"] if L.sequences else []) + \
+        (["--condition", L.condition] if L.condition else [])
 
 
 class TrainerChild:

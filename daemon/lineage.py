@@ -516,6 +516,29 @@ def _owners(table: ProcessTable, recs: np.ndarray, keyed: bool) -> list:
     return owners
 
 
+def thread_labels(trace) -> dict[int, str]:
+    """The program each thread of `trace` ran at its last record, as the daemon's blocks
+    name it (processes.program_label: an interpreter with its script), "" where the
+    process context does not say."""
+    from .processes import program_label
+
+    recs = trace.records
+    if not len(recs):
+        return {}
+    table = _table(trace.context)
+    order = np.argsort(recs["last_ns"], kind="stable")
+    tids = recs["tid"][order]
+    last = order[len(order) - 1 - np.unique(tids[::-1], return_index=True)[1]]
+    out = {}
+    for i in last.tolist():
+        tgid, ns = int(recs["tgid"][i]), int(recs["last_ns"][i])
+        p = table._lookup(tgid, ns)
+        img = p.image_at(ns) if p is not None else None
+        out[int(recs["tid"][i])] = "" if img is None else \
+            program_label(img.exe, img.args, bool(img.flags & EXE_MEMFD))
+    return out
+
+
 def record_programs(trace) -> list:
     """The program each of `trace`'s chunk records is counted to (as `_calls` counts it),
     None where its process context does not say."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sysdream.model.vocab import UNK
-from sysdream.model.windows import Geometry
+from sysdream.model.windows import COND_UNKNOWN, Geometry
 from sysdream.probes import syscalls
 from sysdream.probes.layout import REC_EXEC, REC_EXIT
 from sysdream.probes.streams import flatten
@@ -55,6 +55,11 @@ NEVER_FOR_DELIVERY = ("execve", "execveat", "fork", "vfork", "clone", "clone3", 
                       "accept4", "unlink", "unlinkat", "rename", "renameat", "renameat2",
                       "chmod", "fchmod", "fchmodat", "chown", "fchown", "fchownat", "symlink",
                       "symlinkat", "link", "linkat", "mprotect", "personality", "prctl")
+
+
+def condition_name(label: str) -> str:
+    """A program's token for a conditioned model ("" for one not known)."""
+    return f"@{label}" if label else COND_UNKNOWN
 
 
 class ModelView:
@@ -90,6 +95,10 @@ class ModelView:
             self.alpha = (1 - self.bound.confidence) / 2
             if confidence:
                 self.alert = self.alert.with_confidence(confidence)
+        # a model conditioned on the program (model/windows.condition): each block's
+        # program token heads its windows' context
+        self.conditioned = bool(getattr(cfg, "condition", ""))
+        self._conds: dict[str, int] = {}
         self.lineage = None
         if detector.lineage is not None and lineage:
             from .lineage import Judge, Profile
@@ -97,6 +106,22 @@ class ModelView:
 
     def geometry(self) -> tuple[int, int, str]:
         return self.p, self.s, self.task
+
+    def tokens(self, spans: np.ndarray, blocks: list[Block], rows: np.ndarray) -> np.ndarray:
+        """Token ids of spans [N, span] of syscall numbers; `rows`: the block of each. A
+        conditioned model reads the block's program at the head of the context."""
+        out = self.table[spans]
+        if self.conditioned and len(out):
+            ids = np.array([self.condition_id(b) for b in blocks], np.int64)
+            out[:, 0] = out[:, self.p] = ids[rows]
+        return out
+
+    def condition_id(self, b: Block) -> int:
+        label = condition_name(b.label or (program(b.exe) if b.exe else ""))
+        got = self._conds.get(label)
+        if got is None:
+            got = self._conds[label] = self.det.condition_id(label)
+        return got
 
     def evidence_bound(self, configured: float = 0) -> float:
         """What a process's evidence must reach to alert, for a program without a bound
@@ -690,10 +715,11 @@ class Scorer:
         part = _Part(blocks)
         if not blocks:
             return part
-        part.tokens = model.table[np.concatenate([b.spans for b in blocks])]
+        part.owner = np.repeat(np.arange(len(blocks)), [len(b) for b in blocks])
+        part.tokens = model.tokens(np.concatenate([b.spans for b in blocks]), blocks,
+                                   part.owner)
         part.valid = np.concatenate([b.valid for b in blocks])
         part.starts = np.concatenate([b.starts for b in blocks])
-        part.owner = np.repeat(np.arange(len(blocks)), [len(b) for b in blocks])
         keys, part.first, inverse = np.unique(cache.keys(part.tokens), return_index=True,
                                               return_inverse=True)
         part.keys, part.inverse = keys, inverse.reshape(-1)
@@ -907,7 +933,7 @@ class Scorer:
         n = len(items)
         pad = np.r_[np.arange(n), np.full(_padded(n, self.batch_windows) - n, n - 1)]
         spans = np.stack([b.spans[row] for b, row in items])
-        tokens = model.table[spans]
+        tokens = model.tokens(spans, [b for b, _ in items], np.arange(n))
         valid = np.array([b.valid[row] for b, row in items])
         w = model.geom.windows(tokens[pad], valid[pad], np.full(len(pad), model.lead))
         s = score(model.det.net, w, self.batch_windows, detail=True)

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, fields
 from . import archs
 from .windows import TASKS
 
+CONDITIONS = ("", "head", "decoder")
+
 
 @dataclass
 class NetworkConfig:
@@ -20,6 +22,10 @@ class NetworkConfig:
     layers: int = 2           # encoder LSTM layers
     attn_dim: int = 32        # size of m_i in (III.3)
     freeze_embedding: bool = False
+    # a token naming the sequence's program heads every window's context (the first
+    # position of the source and of the previous source, windows.condition): "head"; and
+    # its embedding also feeds DReAM's decoder at every step: "decoder"; "": none
+    condition: str = ""
 
     def validate(self) -> NetworkConfig:
         arch = archs.get(self.arch)
@@ -33,10 +39,19 @@ class NetworkConfig:
                 raise ValueError(f"{name} must be a positive integer")
         if self.stride > self.window:
             raise ValueError("stride must not exceed the window (syscalls would go unscored)")
+        if self.condition not in CONDITIONS:
+            raise ValueError(f"condition must be one of {', '.join(map(repr, CONDITIONS))}")
+        if self.condition and self.task != "predict-next":
+            raise ValueError("a program condition heads the context: use task predict-next")
+        if self.condition == "decoder" and self.arch != "dream":
+            raise ValueError("condition \"decoder\" feeds DReAM's decoder: use arch dream")
         return self
 
     def to_json(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if not self.condition:      # bundles without one read as before
+            del out["condition"]
+        return out
 
     @classmethod
     def from_json(cls, data: dict) -> NetworkConfig:

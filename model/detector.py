@@ -20,7 +20,7 @@ from .embedding import train_word2vec
 from .scoring import WindowScores, score
 from .training import train
 from .vocab import Vocabulary
-from .windows import Windows, count, cut, cut_many, holdout
+from .windows import COND_DROPOUT, COND_UNKNOWN, Windows, condition, count, cut, cut_many, holdout
 
 AGGREGATE = "mean"  # a trace's score: the mean of its window scores (see docs/model.md)
 
@@ -74,15 +74,26 @@ class Detector:
     def train(cls, train_seqs: list[np.ndarray], calib_seqs: list[np.ndarray] | None,
               cfg: NetworkConfig, settings: TrainSettings, confidence: float = 0.999,
               progress: Callable[[str], None] | None = None,
-              val_fraction: float = 0.1, calib_fraction: float = 0.2) -> Detector:
+              val_fraction: float = 0.1, calib_fraction: float = 0.2,
+              conds: list[str] | None = None, calib_conds: list[str] | None = None
+              ) -> Detector:
         """Train on normal name sequences and calibrate the bound.
 
         With `calib_seqs` (other normal sequences, as an evaluation protocol gives them),
         early stopping holds out a tenth of the training sequences and the bound is fitted
         on `calib_seqs`. With None (a host's own recording), blocks of windows of every
         sequence are held out instead: `calib_fraction` for the bound, `val_fraction` for
-        early stopping, each scored with its real preceding syscalls (windows.holdout)."""
+        early stopping, each scored with its real preceding syscalls (windows.holdout).
+
+        With cfg.condition, `conds` names each training sequence's program (and
+        `calib_conds` each calibration sequence's; unknown when not given): its token heads
+        every window's context (windows.condition), a seeded tenth of the training windows
+        taking the unknown program's instead, so the model also knows programs in general."""
         calibration.check_confidence(confidence)
+        if cfg.condition and (conds is None or len(conds) != len(train_seqs)):
+            raise ValueError("a conditioned model needs one program name per sequence")
+        if cfg.condition:
+            conds = [c for c, s in zip(conds, train_seqs, strict=True) if len(s)]
         train_seqs = [s for s in train_seqs if len(s)]
         if not train_seqs:
             raise ValueError("no training data: every input sequence is empty")
@@ -92,8 +103,16 @@ class Detector:
                              "more normal sequences that were not used for training")
         t0 = time.monotonic()
         vocab = Vocabulary.build(train_seqs)
+        if cfg.condition:       # the programs' tokens after the syscalls'
+            vocab = Vocabulary(vocab.names[2:] + [COND_UNKNOWN] + sorted(set(conds) - {
+                COND_UNKNOWN}))
         cfg = NetworkConfig(**{**asdict(cfg), "vocab_size": len(vocab)}).validate()
         emb = train_word2vec(train_seqs, vocab, cfg.embed_dim, settings.seed)
+        if cfg.condition:   # programs apart from the start: random vectors of the scale
+            at = vocab.index[COND_UNKNOWN]      # of the syscalls' (word2vec knows none)
+            rng = np.random.default_rng(settings.seed + 2)
+            emb[at:] = rng.normal(0, float(emb[2:at].std()) or 1.0,
+                                  (len(vocab) - at, emb.shape[1])).astype(emb.dtype)
         ids = [vocab.encode(s) for s in train_seqs]
         stride = min(settings.train_stride, cfg.window)
         if calib_seqs is None:
@@ -104,6 +123,9 @@ class Detector:
                                  "leave fewer than two distinct held-out windows; record "
                                  "for longer or give other normal traces to calibrate on")
             fit_w, val_w, cal_w = h.fit, h.validation, h.calibration
+            if cfg.condition:
+                own = vocab.encode(np.array(conds, dtype=object))
+                fit_w, val_w, cal_w = (condition(w, own[w.seq]) for w in (fit_w, val_w, cal_w))
             holdout_note = {"holdout": "blocks", "block_windows": h.block,
                             "blocks": dict(zip(("fit", "validation", "calibration"), h.blocks,
                                                strict=True))}
@@ -118,7 +140,18 @@ class Detector:
                              cfg.window, cfg.window, cfg.task)
             cal_w = cut_many([vocab.encode(s) for s in calib_seqs], cfg.window, cfg.stride,
                              cfg.task)
+            if cfg.condition:
+                own = vocab.encode(np.array(conds, dtype=object))
+                fit_w = condition(fit_w, own[~held][fit_w.seq])
+                val_w = condition(val_w, own[held][val_w.seq])
+                cal_w = condition(cal_w, vocab.encode(np.array(
+                    calib_conds or [COND_UNKNOWN] * len(calib_seqs), dtype=object))[cal_w.seq])
             holdout_note = {"holdout": "sequences"}
+        if cfg.condition:   # a tenth of the training windows: the unknown program
+            drop = np.random.default_rng(settings.seed + 1).random(len(fit_w)) < COND_DROPOUT
+            ids = fit_w.src[:, 0].copy()
+            ids[drop] = vocab.index[COND_UNKNOWN]
+            fit_w = condition(fit_w, ids)
         result = train(cfg, fit_w, val_w, settings, emb, progress)
         det = cls(cfg, vocab, result.net, None, emb, {})
         cal = score(det.net, cal_w, 1024, detail=False).score
@@ -165,13 +198,25 @@ class Detector:
         return det
 
     # -- scoring ----------------------------------------------------------------------
+    def condition_id(self, program: str) -> int:
+        """The token of a program as a conditioned model knows it (the unknown program's
+        for one it was not trained with)."""
+        return self.vocab.index.get(program, self.vocab.index.get(COND_UNKNOWN, 1))
+
+    def _conditioned(self, w: Windows) -> Windows:
+        """Offline scoring knows no programs: a conditioned model reads the unknown one."""
+        if not self.cfg.condition:
+            return w
+        return condition(w, np.full(len(w), self.condition_id(COND_UNKNOWN)))
+
     def windows(self, names: np.ndarray, seq: int = 0) -> Windows:
-        return cut(self.vocab.encode(names), self.cfg.window, self.cfg.stride, self.cfg.task, seq)
+        return self._conditioned(cut(self.vocab.encode(names), self.cfg.window,
+                                     self.cfg.stride, self.cfg.task, seq))
 
     def window_scores(self, sequences: list[np.ndarray], batch: int = 1024) -> np.ndarray:
         w = cut_many([self.vocab.encode(s) for s in sequences], self.cfg.window,
                      self.cfg.stride, self.cfg.task)
-        return score(self.net, w, batch, detail=False).score
+        return score(self.net, self._conditioned(w), batch, detail=False).score
 
     def score_sequence(self, names: np.ndarray, batch: int = 1024,
                        detail: bool = True) -> SequenceScores:
@@ -184,8 +229,8 @@ class Detector:
     def trace_scores(self, sequences: list[np.ndarray], batch: int = 1024) \
             -> tuple[np.ndarray, list[np.ndarray]]:
         """Each sequence's aggregate score and its window scores, scored in shared batches."""
-        w = cut_many([self.vocab.encode(s) for s in sequences], self.cfg.window,
-                     self.cfg.stride, self.cfg.task)
+        w = self._conditioned(cut_many([self.vocab.encode(s) for s in sequences],
+                                       self.cfg.window, self.cfg.stride, self.cfg.task))
         sc = score(self.net, w, batch, detail=False).score
         bounds = np.searchsorted(w.seq, np.arange(len(sequences) + 1))
         per = [sc[bounds[i]:bounds[i + 1]] for i in range(len(sequences))]

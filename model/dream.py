@@ -60,8 +60,11 @@ class DReAM(Network):
         self.attention = ContextAttention(d_enc, cfg.attn_dim)
         # The decoder is as wide as one encoder direction: it carries one state, not two,
         # and its width is most of the scoring cost (measured in bench/model.py).
-        self.init_state = nn.Linear(2 * d_enc, cfg.hidden)
-        self.decoder = nn.LSTM(cfg.embed_dim + 2 * d_enc, cfg.hidden, batch_first=True)
+        # conditioned on the program (NetworkConfig.condition "decoder"): the embedding of
+        # the token heading the source feeds the decoder at every step and its first state
+        c = cfg.embed_dim if cfg.condition == "decoder" else 0
+        self.init_state = nn.Linear(2 * d_enc + c, cfg.hidden)
+        self.decoder = nn.LSTM(cfg.embed_dim + 2 * d_enc + c, cfg.hidden, batch_first=True)
         self.out = nn.Linear(cfg.hidden, cfg.vocab_size)
 
     def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -74,11 +77,12 @@ class DReAM(Network):
         return Z, torch.flip(s, dims=[1]), final
 
     def decode(self, Z: torch.Tensor, Z_prev: torch.Tensor, final: torch.Tensor,
-               dec_in: torch.Tensor) -> torch.Tensor:
+               dec_in: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
         p = dec_in.shape[1]
-        ctx = torch.cat([Z, Z_prev], dim=1).unsqueeze(1).expand(-1, p, -1)
+        cond = [self.embed(src[:, 0])] if self.cfg.condition == "decoder" else []
+        ctx = torch.cat([Z, Z_prev, *cond], dim=1).unsqueeze(1).expand(-1, p, -1)
         x = torch.cat([self.embed(dec_in), ctx], dim=2)       # [V_{t-1}; Z; Z_{t-1}]
-        h0 = torch.tanh(self.init_state(torch.cat([Z, final], dim=1))).unsqueeze(0)
+        h0 = torch.tanh(self.init_state(torch.cat([Z, final, *cond], dim=1))).unsqueeze(0)
         d, _ = self.decoder(x, (h0, torch.zeros_like(h0)))    # (III.7)
         return self.out(d)
 
@@ -97,7 +101,7 @@ class DReAM(Network):
         else:
             Z, s, final = self.encode(src)
         dec_in = torch.cat([self.start_tokens(src), tgt[:, :-1]], dim=1)
-        return self.decode(Z, Z_prev, final, dec_in), s.unsqueeze(1)
+        return self.decode(Z, Z_prev, final, dec_in, src), s.unsqueeze(1)
 
     def score_batch(self, w: Windows) -> Scored:
         """As forward, one encoder pass per window: Z_{t-1} is the previous row's Z where
@@ -110,7 +114,7 @@ class DReAM(Network):
         if (~c).any():
             Z_prev[~c] = self.encode(self.tensor(w.prev)[~c])[0]
         dec_in = torch.cat([self.start_tokens(src), tgt[:, :-1]], 1)
-        return Scored(self.decode(Z, Z_prev, final, dec_in), s.unsqueeze(1), Z)
+        return Scored(self.decode(Z, Z_prev, final, dec_in, src), s.unsqueeze(1), Z)
 
 
 def carried(w: Windows) -> np.ndarray:

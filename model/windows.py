@@ -87,6 +87,20 @@ class Geometry:
                        np.ascontiguousarray(tgt), mask, starts == 0, starts, seq)
 
 
+COND_UNKNOWN = "@?"     # the condition of a program the model was not trained with
+COND_DROPOUT = 0.1      # share of training windows given it instead of their own
+
+
+def condition(w: Windows, ids: np.ndarray) -> Windows:
+    """Windows whose context is headed by a condition token (`ids`, one per window): the
+    first position of the source and of the previous source, so a window scored alone
+    and one whose previous source is reused read the same (predict-next only)."""
+    ids = np.asarray(ids, np.int64)
+    src, prev = w.src.copy(), w.prev.copy()
+    src[:, 0] = prev[:, 0] = ids
+    return Windows(src, prev, w.tgt, w.mask, w.first, w.start, w.seq)
+
+
 def count(n: int, p: int, s: int) -> int:
     """Windows cut from a sequence of n tokens."""
     return max(1, -(-max(n - p, 0) // s) + 1) if n else 0

@@ -16,6 +16,7 @@ from harness import Daemon, JournalNamespace  # noqa: E402
 from synthetic_corpus import (  # noqa: E402, F401 (re-exported for the daemon tests)
     attack_sequence,
     normal_sequence,
+    program_loop,
     quick_settings,
     tiny_config,
 )

@@ -658,3 +658,48 @@ def test_an_exec_s_news_go_to_the_first_window_after_it(tiny_detector):
     (pos, event), = scorer.novel[b.key]
     assert event["kind"] == "new_program" and event["what"] == "/bin/b"
     assert pos == 16, "on the window after the exec, not the block's first"
+
+
+def test_a_conditioned_model_judges_each_process_as_its_program(tmp_path):
+    """Two programs run the same loop and differ at its end (one writes, one sends). With
+    a model conditioned on the program, the pipeline heads every window's context with
+    its process's program: the sender sending passes, the writer sending alerts, and a
+    program the model never saw reads as programs in general. Its scores equal the
+    offline conditioned windows'."""
+    from daemon_helpers import program_loop, quick_settings, tiny_config
+
+    from sysdream.daemon.pipeline import condition_name
+    from sysdream.daemon.processes import ProcessTable
+    from sysdream.model.detector import Detector
+    from sysdream.model.scoring import score
+    from sysdream.model.windows import condition, count, cut
+    from sysdream.probes.layout import CTX_NEW
+
+    rng = np.random.default_rng(4)
+    seqs, conds = [], []
+    for _ in range(30):
+        seqs += [program_loop(rng, 160, "write"), program_loop(rng, 160, "sendto")]
+        conds += [condition_name("/usr/bin/files"), condition_name("/usr/bin/net")]
+    det = Detector.train(seqs, None, tiny_config(condition="decoder"),
+                         quick_settings(epochs=20, patience=4), conds=conds)
+    view, _c, queue, cutter, scorer, found = make(det)
+    assert view.conditioned
+    table = ProcessTable(proc="/nonexistent")
+    cutter.processes = table
+    for pid, exe in ((71, "/usr/bin/net"), (72, "/usr/bin/files"), (73, "/usr/bin/new")):
+        table.ingest(context_record(CTX_NEW, pid, 50, exe, pid))
+    sends = program_loop(rng, 320, "sendto")
+    for pid in (71, 72, 73):
+        cutter.ingest(records(pid, sends, tgid=pid, t0=100 * pid, exit=True))
+    blocks = drain(queue)
+    scorer.process(blocks)
+    assert {d.block.tgid for d in found} == {72}, [(d.block.tgid, d.block.exe) for d in found]
+    # what the pipeline scored is what the model scores offline under that program
+    b = next(b for b in blocks if b.tgid == 72)
+    w = condition(cut(det.vocab.encode(sends), det.cfg.window, det.cfg.stride, "predict-next"),
+                  np.full(count(len(sends), det.cfg.window, det.cfg.stride),
+                          det.condition_id("@/usr/bin/files")))
+    offline = score(det.net, w, 256, detail=False).score
+    at = np.searchsorted(w.start, b.starts)
+    assert np.allclose(scorer.cache.lookup(scorer.cache.keys(
+        view.tokens(b.spans, [b], np.zeros(len(b), np.int64))))[1], offline[at], atol=1e-4)

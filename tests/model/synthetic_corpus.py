@@ -40,3 +40,17 @@ def tiny_config(**kw) -> NetworkConfig:
 def quick_settings(**kw) -> TrainSettings:
     return TrainSettings(**{**dict(epochs=6, patience=2, batch=32, lr=1e-2, train_stride=2,
                                    threads=1), **kw})
+
+
+# Two programs run the same long loop and differ at its end: one writes the result to a
+# file, the other sends it. The window's context (8 syscalls) holds only the common part
+# when the last call comes, so only the program can say which is normal.
+LOOP_COMMON = ["openat", "fstat", "read", "read", "read", "mmap", "munmap", "lseek", "read",
+               "close"]
+
+
+def program_loop(rng: np.random.Generator, n: int, last: str) -> np.ndarray:
+    out: list[str] = []
+    while len(out) < n:
+        out += [c for c in LOOP_COMMON if c != "lseek" or rng.random() < 0.7] + [last]
+    return np.array(out[:n], dtype=object)
