@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -20,7 +21,17 @@ from .embedding import train_word2vec
 from .scoring import WindowScores, score
 from .training import train
 from .vocab import Vocabulary
-from .windows import COND_DROPOUT, COND_UNKNOWN, Windows, condition, count, cut, cut_many, holdout
+from .windows import (
+    COND_DROPOUT,
+    COND_UNKNOWN,
+    MIN_COND_WINDOWS,
+    Windows,
+    condition,
+    count,
+    cut,
+    cut_many,
+    holdout,
+)
 
 AGGREGATE = "mean"  # a trace's score: the mean of its window scores (see docs/model.md)
 
@@ -95,6 +106,12 @@ class Detector:
         if cfg.condition:
             conds = [c for c, s in zip(conds, train_seqs, strict=True) if len(s)]
         train_seqs = [s for s in train_seqs if len(s)]
+        if cfg.condition:   # a program seen too little to learn alone: programs in general
+            made = Counter()
+            for c, s in zip(conds, train_seqs, strict=True):
+                made[c] += len(s)
+            few = {c for c, n in made.items() if n < MIN_COND_WINDOWS * cfg.window}
+            conds = [COND_UNKNOWN if c in few else c for c in conds]
         if not train_seqs:
             raise ValueError("no training data: every input sequence is empty")
         if calib_seqs is not None and \

@@ -89,6 +89,7 @@ class Geometry:
 
 COND_UNKNOWN = "@?"     # the condition of a program the model was not trained with
 COND_DROPOUT = 0.1      # share of training windows given it instead of their own
+MIN_COND_WINDOWS = 500  # a program with fewer windows' worth of syscalls trains as it
 
 
 def condition(w: Windows, ids: np.ndarray) -> Windows:

@@ -20,6 +20,8 @@ def two_programs():
     for _ in range(30):
         seqs += [program_loop(rng, 160, "write"), program_loop(rng, 160, "sendto")]
         conds += ["@files", "@net"]
+    seqs.append(program_loop(rng, 40, "write"))     # too little to learn a program from
+    conds.append("@rare")
     cond = Detector.train(seqs, None, tiny_config(condition="decoder"),
                           quick_settings(epochs=20, patience=4), conds=conds)
     plain = Detector.train(seqs, None, tiny_config(), quick_settings(epochs=20, patience=4))
@@ -56,6 +58,7 @@ def test_the_condition_is_in_the_vocabulary_the_bundle_and_offline_scoring(two_p
     cond, plain, rng = two_programs
     assert {COND_UNKNOWN, "@files", "@net"} <= set(cond.vocab.names)
     assert cond.condition_id("@gone") == cond.vocab.index[COND_UNKNOWN]
+    assert "@rare" not in cond.vocab.names, "a program of 40 syscalls got a token"
     assert "condition" not in plain.cfg.to_json() and cond.cfg.to_json()["condition"]
     cond.save(tmp_path / "m")
     back = Detector.load(tmp_path / "m")
