@@ -43,6 +43,10 @@ def main() -> int:
                     "program's 6-syscall sequences too ([learning] sequences)")
     ap.add_argument("--confidence", type=float, default=0.999,
                     help="the window bound's confidence (the model's default)")
+    ap.add_argument("--evidence", type=float, nargs="*", default=[], metavar="K",
+                    help="also replay at these fixed evidence thresholds (in windows at the "
+                         "window bound, one for every program): two networks compared at "
+                         "the same thresholds, apart from where each one's fit put its bound")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
@@ -96,9 +100,37 @@ def main() -> int:
     if args.attack:
         report["attacks"] = kinds
         print(f"attack kinds alerted: {sum(1 for n in kinds.values() if n)} of {len(kinds)}")
+    if args.evidence:
+        report["fixed"] = _fixed(det, prof, args.benign, args.attack, args.evidence)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
     return 0
+
+
+def _fixed(det, prof, benign: list, attack: list, ks: list) -> list:
+    """False alerts an hour and attack kinds alerted at each fixed evidence threshold."""
+    from sysdream.daemon.lineage import held_out_span
+    from sysdream.daemon.replay import alerts_after
+    from sysdream.probes.tracefile import read_trace
+
+    traces = [(read_trace(p), 0) for p in benign] + [(read_trace(p), 1) for p in attack]
+    out = []
+    print("fixed evidence threshold: false alerts an hour, attack kinds alerted")
+    for k in ks:
+        seconds = alerts = kinds = 0
+        for t, is_attack in traces:
+            s, _, e = held_out_span([t])
+            got = alerts_after(det, t, prof, s - is_attack, e, evidence_k=k)
+            if is_attack:
+                kinds += got["alerts"] > 0
+            else:
+                seconds += got["seconds"]
+                alerts += got["alerts"]
+        row = {"evidence": k, "per_hour": round(alerts / max(seconds, 1e-9) * 3600, 1),
+               "kinds": kinds, "of": len(attack)}
+        print(f"  {k:5g}  {row['per_hour']:7.1f}  {kinds} of {len(attack)}")
+        out.append(row)
+    return out
 
 
 if __name__ == "__main__":
