@@ -191,7 +191,9 @@ def test_the_daemon_retrains_on_schedule_without_learning_the_odd_process(ebpf_r
     """Learn, detect; on schedule the daemon records the host while it detects, where a
     process turns odd (and alerts): the candidate trains on the baseline and the recording
     less that process (the guard), judges the same windows as the model in use in its
-    shadow, and is swapped in without a restart; the odd process still alerts under it."""
+    shadow, and is swapped in without a restart when it raised no more alerts there, set
+    aside when it raised more (both decisions on fixed models: the test below); the odd
+    process alerts under whichever model is then in use."""
     prog = workload(tmp_path)
     state = tmp_path / "state"
     cfg = tmp_path / "sysdream.toml"
@@ -226,27 +228,37 @@ def test_the_daemon_retrains_on_schedule_without_learning_the_odd_process(ebpf_r
                         or journal.entries(MESSAGE_ID=MESSAGE_IDS["retraining-rejected"]),
                         30, "the retraining's outcome")
         e = done[0]
-        assert e["MESSAGE_ID"] == MESSAGE_IDS["model-retrained"], e["MESSAGE"]
         assert int(e["SYSDREAM_SHADOW_WINDOWS"]) > 0
-        assert int(e["SYSDREAM_CANDIDATE_ALERTS"]) <= int(e["SYSDREAM_CURRENT_ALERTS"])
-        second = json.loads((state / "model" / "manifest.json").read_text())["model_id"]
-        assert second != first and e["SYSDREAM_MODEL_ID"] == second
-        assert json.loads((state / "model.previous" / "manifest.json").read_text()
-                          )["model_id"] == first
+        in_use = json.loads((state / "model" / "manifest.json").read_text())["model_id"]
+        if e["MESSAGE_ID"] == MESSAGE_IDS["model-retrained"]:
+            # no more alerts than the model in use in the shadow: in use, the one before kept
+            assert int(e["SYSDREAM_CANDIDATE_ALERTS"]) <= int(e["SYSDREAM_CURRENT_ALERTS"])
+            assert in_use != first and e["SYSDREAM_MODEL_ID"] == in_use
+            assert json.loads((state / "model.previous" / "manifest.json").read_text()
+                              )["model_id"] == first
+            assert d.metric('sysdream_retrainings_total{outcome="swapped"}') == 1.0
+        else:
+            # a candidate that raised more (on a 40-second host, it may): set aside, the
+            # model in use stays
+            assert int(e["SYSDREAM_CANDIDATE_ALERTS"]) > int(e["SYSDREAM_CURRENT_ALERTS"]), \
+                e["MESSAGE"]
+            assert in_use == first and e["SYSDREAM_MODEL_ID"] != first
+            assert json.loads((state / "model.rejected" / "manifest.json").read_text()
+                              )["model_id"] == e["SYSDREAM_MODEL_ID"]
+            assert d.metric('sysdream_retrainings_total{outcome="rejected"}') == 1.0
         assert list(state.glob("recent-*.sdtrace"))
         # the guard left the odd process out, and said so
         guard = [ln for ln in d.stderr.splitlines() if "guard:" in ln]
         assert guard and " of 0 processes" not in guard[0], guard
         assert d.metric("sysdream_learning_syscalls_total") <= 1_100_000
-        assert d.metric('sysdream_retrainings_total{outcome="swapped"}') == 1.0
         wait_for(lambda: state_is("waiting"), 10, "the next retraining scheduled")
-        # under the new model, in use without a restart, the odd process still alerts
+        # under the model in use after the decision, no restart, the odd process alerts
         before = len(journal.entries(**anomaly))
         run_script(prog, ODD)
         wait_for(lambda: len(journal.entries(**anomaly)) > before, 30,
-                 "an alert for the odd process under the retrained model")
+                 "an alert for the odd process after the retraining")
         after = journal.entries(**anomaly)[-1]
-        assert after["SYSDREAM_MODEL_ID"] == second
+        assert after["SYSDREAM_MODEL_ID"] == in_use
         rc, _ = d.stop()
         assert rc == 0
     finally:
