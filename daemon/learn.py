@@ -13,6 +13,7 @@ import numpy as np
 
 from sysdream.model import archs
 from sysdream.model.config import NetworkConfig, TrainSettings
+from sysdream.model.windows import condition_name
 from sysdream.probes import datasets
 
 from .inputs import datasets_root, read_input
@@ -248,8 +249,6 @@ def _guarded(args, seqs: list) -> list:
 def _cond_of(source: str, labels: dict) -> str:
     """The program token of a sequence from `source` ("path:tid"): its thread's program
     in `labels` (path -> tid -> label), the unknown program's for a dataset's."""
-    from .pipeline import condition_name
-
     path, _, tid = source.rpartition(":")
     return condition_name(labels.get(path, {}).get(int(tid), "") if tid.isdigit() else "")
 
@@ -285,8 +284,6 @@ def _host_model(args, cfg, settings, seqs, host, calib_names, conds=None, labels
     _, cut, end = span
     seconds = active_ns(traces, cut) / 1e9
     # the first three quarters: the host's threads up to the cut, and any dataset input
-    from .pipeline import condition_name
-
     paths = {str(p) for p, _ in host}
     mine = [s.source.rpartition(":")[0] not in paths for s in seqs]
     names = [s.tokens for s, m in zip(seqs, mine, strict=True) if m]

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sysdream.model.vocab import UNK
-from sysdream.model.windows import COND_UNKNOWN, Geometry
+from sysdream.model.windows import Geometry, condition_name
 from sysdream.probes import syscalls
 from sysdream.probes.layout import REC_EXEC, REC_EXIT
 from sysdream.probes.streams import flatten
@@ -55,11 +55,6 @@ NEVER_FOR_DELIVERY = ("execve", "execveat", "fork", "vfork", "clone", "clone3", 
                       "accept4", "unlink", "unlinkat", "rename", "renameat", "renameat2",
                       "chmod", "fchmod", "fchmodat", "chown", "fchown", "fchownat", "symlink",
                       "symlinkat", "link", "linkat", "mprotect", "personality", "prctl")
-
-
-def condition_name(label: str) -> str:
-    """A program's token for a conditioned model ("" for one not known)."""
-    return f"@{label}" if label else COND_UNKNOWN
 
 
 class ModelView:
@@ -97,7 +92,7 @@ class ModelView:
                 self.alert = self.alert.with_confidence(confidence)
         # a model conditioned on the program (model/windows.condition): each block's
         # program token heads its windows' context
-        self.conditioned = bool(getattr(cfg, "condition", ""))
+        self.conditioned = bool(cfg.condition)
         self._conds: dict[str, int] = {}
         self.lineage = None
         if detector.lineage is not None and lineage:

@@ -51,8 +51,7 @@ MAX_ALLOWED_NAMES = 1024   # syscalls of one allow entry's window taken for trai
 
 
 # -- offline: the trainer's side ----------------------------------------------------------
-def guard(det, traces: list, near: float, share: float, confidence: float = 0.0
-          ) -> tuple[list, dict]:
+def guard(det, traces: list, near: float, share: float) -> tuple[list, dict]:
     """`traces` (probes.tracefile.Trace, recorded while `det` detected) less what may be an
     attack being taught (see the module's docstring), and a report of what went."""
     from .learn import share_cap
@@ -71,7 +70,7 @@ def guard(det, traces: list, near: float, share: float, confidence: float = 0.0
             continue
         found: list = []
         alerts_after(det, t, profile, int(recs["first_ns"].min()), int(recs["last_ns"].max()),
-                     confidence=confidence, near=near, found=found)
+                     near=near, found=found)
         moments: dict[int, list[int]] = {}
         for d in found:
             for pid in {d.block.tgid, *(d.episode or {}).get("pids", ())}:

@@ -92,6 +92,11 @@ COND_DROPOUT = 0.1      # share of training windows given it instead of their ow
 MIN_COND_WINDOWS = 500  # a program with fewer windows' worth of syscalls trains as it
 
 
+def condition_name(label: str) -> str:
+    """A program's token for a conditioned model (COND_UNKNOWN for "", one not known)."""
+    return f"@{label}" if label else COND_UNKNOWN
+
+
 def condition(w: Windows, ids: np.ndarray) -> Windows:
     """Windows whose context is headed by a condition token (`ids`, one per window): the
     first position of the source and of the previous source, so a window scored alone
