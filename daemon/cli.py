@@ -35,6 +35,7 @@ examples:
   sysdream keygen --curve -o /etc/sysdream/keys --name web-1    a fleet key pair
   sysdream server                      the fleet's scoring server ([server])
   sysdream agent --server tcp://10.0.0.1:7478    run, the server scoring ([fleet])
+  sysdream worker --server tcp://10.0.0.1:7480    score for a server, on another machine
 
 exit codes: 0 ok, 2 usage, 3 no privileges, 4 no bpf(), 5 tracepoint missing,
 6 kernel headers missing, 7 bcc missing, 8 no ring buffer, 9 BPF program failed
@@ -250,19 +251,15 @@ def build_parser() -> argparse.ArgumentParser:
     ag.add_argument("--role", help="[fleet] role")
     sv = sub.add_parser("server", help="the fleet's scoring server, in the foreground",
                         description="Score the windows of the agents of a fleet ([server] in "
-                        "the configuration): a CurveZMQ ROUTER in front of worker processes.")
-    sv.add_argument("--config", help="configuration file (default "
-                    "/etc/sysdream/sysdream.toml)")
-    sv.add_argument("--bind", help="[server] bind, e.g. tcp://0.0.0.0:7478")
-    sv.add_argument("--publish", help="[server] publish")
-    sv.add_argument("--key", help="[server] key: the server's .curve-secret file")
-    sv.add_argument("--agents", help="[server] agents: folder of agents' .curve files")
-    sv.add_argument("--models", help="[server] models: folder of model bundles")
-    sv.add_argument("--workers", type=int, help="[server] workers")
-    sv.add_argument("--device", choices=("auto", "cpu", "cuda"), help="[server] device")
-    sv.add_argument("--metrics-port", type=int, help="[server] metrics_port")
-    sv.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="any configuration key (repeatable)")
+                        "the configuration): a CurveZMQ ROUTER in front of worker "
+                        "processes, its own and `sysdream worker`s on other machines.")
+    _add_section_flags(sv, "server")
+    wk = sub.add_parser("worker", help="score for a fleet server, on a machine of its own",
+                        description="An inference worker on another machine ([worker] in the "
+                        "configuration): connects to the server's [server] worker_bind over "
+                        "CurveZMQ, fetches the server's models, and scores what its broker "
+                        "hands it.")
+    _add_section_flags(wk, "worker")
 
     al = sub.add_parser("allow", help="mark a false alert's pattern benign; list or remove "
                         "such entries", description="An allowed pattern stops alerting at "
@@ -343,6 +340,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _run(args)
     if args.verb == "server":
         return _server(args)
+    if args.verb == "worker":
+        return _worker(args)
     if args.verb == "explain":
         from .explain import run_explain
         return run_explain(args)
@@ -397,20 +396,63 @@ def _run(args: argparse.Namespace) -> int:
         svc.close()
 
 
-def _server(args: argparse.Namespace) -> int:
-    from . import config
-    from .fleet import server
+# `sysdream server` and `sysdream worker`: each flag sets one key of the verb's section
+# (flag, key, Path for a path made absolute, a tuple of choices, or a type; help)
+SECTION_FLAGS = {
+    "server": (("--bind", "bind", None, "e.g. tcp://0.0.0.0:7478"),
+               ("--publish", "publish", None, ""),
+               ("--key", "key", Path, "the server's .curve-secret file"),
+               ("--agents", "agents", Path, "folder of agents' .curve files"),
+               ("--models", "models", Path, "folder of model bundles"),
+               ("--workers", "workers", int, ""),
+               ("--device", "device", ("auto", "cpu", "cuda"), ""),
+               ("--metrics-port", "metrics_port", int, "")),
+    "worker": (("--server", "server", None, "the server's worker_bind, e.g. "
+                "tcp://10.0.0.1:7480"),
+               ("--server-key", "server_key", Path, "the server's .curve file"),
+               ("--key", "key", Path, "this worker's .curve-secret file"),
+               ("--models", "models", Path, "where fetched models are kept"),
+               ("--device", "device", ("auto", "cpu", "cuda"), "")),
+}
 
-    def absolute(p):
-        return p and str(Path(p).absolute())
-    cfg = config.override(config.load(args.config, required=bool(args.config)), {
-        ("server", "bind"): args.bind, ("server", "publish"): args.publish,
-        ("server", "key"): absolute(args.key), ("server", "agents"): absolute(args.agents),
-        ("server", "models"): absolute(args.models), ("server", "workers"): args.workers,
-        ("server", "device"): args.device, ("server", "metrics_port"): args.metrics_port})
-    if args.set:
-        cfg = config.override(cfg, config.parse_set(args.set))
-    return server.run(cfg)
+
+def _add_section_flags(p: argparse.ArgumentParser, section: str) -> None:
+    p.add_argument("--config", help="configuration file (default "
+                   "/etc/sysdream/sysdream.toml)")
+    for flag, key, kind, text in SECTION_FLAGS[section]:
+        kw = {"choices": kind} if isinstance(kind, tuple) else \
+            {"type": kind} if kind in (int, float) else {}
+        p.add_argument(flag, help=f"[{section}] {key}" + (f": {text}" if text else ""), **kw)
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="any configuration key (repeatable)")
+
+
+def _section_config(args: argparse.Namespace, section: str):
+    """The configuration file with the verb's flags and --set applied in one override
+    (keys that depend on each other are checked together)."""
+    from . import config
+    flags = {}
+    for flag, key, kind, _ in SECTION_FLAGS[section]:
+        v = getattr(args, flag.lstrip("-").replace("-", "_"))
+        flags[(section, key)] = str(Path(v).absolute()) if kind is Path and v else v
+    return config.override(config.load(args.config, required=bool(args.config)),
+                           {**flags, **config.parse_set(args.set)})
+
+
+def _server(args: argparse.Namespace) -> int:
+    from .fleet import server
+    return server.run(_section_config(args, "server"))
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from . import config
+    from .fleet import worker
+    cfg = _section_config(args, "worker")
+    if not cfg.worker.server:
+        raise config.ConfigError(f"{cfg.source}: a worker needs its server: set [worker] "
+                                 "server (or --server tcp://HOST:PORT, the server's "
+                                 "[server] worker_bind)")
+    return worker.remote(cfg)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -188,10 +188,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
                       "the absolute path of a folder of agents' .curve files"),
         "models": Key("/var/lib/sysdream-server/models", str, lambda v: v.startswith("/"),
                       "the absolute path of a folder of model bundles"),
-        "workers": Key(2, int, _rng(1, 256), "an integer, 1 to 256"),
+        "workers": Key(2, int, _rng(0, 256), "an integer, 0 to 256"),
         "batch_windows": Key(4096, int, _rng(1, 8192), "an integer, 1 to 8192"),
         "device": Key("auto", str, lambda v: v in ("auto", "cpu", "cuda"),
                       '"auto" (CUDA when torch sees a GPU), "cpu" or "cuda"'),
+        "worker_bind": Key("", str, lambda v: v == "" or _endpoint(v),
+                           '"" (no remote workers) or "tcp://HOST:PORT"'),
+        "worker_keys": Key("/etc/sysdream/workers", str, lambda v: v.startswith("/"),
+                           "the absolute path of a folder of workers' .curve files"),
         "baselines": Key("/var/lib/sysdream-server/baselines", str,
                          lambda v: v.startswith("/"), "an absolute path"),
         "train_after_s": Key(60.0, NUM, _rng(0, 86400), "seconds, 0 to 86400"),
@@ -200,6 +204,20 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "metrics_address": Key("127.0.0.1", str, lambda v: bool(v),
                                "an IP address to listen on"),
         "metrics_port": Key(9478, int, _rng(0, 65535), "a TCP port, 0 to 65535"),
+    },
+    "worker": {
+        "server": Key("", str, lambda v: v == "" or _endpoint(v),
+                      '"" or the server\'s [server] worker_bind, "tcp://HOST:PORT"'),
+        "server_key": Key("/etc/sysdream/server.curve", str, lambda v: v.startswith("/"),
+                          "the absolute path of the server's .curve file"),
+        "key": Key("/etc/sysdream/keys/worker.curve-secret", str,
+                   lambda v: v.startswith("/"),
+                   "the absolute path of this worker's .curve-secret file"),
+        "models": Key("/var/lib/sysdream-worker/models", str, lambda v: v.startswith("/"),
+                      "an absolute path"),
+        "device": Key("auto", str, lambda v: v in ("auto", "cpu", "cuda"),
+                      '"auto" (CUDA when torch sees a GPU), "cpu" or "cuda"'),
+        "batch_windows": Key(4096, int, _rng(1, 8192), "an integer, 1 to 8192"),
     },
     "metrics": {
         "enabled": Key(True, bool, form="true or false"),
@@ -347,6 +365,11 @@ def check(data: dict, source: str, text: str = "") -> Config:
         raise ConfigError(f"{at('fleet', 'server')}: an agent needs its own key and the "
                           "server's: set [fleet] key and server_key (sysdream keygen "
                           "--curve)")
+    sv = values["server"]
+    if sv["workers"] == 0 and not sv["worker_bind"]:
+        raise ConfigError(f"{at('server', 'workers')}: [server] workers = 0 and no "
+                          "worker_bind: nothing would score; set workers to 1 or more, or "
+                          "worker_bind for remote workers")
     for section, key in (("alerts.syslog", "address"), ("alerts.webhook", "url")):
         if values[section]["enabled"] and not values[section][key]:
             raise ConfigError(f"{at(section, 'enabled')}: [{section}] is enabled but has no "

@@ -80,12 +80,14 @@ def load_secret(path: str | os.PathLike) -> tuple[str, bytes, bytes]:
     return words[3], words[2].encode(), words[1].encode()
 
 
-def allow_list(folder: str | os.PathLike) -> dict[bytes, str]:
-    """{Z85 public key: name} of every .curve file in the agents' folder."""
+def allow_list(folder: str | os.PathLike, whose: str = "agents'") -> dict[bytes, str]:
+    """{Z85 public key: name} of every .curve file in an allow-list folder (the agents',
+    or the remote workers')."""
     d = Path(folder)
     if not d.is_dir():
-        raise ConfigError(f"{d}: no such folder of agents' public keys; create it and copy "
-                          "each agent's NAME.curve there")
+        one = whose.rstrip("'s")
+        raise ConfigError(f"{d}: no such folder of {whose} public keys; create it and copy "
+                          f"each {one}'s NAME.curve there")
     out: dict[bytes, str] = {}
     for p in sorted(d.glob("*.curve")):
         name, key = load_public(p)

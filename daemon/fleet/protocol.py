@@ -20,6 +20,17 @@ so in one error message naming both versions; nothing is guessed.
                                one uint8 frame per file of the bundle, in `names` order;
                                sha256 is the manifest's (which lists every file's)
 
+On the broker's backend (its workers, local on ipc:// or remote on tcp:// with CurveZMQ),
+a score request travels as [agent id, *score] and its reply as [agent id, *scores or
+error]; the broker and a worker speak to each other in frames [b"", *message]:
+
+    worker -> broker  ready    {version, name, index, device, models}: at start and every
+                               READY_S (a heartbeat); models: the model ids it holds
+    broker -> worker  models   {models: [[model id, sha256], ...]}: what the server holds,
+                               sent to a remote worker lacking some (it fetches them)
+    worker -> broker  want     {seq, model, version}
+    broker -> worker  bundle   as above (role: the bundle's folder name, or "-")
+
 `seq` increases with every request of an agent: a reply to an older request (one that
 timed out) is stale and dropped by the agent; a request whose seq does not increase is
 refused by the server (code "order"). Bad messages are refused with a code from CODES and
@@ -46,6 +57,8 @@ MAX_PART = 8 << 20      # bytes of a baseline in one message
 MAX_PARTS = 64          # so a baseline of at most 512 MiB
 MAX_FILES = 32          # files in a bundle
 MAX_BUNDLE = 256 << 20  # bytes of a bundle
+READY_S = 1.0           # a worker's heartbeat
+MAX_MODELS = 256        # model ids in a ready or models message
 
 # frame layouts of each type: (name, dtype, shape from the header)
 FRAMES = {
@@ -58,6 +71,9 @@ FRAMES = {
     "stored": (),
     "fetch": (),
     "bundle": None,     # one frame per file, sizes in the header
+    "ready": (),
+    "models": (),
+    "want": (),
 }
 # header keys each type must carry, with their types
 KEYS = {
@@ -72,6 +88,9 @@ KEYS = {
     "fetch": {"seq": int, "role": str, "version": str, "have": str},
     "bundle": {"seq": int, "role": str, "model": str, "sha256": str, "names": list,
                "sizes": list},
+    "ready": {"version": str, "name": str, "index": int, "device": str, "models": list},
+    "models": {"models": list},
+    "want": {"seq": int, "model": str, "version": str},
 }
 ROLE_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
@@ -142,6 +161,10 @@ def decode(frames: list[bytes], expect: tuple[str, ...]) -> Message:
                             "(not starting with .)")
     if t == "bundle":
         return _bundle(frames, h)
+    if t in ("ready", "models"):
+        _ids(t, h["models"], pairs=t == "models")
+    if t == "want" and not _model_id(h["model"]):
+        raise ProtocolError("malformed", "want: a model id of letters and digits")
     if t == "baseline" and not (0 <= h["part"] < h["parts"] <= MAX_PARTS
                                 and 0 < h["bytes"] <= MAX_PART):
         raise ProtocolError("oversized" if h["bytes"] > MAX_PART or h["parts"] > MAX_PARTS
@@ -178,6 +201,24 @@ def decode(frames: list[bytes], expect: tuple[str, ...]) -> Message:
     if t == "scores" and not np.all(np.isfinite(arrays["scores"])):
         raise ProtocolError("malformed", "scores: a score that is not finite")
     return Message(t, h, arrays)
+
+
+def _model_id(v) -> bool:
+    return isinstance(v, str) and 0 < len(v) <= 64 and v.isascii() and v.isalnum()
+
+
+def _ids(t: str, items: list, pairs: bool) -> None:
+    """A list of model ids (ready) or of [model id, sha256] pairs (models)."""
+    if len(items) > MAX_MODELS:
+        raise ProtocolError("oversized", f"{t}: {len(items)} models (at most {MAX_MODELS})")
+    for it in items:
+        if pairs:
+            ok = isinstance(it, list) and len(it) == 2 and _model_id(it[0]) \
+                and isinstance(it[1], str) and len(it[1]) == 64
+        else:
+            ok = _model_id(it)
+        if not ok:
+            raise ProtocolError("malformed", f"{t}: a model entry {str(it)[:60]!r}")
 
 
 def _bundle(frames: list[bytes], h: dict) -> Message:

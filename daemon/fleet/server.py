@@ -1,13 +1,17 @@
 """`sysdream server`: the fleet's scoring server.
 
-ZeroMQ's standard broker: a ROUTER socket the agents connect to (CurveZMQ, agents
-admitted by their public key in the [server] agents folder) in front of a DEALER socket
-that spreads requests over N worker processes (worker.py) on a private ipc:// socket;
-replies go back the same way. The broker checks every request against the schema
-(protocol.py) before a worker sees it, keeps each agent's sequence in order, answers
-"busy" when no worker can take more, and counts all of it by agent (the key's name). A PUB
-socket (CurveZMQ too) publishes fleet events: the server's start and, every 10 s, the
-models it holds. Exit codes: 12 bad configuration or keys, 15 an endpoint it cannot bind.
+ZeroMQ's load-balancing broker: a ROUTER socket the agents connect to (CurveZMQ, agents
+admitted by their public key in the [server] agents folder) in front of ROUTER sockets
+its workers connect to: the N worker processes it starts (worker.py) on a private ipc://
+socket and, with [server] worker_bind, `sysdream worker`s on other machines over tcp://
+(CurveZMQ, admitted by their key in [server] worker_keys). Each worker says it is ready
+every second; the broker hands each request to the ready worker holding the fewest, and
+forgets a worker it has not heard from in WORKER_SILENT_S. Replies go back the same way.
+The broker checks every request against the schema (protocol.py) before a worker sees it,
+keeps each agent's sequence in order, answers "busy" when no worker can take more, and
+counts all of it by agent (the key's name) and by worker. A PUB socket (CurveZMQ too)
+publishes fleet events: the server's start and, every 10 s, the models it holds. Exit
+codes: 12 bad configuration or keys, 15 an endpoint it cannot bind.
 """
 
 from __future__ import annotations
@@ -33,11 +37,24 @@ from .roles import Roles
 HEARTBEAT_S = 10.0
 INFER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 MAX_INFLIGHT = 256      # requests with the workers before the broker answers "busy"
+PER_WORKER = 64         # requests one worker holds at most
+WORKER_SILENT_S = 10.0  # a worker not heard from for this long is forgotten
 UNKNOWN = "unknown"
 
 
 def log(msg: str) -> None:
     print(f"sysdream server: {msg}", file=sys.stderr, flush=True)
+
+
+class Slot:
+    """One worker the broker knows: where it is, what it holds, when it last spoke."""
+
+    def __init__(self, sock, ident: bytes, name: str, index: int, remote: bool):
+        self.sock, self.ident, self.name, self.index = sock, ident, name, index
+        self.remote = remote
+        self.inflight = 0
+        self.seen = self.sent = time.monotonic()
+        self.models: set[str] = set()
 
 
 class Server:
@@ -53,19 +70,25 @@ class Server:
         self.bytes_in: Counter = Counter()
         self.last_seen: dict[str, float] = {}
         self.seqs: OrderedDict = OrderedDict()     # routing id -> last seq
-        self.inflight: dict[tuple, tuple[str, float]] = {}   # (ident, seq) -> (agent, t0)
+        self.inflight: dict[tuple, tuple] = {}     # (ident, seq) -> (agent, t0, Slot)
         self.infer = np.zeros(len(INFER_BUCKETS) + 1, np.int64)
         self.infer_sum = 0.0
         self.latency = np.zeros(len(INFER_BUCKETS) + 1, np.int64)
         self.latency_sum = 0.0
         self.worker_restarts = 0
-        self.ready: set[int] = set()       # workers that said they are ready
         self.workers: list[subprocess.Popen | None] = [None] * s.workers
+        self.slots: dict[tuple[bool, bytes], Slot] = {}   # (remote, routing id) -> worker
+        self.worker_keys: dict[bytes, str] = {}
+        self.dispatched: Counter = Counter()       # worker name -> requests handed to it
+        self.workers_lost = 0
+        self.held: dict[str, str] = {}             # model id -> manifest sha256 (cached)
+        self.held_at = -1e9
         self.lock = threading.Lock()
         self.stop = False
         self.reload = False
         self.device = s.device
         self.ctx = self.auth = self.front = self.back = self.pub = self.monitor = None
+        self.wback = None
         self.http = None
         self.roles = Roles(cfg)
         self.rundir = None
@@ -74,16 +97,19 @@ class Server:
 
     # -- ZAP: which agents may connect ------------------------------------------------
     def callback(self, domain: str, key: bytes) -> bool:
-        """Called by the authenticator thread for each CURVE handshake."""
-        if key in self.allowed:
+        """Called by the authenticator thread for each CURVE handshake: agents on the
+        front socket, remote workers (ZAP domain "workers") on the workers' socket."""
+        worker = domain == "workers"
+        if key in (self.worker_keys if worker else self.allowed):
             return True
         with self.lock:
-            self.refused["unknown-key"] += 1
+            self.refused["unknown-worker-key" if worker else "unknown-key"] += 1
             new = key not in self.refused_keys and len(self.refused_keys) < 10000
             self.refused_keys.add(key)
         if new:
-            log(f"refused an agent whose key {key.decode()[:12]}... is not in "
-                f"{self.cfg.server.agents}")
+            who, where = (("a worker", self.cfg.server.worker_keys) if worker
+                          else ("an agent", self.cfg.server.agents))
+            log(f"refused {who} whose key {key.decode()[:12]}... is not in {where}")
         return False
 
     # -- start ------------------------------------------------------------------------
@@ -103,7 +129,8 @@ class Server:
         self.ctx = zmq.Context()
         self.auth = ThreadAuthenticator(self.ctx)
         self.auth.start()
-        self.auth.configure_curve_callback(domain="*", credentials_provider=self)
+        for domain in ("*", "workers"):    # agents; remote workers (zap_domain below)
+            self.auth.configure_curve_callback(domain=domain, credentials_provider=self)
         self.front = self.ctx.socket(zmq.ROUTER)
         self.pub = self.ctx.socket(zmq.PUB)
         for sock in (self.front, self.pub):
@@ -125,11 +152,26 @@ class Server:
                 raise FleetEndpointError(f"[server] {key} {where}: {exc}; stop what holds "
                                          "it or choose another address") from None
         self.rundir = tempfile.mkdtemp(prefix="sysdream-server-")   # 0700
-        self.back = self.ctx.socket(zmq.DEALER)
-        self.back.setsockopt(zmq.LINGER, 0)
-        self.back.setsockopt(zmq.SNDHWM, MAX_INFLIGHT)
+        self.back = self.ctx.socket(zmq.ROUTER)
         self.backend = f"ipc://{self.rundir}/workers"
-        self.back.bind(self.backend)
+        socks = [(self.back, self.backend, None)]
+        if s.worker_bind:
+            self.worker_keys = allow_list(s.worker_keys, "workers'")
+            self.wback = self.ctx.socket(zmq.ROUTER)
+            self.wback.curve_server = True
+            self.wback.curve_secretkey, self.wback.curve_publickey = secret, public
+            self.wback.zap_domain = b"workers"
+            self.wback.setsockopt(zmq.MAXMSGSIZE, wire.MAX_FRAME)
+            socks.append((self.wback, s.worker_bind, "worker_bind"))
+        for sock, where, key in socks:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            sock.setsockopt(zmq.SNDHWM, MAX_INFLIGHT * 4)
+            try:
+                sock.bind(where)
+            except zmq.ZMQError as exc:
+                raise FleetEndpointError(f"[server] {key} {where}: {exc}; stop what holds "
+                                         "it or choose another address") from None
         for i in range(len(self.workers)):
             self._spawn(i)
         from prometheus_client import CollectorRegistry
@@ -146,10 +188,12 @@ class Server:
                                    f"{s.metrics_port}: {exc.strerror or exc}; set [server] "
                                    "metrics_port") from None
         self.metrics_port = self.http.server_address[1]
+        remote = (f", remote workers on {s.worker_bind} ({len(self.worker_keys)} keys)"
+                  if s.worker_bind else "")
         log(f"listening on {s.bind} (fleet events on {s.publish}) as {self.key_name}, "
             f"{len(self.allowed)} agent keys, {len(self.workers)} workers on "
-            f"{self.device}, models in {s.models}, metrics on {s.metrics_address}:"
-            f"{self.metrics_port}")
+            f"{self.device}{remote}, models in {s.models}, metrics on "
+            f"{s.metrics_address}:{self.metrics_port}")
 
     @staticmethod
     def _device(want: str) -> str:
@@ -178,8 +222,9 @@ class Server:
         signal.signal(signal.SIGHUP, lambda *_: setattr(self, "reload", True))
         poller = zmq.Poller()
         poller.register(self.front, zmq.POLLIN)
-        poller.register(self.back, zmq.POLLIN)
-        poller.register(self.monitor, zmq.POLLIN)
+        backs = [b for b in (self.back, self.wback) if b is not None]
+        for sock in (*backs, self.monitor):
+            poller.register(sock, zmq.POLLIN)
         next_beat = next_tick = 0.0
         self._event("server-started")
         while not self.stop:
@@ -191,13 +236,15 @@ class Server:
                     except zmq.Again:
                         break
                     self._from_agent(frames)
-            if self.back in ready:
+            for sock in backs:
+                if sock not in ready:
+                    continue
                 for _ in range(256):
                     try:
-                        frames = self.back.recv_multipart(flags=zmq.NOBLOCK)
+                        frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    self._from_worker(frames)
+                    self._from_worker(sock, frames)
             if self.monitor in ready:
                 self._monitor_events()
             now = time.monotonic()
@@ -207,10 +254,11 @@ class Server:
             if now >= next_tick:
                 next_tick = now + 1.0
                 self.roles.tick(self._publish_model)
+            if now >= next_tick:
+                self._check_workers()
             if now >= next_beat:
                 next_beat = now + HEARTBEAT_S
                 self._event("heartbeat")
-                self._check_workers()
         log("stopping")
         return 0
 
@@ -249,12 +297,44 @@ class Server:
         if len(self.inflight) >= MAX_INFLIGHT:
             self._reject(ident, agent, seq, "busy", "every worker is busy")
             return
-        try:
-            self.back.send_multipart([ident, *body], flags=zmq.NOBLOCK)
-        except zmq.Again:
+        while (slot := self._pick()) is not None:
+            try:
+                slot.sock.send_multipart([slot.ident, ident, *body], flags=zmq.NOBLOCK)
+                break
+            except (zmq.Again, zmq.ZMQError):   # gone (ROUTER_MANDATORY) or full
+                self._forget(slot, "it cannot be reached")
+        if slot is None:
             self._reject(ident, agent, seq, "busy", "no worker can take it")
             return
-        self.inflight[(ident, seq)] = (agent, time.monotonic())
+        slot.inflight += 1
+        slot.sent = time.monotonic()
+        with self.lock:
+            self.dispatched[slot.name] += 1
+        self.inflight[(ident, seq)] = (agent, slot.sent, slot)
+
+    def _pick(self) -> Slot | None:
+        """The ready worker holding the fewest requests (the least recently given one of
+        those), or None when every one holds PER_WORKER."""
+        best = None
+        for slot in self.slots.values():
+            if slot.inflight < PER_WORKER and (
+                    best is None or (slot.inflight, slot.sent) < (best.inflight, best.sent)):
+                best = slot
+        return best
+
+    def _forget(self, slot: Slot, why: str) -> None:
+        """Drop a worker; the requests it held are never answered (their agents have
+        scored them locally after [fleet] timeout_ms)."""
+        key = (slot.remote, slot.ident)
+        if self.slots.get(key) is not slot:
+            return
+        del self.slots[key]
+        for k in [k for k, v in self.inflight.items() if v[2] is slot]:
+            del self.inflight[k]
+        if slot.remote:
+            with self.lock:
+                self.workers_lost += 1
+        log(f"worker {slot.name} forgotten: {why}")
 
     def _learning(self, ident: bytes, agent: str, m: wire.Message) -> None:
         """A baseline part in, or a role's model out (roles.py), in the broker itself."""
@@ -304,17 +384,30 @@ class Server:
             with self.lock:
                 self.rejected["undeliverable"] += 1
 
-    def _from_worker(self, frames: list[bytes]) -> None:
-        ident, body = frames[0], frames[1:]
-        if ident == b"" and len(body) == 1:     # a worker is ready (worker.py)
-            self.ready.add(int(body[0]))
+    def _from_worker(self, sock, frames) -> None:
+        remote = sock is self.wback
+        wid = frames[0].bytes
+        key = (remote, wid)
+        body = [f.bytes for f in frames[2:]]
+        if len(frames) < 3:
             return
+        if frames[1].bytes == b"":              # the worker's own: ready, or want
+            self._control(sock, frames, key, body)
+            return
+        slot = self.slots.get(key)
+        if slot is not None:
+            slot.seen = time.monotonic()
+        ident = frames[1].bytes
         try:
             m = wire.decode(body, ("scores", "error"))
         except wire.ProtocolError:
+            with self.lock:
+                self.rejected["worker-malformed"] += 1
             return
         seq = m.header["seq"]
-        agent, t0 = self.inflight.pop((ident, seq), (UNKNOWN, None))
+        agent, t0, holder = self.inflight.pop((ident, seq), (UNKNOWN, None, None))
+        if holder is not None:
+            holder.inflight -= 1
         with self.lock:
             if m.type == "scores":
                 self.requests[(agent, "ok")] += 1
@@ -330,6 +423,91 @@ class Server:
                 self.latency[np.searchsorted(INFER_BUCKETS, took)] += 1
                 self.latency_sum += took
         self._send(ident, body)
+
+    def _control(self, sock, frames, key: tuple[bool, bytes], body: list[bytes]) -> None:
+        """A worker says it is ready (registered, or its heartbeat), or asks for a model
+        (a remote worker: the server's models folder is not on its machine)."""
+        import zmq
+        remote, wid = key
+        try:
+            m = wire.decode(body, ("ready", "want"))
+        except wire.ProtocolError as exc:
+            with self.lock:
+                self.rejected["worker-malformed"] += 1
+            log(f"a worker's message refused: {exc}")
+            return
+        slot = self.slots.get(key)
+        if m.type == "ready":
+            h = m.header
+            if slot is None:
+                if remote:
+                    name = self.worker_keys.get(
+                        (frames[1].get("User-Id") or "").encode(), UNKNOWN)
+                else:
+                    name = f"local-{h['index']}"
+                slot = self.slots[key] = Slot(sock, wid, name, h["index"], remote)
+                log(f"worker {name} ready ({h['device']}, sysdream {h['version'][:40]})")
+            slot.seen = time.monotonic()
+            slot.models = set(h["models"])
+            if remote and set(self._held()) - slot.models:
+                reply = wire.encode("models", {"models": sorted(
+                    [mid, sha] for mid, sha in self._held().items())})
+            else:
+                return
+        else:
+            if not remote or slot is None:
+                return
+            reply = self._bundle_of(m.header["model"])
+            if reply is None:
+                return
+        try:
+            sock.send_multipart([wid, b"", *reply], flags=zmq.NOBLOCK)
+        except (zmq.Again, zmq.ZMQError):
+            pass
+
+    def _held(self) -> dict[str, str]:
+        """{model id: manifest sha256} of the bundles in [server] models (rescanned at most
+        every 2 s)."""
+        import json
+
+        from .roles import manifest_sha
+        now = time.monotonic()
+        if now - self.held_at > 2:
+            held = {}
+            for manifest in sorted(Path(self.cfg.server.models).glob("*/manifest.json")):
+                if manifest.parent.name.startswith("."):
+                    continue
+                try:
+                    mid = json.loads(manifest.read_text()).get("model_id")
+                    if wire._model_id(mid):
+                        held[mid] = manifest_sha(manifest.parent)
+                except (OSError, ValueError, AttributeError):
+                    continue
+            self.held, self.held_at = dict(list(held.items())[:wire.MAX_MODELS]), now
+        return self.held
+
+    def _bundle_of(self, model_id: str) -> list[bytes] | None:
+        import json
+
+        from .roles import manifest_sha
+        for manifest in Path(self.cfg.server.models).glob("*/manifest.json"):
+            folder = manifest.parent
+            try:
+                if folder.name.startswith(".") or \
+                        json.loads(manifest.read_text()).get("model_id") != model_id:
+                    continue
+                files = {p.name: p.read_bytes() for p in sorted(folder.iterdir())
+                         if p.is_file() and not p.name.startswith(".")}
+                sha = manifest_sha(folder)
+            except (OSError, ValueError, AttributeError):
+                continue
+            role = folder.name if set(folder.name) <= wire.ROLE_CHARS \
+                and len(folder.name) <= 64 else "-"
+            return wire.encode("bundle", {"seq": 0, "role": role, "model": model_id,
+                                          "sha256": sha, "names": list(files),
+                                          "sizes": [len(b) for b in files.values()]},
+                               **files)
+        return None
 
     def _monitor_events(self) -> None:
         import zmq
@@ -353,14 +531,19 @@ class Server:
         for i, w in enumerate(self.workers):
             if w is not None and w.poll() is not None:
                 log(f"worker {i} exited ({w.returncode}); starting it again")
-                self.ready.discard(i)
+                for slot in [s for s in self.slots.values()
+                             if not s.remote and s.index == i]:
+                    self._forget(slot, "its process exited")
                 with self.lock:
                     self.worker_restarts += 1
                 self._spawn(i)
-        # requests a dead worker took are never answered: forget them after a minute
-        old = time.monotonic() - 60
-        for k in [k for k, (_, t0) in self.inflight.items() if t0 < old]:
-            del self.inflight[k]
+        now = time.monotonic()
+        for slot in [s for s in self.slots.values() if now - s.seen > WORKER_SILENT_S]:
+            self._forget(slot, f"not heard from in {WORKER_SILENT_S:g} s")
+        # requests a worker took and never answered: forgotten after a minute
+        for k in [k for k, v in self.inflight.items() if v[1] < now - 60]:
+            v = self.inflight.pop(k)
+            v[2].inflight -= 1
 
     def _reload(self) -> None:
         try:
@@ -368,6 +551,12 @@ class Server:
             log(f"reloaded: {len(self.allowed)} agent keys")
         except ConfigError as exc:
             log(f"reload refused, keeping {len(self.allowed)} agent keys: {exc}")
+        if self.wback is not None:
+            try:
+                self.worker_keys = allow_list(self.cfg.server.worker_keys, "workers'")
+                log(f"reloaded: {len(self.worker_keys)} worker keys")
+            except ConfigError as exc:
+                log(f"reload refused, keeping {len(self.worker_keys)} worker keys: {exc}")
         for role, mid, sha in self.roles.published():     # announced again
             self._publish_model(role, mid, sha)
 
@@ -376,9 +565,19 @@ class Server:
         return {"healthy": alive > 0, "workers_alive": alive, "workers": len(self.workers),
                 "agents": len(self.allowed), "device": self.device}
 
-    def _alive(self) -> int:
-        return sum(1 for i, w in enumerate(self.workers)
-                   if w is not None and w.poll() is None and i in self.ready)
+    def _alive(self, remote: bool | None = None) -> int:
+        """Workers ready: heard from lately (and, a local one, its process running)."""
+        now = time.monotonic()
+        n = 0
+        for s in list(self.slots.values()):
+            if remote is not None and s.remote != remote or now - s.seen > WORKER_SILENT_S:
+                continue
+            if not s.remote:
+                w = self.workers[s.index] if 0 <= s.index < len(self.workers) else None
+                if w is None or w.poll() is not None:
+                    continue
+            n += 1
+        return n
 
     def close(self) -> None:
         self.roles.close()
@@ -396,7 +595,7 @@ class Server:
             self.http.server_close()
         if self.auth is not None:
             self.auth.stop()
-        for sock in (self.front, self.back, self.pub, self.monitor):
+        for sock in (self.front, self.back, self.wback, self.pub, self.monitor):
             if sock is not None:
                 sock.close(0)
         if self.ctx is not None:
@@ -463,10 +662,25 @@ class ServerCollector:
                                 "allow-list.", value=len(s.allowed))
         yield GaugeMetricFamily("sysdream_server_inflight_requests", "Requests with the "
                                 "workers (the broker's queue).", value=len(s.inflight))
-        yield GaugeMetricFamily("sysdream_server_workers", "Worker processes alive and "
-                                "ready (connected, model code loaded).", value=s._alive())
+        yield GaugeMetricFamily("sysdream_server_workers", "Workers alive and ready "
+                                "(connected, model code loaded), local and remote.",
+                                value=s._alive())
+        yield GaugeMetricFamily("sysdream_server_remote_workers", "Of those, `sysdream "
+                                "worker`s on other machines ([server] worker_bind).",
+                                value=s._alive(remote=True))
         yield CounterMetricFamily("sysdream_server_worker_restarts", "Workers started again "
                                   "after they exited.", value=s.worker_restarts)
+        yield CounterMetricFamily("sysdream_server_workers_lost", "Remote workers "
+                                  "forgotten: not heard from in 10 s, or unreachable.",
+                                  value=s.workers_lost)
+        with s.lock:
+            dispatched = dict(s.dispatched)
+        fam = CounterMetricFamily("sysdream_server_worker_requests", "Requests handed to "
+                                  "each worker (local-N, or a remote worker's key name).",
+                                  labels=["worker"])
+        for name, v in sorted(dispatched.items()):
+            fam.add_metric([name], v)
+        yield fam
         r = s.roles
         yield CounterMetricFamily("sysdream_server_baselines_stored", "Agents' baselines "
                                   "received whole and checked.", value=r.baselines_stored)
@@ -478,8 +692,9 @@ class ServerCollector:
         yield GaugeMetricFamily("sysdream_server_roles_training", "Roles whose model is "
                                 "being trained now.", value=len(r.training))
         for name, doc, cum, total in (
-                ("sysdream_server_inference_seconds", "One worker inference (the requests "
-                 "of every agent it batched).", infer, infer_sum),
+                ("sysdream_server_inference_seconds", "The worker inference that scored "
+                 "each request (one inference scores every request it batched, and is "
+                 "observed once for each).", infer, infer_sum),
                 ("sysdream_server_request_seconds", "From a request's arrival to its "
                  "verdict leaving the broker.", latency, latency_sum)):
             buckets = [(f"{b:g}", c) for b, c in zip(INFER_BUCKETS, cum, strict=False)]

@@ -1,12 +1,15 @@
-"""One inference worker of the fleet server (a process of its own, started by server.py).
+"""One inference worker of the fleet server: a process the server starts (ipc://, the
+server's models folder), or `sysdream worker` on another machine (tcp:// with CurveZMQ to
+[server] worker_bind; it fetches the server's models into its own folder).
 
-It holds a DEALER socket connected to the broker's backend and answers `score` requests:
+It holds a DEALER socket connected to the broker's backend, says it is ready every
+second (the broker forgets a worker it has not heard from), and answers `score` requests:
 it takes every request already waiting (up to `batch` windows, from any agents), groups
 them by model, scores each group in one inference on its device (CUDA when torch sees a
 GPU and the server asks for it, the CPU otherwise) and replies to each request alone.
 Requests reach it checked by the broker; what only the model can check (a token outside
 its vocabulary, a span of another geometry, a model it does not hold) is answered with an
-error, never raised. It exits when its parent does.
+error, never raised.
 """
 
 from __future__ import annotations
@@ -21,6 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from . import protocol as wire
+
+# Windows in one forward pass on the CPU: the requests gathered (up to [server]
+# batch_windows) are scored in passes of this many. With one torch thread a pass of 4096
+# windows scores half as many a second as passes of 256 (DReAM, window 16, hidden 32:
+# the activations outgrow the cache); on CUDA one pass takes them all.
+CPU_PASS = 256
 
 
 class Models:
@@ -82,26 +91,116 @@ class Models:
         return self.loaded[model_id]
 
 
-def serve(backend: str, folder: Path, device: str, batch: int, index: int) -> int:
+def store_bundle(folder: Path, m: wire.Message, want: dict[str, str]) -> Path | None:
+    """Write a fetched bundle into the models folder, as models/MODEL_ID, when its manifest
+    is the one the broker announced (`want`: model id -> manifest sha256) and names that
+    model; None, with one line, when it is not. Detector.load then checks every file
+    against the manifest."""
+    import hashlib
+    import json
+    import shutil
+    import tempfile
+
+    from sysdream.model.bundle import install
+    h = m.header
+    manifest = m.arrays["manifest.json"]
+    try:
+        mid = json.loads(manifest).get("model_id")
+    except (ValueError, AttributeError):
+        mid = None
+    sha = hashlib.sha256(manifest).hexdigest()
+    if h["model"] not in want or sha != want[h["model"]] or sha != h["sha256"] \
+            or mid != h["model"]:
+        print(f"sysdream worker: refused the bundle of model {h['model'][:16]}: its "
+              "manifest is not the one announced", file=sys.stderr, flush=True)
+        return None
+    tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=folder))
+    try:
+        for name, data in m.arrays.items():
+            (tmp / name).write_bytes(data)
+        install(tmp, folder / mid)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(f"sysdream worker: cannot store model {mid} in {folder} "
+              f"({exc.strerror or exc})", file=sys.stderr, flush=True)
+        return None
+    return folder / mid
+
+
+class Link:
+    """The worker's DEALER to the broker's backend: the ready heartbeat, and (a remote
+    worker) the models it fetches."""
+
+    def __init__(self, sock, models: Models, name: str, index: int, device: str,
+                 fetch: bool):
+        from sysdream.daemon.metrics import version
+        self.sock, self.models, self.fetch = sock, models, fetch
+        self.name, self.index, self.device, self.version = name, index, device, version()
+        self.seq = 0
+        self.asked: dict[str, float] = {}       # model id -> when it was asked for
+        self.want: dict[str, str] = {}          # model id -> its announced manifest sha256
+        self.beat = 0.0
+
+    def ready(self) -> None:
+        now = time.monotonic()
+        if now < self.beat:
+            return
+        self.beat = now + wire.READY_S
+        if self.fetch and time.monotonic() - self.models.scanned > wire.READY_S:
+            self.models.scan()
+        self.sock.send_multipart([b"", *wire.encode("ready", {
+            "version": self.version, "name": self.name, "index": self.index,
+            "device": self.device, "models": sorted(self.models.paths)[:wire.MAX_MODELS]})])
+
+    def control(self, body: list[bytes]) -> None:
+        """A message of the broker's own: the models it holds, or one of them."""
+        try:
+            m = wire.decode(body, ("models", "bundle"))
+        except wire.ProtocolError as exc:
+            print(f"sysdream worker: a message from the broker refused: {exc}",
+                  file=sys.stderr, flush=True)
+            return
+        if not self.fetch:
+            return
+        if m.type == "bundle":
+            self.asked.pop(m.header["model"], None)
+            if store_bundle(self.models.folder, m, self.want) is not None:
+                self.models.scan()
+                self.beat = 0.0              # say at once that it holds it
+            return
+        now = time.monotonic()
+        self.want = dict(m.header["models"])
+        self.models.scan()
+        for mid in self.want:
+            if mid not in self.models.paths and now - self.asked.get(mid, -1e9) > 30:
+                self.asked[mid] = now
+                self.seq += 1
+                self.sock.send_multipart([b"", *wire.encode(
+                    "want", {"seq": self.seq, "model": mid, "version": self.version})])
+
+
+def serve(sock, folder: Path, device: str, batch: int, index: int, name: str,
+          fetch: bool, alive) -> int:
+    """Answer the broker's requests on `sock` until `alive()` is false."""
     import torch
-    import zmq
 
     from sysdream.model.scoring import score
 
     torch.set_num_threads(1)
     models = Models(folder, device)
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(backend)
-    sock.send_multipart([b"", str(index).encode()])   # ready: torch is loaded
-    parent = os.getppid()
-    while os.getppid() == parent:
+    link = Link(sock, models, name, index, device, fetch)
+    per_pass = max(batch, 1) if device.startswith("cuda") else min(max(batch, 1), CPU_PASS)
+    link.ready()                                     # ready: torch is loaded
+    while alive():
+        link.ready()
         if not sock.poll(500):
             continue
         waiting, rows = [], 0
         while rows < batch and sock.poll(0):
             frames = sock.recv_multipart()
+            if frames[0] == b"":
+                link.control(frames[1:])
+                continue
             try:
                 m = wire.decode(frames[1:], ("score",))
             except wire.ProtocolError as exc:
@@ -137,7 +236,7 @@ def serve(backend: str, folder: Path, device: str, batch: int, index: int) -> in
                              np.concatenate([m.arrays["valid"] for _, m in good]),
                              np.concatenate([m.arrays["starts"] for _, m in good]))
             try:
-                scores = score(det.net, w, max(batch, 1), detail=False).score
+                scores = score(det.net, w, per_pass, detail=False).score
             except Exception as exc:  # noqa: BLE001 (a model that fails: every asker told)
                 for ident, m in good:
                     sock.send_multipart([ident, *wire.error(m.header["seq"], "internal",
@@ -155,6 +254,71 @@ def serve(backend: str, folder: Path, device: str, batch: int, index: int) -> in
     return 0
 
 
+def local(backend: str, folder: Path, device: str, batch: int, index: int) -> int:
+    """A worker the server started: ipc:// to its broker, the server's models folder, and
+    it exits when its parent does."""
+    import zmq
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(backend)
+    parent = os.getppid()
+    return serve(sock, folder, device, batch, index, f"local-{index}", False,
+                 lambda: os.getppid() == parent)
+
+
+def remote(cfg) -> int:
+    """`sysdream worker`: a worker on another machine, connected to a server's
+    [server] worker_bind over CurveZMQ ([worker] in the configuration). It fetches the
+    server's models into [worker] models and scores until SIGTERM."""
+    import signal
+
+    import zmq
+
+    from sysdream.daemon.config import ConfigError
+
+    from .keys import load_public, load_secret
+    w = cfg.worker
+    name, public, secret = load_secret(w.key)
+    server = load_public(w.server_key)[1]
+    folder = Path(w.models)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        from sysdream.daemon.exitcodes import StateDirError
+        raise StateDirError(f"[worker] models {folder}: {exc.strerror or exc}; make it "
+                            "writable by the worker") from None
+    device = w.device
+    if device != "cpu":
+        import torch
+        if torch.cuda.is_available():
+            device = "cuda"
+        elif device == "cuda":
+            raise ConfigError('[worker] device = "cuda", but torch sees no GPU here; set '
+                              '"auto" or "cpu"')
+        else:
+            device = "cpu"
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.curve_secretkey, sock.curve_publickey, sock.curve_serverkey = secret, public, server
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_BUNDLE)
+    sock.connect(w.server)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+    print(f"sysdream worker: {name} on {device}, connecting to {w.server}; models in "
+          f"{folder}", file=sys.stderr, flush=True)
+    try:
+        return serve(sock, folder, device, w.batch_windows, 0, name, True, lambda: not stop)
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="sysdream-worker")
     p.add_argument("--backend", required=True)
@@ -164,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--index", type=int, default=0)
     a = p.parse_args(argv)
     try:
-        return serve(a.backend, Path(a.models), a.device, a.batch, a.index)
+        return local(a.backend, Path(a.models), a.device, a.batch, a.index)
     except KeyboardInterrupt:
         return 0
 

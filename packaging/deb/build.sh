@@ -5,7 +5,7 @@
 #                        dependencies (torch's CPU build among them); Debian's bcc is seen
 #                        through a link, as in make setup
 #   /usr/bin/sysdream    the command
-#   /usr/lib/systemd/system/sysdream{,-agent,-server}.service, /etc/sysdream/sysdream.toml
+#   /usr/lib/systemd/system/sysdream{,-agent,-server,-worker}.service, /etc/sysdream/sysdream.toml
 #   (a conffile),
 #   /usr/share/doc/sysdream, the man page, the bash completion, and the Grafana dashboard
 #   and Prometheus rules under /usr/share/sysdream

@@ -116,6 +116,46 @@ def test_bundles_and_baselines_are_checked_before_anything_is_written():
                                     data=np.frombuffer(b"abc", np.uint8)), ("baseline",))
 
 
+def test_worker_messages_are_checked_and_a_fetched_bundle_must_be_the_announced_one(
+        tmp_path, tiny_bundle, tiny_detector):
+    """The broker's and a worker's own messages (ready, models, want) have their schema;
+    a bundle a remote worker fetched is written only when its manifest is the one the
+    broker announced for that model id, and then loads."""
+    import hashlib
+
+    from sysdream.daemon.fleet.worker import store_bundle
+    from sysdream.model.detector import Detector
+    mid = tiny_detector.model_id
+    ready = {"version": "t", "name": "wk-1", "index": 0, "device": "cpu", "models": [mid]}
+    assert wire.decode(wire.encode("ready", ready), ("ready",)).header["models"] == [mid]
+    sha = hashlib.sha256((tiny_bundle / "manifest.json").read_bytes()).hexdigest()
+    assert wire.decode(wire.encode("models", {"models": [[mid, sha]]}), ("models",))
+    for t_, header, why in (
+            ("ready", {**ready, "models": ["../x"]}, "a model entry"),
+            ("ready", {**ready, "models": ["a"] * (wire.MAX_MODELS + 1)}, "at most"),
+            ("models", {"models": [[mid, "short"]]}, "a model entry"),
+            ("models", {"models": [mid]}, "a model entry"),
+            ("want", {"seq": 1, "model": "a/b", "version": "t"}, "letters and digits")):
+        with pytest.raises(wire.ProtocolError, match=why):
+            wire.decode(wire.encode(t_, header), (t_,))
+
+    files = {p.name: p.read_bytes() for p in sorted(tiny_bundle.iterdir()) if p.is_file()}
+    header = {"seq": 0, "role": "web", "model": mid, "sha256": sha, "names": list(files),
+              "sizes": [len(b) for b in files.values()]}
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    msg = wire.decode(wire.encode("bundle", header, **files), ("bundle",))
+    other = {**files, "manifest.json": files["manifest.json"].replace(b"{", b"{ ", 1)}
+    forged = wire.decode(wire.encode("bundle", {**header, "sizes": [
+        len(b) for b in other.values()]}, **other), ("bundle",))
+    assert store_bundle(folder, forged, {mid: sha}) is None        # not the announced one
+    assert store_bundle(folder, msg, {}) is None                   # never announced
+    assert store_bundle(folder, msg, {mid: "0" * 64}) is None
+    assert list(folder.iterdir()) == [], "nothing written for a refused bundle"
+    got = store_bundle(folder, msg, {mid: sha})
+    assert got == folder / mid and Detector.load(got).model_id == mid
+
+
 # -- keys -----------------------------------------------------------------------------
 
 def test_a_worker_says_a_bad_bundle_once_and_tries_again_when_it_changes(
@@ -195,12 +235,12 @@ class Server:
              f"server.baselines={tmp / 'baselines'}", *extra],
             stdout=subprocess.DEVNULL, stderr=self.err.open("w"), start_new_session=True)
 
-    def wait_ready(self) -> None:
+    def wait_ready(self, workers: int = 2) -> None:
         def ok():
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited {self.proc.returncode}: "
                                      f"{self.err.read_text()}")
-            return self.metrics().get("sysdream_server_workers") == 2
+            return self.metrics().get("sysdream_server_workers") == workers
         wait_for(ok, 120, "the server and its workers")
 
     def metrics(self) -> dict[str, float]:
@@ -693,3 +733,190 @@ def test_an_announcement_repeated_while_a_fetched_model_waits_does_not_fetch_it_
     assert not c.fetching
     c._event(announce("m2"))            # a newer model of the role
     assert c.fetching and c._announced_new()
+
+
+# -- workers on other machines ---------------------------------------------------------
+
+class WorkerNet:
+    """A network namespace for a remote worker, joined to this one by a veth pair: the
+    server's side 10.78.N.1, the worker's 10.78.N.2; nothing else is reachable from it."""
+
+    def __init__(self):
+        self.n = os.getpid() % 200 + 1
+        self.ns = f"sdwk{os.getpid() % 10000}"
+        self.here, there = f"sdw{self.n}h", f"sdw{self.n}t"
+        ip = Namespaces.ip
+        ip("netns", "add", self.ns)
+        ip("-n", self.ns, "link", "set", "lo", "up")
+        ip("link", "add", self.here, "type", "veth", "peer", "name", there, "netns", self.ns)
+        ip("addr", "add", f"10.78.{self.n}.1/24", "dev", self.here)
+        ip("link", "set", self.here, "up")
+        ip("-n", self.ns, "addr", "add", f"10.78.{self.n}.2/24", "dev", there)
+        ip("-n", self.ns, "link", "set", there, "up")
+        self.server = f"10.78.{self.n}.1"
+
+    def close(self) -> None:
+        subprocess.run(["ip", "link", "del", self.here], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
+
+
+def start_worker(tmp: Path, net: WorkerNet, keydir: Path, name: str, endpoint: str,
+                 models: Path) -> tuple[subprocess.Popen, Path]:
+    err = tmp / f"worker-{name}-{time.monotonic_ns()}.err"
+    proc = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{net.ns}", *SYSDREAM, "worker", "--server", endpoint,
+         "--server-key", str(keydir / "server.curve"), "--key",
+         str(keydir / f"{name}.curve-secret"), "--models", str(models), "--device", "cpu"],
+        stdout=subprocess.DEVNULL, stderr=err.open("w"), start_new_session=True)
+    return proc, err
+
+
+def test_a_worker_on_another_machine_fetches_the_model_and_shares_the_scoring(
+        tmp_path, fleet_keys, tiny_bundle, tiny_detector):
+    """`sysdream worker` in a network namespace of its own (another machine, to the
+    network) joins the broker over CurveZMQ: it fetches the server's model, checked, and
+    takes requests beside the server's own worker, scoring as the local model does; a
+    worker whose key is not in [server] worker_keys is refused and gets nothing; a remote
+    worker killed is forgotten within WORKER_SILENT_S and the local one carries on; a
+    server of remote workers only scores once one joins."""
+    import threading
+
+    from sysdream.daemon.fleet.agent import Remote
+    from sysdream.daemon.fleet.server import WORKER_SILENT_S
+    from sysdream.daemon.pipeline import ModelView, local_scores
+
+    keys.keygen(fleet_keys, "wk-1")
+    wkeys = tmp_path / "worker-keys"
+    wkeys.mkdir()
+    (wkeys / "wk-1.curve").write_text((fleet_keys / "wk-1.curve").read_text())
+    models = tmp_path / "models"
+    models.mkdir()
+    subprocess.run(["cp", "-r", str(tiny_bundle), str(models / "web")], check=True)
+
+    r = subprocess.run([*SYSDREAM, "server", "--workers", "0", "--key",
+                        str(fleet_keys / "server.curve-secret"), "--agents",
+                        str(tmp_path / "agents")], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 12 and "worker_bind" in r.stderr and \
+        "Traceback" not in r.stderr, r.stderr
+
+    net = WorkerNet()
+    port = free_port()
+    wport = free_port()
+    wend = f"tcp://{net.server}:{wport}"
+    srv = Server(tmp_path, fleet_keys, models, f"tcp://127.0.0.1:{port}", workers=1,
+                 extra=("--set", f"server.worker_bind={wend}", "--set",
+                        f"server.worker_keys={wkeys}"))
+    view = ModelView(tiny_detector)
+    agents = [Remote(f"tcp://127.0.0.1:{port}", str(fleet_keys / "server.curve"),
+                     str(fleet_keys / f"web-{i}.curve-secret"), "web", timeout_ms=5000,
+                     retry_s=0.1) for i in (1, 2, 3)]
+    procs = []
+    try:
+        srv.wait_ready(workers=1)
+        cache = tmp_path / "wk-1-models"
+        wk, wk_err = start_worker(tmp_path, net, fleet_keys, "wk-1", wend, cache)
+        procs.append(wk)
+        stranger, st_err = start_worker(tmp_path, net, fleet_keys, "intruder", wend,
+                                        tmp_path / "intruder-models")
+        procs.append(stranger)
+
+        def joined():
+            assert wk.poll() is None, wk_err.read_text()
+            m = srv.metrics()
+            return m.get("sysdream_server_remote_workers") == 1 and \
+                m.get("sysdream_server_workers") == 2 and m
+        wait_for(joined, 120, "the remote worker")
+        fetched = wait_for(lambda: (cache / view.model_id / "manifest.json").exists(), 30,
+                           "the model fetched by the remote worker")
+        assert fetched
+        assert (cache / view.model_id / "manifest.json").read_bytes() == \
+            (models / "web" / "manifest.json").read_bytes()
+
+        # three agents at once: both workers take requests, every verdict as the local
+        # model's
+        errors, done = [], [0, 0, 0]
+
+        def ask(i):
+            for k in range(12):
+                tok, valid, starts = spans(view, 200, seed=10 * i + k)
+                got = agents[i].score(view, tok, valid, starts)
+                if got is None:
+                    errors.append(f"agent {i} request {k}: no verdict")
+                    continue
+                want = local_scores(view, tok, valid, starts, 512)
+                if not np.allclose(got, want, atol=1e-4):
+                    errors.append(f"agent {i}: {np.abs(got - want).max()}")
+                done[i] += 1
+        wait_for(lambda: all(a.connected for a in agents), 30, "the agents")
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert not errors and done == [12, 12, 12], (errors, done)
+        m = srv.metrics()
+        by = {w: m.get(f'sysdream_server_worker_requests_total{{worker="{w}"}}', 0)
+              for w in ("local-0", "wk-1")}
+        assert by["local-0"] > 0 and by["wk-1"] > 0 and sum(by.values()) >= 36, by
+
+        # the stranger: refused at the handshake, counted, given nothing, no series
+        m = wait_for(lambda: (m := srv.metrics()).get(
+            'sysdream_server_refused_peers_total{reason="unknown-worker-key"}', 0) >= 1
+            and m, 60, "the unknown worker key refused")
+        assert not [k for k in m if "intruder" in k]
+        assert not any((tmp_path / "intruder-models").glob("*/manifest.json"))
+        assert m["sysdream_server_remote_workers"] == 1
+
+        # the remote worker dies: forgotten, and the server's own worker carries on
+        os.killpg(wk.pid, signal.SIGKILL)
+        wk.wait()
+        t0 = time.monotonic()
+        wait_for(lambda: srv.metrics().get("sysdream_server_remote_workers") == 0,
+                 WORKER_SILENT_S + 15, "the dead remote worker forgotten")
+        assert time.monotonic() - t0 < WORKER_SILENT_S + 15
+        for k in range(5):
+            assert agents[0].score(view, *spans(view, 50, seed=99 + k)) is not None
+        m = srv.metrics()
+        assert m["sysdream_server_workers"] == 1
+        assert m["sysdream_server_workers_lost_total"] >= 1
+        assert srv.stop() == 0
+    finally:
+        for a in agents:
+            a.close()
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        srv.kill()
+        net.close()
+
+    # a server of remote workers only: nothing scored until one joins, then it scores
+    net = WorkerNet()
+    srv = Server(tmp_path, fleet_keys, models, f"tcp://127.0.0.1:{port}", workers=0,
+                 extra=("--set", f"server.worker_bind={wend}", "--set",
+                        f"server.worker_keys={wkeys}"))
+    agent = Remote(f"tcp://127.0.0.1:{port}", str(fleet_keys / "server.curve"),
+                   str(fleet_keys / "web-1.curve-secret"), "web", timeout_ms=5000,
+                   retry_s=0.1)
+    wk = None
+    try:
+        srv.wait_ready(workers=0)
+        wait_for(lambda: agent.connected, 30, "the agent")
+        tok, valid, starts = spans(view, 20)
+        assert agent.score(view, tok, valid, starts) is None
+        assert agent.stats()["fallback"]
+        wk, wk_err = start_worker(tmp_path, net, fleet_keys, "wk-1", wend, cache)
+        wait_for(lambda: srv.metrics().get("sysdream_server_workers") == 1, 120,
+                 "the remote worker")
+        got = wait_for(lambda: (r := agent.score(view, tok, valid, starts)) is not None
+                       and [r], 30, "a verdict from the remote worker", step=0.3)[0]
+        assert np.allclose(got, local_scores(view, tok, valid, starts, 512), atol=1e-4)
+        wk.send_signal(signal.SIGTERM)
+        assert wk.wait(20) == 0, wk_err.read_text()
+    finally:
+        agent.close()
+        if wk is not None and wk.poll() is None:
+            os.killpg(wk.pid, signal.SIGKILL)
+        srv.kill()
+        net.close()

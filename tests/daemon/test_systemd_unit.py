@@ -1,7 +1,7 @@
-"""systemd/sysdream.service (and the fleet's sysdream-agent.service and
-sysdream-server.service): verified offline, scored by systemd-analyze security, and the
-daemon's privileges proven sufficient by running capture with only the capabilities it
-grants."""
+"""systemd/sysdream.service (and the fleet's sysdream-agent.service,
+sysdream-server.service and sysdream-worker.service): verified offline, scored by
+systemd-analyze security, and the daemon's privileges proven sufficient by running capture
+with only the capabilities it grants."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 
 UNITS = Path(__file__).resolve().parents[2] / "systemd"
 UNIT = UNITS / "sysdream.service"
-NAMES = ("sysdream", "sysdream-agent", "sysdream-server")
+NAMES = ("sysdream", "sysdream-agent", "sysdream-server", "sysdream-worker")
 
 
 def installed_copy(tmp_path, name: str = "sysdream") -> Path:
@@ -59,12 +59,14 @@ def test_the_agent_unit_is_the_daemons_hardening_with_its_own_start():
     assert "Conflicts=sysdream.service" in agent
 
 
-def test_the_server_unit_holds_no_capability():
-    text = (UNITS / "sysdream-server.service").read_text()
+@pytest.mark.parametrize("name,cures", [("server", {"12", "15"}), ("worker", {"12", "14"})])
+def test_the_server_and_worker_units_hold_no_capability(name, cures):
+    text = (UNITS / f"sysdream-{name}.service").read_text()
     assert re.search(r"^CapabilityBoundingSet=$", text, re.M)
-    assert "LoadCredential=server.curve-secret:" in text and "%d/server.curve-secret" in text
+    assert f"LoadCredential={name}.curve-secret:" in text and \
+        f"%d/{name}.curve-secret" in text and f"sysdream {name} --config" in text
     prevent = re.search(r"^RestartPreventExitStatus=(.*)$", text, re.M).group(1).split()
-    assert {"12", "15"} <= set(prevent)
+    assert cures <= set(prevent)
 
 
 def test_unit_grants_what_capture_needs_and_no_more():

@@ -18,6 +18,7 @@ LEFT = [Path(p) for p in ("/opt/sysdream", "/usr/bin/sysdream", "/etc/sysdream",
                           "/usr/lib/systemd/system/sysdream.service",
                           "/usr/lib/systemd/system/sysdream-agent.service",
                           "/usr/lib/systemd/system/sysdream-server.service",
+                          "/usr/lib/systemd/system/sysdream-worker.service",
                           "/var/lib/sysdream", "/var/lib/sysdream-server",
                           "/usr/share/doc/sysdream", "/usr/share/sysdream",
                           "/usr/share/man/man8/sysdream.8.gz",
@@ -53,7 +54,7 @@ def test_the_deb_installs_runs_upgrades_and_purges_clean(debs, tmp_path):
     try:
         r = sh("dpkg", "-i", old)
         assert r.returncode == 0, r.stderr
-        for name in ("sysdream", "sysdream-agent", "sysdream-server"):
+        for name in ("sysdream", "sysdream-agent", "sysdream-server", "sysdream-worker"):
             path = Path(f"/usr/lib/systemd/system/{name}.service")
             v = sh("systemd-analyze", "verify", path)
             assert v.returncode == 0 and v.stderr.strip() == "", (name, v.stderr)
