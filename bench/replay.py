@@ -3,13 +3,15 @@ evidence settings on the same network in seconds instead of a 40-minute live run
 
     .venv/bin/python bench/replay.py --model DIR/state/model --baseline DIR/normal/*.sdtrace
         [--benign REC/benign/detecting.sdtrace ...] [--attack REC/attack/*.sdtrace]
-        [--sequences] [--json report.json]
+        [--sequences] [--keep-bound] [--json report.json]
 
 The bundle is the one the suite's daemon learnt (a network trained on the baseline's
 first three quarters, as `sysdream train` keeps it). As `sysdream train` does, the
 lineage profile is learnt from the baseline (with each program's 6-syscall sequences with
 --sequences), the rule is replayed on the baseline's held-out last quarter and the alert
-bound fitted on its excursion peaks (daemon/replay.py, daemon/evidence.py). Then every
+bound fitted on its excursion peaks (daemon/replay.py, daemon/evidence.py); with
+--keep-bound the bundle's own alert bound is kept instead (one `sysdream train --folds 2`
+fitted on two held-out quarters, say). Then every
 --benign recording (the suite's --record keeps the benign activity it judged, or another
 run's baseline) is replayed from its start: the alerts there are false alerts, per hour;
 and each --attack recording: alerted or not. Prints the bound, the false alerts by
@@ -47,6 +49,8 @@ def main() -> int:
                     help="also replay at these fixed evidence thresholds (in windows at the "
                          "window bound, one for every program): two networks compared at "
                          "the same thresholds, apart from where each one's fit put its bound")
+    ap.add_argument("--keep-bound", action="store_true", help="judge with the bundle's own "
+                    "alert bound (alerting.json) instead of fitting one here")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
@@ -61,17 +65,24 @@ def main() -> int:
     _, cut, end = span
     peaks: list = []
     cache: dict = {}
-    for t in base:
-        alerts_after(det, t, early, cut, end, math.inf, peaks=peaks, cache=cache)
-    bound = fit_alert_bound(peaks, (end - cut) / 1e9, None, args.confidence)
-    det.alerting = bound.to_json() if bound is not None else None
-    report: dict = {"sequences": args.sequences, "excursions": len(peaks)}
-    if bound is not None:
+    if args.keep_bound:
+        bound = det.alerting and AlertBound.from_json(det.alerting)
+        held = (det.training or {}).get("heldout_alerts") or {}
+        peaks = [None] * int(held.get("excursions", 0))
+    else:
+        for t in base:
+            alerts_after(det, t, early, cut, end, math.inf, peaks=peaks, cache=cache)
+        bound = fit_alert_bound(peaks, (end - cut) / 1e9, None, args.confidence)
+        det.alerting = bound.to_json() if bound is not None else None
+    report: dict = {"sequences": args.sequences, "excursions": len(peaks),
+                    "kept_bound": args.keep_bound}
+    if bound:
         a = AlertBound.from_json(det.alerting)
         report["bound"] = {"shared": round(a.bound, 2), **{p: round(b, 2) for p, b in
                                                             a.bounds().items()}}
         report["expected_per_hour"] = round(a.expected_per_hour(), 2)
-    print(f"alert bound {report.get('bound')} from {len(peaks)} held-out excursions "
+    print(f"alert bound {report.get('bound')} from {len(peaks)} held-out excursions"
+          f"{' (the bundle own)' if args.keep_bound else ''} "
           f"(sequences {'on' if args.sequences else 'off'})")
     seconds = alerts = 0.0
     by: dict[str, int] = {}

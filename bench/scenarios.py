@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/scenarios.py [--learn-seconds 600] [--benign-seconds 1200]
         [--kinds memfd-exec,reverse-shell] [--record DIR] [--compare] [--sequences]
-        [--json report.json]
+        [--folds 2] [--json report.json]
 
 Loopback only, on the real kernel and a real systemd-journald (bench/scenarios/suite.py
 says how; benign.py what the host normally does; attacks.py each attack kind). Prints for
@@ -51,6 +51,8 @@ def main() -> int:
                     "activity)")
     ap.add_argument("--sequences", action="store_true", help="[learning] sequences = true: "
                     "the daemon also learns each program's 6-syscall sequences")
+    ap.add_argument("--folds", type=int, default=1, choices=(1, 2, 3), help="[learning] "
+                    "folds: quarters of the baseline held out to fit the alert bound on")
     ap.add_argument("--json", type=Path, default=None, metavar="FILE",
                     help="the whole report, every alert in it")
     ap.add_argument("--work", type=Path, default=None, help="working folder (default: a "
@@ -60,7 +62,7 @@ def main() -> int:
     suite = Suite(work, args.learn_seconds, args.benign_seconds, epochs=args.epochs,
                   settle_s=args.settle_seconds,
                   kinds=[k for k in args.kinds.split(",") if k] or None, record=args.record,
-                  compare=args.compare, sequences=args.sequences)
+                  compare=args.compare, sequences=args.sequences, folds=args.folds)
     # a stop (Ctrl-C, SIGTERM) still takes the cgroups, journald and daemons down
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     report = suite.run()

@@ -181,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "window's context (head), also fed to DReAM's decoder at every step "
                          "(decoder), so one program's normal is not another's "
                          "(docs/model.md, \"Conditioned on the program\")")
+    tr.add_argument("--folds", type=int, default=1, choices=(1, 2, 3),
+                    help="for a host recording: how many quarters of it, the newest first, "
+                         "are held out to fit the alert bound on, each by a network (and "
+                         "lineage profile) trained on the rest (default 1; each more is one "
+                         "more training)")
     tr.add_argument("--retrain", action="store_true",
                     help="for a host recording: after fitting the alert bound with a model "
                          "trained on the first three quarters, train once more on all of it "

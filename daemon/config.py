@@ -93,6 +93,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "threads": Key(1, int, _rng(1, 256), "an integer, 1 to 256"),
         "nice": Key(19, int, _rng(0, 19), "an integer, 0 to 19"),
         "sequences": Key(False, bool, form="true or false"),
+        "folds": Key(1, int, _rng(1, 3), "an integer, 1 to 3"),
         "condition": Key("", str, lambda v: v in ("", "head", "decoder"),
                          '"" (none), "head" or "decoder"'),
         "signing_key": Key("", str, lambda v: v == "" or v.startswith("/"),

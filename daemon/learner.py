@@ -132,7 +132,7 @@ def train_command(cfg: Config, inputs: list[Path], output: Path) -> list[str]:
     cmd = [sys.executable, "-m", "sysdream.daemon.cli", "train", *sign, "--input",
            *(f"trace:{p}" for p in inputs), "-o", str(output), "--arch", L.arch,
            "--window", str(L.window), "--hidden", str(L.hidden), "--embed", str(L.embed),
-           "--epochs", str(L.epochs), "--threads", str(L.threads)]
+           "--epochs", str(L.epochs), "--threads", str(L.threads), "--folds", str(L.folds)]
     return cmd + (["--sequences"] if L.sequences else []) + \
         (["--condition", L.condition] if L.condition else [])
 

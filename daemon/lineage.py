@@ -196,15 +196,21 @@ class Profile:
 
     # -- learning ---------------------------------------------------------------------
     @classmethod
-    def learn(cls, traces, until_ns: int = 0, sequences: bool = False) -> Profile:
+    def learn(cls, traces, until_ns: int = 0, sequences: bool = False,
+              skip: tuple[int, int] | None = None) -> Profile:
         """From traces (probes.tracefile.Trace) that carry context records; with
-        `until_ns`, only what happened before that kernel time; with `sequences`, each
-        program's sequences too."""
+        `until_ns`, only what happened before that kernel time; with `skip` (a, b), none
+        of what happened from a to b (a held-out fold); with `sequences`, each program's
+        sequences too."""
         prof, grams = cls(), {}
         for tr in traces:
             ctx, recs = tr.context, tr.records
             if until_ns:
                 ctx, recs = ctx[ctx["ns"] < until_ns], recs[recs["last_ns"] < until_ns]
+            if skip is not None:
+                a, b = skip
+                ctx = ctx[(ctx["ns"] < a) | (ctx["ns"] >= b)]
+                recs = recs[(recs["last_ns"] < a) | (recs["last_ns"] >= b)]
             if not len(ctx):
                 continue
             table = _table(ctx)
@@ -228,6 +234,8 @@ class Profile:
             if sequences:
                 g = _grams(table, tr.records)
                 keep = g.ns < until_ns if until_ns else np.ones(len(g.ns), bool)
+                if skip is not None:
+                    keep &= (g.ns < skip[0]) | (g.ns >= skip[1])
                 for i in np.unique(g.at[keep]).tolist():
                     new, old = g.hashes[keep & (g.at == i)], grams.get(g.progs[i])
                     grams[g.progs[i]] = np.unique(new if old is None else np.r_[old, new])
@@ -430,9 +438,35 @@ def held_out_span(traces) -> tuple[int, int, int] | None:
     return merged[0][0], merged[0][0], merged[-1][1]
 
 
-def active_ns(traces, after_ns: int) -> int:
-    """Recorded time after `after_ns` (gaps between recordings not counted)."""
-    return sum(max(0, b - max(a, after_ns)) for a, b in _active(traces))
+def held_out_folds(traces, folds: int) -> list[tuple[int, int]]:
+    """The last `folds` HELDOUT_FRACTIONs of the recorded time as (from, to) kernel times,
+    the newest first: the first is (cut, end) of held_out_span; each further one ends where
+    the one before begins. Fewer where the recordings hold too little time."""
+    merged = _active(traces)
+    if not merged:
+        return []
+    total = sum(b - a for a, b in merged)
+    out, end = [], merged[-1][1]
+    for k in range(1, max(1, min(folds, int(1 / HELDOUT_FRACTION) - 1)) + 1):
+        left = int(total * HELDOUT_FRACTION * k)
+        start = merged[0][0]
+        for a, b in reversed(merged):
+            if b - a >= left:
+                start = b - left
+                break
+            left -= b - a
+        if start >= end:
+            break
+        out.append((start, end))
+        end = start
+    return out
+
+
+def active_ns(traces, after_ns: int, until_ns: int | None = None) -> int:
+    """Recorded time after `after_ns` (and before `until_ns`; gaps between recordings not
+    counted)."""
+    top = math.inf if until_ns is None else until_ns
+    return sum(max(0, min(b, top) - max(a, after_ns)) for a, b in _active(traces))
 
 
 def _table(ctx: np.ndarray) -> ProcessTable:

@@ -25,14 +25,16 @@ BATCH = 4096
 def alerts_after(det, trace, profile: Profile | None, after_ns: int, end_ns: int,
                  evidence_k: float = 0, evidence_m: int = 8, confidence: float = 0.0,
                  peaks: list | None = None, cache: dict | None = None, near: float = 1.0,
-                 found: list | None = None) -> dict:
+                 found: list | None = None, until_ns: int | None = None) -> dict:
     """What the rule raises on `trace`'s activity from `after_ns` to `end_ns` (kernel
     times), with `det` and `profile` (None: the sequence model alone). `evidence_k`: what
     the evidence must reach (0: the model's alert bound; math.inf with `peaks` to record
     the excursion peaks there instead). `cache`: a dict kept across calls, holding the
     window scores already known per model geometry. `near`: alert where the evidence
     reaches that fraction of what it must reach (the retraining guard, daemon/retraining.py).
-    `found`: a list the detections are appended to."""
+    `found`: a list the detections are appended to. `until_ns`: nothing from that time on
+    is replayed (a held-out fold inside the recording; by default everything after
+    `after_ns` is)."""
     saved = det.lineage
     det.lineage = profile.to_json() if profile is not None else None
     try:
@@ -46,7 +48,8 @@ def alerts_after(det, trace, profile: Profile | None, after_ns: int, end_ns: int
     table.ingest(trace.context)
     if view.lineage is not None:
         ctx = trace.context
-        view.lineage.on_context(ctx[ctx["ns"] >= after_ns], table)
+        top = ctx["ns"] < until_ns if until_ns is not None else True
+        view.lineage.on_context(ctx[(ctx["ns"] >= after_ns) & top], table)
     cutter = Cutter(view, queue, counters, max_threads=1 << 20, processes=table)
     out = found
     found = []
@@ -61,6 +64,8 @@ def alerts_after(det, trace, profile: Profile | None, after_ns: int, end_ns: int
         scorer.cache = cache.setdefault((det.model_id, id(det), view.span),
                                         WindowCache(1 << 21, view.span))
     recs = trace.records[trace.records["last_ns"] >= after_ns]
+    if until_ns is not None:
+        recs = recs[recs["last_ns"] < until_ns]
     recs = recs[np.argsort(recs["last_ns"], kind="stable")]
     for lo in range(0, len(recs), BATCH):
         cutter.ingest(recs[lo:lo + BATCH])

@@ -86,7 +86,7 @@ class Suite:
                  settle_s: float = 6.0, kinds: list[str] | None = None,
                  min_syscalls: int = 100000, record: Path | None = None,
                  train_timeout_s: float = 1800, compare: bool = False,
-                 sequences: bool = False, log=None):
+                 sequences: bool = False, folds: int = 1, log=None):
         self.work, self.learn_s, self.benign_s = work, learn_s, benign_s
         self.epochs, self.settle_s, self.min_syscalls = epochs, settle_s, min_syscalls
         self.kinds = kinds or list(attacks.KINDS)
@@ -95,7 +95,7 @@ class Suite:
             raise ValueError(f"unknown attack kinds {sorted(unknown)}; "
                              f"known: {', '.join(attacks.KINDS)}")
         self.record, self.train_timeout_s = record, train_timeout_s
-        self.compare, self.sequences = compare, sequences
+        self.compare, self.sequences, self.folds = compare, sequences, folds
         self.other: Daemon | None = None
         self.log = log or (lambda m: print(f"scenarios: {m}", file=sys.stderr, flush=True))
         self.groups: dict[str, Path] = {}
@@ -142,6 +142,7 @@ class Suite:
             "[learning]\n"
             f"epochs = {self.epochs}\n"
             f"sequences = {'true' if self.sequences else 'false'}\n"
+            f"folds = {self.folds}\n"
             f"min_syscalls = {self.min_syscalls}\n"
             "[alerts]\n"
             "# every alert kept: the suite counts what the detector raised\n"

@@ -114,15 +114,11 @@ class Roles:
             publish(role, mid, manifest_sha(final))
 
     def _train(self, role: str, hosts: list[Path]) -> None:
+        from ..learner import train_command
         L = self.cfg.learning
         new = self.models / f".{role}.new"
         shutil.rmtree(new, ignore_errors=True)
-        sign = ["--sign", L.signing_key] if L.signing_key else []
-        cmd = [sys.executable, "-m", "sysdream.daemon.cli", "train", *sign, "--input",
-               *[f"trace:{p}" for p in hosts], "--max-share", str(self.share), "-o",
-               str(new), "--arch", L.arch, "--window", str(L.window), "--hidden",
-               str(L.hidden), "--embed", str(L.embed), "--epochs", str(L.epochs),
-               "--threads", str(L.threads)] + (["--sequences"] if L.sequences else [])
+        cmd = train_command(self.cfg, hosts, new) + ["--max-share", str(self.share)]
         nice = L.nice
         log(f"role {role}: training on the baselines of {len(hosts)} agents "
             f"({', '.join(p.stem for p in hosts)})")

@@ -128,10 +128,11 @@ def test_a_hostile_alert_calibration_is_refused(doc, why):
         AlertBound.from_json(doc)
 
 
-def host_trace(path, seed: int, processes: int = 600) -> None:
+def host_trace(path, seed: int, processes: int = 600, changed: float = 0.75) -> None:
     """A host recording: `processes` short processes of one program over 6 s, each with
-    its context record; in the last quarter the program has changed a little: each makes
-    a few calls it never made before (what a held-out part is there to catch)."""
+    its context record; from `changed` of the time on (the last quarter) the program has
+    changed a little: each makes a few calls it never made before (what a held-out part is
+    there to catch)."""
     from sysdream.probes import syscalls
 
     rng = np.random.default_rng(seed)
@@ -140,7 +141,7 @@ def host_trace(path, seed: int, processes: int = 600) -> None:
     for k in range(processes):
         pid, t0 = 1000 + k, 10_000_000 * k + 1
         names = sample_normal(seed * 10_000 + k, int(rng.integers(40, 120))).tolist()
-        if k >= 0.75 * processes:
+        if k >= changed * processes:
             for i in rng.choice(len(names), 3, replace=False):
                 names[int(i)] = odd[int(rng.integers(len(odd)))]
         recs.append(records(pid, names, exit=True, t0=t0, chunk=64))
@@ -185,6 +186,37 @@ def test_train_fits_the_alert_bound_on_the_held_out_quarter_and_the_daemon_uses_
     plain = ModelView(det)
     scorer.set_model(plain)
     assert scorer.evidence.k == DEFAULT_EVIDENCE and plain.alert is None
+
+
+def test_two_folds_fit_the_bound_on_twice_the_held_out_time(tmp_path):
+    """--folds 2: a second network (and lineage profile) that never saw the quarter before
+    the last replays it, and the bound is fitted on the peaks of both quarters; the model
+    kept is the first, trained on the first three quarters."""
+    from sysdream.model.detector import Detector
+
+    trace = tmp_path / "baseline.sdtrace"
+    host_trace(trace, 4, changed=0.5)      # both held-out quarters have their excursions
+    cmd = [sys.executable, "-m", "sysdream.daemon.cli", "train", "--input", f"trace:{trace}",
+           "--window", "8", "--embed", "8", "--hidden", "8", "--epochs", "2", "--threads", "1"]
+    one = subprocess.run([*cmd, "-o", str(tmp_path / "one")], capture_output=True,
+                         text=True, timeout=600)
+    two = subprocess.run([*cmd, "-o", str(tmp_path / "two"), "--folds", "2"],
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    assert one.stderr.count("epoch 1:") == 1 and two.stderr.count("epoch 1:") == 2
+    assert "the quarter before the last" in two.stderr
+    r1, r2 = (json.loads((tmp_path / n / "training.json").read_text())["heldout_alerts"]
+              for n in ("one", "two"))
+    assert r1["folds"] == 1 and r2["folds"] == 2
+    assert r2["seconds"] == pytest.approx(2 * r1["seconds"], rel=0.05)
+    assert r2["excursions"] > r1["excursions"] >= MIN_PEAKS
+    a = AlertBound.from_json(json.loads((tmp_path / "two" / "alerting.json").read_text()))
+    assert a.fit.samples == r2["excursions"] and a.seconds == pytest.approx(r2["seconds"])
+    assert Detector.load(tmp_path / "two").vocab.names == \
+        Detector.load(tmp_path / "one").vocab.names, "the model kept is the first fold's"
+    bad = subprocess.run([*cmd, "-o", str(tmp_path / "bad"), "--folds", "4"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--folds" in bad.stderr
 
 
 def test_retrain_learns_everything_and_keeps_the_bound(tmp_path):

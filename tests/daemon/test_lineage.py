@@ -20,6 +20,8 @@ from sysdream.daemon.lineage import (
     GramTable,
     Judge,
     Profile,
+    active_ns,
+    held_out_folds,
     held_out_span,
     stream_grams,
     weight,
@@ -180,6 +182,41 @@ def test_the_held_out_quarter_sets_each_program_s_rate_of_new_sequences():
     assert prof.p_new_sequence("/bin/never") == prof.gram_default
     # the whole profile has nothing new to say about the recording it learnt
     assert Profile.from_json(prof.to_json()).sequence_runs(trace, 0) == []
+
+
+def test_held_out_folds_are_the_newest_quarters_of_recorded_time_and_a_fold_is_unseen():
+    """Two recordings with a day between them: the folds are quarters of the recorded
+    time (the gap not counted), newest first, each ending where the next newer begins, the
+    first the held-out span's; a profile learnt around a fold never saw its programs."""
+    from sysdream.probes.layout import CTX_NEW
+
+    day = 86_400 * 10**9
+    rd = ["read", "write", "close", "openat"]
+
+    def ctx(*procs):
+        return np.concatenate([daemon_helpers.context_record(CTX_NEW, tid, at, exe, tid)
+                               for tid, at, exe in procs])
+    first = Trace(host_header(4), daemon_helpers.records(10, rd * 100, chunk=4, t0=1000),
+                  {}, None, ctx((10, 1000, "/bin/a")))                  # ns 1000-1099
+    late = np.concatenate([daemon_helpers.records(20, rd * 100, chunk=4, t0=day),
+                           daemon_helpers.records(30, ["getpid"] * 40, chunk=4,
+                                                  t0=day + 30)])        # a day on: 0-99
+    second = Trace(host_header(4), late, {}, None,
+                   ctx((20, day, "/bin/a"), (30, day + 30, "/bin/odd")))
+    trace = [first, second]
+    total = active_ns(trace, 0)
+    folds = held_out_folds(trace, 2)
+    assert len(folds) == 2 and folds[0][1] == held_out_span(trace)[2]
+    assert folds[0][0] == held_out_span(trace)[1] and folds[1][1] == folds[0][0]
+    for a, b in folds:
+        assert active_ns(trace, a, b) == pytest.approx(total / 4, abs=2)
+    assert folds[1][0] >= day, "the day between the recordings is not recorded time"
+    assert held_out_folds(trace, 9) == held_out_folds(trace, 3)
+    a, b = folds[1]
+    assert a <= day + 30 < b
+    around = Profile.learn(trace, skip=(a, b))
+    assert "/bin/odd" not in around.programs and "/bin/a" in around.programs
+    assert "/bin/odd" in Profile.learn(trace).programs
 
 
 def test_the_gram_table_answers_exactly_per_program():
