@@ -75,17 +75,40 @@ def families(port: int) -> set[str]:
     return out
 
 
-def test_rules_pass_promtool_checks_and_their_unit_tests():
-    check = subprocess.run(["promtool", "check", "rules", str(RULES)], capture_output=True,
+def promtool_checks(rules: Path, count: int) -> list[tuple[str, str]]:
+    """promtool's check of a rules file (`count` rules) and its unit tests (RULES.test.yml),
+    one for each alert; the (alert, expression) pairs."""
+    check = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True,
                            text=True, timeout=60)
-    assert check.returncode == 0 and "SUCCESS: 10 rules found" in check.stdout, check.stdout
-    unit = subprocess.run(["promtool", "test", "rules", "sysdream-rules.test.yml"],
-                          cwd=RULES.parent, capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0 and f"SUCCESS: {count} rules found" in check.stdout, \
+        check.stdout
+    tests = rules.with_suffix(".test.yml")
+    unit = subprocess.run(["promtool", "test", "rules", tests.name], cwd=rules.parent,
+                          capture_output=True, text=True, timeout=120)
     assert unit.returncode == 0 and "SUCCESS" in unit.stdout, unit.stdout + unit.stderr
-    alerts = {name for name, _ in rule_exprs()}
-    tested = set(re.findall(r"alertname: (\w+)",
-                            (RULES.parent / "sysdream-rules.test.yml").read_text()))
+    doc = yaml.safe_load(rules.read_text())
+    exprs = [(r["alert"], r["expr"]) for g in doc["groups"] for r in g["rules"]]
+    alerts = {name for name, _ in exprs}
+    tested = set(re.findall(r"alertname: (\w+)", tests.read_text()))
     assert tested == alerts, f"rules without a unit test: {alerts - tested}"
+    return exprs
+
+
+def test_rules_pass_promtool_checks_and_their_unit_tests():
+    assert promtool_checks(RULES, 10) == rule_exprs()
+
+
+def test_the_fleet_rules_pass_promtool_and_read_only_documented_fleet_metrics():
+    """The fleet's rules (agents and server): promtool's checks and unit tests, one for
+    each alert, and every metric they read is in docs/metrics.md's "Fleet agent" or
+    "Fleet server" table, which test_fleet.py holds equal to what the agent and the server
+    export."""
+    from test_metrics_doc import documented
+    rules = promtool_checks(RULES.with_name("sysdream-fleet-rules.yml"), 5)
+    known = documented("Fleet agent") | documented("Fleet server")
+    for name, expr in rules:
+        names = {m[:-6] if m.endswith("_total") else m for m in metric_names(expr)}
+        assert names and names <= known, f"{name} reads {names - known}"
 
 
 def test_the_name_parser_finds_a_typo():
