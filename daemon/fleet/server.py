@@ -33,6 +33,7 @@ from ..exitcodes import FleetEndpointError
 from . import protocol as wire
 from .keys import allow_list, load_secret
 from .roles import Roles
+from .worker import pick_device
 
 HEARTBEAT_S = 10.0
 INFER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -125,7 +126,7 @@ class Server:
                 "there (reload with SIGHUP)")
         for folder in (s.models, s.baselines):
             Path(folder).mkdir(parents=True, exist_ok=True)
-        self.device = self._device(s.device)
+        self.device = pick_device(s.device, "server")
         self.ctx = zmq.Context()
         self.auth = ThreadAuthenticator(self.ctx)
         self.auth.start()
@@ -195,18 +196,6 @@ class Server:
             f"{self.device}{remote}, models in {s.models}, metrics on "
             f"{s.metrics_address}:{self.metrics_port}")
 
-    @staticmethod
-    def _device(want: str) -> str:
-        if want == "cpu":
-            return "cpu"
-        import torch
-        if torch.cuda.is_available():
-            return "cuda"
-        if want == "cuda":
-            raise ConfigError("[server] device = \"cuda\", but torch sees no GPU here; set "
-                              "\"auto\" or \"cpu\"")
-        return "cpu"
-
     def _spawn(self, i: int) -> None:
         s = self.cfg.server
         cmd = [sys.executable, "-m", "sysdream.daemon.fleet.worker", "--backend",
@@ -254,7 +243,6 @@ class Server:
             if now >= next_tick:
                 next_tick = now + 1.0
                 self.roles.tick(self._publish_model)
-            if now >= next_tick:
                 self._check_workers()
             if now >= next_beat:
                 next_beat = now + HEARTBEAT_S
@@ -385,12 +373,12 @@ class Server:
                 self.rejected["undeliverable"] += 1
 
     def _from_worker(self, sock, frames) -> None:
+        if len(frames) < 3:
+            return
         remote = sock is self.wback
         wid = frames[0].bytes
         key = (remote, wid)
         body = [f.bytes for f in frames[2:]]
-        if len(frames) < 3:
-            return
         if frames[1].bytes == b"":              # the worker's own: ready, or want
             self._control(sock, frames, key, body)
             return
@@ -468,42 +456,25 @@ class Server:
     def _held(self) -> dict[str, str]:
         """{model id: manifest sha256} of the bundles in [server] models (rescanned at most
         every 2 s)."""
-        import json
-
-        from .roles import manifest_sha
         now = time.monotonic()
         if now - self.held_at > 2:
-            held = {}
-            for manifest in sorted(Path(self.cfg.server.models).glob("*/manifest.json")):
-                if manifest.parent.name.startswith("."):
-                    continue
-                try:
-                    mid = json.loads(manifest.read_text()).get("model_id")
-                    if wire._model_id(mid):
-                        held[mid] = manifest_sha(manifest.parent)
-                except (OSError, ValueError, AttributeError):
-                    continue
-            self.held, self.held_at = dict(list(held.items())[:wire.MAX_MODELS]), now
+            self.held = {mid: sha for _, mid, sha in self.roles.published()
+                         if wire._model_id(mid)}
+            self.held = dict(list(self.held.items())[:wire.MAX_MODELS])
+            self.held_at = now
         return self.held
 
     def _bundle_of(self, model_id: str) -> list[bytes] | None:
-        import json
-
-        from .roles import manifest_sha
-        for manifest in Path(self.cfg.server.models).glob("*/manifest.json"):
-            folder = manifest.parent
-            try:
-                if folder.name.startswith(".") or \
-                        json.loads(manifest.read_text()).get("model_id") != model_id:
-                    continue
-                files = {p.name: p.read_bytes() for p in sorted(folder.iterdir())
-                         if p.is_file() and not p.name.startswith(".")}
-                sha = manifest_sha(folder)
-            except (OSError, ValueError, AttributeError):
+        """The `bundle` message of a model the server holds, for a remote worker."""
+        for folder, mid, _ in self.roles.published():
+            if mid != model_id:
                 continue
-            role = folder.name if set(folder.name) <= wire.ROLE_CHARS \
-                and len(folder.name) <= 64 else "-"
-            return wire.encode("bundle", {"seq": 0, "role": role, "model": model_id,
+            try:
+                mid, sha, files = self.roles.bundle(folder, "")
+            except (wire.ProtocolError, OSError):
+                return None
+            role = folder if set(folder) <= wire.ROLE_CHARS and len(folder) <= 64 else "-"
+            return wire.encode("bundle", {"seq": 0, "role": role, "model": mid,
                                           "sha256": sha, "names": list(files),
                                           "sizes": [len(b) for b in files.values()]},
                                **files)

@@ -32,6 +32,21 @@ from . import protocol as wire
 CPU_PASS = 256
 
 
+def pick_device(want: str, section: str) -> str:
+    """The torch device of `[section] device`: "auto" is CUDA when torch sees a GPU;
+    ConfigError for "cuda" where it sees none."""
+    from sysdream.daemon.config import ConfigError
+    if want == "cpu":
+        return "cpu"
+    import torch
+    if torch.cuda.is_available():
+        return "cuda"
+    if want == "cuda":
+        raise ConfigError(f'[{section}] device = "cuda", but torch sees no GPU here; set '
+                          '"auto" or "cpu"')
+    return "cpu"
+
+
 class Models:
     """Bundles of the models folder by model id, loaded on first use, reloaded when the
     folder changes. A bundle that fails to load is said once and not tried again until
@@ -275,8 +290,6 @@ def remote(cfg) -> int:
 
     import zmq
 
-    from sysdream.daemon.config import ConfigError
-
     from .keys import load_public, load_secret
     w = cfg.worker
     name, public, secret = load_secret(w.key)
@@ -291,16 +304,7 @@ def remote(cfg) -> int:
         from sysdream.daemon.exitcodes import StateDirError
         raise StateDirError(f"[worker] models {folder}: {exc.strerror or exc}; make it "
                             "writable by the worker") from None
-    device = w.device
-    if device != "cpu":
-        import torch
-        if torch.cuda.is_available():
-            device = "cuda"
-        elif device == "cuda":
-            raise ConfigError('[worker] device = "cuda", but torch sees no GPU here; set '
-                              '"auto" or "cpu"')
-        else:
-            device = "cpu"
+    device = pick_device(w.device, "worker")
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.curve_secretkey, sock.curve_publickey, sock.curve_serverkey = secret, public, server

@@ -880,6 +880,17 @@ def test_a_worker_on_another_machine_fetches_the_model_and_shares_the_scoring(
         m = srv.metrics()
         assert m["sysdream_server_workers"] == 1
         assert m["sysdream_server_workers_lost_total"] >= 1
+
+        # the server's own worker dies: started again, and it scores again
+        kids = [int(c) for task in Path(f"/proc/{srv.proc.pid}/task").iterdir()
+                for c in (task / "children").read_text().split()]
+        assert len(kids) == 1, kids
+        os.kill(kids[0], signal.SIGKILL)
+        wait_for(lambda: (m := srv.metrics()).get("sysdream_server_worker_restarts_total")
+                 == 1 and m.get("sysdream_server_workers") == 1, 60,
+                 "the server's worker started again")
+        assert wait_for(lambda: agents[1].score(view, *spans(view, 50, seed=7)) is not None,
+                        30, "a verdict from the restarted worker", step=0.3)
         assert srv.stop() == 0
     finally:
         for a in agents:
