@@ -82,6 +82,7 @@ class Server:
         self.worker_keys: dict[bytes, str] = {}
         self.dispatched: Counter = Counter()       # worker name -> requests handed to it
         self.workers_lost = 0
+        self.said: set[bytes] = set()              # workers whose bad message was logged
         self.held: dict[str, str] = {}             # model id -> manifest sha256 (cached)
         self.held_at = -1e9
         self.lock = threading.Lock()
@@ -422,7 +423,9 @@ class Server:
         except wire.ProtocolError as exc:
             with self.lock:
                 self.rejected["worker-malformed"] += 1
-            log(f"a worker's message refused: {exc}")
+            if wid not in self.said and len(self.said) < 10000:   # once a worker (each
+                self.said.add(wid)                                # second it says ready)
+                log(f"a worker's message refused: {exc}")
             return
         slot = self.slots.get(key)
         if m.type == "ready":
