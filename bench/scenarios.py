@@ -53,6 +53,8 @@ def main() -> int:
                     "the daemon also learns each program's 6-syscall sequences")
     ap.add_argument("--folds", type=int, default=1, choices=(1, 2, 3), help="[learning] "
                     "folds: quarters of the baseline held out to fit the alert bound on")
+    ap.add_argument("--condition", default="", choices=("", "head", "decoder"),
+                    help="[learning] condition: the network conditioned on the program")
     ap.add_argument("--json", type=Path, default=None, metavar="FILE",
                     help="the whole report, every alert in it")
     ap.add_argument("--work", type=Path, default=None, help="working folder (default: a "
@@ -62,7 +64,8 @@ def main() -> int:
     suite = Suite(work, args.learn_seconds, args.benign_seconds, epochs=args.epochs,
                   settle_s=args.settle_seconds,
                   kinds=[k for k in args.kinds.split(",") if k] or None, record=args.record,
-                  compare=args.compare, sequences=args.sequences, folds=args.folds)
+                  compare=args.compare, sequences=args.sequences, folds=args.folds,
+                  condition=args.condition)
     # a stop (Ctrl-C, SIGTERM) still takes the cgroups, journald and daemons down
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     report = suite.run()

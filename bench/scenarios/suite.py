@@ -86,7 +86,7 @@ class Suite:
                  settle_s: float = 6.0, kinds: list[str] | None = None,
                  min_syscalls: int = 100000, record: Path | None = None,
                  train_timeout_s: float = 1800, compare: bool = False,
-                 sequences: bool = False, folds: int = 1, log=None):
+                 sequences: bool = False, folds: int = 1, condition: str = "", log=None):
         self.work, self.learn_s, self.benign_s = work, learn_s, benign_s
         self.epochs, self.settle_s, self.min_syscalls = epochs, settle_s, min_syscalls
         self.kinds = kinds or list(attacks.KINDS)
@@ -96,6 +96,7 @@ class Suite:
                              f"known: {', '.join(attacks.KINDS)}")
         self.record, self.train_timeout_s = record, train_timeout_s
         self.compare, self.sequences, self.folds = compare, sequences, folds
+        self.condition = condition
         self.other: Daemon | None = None
         self.log = log or (lambda m: print(f"scenarios: {m}", file=sys.stderr, flush=True))
         self.groups: dict[str, Path] = {}
@@ -143,6 +144,7 @@ class Suite:
             f"epochs = {self.epochs}\n"
             f"sequences = {'true' if self.sequences else 'false'}\n"
             f"folds = {self.folds}\n"
+            f"condition = \"{self.condition}\"\n"
             f"min_syscalls = {self.min_syscalls}\n"
             "[alerts]\n"
             "# every alert kept: the suite counts what the detector raised\n"
@@ -316,6 +318,8 @@ class Suite:
             "benign": {"seconds": round(detect_end - detect_start, 1),
                        "false_alerts": len(false),
                        "per_hour": round(len(false) / hours, 1) if hours else None,
+                       # the patterns an operator would answer (allow) one by one
+                       "fingerprints": len({a.get("fingerprint") for a in false}),
                        "by_exe": dict(sorted(by_exe.items(), key=lambda kv: -kv[1]))},
             "alerts_in_journald": sum(1 for a in alerts if a.get("alert_id") in journal_ids),
             "alerts_total": len(alerts),
@@ -371,7 +375,7 @@ def _part(report: dict, title: str) -> list[str]:
     caught = sum(r["alerted"] for r in report["attacks"].values())
     lines += ["", f"attack kinds alerted: {caught} of {len(report['attacks'])}",
               f"false alerts: {b['false_alerts']} in {b['seconds']:.0f} s of benign activity "
-              f"({b['per_hour']} per hour)"]
+              f"({b['per_hour']} per hour), {b['fingerprints']} distinct fingerprints"]
     for exe, n in list(b["by_exe"].items())[:10]:
         lines.append(f"  {n:5d}  {exe}")
     return lines
