@@ -416,7 +416,8 @@ def override(cfg: Config, changes: dict[tuple[str, str], Any]) -> Config:
     for (section, key), value in changes.items():
         if value is not None:
             data[section][key] = value
-    return check(data, cfg.source + " with command-line overrides")
+    suffix = " with command-line overrides"     # once, however many layers of them
+    return check(data, cfg.source if cfg.source.endswith(suffix) else cfg.source + suffix)
 
 
 def parse_set(items: list[str]) -> dict[tuple[str, str], Any]:

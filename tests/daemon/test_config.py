@@ -103,8 +103,10 @@ def test_set_overrides_any_key_read_as_toml_and_checked():
                      ("detection.confidence", "SECTION.KEY=VALUE")):
         with pytest.raises(ConfigError, match=why):
             config.parse_set([bad])
-    with pytest.raises(ConfigError, match="confidence"):
+    with pytest.raises(ConfigError, match="confidence") as err:
         config.override(cfg, config.parse_set(["detection.confidence=2"]))
+    # flags and --set are two layers of overrides: the source is named once
+    assert str(err.value).count("command-line overrides") == 1
 
 
 def test_run_set_is_refused_with_exit_12_and_one_line(tmp_path):
