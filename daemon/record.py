@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import signal
 import sys
 import time
 
@@ -13,6 +12,8 @@ from sysdream.probes.capture import Capture, CaptureSettings
 from sysdream.probes.errors import TraceFileError
 from sysdream.probes.streams import by_thread
 from sysdream.probes.tracefile import TraceWriter, host_header
+
+from .runtime import on_signals, restore_signals
 
 FLUSH_EVERY_S = 1.0
 
@@ -30,14 +31,10 @@ def run(settings: CaptureSettings, seconds: float, output: str, err=sys.stderr) 
                   "stops early)", file=err, flush=True)
             pending: list[np.ndarray] = []
             context: list[np.ndarray] = []
-            # Ctrl-C or SIGTERM stops early and keeps everything read so far. A flag
-            # checked between reads, so a stop never lands in the middle of writing a
-            # block. A SIGINT ignored on entry (a background job of a shell) stays ignored.
+            # Ctrl-C or SIGTERM stops early and keeps everything read so far (checked
+            # between reads: a stop never lands in the middle of writing a block)
             stop = []
-            wanted = [signal.SIGTERM]
-            if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-                wanted.append(signal.SIGINT)
-            old = {sig: signal.signal(sig, lambda *_: stop.append(1)) for sig in wanted}
+            old = on_signals(lambda: stop.append(1))
             try:
                 while time.monotonic() < end and not stop:
                     cap.wait()
@@ -58,8 +55,7 @@ def run(settings: CaptureSettings, seconds: float, output: str, err=sys.stderr) 
                     "short trace, not the whole time asked for); free space or name another "
                     "output") from None
             finally:
-                for sig, handler in old.items():
-                    signal.signal(sig, handler)
+                restore_signals(old)
             counters = cap.counters()
     lost = counters["lost_syscalls"] + counters["lost_nostorage"]
     print(f"recorded {writer.syscalls} syscalls in {writer.records} records from "

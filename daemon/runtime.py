@@ -14,6 +14,7 @@ import ctypes
 import ctypes.util
 import mmap
 import os
+import signal
 
 ONEDNN_CACHE = "64"
 
@@ -47,6 +48,24 @@ def adapt_torch(log=None) -> bool:
         log("writable+executable memory is refused here (MemoryDenyWriteExecute): "
             "running torch without oneDNN")
     return True
+
+
+def on_signals(stop, reload=None) -> dict:
+    """The long-running commands' signals, in one place: SIGTERM and SIGINT call `stop`,
+    SIGHUP calls `reload` when given. Handlers only set a flag the loop checks, so a
+    signal never lands in the middle of a write. A SIGINT ignored on entry (a background
+    job of a shell) stays ignored. Returns the handlers replaced, for restore_signals."""
+    wanted = {signal.SIGTERM: stop}
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        wanted[signal.SIGINT] = stop
+    if reload is not None:
+        wanted[signal.SIGHUP] = reload
+    return {sig: signal.signal(sig, lambda *_, f=f: f()) for sig, f in wanted.items()}
+
+
+def restore_signals(old: dict) -> None:
+    for sig, handler in old.items():
+        signal.signal(sig, handler)
 
 
 MADV_PAGEOUT = 21  # Linux 5.4

@@ -23,7 +23,6 @@ A failed training keeps the recordings and records again for another period.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -47,7 +46,7 @@ from .notify import Notifier
 from .pipeline import Counters, Cutter, Scorer, Shadow, WindowQueue
 from .processes import ProcessTable
 from .retraining import Retrainer
-from .runtime import adapt_torch, bound_torch_caches, release_memory
+from .runtime import adapt_torch, bound_torch_caches, on_signals, release_memory
 
 DRAIN_S = 2.0
 # Programs that take our alerts: their handling of them is not judged as their own
@@ -344,9 +343,8 @@ class Service:
 
     def run(self) -> int:
         cap = self.capture
-        signal.signal(signal.SIGHUP, lambda *_: setattr(self, "_reload", True))
-        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_stop", True))
-        signal.signal(signal.SIGINT, lambda *_: setattr(self, "_stop", True))
+        on_signals(lambda: setattr(self, "_stop", True),
+                   lambda: setattr(self, "_reload", True))
         self.notify.ready(self._status())
         log(f"probes attached; {self._status()}")
         wd = self.notify.watchdog_s / 2 if self.notify.watchdog_s else 0.0

@@ -17,7 +17,6 @@ codes: 12 bad configuration or keys, 15 an endpoint it cannot bind.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import numpy as np
 
 from ..config import Config, ConfigError
 from ..exitcodes import FleetEndpointError
+from ..runtime import on_signals
 from . import protocol as wire
 from .keys import allow_list, load_secret
 from .roles import Roles
@@ -207,9 +207,7 @@ class Server:
     # -- the broker loop --------------------------------------------------------------
     def run(self) -> int:
         import zmq
-        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stop", True))
-        signal.signal(signal.SIGINT, lambda *_: setattr(self, "stop", True))
-        signal.signal(signal.SIGHUP, lambda *_: setattr(self, "reload", True))
+        on_signals(lambda: setattr(self, "stop", True), lambda: setattr(self, "reload", True))
         poller = zmq.Poller()
         poller.register(self.front, zmq.POLLIN)
         backs = [b for b in (self.back, self.wback) if b is not None]

@@ -286,10 +286,9 @@ def remote(cfg) -> int:
     """`sysdream worker`: a worker on another machine, connected to a server's
     [server] worker_bind over CurveZMQ ([worker] in the configuration). It fetches the
     server's models into [worker] models and scores until SIGTERM."""
-    import signal
-
     import zmq
 
+    from ..runtime import on_signals
     from .keys import load_public, load_secret
     w = cfg.worker
     name, public, secret = load_secret(w.key)
@@ -312,8 +311,7 @@ def remote(cfg) -> int:
     sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_BUNDLE)
     sock.connect(w.server)
     stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+    on_signals(lambda: stop.append(1))
     print(f"sysdream worker: {name} on {device}, connecting to {w.server}; models in "
           f"{folder}", file=sys.stderr, flush=True)
     try:

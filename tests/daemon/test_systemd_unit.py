@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -121,3 +122,29 @@ print("scored", len(r.scores.score))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0 and "scored" in out.stdout, out.stderr[-2000:]
+
+
+def test_stop_and_reload_signals_set_flags_and_an_ignored_sigint_stays_ignored():
+    """The unit stops with SIGTERM and reloads with SIGHUP (ExecReload); the long-running
+    commands share one way of taking them (runtime.on_signals). Real signals, sent to a
+    child that installs it."""
+    code = """
+import os, signal
+from sysdream.daemon.runtime import on_signals, restore_signals
+got = []
+old = on_signals(lambda: got.append("stop"), lambda: got.append("reload"))
+os.kill(os.getpid(), signal.SIGHUP)
+os.kill(os.getpid(), signal.SIGTERM)
+os.kill(os.getpid(), signal.SIGINT)
+print(",".join(got), signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
+restore_signals(old)
+print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+"""
+    plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=60)
+    assert plain.stdout.split() == ["reload,stop,stop", "False", "True"], plain.stderr
+    # a background job of a shell starts with SIGINT ignored: Ctrl-C is not for it
+    background = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert background.stdout.split() == ["reload,stop", "True", "True"], background.stderr
