@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -227,13 +229,17 @@ class Server:
         self.err = tmp / f"server-{self.port}.err"
         self.publish = publish or bind.rsplit(":", 1)[0] + f":{free_port()}"
         prefix = ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
+        # the server's rundir (its workers' ipc socket) goes here, removed at kill or stop:
+        # a SIGKILLed server cannot remove its own (under its unit, PrivateTmp= does)
+        self.rundirs = tempfile.mkdtemp(prefix="sd-srv-")
         self.proc = subprocess.Popen(
             [*prefix, *SYSDREAM, "server", "--bind", bind, "--publish", self.publish,
              "--key", str(keydir / "server.curve-secret"), "--agents", str(tmp / "agents"),
              "--models", str(models), "--workers", str(workers), "--device", "cpu",
              "--metrics-port", str(self.port), "--set",
              f"server.baselines={tmp / 'baselines'}", *extra],
-            stdout=subprocess.DEVNULL, stderr=self.err.open("w"), start_new_session=True)
+            stdout=subprocess.DEVNULL, stderr=self.err.open("w"), start_new_session=True,
+            env={**os.environ, "TMPDIR": self.rundirs})
 
     def wait_ready(self, workers: int = 2) -> None:
         def ok():
@@ -251,6 +257,7 @@ class Server:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+        shutil.rmtree(self.rundirs, ignore_errors=True)
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -259,6 +266,10 @@ class Server:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.kill()
+        left = os.listdir(self.rundirs) if os.path.isdir(self.rundirs) else []
+        shutil.rmtree(self.rundirs, ignore_errors=True)
+        # a server that stopped cleanly has removed its rundir itself
+        assert self.proc.returncode != 0 or not left, f"rundir left behind: {left}"
         return self.proc.returncode
 
 
