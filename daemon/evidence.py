@@ -39,14 +39,16 @@ MAX_KS = 0.5        # a normal fit this far from its peaks (Kolmogorov-Smirnov) 
 TARGET_PER_HOUR = 1.0   # what the default confidence keeps the expected false alerts under
 
 
-def graded(bound, alpha: float, scores: np.ndarray, exceeds: np.ndarray) -> np.ndarray:
+def graded(bound, alpha: float, scores: np.ndarray, exceeds: np.ndarray,
+           cap: float = GRADED_MAX) -> np.ndarray:
     """Each window's weight as evidence (see the module's docstring); `bound` is the window
-    bound (model.calibration.GaussianBound), `alpha` its upper tail."""
+    bound (model.calibration.GaussianBound), `alpha` its upper tail; no window weighs more
+    than `cap`."""
     out = np.zeros(len(scores))
     if exceeds.any():
         z = bound.sigmas(scores[exceeds])
         logp = np.log(np.maximum(0.5 * _erfc(z / math.sqrt(2)), 1e-300))
-        out[exceeds] = np.clip(logp / math.log(alpha), 1.0, GRADED_MAX)
+        out[exceeds] = np.clip(logp / math.log(alpha), 1.0, max(cap, 1.0))
     return out
 
 
@@ -60,12 +62,14 @@ class Evidence:
     Keyed by the process's key (tgid, start) where the process table knows it, so a
     reused pid starts afresh; by the tgid alone where it does not. With `peaks` (a list),
     (program, peak) of every excursion is appended to it as it ends (the calibration
-    replay: bound = inf)."""
+    replay: bound = inf). `window_max`: what one window may weigh under this rule."""
 
     def __init__(self, bound: float, m: int, max_processes: int = 65536,
-                 peaks: list | None = None, bounds: dict[str, float] | None = None):
+                 peaks: list | None = None, bounds: dict[str, float] | None = None,
+                 window_max: float = GRADED_MAX):
         self.k, self.m, self.max = float(bound), m, max_processes
         self.bounds = dict(bounds or {})
+        self.window_max = window_max
         self.recent: OrderedDict = OrderedDict()
         self.peaks = peaks
         self.peak: dict = {}        # key -> [peak, program] of its running excursion

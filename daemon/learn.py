@@ -359,9 +359,9 @@ def _host_model(args, cfg, settings, seqs, host, calib_names, conds=None, labels
     if bound is None:
         print(f"sysdream train: {len(peaks)} excursions of evidence in the held-out "
               f"{seconds:.0f} s: too few, or too alike, to fit an alert bound on; the "
-              "daemon will alert "
-              f"at 3 windows' worth of evidence, which raised {alerts} alerts there "
-              f"({replay['per_hour']:.1f} an hour)", file=sys.stderr)
+              "daemon will alert at 3 windows' worth of evidence (one window at most 1.5), "
+              f"which raised {alerts} alerts there ({replay['per_hour']:.1f} an hour)",
+              file=sys.stderr)
     else:
         a = AlertBound.from_json(bound.to_json())
         own = "".join(f"; {p} {b:.2f} on its own {a.programs[p].samples}"

@@ -25,7 +25,7 @@ from sysdream.model.windows import cut
 
 from . import alerts
 from .config import Config, ConfigError
-from .pipeline import DEFAULT_EVIDENCE, ModelView
+from .pipeline import DEFAULT_EVIDENCE, FALLBACK_WINDOW_MAX, ModelView
 from .signing import check, load_public, signer
 
 
@@ -73,7 +73,8 @@ def alert_line(view: ModelView, configured: float, m: int) -> str:
     if a is None:
         return (f"no alert bound in this model (trained without a host's baseline, or too "
                 f"few excursions held out of it to fit one): a process alerts when its last "
-                f"{m} windows weigh {DEFAULT_EVIDENCE:g} windows at the bound")
+                f"{m} windows weigh {DEFAULT_EVIDENCE:g} windows at the bound, one window "
+                f"at most {FALLBACK_WINDOW_MAX:g}")
     own = "; ".join(f"{p} {b:.2f}" for p, b in sorted(a.bounds().items()))
     return (f"alert bound {a.bound:.2f} at {a.confidence:.3%} ({a.fit.transform} fit on "
             f"{a.fit.samples} excursions in {a.seconds:.0f} s held out of learning, KS "

@@ -31,7 +31,7 @@ from sysdream.probes import syscalls
 from sysdream.probes.layout import REC_EXEC, REC_EXIT
 from sysdream.probes.streams import flatten
 
-from .evidence import AlertBound, Episodes, Evidence, graded
+from .evidence import GRADED_MAX, AlertBound, Episodes, Evidence, graded
 from .labels import ExeLabels, LabelledCounts
 from .lineage import program
 from .lineage import weight as lineage_weight
@@ -40,6 +40,10 @@ from .printable import printable
 PAD_NUMBER = 65536  # a span position before the thread's first syscall
 STOP_JOIN_S = 30.0   # how long a stop waits for the scorer's cycle in progress
 DEFAULT_EVIDENCE = 3.0  # the evidence that alerts under a model with no alert bound
+# ... where one window weighs at most this: two odd windows alert, one alone never does (a
+# thread's odd exit, a rare start-up: with one window at 8, bench/daemon.py's 10,000-thread
+# phase raised 18,195 false alerts); a lineage novelty still weighs what it is worth
+FALLBACK_WINDOW_MAX = DEFAULT_EVIDENCE / 2
 EXEC_WAIT_NS = 2_000_000_000   # how long a thread asks the table for its exec's image
 EXEC_SLACK_NS = 100_000   # an exec's context record: stamped at most this long before
 #                           the first_ns of its exec record (an empty one, sent after it)
@@ -125,6 +129,12 @@ class ModelView:
         if configured:
             return float(configured)
         return self.alert.bound if self.alert is not None else DEFAULT_EVIDENCE
+
+    def window_max(self, configured: float = 0) -> float:
+        """What one window may weigh: less than DEFAULT_EVIDENCE where that is the rule."""
+        if configured or self.alert is not None:
+            return GRADED_MAX
+        return FALLBACK_WINDOW_MAX
 
     def program_bounds(self, configured: float = 0) -> dict[str, float]:
         """The programs with an alert bound of their own (none where `configured`)."""
@@ -599,7 +609,8 @@ class Scorer:
         # `peaks`: record every excursion's peak there (the calibration replay)
         self.evidence_k, self.peaks = st.evidence_k, peaks
         self.evidence = Evidence(model.evidence_bound(st.evidence_k), st.evidence_m,
-                                 peaks=peaks, bounds=model.program_bounds(st.evidence_k))
+                                 peaks=peaks, bounds=model.program_bounds(st.evidence_k),
+                                 window_max=model.window_max(st.evidence_k))
         self.episodes = Episodes(self.evidence.k, st.evidence_m)
         self.novel: OrderedDict = OrderedDict()     # process key -> its novelty events
         self.cache = WindowCache(st.cache_windows, model.span)
@@ -628,9 +639,11 @@ class Scorer:
 
     def _rules(self, model: ModelView, evidence_k: float, evidence_m: int) -> None:
         bound, bounds = model.evidence_bound(evidence_k), model.program_bounds(evidence_k)
+        cap = model.window_max(evidence_k)
         e = self.evidence
-        if (bound, bounds, evidence_m) != (e.k, e.bounds, e.m):
-            self.evidence = Evidence(bound, evidence_m, peaks=self.peaks, bounds=bounds)
+        if (bound, bounds, evidence_m, cap) != (e.k, e.bounds, e.m, e.window_max):
+            self.evidence = Evidence(bound, evidence_m, peaks=self.peaks, bounds=bounds,
+                                     window_max=cap)
             self.episodes = Episodes(bound, evidence_m)
 
     def start(self) -> None:
@@ -793,7 +806,8 @@ class Scorer:
                     c.set_aside["own_alert_delivery"] += int(aside.sum())
                     exceeds[lo:hi] &= ~aside
             weights = self._novelty(b, model, graded(model.bound, model.alpha,
-                                                     scores[lo:hi], exceeds[lo:hi]),
+                                                     scores[lo:hi], exceeds[lo:hi],
+                                                     evidence.window_max),
                                     None if news is None else (news[0][lo:hi],
                                                                news[1][lo:hi]))
             key, prog = b.key or b.tgid, b.label or (program(b.exe) if b.exe else "")

@@ -58,7 +58,8 @@ def alerts_after(det, trace, profile: Profile | None, after_ns: int, end_ns: int
     if near != 1.0:
         e = scorer.evidence
         scorer.evidence = Evidence(e.k * near, e.m, peaks=peaks,
-                                   bounds={p: b * near for p, b in e.bounds.items()})
+                                   bounds={p: b * near for p, b in e.bounds.items()},
+                                   window_max=e.window_max)
         scorer.episodes = Episodes(e.k * near, e.m)
     if cache is not None:
         scorer.cache = cache.setdefault((det.model_id, id(det), view.span),

@@ -411,21 +411,34 @@ def test_a_window_weighs_its_rarity_under_the_window_bound():
 
 
 def test_a_lone_short_process_alerts_as_soon_as_it_stands_out(tiny_detector):
-    """One process, one window of syscalls the model never saw (far beyond the bound): it
-    weighs as much as several windows at the bound and alerts at once, exit or not, saying
-    what it reached against what was needed; a normal short process raises nothing."""
+    """Under a model with no alert bound: a process whose two windows (of 8) are syscalls
+    the model never saw (far beyond the bound) alerts at once, exit or not, saying what it
+    reached against what was needed. One such window alone (a thread's odd exit) does not:
+    it weighs at most half the evidence needed. A normal short process raises nothing."""
     from sysdream.daemon import alerts
+    from sysdream.daemon.pipeline import DEFAULT_EVIDENCE, FALLBACK_WINDOW_MAX
 
     view, _c, queue, cutter, scorer, found = make(tiny_detector)
+    assert view.alert is None and scorer.evidence.window_max == FALLBACK_WINDOW_MAX
     odd = ["clone", "execve", "socket", "connect", "dup2", "dup2"]
     cutter.ingest(records(401, sample_normal(8, 7), exit=True, t0=200))
     scorer.process(drain(queue))
     assert found == []
-    cutter.ingest(records(400, odd * 2, t0=100))       # still running: no exit record
+    cutter.ingest(records(402, odd, exit=True, t0=150))     # one odd window, then exit
+    scorer.process(drain(queue))
+    assert found == []
+    cutter.ingest(records(400, odd * 3, t0=100))       # still running: no exit record
     scorer.process(drain(queue))
     d = found[0]
-    assert d.block.tgid == 400 and d.exceedances >= 3 and d.needed == 3
-    assert alerts.anomaly_fields(d)["evidence"].startswith(f"{d.exceedances:.3g} >= 3 in")
+    assert d.block.tgid == 400 and d.exceedances >= DEFAULT_EVIDENCE == d.needed
+    assert alerts.anomaly_fields(d)["evidence"].startswith(
+        f"{d.exceedances:.3g} >= {DEFAULT_EVIDENCE:g} in")
+    # an operator's evidence_exceedances: windows weigh their full rarity again
+    scorer.set_rules(3, 8)
+    assert scorer.evidence.window_max > DEFAULT_EVIDENCE
+    cutter.ingest(records(403, odd, exit=True, t0=300))
+    scorer.process(drain(queue))
+    assert [d.block.tgid for d in found] == [400, 403]
 
 
 def test_a_window_made_before_an_exec_is_named_after_the_program_before_it(tiny_detector):
