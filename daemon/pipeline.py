@@ -951,6 +951,8 @@ class Scorer:
         for k, (b, row) in enumerate(items):
             one = slice(k, k + 1)
             names = model.names(spans[k])
+            if model.conditioned:   # what the network read there: the program's token
+                names[0] = names[model.p] = model.det.vocab.decode([tokens[k, 0]])[0]
             res = SequenceScores(w.take(one), WindowScores(
                 *(getattr(s, f)[one] for f in ("score", "nll", "expected", "expected_p",
                                                 "observed_p", "attention"))),
