@@ -288,6 +288,12 @@ class Detector:
             # what the model read: the source (and for event models the target after it)
             first = start if self.cfg.task == "reconstruct" else start - self.cfg.window
             order = np.argsort(-row, kind="stable")[:top]
-            out["attention"] = [{"position": int(first + k), "syscall": name(first + k),
+
+            def read(k: int) -> str:  # a conditioned source begins with the program's token
+                if self.cfg.condition and k == 0:
+                    return str(self.vocab.decode([int(w.src[i, 0])])[0])
+                return name(first + k)
+
+            out["attention"] = [{"position": int(first + k), "syscall": read(int(k)),
                                  "weight": float(row[k])} for k in order]
         return out

@@ -459,10 +459,8 @@ class Server:
         every 2 s)."""
         now = time.monotonic()
         if now - self.held_at > 2:
-            self.held = {mid: sha for _, mid, sha in self.roles.published()
-                         if wire._model_id(mid)}
-            self.held = dict(list(self.held.items())[:wire.MAX_MODELS])
-            self.held_at = now
+            held = {mid: sha for _, mid, sha in self.roles.published() if wire._model_id(mid)}
+            self.held, self.held_at = dict(list(held.items())[:wire.MAX_MODELS]), now
         return self.held
 
     def _bundle_of(self, model_id: str) -> list[bytes] | None:

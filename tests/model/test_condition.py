@@ -74,3 +74,25 @@ def test_a_conditioned_model_needs_a_program_per_sequence_and_predict_next():
         Detector.train(seqs, None, tiny_config(condition="decoder"), quick_settings(epochs=1))
     with pytest.raises(ValueError, match="use task predict-next"):
         tiny_config(condition="head", task="reconstruct")
+
+
+def test_an_explanation_says_the_network_read_the_program_token_at_the_head(two_programs):
+    """The head of a conditioned window's source is the program's token (offline: the
+    unknown program's), not the thread's syscall there: attention names what was read."""
+    cond, plain, rng = two_programs
+    names = np.array(program_loop(rng, 80, "write"), dtype=object)
+    res = cond.score_sequence(names)
+    i = len(res.scores.score) - 1
+    seen = {}
+    for top in (1, cond.cfg.window):
+        for a in cond.explain(res, i, top=top).get("attention", []):
+            seen[a["position"]] = a["syscall"]
+    head = int(res.windows.start[i]) - cond.cfg.window
+    assert seen, "the conditioned DReAM attends over its source"
+    assert seen[head] == COND_UNKNOWN
+    assert all(n != COND_UNKNOWN for p, n in seen.items() if p != head)
+    # unconditioned, the same position is the thread's own syscall
+    pres = plain.score_sequence(names)
+    got = {a["position"]: a["syscall"] for a in
+           plain.explain(pres, i, top=plain.cfg.window).get("attention", [])}
+    assert got[head] == names[head]
