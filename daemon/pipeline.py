@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections import OrderedDict, defaultdict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -146,7 +146,7 @@ class ModelView:
         return out
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Block:
     """Consecutive windows of one thread, waiting for inference."""
     tid: int
@@ -187,6 +187,14 @@ class Block:
 
     def drop_front(self, n: int) -> None:
         self.spans, self.valid, self.starts = self.spans[n:], self.valid[n:], self.starts[n:]
+
+    def split(self, n: int) -> Block:
+        """The first n windows as a block of their own (every other field kept; not the
+        thread's final block: the rest is), which this block then no longer holds."""
+        head = replace(self, spans=self.spans[:n], valid=self.valid[:n],
+                       starts=self.starts[:n], final=False)
+        self.drop_front(n)
+        return head
 
 
 class _Thread:
@@ -310,14 +318,7 @@ class WindowQueue:
                         q.popleft()
                         out.append(head)
                     else:
-                        out.append(Block(head.tid, head.tgid, head.comm, head.cgroup,
-                                         head.spans[:n], head.valid[:n], head.starts[:n],
-                                         head.ns, head.exe, head.first_ns,
-                                         head.delivery_peer, head.parent, head.key,
-                                         head.exec_at, head.exec_ns, head.comm_before,
-                                         head.exe_before, False, head.marks,
-                                         head.unsure_from))     # the rest stays final
-                        head.drop_front(n)
+                        out.append(head.split(n))
                     self._account(tgid, n)
                     taken += n
             return out
@@ -506,10 +507,12 @@ class Cutter:
         spans = np.full(pos.shape, PAD_NUMBER, np.int32)
         spans[ok] = t.buf[rel[ok]]
         self.counters.windows_cut += len(starts)
-        b = Block(t.tid, t.tgid, t.comm, t.cgroup, spans, valid, starts, ns, t.exe,
-                  t.first_ns or ns, t.peer, t.parent, t.key, t.exec_at, t.exec_ns,
-                  t.comm_before, t.exe_before, False, tuple(t.marks),
-                  t.pending[0][0] if t.pending else -1, t.label)
+        b = Block(tid=t.tid, tgid=t.tgid, comm=t.comm, cgroup=t.cgroup, spans=spans,
+                  valid=valid, starts=starts, ns=ns, exe=t.exe, first_ns=t.first_ns or ns,
+                  delivery_peer=t.peer, parent=t.parent, key=t.key, exec_at=t.exec_at,
+                  exec_ns=t.exec_ns, comm_before=t.comm_before, exe_before=t.exe_before,
+                  marks=tuple(t.marks), unsure_from=t.pending[0][0] if t.pending else -1,
+                  label=t.label)
         if t.held is not None:
             t.held.append(b)
         else:

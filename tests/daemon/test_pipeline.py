@@ -13,6 +13,7 @@ import pytest
 from daemon_helpers import context_record, records, sample_attack, sample_normal
 
 from sysdream.daemon.pipeline import (
+    Block,
     Counters,
     Cutter,
     ModelView,
@@ -250,6 +251,32 @@ def test_take_is_round_robin_across_processes(tiny_detector):
     for b in got:
         per[b.comm] = per.get(b.comm, 0) + len(b)
     assert sum(per.values()) == 20 and per["a"] > 0 and per["b"] > 0
+
+
+def test_a_block_split_by_the_queue_keeps_every_field_but_final(tiny_detector):
+    """A take that splits a block hands out its first windows as a block of their own:
+    the program label, the exec marks and where the program stops being known are the
+    whole block's (they were dropped once, and a script's first windows fell back to its
+    interpreter's alert bound); only the rest stays the thread's final block."""
+    view, c, queue, cutter, scorer, _f = make(tiny_detector)
+    b = Block(tid=7, tgid=7, comm="python3", cgroup=1,
+              spans=np.zeros((10, view.span), np.int32), valid=np.full(10, view.p, np.int16),
+              starts=np.arange(10, dtype=np.int64) * view.s, ns=5, exe="/usr/bin/python3",
+              key=(7, 1), parent=(1, 0), marks=((3, "/bin/sh"),), unsure_from=40,
+              label="/usr/bin/python3 /srv/app.py", final=True)
+    queue.put(b)
+    head = queue.take(4, 0.0)
+    assert [len(x) for x in head] == [4]
+    h = head[0]
+    assert h.label == "/usr/bin/python3 /srv/app.py"
+    assert h.marks == ((3, "/bin/sh"),) and h.unsure_from == 40
+    assert (h.key, h.parent, h.exe, h.ns) == ((7, 1), (1, 0), "/usr/bin/python3", 5)
+    assert h.starts.tolist() == [0, view.s, 2 * view.s, 3 * view.s] and not h.final
+    rest = drain(queue)
+    assert len(rest) == 1 and len(rest[0]) == 6 and rest[0].final
+    assert rest[0].label == h.label and rest[0].starts[0] == 4 * view.s
+    with pytest.raises(TypeError):      # positional construction is what lost the label
+        Block(7, 7, "x", 1, b.spans, b.valid, b.starts, 5)
 
 
 def test_record_gap_restarts_windows_without_straddling(tiny_detector):
