@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from sysdream.daemon.inputs import datasets_root
-from sysdream.daemon.learn import adfa_split
+from sysdream.daemon.commands.evaluate import adfa_split
+from sysdream.daemon.training.inputs import datasets_root
 from sysdream.model.baselines import NGram
 from sysdream.model.metrics import roc_auc
 from sysdream.model.vocab import Vocabulary

@@ -61,7 +61,7 @@ def build_loadgen(tmp: Path) -> Path:
 
 
 def cli(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sysdream.daemon.cli", *args], check=True,
+    return subprocess.run([sys.executable, "-m", "sysdream.daemon", *args], check=True,
                           **kw)
 
 
@@ -113,7 +113,7 @@ def train_model(exe: Path, tmp: Path, bundle: Path, epochs: int, sequences: bool
     for threads in (4, 10_000):
         # the whole life of the load, its threads' start and exit included
         trace = tmp / f"load-{threads}.sdtrace"
-        rec = subprocess.Popen([sys.executable, "-m", "sysdream.daemon.cli", "record",
+        rec = subprocess.Popen([sys.executable, "-m", "sysdream.daemon", "record",
                                 "--seconds", "600", "--comm", "loadgen", "-o", str(trace)],
                                stderr=subprocess.PIPE, text=True)
         if "probes attached" not in rec.stderr.readline():
@@ -145,7 +145,7 @@ def start_server(bundle: Path, tmp: Path) -> tuple[subprocess.Popen, str]:
     sys.path.insert(0, str(HERE.parent / "tests" / "daemon"))
     from harness import free_port
     port = free_port()
-    srv = subprocess.Popen([sys.executable, "-m", "sysdream.daemon.cli", "server", "--bind",
+    srv = subprocess.Popen([sys.executable, "-m", "sysdream.daemon", "server", "--bind",
                             f"tcp://127.0.0.1:{port}", "--publish",
                             f"tcp://127.0.0.1:{free_port()}", "--key",
                             str(tmp / "keys" / "server.curve-secret"), "--agents",

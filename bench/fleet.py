@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SYSDREAM = [sys.executable, "-m", "sysdream.daemon.cli"]
+SYSDREAM = [sys.executable, "-m", "sysdream.daemon"]
 REQUEST = 256
 
 
@@ -71,7 +71,7 @@ def spans(view, n: int, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def local_rate(view, seconds: float) -> float:
     import torch
 
-    from sysdream.daemon.pipeline import local_scores
+    from sysdream.daemon.detect.scorer import local_scores
     torch.set_num_threads(1)
     rng = np.random.default_rng(1)
     batches = [spans(view, REQUEST, rng) for _ in range(8)]
@@ -161,9 +161,11 @@ def remote_rate(view, agents: int, seconds: float, endpoint: str, keys: Path,
 
 
 def bytes_per_syscall(view, seconds: float, endpoint: str, keys: Path, tmp: Path) -> dict:
+    from sysdream.daemon.context.processes import ProcessTable
+    from sysdream.daemon.detect.cutter import Cutter
+    from sysdream.daemon.detect.queue import Counters, WindowQueue
+    from sysdream.daemon.detect.scorer import Scorer
     from sysdream.daemon.fleet.agent import Remote
-    from sysdream.daemon.pipeline import Counters, Cutter, Scorer, WindowQueue
-    from sysdream.daemon.processes import ProcessTable
     from sysdream.probes.tracefile import read_trace
     trace_path = tmp / "host.sdtrace"
     rec = subprocess.Popen([*SYSDREAM, "record", "--seconds", str(seconds), "-o",
@@ -209,8 +211,8 @@ def main() -> int:
     ap.add_argument("--record-seconds", type=float, default=20.0)
     ap.add_argument("--json", default="")
     a = ap.parse_args()
+    from sysdream.daemon.detect.view import ModelView
     from sysdream.daemon.fleet import keys as fleet_keys
-    from sysdream.daemon.pipeline import ModelView
     sys.path.insert(0, str(ROOT / "tests" / "daemon"))
     from harness import free_port
 

@@ -18,7 +18,6 @@ import time
 import numpy as np
 import torch
 
-from sysdream.model.archs import build
 from sysdream.model.baselines import DeepLog
 from sysdream.model.config import NetworkConfig
 from sysdream.model.scoring import score
@@ -33,7 +32,7 @@ V = 180
 
 def tokens(n: int) -> np.ndarray:
     try:
-        from sysdream.daemon.inputs import datasets_root
+        from sysdream.daemon.training.inputs import datasets_root
         from sysdream.model.vocab import Vocabulary
         from sysdream.probes.datasets import read_adfa_ld
 
@@ -57,7 +56,7 @@ def rate(fn, items: int, min_seconds: float = 1.0) -> float:
 def dream_rate(size: dict, batch: int, ids: np.ndarray) -> float:
     cfg = NetworkConfig(vocab_size=V, stride=size["window"], **size).validate()
     torch.manual_seed(0)
-    net = build(cfg).eval()
+    net = cfg.build().eval()
     w = cut_many([ids], cfg.window, cfg.window, cfg.task).take(slice(0, 4096))
     n = min(len(w), max(batch, 1024))
     sub = w.take(slice(0, n))

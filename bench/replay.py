@@ -9,7 +9,7 @@ The bundle is the one the suite's daemon learnt (a network trained on the baseli
 first three quarters, as `sysdream train` keeps it). As `sysdream train` does, the
 lineage profile is learnt from the baseline (with each program's 6-syscall sequences with
 --sequences), the rule is replayed on the baseline's held-out last quarter and the alert
-bound fitted on its excursion peaks (daemon/replay.py, daemon/evidence.py); with
+bound fitted on its excursion peaks (daemon/detect/replay.py, daemon/detect/evidence.py); with
 --keep-bound the bundle's own alert bound is kept instead (one `sysdream train --folds 2`
 fitted on two held-out quarters, say). Then every
 --benign recording (the suite's --record keeps the benign activity it judged, or another
@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> int:
-    from sysdream.daemon.evidence import AlertBound, fit_alert_bound
-    from sysdream.daemon.lineage import Profile, held_out_span
-    from sysdream.daemon.replay import alerts_after
+    from sysdream.daemon.detect.evidence import AlertBound, fit_alert_bound
+    from sysdream.daemon.detect.replay import alerts_after
+    from sysdream.daemon.training.profile import Profile, held_out_span
     from sysdream.model.detector import Detector
     from sysdream.probes.tracefile import read_trace
 
@@ -120,8 +120,8 @@ def main() -> int:
 
 def _fixed(det, prof, benign: list, attack: list, ks: list) -> list:
     """False alerts an hour and attack kinds alerted at each fixed evidence threshold."""
-    from sysdream.daemon.lineage import held_out_span
-    from sysdream.daemon.replay import alerts_after
+    from sysdream.daemon.detect.replay import alerts_after
+    from sysdream.daemon.training.profile import held_out_span
     from sysdream.probes.tracefile import read_trace
 
     traces = [(read_trace(p), 0) for p in benign] + [(read_trace(p), 1) for p in attack]

@@ -85,7 +85,7 @@ def build_spawner(tmp: Path) -> Path:
 def train_model(loadgen: Path, spawner: Path, tmp: Path, bundle: Path, spawn_rate: float,
                 epochs: int) -> None:
     trace = tmp / "stress.sdtrace"
-    rec = subprocess.Popen([sys.executable, "-m", "sysdream.daemon.cli", "record",
+    rec = subprocess.Popen([sys.executable, "-m", "sysdream.daemon", "record",
                             "--seconds", "600", "--comm", "loadgen", "--comm", "true",
                             "-o", str(trace)], stderr=subprocess.PIPE, text=True)
     if "probes attached" not in rec.stderr.readline():

@@ -18,7 +18,7 @@ from typing import Any
 from sysdream.model import archs
 from sysdream.probes.filters import FILTERS, Filter
 
-from .evidence import GRADED_MAX
+from .detect.evidence import GRADED_MAX
 
 DEFAULT_PATH = Path("/etc/sysdream/sysdream.toml")
 
@@ -253,7 +253,7 @@ class Config:
 
     def scorer_settings(self):
         """The scorer's settings (daemon.pipeline.ScorerSettings)."""
-        from .pipeline import ScorerSettings
+        from .detect.scorer import ScorerSettings
 
         d = self.values["detection"]
         return ScorerSettings(d["evidence_exceedances"], d["evidence_windows"],
@@ -273,7 +273,7 @@ def filter_settings(values: dict[str, Any], cgroups=None) -> dict[str, tuple]:
     none); cgroup path patterns resolved to the ids of the cgroups that match now."""
     out = {f.key: tuple(values.get(f.key, ())) for f in FILTERS if not f.into}
     for f in FILTERS:
-        if f.into:      # only exclude_cgroup_paths, which daemon/cgroups.py resolves
+        if f.into:      # only exclude_cgroup_paths, which daemon/context/cgroups.py resolves
             out[f.into] = excluded_cgroups(out[f.into], values.get(f.key, ()), cgroups)
     return out
 
@@ -282,7 +282,7 @@ def excluded_cgroups(ids, patterns, cgroups=None) -> tuple[int, ...]:
     """Cgroup ids to exclude: those given, and those whose paths match `patterns`."""
     if not patterns:
         return tuple(ids)
-    from .cgroups import CgroupPaths
+    from .context.cgroups import CgroupPaths
 
     cgroups = cgroups if cgroups is not None else CgroupPaths()
     return tuple(sorted(set(ids) | cgroups.matching(tuple(patterns))))

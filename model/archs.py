@@ -10,11 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import import_module
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .config import NetworkConfig
-    from .network import Network
 
 DEFAULT = "dream"
 
@@ -60,11 +55,6 @@ def get(name: str) -> Arch:
         return ARCHS[name]
     except (KeyError, TypeError):
         raise ValueError(f"arch must be one of {', '.join(ARCHS)}, not {name!r}") from None
-
-
-def build(cfg: NetworkConfig) -> Network:
-    """A freshly initialised network for a NetworkConfig (torch's RNG draws its weights)."""
-    return get(cfg.arch).load()(cfg)
 
 
 def help_text() -> str:

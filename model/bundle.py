@@ -8,9 +8,10 @@
     calibration.json  the Gaussian bound
     training.json     training settings, history, data fingerprint, library versions
     transfer.json     optional: the supervised transfer classifier (issue: train --labels)
-    lineage.json      optional: the lineage profile of the baseline (daemon/lineage.py), kept
-                      here as the daemon wrote it; the daemon checks it at load
-    alerting.json     optional: the daemon's alert bound (daemon/evidence.py), likewise
+    lineage.json      optional: the lineage profile of the baseline
+                      (daemon/training/profile.py), kept here as the daemon wrote it; the
+                      daemon checks it at load
+    alerting.json     optional: the daemon's alert bound (daemon/detect/evidence.py), likewise
     signature.json    optional, outside the manifest: a signature of manifest.json
                       (daemon/signing.py), carried as the daemon wrote it
 

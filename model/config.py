@@ -27,6 +27,11 @@ class NetworkConfig:
     # its embedding also feeds DReAM's decoder at every step: "decoder"; "": none
     condition: str = ""
 
+    def build(self):
+        """A freshly initialised network (model/network.py's Network) of this
+        configuration; torch's RNG draws its weights."""
+        return archs.get(self.arch).load()(self)
+
     def validate(self) -> NetworkConfig:
         arch = archs.get(self.arch)
         if self.task not in TASKS:

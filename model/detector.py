@@ -77,7 +77,7 @@ class Detector:
         self.embedding, self.training, self.model_id = embedding, training, model_id
         self.transfer = transfer
         self.lineage = lineage    # the daemon's lineage profile, carried as written
-        self.alerting = alerting  # the daemon's alert bound (daemon/evidence.py), likewise
+        self.alerting = alerting  # the daemon's alert bound (daemon/detect/evidence.py), likewise
         net.eval()
 
     # -- training ---------------------------------------------------------------------
@@ -201,7 +201,7 @@ class Detector:
             bound = GaussianBound.from_json(b.calibration)
             if cfg.vocab_size != len(vocab):
                 raise ValueError("network and vocabulary sizes differ")
-            net = archs.build(cfg)
+            net = cfg.build()
             net.load_state_dict(b.state_dict)
             det = cls(cfg, vocab, net, bound, b.embedding, b.training, b.model_id, b.transfer,
                       b.lineage, b.alerting)

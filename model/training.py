@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .archs import build
 from .config import NetworkConfig, TrainSettings
 from .scoring import window_nll
 from .windows import Windows
@@ -51,7 +50,7 @@ def train(cfg: NetworkConfig, train_w: Windows, val_w: Windows, settings: TrainS
         raise ValueError("no training windows: the training data is empty")
     torch.set_num_threads(settings.threads)
     seed_everything(settings.seed)
-    net = build(cfg)
+    net = cfg.build()
     if embedding is not None:
         net.embed.weight.data.copy_(torch.from_numpy(embedding))
         net.embed.weight.requires_grad_(not cfg.freeze_embedding)

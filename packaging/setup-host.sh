@@ -119,7 +119,7 @@ fi
 import importlib
 for name in ("bcc", "torch", "gensim", "numpy", "scipy", "prometheus_client", "zmq",
              "systemd.journal", "systemd.daemon", "sysdream.probes", "sysdream.model",
-             "sysdream.daemon.cli"):
+             "sysdream.daemon.commands.cli"):
     importlib.import_module(name)
 PY
 say "ok ($venv, python $pyver, kernel $kernel)"

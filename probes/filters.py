@@ -4,7 +4,7 @@ checked, and how user space turns it into the map's keys.
 
 CaptureSettings.validate() and Capture.configure() (probes/capture.py), the [capture] keys of
 the configuration schema (daemon/config.py) and the filter flags of `record`, `top`, `run`
-and `agent` (daemon/cli.py) read this table. Adding a filter is a row here, a field of
+and `agent` (daemon/commands/cli.py) read this table. Adding a filter is a row here, a field of
 CaptureSettings, a map and a test in capture.bpf.c's decide(), and its comment in
 packaging/sysdream.toml: tests/daemon/test_config.py checks the field, the key, the flag
 and the comment, and Capture.configure() fails on a missing map.

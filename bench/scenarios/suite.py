@@ -40,7 +40,7 @@ import attacks  # noqa: E402
 from harness import Daemon, JournalNamespace, wait_for  # noqa: E402
 from listeners import HttpEnd, ShellListener  # noqa: E402
 
-from sysdream.daemon.cgroups import mount_point  # noqa: E402
+from sysdream.daemon.context.cgroups import mount_point  # noqa: E402
 
 PY = sys.executable
 
@@ -172,7 +172,7 @@ class Suite:
         """`sysdream record` of one of the suite's cgroups into `out`."""
         out.parent.mkdir(parents=True, exist_ok=True)
         err = self.work / f"record-{out.stem}.err"
-        p = subprocess.Popen([PY, "-m", "sysdream.daemon.cli", "record", "--cgroup",
+        p = subprocess.Popen([PY, "-m", "sysdream.daemon", "record", "--cgroup",
                               str(self.ids[group]), "--seconds", str(int(seconds)),
                               "-o", str(out)],
                              stdout=subprocess.DEVNULL, stderr=err.open("w"))

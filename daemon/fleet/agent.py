@@ -1,6 +1,6 @@
 """The agent's side of the fleet: the scorer thread's remote inference.
 
-`Remote.score()` is called by the scorer thread (daemon/pipeline.py, Scorer.infer) with
+`Remote.score()` is called by the scorer thread (daemon/detect/scorer.py, Scorer.infer) with
 the spans the known-window cache missed. It sends them to the server on a DEALER socket
 (CURVE, the server's public key pinned) and waits at most `timeout_ms` for the verdict.
 When the server does not answer in time, refuses, or is not connected, it returns None
@@ -46,7 +46,7 @@ class Remote:
                  timeout_ms: int = 250, retry_s: float = 5.0):
         import zmq
 
-        from ..metrics import version
+        from ..version import version
         self.endpoint, self.role = server, role
         self.server_name, self.server_public = load_public(server_key)
         self.key_path = key
@@ -436,7 +436,7 @@ class Control:
         return None
 
     def _upload(self, path: Path) -> bool:
-        from ..metrics import version
+        from ..version import version
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -472,7 +472,7 @@ class Control:
     def _fetch(self) -> None:
         import tempfile
 
-        from ..metrics import version
+        from ..version import version
         self.seq += 1
         with self.lock:
             have = self.have

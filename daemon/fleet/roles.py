@@ -24,7 +24,7 @@ from pathlib import Path
 
 from sysdream.model.bundle import install
 
-from ..runtime import trainer_child
+from ..service.runtime import trainer_child
 from . import protocol as wire
 
 
@@ -114,7 +114,7 @@ class Roles:
             publish(role, mid, manifest_sha(final))
 
     def _train(self, role: str, hosts: list[Path]) -> None:
-        from ..learner import train_command
+        from ..training.command import train_command
         L = self.cfg.learning
         new = self.models / f".{role}.new"
         shutil.rmtree(new, ignore_errors=True)

@@ -148,7 +148,7 @@ class Link:
 
     def __init__(self, sock, models: Models, name: str, index: int, device: str,
                  fetch: bool):
-        from sysdream.daemon.metrics import version
+        from sysdream.daemon.version import version
         self.sock, self.models, self.fetch = sock, models, fetch
         self.name, self.index, self.device, self.version = name, index, device, version()
         self.seq = 0
@@ -288,7 +288,7 @@ def remote(cfg) -> int:
     server's models into [worker] models and scores until SIGTERM."""
     import zmq
 
-    from ..runtime import on_signals
+    from ..service.runtime import on_signals
     from .keys import load_public, load_secret
     w = cfg.worker
     name, public, secret = load_secret(w.key)

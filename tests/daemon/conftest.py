@@ -11,7 +11,7 @@ import pytest
 from daemon_helpers import normal_sequence, quick_settings, remove_cgroup, tiny_config
 from harness import JournalNamespace
 
-from sysdream.daemon.cgroups import mount_point
+from sysdream.daemon.context.cgroups import mount_point
 
 
 @pytest.fixture(scope="session")

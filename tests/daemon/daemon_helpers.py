@@ -21,7 +21,7 @@ from synthetic_corpus import (  # noqa: E402, F401 (re-exported for the daemon t
     tiny_config,
 )
 
-from sysdream.daemon.alerts import MESSAGE_IDS  # noqa: E402
+from sysdream.daemon.alerting.kinds import MESSAGE_IDS
 from sysdream.probes import syscalls  # noqa: E402
 from sysdream.probes.layout import REC_EXIT, record_dtype  # noqa: E402
 

@@ -137,7 +137,7 @@ class Daemon:
         e.pop("NOTIFY_SOCKET", None)
         if notify:
             e["NOTIFY_SOCKET"] = notify.path
-        cmd = [*(prefix or []), sys.executable, "-m", "sysdream.daemon.cli", "run",
+        cmd = [*(prefix or []), sys.executable, "-m", "sysdream.daemon", "run",
                "--metrics-port", str(self.port), *args]
         self.proc = subprocess.Popen(cmd, stdout=self.out_path.open("w"),
                                      stderr=self.err_path.open("w"), env=e)

@@ -1,4 +1,4 @@
-"""Alert-level calibration (daemon/evidence.py): the Gaussian over held-out excursion peaks,
+"""Alert-level calibration (daemon/detect/evidence.py): the Gaussian over held-out excursion peaks,
 its expected false alerts an hour, the default confidence that keeps them at or under one,
 a hostile alerting.json refused, and `sysdream train` on a host recording fitting the
 bound with a model that never saw the held-out part, which the daemon's pipeline then
@@ -15,13 +15,15 @@ import numpy as np
 import pytest
 from daemon_helpers import context_record, records, sample_normal
 
-from sysdream.daemon.evidence import (
+from sysdream.daemon.detect.evidence import (
     MIN_PEAKS,
     AlertBound,
     default_confidence,
     fit_alert_bound,
 )
-from sysdream.daemon.pipeline import DEFAULT_EVIDENCE, Counters, ModelView, Scorer, WindowQueue
+from sysdream.daemon.detect.queue import Counters, WindowQueue
+from sysdream.daemon.detect.scorer import Scorer
+from sysdream.daemon.detect.view import DEFAULT_EVIDENCE, ModelView
 from sysdream.probes.layout import CTX_NEW
 from sysdream.probes.tracefile import TraceWriter, host_header
 
@@ -85,7 +87,7 @@ def test_a_program_with_enough_excursions_gets_its_own_bound():
     again = AlertBound.from_json(json.loads(json.dumps(a.to_json())))
     assert again.bounds() == pytest.approx(a.bounds()) and again.bound == pytest.approx(a.bound)
     assert again.with_confidence(0.99).bounds()["/usr/bin/python3"] < own
-    from sysdream.daemon.evidence import Evidence
+    from sysdream.daemon.detect.evidence import Evidence
     ev = Evidence(a.bound, 8, bounds=a.bounds())
     assert ev.add_many("p", np.array([a.bound + 0.1]), "/usr/bin/python3") == []
     assert ev.add_many("q", np.array([a.bound + 0.1]), "/usr/bin/new") != []
@@ -156,7 +158,7 @@ def test_train_fits_the_alert_bound_on_the_held_out_quarter_and_the_daemon_uses_
 
     trace = tmp_path / "baseline.sdtrace"
     host_trace(trace, 1)
-    out = subprocess.run([sys.executable, "-m", "sysdream.daemon.cli", "train", "--input",
+    out = subprocess.run([sys.executable, "-m", "sysdream.daemon", "train", "--input",
                           f"trace:{trace}", "-o", str(tmp_path / "model"), "--window", "8",
                           "--embed", "8", "--hidden", "8", "--epochs", "3", "--threads", "1"],
                          capture_output=True, text=True, timeout=600)
@@ -196,7 +198,7 @@ def test_two_folds_fit_the_bound_on_twice_the_held_out_time(tmp_path):
 
     trace = tmp_path / "baseline.sdtrace"
     host_trace(trace, 4, changed=0.5)      # both held-out quarters have their excursions
-    cmd = [sys.executable, "-m", "sysdream.daemon.cli", "train", "--input", f"trace:{trace}",
+    cmd = [sys.executable, "-m", "sysdream.daemon", "train", "--input", f"trace:{trace}",
            "--window", "8", "--embed", "8", "--hidden", "8", "--epochs", "2", "--threads", "1"]
     one = subprocess.run([*cmd, "-o", str(tmp_path / "one")], capture_output=True,
                          text=True, timeout=600)
@@ -226,7 +228,7 @@ def test_retrain_learns_everything_and_keeps_the_bound(tmp_path):
 
     trace = tmp_path / "baseline.sdtrace"
     host_trace(trace, 2)
-    cmd = [sys.executable, "-m", "sysdream.daemon.cli", "train", "--input", f"trace:{trace}",
+    cmd = [sys.executable, "-m", "sysdream.daemon", "train", "--input", f"trace:{trace}",
            "--window", "8", "--embed", "8", "--hidden", "8", "--epochs", "2", "--threads", "1"]
     kept = subprocess.run([*cmd, "-o", str(tmp_path / "kept")], capture_output=True,
                           text=True, timeout=600)
@@ -243,12 +245,12 @@ def test_train_learns_each_program_s_sequences_when_asked(tmp_path):
     """--sequences: lineage.json holds the program's sequence hashes and the rate of runs
     of new ones in the held-out quarter (its last processes make odd calls), the daemon's
     judge uses them, and the alert bound was fitted with them; without it, none."""
-    from sysdream.daemon.lineage import GRAM
+    from sysdream.daemon.training.profile import GRAM
     from sysdream.model.detector import Detector
 
     trace = tmp_path / "baseline.sdtrace"
     host_trace(trace, 3)
-    cmd = [sys.executable, "-m", "sysdream.daemon.cli", "train", "--input", f"trace:{trace}",
+    cmd = [sys.executable, "-m", "sysdream.daemon", "train", "--input", f"trace:{trace}",
            "--window", "8", "--embed", "8", "--hidden", "8", "--epochs", "2", "--threads", "1"]
     on = subprocess.run([*cmd, "-o", str(tmp_path / "on"), "--sequences"],
                         capture_output=True, text=True, timeout=600)

@@ -29,8 +29,8 @@ from daemon_helpers import (
 )
 from harness import wait_for
 
-from sysdream.daemon.alerts import MESSAGE_IDS
-from sysdream.daemon.cgroups import mount_point
+from sysdream.daemon.alerting.kinds import MESSAGE_IDS
+from sysdream.daemon.context.cgroups import mount_point
 
 
 def no_control_characters(text: str) -> bool:
@@ -120,7 +120,7 @@ def test_alerts_name_short_lived_fileless_programs_from_the_kernel(ebpf_ready, t
     raw = tmp_path / "mem.json"
     raw.write_text(json.dumps({k.removeprefix("SYSDREAM_").lower(): v
                                for k, v in mem.items() if k.startswith("SYSDREAM_")}))
-    out = subprocess.run([os.sys.executable, "-m", "sysdream.daemon.cli", "explain",
+    out = subprocess.run([os.sys.executable, "-m", "sysdream.daemon", "explain",
                           "--json", str(raw), "--model", str(tiny_bundle)],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

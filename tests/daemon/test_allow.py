@@ -16,7 +16,7 @@ LS = os.path.realpath("/bin/ls")
 
 
 def cli(*args: str, prefix: list[str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*(prefix or []), sys.executable, "-m", "sysdream.daemon.cli",
+    return subprocess.run([*(prefix or []), sys.executable, "-m", "sysdream.daemon",
                            *args], capture_output=True, text=True, timeout=120)
 
 

@@ -21,7 +21,7 @@ from sysdream.probes.layout import record_dtype
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sysdream.daemon.cli", *args],
+    return subprocess.run([sys.executable, "-m", "sysdream.daemon", *args],
                           capture_output=True, text=True, timeout=120)
 
 
@@ -171,7 +171,7 @@ def test_run_checks_privileges_first_and_names_an_unreadable_model(tmp_path, tin
     try:
         base = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
         caps = ["--inh-caps=+bpf,+perfmon", "--ambient-caps=+bpf,+perfmon"]
-        run = [sys.executable, "-m", "sysdream.daemon.cli", "run", "--model", str(model),
+        run = [sys.executable, "-m", "sysdream.daemon", "run", "--model", str(model),
                "--state-dir", str(state), "--no-metrics"]
         out = subprocess.run([*base, *run], capture_output=True, text=True, timeout=120)
         one_line(out, 3, "CAP_BPF")
@@ -222,7 +222,9 @@ def test_a_record_claiming_more_than_a_chunk_holds_is_refused(tmp_path, tiny_det
     counted by the pipeline; the honest records are kept."""
     from daemon_helpers import records
 
-    from sysdream.daemon.pipeline import Counters, Cutter, ModelView, WindowQueue
+    from sysdream.daemon.detect.cutter import Cutter
+    from sysdream.daemon.detect.queue import Counters, WindowQueue
+    from sysdream.daemon.detect.view import ModelView
 
     recs = np.zeros(3, record_dtype(64))
     recs["count"] = [3, 65535, 5]

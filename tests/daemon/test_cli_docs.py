@@ -1,4 +1,4 @@
-"""The man page and the bash completion are generated from the parser (daemon/manpage.py)
+"""The man page and the bash completion are generated from the parser (daemon/commands/manpage.py)
 and shipped in packaging/: they stay in sync with it, the page renders without a groff
 warning, and the completion completes verbs, options and choices in a real bash."""
 
@@ -7,13 +7,14 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from sysdream.daemon import manpage
+from sysdream.daemon.commands import manpage
 
 PACKAGING = Path(__file__).resolve().parents[2] / "packaging"
 
 
 def test_the_shipped_man_page_and_completion_are_the_parsers():
-    fix = "regenerate: .venv/bin/python -m sysdream.daemon.manpage man|bash > packaging/..."
+    fix = ("regenerate: .venv/bin/python -m sysdream.daemon.commands.manpage man|bash"
+           " > packaging/...")
     assert (PACKAGING / "sysdream.8").read_text() == manpage.man(), fix
     assert (PACKAGING / "sysdream.bash-completion").read_text() == manpage.bash(), fix
 

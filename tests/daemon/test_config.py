@@ -117,7 +117,7 @@ def test_run_set_is_refused_with_exit_12_and_one_line(tmp_path):
 
 def run_cli(*args, user=None, caps=False):
     """The CLI, optionally as another user; `caps`: holding what the unit grants."""
-    cmd = [sys.executable, "-m", "sysdream.daemon.cli", *args]
+    cmd = [sys.executable, "-m", "sysdream.daemon", *args]
     if user:
         grant = ["--inh-caps=+bpf,+perfmon", "--ambient-caps=+bpf,+perfmon"] if caps else []
         cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *grant,
@@ -156,11 +156,11 @@ def test_run_refuses_a_state_directory_it_cannot_write_with_exit_14(tmp_path):
 
 
 def test_the_configuration_reference_is_generated_from_the_schema_and_in_sync():
-    from sysdream.daemon import confref
+    from sysdream.daemon.commands import confref
 
     doc = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
     assert doc.read_text() == confref.reference(SHIPPED.read_text()), \
-        "regenerate: .venv/bin/python -m sysdream.daemon.confref > docs/configuration.md"
+        "regenerate: .venv/bin/python -m sysdream.daemon.commands.confref > docs/configuration.md"
     notes = confref.comments(SHIPPED.read_text())
     for section, keys in config.SCHEMA.items():
         for key in keys:
@@ -174,7 +174,7 @@ def test_each_capture_filter_is_a_key_and_a_flag_that_give_the_same_settings():
     import dataclasses
     import json
 
-    from sysdream.daemon import cli
+    from sysdream.daemon.commands import cli
     from sysdream.probes.capture import CaptureSettings
     from sysdream.probes.filters import FILTERS
 

@@ -22,7 +22,7 @@ import pytest
 from sysdream.daemon.exitcodes import Exit
 
 ROOT = Path(__file__).resolve().parents[2]
-SYSDREAM = [sys.executable, "-m", "sysdream.daemon.cli"]
+SYSDREAM = [sys.executable, "-m", "sysdream.daemon"]
 SITE = next((ROOT / ".venv" / "lib").glob("python3*/site-packages"), None)
 NOT_CAUSABLE = {Exit.FAILURE, Exit.BPF_UNAVAILABLE, Exit.RING_BUFFER_UNSUPPORTED,
                 Exit.PROGRAM_LOAD, Exit.INTERRUPTED}

@@ -30,7 +30,7 @@ EXAMPLES = int(os.environ.get("SYSDREAM_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow,
                                        HealthCheck.function_scoped_fixture])
-SYSDREAM = [sys.executable, "-m", "sysdream.daemon.cli"]
+SYSDREAM = [sys.executable, "-m", "sysdream.daemon"]
 
 
 def score_request(seq=1, rows=3, span=48, model="m", **over):
@@ -278,7 +278,7 @@ def good_exposition(remote) -> str:
     from prometheus_client import CollectorRegistry, generate_latest
 
     from sysdream.daemon.fleet.agent import collect
-    from sysdream.daemon.metrics import Collector
+    from sysdream.daemon.metrics.collector import Collector
     reg = CollectorRegistry(auto_describe=False)
     reg.register(Collector(lambda: collect(remote)))
     return generate_latest(reg).decode()
@@ -294,8 +294,9 @@ def test_the_server_scores_as_the_local_model_and_refuses_what_it_must(
         tmp_path, fleet_keys, tiny_bundle, tiny_detector):
     import zmq
 
+    from sysdream.daemon.detect.scorer import local_scores
+    from sysdream.daemon.detect.view import ModelView
     from sysdream.daemon.fleet.agent import Remote
-    from sysdream.daemon.pipeline import ModelView, local_scores
 
     models = tmp_path / "models"
     models.mkdir()
@@ -437,7 +438,7 @@ class Namespaces:
 
 @pytest.fixture
 def cgroups():
-    from sysdream.daemon.cgroups import mount_point
+    from sysdream.daemon.context.cgroups import mount_point
     root = mount_point()
     made = []
     for i in range(3):
@@ -792,9 +793,10 @@ def test_a_worker_on_another_machine_fetches_the_model_and_shares_the_scoring(
     server of remote workers only scores once one joins."""
     import threading
 
+    from sysdream.daemon.detect.scorer import local_scores
+    from sysdream.daemon.detect.view import ModelView
     from sysdream.daemon.fleet.agent import Remote
     from sysdream.daemon.fleet.server import WORKER_SILENT_S
-    from sysdream.daemon.pipeline import ModelView, local_scores
 
     keys.keygen(fleet_keys, "wk-1")
     wkeys = tmp_path / "worker-keys"

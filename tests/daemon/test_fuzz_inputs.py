@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from sysdream.daemon import config
 from sysdream.daemon.config import ConfigError
-from sysdream.daemon.pipeline import ModelView
+from sysdream.daemon.detect.view import ModelView
 from sysdream.model.bundle import BundleError
 from sysdream.model.detector import Detector
 
@@ -159,8 +159,8 @@ def explained(bundle_dir: Path, text: str) -> None:
     CLI turns into its exit code, never another exception."""
     import argparse
 
+    from sysdream.daemon.commands.explain import run_explain
     from sysdream.daemon.exitcodes import Exit, exit_code_for
-    from sysdream.daemon.explain import run_explain
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "alert.jsonl"
         path.write_text(text)
@@ -180,14 +180,14 @@ def test_any_alert_explains_or_gives_one_error(bundle_dir, capsys, alert):
 
 
 def test_alerts_too_deep_or_too_long_give_one_error(bundle_dir, capsys):
-    from sysdream.daemon.alerts import MAX_ALERT_LINE
+    from sysdream.daemon.alerting.fields import MAX_ALERT_LINE
     for text in ("[" * 100_000 + "\n", '{"kind": "anomaly", "syscalls": "' + "read " *
                  (MAX_ALERT_LINE // 5) + '"}\n'):
         with pytest.raises(Exception) as got:
             with tempfile.TemporaryDirectory() as d:
                 import argparse
 
-                from sysdream.daemon.explain import run_explain
+                from sysdream.daemon.commands.explain import run_explain
                 (Path(d) / "a").write_text(text)
                 run_explain(argparse.Namespace(json=str(Path(d) / "a"), cursor=None,
                                                model=str(bundle_dir), plot=None,
@@ -199,7 +199,7 @@ def test_alerts_too_deep_or_too_long_give_one_error(bundle_dir, capsys):
 @FUZZ
 @given(st.lists(JSON | st.text(max_size=30), max_size=6), st.booleans())
 def test_an_alert_id_is_found_among_any_lines_or_one_error(lines, present):
-    from sysdream.daemon.allow import find_alert
+    from sysdream.daemon.alerting.allow import find_alert
     want = "5f0e2d7c-0000-4000-8000-000000000001"
     text = [json.dumps(v) if not isinstance(v, str) else v for v in lines]
     text = [t.replace("\n", " ") + (f" {want}" if i % 2 else "") for i, t in enumerate(text)]

@@ -20,7 +20,7 @@ SHELL = [120, 11, 102, 102, 63, 63, 11]  # clone, execve, socketcall, dup2
 
 
 def sysdream(*args, check=False) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sysdream.daemon.cli", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "sysdream.daemon", *map(str, args)],
                           capture_output=True, text=True, timeout=300, check=check)
 
 
@@ -228,7 +228,7 @@ def test_training_shows_a_bar_with_the_time_left_on_a_terminal(data):
     from harness import PtyOutput
 
     tty = PtyOutput()
-    p = subprocess.run([sys.executable, "-m", "sysdream.daemon.cli", "train", "--input",
+    p = subprocess.run([sys.executable, "-m", "sysdream.daemon", "train", "--input",
                         str(data["normal"]), "-o", str(data["base"] / "pty-model"), *TINY],
                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=tty.slave,
                        timeout=300)
@@ -239,7 +239,7 @@ def test_training_shows_a_bar_with_the_time_left_on_a_terminal(data):
     assert re.search(r"epoch 1/2: .*\[\d\d:\d\d<(\d\d:\d\d|\?)", text), text[-2000:]
     assert "epoch 1: train" in text and "epoch 2: train" in text
     rd, wr = os.pipe()
-    piped = subprocess.run([sys.executable, "-m", "sysdream.daemon.cli", "train", "--input",
+    piped = subprocess.run([sys.executable, "-m", "sysdream.daemon", "train", "--input",
                             str(data["normal"]), "-o", str(data["base"] / "pipe-model"),
                             "--progress-fd", str(wr), *TINY], pass_fds=(wr,),
                            capture_output=True, text=True, timeout=300)
@@ -264,7 +264,7 @@ def test_training_shows_a_bar_with_the_time_left_on_a_terminal(data):
 
 def test_capture_verbs_do_not_pay_for_torch():
     # `sysdream record` must attach within its first second; importing torch takes ~2 s here.
-    code = ("import sys, sysdream.daemon.cli as c; c.build_parser(); "
+    code = ("import sys, sysdream.daemon.commands.cli as c; c.build_parser(); "
             "print('torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "False"
@@ -284,7 +284,7 @@ def test_max_share_keeps_one_input_from_dominating_the_training_data():
     """A fleet role's hosts: with --max-share 0.5 the big host gives no more syscalls than
     the rest together, its sequences kept in order; equal hosts keep everything; one
     input is never cut."""
-    from sysdream.daemon.learn import _shared
+    from sysdream.daemon.commands.train import _shared
     from sysdream.probes.datasets import Sequence
 
     def host(name, n, parts=4):

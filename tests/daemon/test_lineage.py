@@ -1,4 +1,4 @@
-"""Lineage novelty (daemon/lineage.py) from real context records: a shell's loop recorded
+"""Lineage novelty (daemon/training/profile.py) from real context records: a shell's loop recorded
 by the real capture program is the baseline; a second run with a new child and a program
 executed from a memfd is judged against it."""
 
@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 from capture_helpers import drain
 
-from sysdream.daemon.evidence import Evidence
-from sysdream.daemon.lineage import (
+from sysdream.daemon.context.processes import ProcessTable
+from sysdream.daemon.detect.evidence import Evidence
+from sysdream.daemon.detect.judge import Judge
+from sysdream.daemon.training.profile import (
     GRAM,
     MEMFD,
     GramTable,
-    Judge,
     Profile,
     active_ns,
     held_out_folds,
@@ -26,7 +27,6 @@ from sysdream.daemon.lineage import (
     stream_grams,
     weight,
 )
-from sysdream.daemon.processes import ProcessTable
 from sysdream.probes import syscalls
 from sysdream.probes.tracefile import Trace, host_header
 

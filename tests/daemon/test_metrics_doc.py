@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from sysdream.daemon import alerts, config
-from sysdream.daemon.metrics import Metrics
-from sysdream.daemon.pipeline import ModelView
-from sysdream.daemon.service import Service
+from sysdream.daemon import config
+from sysdream.daemon.alerting import fields, kinds
+from sysdream.daemon.detect.view import ModelView
+from sysdream.daemon.metrics.collector import Metrics
+from sysdream.daemon.service.loop import Service
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 
@@ -61,6 +62,6 @@ def test_promtool_finds_the_exposition_clean(exposition):
 def test_every_alert_field_is_documented():
     text = DOC.read_text()
     documented = re.findall(r"^\| `SYSDREAM_([A-Z0-9_]+)` \|", text, re.M)
-    assert [f.upper() for f in alerts.ALERT_FIELDS] == documented
-    for kind, mid in alerts.MESSAGE_IDS.items():
+    assert [f.upper() for f in fields.ALERT_FIELDS] == documented
+    for kind, mid in kinds.MESSAGE_IDS.items():
         assert f"| `{kind}` | `{mid}` |" in text

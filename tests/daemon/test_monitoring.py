@@ -125,7 +125,7 @@ def test_every_dashboard_and_rule_expression_reads_what_the_daemon_exports(
     (tmp_path / "allowed").mkdir()
     allowed = workload(tmp_path / "allowed")          # the same name, another executable
     state = tmp_path / "state"
-    allow = subprocess.run([sys.executable, "-m", "sysdream.daemon.cli", "allow", "--exe",
+    allow = subprocess.run([sys.executable, "-m", "sysdream.daemon", "allow", "--exe",
                             str(allowed), "--state-dir", str(state)], capture_output=True,
                            text=True, timeout=60)
     assert allow.returncode == 0, allow.stderr

@@ -12,15 +12,11 @@ import numpy as np
 import pytest
 from daemon_helpers import context_record, records, sample_attack, sample_normal
 
-from sysdream.daemon.pipeline import (
-    Block,
-    Counters,
-    Cutter,
-    ModelView,
-    Scorer,
-    ScorerSettings,
-    WindowQueue,
-)
+from sysdream.daemon.detect.block import Block
+from sysdream.daemon.detect.cutter import Cutter
+from sysdream.daemon.detect.queue import Counters, WindowQueue
+from sysdream.daemon.detect.scorer import Scorer, ScorerSettings
+from sysdream.daemon.detect.view import ModelView
 from sysdream.model.windows import cut
 
 
@@ -134,7 +130,7 @@ def test_the_scoring_path_does_not_load_scipy(tiny_bundle):
     library's inverse normal CDF."""
     code = ("import sys\nfrom pathlib import Path\n"
             "from sysdream.model.detector import Detector\n"
-            "from sysdream.daemon.pipeline import ModelView\n"
+            "from sysdream.daemon.detect.view import ModelView\n"
             f"v = ModelView(Detector.load(Path({str(tiny_bundle)!r})), 0.99)\n"
             "assert v.bound.bound > 0 and v.bound.z > 2.5\n"
             "print(sorted(m for m in sys.modules if m.startswith('scipy')))")
@@ -202,7 +198,7 @@ def test_a_stop_behind_a_backlog_is_bounded_and_sheds_what_is_left_counted(tiny_
 
 
 def test_evidence_needs_k_of_m():
-    from sysdream.daemon.evidence import Evidence
+    from sysdream.daemon.detect.evidence import Evidence
 
     e = Evidence(3, 5)
     assert [e.add(1, x) for x in (True, False, False, False, False, True)] == [0] * 6
@@ -212,7 +208,7 @@ def test_evidence_needs_k_of_m():
 
 
 def test_evidence_in_bulk_equals_one_window_at_a_time():
-    from sysdream.daemon.evidence import Evidence
+    from sysdream.daemon.detect.evidence import Evidence
 
     rng = np.random.default_rng(4)
     runs = [rng.random(int(rng.integers(1, 12))) < p for p in [0.0, 0.3, 0.0, 0.6, 0.0] * 20]
@@ -339,8 +335,8 @@ def test_short_lived_children_of_one_parent_are_judged_together(tiny_detector,
     each. Under an evidence bound that no one window reaches, none alerts alone; judged
     together as an episode they alert, naming the parent and the children; with no parent
     known, there is no episode."""
-    from sysdream.daemon.evidence import GRADED_MAX
-    from sysdream.daemon.processes import Process, ProcessTable
+    from sysdream.daemon.context.processes import Process, ProcessTable
+    from sysdream.daemon.detect.evidence import GRADED_MAX
 
     view, _c, queue, cutter, scorer, found = make(tiny_detector,
                                                   evidence_k=GRADED_MAX + 0.5)
@@ -364,7 +360,7 @@ def test_short_lived_children_of_one_parent_are_judged_together(tiny_detector,
 
 
 def test_an_episode_needs_two_processes_and_recent_windows():
-    from sysdream.daemon.evidence import Episodes
+    from sysdream.daemon.detect.evidence import Episodes
 
     ep = Episodes(3, m=8, span_s=10.0)
     hit = np.array([True])
@@ -381,7 +377,7 @@ def test_evidence_does_not_carry_over_to_a_process_that_reuses_a_pid(tiny_detect
     """Windows above the bound from a process, then from the next process given the same
     pid: keyed by (pid, start), each is an excursion of its own (the first ends as its
     process is forgotten); keyed by pid alone they would be taken for one."""
-    from sysdream.daemon.processes import Process, ProcessTable
+    from sysdream.daemon.context.processes import Process, ProcessTable
 
     odd = ["clone", "execve", "socket", "connect", "dup2", "dup2", "execve", "socket"]
     got = {}
@@ -407,7 +403,7 @@ def test_evidence_does_not_carry_over_to_a_process_that_reuses_a_pid(tiny_detect
 def test_evidence_records_each_excursion_peak_once():
     """With a recorder, an excursion (evidence above zero) ends when its windows leave the
     last m, when its process exits, or at a flush; its peak is recorded once."""
-    from sysdream.daemon.evidence import Evidence
+    from sysdream.daemon.detect.evidence import Evidence
 
     peaks = []
     ev = Evidence(math.inf, 3, peaks=peaks)
@@ -426,7 +422,7 @@ def test_evidence_records_each_excursion_peak_once():
 
 def test_a_window_weighs_its_rarity_under_the_window_bound():
     """1 at the bound, more the rarer, at most GRADED_MAX; 0 below the bound."""
-    from sysdream.daemon.evidence import GRADED_MAX, graded
+    from sysdream.daemon.detect.evidence import GRADED_MAX, graded
     from sysdream.model.calibration import GaussianBound
 
     b = GaussianBound(0.0, 1.0, 0.999, "identity", 0.0, 1.0, 100)
@@ -442,8 +438,8 @@ def test_a_lone_short_process_alerts_as_soon_as_it_stands_out(tiny_detector):
     the model never saw (far beyond the bound) alerts at once, exit or not, saying what it
     reached against what was needed. One such window alone (a thread's odd exit) does not:
     it weighs at most half the evidence needed. A normal short process raises nothing."""
-    from sysdream.daemon import alerts
-    from sysdream.daemon.pipeline import DEFAULT_EVIDENCE, FALLBACK_WINDOW_MAX
+    from sysdream.daemon.alerting import fields
+    from sysdream.daemon.detect.view import DEFAULT_EVIDENCE, FALLBACK_WINDOW_MAX
 
     view, _c, queue, cutter, scorer, found = make(tiny_detector)
     assert view.alert is None and scorer.evidence.window_max == FALLBACK_WINDOW_MAX
@@ -458,7 +454,7 @@ def test_a_lone_short_process_alerts_as_soon_as_it_stands_out(tiny_detector):
     scorer.process(drain(queue))
     d = found[0]
     assert d.block.tgid == 400 and d.exceedances >= DEFAULT_EVIDENCE == d.needed
-    assert alerts.anomaly_fields(d)["evidence"].startswith(
+    assert fields.anomaly_fields(d)["evidence"].startswith(
         f"{d.exceedances:.3g} >= {DEFAULT_EVIDENCE:g} in")
     # an operator's evidence_exceedances: windows weigh their full rarity again
     scorer.set_rules(3, 8)
@@ -494,8 +490,8 @@ def test_lineage_novelty_completes_the_evidence_and_is_listed(tiny_detector, tin
     carries no novelty; a model without a profile, or with lineage off, gives none."""
     import copy
 
-    from sysdream.daemon import alerts
-    from sysdream.daemon.lineage import Profile
+    from sysdream.daemon.alerting import fields
+    from sysdream.daemon.training.profile import Profile
 
     names = sample_normal(21, 400)
     rare = str(names[200])      # never seen by the program's profile
@@ -524,11 +520,11 @@ def test_lineage_novelty_completes_the_evidence_and_is_listed(tiny_detector, tin
             row_start = int(d.block.starts[d.row])
             assert row_start <= first < row_start + view.p, "on the first window holding it"
             assert d.score <= view.bound.bound, "no window above the bound was needed"
-            f = alerts.anomaly_fields(d)
+            f = fields.anomaly_fields(d)
             assert f["novelty"] == d.novelty and "new to this host: new_syscall" in \
-                alerts.message(f)
+                fields.message(f)
             (tmp_path / "a.json").write_text(json.dumps(f) + "\n")
-            out = subprocess.run([sys.executable, "-m", "sysdream.daemon.cli", "explain",
+            out = subprocess.run([sys.executable, "-m", "sysdream.daemon", "explain",
                                   "--json", str(tmp_path / "a.json"), "--model",
                                   str(tiny_bundle)], capture_output=True, text=True,
                                  timeout=120)
@@ -542,7 +538,7 @@ def test_an_exec_whose_context_comes_a_read_late_still_names_the_new_program(tin
     """The reader may take an exec's chunk record in the pass after the one that read the
     context ring: the thread asks the process table again on its next records, so the
     windows after the exec are the new program's and those before the old one's."""
-    from sysdream.daemon.processes import ProcessTable
+    from sysdream.daemon.context.processes import ProcessTable
     from sysdream.probes.layout import CTX_EXEC, CTX_NEW, REC_EXEC
 
     view, _c, queue, cutter, _s, _f = make(tiny_detector)
@@ -581,8 +577,8 @@ def test_each_syscall_is_judged_against_the_program_that_made_it(tiny_detector):
     each program's own syscalls only finds nothing new; one that swapped B and C would."""
     import copy
 
-    from sysdream.daemon.lineage import Profile
-    from sysdream.daemon.processes import ProcessTable
+    from sysdream.daemon.context.processes import ProcessTable
+    from sysdream.daemon.training.profile import Profile
     from sysdream.probes.layout import CTX_EXEC, CTX_NEW, REC_EXEC
 
     parts = {"/bin/a": ["read", "write", "close"] * 8, "/bin/b": ["openat", "mmap"] * 12,
@@ -627,7 +623,7 @@ def test_a_sequence_its_program_never_made_completes_the_evidence(tiny_detector)
     holding the swap, worth its probability, which alone completes the evidence."""
     import copy
 
-    from sysdream.daemon.lineage import Profile, stream_grams
+    from sysdream.daemon.training.profile import Profile, stream_grams
     from sysdream.probes import syscalls
 
     names = [str(n) for n in sample_normal(21, 400)]
@@ -672,8 +668,8 @@ def test_an_exec_s_news_go_to_the_first_window_after_it(tiny_detector):
     window holding /bin/b's syscalls, where the evidence of the new program builds up."""
     import copy
 
-    from sysdream.daemon.lineage import Profile
-    from sysdream.daemon.processes import ProcessTable
+    from sysdream.daemon.context.processes import ProcessTable
+    from sysdream.daemon.training.profile import Profile
     from sysdream.probes.layout import CTX_EXEC, CTX_NEW, REC_EXEC
 
     det = copy.copy(tiny_detector)
@@ -707,7 +703,7 @@ def test_a_conditioned_model_judges_each_process_as_its_program(tmp_path):
     scores equal the offline conditioned windows'."""
     from daemon_helpers import program_loop, quick_settings, tiny_config
 
-    from sysdream.daemon.processes import ProcessTable
+    from sysdream.daemon.context.processes import ProcessTable
     from sysdream.model.detector import Detector
     from sysdream.model.scoring import score
     from sysdream.model.windows import condition, condition_name, count, cut

@@ -11,11 +11,11 @@ import daemon_helpers  # noqa: F401 (puts tests/probes on the path for capture_h
 import pytest
 from capture_helpers import drain
 
-from sysdream.daemon import alerts
-from sysdream.daemon.cgroups import describe
-from sysdream.daemon.labels import ExeLabels
-from sysdream.daemon.printable import command_line, printable, reprinted
-from sysdream.daemon.processes import ProcessTable
+from sysdream.daemon.alerting import fields, ratelimit
+from sysdream.daemon.context.cgroups import describe
+from sysdream.daemon.context.printable import command_line, printable, reprinted
+from sysdream.daemon.context.processes import ProcessTable
+from sysdream.daemon.metrics.labels import ExeLabels
 
 
 def spawn_with_pid(pid: int, argv: list[str], tries: int = 50) -> subprocess.Popen | None:
@@ -125,7 +125,7 @@ def test_hostile_names_are_escaped_and_never_merged():
 
 
 def test_rate_limit_by_fingerprint_with_a_ceiling_and_nothing_lost():
-    rl = alerts.RateLimiter(burst=2, interval=60.0, ceiling=3)
+    rl = ratelimit.RateLimiter(burst=2, interval=60.0, ceiling=3)
     got = [rl.allow("a", now=0.0, about={"exe": "/x"}) for _ in range(5)]
     assert [g[0] for g in got] == [True, True, False, False, False]
     assert [g[2] for g in got] == [1, 2, 3, 4, 5]                 # incident count
@@ -141,11 +141,11 @@ def test_rate_limit_by_fingerprint_with_a_ceiling_and_nothing_lost():
 def test_fingerprint_groups_the_same_story():
     ctx = {"exe": "/usr/bin/id", "lineage_text": "systemd > nginx > sh > id"}
     s = [{"observed": "execve"}]
-    a = alerts.fingerprint(ctx, ["ptrace"], s)
-    assert a == alerts.fingerprint(dict(ctx), ["ptrace"], [{"observed": "read"}])
-    assert a != alerts.fingerprint({**ctx, "lineage_text": "systemd > sshd > bash > id"},
+    a = fields.fingerprint(ctx, ["ptrace"], s)
+    assert a == fields.fingerprint(dict(ctx), ["ptrace"], [{"observed": "read"}])
+    assert a != fields.fingerprint({**ctx, "lineage_text": "systemd > sshd > bash > id"},
                                    ["ptrace"], s)
-    assert a != alerts.fingerprint(ctx, ["ptrace", "socket"], s)
+    assert a != fields.fingerprint(ctx, ["ptrace", "socket"], s)
 
 
 def test_exe_labels_give_alerting_executables_priority():
@@ -170,7 +170,7 @@ def test_exe_labels_give_alerting_executables_priority():
 def test_top_shows_hostile_names_escaped():
     from daemon_helpers import records
 
-    from sysdream.daemon.top import summarise
+    from sysdream.daemon.commands.top import summarise
 
     recs = records(7, ["read"] * 10, comm="x")
     recs["comm"] = b"ev\x1b[2J\nil\xff"
@@ -179,7 +179,7 @@ def test_top_shows_hostile_names_escaped():
 
 
 def test_an_interpreters_script_names_its_program_for_the_alert_bound():
-    from sysdream.daemon.processes import program_label
+    from sysdream.daemon.context.processes import program_label
 
     py = "/usr/bin/python3.11"
     assert program_label(py, [b"python3", b"-u", b"/srv/app.py", b"--port", b"80"]) == \

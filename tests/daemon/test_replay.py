@@ -1,4 +1,4 @@
-"""The alert rule replayed on a recording (daemon/replay.py): the daemon's own pipeline
+"""The alert rule replayed on a recording (daemon/detect/replay.py): the daemon's own pipeline
 fed from a trace flags the attack thread, not the normal one, and counts per hour of the
 replayed span only."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from daemon_helpers import records, sample_attack, sample_normal
 
-from sysdream.daemon.replay import alerts_after
+from sysdream.daemon.detect.replay import alerts_after
 from sysdream.probes.layout import CONTEXT_DTYPE
 from sysdream.probes.tracefile import Trace, host_header
 

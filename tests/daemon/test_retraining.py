@@ -1,4 +1,4 @@
-"""Scheduled retraining's pieces (daemon/retraining.py): the poisoning guard drops a process
+"""Scheduled retraining's pieces (daemon/service/retrainer.py): the poisoning guard drops a process
 around the moment its evidence came near its bound and bounds each program's share; the
 held-out quarter counts recorded time, not the days between recordings; the shadow judges
 the windows the model in use judges, with the same rule; allow entries' windows join the
@@ -25,26 +25,16 @@ from daemon_helpers import (
 from harness import BENIGN, ODD, Daemon, learn_benign, run_script, wait_for, workload
 
 from sysdream.daemon import config
-from sysdream.daemon.alerts import MESSAGE_IDS
-from sysdream.daemon.allow import AllowList
-from sysdream.daemon.lineage import active_ns, held_out_span
-from sysdream.daemon.pipeline import (
-    Counters,
-    Cutter,
-    ModelView,
-    Scorer,
-    ScorerSettings,
-    Shadow,
-    WindowQueue,
-)
-from sysdream.daemon.retraining import (
-    GUARD_SPAN_S,
-    Retrainer,
-    allowed_sequences,
-    describe,
-    guard,
-)
-from sysdream.daemon.sinks import JsonLinesSink, Sinks
+from sysdream.daemon.alerting.allow import AllowList
+from sysdream.daemon.alerting.kinds import MESSAGE_IDS
+from sysdream.daemon.alerting.sinks import JsonLinesSink, Sinks
+from sysdream.daemon.detect.cutter import Cutter
+from sysdream.daemon.detect.queue import Counters, WindowQueue
+from sysdream.daemon.detect.scorer import Scorer, ScorerSettings, Shadow
+from sysdream.daemon.detect.view import ModelView
+from sysdream.daemon.service.retrainer import Retrainer
+from sysdream.daemon.training.guard import GUARD_SPAN_S, allowed_sequences, describe, guard
+from sysdream.daemon.training.profile import active_ns, held_out_span
 from sysdream.model.detector import Detector
 from sysdream.probes.layout import CONTEXT_DTYPE, CTX_NEW
 from sysdream.probes.tracefile import Trace, TraceWriter, host_header
@@ -177,7 +167,7 @@ def test_train_recent_refuses_in_one_line(tmp_path, tiny_bundle, extra, said):
     w.write_records(records(1, sample_normal(1, 200)))
     w.close()
     extra = [str(tiny_bundle) if x == "MODEL" else x for x in extra]
-    out = subprocess.run([sys.executable, "-m", "sysdream.daemon.cli", "train", "--input",
+    out = subprocess.run([sys.executable, "-m", "sysdream.daemon", "train", "--input",
                           f"trace:{trace}", "--recent", str(trace), *extra, "-o",
                           str(tmp_path / "m"), "--epochs", "1"],
                          capture_output=True, text=True, timeout=120)

@@ -28,7 +28,7 @@ from harness import (
     workload,
 )
 
-from sysdream.daemon.alerts import MESSAGE_IDS
+from sysdream.daemon.alerting.kinds import MESSAGE_IDS
 
 
 @pytest.fixture
@@ -169,7 +169,7 @@ def test_metrics_port_taken_exits_13_with_one_line(tmp_path):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        out = subprocess.run([sys.executable, "-m", "sysdream.daemon.cli", "run",
+        out = subprocess.run([sys.executable, "-m", "sysdream.daemon", "run",
                               "--state-dir", str(tmp_path), "--metrics-port", str(port)],
                              capture_output=True, text=True, timeout=120)
     assert out.returncode == 13, out.stderr
@@ -254,7 +254,7 @@ def test_learn_then_detect_alert_in_journald_scraped_by_prometheus(ebpf_ready, t
         assert len(a["SYSDREAM_SYSCALLS"].split()) == 16
         assert json.loads(a["SYSDREAM_SURPRISES"])[0]["observed"]
 
-        out = journal.run([sys.executable, "-m", "sysdream.daemon.cli", "explain", "--cursor",
+        out = journal.run([sys.executable, "-m", "sysdream.daemon", "explain", "--cursor",
                            a["__CURSOR"], "--model", str(state / "model"), "--plot",
                            str(tmp_path / "heat.png")])
         assert out.returncode == 0, out.stderr
@@ -281,7 +281,7 @@ def test_learning_shows_a_bar_with_the_time_left_on_a_terminal(ebpf_ready, tmp_p
 
     tty = PtyOutput()
     prog = workload(tmp_path)
-    cmd = [sys.executable, "-m", "sysdream.daemon.cli", "run", "--no-metrics",
+    cmd = [sys.executable, "-m", "sysdream.daemon", "run", "--no-metrics",
            "--no-journald", "--state-dir", str(tmp_path / "state"), "--learn-seconds", "8",
            "--comm", "sdwork", "--set", "learning.min_syscalls=1000",
            "--set", "learning.epochs=3", "--set", "learning.hidden=8",
@@ -385,7 +385,7 @@ def test_record_onto_a_full_disk_exits_10_and_keeps_whole_blocks(ebpf_ready, tmp
                                 start_new_session=True)
         trace = out / "t.sdtrace"
         try:
-            got = subprocess.run([*ns, sys.executable, "-m", "sysdream.daemon.cli", "record",
+            got = subprocess.run([*ns, sys.executable, "-m", "sysdream.daemon", "record",
                                   "--comm", "ls", "--seconds", "50", "-o", str(trace)],
                                  capture_output=True, text=True, timeout=120)
         finally:

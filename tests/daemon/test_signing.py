@@ -21,7 +21,7 @@ from sysdream.model.bundle import BundleError
 
 
 def sysdream(*args, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sysdream.daemon.cli", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "sysdream.daemon", *map(str, args)],
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -1,4 +1,4 @@
-"""Alert outputs a SIEM takes (daemon/sinks.py), against real local receivers on loopback:
+"""Alert outputs a SIEM takes (daemon/alerting/sinks.py), against real local receivers on loopback:
 RFC 5424 syslog over UDP and TCP, an HTTP webhook that fails, hangs and recovers, Falco's
 JSON shape; none of them ever holds detection up, and whatever does not arrive is counted.
 Last, the daemon itself sending one alert to all of them."""
@@ -20,14 +20,15 @@ import pytest
 from daemon_helpers import config
 from harness import BENIGN, ODD, Daemon, run_script, wait_for, workload
 
-from sysdream.daemon import alerts, sinks
+from sysdream.daemon.alerting import fields as alertfields
+from sysdream.daemon.alerting import kinds, sinks
 
 # RFC 5424: <PRI>VERSION SP TIMESTAMP SP HOSTNAME SP APP-NAME SP PROCID SP MSGID SP SD SP MSG
 SD_PARAM = rb'[a-z0-9_]+="(?:[^"\\\]]|\\["\\\]])*"'
 RFC5424 = re.compile(rb'^<(\d{1,3})>1 (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) (\S+) sysdream '
                      rb'(\d+) (\S+) (\[sysdream@32473 (?:' + SD_PARAM + rb' ?)+\]|-)'
                      rb' \xef\xbb\xbf(.*)$', re.S)
-ID = alerts.MESSAGE_IDS["anomaly"]
+ID = kinds.MESSAGE_IDS["anomaly"]
 SCHEMA = Path(__file__).resolve().parents[2] / "docs" / "alert.schema.json"
 
 
@@ -51,8 +52,8 @@ def test_syslog_udp_is_rfc5424_with_escaped_structured_data():
     rx = udp_listener()
     sink = sinks.SyslogSink(f"127.0.0.1:{rx.getsockname()[1]}", "udp", "authpriv")
     try:
-        sink.emit("anomaly", alerts.CRIT, "anomalous syscalls in sh", fields(), ID)
-        sink.emit("model-loaded", alerts.INFO, "not an alert", {"kind": "model-loaded"}, ID)
+        sink.emit("anomaly", kinds.CRIT, "anomalous syscalls in sh", fields(), ID)
+        sink.emit("model-loaded", kinds.INFO, "not an alert", {"kind": "model-loaded"}, ID)
         data = rx.recv(65536)
         m = RFC5424.match(data)
         assert m, data
@@ -76,7 +77,7 @@ def test_syslog_udp_datagram_is_cut_at_max_bytes():
     sink = sinks.SyslogSink(f"127.0.0.1:{rx.getsockname()[1]}", "udp", "local3",
                             max_bytes=600)
     try:
-        sink.emit("anomaly", alerts.WARNING, "m" * 5000, fields(), ID)
+        sink.emit("anomaly", kinds.WARNING, "m" * 5000, fields(), ID)
         data = rx.recv(65536)
         assert len(data) == 600 and data.startswith(b"<156>1 ")   # local3.warning
     finally:
@@ -92,7 +93,7 @@ def test_syslog_tcp_frames_reconnects_and_counts_a_refusing_collector():
     port = srv.getsockname()[1]
     sink = sinks.SyslogSink(f"127.0.0.1:{port}", "tcp")
     try:
-        sink.emit("anomaly", alerts.CRIT, "first", fields(alert_id="one"), ID)
+        sink.emit("anomaly", kinds.CRIT, "first", fields(alert_id="one"), ID)
         conn, _ = srv.accept()
         conn.settimeout(5)
         buf = b""
@@ -102,8 +103,8 @@ def test_syslog_tcp_frames_reconnects_and_counts_a_refusing_collector():
         assert int(n) == len(frame) and RFC5424.match(frame)    # octet counting
         conn.close()                                            # the collector restarts
         time.sleep(0.2)
-        sink.emit("anomaly", alerts.CRIT, "second", fields(alert_id="two"), ID)
-        sink.emit("anomaly", alerts.CRIT, "third", fields(alert_id="three"), ID)
+        sink.emit("anomaly", kinds.CRIT, "second", fields(alert_id="two"), ID)
+        sink.emit("anomaly", kinds.CRIT, "third", fields(alert_id="three"), ID)
         got = b""
         deadline = time.monotonic() + 10
         while b"third" not in got and time.monotonic() < deadline:
@@ -128,7 +129,7 @@ def test_syslog_tcp_frames_reconnects_and_counts_a_refusing_collector():
     try:
         t0 = time.monotonic()
         for _ in range(20):
-            refused.emit("anomaly", alerts.CRIT, "lost", fields(), ID)
+            refused.emit("anomaly", kinds.CRIT, "lost", fields(), ID)
         assert time.monotonic() - t0 < 0.1
         wait_for(lambda: refused.counts["failed"] == 20, 10, "20 failures")
     finally:
@@ -180,7 +181,7 @@ def test_webhook_retries_500s_with_backoff_and_sends_falco_json():
     sink = sinks.WebhookSink(rx.url, "falco", ("Authorization: Bearer s3cret",),
                              timeout_s=2, retries=3, backoff_s=0.05)
     try:
-        sink.emit("anomaly", alerts.CRIT, "anomalous syscalls in sh", fields(), ID)
+        sink.emit("anomaly", kinds.CRIT, "anomalous syscalls in sh", fields(), ID)
         wait_for(lambda: sink.counts["sent"] == 1, 10, "delivery after two 5xx")
         assert sink.counts["retried"] == 2 and sink.counts["failed"] == 0
         assert len(rx.got) == 3
@@ -203,8 +204,8 @@ def test_webhook_4xx_is_not_retried_and_the_own_shape_carries_every_field():
     rx = Receiver(plan=[400])
     sink = sinks.WebhookSink(rx.url, "sysdream", retries=3, backoff_s=0.05)
     try:
-        sink.emit("anomaly", alerts.CRIT, "m", fields(), ID)
-        sink.emit("anomaly", alerts.CRIT, "m", fields(alert_id="again"), ID)
+        sink.emit("anomaly", kinds.CRIT, "m", fields(), ID)
+        sink.emit("anomaly", kinds.CRIT, "m", fields(alert_id="again"), ID)
         wait_for(lambda: sink.counts["failed"] == 1 and sink.counts["sent"] == 1, 10,
                  "one refused, one sent")
         assert sink.counts["retried"] == 0 and len(rx.got) == 2
@@ -229,8 +230,8 @@ def test_https_webhook_checks_the_certificate_against_ca_file(tmp_path):
     bad = sinks.WebhookSink(rx.url, "falco", retries=0)
     try:
         assert rx.url.startswith("https://")
-        good.emit("anomaly", alerts.CRIT, "m", fields(), ID)
-        bad.emit("anomaly", alerts.CRIT, "m", fields(alert_id="unverified"), ID)
+        good.emit("anomaly", kinds.CRIT, "m", fields(), ID)
+        bad.emit("anomaly", kinds.CRIT, "m", fields(alert_id="unverified"), ID)
         wait_for(lambda: good.counts["sent"] == 1 and bad.counts["failed"] == 1, 15,
                  "one delivered over verified TLS, one refused")
         assert [d["output_fields"]["sysdream.alert_id"] for _, d in rx.got] == ["a1b2"]
@@ -247,7 +248,7 @@ def test_a_hanging_webhook_never_holds_detection_and_a_full_queue_is_counted():
     try:
         t0 = time.monotonic()
         for i in range(50):
-            sink.emit("anomaly", alerts.CRIT, "m", fields(alert_id=str(i)), ID)
+            sink.emit("anomaly", kinds.CRIT, "m", fields(alert_id=str(i)), ID)
         assert time.monotonic() - t0 < 0.1, "emit waited for the receiver"
         assert sink.counts["dropped"] >= 44 and sink.pending() <= 5
         wait_for(lambda: sink.counts["failed"] + sink.counts["sent"] >= 1, 10,
@@ -306,8 +307,8 @@ def test_the_alert_schema_names_every_field_and_checks_types():
     schema = json.loads(SCHEMA.read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     assert list(schema["properties"]) == ["message", "message_id", "priority",
-                                          *alerts.ALERT_FIELDS]
-    assert schema["properties"]["schema"]["const"] == alerts.ALERT_SCHEMA
+                                          *alertfields.ALERT_FIELDS]
+    assert schema["properties"]["schema"]["const"] == alertfields.ALERT_SCHEMA
     v = jsonschema.Draft202012Validator(schema)
     assert not v.is_valid({"kind": "anomaly"}), "fields are required"
     assert not v.is_valid({**{k: "" for k in schema["properties"]}, "pid": "12"})
@@ -316,7 +317,7 @@ def test_the_alert_schema_names_every_field_and_checks_types():
 def test_a_network_output_without_its_address_is_refused_with_exit_12(tmp_path):
     cfg = tmp_path / "sysdream.toml"
     cfg.write_text("[alerts.webhook]\nenabled = true\n")
-    r = subprocess.run([sys.executable, "-m", "sysdream.daemon.cli", "run", "--config",
+    r = subprocess.run([sys.executable, "-m", "sysdream.daemon", "run", "--config",
                         str(cfg)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 12 and "Traceback" not in r.stderr
     assert "[alerts.webhook] is enabled but has no url" in r.stderr

@@ -95,7 +95,7 @@ def test_capture_works_as_an_unprivileged_user_with_only_those_capabilities(ebpf
     out = subprocess.run(
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
          "--inh-caps=+bpf,+perfmon", "--ambient-caps=+bpf,+perfmon",
-         sys.executable, "-m", "sysdream.daemon.cli", "doctor"],
+         sys.executable, "-m", "sysdream.daemon", "doctor"],
         capture_output=True, text=True, timeout=180)
     assert "running with CAP_BPF and CAP_PERFMON" in out.stdout, out.stdout + out.stderr
     assert re.search(r"ok\s+capture program\s+compiled, attached", out.stdout), out.stdout

@@ -47,6 +47,6 @@ def test_the_wheel_is_complete(tmp_path):
                        env=env, cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr
     for args in (["--version"], ["doctor"]):
-        r = subprocess.run([sys.executable, "-m", "sysdream.daemon.cli", *args],
+        r = subprocess.run([sys.executable, "-m", "sysdream.daemon", *args],
                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
         assert r.returncode == 0, (args, r.stdout, r.stderr)

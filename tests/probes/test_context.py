@@ -101,7 +101,7 @@ def test_a_child_is_described_at_its_first_syscall_exec_and_exit(capture, tmp_pa
 
 
 def _my_cgroup_dir() -> str:
-    from sysdream.daemon.cgroups import mount_point
+    from sysdream.daemon.context.cgroups import mount_point
 
     rel = Path("/proc/self/cgroup").read_text().splitlines()[-1].split("::", 1)[1]
     return f"{mount_point()}{rel}"
@@ -242,7 +242,7 @@ def test_a_recorded_trace_keeps_who_each_process_was(ebpf_ready, tmp_path):
     from sysdream.probes.tracefile import read_trace
 
     trace = tmp_path / "t.sdtrace"
-    rec = subprocess.Popen([sys.executable, "-m", "sysdream.daemon.cli", "record",
+    rec = subprocess.Popen([sys.executable, "-m", "sysdream.daemon", "record",
                             "--seconds", "2", "-o", str(trace)], stderr=subprocess.PIPE,
                            text=True)
     assert "probes attached" in rec.stderr.readline()
@@ -255,7 +255,7 @@ def test_a_recorded_trace_keeps_who_each_process_was(ebpf_ready, tmp_path):
     sleeps = [r for r in execs if path_of(r) == os.path.realpath("/bin/sleep")]
     assert sleeps and args_of(sleeps[0]) == [b"/bin/sleep", b"0.3"]
     pid = int(sleeps[0]["tgid"])
-    out = subprocess.run([sys.executable, "-m", "sysdream.daemon.cli", "top", "--replay",
+    out = subprocess.run([sys.executable, "-m", "sysdream.daemon", "top", "--replay",
                           str(trace), "--rows", "1000"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     line = next(ln for ln in out.stdout.splitlines() if ln.split()[:1] == [str(pid)])

@@ -1,0 +1,12 @@
+"""From a Detection to an alert that went out, or one held back and counted.
+
+    path.py         the alert path: fields, allow list, rate limits, sinks
+    fields.py       an alert's fields, fingerprint and message
+    kinds.py        the kinds of alerts and events: MESSAGE_IDs, priorities
+    ratelimit.py    per-fingerprint limits and the ceiling; the summary of what was held
+    deliveries.py   the sinks the configuration enables; deliveries by sink and result
+    sinks.py        one class per channel: journald, JSON lines, syslog, webhook
+    allow.py        `sysdream allow`: the operator's answer to a false alert
+
+May import context, metrics.labels and config.
+"""

@@ -1,0 +1,257 @@
+"""`sysdream allow`: an operator's answer to a false alert.
+
+An allow entry marks a pattern benign. It matches an alert by one of:
+
+    fingerprint   the alert's fingerprint (same executable, lineage, container and kind of
+                  surprise): what `--alert-id` resolves to, the narrowest choice
+    exe           every alert of one executable (its absolute path): broad, since an
+                  attacker who runs that program's code inherits it
+    lineage       a shell pattern over the alert's lineage text, e.g.
+                  "* > cron > sh > /usr/local/bin/backup.sh"
+
+Entries live in STATE_DIRECTORY/allow.json (written atomically, mode 0600). The running
+daemon checks the file every second and takes a change at once: the probes stay attached,
+nothing restarts. An allowed alert is not sent; it is counted
+(`sysdream_alerts_allowed_total{exe}`). Each entry keeps the alert it came from (its
+syscalls and their context), for the next retraining to learn from.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import ConfigError
+from . import fields
+
+FORMAT = 1
+FILE = "allow.json"
+KINDS = ("fingerprint", "exe", "lineage")
+MAX_ENTRIES = 10000
+KEEP = ("alert_id", "fingerprint", "exe", "lineage_text", "comm", "cmdline", "syscalls",
+        "context", "unknown_syscalls", "novelty", "time_rfc3339", "model_id")
+
+
+@dataclass
+class Entry:
+    id: str
+    kind: str
+    value: str
+    created: str
+    comment: str = ""
+    alert: dict | None = None
+
+    def matches(self, fields: dict) -> bool:
+        if self.kind == "fingerprint":
+            return fields.get("fingerprint") == self.value
+        if self.kind == "exe":
+            return fields.get("exe") == self.value
+        return fnmatch.fnmatchcase(fields.get("lineage_text") or "", self.value)
+
+    def to_json(self) -> dict:
+        d = {"id": self.id, "kind": self.kind, "value": self.value, "created": self.created,
+             "comment": self.comment}
+        if self.alert:
+            d["alert"] = self.alert
+        return d
+
+
+class AllowList:
+    def __init__(self, entries: list[Entry] | None = None, path: Path | None = None):
+        self.entries = entries or []
+        self.path = path
+        self.stamp: tuple = ()
+
+    @classmethod
+    def load(cls, path: Path) -> AllowList:
+        """The list in `path` (empty when there is no file); ConfigError naming the file
+        and the fix when it cannot be used."""
+        try:
+            st = path.stat()
+            text = path.read_text()
+        except FileNotFoundError:
+            return cls([], path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: unreadable ({exc}); fix its permissions or remove it "
+                              "(`sysdream allow --list` then re-add)") from None
+        try:
+            doc = json.loads(text)
+        except (json.JSONDecodeError, RecursionError):
+            raise ConfigError(f"{path}: not an allow list (bad JSON); restore it or remove "
+                              "it and re-add the entries") from None
+        entries = _entries(doc, path)
+        out = cls(entries, path)
+        out.stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        return out
+
+    def changed(self) -> bool:
+        """Whether the file is not the one loaded (a cheap stat)."""
+        try:
+            st = self.path.stat()
+            return (st.st_ino, st.st_mtime_ns, st.st_size) != self.stamp
+        except FileNotFoundError:
+            return bool(self.stamp)
+        except OSError:
+            return False
+
+    def match(self, fields: dict) -> Entry | None:
+        for e in self.entries:
+            if e.matches(fields):
+                return e
+        return None
+
+    def add(self, kind: str, value: str, comment: str = "", alert: dict | None = None
+            ) -> Entry:
+        if kind not in KINDS:
+            raise ValueError(f"allow: unknown kind {kind!r}: use {', '.join(KINDS)}")
+        value = value.strip()
+        if not value or "\0" in value:
+            raise ValueError(f"allow: an empty {kind} would match nothing useful")
+        if kind == "exe" and not value.startswith("/") and not value.startswith("memfd:"):
+            raise ValueError(f"allow --exe {value}: give the executable's absolute path, "
+                             "as alerts show it")
+        if kind == "lineage" and value.strip("*? ") == "":
+            raise ValueError(f"allow --lineage {value!r}: matches every alert; name at least "
+                             "one program")
+        for e in self.entries:
+            if (e.kind, e.value) == (kind, value):
+                return e
+        if len(self.entries) >= MAX_ENTRIES:
+            raise ValueError(f"allow: {MAX_ENTRIES} entries already; remove some first")
+        e = Entry(secrets.token_hex(4), kind, value,
+                  time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), comment,
+                  {k: alert[k] for k in KEEP if k in alert} if alert else None)
+        self.entries.append(e)
+        return e
+
+    def remove(self, entry_id: str) -> Entry:
+        for i, e in enumerate(self.entries):
+            if e.id == entry_id:
+                return self.entries.pop(i)
+        raise ValueError(f"allow --remove {entry_id}: no such entry (see `sysdream allow "
+                         "--list`)")
+
+    def save(self) -> None:
+        """Atomically, mode 0600 (entries carry command lines)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"format": FORMAT, "entries": [e.to_json() for e in self.entries]}
+        fd, tmp = tempfile.mkstemp(prefix=".allow.", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(doc, f, indent=1)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _entries(doc, path: Path) -> list[Entry]:
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"{path}: {why}; restore it or remove it and re-add the entries")
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise bad("not a sysdream allow list of this version")
+    raw = doc.get("entries")
+    if not isinstance(raw, list) or len(raw) > MAX_ENTRIES:
+        raise bad(f"entries must be a list of at most {MAX_ENTRIES}")
+    out = []
+    for i, d in enumerate(raw):
+        if not isinstance(d, dict) or d.get("kind") not in KINDS or not all(
+                isinstance(d.get(k), str) for k in ("id", "value", "created")) or \
+                not d["value"] or not isinstance(d.get("comment", ""), str) or \
+                not isinstance(d.get("alert") or {}, dict):
+            raise bad(f"entry {i} is not an allow entry (id, kind of {'/'.join(KINDS)}, "
+                      "value, created)")
+        out.append(Entry(d["id"], d["kind"], d["value"], d["created"], d.get("comment", ""),
+                         d.get("alert")))
+    return out
+
+
+def find_alert(alert_id: str, json_lines: str | None) -> dict:
+    """An alert's fields by its id: from a JSON-lines file when given, else journald."""
+    if json_lines:
+        try:
+            with open(json_lines, encoding="utf-8", errors="replace") as f:
+                for a in fields.json_lines(f, having=alert_id):
+                    if a is not None and a.get("alert_id") == alert_id:
+                        return a
+        except OSError as exc:
+            raise ValueError(f"--json-lines {json_lines}: {exc.strerror}") from None
+        raise ValueError(f"allow --alert-id {alert_id}: not in {json_lines}")
+    try:
+        out = subprocess.run(["journalctl", "-o", "json", "--no-pager",
+                              f"SYSDREAM_ALERT_ID={alert_id}"], capture_output=True,
+                             text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ValueError(f"allow --alert-id: cannot ask journald ({exc}); give "
+                         "--json-lines FILE or allow by --fingerprint") from None
+    for e in fields.json_lines(io.StringIO(out.stdout), having=alert_id):
+        if e is not None and e.get("SYSDREAM_ALERT_ID") == alert_id:
+            return {k[len("SYSDREAM_"):].lower(): _journal_value(v) for k, v in e.items()
+                    if k.startswith("SYSDREAM_")}
+    raise ValueError(f"allow --alert-id {alert_id}: no such alert in journald; give "
+                     "--json-lines FILE if alerts go there, or allow by --fingerprint")
+
+
+def _journal_value(v):
+    if isinstance(v, str) and v[:1] in "[{":
+        try:
+            return json.loads(v)
+        except (ValueError, RecursionError):
+            return v
+    return v
+
+
+def run(args, state_dir: Path, out=sys.stdout) -> int:
+    """The `sysdream allow` verb."""
+    path = state_dir / FILE
+    allow = AllowList.load(path)
+    if args.list:
+        if not allow.entries:
+            print(f"no allow entries in {path}", file=out)
+        for e in allow.entries:
+            src = f" (from alert {e.alert['alert_id']})" if e.alert and \
+                e.alert.get("alert_id") else ""
+            note = f"  # {e.comment}" if e.comment else ""
+            print(f"{e.id}  {e.kind:<11} {e.value}  {e.created}{src}{note}", file=out)
+        return 0
+    if args.remove:
+        e = allow.remove(args.remove)
+        allow.save()
+        print(f"removed {e.id}: {e.kind} {e.value}; alerts it held back are raised again "
+              "(the daemon takes the change within a second)", file=out)
+        return 0
+    alert = None
+    if args.alert_id:
+        alert = find_alert(args.alert_id, args.json_lines)
+        kind, value = "fingerprint", str(alert.get("fingerprint") or "")
+        if not value:
+            raise ValueError(f"allow --alert-id {args.alert_id}: that alert has no "
+                             "fingerprint; allow by --exe or --lineage")
+    elif args.fingerprint:
+        kind, value = "fingerprint", args.fingerprint
+    elif args.exe:
+        kind, value = "exe", args.exe
+    elif args.lineage:
+        kind, value = "lineage", args.lineage
+    else:
+        raise ValueError("allow: say what to allow (--alert-id, --fingerprint, --exe or "
+                         "--lineage), or --list, or --remove ID")
+    e = allow.add(kind, value, args.comment or "", alert)
+    allow.save()
+    what = f" ({alert.get('exe', '')}, lineage {alert.get('lineage_text', '')})" if alert \
+        else ""
+    print(f"allowed {e.id}: {kind} {value}{what}; the daemon takes it within a second, "
+          f"written to {path}", file=out)
+    return 0

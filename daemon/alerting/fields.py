@@ -1,0 +1,134 @@
+"""An alert's fields, its fingerprint and its message.
+
+Every alert is one flat dict of fields (lower-case names, documented in docs/metrics.md).
+journald receives them as SYSDREAM_<NAME> next to MESSAGE, MESSAGE_ID, PRIORITY and
+SYSLOG_IDENTIFIER=sysdream; the JSON-lines output and the webhook carry the same names and
+values; syslog carries the main ones as RFC 5424 structured data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+
+from .sinks import HOSTNAME, rfc3339
+
+# One fixed MESSAGE_ID per kind (journalctl MESSAGE_ID=...): generated once, never change.
+MAX_ALERT_LINE = 1 << 20     # characters of one JSON-lines alert a reader takes
+
+
+def json_lines(f, having: str | None = None, limit: int = MAX_ALERT_LINE):
+    """Each non-empty line of a JSON-lines text file as the JSON object it holds, or None
+    where it holds none (bad JSON, nested too deep, not an object, or over `limit`
+    characters: such a line is passed over without being held). `having`: lines without
+    it are passed over unparsed."""
+    while line := f.readline(limit + 1):
+        if len(line) > limit and not line.endswith("\n"):
+            while (rest := f.readline(limit + 1)) and not rest.endswith("\n"):
+                pass
+            yield None
+            continue
+        if not line.strip() or (having is not None and having not in line):
+            continue
+        try:
+            doc = json.loads(line)
+        except (ValueError, RecursionError):
+            doc = None
+        yield doc if isinstance(doc, dict) else None
+
+
+# The fields of an anomaly alert, in order (docs/metrics.md lists them; a test checks).
+ALERT_FIELDS = ("kind", "alert_id", "fingerprint", "severity", "hostname", "pid", "tid",
+                "comm", "exe", "exe_flags", "cmdline", "argv", "user", "uid", "euid", "gid",
+                "login_user", "loginuid", "session", "ppid", "lineage", "lineage_text",
+                "cgroup_id", "cgroup", "unit", "container_id", "container_runtime",
+                "process_start_ns", "context_source", "score", "bound", "confidence",
+                "sigmas", "model_id", "fleet_server", "evidence", "episode", "novelty",
+                "position", "syscalls", "context", "unknown_syscalls", "surprises",
+                "attention", "suppressed", "incident_count", "latency_s", "time",
+                "time_rfc3339", "schema")
+
+
+# The version of the alert's shape (docs/alert.schema.json): a field added, removed or
+# changed in meaning makes a new one.
+ALERT_SCHEMA = "sysdream-alert/3"     # 2: fleet_server; 3: novelty kind new_sequence
+
+
+def fingerprint(context: dict, unknown: list[str], surprises: list[dict]) -> str:
+    """Same program, same lineage, same kind of surprise: same fingerprint (repeats group).
+    What was unusual is the syscalls never seen in training, else the most surprising one."""
+    unusual = ",".join(sorted(unknown)) if unknown else \
+        (surprises[0]["observed"] if surprises else "")
+    text = "\0".join((context.get("exe", ""), context.get("lineage_text", ""),
+                       context.get("container_id", ""), unusual))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def anomaly_fields(det, context: dict | None = None, comm: str | None = None,
+                   fleet_server: str = "") -> dict:
+    """The alert fields of a pipeline Detection; `context` from the process table and
+    `comm` for the window's own time (Block.who); `fleet_server` the server that scores
+    for this agent ("" for a daemon on its own)."""
+    b, ex, m = det.block, det.explanation, det.model
+    ctx = dict(context or {})
+    ctx.setdefault("exe", b.exe)
+    unknown = ex.get("unknown", [])
+    sigmas = ex.get("sigmas", 0.0)
+    flags = ctx.get("exe_flags", [])
+    novelty = list(getattr(det, "novelty", []) or [])
+    high = bool(unknown) or sigmas >= 2 * m.bound.z or "memfd" in flags or \
+        "deleted" in flags or any(e["weight"] >= 1 for e in novelty)
+    now = time.time()
+    fields = {
+        "kind": "anomaly", "alert_id": str(uuid.uuid4()),
+        "fingerprint": fingerprint(ctx, unknown, ex["surprises"]),
+        "severity": "high" if high else "medium", "hostname": HOSTNAME,
+        "pid": b.tgid, "tid": b.tid, "comm": b.comm if comm is None else comm}
+    for key in ALERT_FIELDS[ALERT_FIELDS.index("exe"):ALERT_FIELDS.index("cgroup_id")]:
+        fields[key] = ctx.get(key, "")
+    fields["cgroup_id"] = b.cgroup
+    for key in ("cgroup", "unit", "container_id", "container_runtime", "process_start_ns",
+                "context_source"):
+        fields[key] = ctx.get(key, "")
+    fields.update({
+        "score": round(det.score, 6), "bound": round(m.bound.bound, 6),
+        "confidence": m.bound.confidence, "sigmas": round(sigmas, 3),
+        "model_id": m.model_id, "fleet_server": fleet_server,
+        "evidence": f"{det.exceedances:.3g} >= {det.needed:.3g} in the last "
+                    f"{det.evidence_m} windows" + (
+            f" in {len(det.episode['pids'])} processes of parent {det.episode['parent_pid']}"
+            if det.episode else ""),
+        "episode": det.episode or {}, "novelty": novelty,
+        "position": ex["start"], "syscalls": ex["syscalls"], "context": ex.get("context", []),
+        "unknown_syscalls": unknown, "surprises": ex["surprises"],
+        "attention": ex.get("attention", []), "suppressed": 0, "incident_count": 1,
+        "latency_s": round(max(0, time.monotonic_ns() - b.ns) / 1e9, 6),
+        "time": round(now, 3), "time_rfc3339": rfc3339(now), "schema": ALERT_SCHEMA,
+    })
+    return fields
+
+
+def message(f: dict) -> str:
+    """The one-line human MESSAGE of an alert. Every name in `f` is escaped where it
+    enters the fields (daemon.printable), so it goes in as it is: escaping it again would
+    double its backslashes."""
+    s = f["surprises"][0] if f["surprises"] else None
+    why = (f"; most surprising {s['observed']} (p={s['observed_p']:.2g}) where "
+           f"{s['expected']} was expected") if s else ""
+    unk = f"; never-seen syscalls {', '.join(f['unknown_syscalls'])}" \
+        if f["unknown_syscalls"] else ""
+    sup = f" ({f['suppressed']} similar alerts suppressed)" if f["suppressed"] else ""
+    flags = f" [{', '.join(f['exe_flags'])}]" if f.get("exe_flags") else ""
+    who = f" user {f['user'] or f['uid']}" if f.get("uid", -1) != -1 else ""
+    lineage = f", lineage {f['lineage_text']}" if f.get("lineage_text") else ""
+    where = f", container {f['container_id'][:12]}" if f.get("container_id") else \
+        (f", unit {f['unit']}" if f.get("unit") else "")
+    new = "; new to this host: " + ", ".join(
+        f"{e['kind']} {e['what']}" for e in f["novelty"][:4]) if f.get("novelty") else ""
+    cmp = ">" if f["score"] > f["bound"] else "<="
+    return (f"anomalous syscalls in {f['comm']} pid {f['pid']} "
+            f"({f['exe'] or 'exe unknown'}){flags}{who}{lineage}{where}: "
+            f"score {f['score']:.3f} {cmp} bound {f['bound']:.3f}, evidence {f['evidence']}"
+            f"{new}{why}{unk}{sup}")
