@@ -25,6 +25,7 @@ from .windows import (
     COND_DROPOUT,
     COND_UNKNOWN,
     MIN_COND_WINDOWS,
+    Geometry,
     Windows,
     condition,
     count,
@@ -226,14 +227,43 @@ class Detector:
             return w
         return condition(w, np.full(len(w), self.condition_id(COND_UNKNOWN)))
 
+    def cut(self, sequences: list[np.ndarray]) -> Windows:
+        """The windows of name sequences, encoded, and under a conditioned model reading the
+        unknown program: the one way offline paths (scores, evaluation, transfer) cut."""
+        return self._conditioned(cut_many([self.vocab.encode(s) for s in sequences],
+                                          self.cfg.window, self.cfg.stride, self.cfg.task))
+
+    def explain_spans(self, tokens: np.ndarray, valid: np.ndarray, lead: int,
+                      names: list[np.ndarray], top: int = 5, rows: int | None = None,
+                      batch: int = 1024) -> tuple[list[dict], WindowScores]:
+        """Explain windows given as spans: row k of `tokens` [n, lead + p] is the window's
+        lead (its context) and then the window, `valid[k]` of its positions real, `names[k]`
+        the names the thread made there (positions of the span). Scored together with detail,
+        padded to `rows` by repeating the last (inference sees the batch shapes it knows).
+        Returns each window's explanation (`explain`; positions within the span) and the
+        windows' detailed scores (n rows)."""
+        n = len(tokens)
+        pad = np.r_[np.arange(n), np.full(max((rows or n) - n, 0), n - 1)]
+        w = Geometry.of(self.cfg).windows(tokens[pad], np.asarray(valid)[pad],
+                                          np.full(len(pad), lead))
+        s = score(self.net, w, batch, detail=True)
+        out = []
+        for k in range(n):
+            one = slice(k, k + 1)
+            res = SequenceScores(w.take(one), WindowScores(
+                *(getattr(s, f)[one] for f in ("score", "nll", "expected", "expected_p",
+                                                "observed_p", "attention"))),
+                np.zeros(1, bool), [], names[k])   # explain reads neither of the two
+            out.append(self.explain(res, 0, top))
+        fields = ("score", "nll", "expected", "expected_p", "observed_p", "attention")
+        return out, WindowScores(*(getattr(s, f)[:n] for f in fields))
+
     def windows(self, names: np.ndarray, seq: int = 0) -> Windows:
         return self._conditioned(cut(self.vocab.encode(names), self.cfg.window,
                                      self.cfg.stride, self.cfg.task, seq))
 
     def window_scores(self, sequences: list[np.ndarray], batch: int = 1024) -> np.ndarray:
-        w = cut_many([self.vocab.encode(s) for s in sequences], self.cfg.window,
-                     self.cfg.stride, self.cfg.task)
-        return score(self.net, self._conditioned(w), batch, detail=False).score
+        return score(self.net, self.cut(sequences), batch, detail=False).score
 
     def score_sequence(self, names: np.ndarray, batch: int = 1024,
                        detail: bool = True) -> SequenceScores:
@@ -246,8 +276,7 @@ class Detector:
     def trace_scores(self, sequences: list[np.ndarray], batch: int = 1024) \
             -> tuple[np.ndarray, list[np.ndarray]]:
         """Each sequence's aggregate score and its window scores, scored in shared batches."""
-        w = self._conditioned(cut_many([self.vocab.encode(s) for s in sequences],
-                                       self.cfg.window, self.cfg.stride, self.cfg.task))
+        w = self.cut(sequences)
         sc = score(self.net, w, batch, detail=False).score
         bounds = np.searchsorted(w.seq, np.arange(len(sequences) + 1))
         per = [sc[bounds[i]:bounds[i + 1]] for i in range(len(sequences))]

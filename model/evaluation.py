@@ -143,11 +143,9 @@ class WorstPosition:
 
     def window_scores(self, seqs: list[np.ndarray]) -> list[np.ndarray]:
         from .scoring import score
-        from .windows import cut_many
 
         det = self.base.detector
-        w = cut_many([det.vocab.encode(s) for s in seqs], det.cfg.window, det.cfg.stride,
-                     det.cfg.task)
+        w = det.cut(seqs)
         nll = score(det.net, w, 1024, detail=True).nll
         worst = np.where(w.mask, nll, 0.0).max(1)     # NLL >= 0; padding 0
         bounds = np.searchsorted(w.seq, np.arange(len(seqs) + 1))

@@ -15,13 +15,11 @@ import torch
 
 from . import metrics
 from .scoring import score
-from .windows import cut_many
 
 
 def features(det, sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """[N, F] window features and the sequence index of each window."""
-    w = cut_many([det.vocab.encode(s) for s in sequences], det.cfg.window, det.cfg.stride,
-                 det.cfg.task)
+    w = det.cut(sequences)
     s = score(det.net, w, detail=True, features=True)
     nll = np.where(w.mask, s.nll, np.nan)
     prof = np.stack([np.nanmean(nll, 1), np.nanmedian(nll, 1), np.nanpercentile(nll, 90, 1),

@@ -80,12 +80,11 @@ def exe_keys(paths: tuple[str, ...]) -> tuple[set[tuple[int, int]], list[str]]:
 
 # How long a reader sleeps when the kernel does not wake it first. The kernel wakes the
 # reader once per `wake_every` records per CPU, so under load reads follow the load and
-# this timer only bounds the delay of a trickle. A wake costs the reader 0.1 to 0.35 ms of
-# CPU here (a thread that has just woken runs the interpreter and numpy from cold caches;
-# the same read of 450 records with warm caches takes 20 us). On bench/capture.py's mixed
-# workload a 10 ms timer cost the reader 2.5-3.0% of a CPU, more than the BPF programs
-# themselves; 100 ms costs 0.5-0.7% (bench/capture.py --read-interval compares them) and
-# adds at most 0.1 s to the flush age bound.
+# this timer only bounds the delay of a trickle. A wake is dear (a thread that has just
+# woken runs the interpreter and numpy from cold caches), so a short timer costs the reader
+# more CPU than the BPF programs themselves (docs/benchmarks.md, "Choices in the code";
+# bench/capture.py --read-interval compares them); this one adds at most 0.1 s to the
+# flush age bound.
 READ_INTERVAL_S = 0.1
 
 # The lowest CONFIG_HZ a kernel can have (x86 and arm64 both offer 100 to 1000): when

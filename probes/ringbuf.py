@@ -85,9 +85,6 @@ class RingBufferReader:
         except InterruptedError:
             pass
 
-    def pending_bytes(self) -> int:
-        return int(self._producer[0]) - self._consumer.value
-
     def read(self, limit: int | None = None) -> np.ndarray:
         """Take every committed record (at most `limit`), oldest first, as a copy."""
         cons = self._consumer.value

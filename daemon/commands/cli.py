@@ -232,9 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("score", help="score recorded traces with a model bundle, offline")
     sc.add_argument("input", nargs="+", metavar="INPUT", help="traces, as for train")
     sc.add_argument("--model", required=True, help="model bundle directory")
-    sc.add_argument("--json", action="store_true", help="one JSON object per sequence")
     sc.add_argument("--format", choices=("text", "json"), default="text",
-                    help="--format json is --json")
+                    help="json: one JSON object per sequence")
     sc.add_argument("--max-alerts", type=int, default=5, help="alerts shown per sequence")
     sc.add_argument("--exit-status", action="store_true",
                     help="exit 1 when any window is anomalous")
@@ -339,7 +338,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_eval(args)
     if args.verb == "score":
         from .score import run_score
-        args.json = args.json or args.format == "json"
         return run_score(args)
     if args.verb in ("run", "agent"):
         return _run(args)

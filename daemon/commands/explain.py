@@ -83,8 +83,7 @@ def read_alert(args) -> dict:
 
 def run_explain(args) -> int:
     from sysdream.model import archs
-    from sysdream.model.detector import Detector, SequenceScores
-    from sysdream.model.scoring import score
+    from sysdream.model.detector import Detector
     from sysdream.model.windows import Geometry
 
     alert = read_alert(args)
@@ -105,10 +104,9 @@ def run_explain(args) -> int:
     span = ["<pad>"] * (lead - len(context)) + context + target + ["<pad>"] * (p - len(target))
     names = np.array(span, dtype=object)
     tokens = det.vocab.encode(names)[None, :]
-    w = geom.windows(tokens, np.array([len(target)]), np.array([lead]))
-    s = score(det.net, w, 1, detail=True)
-    res = SequenceScores(w, s, det.bound.exceeds(s.score), det.vocab.unknown(names), names)
-    ex = det.explain(res, 0, top=len(target))
+    (ex,), s = det.explain_spans(tokens, np.array([len(target)]), lead, [names],
+                                 top=len(target), batch=1)
+    unknown = det.vocab.unknown(names)
     try:
         offset = int(_field(alert, "position") or 0)
     except (TypeError, ValueError, OverflowError):
@@ -128,9 +126,9 @@ def run_explain(args) -> int:
             print(f"{label}: {reprinted(str(value))}")
     print(f"score {float(s.score[0]):.4f}, bound {det.bound.bound:.4f} "
           f"({det.bound.confidence:.1%}): "
-          f"{'ABOVE the bound' if res.exceeds[0] else 'within the bound'}")
-    if res.unknown:
-        print(f"never seen in training: {', '.join(res.unknown)}")
+          f"{'ABOVE the bound' if det.bound.exceeds(s.score)[0] else 'within the bound'}")
+    if unknown:
+        print(f"never seen in training: {', '.join(unknown)}")
     print(f"evidence: {_field(alert, 'evidence')}")
     for e in _novelty(_field(alert, "novelty")):
         print(f"new to this host: {e.get('kind')} {reprinted(str(e.get('what', '')))} "

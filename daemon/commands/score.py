@@ -1,5 +1,7 @@
-"""`sysdream score`: score recorded traces offline with a bundle and print the alerts the
-daemon would raise (one line per anomalous window, with what explains it)."""
+"""`sysdream score`: score recorded traces offline with a bundle and print the windows above
+the model's window bound (one line per such window, with what explains it). It is the
+sequence model alone: the daemon's alert also needs per-process evidence and weighs lineage
+novelty, which `bench/replay.py` (detect/replay.py) replays on a recorded trace."""
 
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ def run_score(args) -> int:
             p = det.transfer_scores([seq.tokens])
             if p is not None:
                 line["transfer_probability"] = round(float(p[0]), 4)
-            if args.json:
+            if args.format == "json":
                 line["alerts"] = [det.explain(r, int(i)) for i in hits[:args.max_alerts]]
                 print(json.dumps(line))
                 continue

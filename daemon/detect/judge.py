@@ -13,7 +13,9 @@ from sysdream.probes import syscalls
 from sysdream.probes.layout import CTX_EXEC
 
 from ..context.processes import ProcessTable
-from ..training.profile import GRAM, Event, GramTable, Profile, _exec, gram_hashes
+from ..training.profile import GRAM, Event, GramTable, Profile, _exec, gram_hashes, program
+from ..training.profile import weight as lineage_weight
+from .block import PAD_NUMBER
 
 
 class Judge:
@@ -161,3 +163,96 @@ class Judge:
                 out.append((row, Event("new_syscall", f"{prog}: {name}", p)))
                 self.events["new_syscall"] += 1
         return out
+
+
+class NoveltyWeights:
+    """The lineage novelty as evidence: the Judge's events for a block of windows added to
+    the windows' graded weights (detect/scorer.py's evidence rule), and the events each
+    process's next alert carries. `b` is a detect/block.py Block, `model` the ModelView
+    whose `lineage` is the Judge."""
+
+    def __init__(self):
+        self.novel: OrderedDict = OrderedDict()     # process key -> its novelty events
+
+    @staticmethod
+    def sequence_news(blocks: list, model
+                      ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Judge.sequence_news for the windows of every block one program made, in one
+        pass (a block with an exec inside is judged per program in `weigh`)."""
+        judge = model.lineage
+        if judge is None or not judge.profile.grams:
+            return None
+        progs: dict[str, int] = {}
+        codes = [progs.setdefault(program(b.exe), len(progs))
+                 if b.exe and not b.marks and b.unsure_from < 0 else -1 for b in blocks]
+        if not progs:
+            return None
+        return judge.sequence_news(np.concatenate([b.spans for b in blocks]), model.lead,
+                                   np.repeat(codes, [len(b) for b in blocks]), list(progs))
+
+    def weigh(self, b, model, base: np.ndarray,
+              news: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """The block's window weights: `base` (each window's graded weight), plus the weight
+        of each lineage novelty (an exec the profile never saw, on the process's first
+        window after it; a syscall or a run of sequences its program never made, on the
+        first window holding it).
+        The events are kept for the process's next alert."""
+        judge = model.lineage
+        if judge is None:
+            return base
+        # an exec's events go to the first window holding a syscall after the exec
+        # (the block may begin with windows the program before it made)
+        at = 0 if b.exec_at < 0 else min(int(np.searchsorted(
+            b.starts + model.p, b.exec_at, side="right")), len(b) - 1)
+        events = [(at, e) for e in judge.take(b.key)] if b.key else []
+        key = b.key or (b.tgid, 0)
+        targets = b.spans[:, model.lead:]
+        # each syscall against the program that made it: one up to an exec (its record
+        # included, as the profile learnt them) the program before that exec; none after
+        # an exec whose program the process table does not know yet
+        if not b.marks and b.unsure_from < 0:       # one program made all of them
+            if b.exe:
+                events += judge.new_syscalls(key, program(b.exe), targets)
+                events += judge.new_sequences(key, program(b.exe), b.spans, model.lead,
+                                              news=news)
+            return self._add(b, model, base, events)
+        pos = b.starts[:, None] + np.arange(model.p)[None, :]
+        owner = np.full(pos.shape, len(b.marks), np.int64)
+        for i in range(len(b.marks) - 1, -1, -1):
+            owner[pos < b.marks[i][0]] = i
+        if b.unsure_from >= 0:
+            owner[pos >= b.unsure_from] = -1
+        exes = [m[1] for m in b.marks] + [b.exe]
+        for i in np.unique(owner[owner >= 0]).tolist():
+            if exes[i]:
+                events += judge.new_syscalls(key, program(exes[i]),
+                                             np.where(owner == i, targets, PAD_NUMBER))
+                events += judge.new_sequences(key, program(exes[i]), b.spans, model.lead,
+                                              owner == i)
+        return self._add(b, model, base, events)
+
+    def _add(self, b, model, base: np.ndarray, events: list
+             ) -> np.ndarray:
+        """Window weights with the events' weights added; the events kept for alerts."""
+        if not events:
+            return base
+        weights = base.copy()
+        key = b.key or b.tgid
+        mine = self.novel.get(key)
+        if mine is None:
+            mine = self.novel[key] = []
+            while len(self.novel) > 65536:
+                self.novel.popitem(last=False)
+        for row, e in events:
+            weights[row] += lineage_weight(e.p, model.alpha)
+            mine.append((int(b.starts[row]), e.to_json(model.alpha)))
+        del mine[:-16]
+        return weights
+
+    def of(self, b, row: int, model, m: int, spend: bool = False) -> list[dict]:
+        """The lineage events among the evidence's last m windows up to window `row`
+        (those that counted); `spend`: forgotten, as the evidence starts over."""
+        key = b.key or b.tgid
+        mine = self.novel.pop(key, []) if spend else self.novel.get(key, [])
+        since = int(b.starts[row]) - m * model.s
+        return [e for pos, e in mine if pos >= since]

@@ -13,10 +13,9 @@ beside the model in use); detect/queue.py says how the queue sheds.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,10 +23,10 @@ import numpy as np
 from sysdream.model.vocab import UNK
 
 from ..training.profile import program
-from ..training.profile import weight as lineage_weight
-from .block import PAD_NUMBER, Block
+from .block import Block
 from .cache import WindowCache
 from .evidence import Episodes, Evidence, graded
+from .judge import NoveltyWeights
 from .queue import Counters, WindowQueue
 from .view import ModelView
 
@@ -93,7 +92,7 @@ class Scorer:
                                  peaks=peaks, bounds=model.program_bounds(st.evidence_k),
                                  window_max=model.window_max(st.evidence_k))
         self.episodes = Episodes(self.evidence.k, st.evidence_m)
-        self.novel: OrderedDict = OrderedDict()     # process key -> its novelty events
+        self.novelty = NoveltyWeights()     # process key -> its novelty events
         self.cache = WindowCache(st.cache_windows, model.span)
         self.batch_windows, self.batch_wait = st.batch_windows, st.batch_wait_ms / 1000
         self.explain_positions = st.explain_positions
@@ -104,8 +103,6 @@ class Scorer:
         self._cut_at = float("inf")     # stopping: past this, a cycle sheds what it holds
         self._lock = threading.Lock()
         self.thread: threading.Thread | None = None
-        # test-only fault, named so: a scorer stuck for good cannot be caused on demand
-        self._stall = os.environ.get("SYSDREAM_FAULT_STALL_SCORER") == "1"
 
     def set_model(self, model: ModelView) -> None:
         with self._lock:
@@ -163,8 +160,8 @@ class Scorer:
             with self._lock:
                 model, cache, evidence = self.model, self.cache, self.evidence
             parts = [self._prepare(blocks, model, cache)]
-            # Most windows are answered by the cache, and an inference costs ~2 ms before
-            # its first window: keep taking what is already queued until the misses fill a
+            # Most windows are answered by the cache, and an inference has a fixed cost
+            # before its first window: keep taking what is already queued until the misses fill a
             # batch, the cycle holds 16 batches' windows, or the batch wait has passed.
             misses, held = parts[0].misses, parts[0].size
             while (misses < self.batch_windows and held < 16 * self.batch_windows
@@ -179,8 +176,6 @@ class Scorer:
             found = self._finish(parts, model, cache, evidence)
             self._shadowed(parts, found)
             self.busy_since = 0.0
-            if self._stall:
-                threading.Event().wait()  # a stalled scorer: never beats again
 
     def process(self, blocks: list[Block]) -> list[Detection]:
         """Score blocks at once (one cycle of the scorer thread)."""
@@ -278,7 +273,7 @@ class Scorer:
         out = []
         # evidence per process, in bulk: windows arrive grouped by block (one thread each)
         bounds = np.r_[0, np.cumsum([len(b) for b in blocks])]
-        news = self._sequence_news(blocks, model)
+        news = self.novelty.sequence_news(blocks, model)
         for k, b in enumerate(blocks):
             lo, hi = int(bounds[k]), int(bounds[k + 1])
             if b.delivery_peer and exceeds[lo:hi].any():
@@ -286,7 +281,7 @@ class Scorer:
                 if aside.any():
                     c.set_aside["own_alert_delivery"] += int(aside.sum())
                     exceeds[lo:hi] &= ~aside
-            weights = self._novelty(b, model, graded(model.bound, model.alpha,
+            weights = self.novelty.weigh(b, model, graded(model.bound, model.alpha,
                                                      scores[lo:hi], exceeds[lo:hi],
                                                      evidence.window_max),
                                     None if news is None else (news[0][lo:hi],
@@ -294,7 +289,7 @@ class Scorer:
             key, prog = b.key or b.tgid, b.label or (program(b.exe) if b.exe else "")
             for i, n in evidence.add_many(key, weights, prog):
                 out.append(Detection(b, i, float(scores[lo + i]), n, evidence.m, model, {},
-                                     novelty=self._novelty_of(b, i, model, evidence.m,
+                                     novelty=self.novelty.of(b, i, model, evidence.m,
                                                               spend=True),
                                      needed=evidence.bound_for(prog)))
             if b.final and b.tid == b.tgid:     # the process exits: its evidence goes
@@ -308,7 +303,7 @@ class Scorer:
                     ep = {"parent_pid": b.parent[0], "pids": pids, "exceedances": round(n, 2),
                           "windows": self.episodes.m}
                     out.append(Detection(b, i, float(scores[lo + i]), n, evidence.m, model,
-                                         {}, ep, self._novelty_of(b, i, model, evidence.m),
+                                         {}, ep, self.novelty.of(b, i, model, evidence.m),
                                          needed=evidence.k))
         # explained in one batch: an alert storm raises hundreds a cycle, and one window
         # scored alone costs about as much as a batch of a hundred
@@ -317,90 +312,6 @@ class Scorer:
             d.explanation = ex
             self.on_detection(d)
         return out
-
-    @staticmethod
-    def _sequence_news(blocks: list[Block], model: ModelView
-                       ) -> tuple[np.ndarray, np.ndarray] | None:
-        """Judge.sequence_news for the windows of every block one program made, in one
-        pass (a block with an exec inside is judged per program in _novelty)."""
-        judge = model.lineage
-        if judge is None or not judge.profile.grams:
-            return None
-        progs: dict[str, int] = {}
-        codes = [progs.setdefault(program(b.exe), len(progs))
-                 if b.exe and not b.marks and b.unsure_from < 0 else -1 for b in blocks]
-        if not progs:
-            return None
-        return judge.sequence_news(np.concatenate([b.spans for b in blocks]), model.lead,
-                                   np.repeat(codes, [len(b) for b in blocks]), list(progs))
-
-    def _novelty(self, b: Block, model: ModelView, base: np.ndarray,
-                 news: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-        """The block's window weights: `base` (each window's graded weight), plus the weight
-        of each lineage novelty (an exec the profile never saw, on the process's first
-        window after it; a syscall or a run of sequences its program never made, on the
-        first window holding it).
-        The events are kept for the process's next alert."""
-        judge = model.lineage
-        if judge is None:
-            return base
-        # an exec's events go to the first window holding a syscall after the exec
-        # (the block may begin with windows the program before it made)
-        at = 0 if b.exec_at < 0 else min(int(np.searchsorted(
-            b.starts + model.p, b.exec_at, side="right")), len(b) - 1)
-        events = [(at, e) for e in judge.take(b.key)] if b.key else []
-        key = b.key or (b.tgid, 0)
-        targets = b.spans[:, model.lead:]
-        # each syscall against the program that made it: one up to an exec (its record
-        # included, as the profile learnt them) the program before that exec; none after
-        # an exec whose program the process table does not know yet
-        if not b.marks and b.unsure_from < 0:       # one program made all of them
-            if b.exe:
-                events += judge.new_syscalls(key, program(b.exe), targets)
-                events += judge.new_sequences(key, program(b.exe), b.spans, model.lead,
-                                              news=news)
-            return self._weigh(b, model, base, events)
-        pos = b.starts[:, None] + np.arange(model.p)[None, :]
-        owner = np.full(pos.shape, len(b.marks), np.int64)
-        for i in range(len(b.marks) - 1, -1, -1):
-            owner[pos < b.marks[i][0]] = i
-        if b.unsure_from >= 0:
-            owner[pos >= b.unsure_from] = -1
-        exes = [m[1] for m in b.marks] + [b.exe]
-        for i in np.unique(owner[owner >= 0]).tolist():
-            if exes[i]:
-                events += judge.new_syscalls(key, program(exes[i]),
-                                             np.where(owner == i, targets, PAD_NUMBER))
-                events += judge.new_sequences(key, program(exes[i]), b.spans, model.lead,
-                                              owner == i)
-        return self._weigh(b, model, base, events)
-
-    def _weigh(self, b: Block, model: ModelView, base: np.ndarray, events: list
-               ) -> np.ndarray:
-        """Window weights with the events' weights added; the events kept for alerts."""
-        if not events:
-            return base
-        weights = base.copy()
-        key = b.key or b.tgid
-        mine = self.novel.get(key)
-        if mine is None:
-            mine = self.novel[key] = []
-            while len(self.novel) > 65536:
-                self.novel.popitem(last=False)
-        for row, e in events:
-            weights[row] += lineage_weight(e.p, model.alpha)
-            mine.append((int(b.starts[row]), e.to_json(model.alpha)))
-        del mine[:-16]
-        return weights
-
-    def _novelty_of(self, b: Block, row: int, model: ModelView, m: int,
-                    spend: bool = False) -> list[dict]:
-        """The lineage events among the evidence's last m windows up to window `row`
-        (those that counted); `spend`: forgotten, as the evidence starts over."""
-        key = b.key or b.tgid
-        mine = self.novel.pop(key, []) if spend else self.novel.get(key, [])
-        since = int(b.starts[row]) - m * model.s
-        return [e for pos, e in mine if pos >= since]
 
     def _delivery_windows(self, b: Block, model: ModelView) -> np.ndarray:
         """The windows of the alert taker (journald) that are its handling of our own
@@ -415,38 +326,33 @@ class Scorer:
     def explain_many(self, model: ModelView, items: list[tuple[Block, int]]) -> list[dict]:
         """Rescore windows with detail, together (padded to a batch size of a few shapes,
         as inference is), and explain each (positions in the thread's stream)."""
-        from sysdream.model.detector import SequenceScores
-        from sysdream.model.scoring import WindowScores, score
-
         if not items:
             return []
         n = len(items)
-        pad = np.r_[np.arange(n), np.full(_padded(n, self.batch_windows) - n, n - 1)]
         spans = np.stack([b.spans[row] for b, row in items])
         tokens = model.tokens(spans, [b for b, _ in items], np.arange(n))
         valid = np.array([b.valid[row] for b, row in items])
-        w = model.geom.windows(tokens[pad], valid[pad], np.full(len(pad), model.lead))
-        s = score(model.det.net, w, self.batch_windows, detail=True)
-        sigmas = model.bound.sigmas(s.score[:n])
+        names = []
+        for k in range(n):
+            one = model.names(spans[k])
+            if model.conditioned:   # what the network read there: the program's token
+                one[0] = one[model.p] = model.det.vocab.decode([tokens[k, 0]])[0]
+            names.append(one)
+        explained, scores = model.det.explain_spans(
+            tokens, valid, model.lead, names, self.explain_positions,
+            rows=_padded(n, self.batch_windows), batch=self.batch_windows)
+        sigmas = model.bound.sigmas(scores.score)
         out = []
         for k, (b, row) in enumerate(items):
-            one = slice(k, k + 1)
-            names = model.names(spans[k])
-            if model.conditioned:   # what the network read there: the program's token
-                names[0] = names[model.p] = model.det.vocab.decode([tokens[k, 0]])[0]
-            res = SequenceScores(w.take(one), WindowScores(
-                *(getattr(s, f)[one] for f in ("score", "nll", "expected", "expected_p",
-                                                "observed_p", "attention"))),
-                model.bound.exceeds(s.score[one]), [], names)
-            ex = model.det.explain(res, 0, self.explain_positions)
+            ex = explained[k]
             shift = int(b.starts[row]) - model.lead
             for item in ex["surprises"]:
                 item["position_in_sequence"] += shift
             for item in ex.get("attention", []):
                 item["position"] += shift
             ex["start"] = int(b.starts[row])
-            ex["context"] = [str(x) for x in names[:model.lead] if x != "<pad>"]
-            ex["unknown"] = sorted({str(x) for x, t in zip(names.tolist(), tokens[k].tolist(),
+            ex["context"] = [str(x) for x in names[k][:model.lead] if x != "<pad>"]
+            ex["unknown"] = sorted({str(x) for x, t in zip(names[k].tolist(), tokens[k].tolist(),
                                                            strict=True) if t == UNK})
             ex["bound"] = model.bound.bound
             ex["sigmas"] = float(sigmas[k])

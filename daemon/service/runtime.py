@@ -4,8 +4,8 @@ the trainer child's place under it.
 systemd's MemoryDenyWriteExecute=yes (and prctl PR_SET_MDWE) refuse writable+executable
 memory. oneDNN, torch's fast CPU path for the LSTM, generates code at run time and fails
 there ("could not create a primitive"); torch's own kernels work. So: probe once, and
-without W+X memory run torch without oneDNN (measured here: 22k instead of 36k windows/s
-at batch 512; the known-window cache absorbs most of the difference).
+without W+X memory run torch without oneDNN (slower: docs/benchmarks.md, "Choices in the
+code"; the known-window cache absorbs most of the difference).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ ONEDNN_CACHE = "64"
 
 def bound_torch_caches() -> None:
     """Before torch is imported: oneDNN keeps up to 1024 compiled primitives, one per
-    input shape, each with its buffers. Batches of every size made that cache grow
-    (measured: +57 MB after a few seconds at 1M syscalls/s); the scorer now pads its
-    batches to a few sizes (pipeline._padded), whose primitives this capacity holds (an
-    explicit ONEDNN_PRIMITIVE_CACHE_CAPACITY in the environment wins)."""
+    input shape, each with its buffers. Batches of every size made that cache grow (tens
+    of MB at 1M syscalls/s); the scorer pads its batches to a few sizes
+    (detect/scorer.py `_padded`), whose primitives this capacity holds (an explicit
+    ONEDNN_PRIMITIVE_CACHE_CAPACITY in the environment wins)."""
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_CACHE)
 
 
@@ -74,8 +74,8 @@ COMPILER_LIBRARIES = ("libLLVM", "libclang")
 
 def release_memory() -> int:
     """After the BPF program is compiled and attached: hand the C heap's free pages back
-    to the kernel (glibc malloc_trim; the compile leaves about 40 MB of freed heap) and
-    page out the compiler's code (libLLVM and libclang, about 85 MB resident), which the
+    to the kernel (glibc malloc_trim; the compile leaves freed heap behind) and page out
+    the compiler's code (libLLVM and libclang, resident after the compile), which the
     daemon does not run again: a later compile would read it back from the page cache.
     Returns the bytes of compiler mappings advised out."""
     try:

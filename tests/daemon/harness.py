@@ -129,7 +129,8 @@ class Daemon:
     """`sysdream run` as a child process (optionally inside a mount namespace)."""
 
     def __init__(self, args: list[str], tmp: Path, notify: NotifySocket | None = None,
-                 env: dict | None = None, prefix: list[str] | None = None):
+                 env: dict | None = None, prefix: list[str] | None = None,
+                 launcher: list[str] | None = None):
         self.port = free_port()
         self.err_path = tmp / f"daemon-{self.port}.err"
         self.out_path = tmp / f"daemon-{self.port}.out"
@@ -137,7 +138,7 @@ class Daemon:
         e.pop("NOTIFY_SOCKET", None)
         if notify:
             e["NOTIFY_SOCKET"] = notify.path
-        cmd = [*(prefix or []), sys.executable, "-m", "sysdream.daemon", "run",
+        cmd = [*(prefix or []), *(launcher or [sys.executable, "-m", "sysdream.daemon"]), "run",
                "--metrics-port", str(self.port), *args]
         self.proc = subprocess.Popen(cmd, stdout=self.out_path.open("w"),
                                      stderr=self.err_path.open("w"), env=e)

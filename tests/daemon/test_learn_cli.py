@@ -58,7 +58,7 @@ def test_train_writes_a_bundle_that_scores_traces(bundle, data):
     attack = sysdream("score", data["attack"], "--model", bundle, "--exit-status")
     assert attack.returncode == 1, attack.stdout + attack.stderr
     assert "ANOMALOUS" in attack.stdout and "most surprising" in attack.stdout
-    one = sysdream("score", data["attack"] / "T-000.txt", "--model", bundle, "--json")
+    one = sysdream("score", data["attack"] / "T-000.txt", "--model", bundle, "--format", "json")
     line = json.loads(one.stdout.splitlines()[0])
     assert line["anomalous_windows"] >= 1
     assert line["alerts"][0]["surprises"][0]["observed"] in {
@@ -66,7 +66,7 @@ def test_train_writes_a_bundle_that_scores_traces(bundle, data):
 
 
 def test_score_format_json_is_json(bundle, data):
-    a = sysdream("score", data["attack"], "--model", bundle, "--json")
+    a = sysdream("score", data["attack"], "--model", bundle, "--format", "json")
     b = sysdream("score", data["attack"], "--model", bundle, "--format", "json")
     assert a.returncode == b.returncode == 0, a.stderr + b.stderr
     docs = [json.loads(x) for x in b.stdout.splitlines()]
@@ -96,7 +96,7 @@ def test_labels_add_a_transfer_classifier_that_score_reports(data, tmp_path):
     r = sysdream("train", "--input", data["normal"], "--labels", labels, "-o", out, *TINY)
     assert r.returncode == 0, r.stderr
     assert "transfer.json" in json.loads((out / "manifest.json").read_text())["files"]
-    r = sysdream("score", data["normal"], data["attack"], "--model", out, "--json")
+    r = sysdream("score", data["normal"], data["attack"], "--model", out, "--format", "json")
     assert r.returncode == 0, r.stderr
     lines = [json.loads(x) for x in r.stdout.splitlines()]
     p = {ln["source"]: ln["transfer_probability"] for ln in lines}

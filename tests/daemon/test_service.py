@@ -136,12 +136,13 @@ def test_notify_watchdog_reload_and_stop(ebpf_ready, tmp_path, notify, tiny_bund
 
 
 def test_stalled_scorer_stops_the_watchdog(ebpf_ready, tmp_path, notify, tiny_bundle):
-    """SYSDREAM_FAULT_STALL_SCORER (a fake fault, named so: a scorer stuck for good cannot
-    be caused on demand) blocks the scorer after its first batch."""
+    """fault_stall_scorer.py (a fake fault, named so: a scorer stuck for good cannot be
+    caused on demand) runs the daemon with its scorer blocked after its first batch."""
     prog = workload(tmp_path)
     d = Daemon(["--model", str(tiny_bundle), "--state-dir", str(tmp_path / "state"),
                 "--no-journald", "--comm", "sdwork"], tmp_path, notify,
-               env={"WATCHDOG_USEC": "1000000", "SYSDREAM_FAULT_STALL_SCORER": "1"})
+               env={"WATCHDOG_USEC": "1000000"},
+               launcher=[sys.executable, str(Path(__file__).with_name("fault_stall_scorer.py"))])
     try:
         wait_for(lambda: notify.having("READY", "1"), 90, "READY=1\n" + d.stderr)
         wait_for(lambda: len(notify.having("WATCHDOG", "1")) >= 3, 10, "pings while idle")
