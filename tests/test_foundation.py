@@ -11,6 +11,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from speed import scaled
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -18,7 +19,7 @@ SETUP = ROOT / "packaging" / "setup-host.sh"
 
 
 def run(cmd, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kw)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=scaled(300), **kw)
 
 
 def as_nobody(cmd: list[str]) -> list[str]:
@@ -177,7 +178,7 @@ def test_run_starts_learning_this_host_and_stops_cleanly(ebpf_ready, tmp_path):
     assert "no model at" in text and "learning this host" in text, text
     time.sleep(1.5)
     proc.send_signal(signal.SIGTERM)
-    rest = proc.communicate(timeout=10)[1]
+    rest = proc.communicate(timeout=scaled(10))[1]
     assert proc.returncode == 0, rest
     assert "stopped:" in rest and ", 0 lost" in rest
     (baseline,) = tmp_path.glob("baseline-*.sdtrace")

@@ -18,6 +18,9 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/, for bench/ too
+from speed import scaled, slowness  # noqa: E402  (tests/speed.py)
+
 JOURNALD = "/lib/systemd/systemd-journald"
 
 
@@ -28,13 +31,17 @@ def free_port() -> int:
 
 
 def wait_for(pred, timeout: float, what: str, step: float = 0.2):
-    end = time.monotonic() + timeout
+    """Poll `pred` until it returns something true; `timeout` is for the developers'
+    machine and stretched by `slowness()` on a slower one."""
+    limit = timeout * slowness()
+    end = time.monotonic() + limit
     while time.monotonic() < end:
         got = pred()
         if got:
             return got
         time.sleep(step)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    raise AssertionError(f"timed out after {limit:.0f} s ({timeout:.0f} s at slowness "
+                         f"{slowness():.2f}) waiting for {what}")
 
 
 class NotifySocket:
@@ -79,11 +86,11 @@ def scrape(port: int, netns: str | None = None) -> dict[str, float]:
         code = ("import sys, urllib.request\ntry:\n sys.stdout.write(urllib.request.urlopen("
                 f"{url!r}, timeout=5).read().decode())\nexcept OSError:\n pass")
         r = subprocess.run(["nsenter", f"--net=/run/netns/{netns}", sys.executable, "-c",
-                            code], capture_output=True, text=True, timeout=30)
+                            code], capture_output=True, text=True, timeout=scaled(30))
         text = r.stdout
     else:
         try:
-            with urllib.request.urlopen(url, timeout=5) as r:
+            with urllib.request.urlopen(url, timeout=scaled(5)) as r:
                 text = r.read().decode()
         except OSError:
             return {}
@@ -157,7 +164,7 @@ class Daemon:
         import json
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz",
-                                        timeout=5) as r:
+                                        timeout=scaled(5)) as r:
                 return r.status, json.loads(r.read())
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read())
@@ -241,7 +248,7 @@ class JournalNamespace:
 
     def run(self, cmd: list[str], **kw) -> subprocess.CompletedProcess:
         return subprocess.run([*self.prefix, *cmd], capture_output=True, text=True,
-                              timeout=60, **kw)
+                              timeout=scaled(60), **kw)
 
     def entries(self, **match) -> list[dict]:
         cmd = ["journalctl", "-o", "json", "--no-pager", "SYSLOG_IDENTIFIER=sysdream"]
@@ -278,7 +285,7 @@ class Prometheus:
         url = (f"http://127.0.0.1:{self.port}/api/v1/query?"
                + urllib.parse.urlencode({"query": expr}))
         try:
-            with urllib.request.urlopen(url, timeout=5) as r:
+            with urllib.request.urlopen(url, timeout=scaled(5)) as r:
                 data = json.loads(r.read())
         except OSError:
             return []
@@ -290,7 +297,7 @@ class Prometheus:
         url = (f"http://127.0.0.1:{self.port}/api/v1/query?"
                + urllib.parse.urlencode({"query": expr}))
         try:
-            with urllib.request.urlopen(url, timeout=5) as r:
+            with urllib.request.urlopen(url, timeout=scaled(5)) as r:
                 return json.loads(r.read()).get("status", "")
         except urllib.error.HTTPError as exc:
             return json.loads(exc.read()).get("status", "error")
@@ -320,7 +327,7 @@ ODD = ("for i in $(seq 30); do read -r x < /etc/hostname; y=$(sh -c 'cat /etc/pa
 
 def run_script(program: Path, script: str, times: int = 1, prefix=None) -> None:
     for _ in range(times):
-        subprocess.run([*(prefix or []), str(program), "-c", script], timeout=60,
+        subprocess.run([*(prefix or []), str(program), "-c", script], timeout=scaled(60),
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

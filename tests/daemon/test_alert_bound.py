@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 from daemon_helpers import context_record, records, sample_normal
+from speed import scaled
 
 from sysdream.daemon.detect.evidence import (
     MIN_PEAKS,
@@ -161,7 +162,7 @@ def test_train_fits_the_alert_bound_on_the_held_out_quarter_and_the_daemon_uses_
     out = subprocess.run([sys.executable, "-m", "sysdream.daemon", "train", "--input",
                           f"trace:{trace}", "-o", str(tmp_path / "model"), "--window", "8",
                           "--embed", "8", "--hidden", "8", "--epochs", "3", "--threads", "1"],
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=scaled(600))
     assert out.returncode == 0, out.stderr
     assert "training on the first three quarters" in out.stderr, out.stderr
     assert out.stderr.count("epoch 1:") == 1, "one model trained: the held-out one"
@@ -201,9 +202,9 @@ def test_two_folds_fit_the_bound_on_twice_the_held_out_time(tmp_path):
     cmd = [sys.executable, "-m", "sysdream.daemon", "train", "--input", f"trace:{trace}",
            "--window", "8", "--embed", "8", "--hidden", "8", "--epochs", "2", "--threads", "1"]
     one = subprocess.run([*cmd, "-o", str(tmp_path / "one")], capture_output=True,
-                         text=True, timeout=600)
+                         text=True, timeout=scaled(600))
     two = subprocess.run([*cmd, "-o", str(tmp_path / "two"), "--folds", "2"],
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=scaled(600))
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
     assert one.stderr.count("epoch 1:") == 1 and two.stderr.count("epoch 1:") == 2
     assert "the quarter before the last" in two.stderr
@@ -217,7 +218,7 @@ def test_two_folds_fit_the_bound_on_twice_the_held_out_time(tmp_path):
     assert Detector.load(tmp_path / "two").vocab.names == \
         Detector.load(tmp_path / "one").vocab.names, "the model kept is the first fold's"
     bad = subprocess.run([*cmd, "-o", str(tmp_path / "bad"), "--folds", "4"],
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=scaled(60))
     assert bad.returncode == 2 and "--folds" in bad.stderr
 
 
@@ -231,9 +232,9 @@ def test_retrain_learns_everything_and_keeps_the_bound(tmp_path):
     cmd = [sys.executable, "-m", "sysdream.daemon", "train", "--input", f"trace:{trace}",
            "--window", "8", "--embed", "8", "--hidden", "8", "--epochs", "2", "--threads", "1"]
     kept = subprocess.run([*cmd, "-o", str(tmp_path / "kept")], capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=scaled(600))
     again = subprocess.run([*cmd, "-o", str(tmp_path / "all"), "--retrain"],
-                           capture_output=True, text=True, timeout=600)
+                           capture_output=True, text=True, timeout=scaled(600))
     assert kept.returncode == 0 and again.returncode == 0, kept.stderr + again.stderr
     assert again.stderr.count("epoch 1:") == 2 and "--retrain" in again.stderr
     one, both = Detector.load(tmp_path / "kept"), Detector.load(tmp_path / "all")
@@ -253,9 +254,9 @@ def test_train_learns_each_program_s_sequences_when_asked(tmp_path):
     cmd = [sys.executable, "-m", "sysdream.daemon", "train", "--input", f"trace:{trace}",
            "--window", "8", "--embed", "8", "--hidden", "8", "--epochs", "2", "--threads", "1"]
     on = subprocess.run([*cmd, "-o", str(tmp_path / "on"), "--sequences"],
-                        capture_output=True, text=True, timeout=600)
+                        capture_output=True, text=True, timeout=scaled(600))
     off = subprocess.run([*cmd, "-o", str(tmp_path / "off")], capture_output=True,
-                         text=True, timeout=600)
+                         text=True, timeout=scaled(600))
     assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
     assert "distinct 6-syscall sequences" in on.stderr
     assert "6-syscall" not in off.stderr

@@ -28,6 +28,7 @@ from daemon_helpers import (
     start_in,
 )
 from harness import wait_for
+from speed import scaled
 
 from sysdream.daemon.alerting.kinds import MESSAGE_IDS
 from sysdream.daemon.context.cgroups import mount_point
@@ -52,7 +53,7 @@ def test_alerts_name_short_lived_fileless_programs_from_the_kernel(ebpf_ready, t
     try:
         proc = start_in(cg_dir, [str(spawner), "/bin/true", str(mnt)],
                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        out, _ = proc.communicate(b"g", timeout=30)
+        out, _ = proc.communicate(b"g", timeout=scaled(30))
         assert proc.returncode == 0
         memfd_pid, deleted_pid = (int(x) for x in out.split())
 
@@ -190,7 +191,7 @@ def test_journald_handling_our_alerts_raises_none(ebpf_ready, tmp_path, journal,
     try:
         for _ in range(3):
             p = start_in(cg_dir, [str(renamer), "sdloud", "400"], stdin=subprocess.PIPE)
-            p.communicate(b"gg", timeout=30)
+            p.communicate(b"gg", timeout=scaled(30))
         wait_for(lambda: len(entries_for(journal)) >= 10, 40, "alerts for the program")
         key = 'sysdream_windows_set_aside_total{reason="own_alert_delivery"}'
         wait_for(lambda: d.metric(key) > 0, 20, "journald's windows set aside\n"

@@ -11,13 +11,14 @@ import sys
 
 from daemon_helpers import config, entries_for, start_daemon, start_in
 from harness import wait_for
+from speed import scaled
 
 LS = os.path.realpath("/bin/ls")
 
 
 def cli(*args: str, prefix: list[str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*(prefix or []), sys.executable, "-m", "sysdream.daemon",
-                           *args], capture_output=True, text=True, timeout=120)
+                           *args], capture_output=True, text=True, timeout=scaled(120))
 
 
 def run_ls(cg_dir) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from speed import scaled
 
 from sysdream.probes import tracefile
 from sysdream.probes.layout import record_dtype
@@ -22,7 +23,7 @@ from sysdream.probes.layout import record_dtype
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sysdream.daemon", *args],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=scaled(120))
 
 
 def one_line(out: subprocess.CompletedProcess, code: int, *words: str) -> None:
@@ -173,10 +174,10 @@ def test_run_checks_privileges_first_and_names_an_unreadable_model(tmp_path, tin
         caps = ["--inh-caps=+bpf,+perfmon", "--ambient-caps=+bpf,+perfmon"]
         run = [sys.executable, "-m", "sysdream.daemon", "run", "--model", str(model),
                "--state-dir", str(state), "--no-metrics"]
-        out = subprocess.run([*base, *run], capture_output=True, text=True, timeout=120)
+        out = subprocess.run([*base, *run], capture_output=True, text=True, timeout=scaled(120))
         one_line(out, 3, "CAP_BPF")
         out = subprocess.run([*base, *caps, *run], capture_output=True, text=True,
-                             timeout=120)
+                             timeout=scaled(120))
         one_line(out, 11, "not readable by uid 65534")
     finally:
         shutil.rmtree(state)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from speed import scaled
+
 from sysdream.daemon.commands import manpage
 
 PACKAGING = Path(__file__).resolve().parents[2] / "packaging"
@@ -21,10 +23,10 @@ def test_the_shipped_man_page_and_completion_are_the_parsers():
 
 def test_the_man_page_renders_cleanly_and_names_every_verb_and_exit_code():
     r = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z", str(PACKAGING / "sysdream.8")],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=scaled(60))
     assert r.returncode == 0 and r.stderr == "", r.stderr
     text = subprocess.run(["groff", "-man", "-Tascii", "-P-cbou", str(PACKAGING / "sysdream.8")],
-                          capture_output=True, text=True, timeout=60).stdout
+                          capture_output=True, text=True, timeout=scaled(60)).stdout
     for verb in ("run", "train", "keygen", "allow", "explain", "doctor"):
         assert f"   {verb}\n" in text, verb
     assert "--trusted" not in text and "--sign" in text and "EXIT STATUS" in text
@@ -35,7 +37,7 @@ def complete(words: list[str]) -> list[str]:
               f"COMP_WORDS=({' '.join(repr(w) for w in words)}); "
               f"COMP_CWORD={len(words) - 1}; _sysdream; printf '%s\\n' \"${{COMPREPLY[@]}}\"")
     r = subprocess.run(["bash", "--norc", "-c", script], capture_output=True, text=True,
-                       timeout=30)
+                       timeout=scaled(30))
     assert r.returncode == 0, r.stderr
     return r.stdout.split()
 

@@ -10,6 +10,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from speed import scaled
 
 from sysdream.daemon import config
 from sysdream.daemon.config import ConfigError
@@ -122,7 +123,7 @@ def run_cli(*args, user=None, caps=False):
         grant = ["--inh-caps=+bpf,+perfmon", "--ambient-caps=+bpf,+perfmon"] if caps else []
         cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *grant,
                *cmd]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=scaled(120),
                           env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
 
 

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from speed import scaled
 
 from sysdream.daemon.exitcodes import Exit
 
@@ -93,7 +94,7 @@ def test_each_exit_code_has_a_real_cause_and_one_line(ebpf_ready, tmp_path, tiny
         holder.listen()
         cmd = [c.replace("{port}", str(holder.getsockname()[1])) for c in cmd]
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=scaled(120))
     finally:
         if holder:
             holder.close()

@@ -21,6 +21,7 @@ import pytest
 from harness import free_port, scrape, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from speed import scaled
 
 from sysdream.daemon.config import ConfigError
 from sysdream.daemon.fleet import keys
@@ -534,7 +535,7 @@ def test_three_agents_in_network_namespaces_detect_through_the_server_and_withou
     assert rec.wait(60) == 0, rec.stderr.read()
     r = subprocess.run([*SYSDREAM, "train", "--input", str(trace), "-o", str(model),
                         "--epochs", "6", "--hidden", "24", "--threads", "2"],
-                       capture_output=True, text=True, timeout=600)
+                       capture_output=True, text=True, timeout=scaled(600))
     assert r.returncode == 0, r.stderr[-2000:]
     models = tmp_path / "models"
     models.mkdir()
@@ -809,7 +810,7 @@ def test_a_worker_on_another_machine_fetches_the_model_and_shares_the_scoring(
     r = subprocess.run([*SYSDREAM, "server", "--workers", "0", "--key",
                         str(fleet_keys / "server.curve-secret"), "--agents",
                         str(tmp_path / "agents")], capture_output=True, text=True,
-                       timeout=60)
+                       timeout=scaled(60))
     assert r.returncode == 12 and "worker_bind" in r.stderr and \
         "Traceback" not in r.stderr, r.stderr
 

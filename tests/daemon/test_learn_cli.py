@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from speed import scaled
 
 TINY = ["--epochs", "2", "--hidden", "8", "--embed", "8", "--window", "8", "--threads", "1"]
 # i386: 5 open, 108 fstat, 3 read, 6 close, 192 mmap2, 4 write, 91 munmap
@@ -21,7 +22,7 @@ SHELL = [120, 11, 102, 102, 63, 63, 11]  # clone, execve, socketcall, dup2
 
 def sysdream(*args, check=False) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sysdream.daemon", *map(str, args)],
-                          capture_output=True, text=True, timeout=300, check=check)
+                          capture_output=True, text=True, timeout=scaled(300), check=check)
 
 
 def write_traces(folder: Path, n: int, attack: bool, seed: int) -> Path:
@@ -231,7 +232,7 @@ def test_training_shows_a_bar_with_the_time_left_on_a_terminal(data):
     p = subprocess.run([sys.executable, "-m", "sysdream.daemon", "train", "--input",
                         str(data["normal"]), "-o", str(data["base"] / "pty-model"), *TINY],
                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=tty.slave,
-                       timeout=300)
+                       timeout=scaled(300))
     tty.close()
     text = tty.text()
     assert p.returncode == 0, text[-2000:]
@@ -242,7 +243,7 @@ def test_training_shows_a_bar_with_the_time_left_on_a_terminal(data):
     piped = subprocess.run([sys.executable, "-m", "sysdream.daemon", "train", "--input",
                             str(data["normal"]), "-o", str(data["base"] / "pipe-model"),
                             "--progress-fd", str(wr), *TINY], pass_fds=(wr,),
-                           capture_output=True, text=True, timeout=300)
+                           capture_output=True, text=True, timeout=scaled(300))
     os.close(wr)
     with open(rd) as f:
         events = [json.loads(ln) for ln in f]

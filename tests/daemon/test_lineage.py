@@ -12,6 +12,7 @@ import daemon_helpers  # puts tests/probes on the path for capture_helpers
 import numpy as np
 import pytest
 from capture_helpers import drain
+from speed import scaled
 
 from sysdream.daemon.context.processes import ProcessTable
 from sysdream.daemon.detect.evidence import Evidence
@@ -44,7 +45,7 @@ def record(capture, cg: Path, cmds: list[list[str]]) -> Trace:
         (cg / "cgroup.procs").write_text("0")
     for cmd in cmds:
         subprocess.run(cmd, preexec_fn=enter, check=True, stdout=subprocess.DEVNULL,
-                       timeout=60)
+                       timeout=scaled(60))
     ctx, recs = drain(cap, lambda: True, 1.0)
     return Trace(host_header(recs.dtype["ids"].shape[0]), recs, {}, None, ctx)
 

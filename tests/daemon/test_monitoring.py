@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 from daemon_helpers import config
 from harness import BENIGN, ODD, Daemon, Prometheus, run_script, wait_for, workload
+from speed import scaled
 
 PACKAGING = Path(__file__).resolve().parents[2] / "packaging"
 RULES = PACKAGING / "prometheus" / "sysdream-rules.yml"
@@ -63,7 +64,7 @@ def metric_names(expr: str) -> set[str]:
 def families(port: int) -> set[str]:
     """The series names the daemon's exposition declares (# TYPE), histograms' and
     counters' series included, whether or not a labelled one has a sample yet."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=scaled(5)) as r:
         text = r.read().decode()
     out = set()
     for line in text.splitlines():
@@ -79,12 +80,12 @@ def promtool_checks(rules: Path, count: int) -> list[tuple[str, str]]:
     """promtool's check of a rules file (`count` rules) and its unit tests (RULES.test.yml),
     one for each alert; the (alert, expression) pairs."""
     check = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True,
-                           text=True, timeout=60)
+                           text=True, timeout=scaled(60))
     assert check.returncode == 0 and f"SUCCESS: {count} rules found" in check.stdout, \
         check.stdout
     tests = rules.with_suffix(".test.yml")
     unit = subprocess.run(["promtool", "test", "rules", tests.name], cwd=rules.parent,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=scaled(120))
     assert unit.returncode == 0 and "SUCCESS" in unit.stdout, unit.stdout + unit.stderr
     doc = yaml.safe_load(rules.read_text())
     exprs = [(r["alert"], r["expr"]) for g in doc["groups"] for r in g["rules"]]
@@ -127,7 +128,7 @@ def test_every_dashboard_and_rule_expression_reads_what_the_daemon_exports(
     state = tmp_path / "state"
     allow = subprocess.run([sys.executable, "-m", "sysdream.daemon", "allow", "--exe",
                             str(allowed), "--state-dir", str(state)], capture_output=True,
-                           text=True, timeout=60)
+                           text=True, timeout=scaled(60))
     assert allow.returncode == 0, allow.stderr
     cfg = config(tmp_path, "")
     d = Daemon(["--config", str(cfg), "--model", str(tiny_bundle), "--state-dir",

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 from daemon_helpers import context_record, records, sample_attack, sample_normal
+from speed import scaled
 
 from sysdream.daemon.detect.block import Block
 from sysdream.daemon.detect.cutter import Cutter
@@ -527,7 +528,7 @@ def test_lineage_novelty_completes_the_evidence_and_is_listed(tiny_detector, tin
             out = subprocess.run([sys.executable, "-m", "sysdream.daemon", "explain",
                                   "--json", str(tmp_path / "a.json"), "--model",
                                   str(tiny_bundle)], capture_output=True, text=True,
-                                 timeout=120)
+                                 timeout=scaled(120))
             assert out.returncode == 0, out.stderr
             assert f"new to this host: new_syscall /bin/w: {rare}" in out.stdout
         else:
@@ -609,7 +610,7 @@ def test_each_syscall_is_judged_against_the_program_that_made_it(tiny_detector):
         cutter.ingest(np.concatenate(recs))
         scorer.process(drain(queue))
         return [e["what"] for d in alerted for e in d.novelty] + \
-            [e["what"] for evs in scorer.novel.values() for _, e in evs]
+            [e["what"] for evs in scorer.novelty.novel.values() for _, e in evs]
 
     assert judge({e: set(n) for e, n in parts.items()}) == []
     swapped = judge({"/bin/a": set(parts["/bin/a"]), "/bin/b": set(parts["/bin/c"]),
@@ -649,7 +650,7 @@ def test_a_sequence_its_program_never_made_completes_the_evidence(tiny_detector)
         return found, scorer
 
     found, scorer = run(names, 5)
-    assert found == [] and not scorer.novel
+    assert found == [] and not scorer.novelty.novel
     found, scorer = run(swapped, 6)
     assert len(found) == 1, "the run of new sequences alone completes the evidence"
     (d,) = found
@@ -691,7 +692,7 @@ def test_an_exec_s_news_go_to_the_first_window_after_it(tiny_detector):
     (b,) = drain(queue)
     assert b.exec_at == 16 and b.starts[0] == 0, "the block begins before the exec"
     scorer.process([b])
-    (pos, event), = scorer.novel[b.key]
+    (pos, event), = scorer.novelty.novel[b.key]
     assert event["kind"] == "new_program" and event["what"] == "/bin/b"
     assert pos == 16, "on the window after the exec, not the block's first"
 

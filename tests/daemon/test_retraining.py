@@ -23,6 +23,7 @@ from daemon_helpers import (
     tiny_config,
 )
 from harness import BENIGN, ODD, Daemon, learn_benign, run_script, wait_for, workload
+from speed import scaled
 
 from sysdream.daemon import config
 from sysdream.daemon.alerting.allow import AllowList
@@ -170,7 +171,7 @@ def test_train_recent_refuses_in_one_line(tmp_path, tiny_bundle, extra, said):
     out = subprocess.run([sys.executable, "-m", "sysdream.daemon", "train", "--input",
                           f"trace:{trace}", "--recent", str(trace), *extra, "-o",
                           str(tmp_path / "m"), "--epochs", "1"],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=scaled(120))
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and said in lines[0], out.stderr

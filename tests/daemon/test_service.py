@@ -27,6 +27,7 @@ from harness import (
     wait_for,
     workload,
 )
+from speed import scaled
 
 from sysdream.daemon.alerting.kinds import MESSAGE_IDS
 
@@ -172,7 +173,7 @@ def test_metrics_port_taken_exits_13_with_one_line(tmp_path):
         port = s.getsockname()[1]
         out = subprocess.run([sys.executable, "-m", "sysdream.daemon", "run",
                               "--state-dir", str(tmp_path), "--metrics-port", str(port)],
-                             capture_output=True, text=True, timeout=120)
+                             capture_output=True, text=True, timeout=scaled(120))
     assert out.returncode == 13, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "Address already in use" in lines[0] and "port" in lines[0]
@@ -348,7 +349,7 @@ def test_a_full_state_directory_keeps_the_daemon_up_and_says_so(ebpf_ready, tmp_
             # what was written is whole blocks: no torn block for a reader to skip
             got = subprocess.run(["nsenter", "-t", str(holder.pid), "-m", "--", sys.executable,
                                   "-c", WHOLE, str(state)],
-                                 capture_output=True, text=True, timeout=60)
+                                 capture_output=True, text=True, timeout=scaled(60))
             assert got.returncode == 0 and got.stdout.strip(), got.stderr
         finally:
             d.kill()
@@ -388,7 +389,7 @@ def test_record_onto_a_full_disk_exits_10_and_keeps_whole_blocks(ebpf_ready, tmp
         try:
             got = subprocess.run([*ns, sys.executable, "-m", "sysdream.daemon", "record",
                                   "--comm", "ls", "--seconds", "50", "-o", str(trace)],
-                                 capture_output=True, text=True, timeout=120)
+                                 capture_output=True, text=True, timeout=scaled(120))
         finally:
             os.killpg(load.pid, signal.SIGKILL)
             load.wait()
@@ -400,7 +401,7 @@ def test_record_onto_a_full_disk_exits_10_and_keeps_whole_blocks(ebpf_ready, tmp
         kept = int(line.split(" after ")[1].split()[0])
         assert kept > 0, line
         read = subprocess.run([*ns, sys.executable, "-c", WHOLE, str(trace)],
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=scaled(60))
         assert read.returncode == 0, read.stderr
         assert int(read.stdout.split()[-1]) == kept
     finally:

@@ -15,6 +15,7 @@ import sys
 
 import pytest
 from harness import Daemon, wait_for
+from speed import scaled
 
 from sysdream.daemon import signing
 from sysdream.model.bundle import BundleError
@@ -22,7 +23,7 @@ from sysdream.model.bundle import BundleError
 
 def sysdream(*args, timeout=120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sysdream.daemon", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=scaled(timeout))
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import jsonschema
 import pytest
 from daemon_helpers import config
 from harness import BENIGN, ODD, Daemon, run_script, wait_for, workload
+from speed import scaled
 
 from sysdream.daemon.alerting import fields as alertfields
 from sysdream.daemon.alerting import kinds, sinks
@@ -318,6 +319,6 @@ def test_a_network_output_without_its_address_is_refused_with_exit_12(tmp_path):
     cfg = tmp_path / "sysdream.toml"
     cfg.write_text("[alerts.webhook]\nenabled = true\n")
     r = subprocess.run([sys.executable, "-m", "sysdream.daemon", "run", "--config",
-                        str(cfg)], capture_output=True, text=True, timeout=60)
+                        str(cfg)], capture_output=True, text=True, timeout=scaled(60))
     assert r.returncode == 12 and "Traceback" not in r.stderr
     assert "[alerts.webhook] is enabled but has no url" in r.stderr

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from speed import scaled
 
 UNITS = Path(__file__).resolve().parents[2] / "systemd"
 UNIT = UNITS / "sysdream.service"
@@ -34,7 +35,7 @@ def installed_copy(tmp_path, name: str = "sysdream") -> Path:
 def test_unit_verifies_clean(tmp_path, name):
     unit = installed_copy(tmp_path, name)
     out = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
-                         text=True, timeout=60)
+                         text=True, timeout=scaled(60))
     assert out.returncode == 0 and out.stderr.strip() == "", out.stderr
 
 
@@ -42,7 +43,7 @@ def test_unit_verifies_clean(tmp_path, name):
 def test_unit_exposure_at_most_3(tmp_path, name):
     unit = installed_copy(tmp_path, name)
     out = subprocess.run(["systemd-analyze", "security", "--offline=true", str(unit)],
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=scaled(60))
     m = re.search(rf"Overall exposure level for {name}.service: ([\d.]+)", out.stdout)
     assert m, out.stdout[-500:] + out.stderr
     assert float(m.group(1)) <= 3.0
@@ -96,7 +97,7 @@ def test_capture_works_as_an_unprivileged_user_with_only_those_capabilities(ebpf
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
          "--inh-caps=+bpf,+perfmon", "--ambient-caps=+bpf,+perfmon",
          sys.executable, "-m", "sysdream.daemon", "doctor"],
-        capture_output=True, text=True, timeout=180)
+        capture_output=True, text=True, timeout=scaled(180))
     assert "running with CAP_BPF and CAP_PERFMON" in out.stdout, out.stdout + out.stderr
     assert re.search(r"ok\s+capture program\s+compiled, attached", out.stdout), out.stdout
     assert "uid 65534" in out.stdout
@@ -111,7 +112,7 @@ libc = ctypes.CDLL(None, use_errno=True)
 if libc.prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN
     sys.exit("PR_SET_MDWE: " + os.strerror(ctypes.get_errno()))
 import numpy as np
-from sysdream.daemon.runtime import adapt_torch, wx_memory_allowed
+from sysdream.daemon.service.runtime import adapt_torch, wx_memory_allowed
 assert not wx_memory_allowed()
 assert adapt_torch()
 from sysdream.model.detector import Detector
@@ -120,7 +121,7 @@ r = d.score_sequence(np.array(["openat", "read", "close"] * 20, dtype=object))
 print("scored", len(r.scores.score))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120)
+                         timeout=scaled(120))
     assert out.returncode == 0 and "scored" in out.stdout, out.stderr[-2000:]
 
 
@@ -129,22 +130,24 @@ def test_stop_and_reload_signals_set_flags_and_an_ignored_sigint_stays_ignored()
     commands share one way of taking them (runtime.on_signals). Real signals, sent to a
     child that installs it."""
     code = """
-import os, signal
-from sysdream.daemon.runtime import on_signals, restore_signals
+import signal
+from sysdream.daemon.service.runtime import on_signals, restore_signals
 got = []
 old = on_signals(lambda: got.append("stop"), lambda: got.append("reload"))
-os.kill(os.getpid(), signal.SIGHUP)
-os.kill(os.getpid(), signal.SIGTERM)
-os.kill(os.getpid(), signal.SIGINT)
+# raise_signal: to this thread, so each handler has run when it returns (os.kill to the
+# process may be taken by another thread, and the handler run after the print below)
+signal.raise_signal(signal.SIGHUP)
+signal.raise_signal(signal.SIGTERM)
+signal.raise_signal(signal.SIGINT)
 print(",".join(got), signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
 restore_signals(old)
 print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
 """
     plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           timeout=60)
+                           timeout=scaled(60))
     assert plain.stdout.split() == ["reload,stop,stop", "False", "True"], plain.stderr
     # a background job of a shell starts with SIGINT ignored: Ctrl-C is not for it
     background = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=scaled(60),
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     assert background.stdout.split() == ["reload,stop", "True", "True"], background.stderr

@@ -7,7 +7,7 @@ import torch
 from synthetic_corpus import tiny_config
 
 from sysdream.model import dream
-from sysdream.model.archs import ARCHS, build
+from sysdream.model.archs import ARCHS
 from sysdream.model.config import NetworkConfig
 from sysdream.model.dream import DReAM
 from sysdream.model.network import Network
@@ -58,7 +58,7 @@ def test_previous_window_context_reaches_the_decoder():
 def test_every_arch_learns_and_its_attention_is_causal(arch):
     torch.manual_seed(0)
     cfg = tiny_config(vocab_size=12, arch=arch)
-    net = build(cfg)
+    net = cfg.build()
     src, prev, tgt = _batch()
     logits, attn = net(src, prev, tgt)
     assert logits.shape == (5, 8, 12)
@@ -79,7 +79,7 @@ def test_every_arch_learns_and_its_attention_is_causal(arch):
 def test_every_arch_is_what_the_registry_says(arch):
     spec = ARCHS[arch]
     torch.manual_seed(0)
-    net = build(tiny_config(vocab_size=12, arch=arch))
+    net = tiny_config(vocab_size=12, arch=arch).build()
     assert isinstance(net, Network) and net.cfg.arch == arch
     rng = np.random.default_rng(0)
     w = cut_many([rng.integers(2, 12, 30)], 8, 8, "predict-next")
@@ -93,7 +93,7 @@ def test_every_arch_is_what_the_registry_says(arch):
         with pytest.raises(ValueError, match="predict-next"):
             tiny_config(vocab_size=12, arch=arch, task="reconstruct")
     else:
-        build(tiny_config(vocab_size=12, arch=arch, task="reconstruct"))
+        tiny_config(vocab_size=12, arch=arch, task="reconstruct").build()
 
 
 def test_the_registry_needs_no_torch():
@@ -113,7 +113,7 @@ def test_event_models_refuse_reconstruction():
 @pytest.mark.parametrize("arch", ["dream", "semantic2"])
 def test_batched_scoring_matches_one_window_at_a_time(arch):
     torch.manual_seed(0)
-    net = build(tiny_config(vocab_size=12, arch=arch)).eval()
+    net = tiny_config(vocab_size=12, arch=arch).build().eval()
     rng = np.random.default_rng(1)
     w = cut_many([rng.integers(2, 12, 50), rng.integers(2, 12, 9)], 8, 8, "predict-next")
     full = score(net, w, batch=4)  # batch edges fall inside a sequence

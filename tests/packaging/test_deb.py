@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from speed import scaled
 
 ROOT = Path(__file__).resolve().parents[2]
 LEFT = [Path(p) for p in ("/opt/sysdream", "/usr/bin/sysdream", "/etc/sysdream",
@@ -27,7 +28,7 @@ LEFT = [Path(p) for p in ("/opt/sysdream", "/usr/bin/sysdream", "/etc/sysdream",
 
 def sh(*cmd, env=None, timeout=900) -> subprocess.CompletedProcess:
     return subprocess.run([str(c) for c in cmd], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+                          timeout=scaled(timeout), env={**os.environ, **(env or {})})
 
 
 @pytest.fixture(scope="module")

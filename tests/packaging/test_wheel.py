@@ -11,6 +11,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from speed import scaled
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -22,7 +24,7 @@ def test_the_wheel_is_complete(tmp_path):
     out = tmp_path / "wheel"
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
                         "--no-build-isolation", "-w", str(out), str(src)],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=scaled(300))
     assert r.returncode == 0, r.stderr
     (wheel,) = out.glob("sysdream-*.whl")
     site = tmp_path / "site"
@@ -44,9 +46,10 @@ def test_the_wheel_is_complete(tmp_path):
             f"assert sysdream.daemon.__file__.startswith({str(site)!r}), sysdream.daemon.__file__\n"
             f"for m in {modules!r}: importlib.import_module(m)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       env=env, cwd=tmp_path, timeout=300)
+                       env=env, cwd=tmp_path, timeout=scaled(300))
     assert r.returncode == 0, r.stderr
     for args in (["--version"], ["doctor"]):
         r = subprocess.run([sys.executable, "-m", "sysdream.daemon", *args],
-                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+                           capture_output=True, text=True, env=env, cwd=tmp_path,
+                           timeout=scaled(300))
         assert r.returncode == 0, (args, r.stdout, r.stderr)

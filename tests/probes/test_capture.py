@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from capture_helpers import drain
+from speed import scaled
 
 from sysdream.probes import syscalls
 from sysdream.probes.layout import (
@@ -305,7 +306,7 @@ def test_thread_that_keeps_its_cpu_is_flushed_by_age(capture):
         cap = capture(include_pids=(child.pid,), flush_age_s=age)
         child.stdin.write("go\n")
         child.stdin.flush()
-        recs = collect(cap, lambda: False, timeout=1.8)
+        recs = collect(cap, lambda: False, timeout=scaled(1.8))
         spin = recs[(recs["tid"] == child.pid) & (recs["flags"] & (REC_SLEEP | REC_EXIT) == 0)]
         ppid = np.array([int(np.sum(r["ids"][:r["count"]] == NR["getppid"])) for r in spin])
         assert ppid.sum() >= 40, f"only {ppid.sum()} of ~70 spinning syscalls arrived"

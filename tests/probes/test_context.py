@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from capture_helpers import drain
+from speed import scaled
 
 from sysdream.probes import btf, syscalls
 from sysdream.probes.layout import (
@@ -123,7 +124,7 @@ def test_memfd_and_deleted_executables_are_named_and_flagged(capture, tmp_path):
         cap = capture()
         proc.stdin.write(b"g")
         proc.stdin.flush()
-        out, _ = proc.communicate(timeout=30)
+        out, _ = proc.communicate(timeout=scaled(30))
         assert proc.returncode == 0
         memfd_pid, deleted_pid = (int(x) for x in out.split())
         ctx, _ = drain(cap, lambda: True, 1.0)
@@ -190,7 +191,7 @@ def test_exclusion_follows_a_replaced_file(capture, tmp_path):
     cap.configure(cap.settings)
     assert not cap.exes_changed()
     k = subprocess.Popen([str(exe), "x", "50"], stdin=subprocess.PIPE)
-    k.communicate(b"gg", timeout=10)
+    k.communicate(b"gg", timeout=scaled(10))
     _, recs = drain(cap, lambda: True, 1.0)
     # traced while it was a fork of this test; not once it runs the excluded file
     assert _getppids(recs, k.pid) == 0
@@ -248,7 +249,7 @@ def test_a_recorded_trace_keeps_who_each_process_was(ebpf_ready, tmp_path):
     assert "probes attached" in rec.stderr.readline()
     child = subprocess.run(["/usr/bin/env", "SD=2", "/bin/sleep", "0.3"], check=True)
     assert child.returncode == 0
-    _, err = rec.communicate(timeout=60)
+    _, err = rec.communicate(timeout=scaled(60))
     assert rec.returncode == 0, err
     t = read_trace(trace)
     execs = t.context[(t.context["kind"] == CTX_EXEC)]
