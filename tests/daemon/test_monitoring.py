@@ -95,7 +95,7 @@ def promtool_checks(rules: Path, count: int) -> list[tuple[str, str]]:
 
 
 def test_rules_pass_promtool_checks_and_their_unit_tests():
-    assert promtool_checks(RULES, 10) == rule_exprs()
+    assert promtool_checks(RULES, 18) == rule_exprs()
 
 
 def test_the_fleet_rules_pass_promtool_and_read_only_documented_fleet_metrics():
