@@ -21,7 +21,8 @@ PACKAGING = Path(__file__).resolve().parents[2] / "packaging"
 RULES = PACKAGING / "prometheus" / "sysdream-rules.yml"
 DASHBOARD = PACKAGING / "grafana" / "sysdream.json"
 # Grafana's variables, as the dashboard's defaults resolve them
-VARIABLES = {"$job": "sysdream", "$instance": ".*", "$__rate_interval": "1m"}
+VARIABLES = {"$job": "sysdream", "$instance": ".*", "$__rate_interval": "1m",
+             "$__range": "1h"}
 # names that are not metrics in an expression: functions, keywords, label names
 NOT_METRICS = {"by", "on", "and", "or", "unless", "without", "ignoring", "group_left",
                "group_right", "bool", "offset"}
@@ -145,6 +146,9 @@ def test_every_dashboard_and_rule_expression_reads_what_the_daemon_exports(
                  30, "an allowed alert")
         run_script(prog, BENIGN)
         exported = families(d.port) | {"up"}       # "up": Prometheus's own, per target
+        # an agent's own (the fleet overview; test_fleet.py holds them to what it exports)
+        from test_metrics_doc import documented
+        exported |= {m + s for m in documented("Fleet agent") for s in ("", "_total")}
         for name, expr in rule_exprs() + dashboard_exprs():
             unknown = {m for m in metric_names(resolve(expr)) if m not in exported}
             assert not unknown, f"{name}: {expr} reads {unknown}, which is not exported"
