@@ -402,9 +402,14 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_roc(report: dict, path: str) -> None:
-    import matplotlib
+PLOTS_MISSING = "drawing needs matplotlib, an optional extra: pip install 'sysdream[plots]'"
 
+
+def plot_roc(report: dict, path: str) -> None:
+    try:            # here, not at the top: only --plot draws, and matplotlib is an extra
+        import matplotlib
+    except ImportError:
+        raise ValueError(PLOTS_MISSING) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -7,8 +7,9 @@
 #   /usr/bin/sysdream    the command
 #   /usr/lib/systemd/system/sysdream{,-agent,-server,-worker}.service, /etc/sysdream/sysdream.toml
 #   (a conffile),
-#   /usr/share/doc/sysdream, the man page, the bash completion, and the Grafana dashboard
-#   and Prometheus rules under /usr/share/sysdream
+#   /usr/share/doc/sysdream, the man page, the bash completion, and the Grafana dashboard,
+#   the Prometheus rules and the units' optional drop-ins (systemd/remote-outputs.conf,
+#   linked in by the administrator: docs/runbook.md) under /usr/share/sysdream
 #
 # SYSDREAM_DEB_VERSION overrides the version (pyproject's by default). Exit codes: 0 built,
 # 2 usage, 6 pip or the venv failed, 8 dpkg-deb failed.
@@ -50,7 +51,8 @@ install -m 0644 "$root/README.md" "$root"/docs/*.md "$root/docs/alert.schema.jso
 gzip -9n < "$root/packaging/sysdream.8" > "$pkg/usr/share/man/man8/sysdream.8.gz"
 install -m 0644 "$root/packaging/sysdream.bash-completion" \
     "$pkg/usr/share/bash-completion/completions/sysdream"
-cp -r "$root/packaging/grafana" "$root/packaging/prometheus" "$pkg/usr/share/sysdream/"
+cp -r "$root/packaging/grafana" "$root/packaging/prometheus" "$root/packaging/systemd" \
+    "$pkg/usr/share/sysdream/"
 printf '%s\n' "Files: *" "License: Apache-2.0" > "$pkg/usr/share/doc/sysdream/copyright"
 
 size=$(du -sk "$pkg" | cut -f1)

@@ -1,5 +1,7 @@
 """`make deb` builds a package that installs as the service the README describes, on this
-machine: the installed unit verifies and scores at most 3.0 exposure, the installed
+machine: the installed units verify and score at most 3.0 exposure (the capture daemon's
+at most 1.9, with the shipped remote-outputs drop-in linked in as docs/runbook.md says),
+it recommends no Prometheus server, the installed
 /usr/bin/sysdream runs doctor and a short record, an upgrade over a changed conffile keeps
 the administrator's file and the state, and a purge leaves nothing behind."""
 
@@ -51,6 +53,8 @@ def test_the_deb_installs_runs_upgrades_and_purges_clean(debs, tmp_path):
     old, new = debs["0.0.1~test"], debs["0.0.2~test"]
     info = sh("dpkg-deb", "--info", old).stdout
     assert "Depends: python3.11, python3-bpfcc, systemd" in info
+    recommends = re.search(r"^ Recommends: (.*)$", info, re.M).group(1)
+    assert "prometheus" not in recommends and "Suggests: prometheus" in info
     assert sh("dpkg-deb", "--contents", old).stdout.count("./etc/sysdream/sysdream.toml") == 1
     try:
         r = sh("dpkg", "-i", old)
@@ -63,6 +67,20 @@ def test_the_deb_installs_runs_upgrades_and_purges_clean(debs, tmp_path):
             m = re.search(rf"Overall exposure level for {name}.service: ([\d.]+)", s.stdout)
             assert m and float(m.group(1)) <= 3.0, s.stdout[-400:]
         unit = Path("/usr/lib/systemd/system/sysdream.service")
+        dropins = Path("/etc/systemd/system/sysdream.service.d")
+        try:
+            for linked in (False, True):
+                if linked:
+                    dropins.mkdir(parents=True)
+                    (dropins / "remote-outputs.conf").symlink_to(
+                        "/usr/share/sysdream/systemd/remote-outputs.conf")
+                s = sh("systemd-analyze", "security", "--offline=true", unit)
+                m = re.search(r"Overall exposure level for sysdream.service: ([\d.]+)",
+                              s.stdout)
+                assert m and float(m.group(1)) <= 1.9, s.stdout[-400:]
+                assert ("does not define an IP address allow list" in s.stdout) == linked
+        finally:
+            shutil.rmtree(dropins, ignore_errors=True)
         assert sh("/usr/bin/sysdream", "--version").stdout.startswith("sysdream ")
         doctor = sh("/usr/bin/sysdream", "doctor", timeout=300)
         assert doctor.returncode == 0, doctor.stdout + doctor.stderr
