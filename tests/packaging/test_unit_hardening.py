@@ -130,7 +130,7 @@ mount --bind {hidden} /proc/kallsyms
 drop() {{ setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=+bpf,+perfmon \
     --ambient-caps=+bpf,+perfmon "$@"; }}
 drop {sys.executable} -c "{check}" 2>&1 || true
-drop {sys.executable} -m sysdream.daemon.cli doctor
+drop {sys.executable} -m sysdream.daemon doctor
 """
     out = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c",
                           script], capture_output=True, text=True, timeout=300)

@@ -32,7 +32,7 @@ def test_the_wheel_is_complete(tmp_path):
         names = z.namelist()
         z.extractall(site)
     for needed in ("sysdream/probes/capture.bpf.c", "sysdream/probes/tables/syscall_names.py",
-                   "sysdream/model/dream.py", "sysdream/daemon/cli.py"):
+                   "sysdream/model/dream.py", "sysdream/daemon/commands/cli.py"):
         assert needed in names, needed
     sources = {p.relative_to(ROOT).as_posix() for room in ("probes", "model", "daemon")
                for p in (ROOT / room).rglob("*.py") if "__pycache__" not in p.parts}
