@@ -50,11 +50,11 @@ def _when(f: dict) -> float:
 def _ms(stamp) -> int | None:
     """An RFC 3339 text (or epoch seconds) as epoch milliseconds; None when unreadable."""
     if isinstance(stamp, (int, float)) and not isinstance(stamp, bool):
-        return int(stamp * 1000)
+        return round(stamp * 1000)
     if not isinstance(stamp, str) or not stamp:
         return None
     try:
-        return int(datetime.datetime.fromisoformat(stamp).timestamp() * 1000)
+        return round(datetime.datetime.fromisoformat(stamp).timestamp() * 1000)
     except ValueError:
         return None
 
@@ -274,7 +274,7 @@ def falco(kind: str, priority: int, msg: str, f: dict, message_id: str) -> dict:
     if _present(f.get("pid")):
         comm = f.get("comm") or ""
         for key, v in (
-                ("evt.time", int(t * 1e9)), ("proc.pid", f.get("pid")),
+                ("evt.time", round(t * 1000) * 1_000_000), ("proc.pid", f.get("pid")),
                 ("thread.tid", f.get("tid")), ("proc.name", comm),
                 ("proc.exe", argv[0] if argv else None), ("proc.exepath", f.get("exe")),
                 ("proc.args", args),
