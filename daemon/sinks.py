@@ -194,7 +194,7 @@ class QueuedSink(Sink):
 
     def __init__(self, capacity: int, kinds: tuple[str, ...]):
         super().__init__()
-        self.kinds, self.why = kinds, ""
+        self.kinds, self.why, self._full = kinds, "", False
         self.q: queue.Queue = queue.Queue(maxsize=capacity)
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"sysdream-{self.name}",
@@ -206,8 +206,15 @@ class QueuedSink(Sink):
             return
         try:
             self.q.put_nowait((kind, priority, msg, fields, message_id))
+            if self._full and self.q.qsize() <= self.q.maxsize // 2:   # drained: a new streak
+                self._full = False
         except queue.Full:
             self.counts["dropped"] += 1
+            if not self._full:          # once a streak, as for failures
+                self._full = True
+                print(f"sysdream: alert sink {self.name}: its queue of {self.q.maxsize} is "
+                      "full; new alerts are dropped and counted until it drains",
+                      file=sys.stderr, flush=True)
 
     def pending(self) -> int:
         return self.q.qsize()

@@ -253,7 +253,7 @@ def test_https_webhook_checks_the_certificate_against_ca_file(tmp_path):
         rx.close()
 
 
-def test_a_hanging_webhook_never_holds_detection_and_a_full_queue_is_counted():
+def test_a_hanging_webhook_never_holds_detection_and_a_full_queue_is_counted(capfd):
     rx = Receiver(hang_s=3.0)
     sink = sinks.WebhookSink(rx.url, timeout_s=0.3, retries=0, capacity=5)
     try:
@@ -262,6 +262,7 @@ def test_a_hanging_webhook_never_holds_detection_and_a_full_queue_is_counted():
             sink.emit("anomaly", alerts.CRIT, "m", fields(alert_id=str(i)), ID)
         assert time.monotonic() - t0 < 0.1, "emit waited for the receiver"
         assert sink.counts["dropped"] >= 44 and sink.pending() <= 5
+        assert capfd.readouterr().err.count("queue of 5 is full") == 1   # once, not 44 times
         wait_for(lambda: sink.counts["failed"] + sink.counts["sent"] >= 1, 10,
                  "the first try to time out")
         assert sink.counts["failed"] >= 1
