@@ -21,7 +21,7 @@ from daemon_helpers import config
 from harness import BENIGN, ODD, Daemon, run_script, wait_for, workload
 
 from sysdream.daemon import alerts, sinks
-from sysdream.daemon.config import ConfigError
+from sysdream.daemon.config import ConfigError, load
 
 # RFC 5424: <PRI>VERSION SP TIMESTAMP SP HOSTNAME SP APP-NAME SP PROCID SP MSGID SP SD SP MSG
 SD_PARAM = rb'[a-z0-9_]+="(?:[^"\\\]]|\\["\\\]])*"'
@@ -499,3 +499,15 @@ def test_a_world_readable_headers_file_stops_the_daemon_with_exit_12(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 12 and "Traceback" not in r.stderr, r.stderr
     assert "headers_file" in r.stderr and "readable by every user" in r.stderr
+
+
+def test_syslog_tls_is_configured_by_protocol_and_a_bad_ca_file_is_one_clear_error(tmp_path):
+    junk = tmp_path / "ca.pem"
+    junk.write_text("not a certificate\n")
+    cfg = config(tmp_path, f'[alerts.syslog]\nenabled = true\naddress = "127.0.0.1:6514"\n'
+                           f'protocol = "tls"\nca_file = "{junk}"\n')
+    c = load(cfg)
+    assert c.alerts_syslog.protocol == "tls"
+    with pytest.raises(ConfigError, match=r"\[alerts.syslog\] ca_file .*ca.pem: cannot read it "
+                                          r"as PEM certificates"):
+        alerts.network_sinks(c)
