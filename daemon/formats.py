@@ -288,7 +288,8 @@ def falco(kind: str, priority: int, msg: str, f: dict, message_id: str) -> dict:
                 ("user.loginuid", f.get("loginuid")),
                 ("user.loginname", f.get("login_user")), ("group.gid", f.get("gid")),
                 # Falco writes "host" for a process outside any container, and a 12-digit id
-                ("container.id", (f.get("container_id") or "host")[:12])):
+                ("container.id", (f.get("container_id") or "host")[:12]),
+                ("container.full_id", f.get("container_id"))):
             if _present(v):
                 flat[key] = v
     for k, v in f.items():

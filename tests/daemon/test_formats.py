@@ -1,8 +1,9 @@
 """The alert formats a SIEM reads without a parser (daemon/formats.py), each checked against
-its schema's own definitions: ECS against Elastic's flat field list of ECS 8.17.0
-(tests/daemon/data, vendored), OCSF against the OCSF 1.5.0 schema that ocsf-json-schema
-ships, Falco by the field names Falco's rules use. Last, a running daemon writing ECS to
-its JSON-lines file and posting OCSF to a webhook, with a bidi override in an argument."""
+its schema's own definitions, vendored or installed as data: ECS against Elastic's flat
+field list of ECS 8.17.0, OCSF against the OCSF 1.5.0 schema that ocsf-json-schema ships,
+Falco against the field tables of Falco's libraries (names and types; tests/daemon/data).
+Last, a running daemon writing ECS to its JSON-lines file and posting OCSF to a webhook,
+with a bidi override in an argument."""
 
 from __future__ import annotations
 
@@ -222,6 +223,36 @@ def test_ocsf_service_events_are_base_events_and_a_broken_finding_is_refused(ocs
     assert "'4242' is not of type 'integer'" in errors
 
 
+FALCO_FIELDS = Path(__file__).resolve().parent / "data" / "falco-fields.txt"
+FALCO_JSON = {"INT64": int, "UINT64": int, "UINT32": int, "INT32": int, "PID": int,
+              "CHARBUF": str, "STRING": str, "FSPATH": str, "BOOL": bool}
+
+
+def falco_problems(output_fields: dict) -> list[str]:
+    """Names Falco does not have, or values of another type than Falco writes."""
+    known = dict(line.split() for line in FALCO_FIELDS.read_text().splitlines()
+                 if line and not line.startswith("#"))
+    out = []
+    for name, v in output_fields.items():
+        if name.startswith("sysdream."):
+            continue
+        if name not in known:
+            out.append(f"{name}: not a Falco field")
+            continue
+        want = int if name == "evt.time" else FALCO_JSON[known[name]]  # ns in json_output
+        if not isinstance(v, want) or (isinstance(v, bool) and want is not bool):
+            out.append(f"{name}: {v!r} is not {known[name]}")
+    return out
+
+
+def test_falco_output_fields_are_falcos_names_and_types():
+    for a in (alert(), older_alert(), alert(exe_flags=["memfd"])):
+        of = formats.falco("anomaly", alerts.CRIT, "m", a, ID)["output_fields"]
+        assert falco_problems(of) == [], of
+    assert falco_problems({"proc.exe_path": "/x", "proc.pid": "1"}) == [
+        "proc.exe_path: not a Falco field", "proc.pid: '1' is not INT64"]
+
+
 def test_falco_output_uses_falcos_own_field_names():
     doc = formats.falco("anomaly", alerts.CRIT, "m", alert(), ID)
     of = doc["output_fields"]
@@ -238,6 +269,7 @@ def test_falco_output_uses_falcos_own_field_names():
     assert doc["priority"] == "Critical" and doc["rule"] == "sysdream anomaly"
     inside = formats.falco("anomaly", alerts.CRIT, "m", older_alert(), ID)["output_fields"]
     assert inside["container.id"] == "f" * 12                  # Falco's short id
+    assert inside["container.full_id"] == "f" * 64 and "container.full_id" not in of
     mem = formats.falco("anomaly", alerts.CRIT, "m", alert(exe_flags=["memfd"]), ID)
     assert mem["output_fields"]["proc.is_exe_from_memfd"] is True
 
