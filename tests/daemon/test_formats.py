@@ -138,6 +138,10 @@ def test_ecs_output_uses_ecs_8_names_types_and_allowed_values():
     for a in (alert(), older_alert()):
         doc = formats.ecs("anomaly", alerts.CRIT, "anomalous syscalls in sh", a, ID)
         assert ecs_problems(doc, defs) == [], doc
+    event = formats.ecs("model-loaded", alerts.INFO, "model loaded",
+                        {"time": 1795955343.25, "model_id": "m-1"},
+                        alerts.MESSAGE_IDS["model-loaded"])
+    assert ecs_problems(event, defs) == [] and event["event"]["kind"] == "event"
     doc = flatten(formats.ecs("anomaly", alerts.CRIT, "m", alert(), ID))
     assert doc["@timestamp"] == "2026-11-29T12:29:03.250Z" and doc["message"] == "m"
     assert doc["event.kind"] == "alert" and doc["event.category"] == ["process"]
