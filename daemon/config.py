@@ -18,6 +18,7 @@ from typing import Any
 from sysdream.model import archs
 from sysdream.probes.filters import FILTERS, Filter
 
+from .alerting.formats import FORMATS
 from .detect.evidence import GRADED_MAX
 
 DEFAULT_PATH = Path("/etc/sysdream/sysdream.toml")
@@ -63,6 +64,8 @@ def _endpoint(v: str) -> bool:
 _FACILITIES = ("kern", "user", "daemon", "auth", "syslog", "authpriv",
                *(f"local{i}" for i in range(8)))
 NUM = (int, float)
+_FORMAT_FORM = ('"sysdream" (the alert\'s own fields), "ecs" (Elastic Common Schema 8), '
+                '"ocsf" (OCSF Detection Finding) or "falco" (Falco\'s JSON)')
 SCHEMA: dict[str, dict[str, Key]] = {
     "service": {
         "state_directory": Key("/var/lib/sysdream", str, lambda v: v.startswith("/"),
@@ -129,6 +132,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "journald": Key(True, bool, form="true or false"),
         "json_lines": Key("", str, lambda v: v in ("", "-") or v.startswith("/"),
                           '"", "-" (standard output) or an absolute file path'),
+        "json_format": Key("sysdream", str, lambda v: v in FORMATS,
+                           _FORMAT_FORM),
         "rate_limit_burst": Key(5, int, _rng(1, 10**6), "an integer, 1 or more"),
         "rate_limit_interval_s": Key(60.0, NUM, _rng(0.001, 86400), "seconds, up to 86400"),
         "rate_limit_ceiling_per_minute": Key(60, int, _rng(1, 10**6),
@@ -140,7 +145,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "enabled": Key(False, bool, form="true or false"),
         "address": Key("", str, lambda v: v == "" or _hostport(v),
                        '"HOST:PORT" (an IPv6 address in brackets: "[::1]:514")'),
-        "protocol": Key("udp", str, lambda v: v in ("udp", "tcp"), '"udp" or "tcp"'),
+        "protocol": Key("udp", str, lambda v: v in ("udp", "tcp", "tls"),
+                        '"udp", "tcp" or "tls" (RFC 5425, port 6514 by convention)'),
+        "ca_file": Key("", str, lambda v: v == "" or v.startswith("/"),
+                       '"" (the system\'s CAs) or an absolute path'),
         "facility": Key("authpriv", str, lambda v: v in _FACILITIES,
                         f"one of {', '.join(_FACILITIES)}"),
         "max_bytes": Key(8192, int, _rng(480, 65000),
@@ -152,11 +160,18 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "enabled": Key(False, bool, form="true or false"),
         "url": Key("", str, lambda v: v == "" or v.startswith(("http://", "https://")),
                    "an http:// or https:// URL"),
-        "format": Key("sysdream", str, lambda v: v in ("sysdream", "falco"),
-                      '"sysdream" (the alert\'s own fields) or "falco" (Falco\'s JSON)'),
+        "format": Key("sysdream", str, lambda v: v in FORMATS,
+                      _FORMAT_FORM),
         "headers": Key([], list, lambda v: all(isinstance(x, str) and ":" in x
                                                and "\n" not in x for x in v),
                        'a list of "Name: value" strings'),
+        "headers_file": Key("", str, lambda v: v == "" or v.startswith("/"),
+                            '"" or the absolute path of a file of "Name: value" lines, '
+                            "not readable by other users"),
+        "headers_credential": Key("", str,
+                                  lambda v: v == "" or bool(re.fullmatch(r"[\w.@-]{1,255}", v)),
+                                  '"" or the name of a systemd credential '
+                                  "(LoadCredential=NAME:FILE) holding such lines"),
         "timeout_s": Key(5.0, NUM, _rng(0.1, 300), "seconds, 0.1 to 300"),
         "retries": Key(5, int, _rng(0, 100), "an integer, 0 to 100"),
         "backoff_s": Key(1.0, NUM, _rng(0.01, 600), "seconds, 0.01 to 600"),

@@ -6,6 +6,7 @@
     ratelimit.py    per-fingerprint limits and the ceiling; the summary of what was held
     deliveries.py   the sinks the configuration enables; deliveries by sink and result
     sinks.py        one class per channel: journald, JSON lines, syslog, webhook
+    formats.py      an alert's layout: sysdream's fields, ECS, OCSF or Falco's
     allow.py        `sysdream allow`: the operator's answer to a false alert
 
 May import context, metrics.labels and config.

@@ -42,7 +42,7 @@ def build_sinks(cfg, deliveries: Deliveries | None = None) -> sinks.Sinks:
     if a.journald:
         out.append(sinks.JournaldSink())
     if a.json_lines:
-        out.append(sinks.JsonLinesSink(a.json_lines))
+        out.append(sinks.JsonLinesSink(a.json_lines, a.json_format))
     out += network_sinks(cfg)
     return sinks.Sinks(out, MESSAGE_IDS, deliveries)
 
@@ -53,10 +53,10 @@ def network_sinks(cfg) -> list:
     if s.enabled:
         out.append(sinks.SyslogSink(s.address, s.protocol, s.facility, s.queue, s.max_bytes,
                                     kinds=tuple(MESSAGE_IDS) if s.events else
-                                    sinks.ALERT_KINDS))
+                                    sinks.ALERT_KINDS, ca_file=s.ca_file))
     if w.enabled:
         out.append(sinks.WebhookSink(w.url, w.format, tuple(w.headers), float(w.timeout_s),
                                      w.retries, float(w.backoff_s), w.queue,
                                      tuple(MESSAGE_IDS) if w.events else sinks.ALERT_KINDS,
-                                     w.ca_file))
+                                     w.ca_file, w.headers_file, w.headers_credential))
     return out

@@ -8,13 +8,16 @@ enabled in the configuration ([alerts] journald and json_lines, [alerts.syslog],
 Detection never waits for a channel that is slow or down: journald and a JSON-lines file
 are written in place (local and fast; journald's absence is detected before libsystemd
 would drop the message silently, and the alert goes to standard error instead), while the
-network channels (syslog over UDP or TCP, webhooks) hand each alert to a bounded queue
-drained by their own thread; a full queue drops the alert and counts it.
+network channels (syslog over UDP, TCP or TLS, webhooks) hand each alert to a bounded
+queue drained by their own thread; a full queue drops the alert and counts it. The first
+failed delivery of a streak is logged on standard error (journald under systemd) with its
+reason; the rest are only counted, until one succeeds.
+
+The layout of each alert (sysdream's fields, ECS, OCSF, Falco) is daemon/alerting/formats.py's.
 """
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import queue
@@ -27,6 +30,7 @@ import urllib.request
 from collections import Counter
 
 from ..config import ConfigError
+from .formats import native, rfc3339, shape
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 HOSTNAME = socket.gethostname()
@@ -39,38 +43,11 @@ SD_ID = "sysdream@32473"
 SD_PARAMS = ("alert_id", "fingerprint", "severity", "pid", "comm", "exe", "user", "uid",
              "lineage_text", "unit", "container_id", "score", "bound", "evidence",
              "model_id", "unknown_syscalls", "time_rfc3339")
-FALCO_PRIORITY = {0: "Emergency", 1: "Alert", 2: "Critical", 3: "Error", 4: "Warning",
-                  5: "Notice", 6: "Informational", 7: "Debug"}
 ALERT_KINDS = ("anomaly", "alerts-suppressed")   # what a network sink sends by default
 
 
-def rfc3339(t: float) -> str:
-    return datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat(
-        timespec="milliseconds").replace("+00:00", "Z")
-
-
 def json_line(kind: str, priority: int, msg: str, fields: dict, message_id: str) -> str:
-    return json.dumps({"message": msg, "message_id": message_id, "priority": priority,
-                       **fields}, separators=(",", ":"))
-
-
-def falco_shape(kind: str, priority: int, msg: str, fields: dict) -> dict:
-    """An alert as Falco writes one (json_output), so that Falcosidekick and the tools
-    that read Falco's events take it: output, priority, rule, time, hostname,
-    output_fields (flat, dotted names), tags, source."""
-    t = fields.get("time")
-    t = t if isinstance(t, (int, float)) else time.time()
-    flat = {}
-    for k, v in fields.items():
-        flat[f"sysdream.{k}"] = v if isinstance(v, (str, int, float, bool)) or v is None \
-            else json.dumps(v, separators=(",", ":"))
-    tags = ["sysdream", kind]
-    if fields.get("severity"):
-        tags.append(str(fields["severity"]))
-    return {"output": msg, "priority": FALCO_PRIORITY.get(priority, "Warning"),
-            "rule": f"sysdream {kind}", "time": rfc3339(t).replace("Z", "000000Z"),
-            "hostname": fields.get("hostname") or HOSTNAME, "output_fields": flat,
-            "tags": tags, "source": "sysdream"}
+    return json.dumps(native(kind, priority, msg, fields, message_id), separators=(",", ":"))
 
 
 class Sink:
@@ -78,6 +55,24 @@ class Sink:
 
     def __init__(self):
         self.counts: Counter = Counter()     # sent, failed, dropped
+        self._failing = False
+
+    def sent(self) -> None:
+        self.counts["sent"] += 1
+        if self._failing:
+            self._failing = False
+            print(f"sysdream: alert sink {self.name} delivers again", file=sys.stderr,
+                  flush=True)
+
+    def failed(self, why: str) -> None:
+        """Count a failed delivery; log only the first of a streak, so that a receiver
+        down for an hour writes one line, not one per alert."""
+        self.counts["failed"] += 1
+        if not self._failing:
+            self._failing = True
+            print(f"sysdream: alert sink {self.name}: delivery failed ({why}); further "
+                  "failures are only counted (sysdream_alert_deliveries_total) until one "
+                  "succeeds", file=sys.stderr, flush=True)
 
     def emit(self, kind: str, priority: int, msg: str, fields: dict, message_id: str
              ) -> None:
@@ -157,13 +152,13 @@ def journal_value(key: str, v) -> str:
 
 
 class JsonLinesSink(Sink):
-    """One JSON object a line, to a file (created 0600, appended, never through a link)
-    or to standard output ("-")."""
+    """One JSON object a line, in format `fmt` (daemon/alerting/formats.py), to a file (created
+    0600, appended, never through a link) or to standard output ("-")."""
     name = "json_lines"
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, fmt: str = "sysdream"):
         super().__init__()
-        self.path = path
+        self.path, self.fmt = path, fmt
         if path == "-":
             self._f = sys.stdout
             return
@@ -180,11 +175,12 @@ class JsonLinesSink(Sink):
 
     def emit(self, kind, priority, msg, fields, message_id):
         try:
-            self._f.write(json_line(kind, priority, msg, fields, message_id) + "\n")
+            doc = shape(self.fmt, kind, priority, msg, fields, message_id)
+            self._f.write(json.dumps(doc, separators=(",", ":")) + "\n")
             self._f.flush()
-            self.counts["sent"] += 1
-        except OSError:
-            self.counts["failed"] += 1
+            self.sent()
+        except OSError as exc:
+            self.failed(f"{self.path}: {exc.strerror}")
 
     def close(self):
         if self._f is not sys.stdout:
@@ -198,7 +194,7 @@ class QueuedSink(Sink):
 
     def __init__(self, capacity: int, kinds: tuple[str, ...]):
         super().__init__()
-        self.kinds = kinds
+        self.kinds, self.why, self._full = kinds, "", False
         self.q: queue.Queue = queue.Queue(maxsize=capacity)
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"sysdream-{self.name}",
@@ -210,8 +206,15 @@ class QueuedSink(Sink):
             return
         try:
             self.q.put_nowait((kind, priority, msg, fields, message_id))
+            if self._full and self.q.qsize() <= self.q.maxsize // 2:   # drained: a new streak
+                self._full = False
         except queue.Full:
             self.counts["dropped"] += 1
+            if not self._full:          # once a streak, as for failures
+                self._full = True
+                print(f"sysdream: alert sink {self.name}: its queue of {self.q.maxsize} is "
+                      "full; new alerts are dropped and counted until it drains",
+                      file=sys.stderr, flush=True)
 
     def pending(self) -> int:
         return self.q.qsize()
@@ -223,11 +226,12 @@ class QueuedSink(Sink):
             except queue.Empty:
                 continue
             if self.deliver(*item):
-                self.counts["sent"] += 1
+                self.sent()
             else:
-                self.counts["failed"] += 1
+                self.failed(self.why)
 
     def deliver(self, kind, priority, msg, fields, message_id) -> bool:
+        """Send one alert; False (the reason in `self.why`) when it did not arrive."""
         raise NotImplementedError
 
     def close(self, drain_s: float = 2.0) -> None:
@@ -240,18 +244,23 @@ class QueuedSink(Sink):
 
 class SyslogSink(QueuedSink):
     """RFC 5424 syslog to `host:port` over UDP (one datagram an alert, at most
-    `max_bytes`) or TCP (octet-counted frames, RFC 6587; reconnected on failure)."""
+    `max_bytes`), TCP (octet-counted frames, RFC 6587) or TLS (the same frames, RFC 5425;
+    the receiver's certificate checked against `ca_file` or the system's CAs, and its
+    name against the host); a stream is reconnected on failure."""
     name = "syslog"
 
     def __init__(self, address: str, protocol: str = "udp", facility: str = "authpriv",
                  capacity: int = 1000, max_bytes: int = 8192, timeout_s: float = 5.0,
-                 kinds: tuple[str, ...] = ALERT_KINDS):
+                 kinds: tuple[str, ...] = ALERT_KINDS, ca_file: str = ""):
         self.host, _, port = address.rpartition(":")
         self.host = self.host.strip("[]")
         self.port, self.protocol = int(port), protocol
         self.facility, self.max_bytes, self.timeout = FACILITIES[facility], max_bytes, \
             timeout_s
         self._sock: socket.socket | None = None
+        self.context = None
+        if protocol == "tls":
+            self.context = _tls_context(ca_file, "[alerts.syslog] ca_file")
         super().__init__(capacity, kinds)
 
     def frame(self, kind, priority, msg, fields) -> bytes:
@@ -274,12 +283,18 @@ class SyslogSink(QueuedSink):
         kind = socket.SOCK_DGRAM if self.protocol == "udp" else socket.SOCK_STREAM
         s = socket.socket(family, kind)
         s.settimeout(self.timeout)
-        s.connect((self.host, self.port))
+        try:
+            s.connect((self.host, self.port))
+            if self.context is not None:
+                s = self.context.wrap_socket(s, server_hostname=self.host)
+        except BaseException:
+            s.close()
+            raise
         return s
 
     def deliver(self, kind, priority, msg, fields, message_id) -> bool:
         data = self.frame(kind, priority, msg, fields)
-        if self.protocol == "tcp":
+        if self.protocol != "udp":        # RFC 6587 and RFC 5425: octet counting
             data = f"{len(data)} ".encode() + data
         for attempt in range(2):        # a TCP peer that closed: one reconnection
             try:
@@ -287,7 +302,9 @@ class SyslogSink(QueuedSink):
                     self._sock = self._connect()
                 self._sock.sendall(data)
                 return True
-            except OSError:
+            except OSError as exc:     # ssl.SSLError is one
+                self.why = f"{self.protocol}://{self.host}:{self.port}: " \
+                    f"{getattr(exc, 'reason', None) or exc.strerror or exc}"
                 if self._sock is not None:
                     self._sock.close()
                 self._sock = None
@@ -301,6 +318,16 @@ class SyslogSink(QueuedSink):
             self._sock.close()
 
 
+def _tls_context(ca_file: str, key: str):
+    import ssl
+
+    try:
+        return ssl.create_default_context(cafile=ca_file or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{key} {ca_file}: cannot read it as PEM certificates ({exc}); "
+                          "name a readable CA file, or \"\" for the system's CAs") from None
+
+
 def _sd_escape(v: str) -> str:
     return v.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
 
@@ -311,33 +338,89 @@ def _token(v: str, n: int) -> str:
     return out or "-"
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A 3xx is an answer, not a new address: urllib would re-send the alert as a GET,
+    with the Authorization header, to whatever host (and scheme) the receiver names."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None       # urllib then raises HTTPError(code)
+
+
+def secret_lines(path: str, what: str) -> list[str]:
+    """The "Name: value" lines of a file of webhook headers (blank lines and # comments
+    passed over). The file holds credentials: one any user may read is refused."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot read it ({exc.strerror}); the daemon's "
+                          "user must be able to open it (under systemd: LoadCredential=)"
+                          ) from None
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        if mode & 0o004:
+            raise ConfigError(f"{what} {path}: readable by every user (mode "
+                              f"{mode & 0o777:o}) and it holds credentials; chmod o-r it "
+                              "(0600 or 0400, owned by the daemon's user) or hand it over "
+                              "with LoadCredential=")
+        text = f.read(1 << 16).decode("utf-8", "replace")
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, colon, _ = line.partition(":")
+        if not colon or not name.strip() or " " in name.strip():
+            # the line itself is not shown: it may be a secret
+            raise ConfigError(f"{what} {path}:{n}: not a \"Name: value\" header line")
+        out.append(line)
+    return out
+
+
+def credential_path(name: str) -> str:
+    """A systemd credential's file ($CREDENTIALS_DIRECTORY/NAME, LoadCredential=)."""
+    base = os.environ.get("CREDENTIALS_DIRECTORY", "")
+    if not base:
+        raise ConfigError(f"[alerts.webhook] headers_credential = {name!r}, but no systemd "
+                          "credentials were passed (no $CREDENTIALS_DIRECTORY); add "
+                          f"LoadCredential={name}:/etc/sysdream/{name} to the unit, or use "
+                          "headers_file")
+    return os.path.join(base, name)
+
+
 class WebhookSink(QueuedSink):
-    """An HTTP(S) POST of each alert as JSON (sysdream's fields, or Falco's shape for
-    Falcosidekick and what reads Falco), retried with exponential backoff on a refused or
-    timed-out connection, a 5xx or a 429, up to `retries` times; other 4xx are not
-    retried. Each try waits at most `timeout_s`."""
+    """An HTTP(S) POST of each alert as JSON in format `fmt` (daemon/alerting/formats.py), retried
+    with exponential backoff on a refused or timed-out connection, a 5xx or a 429, up to
+    `retries` times; other 4xx are not retried. A redirect is never followed (counted
+    failed). Each try waits at most `timeout_s`. Headers come from `headers` and from
+    `headers_file` or a systemd credential, so that a token need not sit in the config."""
     name = "webhook"
 
-    def __init__(self, url: str, shape: str = "sysdream", headers: tuple[str, ...] = (),
+    def __init__(self, url: str, fmt: str = "sysdream", headers: tuple[str, ...] = (),
                  timeout_s: float = 5.0, retries: int = 5, backoff_s: float = 1.0,
                  capacity: int = 1000, kinds: tuple[str, ...] = ALERT_KINDS,
-                 ca_file: str = ""):
-        self.url, self.shape, self.timeout = url, shape, timeout_s
+                 ca_file: str = "", headers_file: str = "", headers_credential: str = ""):
+        self.url, self.fmt, self.timeout = url, fmt, timeout_s
         self.retries, self.backoff = retries, backoff_s
         self.headers = {"Content-Type": "application/json",
                         "User-Agent": "sysdream"}
-        for h in headers:
+        lines = list(headers)
+        if headers_file:
+            lines += secret_lines(headers_file, "[alerts.webhook] headers_file")
+        if headers_credential:
+            lines += secret_lines(credential_path(headers_credential),
+                                  "[alerts.webhook] headers_credential")
+        for h in lines:
             k, _, v = h.partition(":")
             self.headers[k.strip()] = v.strip()
-        self.context = None
+        handlers: list = [_NoRedirect()]
         if url.startswith("https:"):
-            import ssl
-            self.context = ssl.create_default_context(cafile=ca_file or None)
+            handlers.append(urllib.request.HTTPSHandler(
+                context=_tls_context(ca_file, "[alerts.webhook] ca_file")))
+        self.opener = urllib.request.build_opener(*handlers)
         super().__init__(capacity, kinds)
 
     def body(self, kind, priority, msg, fields, message_id) -> bytes:
-        doc = falco_shape(kind, priority, msg, fields) if self.shape == "falco" else \
-            json.loads(json_line(kind, priority, msg, fields, message_id))
+        doc = shape(self.fmt, kind, priority, msg, fields, message_id)
         return json.dumps(doc, separators=(",", ":")).encode()
 
     def deliver(self, kind, priority, msg, fields, message_id) -> bool:
@@ -352,16 +435,20 @@ class WebhookSink(QueuedSink):
             req = urllib.request.Request(self.url, data=data, headers=self.headers,
                                          method="POST")
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout,
-                                            context=self.context) as r:
+                with self.opener.open(req, timeout=self.timeout) as r:
                     r.read(65536)
                 return True
             except urllib.error.HTTPError as exc:
                 exc.close()
+                self.why = f"{self.url}: HTTP {exc.code}"
+                if 300 <= exc.code < 400:
+                    self.why += (f" redirect to {exc.headers.get('Location', '?')}, not "
+                                 "followed; set url to the address that takes the POST")
+                    return False
                 if exc.code != 429 and exc.code < 500:
                     return False
-            except (OSError, ValueError):
-                pass
+            except (OSError, ValueError) as exc:
+                self.why = f"{self.url}: {getattr(exc, 'reason', None) or exc}"
         return False
 
 

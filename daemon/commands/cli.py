@@ -12,6 +12,7 @@ from sysdream.model.bundle import BundleError
 from sysdream.probes import errors
 from sysdream.probes.filters import FILTERS
 
+from ..alerting.formats import FORMATS
 from ..config import ConfigError
 from ..exitcodes import Exit, FleetEndpointError, MetricsPortError, StateDirError, exit_code_for
 
@@ -76,6 +77,9 @@ def _add_run_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--metrics-port", type=int, help="[metrics] port")
     run.add_argument("--no-metrics", action="store_true", help="no metrics endpoint")
     run.add_argument("--json-lines", help='[alerts] json_lines: "-" or a file')
+    run.add_argument("--json-format", choices=FORMATS,
+                     help="[alerts] json_format: the layout of --json-lines (sysdream's own "
+                          "fields, Elastic Common Schema, OCSF or Falco's JSON)")
     run.add_argument("--no-journald", action="store_true", help="alerts not to journald")
     run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="any configuration key, e.g. --set detection.confidence=0.999 "
@@ -368,6 +372,7 @@ def run_overrides(args: argparse.Namespace) -> dict:
          ("alerts", "json_lines"): args.json_lines if args.json_lines in (None, "-", "")
          else str(Path(args.json_lines).absolute()),  # not resolved: a link is refused
          ("alerts", "journald"): False if args.no_journald else None,
+         ("alerts", "json_format"): args.json_format,
          ("capture", "chunk"): args.chunk,
          ("capture", "strict_compat"): True if args.strict_compat else None}
     o.update({("capture", key): values for key, values in filter_values(args).items()})

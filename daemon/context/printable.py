@@ -1,13 +1,17 @@
 """Names and arguments made safe for people to read: one line, no terminal escapes.
 
 Process names (comm), executables and command lines are chosen by whoever runs the
-process, so they may hold newlines (a fake log line), ESC (terminal control), BEL or bytes
-that are not UTF-8. Every human-facing output shows them through `printable`: control
-characters as backslash escapes, undecodable bytes as \\xNN, and a literal backslash
-doubled, so two different names never print alike.
+process, so they may hold newlines (a fake log line), ESC (terminal control), BEL, bytes
+that are not UTF-8, or invisible format characters (Unicode category Cf: U+202E turns the
+rest of a line around, U+200B hides inside a name that then reads like another). Every
+human-facing output shows them through `printable`: control and format characters as
+backslash escapes, undecodable bytes as \\xNN, and a literal backslash doubled, so two
+different names never print alike.
 """
 
 from __future__ import annotations
+
+import unicodedata
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
 
@@ -22,6 +26,8 @@ def _char(c: str) -> str:
         return f"\\x{o:02x}"
     if o in (0x2028, 0x2029) or 0xD800 <= o <= 0xDFFF:   # line separators, lone surrogates
         return f"\\u{o:04x}"
+    if unicodedata.category(c) == "Cf":     # bidi overrides, zero-width characters, tags
+        return f"\\u{o:04x}" if o <= 0xFFFF else f"\\U{o:08x}"
     return c
 
 

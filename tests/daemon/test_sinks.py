@@ -21,8 +21,9 @@ from daemon_helpers import config
 from harness import BENIGN, ODD, Daemon, run_script, wait_for, workload
 from speed import scaled
 
+from sysdream.daemon.alerting import deliveries, kinds, sinks
 from sysdream.daemon.alerting import fields as alertfields
-from sysdream.daemon.alerting import kinds, sinks
+from sysdream.daemon.config import ConfigError, load
 
 # RFC 5424: <PRI>VERSION SP TIMESTAMP SP HOSTNAME SP APP-NAME SP PROCID SP MSGID SP SD SP MSG
 SD_PARAM = rb'[a-z0-9_]+="(?:[^"\\\]]|\\["\\\]])*"'
@@ -139,10 +140,13 @@ def test_syslog_tcp_frames_reconnects_and_counts_a_refusing_collector():
 
 class Receiver:
     """A local HTTP server: answers each POST with the next status of `plan` (then 200),
-    or sleeps `hang_s` first; keeps what it got."""
+    or sleeps `hang_s` first, with `location` as its Location header when given; keeps
+    what it got (a GET too, with its headers, in `gets`)."""
 
-    def __init__(self, plan=(), hang_s: float = 0.0, tls: tuple[str, str] | None = None):
-        self.plan, self.hang_s, self.got = list(plan), hang_s, []
+    def __init__(self, plan=(), hang_s: float = 0.0, tls: tuple[str, str] | None = None,
+                 location: str = ""):
+        self.plan, self.hang_s, self.got, self.gets = list(plan), hang_s, [], []
+        self.location = location
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -153,9 +157,17 @@ class Receiver:
                     time.sleep(owner.hang_s)
                 code = owner.plan.pop(0) if owner.plan else 200
                 self.send_response(code)
+                if owner.location:
+                    self.send_header("Location", owner.location)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
                 self.wfile.write(b"ok")
+
+            def do_GET(self):
+                owner.gets.append(dict(self.headers))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
             def log_message(self, *args):
                 pass
@@ -243,7 +255,7 @@ def test_https_webhook_checks_the_certificate_against_ca_file(tmp_path):
         rx.close()
 
 
-def test_a_hanging_webhook_never_holds_detection_and_a_full_queue_is_counted():
+def test_a_hanging_webhook_never_holds_detection_and_a_full_queue_is_counted(capfd):
     rx = Receiver(hang_s=3.0)
     sink = sinks.WebhookSink(rx.url, timeout_s=0.3, retries=0, capacity=5)
     try:
@@ -252,6 +264,7 @@ def test_a_hanging_webhook_never_holds_detection_and_a_full_queue_is_counted():
             sink.emit("anomaly", kinds.CRIT, "m", fields(alert_id=str(i)), ID)
         assert time.monotonic() - t0 < 0.1, "emit waited for the receiver"
         assert sink.counts["dropped"] >= 44 and sink.pending() <= 5
+        assert capfd.readouterr().err.count("queue of 5 is full") == 1   # once, not 44 times
         wait_for(lambda: sink.counts["failed"] + sink.counts["sent"] >= 1, 10,
                  "the first try to time out")
         assert sink.counts["failed"] >= 1
@@ -322,3 +335,181 @@ def test_a_network_output_without_its_address_is_refused_with_exit_12(tmp_path):
                         str(cfg)], capture_output=True, text=True, timeout=scaled(60))
     assert r.returncode == 12 and "Traceback" not in r.stderr
     assert "[alerts.webhook] is enabled but has no url" in r.stderr
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made by openssl for this test."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+class TlsCollector:
+    """A syslog-over-TLS receiver (RFC 5425) on loopback: each connection's bytes, read by
+    one thread."""
+
+    def __init__(self, cert: Path, key: Path):
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(cert), str(key))
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen()
+        self.port, self.data, self.handshakes_failed = self.srv.getsockname()[1], b"", 0
+        self.ctx = ctx
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                raw, _ = self.srv.accept()
+            except OSError:
+                return
+            try:
+                conn = self.ctx.wrap_socket(raw, server_side=True)
+            except OSError:
+                self.handshakes_failed += 1
+                raw.close()
+                continue
+            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
+
+    def _read(self, conn):
+        try:
+            while chunk := conn.recv(65536):
+                self.data += chunk
+        except OSError:
+            pass
+
+    def frames(self) -> list[bytes]:
+        """RFC 5425 octet-counted frames: "LEN SP MSG", back to back."""
+        out, buf = [], self.data
+        while buf:
+            n, _, rest = buf.partition(b" ")
+            out.append(rest[:int(n)])
+            buf = rest[int(n):]
+        return out
+
+    def close(self):
+        self.srv.close()
+
+
+def test_syslog_over_tls_is_octet_counted_and_checks_the_collectors_certificate(
+        tmp_path, capfd):
+    """RFC 5425 to a real TLS receiver: frames parse by their octet counts and each is
+    RFC 5424; without the CA file the certificate is refused, nothing is sent in clear,
+    and the failure is logged once for the streak, not once per alert."""
+    cert, key = self_signed(tmp_path)
+    rx = TlsCollector(cert, key)
+    good = sinks.SyslogSink(f"127.0.0.1:{rx.port}", "tls", ca_file=str(cert))
+    bad = sinks.SyslogSink(f"127.0.0.1:{rx.port}", "tls")
+    try:
+        for i in range(3):
+            good.emit("anomaly", kinds.CRIT, f"alert {i} \u00e9", fields(alert_id=f"t{i}"), ID)
+            bad.emit("anomaly", kinds.CRIT, "unverified", fields(alert_id="no"), ID)
+        wait_for(lambda: good.counts["sent"] == 3 and bad.counts["failed"] == 3, 20,
+                 "three over verified TLS, three refused")
+        wait_for(lambda: len(rx.frames()) == 3, 10, "three frames")
+        for i, frame in enumerate(rx.frames()):
+            m = RFC5424.match(frame)
+            assert m and m.group(7).decode() == f"alert {i} \u00e9"
+            assert f'alert_id="t{i}"'.encode() in m.group(6)
+        assert b"unverified" not in rx.data and rx.handshakes_failed >= 1
+        err = capfd.readouterr().err
+        assert err.count("alert sink syslog: delivery failed") == 1, err
+        assert "CERTIFICATE_VERIFY_FAILED" in err
+    finally:
+        good.close(drain_s=0.1)
+        bad.close(drain_s=0.1)
+        rx.close()
+
+
+def test_webhook_follows_no_redirect_and_never_forwards_the_token(tmp_path, capfd):
+    """A receiver answering 302 to another host: the alert counts failed, is not re-sent
+    (neither as a GET nor as a POST, nor retried), Authorization never reaches the other
+    host, and the first failure is logged with where it pointed; later ones only count."""
+    elsewhere = Receiver()
+    rx = Receiver(plan=[302, 307, 308], location=elsewhere.url)
+    sink = sinks.WebhookSink(rx.url, "sysdream", ("Authorization: Bearer s3cret",),
+                             retries=3, backoff_s=0.05)
+    try:
+        for i in range(3):
+            sink.emit("anomaly", kinds.CRIT, "m", fields(alert_id=str(i)), ID)
+        wait_for(lambda: sink.counts["failed"] == 3, 10, "three redirects, three failures")
+        assert sink.counts["sent"] == 0 and sink.counts["retried"] == 0
+        assert len(rx.got) == 3
+        assert elsewhere.got == [] and elsewhere.gets == []
+        err = capfd.readouterr().err
+        assert err.count("alert sink webhook: delivery failed") == 1, err
+        assert f"HTTP 302 redirect to {elsewhere.url}, not followed" in err
+        sink.emit("anomaly", kinds.CRIT, "m", fields(alert_id="ok"), ID)    # plan spent
+        wait_for(lambda: sink.counts["sent"] == 1, 10, "delivered again")
+        assert "alert sink webhook delivers again" in capfd.readouterr().err
+    finally:
+        sink.close()
+        rx.close()
+        elsewhere.close()
+
+
+def test_webhook_headers_come_from_a_private_file_or_a_systemd_credential(
+        tmp_path, monkeypatch):
+    rx = Receiver()
+    secret = tmp_path / "webhook-headers"
+    secret.write_text("# the SIEM's token\nAuthorization: Bearer from-file\n\nX-Tenant: a\n")
+    secret.chmod(0o644)
+    with pytest.raises(ConfigError, match=r"readable by every user \(mode 644\).*chmod o-r"):
+        sinks.WebhookSink(rx.url, headers_file=str(secret))
+    secret.chmod(0o600)
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "webhook").write_text("Authorization: Bearer from-credential\n")
+    (creds / "webhook").chmod(0o400)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    with pytest.raises(ConfigError, match="no \\$CREDENTIALS_DIRECTORY.*LoadCredential="):
+        sinks.WebhookSink(rx.url, headers_credential="webhook")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    by_file = sinks.WebhookSink(rx.url, retries=0, headers_file=str(secret))
+    by_cred = sinks.WebhookSink(rx.url, retries=0, headers_credential="webhook")
+    bad = tmp_path / "bad-headers"
+    bad.write_text("Authorization Bearer no-colon-so-not-a-header\n")
+    bad.chmod(0o600)
+    with pytest.raises(ConfigError, match=r"bad-headers:1: not a \"Name: value\"") as exc:
+        sinks.WebhookSink(rx.url, headers_file=str(bad))
+    assert "no-colon" not in str(exc.value)          # a secret is never echoed
+    try:
+        by_file.emit("anomaly", kinds.CRIT, "m", fields(alert_id="f"), ID)
+        by_cred.emit("anomaly", kinds.CRIT, "m", fields(alert_id="c"), ID)
+        wait_for(lambda: len(rx.got) == 2, 10, "both delivered")
+        auth = {d["alert_id"]: (h["Authorization"], h.get("X-Tenant")) for h, d in rx.got}
+        assert auth == {"f": ("Bearer from-file", "a"), "c": ("Bearer from-credential", None)}
+    finally:
+        by_file.close()
+        by_cred.close()
+        rx.close()
+
+
+def test_a_world_readable_headers_file_stops_the_daemon_with_exit_12(tmp_path):
+    secret = tmp_path / "h"
+    secret.write_text("Authorization: Bearer x\n")
+    secret.chmod(0o644)
+    cfg = tmp_path / "sysdream.toml"
+    cfg.write_text(f'[alerts.webhook]\nenabled = true\nurl = "http://127.0.0.1:9/"\n'
+                   f'headers_file = "{secret}"\n')
+    r = subprocess.run([sys.executable, "-m", "sysdream.daemon.cli", "run", "--config",
+                        str(cfg), "--no-metrics", "--state-dir", str(tmp_path / "s")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 12 and "Traceback" not in r.stderr, r.stderr
+    assert "headers_file" in r.stderr and "readable by every user" in r.stderr
+
+
+def test_syslog_tls_is_configured_by_protocol_and_a_bad_ca_file_is_one_clear_error(tmp_path):
+    junk = tmp_path / "ca.pem"
+    junk.write_text("not a certificate\n")
+    cfg = config(tmp_path, f'[alerts.syslog]\nenabled = true\naddress = "127.0.0.1:6514"\n'
+                           f'protocol = "tls"\nca_file = "{junk}"\n')
+    c = load(cfg)
+    assert c.alerts_syslog.protocol == "tls"
+    with pytest.raises(ConfigError, match=r"\[alerts.syslog\] ca_file .*ca.pem: cannot read it "
+                                          r"as PEM certificates"):
+        deliveries.network_sinks(c)
