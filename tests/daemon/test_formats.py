@@ -305,7 +305,11 @@ def test_the_daemon_writes_ecs_lines_and_posts_ocsf_with_escaped_bidi_text(
 
     rx = Receiver()
     prog = workload(tmp_path)
+    # limits high enough that the benign run's alerts never hold back the odd run's
     cfg = config(tmp_path, f"""
+[alerts]
+rate_limit_burst = 1000
+rate_limit_ceiling_per_minute = 10000
 [alerts.webhook]
 enabled = true
 url = "{rx.url}"

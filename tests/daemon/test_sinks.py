@@ -496,7 +496,7 @@ def test_a_world_readable_headers_file_stops_the_daemon_with_exit_12(tmp_path):
     cfg = tmp_path / "sysdream.toml"
     cfg.write_text(f'[alerts.webhook]\nenabled = true\nurl = "http://127.0.0.1:9/"\n'
                    f'headers_file = "{secret}"\n')
-    r = subprocess.run([sys.executable, "-m", "sysdream.daemon.cli", "run", "--config",
+    r = subprocess.run([sys.executable, "-m", "sysdream.daemon", "run", "--config",
                         str(cfg), "--no-metrics", "--state-dir", str(tmp_path / "s")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 12 and "Traceback" not in r.stderr, r.stderr

@@ -40,6 +40,7 @@ def test_the_wheel_is_complete(tmp_path):
               and n.endswith(".py")}
     assert sources == packed, f"missing from the wheel: {sources - packed}"
     modules = sorted(n[:-3].replace("/", ".").removesuffix(".__init__") for n in names
+                     if not n.endswith("/__main__.py")     # `python -m`: it runs the CLI
                      if n.startswith("sysdream/") and n.endswith(".py"))
     env = {**os.environ, "PYTHONPATH": str(site)}
     code = ("import importlib, sys, sysdream.daemon\n"
