@@ -188,20 +188,20 @@ def find_alert(alert_id: str, json_lines: str | None) -> dict:
                         return a
         except OSError as exc:
             raise ValueError(f"--json-lines {json_lines}: {exc.strerror}") from None
-        raise ValueError(f"allow --alert-id {alert_id}: not in {json_lines}")
+        raise ValueError(f"--alert-id {alert_id}: not in {json_lines}")
     try:
         out = subprocess.run(["journalctl", "-o", "json", "--no-pager",
                               f"SYSDREAM_ALERT_ID={alert_id}"], capture_output=True,
                              text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ValueError(f"allow --alert-id: cannot ask journald ({exc}); give "
-                         "--json-lines FILE or allow by --fingerprint") from None
+        raise ValueError(f"--alert-id: cannot ask journald ({exc}); give "
+                         "--json-lines FILE (or, for allow, --fingerprint)") from None
     for e in fields.json_lines(io.StringIO(out.stdout), having=alert_id):
         if e is not None and e.get("SYSDREAM_ALERT_ID") == alert_id:
             return {k[len("SYSDREAM_"):].lower(): _journal_value(v) for k, v in e.items()
                     if k.startswith("SYSDREAM_")}
-    raise ValueError(f"allow --alert-id {alert_id}: no such alert in journald; give "
-                     "--json-lines FILE if alerts go there, or allow by --fingerprint")
+    raise ValueError(f"--alert-id {alert_id}: no such alert in journald; give "
+                     "--json-lines FILE if alerts go there (or, for allow, --fingerprint)")
 
 
 def _journal_value(v):
