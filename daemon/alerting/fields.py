@@ -129,7 +129,7 @@ def anomaly_fields(det, context: dict | None = None, comm: str | None = None,
 def _identity(pid: int, ctx: dict) -> dict:
     """process_start, entity_id and the executable's digest (or why there is none)."""
     start = int(ctx.get("process_start_ns") or 0)
-    digest, error = DIGESTS.digest(pid, ctx.get("exe", ""))
+    digest, error = DIGESTS.digest(pid, ctx.get("exe", ""), start)
     return {"process_start": rfc3339(identity.wall_of_monotonic(start)) if start else "",
             "entity_id": identity.entity_id(pid, start) if start else "",
             "exe_sha256": digest, "exe_sha256_error": error}

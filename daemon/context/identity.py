@@ -15,6 +15,8 @@ import threading
 import time
 from collections import OrderedDict
 
+from . import procfs
+
 MAX_HASH_BYTES = 512 << 20      # larger executables are not read (an alert must not stall)
 HASH_CACHE = 4096               # executables whose digests are kept
 
@@ -56,17 +58,15 @@ class ExeDigests:
         self.hashed = self.hits = 0
         self._lock = threading.Lock()
 
-    def digest(self, pid: int, exe: str) -> tuple[str, str]:
-        """(sha256 hex, "") or ("", why it could not be read)."""
-        fd, why = -1, ""
-        for path in (f"/proc/{pid}/exe" if pid > 0 else "", exe):
-            if not path.startswith("/"):
-                continue
+    def digest(self, pid: int, exe: str, start_ns: int = 0) -> tuple[str, str]:
+        """(sha256 hex, "") or ("", why it could not be read). `start_ns`: the process's
+        start, so that a pid reused since is not read as this process."""
+        fd, why = self._open_image(pid, start_ns), ""
+        if fd < 0 and exe.startswith("/"):
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                break
+                fd = os.open(exe, os.O_RDONLY | os.O_CLOEXEC)
             except OSError as exc:
-                why = f"{path}: {exc.strerror or exc}"
+                why = f"the process has exited and {exe}: {exc.strerror or exc}"
         if fd < 0:
             return "", why or f"no file to read ({exe or 'executable unknown'})"
         try:
@@ -87,6 +87,21 @@ class ExeDigests:
             return got
         finally:
             os.close(fd)
+
+    @staticmethod
+    def _open_image(pid: int, start_ns: int) -> int:
+        """An fd of /proc/PID/exe when PID is still the process that started at start_ns
+        (checked after the open: the fd then holds that process's image), else -1."""
+        if pid <= 0:
+            return -1
+        try:
+            fd = os.open(f"/proc/{pid}/exe", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return -1
+        if start_ns and abs(procfs.start_of(pid) - start_ns) > procfs.START_SLACK_NS:
+            os.close(fd)
+            return -1
+        return fd
 
     def _hash(self, fd: int, size: int) -> tuple[str, str]:
         if size > self.max_bytes:

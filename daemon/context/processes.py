@@ -43,12 +43,11 @@ from sysdream.probes.layout import (
 from . import procfs
 from .cgroups import CgroupPaths, Group
 from .printable import command_line, printable
-from .procfs import split_args
+from .procfs import START_SLACK_NS, split_args
 
 MAX_IMAGES = 4
 MAX_PATHS = 4096
 LINEAGE_DEPTH = 8
-START_SLACK_NS = 30_000_000   # /proc start times are in clock ticks of the boot clock
 TMPFS_MAGIC = 0x01021994
 
 
