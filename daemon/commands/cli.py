@@ -290,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "file instead of journald")
     al.add_argument("--config", help="configuration file, for the state directory")
     al.add_argument("--state-dir", help="[service] state_directory")
+    al.add_argument("--format", choices=("text", "json"), default="text",
+                    help="one line each (default) or one JSON object")
 
     from .status import add_parsers
     add_parsers(sub)

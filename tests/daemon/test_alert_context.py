@@ -134,6 +134,7 @@ def test_alerts_name_short_lived_fileless_programs_from_the_kernel(ebpf_ready, t
     assert any(x["exe"] == "memfd:sd\\x1bpayload" and x["argv"][1].startswith("--evil\\n")
                for x in lines)
     assert (tmp_path / "alerts.jsonl").stat().st_mode & 0o777 == 0o600
+    readme_example(next(x for x in lines if x["alert_id"] == mem["SYSDREAM_ALERT_ID"]))
 
     # explain shows the context, escaped
     raw = tmp_path / "mem.json"
@@ -154,6 +155,26 @@ def test_alerts_name_short_lived_fileless_programs_from_the_kernel(ebpf_ready, t
     doc = json.loads(out.stdout)
     assert doc["alert_id"] == mem["SYSDREAM_ALERT_ID"] and doc["why"] == mem["SYSDREAM_WHY"]
     assert [p["observed"] for p in doc["positions"]] == mem["SYSDREAM_SYSCALLS"].split()
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+EXAMPLE = re.compile(r"(<!-- alert-example: begin[^\n]*-->\n```json\n)(.*?)(\n```\n<!-- "
+                     r"alert-example: end -->)", re.S)
+
+
+def readme_example(alert: dict) -> None:
+    """README's example alert is this real one (SYSDREAM_WRITE_EXAMPLE=1 writes it there,
+    long lists cut to three entries); otherwise it must hold the same fields in the same
+    order, so the README cannot fall behind the alert's shape."""
+    shown = {k: v[:3] if isinstance(v, list) else v for k, v in alert.items()}
+    text = README.read_text()
+    m = EXAMPLE.search(text)
+    assert m, "README.md has no alert-example markers"
+    if os.environ.get("SYSDREAM_WRITE_EXAMPLE") == "1":
+        README.write_text(text[:m.start(2)] + json.dumps(shown, indent=1) + text[m.end(2):])
+    else:
+        assert list(json.loads(m.group(2))) == list(shown), \
+            "README's alert example is stale: rerun with SYSDREAM_WRITE_EXAMPLE=1"
 
 
 def test_three_hundred_names_from_one_program_do_not_flood(ebpf_ready, tmp_path, journal,

@@ -84,3 +84,15 @@ def test_exe_digest_is_cached_by_inode_and_mtime_and_says_why_when_unreadable(tm
     assert a == identity.entity_id(42, 7, "h1", "b1") and len(a) == 32
     assert len({a, identity.entity_id(42, 7, "h2", "b1"), identity.entity_id(42, 7, "h1", "b2"),
                 identity.entity_id(42, 8, "h1", "b1")}) == 4
+
+
+def test_allow_speaks_json_for_scripts(tmp_path, capsys):
+    from sysdream.daemon.commands.cli import main
+
+    state = str(tmp_path)
+    assert main(["allow", "--state-dir", state, "--exe", "/usr/bin/backup", "--comment",
+                 "nightly", "--format", "json"]) == 0
+    added = json.loads(capsys.readouterr().out)["added"]
+    assert added["kind"] == "exe" and added["value"] == "/usr/bin/backup"
+    assert main(["allow", "--state-dir", state, "--list", "--format", "json"]) == 0
+    assert [e["id"] for e in json.loads(capsys.readouterr().out)["entries"]] == [added["id"]]
