@@ -68,7 +68,8 @@ class ExeDigests:
             except OSError as exc:
                 why = f"the process has exited and {exe}: {exc.strerror or exc}"
         if fd < 0:
-            return "", why or f"no file to read ({exe or 'executable unknown'})"
+            return "", why or f"the process has exited and its executable " \
+                f"({exe or 'unknown'}) is not a file path"
         try:
             st = os.fstat(fd)
             key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)

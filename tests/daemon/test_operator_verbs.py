@@ -96,3 +96,29 @@ def test_allow_speaks_json_for_scripts(tmp_path, capsys):
     assert added["kind"] == "exe" and added["value"] == "/usr/bin/backup"
     assert main(["allow", "--state-dir", state, "--list", "--format", "json"]) == 0
     assert [e["id"] for e in json.loads(capsys.readouterr().out)["entries"]] == [added["id"]]
+
+
+def test_log_lines_go_to_journald_only_when_stderr_is_its_stream(tmp_path):
+    """systemd's JOURNAL_STREAM names the stream it connected; a redirected stderr (a
+    terminal, a test, `2>file`) gets plain lines with the level chosen."""
+    code = """
+import os, sys
+from systemd.journal import JournalHandler
+from sysdream.daemon.service import logs
+st = os.fstat(2)
+print(logs.under_journald({"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}),
+      logs.under_journald({"JOURNAL_STREAM": "1:2"}), logs.under_journald({}))
+os.environ["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+print(isinstance(logs.setup("info"), JournalHandler))
+del os.environ["JOURNAL_STREAM"]
+logs.setup("warning")
+logs.log("not shown at warning")
+logs.warn("shown")
+"""
+    err = tmp_path / "stderr"
+    with open(err, "w") as f:
+        out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=f,
+                             text=True, timeout=60)
+    assert out.returncode == 0, err.read_text()
+    assert out.stdout.split() == ["True", "False", "False", "True"]
+    assert err.read_text() == "sysdream: shown\n"

@@ -130,7 +130,7 @@ def test_stop_and_reload_signals_set_flags_and_an_ignored_sigint_stays_ignored()
     child that installs it."""
     code = """
 import os, signal
-from sysdream.daemon.runtime import on_signals, restore_signals
+from sysdream.daemon.service.runtime import on_signals, restore_signals
 got = []
 old = on_signals(lambda: got.append("stop"), lambda: got.append("reload"))
 os.kill(os.getpid(), signal.SIGHUP)
