@@ -163,8 +163,8 @@ def why(f: dict) -> str:
     sure = f"; at this bound about {rate:.2g} false alerts an hour are expected on this " \
         "host" if rate is not None else ""
     group = " with its parent's other young children" if f.get("episode") else ""
-    return (f"{who} {what}{group}, often enough to cross the alert bound of "
-            f"{f['program'] or 'its program'}{sure}")
+    whose = f"of {f['program']}" if f["program"] else "for programs without their own"
+    return f"{who} {what}{group}, often enough to cross the alert bound {whose}{sure}"
 
 
 def message(f: dict) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import warnings
@@ -130,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "for --curve, how the server's metrics and logs name this agent")
     kg.add_argument("--curve", action="store_true", help="a CurveZMQ key pair (fleet "
                     "agents and server) instead of a signing key")
+    kg.add_argument("--format", choices=("text", "json"), default="text",
+                    help="two lines (default) or one JSON object naming the two files")
 
     doc = sub.add_parser("doctor", help="check that capture can work here, with the fix for "
                          "each failure")
@@ -335,6 +338,16 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "record":
         from . import record
         return record.run(_settings(args), args.seconds, args.output)
+    if args.verb == "keygen" and args.format == "json":
+        if args.curve:
+            from ..fleet.keys import keygen as curve_keygen
+            secret, public = curve_keygen(args.output, args.name)
+        else:
+            from ..signing import keygen as signing_keygen
+            secret, public = signing_keygen(args.output, args.name)
+        print(json.dumps({"private": str(secret), "public": str(public),
+                          "kind": "curve" if args.curve else "ed25519"}))
+        return 0
     if args.verb == "keygen" and args.curve:
         from ..fleet.keys import keygen
         secret, public = keygen(args.output, args.name)

@@ -95,6 +95,7 @@ def run_explain(args) -> int:
     from sysdream.model.windows import Geometry
 
     alert = read_alert(args)
+    fmt = getattr(args, "format", "text")       # callers that build args by hand: text
     if args.model:
         path = Path(args.model)
     else:
@@ -164,7 +165,7 @@ def run_explain(args) -> int:
         top = ", ".join(f"{a['syscall']}@{a['position'] - lead + offset} ({a['weight']:.2f})"
                         for a in ex["attention"][:5])
         out.append(f"most attended inputs: {top}")
-    if args.format == "json":
+    if fmt == "json":
         print(json.dumps({
             "alert_id": _field(alert, "alert_id"), "model_id": det.model_id,
             "score": float(s.score[0]), "bound": det.bound.bound,
@@ -180,7 +181,7 @@ def run_explain(args) -> int:
     elif args.plot:
         _plot(args.plot, s.attention[0], span, lead, p, det.cfg.task, target, attends)
         print(f"attention heat map written to {args.plot}", file=sys.stderr
-              if args.format == "json" else sys.stdout)
+              if fmt == "json" else sys.stdout)
     return 0
 
 
