@@ -34,6 +34,8 @@ class Key:
     kind: type | tuple          # the TOML type(s) accepted
     check: Callable[[Any], bool] = lambda v: True
     form: str = ""              # what a good value looks like, for the message
+    doc: str = ""               # what the key does, where the shipped file's comment
+                                # covers several keys (docs/configuration.md prefers it)
 
 
 def _pow2(lo: int, hi: int) -> Callable[[int], bool]:
@@ -49,7 +51,7 @@ def _paths(v) -> bool:
 
 
 def _filter_key(f: Filter) -> Key:
-    return Key([], list, lambda v: all(f.accepts(x) for x in v), f.form)
+    return Key([], list, lambda v: all(f.accepts(x) for x in v), f.form, f.doc)
 
 
 def _hostport(v: str) -> bool:
@@ -74,6 +76,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                      'an absolute path to a bundle directory, or ""'),
         "status_interval_s": Key(10.0, NUM, _rng(0.1, 3600), "seconds, 0.1 to 3600"),
         "trusted_keys": Key([], list, _paths, "a list of absolute paths of .pub files"),
+        "log_level": Key("info", str, lambda v: v in ("debug", "info", "warning", "error"),
+                         "one of debug, info, warning, error"),
     },
     "capture": {
         "chunk": Key(64, int, _pow2(8, 1024), "a power of two from 8 to 1024"),
@@ -339,13 +343,18 @@ def _type_ok(value: Any, kind) -> bool:
 
 def check(data: dict, source: str, text: str = "") -> Config:
     """Merge `data` (parsed TOML) over the defaults, refusing unknown keys and bad values."""
-    where = _lines(text)
+    return _checked([(data, source, text)], source)
+
+
+def _merge(values: dict, data: dict, source: str, text: str, where: dict) -> None:
+    """One file's keys over `values`, each checked; `where` learns the file:line of
+    every key it sets (for messages about keys that depend on each other)."""
+    lines = _lines(text)
 
     def at(section: str, key: str = "") -> str:
-        line = where.get((section, key)) or where.get((section, ""))
+        line = lines.get((section, key)) or lines.get((section, ""))
         return f"{source}:{line}" if line else source
 
-    values = defaults()
     tables = []
     for section, table in data.items():     # [alerts.syslog] arrives as alerts = {syslog}
         if isinstance(table, dict):
@@ -360,6 +369,7 @@ def check(data: dict, source: str, text: str = "") -> Config:
                               f"{', '.join(SCHEMA)})")
         if not isinstance(table, dict):
             raise ConfigError(f"{at('', section)}: {section} must be a [{section}] table")
+        where[(section, "")] = at(section)
         for key, value in table.items():
             spec = SCHEMA[section].get(key)
             if spec is None:
@@ -369,6 +379,20 @@ def check(data: dict, source: str, text: str = "") -> Config:
                 raise ConfigError(f"{at(section, key)}: [{section}] {key} = {value!r}: "
                                   f"expected {spec.form or spec.kind.__name__}")
             values[section][key] = value
+            where[(section, key)] = at(section, key)
+
+
+def _checked(layers: list[tuple[dict, str, str]], source: str) -> Config:
+    """The defaults, then each (data, file, text) in order, then the checks of keys that
+    depend on each other (named where the file that set them last says)."""
+    values = defaults()
+    where: dict[tuple[str, str], str] = {}
+    for data, src, text in layers:
+        _merge(values, data, src, text, where)
+
+    def at(section: str, key: str = "") -> str:
+        return where.get((section, key)) or where.get((section, "")) or source
+
     d = values["detection"]
     if d["evidence_exceedances"] > GRADED_MAX * d["evidence_windows"]:
         raise ConfigError(f"{at('detection', 'evidence_exceedances')}: [detection] "
@@ -396,21 +420,52 @@ def check(data: dict, source: str, text: str = "") -> Config:
 MAX_CONFIG = 1 << 20      # bytes: the shipped file with every comment is a few kB
 
 
+def dropins(main: Path) -> list[Path]:
+    """The drop-ins of a configuration file: conf.d/*.toml beside it, in name order."""
+    d = main.parent / "conf.d"
+    try:
+        return sorted((q for q in d.iterdir() if q.suffix == ".toml" and q.is_file()),
+                      key=lambda q: q.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except PermissionError:
+        raise ConfigError(f"{d}: cannot list the drop-ins (permission denied); fix its "
+                          "permissions") from None
+
+
 def load(path: str | Path | None, required: bool = False) -> Config:
-    """Read `path` (default /etc/sysdream/sysdream.toml). A missing default file means the
-    defaults; a missing file the user named is an error."""
+    """Read `path` (default /etc/sysdream/sysdream.toml), then conf.d/*.toml beside it in
+    name order, each key over the one before (systemd's drop-in rule). A missing default
+    file means the defaults (and the drop-ins); a missing file the user named is an error."""
     p = Path(path) if path else DEFAULT_PATH
+    layers = []
+    try:
+        layers.append(_read(p))
+    except FileNotFoundError:
+        if path is not None or required:
+            raise ConfigError(f"{p}: no such configuration file; copy "
+                              "packaging/sysdream.toml there or name another with "
+                              "--config") from None
+    extra = dropins(p)
+    for q in extra:
+        try:
+            layers.append(_read(q))
+        except FileNotFoundError:       # removed while we read the folder
+            continue
+    if not layers:
+        return Config(defaults(), "(defaults)")
+    return _checked(layers, str(p) if not extra else f"{p} (+ conf.d: "
+                    f"{', '.join(q.name for q in extra)})")
+
+
+def _read(p: Path) -> tuple[dict, str, str]:
+    """(data, file name, text) of one TOML file; FileNotFoundError when absent."""
     try:
         if p.is_file() and p.stat().st_size > MAX_CONFIG:
             raise ConfigError(f"{p}: {p.stat().st_size} bytes, over the {MAX_CONFIG >> 10} "
                               "KiB a configuration may hold; name the sysdream.toml with "
                               "--config")
         text = p.read_text()
-    except FileNotFoundError:
-        if path is None and not required:
-            return Config(defaults(), "(defaults)")
-        raise ConfigError(f"{p}: no such configuration file; copy packaging/sysdream.toml "
-                          "there or name another with --config") from None
     except (PermissionError, IsADirectoryError, UnicodeDecodeError) as exc:
         why = getattr(exc, "strerror", None) or str(exc)
         raise ConfigError(f"{p}: cannot read the configuration ({why}); fix its "
@@ -418,11 +473,13 @@ def load(path: str | Path | None, required: bool = False) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+        line = re.search(r"at line (\d+)", str(exc))     # file:line, as nginx -t says it
+        raise ConfigError(f"{p}{':' + line.group(1) if line else ''}: not valid TOML: "
+                          f"{exc}") from None
     except RecursionError:
         raise ConfigError(f"{p}: nested too deep to be a sysdream configuration; copy "
                           "packaging/sysdream.toml and edit it") from None
-    return check(data, str(p), text)
+    return data, str(p), text
 
 
 def override(cfg: Config, changes: dict[tuple[str, str], Any]) -> Config:

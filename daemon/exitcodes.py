@@ -39,6 +39,8 @@ class Exit(IntEnum):
     METRICS_PORT = 13      # the metrics address/port cannot be bound (taken, or no such address)
     STATE_DIR = 14         # the state directory cannot be created or written
     FLEET_ENDPOINT = 15    # a fleet server's socket address cannot be bound
+    ANOMALOUS = 16         # `score --exit-status`: a window was anomalous (not an error)
+    NOT_RUNNING = 17       # `status`: no daemon runs with this state directory, or stale
     INTERRUPTED = 130
 
 

@@ -52,6 +52,7 @@ class Filter:
     path: bool = False              # file paths: made absolute on the command line
     into: str = ""                  # resolved in user space into this filter's values,
                                     # not a map of its own (cgroup path patterns)
+    doc: str = ""                   # what the [capture] key does (docs/configuration.md)
 
     @property
     def dest(self) -> str:
@@ -63,18 +64,31 @@ class Filter:
 # order is the [capture] section's, in the shipped file and in messages.
 FILTERS: tuple[Filter, ...] = (
     Filter("include_pids", "--pid", int, _id, "a list of process ids",
-           help="only this process id", switch="include_pid"),
-    Filter("exclude_pids", "--exclude-pid", int, _id, "a list of process ids"),
+           help="only this process id", switch="include_pid",
+           doc="Only these processes (ids; OR). Kinds of filter combine with AND. Empty: every "
+               "process; the daemon itself is always excluded."),
+    Filter("exclude_pids", "--exclude-pid", int, _id, "a list of process ids",
+           doc="Not these processes (ids). A process id is reused after its process exits: prefer "
+               "exclude_exes or exclude_cgroup_paths for a service."),
     Filter("include_comms", "--comm", str, _comm, "a list of process names (1-15 characters)",
            help="only this process name (spoofable: any process can take a name)",
-           map_key="comm", switch="include_comm"),
+           map_key="comm", switch="include_comm",
+           doc="Only processes with these names (comm). SPOOFABLE: any process can give itself any"
+               " name (prctl PR_SET_NAME); the daemon warns at start when set."),
     Filter("exclude_comms", "--exclude-comm", str, _comm,
            "a list of process names (1-15 characters)",
-           help="not this process name (spoofable: prefer --exclude-exe)", map_key="comm"),
+           help="not this process name (spoofable: prefer --exclude-exe)", map_key="comm",
+           doc="Not processes with these names (comm). SPOOFABLE: any process can leave the trace "
+               "by taking an excluded name; prefer exclude_exes, which the kernel vouches for."),
     Filter("include_cgroups", "--cgroup", int, _id, "a list of cgroup ids",
            help="only this cgroup id (the inode number of its cgroupfs directory)",
-           switch="include_cgroup"),
-    Filter("exclude_cgroups", "--exclude-cgroup", int, _id, "a list of cgroup ids"),
+           switch="include_cgroup",
+           doc="Only processes in these cgroups (cgroup v2 ids: the inode number of the cgroupfs "
+               "directory, `stat -c %i`). Its manager (systemd, a container runtime) places a "
+               "process there; moving out takes write access to the cgroup tree."),
+    Filter("exclude_cgroups", "--exclude-cgroup", int, _id, "a list of cgroup ids",
+           doc="Not processes in these cgroups (cgroup v2 ids). Ids change when a unit restarts: "
+               "prefer exclude_cgroup_paths."),
     Filter("exclude_exes", "--exclude-exe", str, _path, "a list of absolute executable paths",
            help="not processes running this executable (by device and inode)",
            metavar="PATH", map_key="exe", switch="exclude_exe", path=True),

@@ -188,20 +188,20 @@ def find_alert(alert_id: str, json_lines: str | None) -> dict:
                         return a
         except OSError as exc:
             raise ValueError(f"--json-lines {json_lines}: {exc.strerror}") from None
-        raise ValueError(f"allow --alert-id {alert_id}: not in {json_lines}")
+        raise ValueError(f"--alert-id {alert_id}: not in {json_lines}")
     try:
         out = subprocess.run(["journalctl", "-o", "json", "--no-pager",
                               f"SYSDREAM_ALERT_ID={alert_id}"], capture_output=True,
                              text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ValueError(f"allow --alert-id: cannot ask journald ({exc}); give "
-                         "--json-lines FILE or allow by --fingerprint") from None
+        raise ValueError(f"--alert-id: cannot ask journald ({exc}); give "
+                         "--json-lines FILE (or, for allow, --fingerprint)") from None
     for e in fields.json_lines(io.StringIO(out.stdout), having=alert_id):
         if e is not None and e.get("SYSDREAM_ALERT_ID") == alert_id:
             return {k[len("SYSDREAM_"):].lower(): _journal_value(v) for k, v in e.items()
                     if k.startswith("SYSDREAM_")}
-    raise ValueError(f"allow --alert-id {alert_id}: no such alert in journald; give "
-                     "--json-lines FILE if alerts go there, or allow by --fingerprint")
+    raise ValueError(f"--alert-id {alert_id}: no such alert in journald; give "
+                     "--json-lines FILE if alerts go there (or, for allow, --fingerprint)")
 
 
 def _journal_value(v):
@@ -217,6 +217,11 @@ def run(args, state_dir: Path, out=sys.stdout) -> int:
     """The `sysdream allow` verb."""
     path = state_dir / FILE
     allow = AllowList.load(path)
+    as_json = getattr(args, "format", "text") == "json"
+    if args.list and as_json:
+        print(json.dumps({"path": str(path), "entries": [e.to_json() for e in allow.entries]}),
+              file=out)
+        return 0
     if args.list:
         if not allow.entries:
             print(f"no allow entries in {path}", file=out)
@@ -229,6 +234,9 @@ def run(args, state_dir: Path, out=sys.stdout) -> int:
     if args.remove:
         e = allow.remove(args.remove)
         allow.save()
+        if as_json:
+            print(json.dumps({"removed": e.to_json(), "path": str(path)}), file=out)
+            return 0
         print(f"removed {e.id}: {e.kind} {e.value}; alerts it held back are raised again "
               "(the daemon takes the change within a second)", file=out)
         return 0
@@ -250,6 +258,9 @@ def run(args, state_dir: Path, out=sys.stdout) -> int:
                          "--lineage), or --list, or --remove ID")
     e = allow.add(kind, value, args.comment or "", alert)
     allow.save()
+    if as_json:
+        print(json.dumps({"added": e.to_json(), "path": str(path)}), file=out)
+        return 0
     what = f" ({alert.get('exe', '')}, lineage {alert.get('lineage_text', '')})" if alert \
         else ""
     print(f"allowed {e.id}: {kind} {value}{what}; the daemon takes it within a second, "

@@ -13,7 +13,13 @@ import json
 import time
 import uuid
 
+from ..context import identity
+from ..version import version
 from .sinks import HOSTNAME, rfc3339
+
+VERSION = version()
+DIGESTS = identity.ExeDigests()     # exe_sha256, cached by device, inode and mtime
+RUNBOOK = "docs/runbook.md"
 
 # One fixed MESSAGE_ID per kind (journalctl MESSAGE_ID=...): generated once, never change.
 MAX_ALERT_LINE = 1 << 20     # characters of one JSON-lines alert a reader takes
@@ -40,20 +46,24 @@ def json_lines(f, having: str | None = None, limit: int = MAX_ALERT_LINE):
 
 
 # The fields of an anomaly alert, in order (docs/metrics.md lists them; a test checks).
-ALERT_FIELDS = ("kind", "alert_id", "fingerprint", "severity", "hostname", "pid", "tid",
-                "comm", "exe", "exe_flags", "cmdline", "argv", "user", "uid", "euid", "gid",
-                "login_user", "loginuid", "session", "ppid", "lineage", "lineage_text",
-                "cgroup_id", "cgroup", "unit", "container_id", "container_runtime",
-                "process_start_ns", "context_source", "score", "bound", "confidence",
-                "sigmas", "model_id", "fleet_server", "evidence", "episode", "novelty",
-                "position", "syscalls", "context", "unknown_syscalls", "surprises",
-                "attention", "suppressed", "incident_count", "latency_s", "time",
-                "time_rfc3339", "schema")
+ALERT_FIELDS = ("kind", "alert_id", "fingerprint", "severity", "why", "hostname", "host_id",
+                "boot_id", "pid", "tid", "comm", "exe", "exe_flags", "cmdline", "argv",
+                "user", "uid", "euid", "gid", "login_user", "loginuid", "session", "ppid",
+                "parent_cmdline", "lineage", "lineage_text", "cgroup_id", "cgroup", "unit",
+                "container_id", "container_runtime", "process_start_ns", "context_source",
+                "process_start", "entity_id", "exe_sha256", "exe_sha256_error", "score",
+                "bound", "confidence", "sigmas", "model_id", "fleet_server", "evidence",
+                "program", "alert_bound", "expected_false_alerts_per_hour", "episode",
+                "novelty", "position", "syscalls", "context", "unknown_syscalls",
+                "surprises", "attention", "suppressed", "incident_count", "latency_s",
+                "window_start", "window_end", "time", "time_rfc3339", "schema",
+                "sysdream_version")
 
 
 # The version of the alert's shape (docs/alert.schema.json): a field added, removed or
 # changed in meaning makes a new one.
-ALERT_SCHEMA = "sysdream-alert/3"     # 2: fleet_server; 3: novelty kind new_sequence
+ALERT_SCHEMA = "sysdream-alert/4"     # 2: fleet_server; 3: novelty kind new_sequence;
+#                                       4: why, identity, program and its alert bound
 
 
 def fingerprint(context: dict, unknown: list[str], surprises: list[dict]) -> str:
@@ -84,7 +94,8 @@ def anomaly_fields(det, context: dict | None = None, comm: str | None = None,
     fields = {
         "kind": "anomaly", "alert_id": str(uuid.uuid4()),
         "fingerprint": fingerprint(ctx, unknown, ex["surprises"]),
-        "severity": "high" if high else "medium", "hostname": HOSTNAME,
+        "severity": "high" if high else "medium", "why": "", "hostname": HOSTNAME,
+        "host_id": identity.HOST_ID, "boot_id": identity.BOOT_ID,
         "pid": b.tgid, "tid": b.tid, "comm": b.comm if comm is None else comm}
     for key in ALERT_FIELDS[ALERT_FIELDS.index("exe"):ALERT_FIELDS.index("cgroup_id")]:
         fields[key] = ctx.get(key, "")
@@ -92,6 +103,7 @@ def anomaly_fields(det, context: dict | None = None, comm: str | None = None,
     for key in ("cgroup", "unit", "container_id", "container_runtime", "process_start_ns",
                 "context_source"):
         fields[key] = ctx.get(key, "")
+    fields.update(_identity(b.tgid, ctx))
     fields.update({
         "score": round(det.score, 6), "bound": round(m.bound.bound, 6),
         "confidence": m.bound.confidence, "sigmas": round(sigmas, 3),
@@ -100,35 +112,95 @@ def anomaly_fields(det, context: dict | None = None, comm: str | None = None,
                     f"{det.evidence_m} windows" + (
             f" in {len(det.episode['pids'])} processes of parent {det.episode['parent_pid']}"
             if det.episode else ""),
-        "episode": det.episode or {}, "novelty": novelty,
+        **_bound_fields(det), "episode": det.episode or {}, "novelty": novelty,
         "position": ex["start"], "syscalls": ex["syscalls"], "context": ex.get("context", []),
         "unknown_syscalls": unknown, "surprises": ex["surprises"],
         "attention": ex.get("attention", []), "suppressed": 0, "incident_count": 1,
         "latency_s": round(max(0, time.monotonic_ns() - b.ns) / 1e9, 6),
+        "window_start": rfc3339(identity.wall_of_monotonic(b.first_ns or b.ns)),
+        "window_end": rfc3339(identity.wall_of_monotonic(b.ns)),
         "time": round(now, 3), "time_rfc3339": rfc3339(now), "schema": ALERT_SCHEMA,
+        "sysdream_version": VERSION,
     })
+    fields["why"] = why(fields)
     return fields
 
 
+def _identity(pid: int, ctx: dict) -> dict:
+    """process_start, entity_id and the executable's digest (or why there is none)."""
+    start = int(ctx.get("process_start_ns") or 0)
+    digest, error = DIGESTS.digest(pid, ctx.get("exe", ""), start)
+    return {"process_start": rfc3339(identity.wall_of_monotonic(start)) if start else "",
+            "entity_id": identity.entity_id(pid, start) if start else "",
+            "exe_sha256": digest, "exe_sha256_error": error}
+
+
+def _bound_fields(det) -> dict:
+    """Whose alert bound the evidence was held against, the bound, and the false alerts an
+    hour expected at it (null where the bound was configured, not fitted)."""
+    m = det.model
+    prog = "" if det.episode else getattr(det, "program", "")
+    alert = getattr(m, "alert", None)
+    fitted = alert is not None and abs(
+        alert.bounds().get(prog, alert.bound) - det.needed) < 1e-9
+    return {"program": prog, "alert_bound": round(float(det.needed), 6),
+            "expected_false_alerts_per_hour":
+                round(alert.expected_per_hour(), 6) if fitted else None}
+
+
+def why(f: dict) -> str:
+    """The alert in plain words, one line: who, what was unusual, how sure."""
+    who = f"{f['comm']} (pid {f['pid']}, {f['exe'] or 'executable unknown'})"
+    if f.get("unknown_syscalls"):
+        what = f"made syscalls never seen on this host while learning " \
+               f"({', '.join(f['unknown_syscalls'][:4])})"
+    elif f.get("novelty"):
+        e = f["novelty"][0]
+        what = f"did something new to this host ({e['kind']} {e['what']})"
+    else:
+        what = "made syscall sequences unlike its usual ones"
+    rate = f["expected_false_alerts_per_hour"]
+    sure = f"; at this bound about {rate:.2g} false alerts an hour are expected on this " \
+        "host" if rate is not None else ""
+    group = " with its parent's other young children" if f.get("episode") else ""
+    whose = f"of {f['program']}" if f["program"] else "for programs without their own"
+    return f"{who} {what}{group}, often enough to cross the alert bound {whose}{sure}"
+
+
 def message(f: dict) -> str:
-    """The one-line human MESSAGE of an alert. Every name in `f` is escaped where it
-    enters the fields (daemon.printable), so it goes in as it is: escaping it again would
-    double its backslashes."""
+    """The one-line human MESSAGE of an alert: what happened in plain words, what to do
+    next, then the figures. Every name in `f` is escaped where it enters the fields
+    (daemon.printable), so it goes in as it is: escaping it again would double its
+    backslashes."""
     s = f["surprises"][0] if f["surprises"] else None
-    why = (f"; most surprising {s['observed']} (p={s['observed_p']:.2g}) where "
-           f"{s['expected']} was expected") if s else ""
-    unk = f"; never-seen syscalls {', '.join(f['unknown_syscalls'])}" \
-        if f["unknown_syscalls"] else ""
-    sup = f" ({f['suppressed']} similar alerts suppressed)" if f["suppressed"] else ""
-    flags = f" [{', '.join(f['exe_flags'])}]" if f.get("exe_flags") else ""
-    who = f" user {f['user'] or f['uid']}" if f.get("uid", -1) != -1 else ""
-    lineage = f", lineage {f['lineage_text']}" if f.get("lineage_text") else ""
-    where = f", container {f['container_id'][:12]}" if f.get("container_id") else \
-        (f", unit {f['unit']}" if f.get("unit") else "")
-    new = "; new to this host: " + ", ".join(
-        f"{e['kind']} {e['what']}" for e in f["novelty"][:4]) if f.get("novelty") else ""
-    cmp = ">" if f["score"] > f["bound"] else "<="
-    return (f"anomalous syscalls in {f['comm']} pid {f['pid']} "
-            f"({f['exe'] or 'exe unknown'}){flags}{who}{lineage}{where}: "
-            f"score {f['score']:.3f} {cmp} bound {f['bound']:.3f}, evidence {f['evidence']}"
-            f"{new}{why}{unk}{sup}")
+    parts = []
+    if f.get("exe_flags"):
+        parts.append(f"executable {', '.join(f['exe_flags'])}")
+    if f.get("uid", -1) != -1:
+        parts.append(f"user {f['user'] or f['uid']}")
+    if f.get("lineage_text"):
+        parts.append(f"lineage {f['lineage_text']}")
+    if f.get("container_id"):
+        parts.append(f"container {f['container_id'][:12]}")
+    elif f.get("unit"):
+        parts.append(f"unit {f['unit']}")
+    bound = f.get("alert_bound")
+    parts.append(f"evidence {f['evidence']}" + (f" (alert bound {bound:.3g})"
+                                                 if bound is not None else ""))
+    cmp = "above" if f["score"] > f["bound"] else "within"
+    parts.append(f"last window score {f['score']:.3f}, {cmp} the window bound "
+                 f"{f['bound']:.3f}")
+    if f.get("novelty"):
+        parts.append("new to this host: " + ", ".join(f"{e['kind']} {e['what']}"
+                                                      for e in f["novelty"][:4]))
+    if s:
+        parts.append(f"most surprising {s['observed']} (p={s['observed_p']:.2g}) where "
+                     f"{s['expected']} was expected")
+    if f["unknown_syscalls"]:
+        parts.append(f"never-seen syscalls {', '.join(f['unknown_syscalls'])}")
+    if f["suppressed"]:
+        parts.append(f"{f['suppressed']} similar alerts suppressed")
+    steps = f" Next: sysdream explain --alert-id {f['alert_id']}; if benign, sysdream " \
+        f"allow --alert-id {f['alert_id']}; see {RUNBOOK}." if f.get("alert_id") else ""
+    what = f.get("why") or f"anomalous syscalls in {f['comm']} pid {f['pid']}"
+    return f"{what}.{steps} Details: {'; '.join(parts)}"

@@ -41,6 +41,8 @@ class AlertPath:
                                           a.rate_limit_ceiling_per_minute)
         self.summary_s = a.suppressed_summary_s
         self.sent = labels.counter()           # alerts that went out, by executable
+        self.labels = labels
+        self.sent_by_severity: dict = {}       # ... and by severity: severity -> counts
         self.suppressed = labels.counter()     # ... and those held back
         self.observe_latency = None            # the metrics' detection-latency histogram
         self.fleet_server = ""                 # an agent's server: "NAME@tcp://HOST:PORT"
@@ -72,6 +74,10 @@ class AlertPath:
             prio = kinds.CRIT if f["severity"] == "high" else kinds.WARNING
             self.sink.emit("anomaly", prio, fields.message(f), f)
             self.sent.add(exe, alerted=True)
+            sev = self.sent_by_severity.get(f["severity"])
+            if sev is None:
+                sev = self.sent_by_severity[f["severity"]] = self.labels.counter()
+            sev.add(exe, alerted=True)
         if self.observe_latency is not None:
             self.observe_latency(f["latency_s"])
 

@@ -148,7 +148,7 @@ def journal_value(key: str, v) -> str:
         return " ".join(str(x) for x in v)
     if isinstance(v, (list, dict)):
         return json.dumps(v, separators=(",", ":"))
-    return str(v)
+    return "" if v is None else str(v)      # JSON's null: no value
 
 
 class JsonLinesSink(Sink):

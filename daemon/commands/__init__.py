@@ -9,6 +9,7 @@ mistake becomes one line and an exit code.
     record.py     `sysdream record`: capture to a trace file
     score.py      `sysdream score`: recorded traces scored offline with a bundle
     explain.py    `sysdream explain`: one alert rescored position by position
+    status.py     `sysdream status`, `config check`, `model show`: the operator's questions
     train.py      `sysdream train`: a bundle from traces or datasets
     evaluate.py   `sysdream eval`: the model and baselines on ADFA-LD, UNM or files
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import warnings
@@ -27,7 +28,11 @@ examples:
   sysdream run                         the service's main job, in the foreground: learn
                                        this host, then detect (alerts to journald)
   sysdream run --model model --no-journald --json-lines -    detect now, alerts on stdout
-  sysdream explain --cursor 's=...'    explain an alert from journald (or --json FILE)
+  sysdream status                      is the daemon running? phase, model, alerts, outputs
+  sysdream config check                does the configuration load? (exit 12: FILE:LINE why)
+  sysdream model show /var/lib/sysdream/model    its bounds per program, expected false
+                                       alerts an hour, training data, signature
+  sysdream explain --alert-id ID       explain an alert from journald (or --json FILE)
   sysdream train --input base.sdtrace -o model    learn normal behaviour from a recording
   sysdream train --input adfa-ld -o adfa-model    ... or from a public dataset
   sysdream score base2.sdtrace --model model    the alerts a recording would raise
@@ -42,7 +47,9 @@ exit codes: 0 ok, 2 usage, 3 no privileges, 4 no bpf(), 5 tracepoint missing,
 6 kernel headers missing, 7 bcc missing, 8 no ring buffer, 9 BPF program failed
 to load, 10 bad trace file, 11 bad model bundle, 12 bad configuration, 13 metrics
 port taken or unusable, 14 state directory not writable, 15 fleet server address
-cannot be bound, 1 internal error (a bug).
+cannot be bound, 16 score --exit-status found an anomalous window, 17 status: the
+daemon is not running, 130 interrupted
+(Ctrl-C; SIGTERM stops with 0), 1 internal error (a bug).
 """
 
 
@@ -128,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "for --curve, how the server's metrics and logs name this agent")
     kg.add_argument("--curve", action="store_true", help="a CurveZMQ key pair (fleet "
                     "agents and server) instead of a signing key")
+    kg.add_argument("--format", choices=("text", "json"), default="text",
+                    help="two lines (default) or one JSON object naming the two files")
 
     doc = sub.add_parser("doctor", help="check that capture can work here, with the fix for "
                          "each failure")
@@ -240,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="json: one JSON object per sequence")
     sc.add_argument("--max-alerts", type=int, default=5, help="alerts shown per sequence")
     sc.add_argument("--exit-status", action="store_true",
-                    help="exit 1 when any window is anomalous")
+                    help="exit 16 when any window is anomalous (1 stays an internal error)")
 
     run = sub.add_parser("run", help="the service's main job, in the foreground",
                          description="Learn this host (when there is no model), then detect: "
@@ -287,10 +296,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "file instead of journald")
     al.add_argument("--config", help="configuration file, for the state directory")
     al.add_argument("--state-dir", help="[service] state_directory")
+    al.add_argument("--format", choices=("text", "json"), default="text",
+                    help="one line each (default) or one JSON object")
+
+    from .status import add_parsers
+    add_parsers(sub)
 
     ex = sub.add_parser("explain", help="explain one alert: per-position table and an "
                         "attention heat map")
     src = ex.add_mutually_exclusive_group(required=True)
+    src.add_argument("--alert-id", help="the alert's id (SYSDREAM_ALERT_ID), found in "
+                     "journald, or in --json-lines FILE")
     src.add_argument("--json", metavar="FILE", help="a file holding the alert as a JSON "
                      "line (from [alerts] json_lines, or `journalctl -o json`); - for stdin")
     src.add_argument("--cursor", help="the alert's journald cursor (__CURSOR)")
@@ -298,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "directory's model)")
     ex.add_argument("--config", help="configuration file, for the default model path")
     ex.add_argument("--plot", default="", help="write the attention heat map to this PNG")
+    ex.add_argument("--json-lines", metavar="FILE", help="find --alert-id in this JSON-lines "
+                    "file instead of journald")
+    ex.add_argument("--format", choices=("text", "json"), default="text",
+                    help="the table (default) or one JSON object")
     from ..version import build_info
     b = build_info()
     text = f"sysdream {b['version']} (python {b['python']}, kernel {b['kernel']})"
@@ -321,6 +341,16 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "record":
         from . import record
         return record.run(_settings(args), args.seconds, args.output)
+    if args.verb == "keygen" and args.format == "json":
+        if args.curve:
+            from ..fleet.keys import keygen as curve_keygen
+            secret, public = curve_keygen(args.output, args.name)
+        else:
+            from ..signing import keygen as signing_keygen
+            secret, public = signing_keygen(args.output, args.name)
+        print(json.dumps({"private": str(secret), "public": str(public),
+                          "kind": "curve" if args.curve else "ed25519"}))
+        return 0
     if args.verb == "keygen" and args.curve:
         from ..fleet.keys import keygen
         secret, public = keygen(args.output, args.name)
@@ -352,6 +382,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "explain":
         from .explain import run_explain
         return run_explain(args)
+    if args.verb in ("status", "config", "model"):
+        from . import status
+        return {"status": status.run_status, "config": status.run_config_check,
+                "model": status.run_model_show}[args.verb](args)
     if args.verb == "allow":
         from .. import config
         from ..alerting import allow
@@ -472,12 +506,18 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _one_line_warning
     args = build_parser().parse_args(argv)
-    # SIGTERM stops like Ctrl-C: probes are detached on the way out.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    from ..service import runtime
+
+    # SIGTERM stops like Ctrl-C (probes are detached on the way out) but, asked for, exits 0
+    signal.signal(signal.SIGTERM, runtime.raise_terminated)
     try:
-        return _dispatch(args)
-    except KeyboardInterrupt:
+        rc = _dispatch(args)
+        return int(Exit.INTERRUPTED) if rc == 0 and runtime.stopped_by == signal.SIGINT \
+            else rc
+    except runtime.Terminated:
         return int(Exit.OK)
+    except KeyboardInterrupt:
+        return int(Exit.INTERRUPTED)
     except ConfigError as exc:
         print(f"sysdream: error: {exc}", file=sys.stderr)
         return int(Exit.BAD_CONFIG)

@@ -56,16 +56,19 @@ def reference(text: str) -> str:
              "file (packaging/sysdream.toml) by",
              "`.venv/bin/python -m sysdream.daemon.commands.confref`;",
              "a test keeps it in sync. The daemon reads `/etc/sysdream/sysdream.toml` (or",
-             "`--config FILE`); an unknown key or a bad value stops it at start (exit 12) with",
-             "the file, the line, the key and what is expected, and a reload keeps the running",
-             "configuration.", ""]
+             "`--config FILE`), then every `conf.d/*.toml` beside it in name order, each key",
+             "over the one before (`/etc/sysdream/conf.d/50-webhook.toml` changes what it",
+             "names and nothing else). An unknown key or a bad value stops the daemon at start",
+             "(exit 12) with the file, the line, the key and what is expected, and a reload",
+             "keeps the running configuration; `sysdream config check` says the same without",
+             "starting anything.", ""]
     for section, keys in SCHEMA.items():
         lines += [f"## [{section}]", "", "| key | default | accepted | what it does |",
                   "| --- | --- | --- | --- |"]
         for key, spec in keys.items():
             kind = spec.form or (spec.kind.__name__ if isinstance(spec.kind, type)
                                  else "a number")
-            doc = notes.get((section, key), "").replace("|", "\\|")
+            doc = (spec.doc or notes.get((section, key), "")).replace("|", "\\|")
             lines.append(f"| `{key}` | `{_toml(spec.default)}` | {kind.replace('|', '/')} "
                          f"| {doc} |")
         lines.append("")

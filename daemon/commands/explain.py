@@ -47,7 +47,14 @@ def _novelty(value) -> list[dict]:
 
 
 def read_alert(args) -> dict:
-    if args.cursor:
+    if getattr(args, "alert_id", None):
+        from ..alerting.allow import find_alert
+        try:
+            alert = find_alert(args.alert_id, args.json_lines)
+        except ValueError as exc:
+            raise TraceFileError(str(exc)) from None
+        where = f"alert {args.alert_id}"
+    elif args.cursor:
         try:
             out = subprocess.run(["journalctl", "-o", "json", "--no-pager", "--cursor",
                                   args.cursor, "-n", "all"], capture_output=True, text=True,
@@ -87,6 +94,7 @@ def run_explain(args) -> int:
     from sysdream.model.windows import Geometry
 
     alert = read_alert(args)
+    fmt = getattr(args, "format", "text")       # callers that build args by hand: text
     if args.model:
         path = Path(args.model)
     else:
@@ -111,46 +119,67 @@ def run_explain(args) -> int:
         offset = int(_field(alert, "position") or 0)
     except (TypeError, ValueError, OverflowError):
         offset = 0
-    print(f"alert: {reprinted(str(_field(alert, 'comm')))} pid {_field(alert, 'pid')} "
-          f"({reprinted(str(_field(alert, 'exe') or '')) or 'exe unknown'}), syscalls "
-          f"{offset}-{offset + len(target) - 1} of its thread")
-    for label, name in (("command line", "cmdline"), ("user", "user"),
-                        ("lineage", "lineage_text"), ("cgroup", "cgroup"),
+    out = [f"alert: {reprinted(str(_field(alert, 'comm')))} pid {_field(alert, 'pid')} "
+           f"({reprinted(str(_field(alert, 'exe') or '')) or 'exe unknown'}), syscalls "
+           f"{offset}-{offset + len(target) - 1} of its thread"]
+    why = _field(alert, "why")
+    if why:
+        out.append(f"why: {reprinted(str(why))}")
+    for label, name in (("command line", "cmdline"), ("parent", "parent_cmdline"),
+                        ("user", "user"), ("lineage", "lineage_text"), ("cgroup", "cgroup"),
                         ("container", "container_id"), ("executable", "exe_flags"),
-                        ("alert id", "alert_id"), ("fingerprint", "fingerprint"),
+                        ("sha256", "exe_sha256"), ("alert id", "alert_id"),
+                        ("fingerprint", "fingerprint"), ("entity", "entity_id"),
                         ("time", "time_rfc3339")):
         value = _field(alert, name)
         if isinstance(value, list):
             value = " ".join(str(v) for v in value)
         if value not in (None, "", -1, "-1"):
-            print(f"{label}: {reprinted(str(value))}")
-    print(f"score {float(s.score[0]):.4f}, bound {det.bound.bound:.4f} "
-          f"({det.bound.confidence:.1%}): "
-          f"{'ABOVE the bound' if det.bound.exceeds(s.score)[0] else 'within the bound'}")
+            out.append(f"{label}: {reprinted(str(value))}")
+    out.append(f"score {float(s.score[0]):.4f}, bound {det.bound.bound:.4f} "
+               f"({det.bound.confidence:.1%}): "
+               f"{'ABOVE the bound' if det.bound.exceeds(s.score)[0] else 'within the bound'}")
     if unknown:
-        print(f"never seen in training: {', '.join(unknown)}")
-    print(f"evidence: {_field(alert, 'evidence')}")
-    for e in _novelty(_field(alert, "novelty")):
-        print(f"new to this host: {e.get('kind')} {reprinted(str(e.get('what', '')))} "
-              f"(p={e.get('p')}, worth {e.get('weight')} windows above the bound)")
-    print(f"{'pos':>5}  {'observed':20} {'p(obs)':>8}  {'expected':20} {'p(exp)':>7} "
-          f"{'surprise':>8}")
+        out.append(f"never seen in training: {', '.join(unknown)}")
+    out.append(f"evidence: {_field(alert, 'evidence')}")
+    novelty = _novelty(_field(alert, "novelty"))
+    for e in novelty:
+        out.append(f"new to this host: {e.get('kind')} {reprinted(str(e.get('what', '')))} "
+                   f"(p={e.get('p')}, worth {e.get('weight')} windows above the bound)")
+    out.append(f"{'pos':>5}  {'observed':20} {'p(obs)':>8}  {'expected':20} {'p(exp)':>7} "
+               f"{'surprise':>8}")
+    positions = []
+    top3 = np.sort(s.nll[0][:len(target)])[-3:].min()
     for j in range(len(target)):
         exp = str(det.vocab.decode([s.expected[0, j]])[0])
-        mark = "  <-" if s.nll[0, j] >= np.sort(s.nll[0][:len(target)])[-3:].min() else ""
-        print(f"{offset + j:>5}  {target[j]:20} {s.observed_p[0, j]:>8.3g}  {exp:20} "
-              f"{s.expected_p[0, j]:>7.2f} {s.nll[0, j]:>8.2f}{mark}")
+        positions.append({"position": offset + j, "observed": target[j],
+                          "observed_p": float(s.observed_p[0, j]), "expected": exp,
+                          "expected_p": float(s.expected_p[0, j]),
+                          "surprise": float(s.nll[0, j])})
+        mark = "  <-" if s.nll[0, j] >= top3 else ""
+        out.append(f"{offset + j:>5}  {target[j]:20} {s.observed_p[0, j]:>8.3g}  {exp:20} "
+                   f"{s.expected_p[0, j]:>7.2f} {s.nll[0, j]:>8.2f}{mark}")
     if ex.get("attention"):
         top = ", ".join(f"{a['syscall']}@{a['position'] - lead + offset} ({a['weight']:.2f})"
                         for a in ex["attention"][:5])
-        print(f"most attended inputs: {top}")
+        out.append(f"most attended inputs: {top}")
+    if fmt == "json":
+        print(json.dumps({
+            "alert_id": _field(alert, "alert_id"), "model_id": det.model_id,
+            "score": float(s.score[0]), "bound": det.bound.bound,
+            "above_bound": bool(det.bound.exceeds(s.score)[0]), "unknown_syscalls": list(unknown),
+            "evidence": _field(alert, "evidence"), "why": why, "novelty": novelty,
+            "positions": positions, "attention": ex.get("attention", [])}, default=str))
+    else:
+        print("\n".join(out))
     attends = archs.get(det.cfg.arch).attends
     if args.plot and not attends:
         print(f"sysdream explain: no heat map: the {det.cfg.arch} architecture has no "
               "attention weights", file=sys.stderr)
     elif args.plot:
         _plot(args.plot, s.attention[0], span, lead, p, det.cfg.task, target, attends)
-        print(f"attention heat map written to {args.plot}")
+        print(f"attention heat map written to {args.plot}", file=sys.stderr
+              if fmt == "json" else sys.stdout)
     return 0
 
 

@@ -27,7 +27,10 @@ EXIT_TEXT = {
     Exit.BAD_CONFIG: "bad configuration", Exit.METRICS_PORT: "the metrics port cannot be bound",
     Exit.STATE_DIR: "the state directory cannot be created or written",
     Exit.FLEET_ENDPOINT: "a fleet server address cannot be bound",
-    Exit.INTERRUPTED: "interrupted",
+    Exit.ANOMALOUS: "score --exit-status: a window was above the bound (no error)",
+    Exit.NOT_RUNNING: "status: no daemon runs with this state directory (or its status is "
+                      "stale)",
+    Exit.INTERRUPTED: "interrupted (Ctrl-C, SIGINT); SIGTERM stops with 0",
 }
 
 

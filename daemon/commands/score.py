@@ -11,6 +11,7 @@ import sys
 import numpy as np
 
 from ..context.printable import printable
+from ..exitcodes import Exit
 from ..training.inputs import read_input
 
 
@@ -49,4 +50,4 @@ def run_score(args) -> int:
                       f"score {ex['score']:.3f} > {ex['bound']:.3f}; most surprising "
                       f"{s['observed']} (p={s['observed_p']:.3g}) where {s['expected']} "
                       f"(p={s['expected_p']:.2f}) was expected")
-    return 0 if alerts == 0 or not args.exit_status else 1
+    return int(Exit.ANOMALOUS) if alerts and args.exit_status else int(Exit.OK)

@@ -11,6 +11,7 @@ different names never print alike.
 
 from __future__ import annotations
 
+import shlex
 import unicodedata
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
@@ -50,11 +51,6 @@ def reprinted(text: str) -> str:
 
 
 def command_line(args: list[bytes]) -> str:
-    """argv as one printable line; an argument with a space or a quote is quoted."""
-    out = []
-    for a in args:
-        s = printable(a)
-        if s == "" or any(ch in s for ch in " '\""):
-            s = "'" + s.replace("'", "\\'") + "'"
-        out.append(s)
-    return " ".join(out)
+    """argv as one printable line a POSIX shell reads back as the same words (shlex.join:
+    `it's` becomes 'it'"'"'s', which a shell takes as one word, where 'it\\'s' is not)."""
+    return shlex.join(printable(a) for a in args)

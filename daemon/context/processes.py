@@ -43,12 +43,11 @@ from sysdream.probes.layout import (
 from . import procfs
 from .cgroups import CgroupPaths, Group
 from .printable import command_line, printable
-from .procfs import split_args
+from .procfs import START_SLACK_NS, split_args
 
 MAX_IMAGES = 4
 MAX_PATHS = 4096
 LINEAGE_DEPTH = 8
-START_SLACK_NS = 30_000_000   # /proc start times are in clock ticks of the boot clock
 TMPFS_MAGIC = 0x01021994
 
 
@@ -449,12 +448,13 @@ class ProcessTable:
         if p is None:
             return {"exe": "", "exe_flags": [], "cmdline": "", "argv": [], "user": "",
                     "uid": -1, "euid": -1, "gid": -1, "login_user": "", "loginuid": -1,
-                    "session": -1, "ppid": 0, "lineage": [], "lineage_text": "",
-                    "cgroup": "", "unit": "", "container_id": "", "container_runtime": "",
-                    "process_start_ns": 0, "context_source": "unknown"}
+                    "session": -1, "ppid": 0, "parent_cmdline": "", "lineage": [],
+                    "lineage_text": "", "cgroup": "", "unit": "", "container_id": "",
+                    "container_runtime": "", "process_start_ns": 0, "context_source": "unknown"}
         img = p.image_at(ns, before_exec) or Image(0, printable(p.comm), [], 0)
         group: Group = self.cgroups.group(p.cgroup_id)
         chain = self.lineage(p, ns)
+        parent_img = chain[0].image_at(ns) if chain else None     # chain: parent first
         names = [_short(q.image_at(0).exe if q.images else printable(q.comm)) for q in chain]
         own = _short(img.exe)
         flags = img.exe_flags()
@@ -469,6 +469,7 @@ class ProcessTable:
             "uid": ident(img.uid), "euid": ident(img.euid), "gid": ident(img.gid),
             "login_user": self.user(p.loginuid), "loginuid": ident(p.loginuid),
             "session": ident(p.sessionid), "ppid": p.ppid,
+            "parent_cmdline": command_line(parent_img.args) if parent_img else "",
             "lineage": [{"pid": q.tgid, "exe": q.images[-1].exe if q.images else "",
                          "comm": printable(q.comm)} for q in chain],
             "lineage_text": " > ".join([*reversed(names), own]),

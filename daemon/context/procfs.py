@@ -40,6 +40,9 @@ class ProcEntry:
     ino: int
 
 
+START_SLACK_NS = 30_000_000   # /proc start times are in clock ticks of the boot clock
+
+
 def boot_offset_ns() -> int:
     """CLOCK_BOOTTIME - CLOCK_MONOTONIC now (time suspended)."""
     return time.clock_gettime_ns(time.CLOCK_BOOTTIME) - time.monotonic_ns()
@@ -55,6 +58,15 @@ def split_args(raw: bytes) -> list[bytes]:
 def _start_ns(stat: bytes) -> int:
     ticks = int(stat[stat.rindex(b")") + 2:].split()[19])
     return ticks * 1_000_000_000 // _HZ - boot_offset_ns()
+
+
+def start_of(pid: int, proc: str = "/proc") -> int:
+    """The start (CLOCK_MONOTONIC ns) of the process `pid` is now; 0 when there is none."""
+    try:
+        with open(f"{proc}/{pid}/stat", "rb") as f:
+            return _start_ns(f.read())
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def read(proc: str, pid: int, cgroups: CgroupPaths) -> ProcEntry | None:

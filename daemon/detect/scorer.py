@@ -52,6 +52,7 @@ class Detection:
     episode: dict | None = None     # for an episode: parent pid, pids, exceedances
     novelty: list = field(default_factory=list)   # lineage events behind it (to_json)
     needed: float = 0.0     # what the evidence had to reach (the alert bound in use)
+    program: str = ""       # whose alert bound that was ("": the bound over all programs)
 
 
 class _Part:
@@ -291,7 +292,7 @@ class Scorer:
                 out.append(Detection(b, i, float(scores[lo + i]), n, evidence.m, model, {},
                                      novelty=self.novelty.of(b, i, model, evidence.m,
                                                               spend=True),
-                                     needed=evidence.bound_for(prog)))
+                                     needed=evidence.bound_for(prog), program=prog))
             if b.final and b.tid == b.tgid:     # the process exits: its evidence goes
                 evidence.forget(key)
             # the same windows, as part of an episode of their parent's young children

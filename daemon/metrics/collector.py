@@ -2,19 +2,24 @@
 
 Counters the pipeline and the kernel keep as plain integers are read at scrape time by one
 collector, so a scrape always shows the kernel's exact conservation counters. Histograms are
-prometheus-client objects fed by the scorer and the alert path. docs/metrics.md lists every
+fed in bulk by the scorer and the alert path and exposed by their own collectors
+(BulkHistogram). docs/metrics.md lists every
 metric; tests/daemon/test_metrics_doc.py compares it with what this module registers.
 """
 
 from __future__ import annotations
 
-from prometheus_client import (
-    CollectorRegistry,
-    Histogram,
-    ProcessCollector,
-    disable_created_metrics,
+import threading
+
+import numpy as np
+from prometheus_client import CollectorRegistry, ProcessCollector, disable_created_metrics
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from ..context.printable import printable
 from ..version import build_info
@@ -37,6 +42,21 @@ def _by_label(name: str, doc: str, label: str, values: dict[str, int], gauge: bo
     for k, v in sorted(dict(values).items()):
         fam.add_metric([k], v)
     return fam
+
+
+def trained_timestamp(value) -> float:
+    """A bundle's trained_at (ISO 8601, or seconds since the epoch) as Unix time."""
+    import datetime
+
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    try:
+        when = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return float("nan")
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return when.timestamp()
 
 
 class Collector:
@@ -113,10 +133,6 @@ class ServiceCollector(Collector):
                         "(queue_full, model_change, shutdown).", "reason",
                         {"queue_full": 0, "model_change": 0, "shutdown": 0,
                          **c.windows_shed})
-        looked = c.windows_scored + c.windows_cached
-        yield GaugeMetricFamily("sysdream_cache_hit_ratio", "Share of windows answered by "
-                                "the known-window cache since start.",
-                                value=c.windows_cached / looked if looked else 0.0)
         yield GaugeMetricFamily("sysdream_cache_windows", "Windows in the known-window "
                                 "cache.", value=s.cache_size())
         yield GaugeMetricFamily("sysdream_queue_windows", "Windows waiting for inference.",
@@ -126,8 +142,12 @@ class ServiceCollector(Collector):
                                 else 0)
         yield _by_label("sysdream_anomalous_windows", "Windows above the bound, by "
                         "executable.", "exe", c.anomalous.snapshot())
-        yield _by_label("sysdream_alerts", "Alerts raised, by executable.", "exe",
-                        s.alerting.sent.snapshot())
+        alerts = CounterMetricFamily("sysdream_alerts", "Alerts raised, by executable and "
+                                     "severity.", labels=["exe", "severity"])
+        for sev, counts in sorted(s.alerting.sent_by_severity.items()):
+            for exe, n in sorted(counts.snapshot().items()):
+                alerts.add_metric([exe, sev], n)
+        yield alerts
         yield _by_label("sysdream_alerts_suppressed", "Alerts held back by the rate "
                         "limits (per fingerprint, and the ceiling per minute), by "
                         "executable.", "exe", s.alerting.suppressed.snapshot())
@@ -243,14 +263,16 @@ class ServiceCollector(Collector):
         if m is not None:
             t = m.det.training or {}
             info.add_metric([], {"model_id": m.model_id, "arch": m.det.cfg.arch,
-                                 "task": m.task, "window": str(m.p),
-                                 "trained_at": str(t.get("trained_at", ""))})
+                                 "task": m.task, "window": str(m.p)})
             gauges = [("sysdream_model_vocabulary_size", "Syscall names the model knows "
                        "(with the padding and unknown tokens).", len(m.det.vocab)),
                       ("sysdream_model_bound", "The alarm bound (mean NLL per syscall).",
                        m.bound.bound),
                       ("sysdream_model_confidence", "Confidence of the interval whose upper "
-                       "end is the bound.", m.bound.confidence)]
+                       "end is the bound.", m.bound.confidence),
+                      ("sysdream_model_trained_timestamp_seconds", "When the model in use "
+                       "was trained (Unix time; NaN when its bundle does not say).",
+                       trained_timestamp(t.get("trained_at")))]
         yield info
         for name, doc, v in gauges:
             yield GaugeMetricFamily(name, doc, value=v)
@@ -279,19 +301,19 @@ class Metrics:
             remote, control = service.remote, getattr(service, "control", None)
             self.registry.register(Collector(lambda: collect(remote, control)))
         ProcessCollector(registry=self.registry)
-        self.inference = Histogram("sysdream_inference_seconds", "Time of one inference "
-                                   "(the distinct cache misses of a scorer cycle).",
-                                   buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.batch_size = Histogram("sysdream_inference_batch_windows", "Windows per "
-                                    "inference (distinct cache misses of a scorer cycle).",
-                                    buckets=(1, 4, 16, 64, 128, 256, 512, 1024, 4096),
-                                    registry=self.registry)
-        self.scores = Histogram("sysdream_window_score", "Window scores (mean negative "
-                                "log-likelihood per syscall).", buckets=SCORE_BUCKETS,
-                                registry=self.registry)
-        self.detection = Histogram("sysdream_detection_latency_seconds", "From the newest "
-                                   "syscall of an alert's window to the alert.",
-                                   buckets=DETECTION_BUCKETS, registry=self.registry)
+        self.inference = BulkHistogram("sysdream_inference_seconds", "Time of one "
+                                       "inference (the distinct cache misses of a scorer "
+                                       "cycle).", LATENCY_BUCKETS)
+        self.batch_size = BulkHistogram("sysdream_inference_batch_windows", "Windows per "
+                                        "inference (distinct cache misses of a scorer "
+                                        "cycle).", (1, 4, 16, 64, 128, 256, 512, 1024, 4096))
+        self.scores = BulkHistogram("sysdream_window_score", "Window scores (mean negative "
+                                    "log-likelihood per syscall).", SCORE_BUCKETS)
+        self.detection = BulkHistogram("sysdream_detection_latency_seconds", "From the "
+                                       "newest syscall of an alert's window to the alert.",
+                                       DETECTION_BUCKETS)
+        for h in (self.inference, self.batch_size, self.scores, self.detection):
+            self.registry.register(h)
         self.server = None
 
     def observe(self, what: str, value, n: int) -> None:
@@ -299,7 +321,7 @@ class Metrics:
             self.inference.observe(value)
             self.batch_size.observe(n)
         elif what == "scores":
-            _observe_many(self.scores, value)
+            self.scores.observe_many(value)
 
     def serve(self, address: str, port: int, health=None) -> int:
         """Start /metrics and /healthz (serve_http); returns the port (useful with port
@@ -314,18 +336,38 @@ class Metrics:
             self.server = None
 
 
-def _observe_many(hist: Histogram, values) -> None:
-    """Observe a numpy array into a histogram in bulk: one increment per bucket, not per
-    value (prometheus-client 0.26's own observe() does the same per value; pinned)."""
-    import numpy as np
+class BulkHistogram:
+    """A histogram that takes a whole array of observations in one step (a scorer cycle
+    scores thousands of windows), exposed through prometheus-client's public collector
+    API (HistogramMetricFamily) rather than by writing a Histogram's private fields."""
 
-    values = np.asarray(values, np.float64)
-    if not values.size:
-        return
-    edges = np.array(hist._upper_bounds)
-    idx = np.searchsorted(edges, values, side="left")
-    counts = np.bincount(idx, minlength=len(edges))
-    for i, n in enumerate(counts.tolist()):
-        if n:
-            hist._buckets[i].inc(n)
-    hist._sum.inc(float(values.sum()))
+    def __init__(self, name: str, doc: str, buckets: tuple):
+        self.name, self.doc = name, doc
+        self.edges = np.array([*buckets, float("inf")], np.float64)
+        self.counts = np.zeros(len(self.edges), np.int64)
+        self.sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, value: float) -> None:
+        self.observe_many([value])
+
+    def observe_many(self, values) -> None:
+        values = np.asarray(values, np.float64).ravel()
+        values = values[~np.isnan(values)]
+        if not values.size:
+            return
+        idx = np.searchsorted(self.edges, values, side="left")    # le: value <= edge
+        add = np.bincount(idx, minlength=len(self.edges))[:len(self.edges)]
+        with self._lock:
+            self.counts += add
+            self.sum += float(values.sum())
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        with self._lock:
+            cumulative, total = np.cumsum(self.counts).tolist(), self.sum
+        buckets = [(("+Inf" if e == float("inf") else floatToGoString(e)), n)
+                   for e, n in zip(self.edges.tolist(), cumulative, strict=True)]
+        yield HistogramMetricFamily(self.name, self.doc, buckets=buckets, sum_value=total)

@@ -11,7 +11,8 @@ Lifecycle (systemd Type=notify): READY=1 once the probes are attached; STATUS= e
 status interval; WATCHDOG=1 only while the reader loop turns and the scorer shows signs of
 life; SIGHUP reloads the configuration and the model without detaching the probes
 (RELOADING=1 ... READY=1; a bundle that does not load keeps the old model); SIGTERM or
-SIGINT scores what is queued (at most 2 s), writes what was recorded, and exits 0.
+SIGINT scores what is queued (at most 2 s), writes what was recorded, and exits 0 (130 after
+SIGINT, the shell's code for Ctrl-C).
 
 Learn-then-detect: with no model, the daemon records this host into
 state_directory/baseline-<time>.sdtrace for `baseline_seconds` (and at least
@@ -23,7 +24,6 @@ A failed training keeps the recordings and records again for another period.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -44,12 +44,14 @@ from ..exitcodes import MetricsPortError, StateDirError
 from ..fleet.agent import Control, Remote, events_of
 from ..metrics.collector import Metrics
 from ..metrics.labels import ExeLabels
-from ..training.progress import LearningBar
 from .learner import Learner
+from .logs import log, warn
+from .logs import setup as setup_logging
 from .modelslot import ModelSlot, trusted_keys
 from .notify import Notifier
 from .retrainer import Retrainer
 from .runtime import adapt_torch, bound_torch_caches, on_signals, release_memory
+from .statusfile import StatusFile
 
 DRAIN_S = 2.0
 # Programs that take our alerts: their handling of them is not judged as their own
@@ -71,13 +73,6 @@ def alert_takers() -> set[tuple[int, int]]:
     return out
 
 
-def log(msg: str) -> None:
-    if LearningBar.active is not None:
-        LearningBar.active.write(f"sysdream: {msg}", file=sys.stderr)
-        return
-    print(f"sysdream: {msg}", file=sys.stderr, flush=True)
-
-
 def check_state_dir(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -93,6 +88,7 @@ def check_state_dir(path: Path) -> None:
 class Service:
     def __init__(self, cfg: Config, reload_config=None, notifier: Notifier | None = None):
         self.cfg = cfg
+        setup_logging(cfg.service.log_level)
         self.reload_config = reload_config      # () -> Config, for SIGHUP
         self.notify = notifier or Notifier()
         self.kernel_counters: dict[str, int] = {}
@@ -114,6 +110,7 @@ class Service:
                                    lambda: self.kernel_counters, self.slot.load,
                                    self._shadow, self._retrained)
         self._next_refresh = 0.0
+        self.statusfile = StatusFile(cfg.state_dir(), cfg.service.status_interval_s)
         self.metrics = None
         self.capture = None
         self._stop = False
@@ -198,7 +195,7 @@ class Service:
     def _warn_spoofable(cfg: Config) -> None:
         c = cfg.capture
         if c.exclude_comms or c.include_comms:
-            log("warning: include_comms/exclude_comms match the process name, which any "
+            warn("include_comms/exclude_comms match the process name, which any "
                 "process can set for itself (prctl PR_SET_NAME): a process can leave the "
                 "trace by calling itself an excluded name; exclude by exclude_exes, "
                 "exclude_cgroup_paths or exclude_uids instead")
@@ -273,7 +270,7 @@ class Service:
                 new.capture_settings(self.cgroups)      # what the kernel would refuse
                 trusted = trusted_keys(new)
             except (ConfigError, ValueError) as exc:
-                log(f"reload: configuration refused, keeping the running one: {exc}")
+                warn(f"reload: configuration refused, keeping the running one: {exc}")
                 self.slot.reloads["failed"] += 1
                 self.notify.ready(self._status())
                 return
@@ -284,6 +281,7 @@ class Service:
 
     def _apply_config(self, new: Config) -> None:
         old = self.cfg
+        setup_logging(new.service.log_level)
         fixed = ("chunk", "flush_age_s", "ring_buffer_pages", "strict_compat")
         changed = [k for k in fixed if old.capture.__dict__[k] != new.capture.__dict__[k]]
         if changed:
@@ -308,6 +306,10 @@ class Service:
             self.retrainer.begin()      # what was under way ends; the new schedule starts
 
     # -- the loop ---------------------------------------------------------------------
+    def status_line(self) -> str:
+        """The one-line state systemctl status shows (sd_notify STATUS=)."""
+        return self._status()
+
     def _status(self) -> str:
         k = self.kernel_counters
         lost = k.get("lost_syscalls", 0) + k.get("lost_nostorage", 0)
@@ -349,6 +351,7 @@ class Service:
         on_signals(lambda: setattr(self, "_stop", True),
                    lambda: setattr(self, "_reload", True))
         self.notify.ready(self._status())
+        self.statusfile.write(self)
         log(f"probes attached; {self._status()}")
         wd = self.notify.watchdog_s / 2 if self.notify.watchdog_s else 0.0
         tick = next_status = next_wd = time.monotonic()
@@ -382,6 +385,7 @@ class Service:
             if now >= next_status:
                 next_status = now + interval
                 self.notify.status(self._status())
+                self.statusfile.write(self)
         return self._shutdown()
 
     def _refresh_filters(self) -> None:
@@ -440,6 +444,7 @@ class Service:
             self.scorer.stop(DRAIN_S)
         self.learner.shutdown()
         self.retrainer.shutdown()
+        self.statusfile.write(self, phase="stopped")
         self.close()
         k = self.kernel_counters
         shed = self.counters.windows_shed.get("shutdown", 0)

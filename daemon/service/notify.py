@@ -1,46 +1,36 @@
-"""sd_notify(3) without libsystemd: datagrams to $NOTIFY_SOCKET (READY, STATUS, WATCHDOG,
-RELOADING, STOPPING). Without the variable (not run by systemd) every call does nothing."""
+"""sd_notify(3) through systemd-python (systemd.daemon.notify): READY, STATUS, WATCHDOG,
+RELOADING, STOPPING. Without $NOTIFY_SOCKET (not run by systemd) every call does nothing."""
 
 from __future__ import annotations
 
 import os
-import socket
 import time
+
+from systemd import daemon
 
 
 class Notifier:
-    def __init__(self, env: dict | None = None):
-        env = os.environ if env is None else env
-        path = env.get("NOTIFY_SOCKET", "")
-        if path.startswith("@"):
-            path = "\0" + path[1:]  # abstract namespace
-        self.path = path
+    def __init__(self):
+        env = os.environ
+        self.enabled = bool(env.get("NOTIFY_SOCKET"))
         self.sent = 0
         self.failures = 0
-        usec = env.get("WATCHDOG_USEC", "")
-        pid = env.get("WATCHDOG_PID", "")
+        # the watchdog interval systemd asked of this process, 0 for none (systemd-python
+        # 235 has no sd_watchdog_enabled; sd_watchdog_enabled(3) reads the same variables)
+        usec, pid = env.get("WATCHDOG_USEC", ""), env.get("WATCHDOG_PID", "")
         ours = not pid or pid == str(os.getpid())
-        self.watchdog_s = int(usec) / 1e6 if usec.isdigit() and int(usec) > 0 and ours else 0.0
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.path)
+        self.watchdog_s = int(usec) / 1e6 if usec.isdigit() and int(usec) > 0 and ours \
+            else 0.0
 
     def send(self, **fields) -> bool:
-        """notify(READY=1, STATUS="...") -> 'READY=1\\nSTATUS=...'"""
-        if not self.path:
+        """send(READY=1, STATUS="...") -> 'READY=1\\nSTATUS=...'"""
+        if not self.enabled:
             return False
-        msg = "\n".join(f"{k}={v}" for k, v in fields.items()).encode()
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            s.sendto(msg, self.path)
+        if daemon.notify("\n".join(f"{k}={v}" for k, v in fields.items())):
             self.sent += 1
             return True
-        except OSError:
-            self.failures += 1
-            return False
-        finally:
-            s.close()
+        self.failures += 1
+        return False
 
     def ready(self, status: str) -> bool:
         return self.send(READY=1, STATUS=status)

@@ -50,6 +50,26 @@ def adapt_torch(log=None) -> bool:
     return True
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside on_signals: stops like Ctrl-C (the same clean-ups run) but is a
+    requested stop, so the command exits 0 where Ctrl-C exits 130."""
+
+
+def raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+# The signal that stopped a command through on_signals (None: none did). The CLI exits
+# 130 after a clean stop by SIGINT (the shell's convention for Ctrl-C), 0 after SIGTERM.
+stopped_by: int | None = None
+
+
+def _stopping(signum: int, stop) -> None:
+    global stopped_by
+    stopped_by = signum
+    stop()
+
+
 def on_signals(stop, reload=None) -> dict:
     """The long-running commands' signals, in one place: SIGTERM and SIGINT call `stop`,
     SIGHUP calls `reload` when given. Handlers only set a flag the loop checks, so a
@@ -58,9 +78,10 @@ def on_signals(stop, reload=None) -> dict:
     wanted = {signal.SIGTERM: stop}
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         wanted[signal.SIGINT] = stop
+    handlers = {sig: (lambda signum, _, f=f: _stopping(signum, f)) for sig, f in wanted.items()}
     if reload is not None:
-        wanted[signal.SIGHUP] = reload
-    return {sig: signal.signal(sig, lambda *_, f=f: f()) for sig, f in wanted.items()}
+        handlers[signal.SIGHUP] = lambda *_: reload()
+    return {sig: signal.signal(sig, h) for sig, h in handlers.items()}
 
 
 def restore_signals(old: dict) -> None:

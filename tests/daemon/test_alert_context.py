@@ -11,6 +11,7 @@ The daemon traces one test cgroup only (--cgroup), into which the test starts it
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -87,7 +88,7 @@ def test_alerts_name_short_lived_fileless_programs_from_the_kernel(ebpf_ready, t
         assert json.loads(e["SYSDREAM_ARGV"]) == ["sd-child", "--evil\\nMar 1 fake log line",
                                                   "\\x1b[2J\\x07", "\\xff\\xfe"]
         assert e["SYSDREAM_CMDLINE"] == ("sd-child '--evil\\nMar 1 fake log line' "
-                                         "\\x1b[2J\\x07 \\xff\\xfe")
+                                         "'\\x1b[2J\\x07' '\\xff\\xfe'")
         assert e["SYSDREAM_USER"] == "root" and e["SYSDREAM_UID"] == "0"
         assert e["SYSDREAM_EUID"] == "0"
         assert e["SYSDREAM_PPID"] == str(proc.pid)
@@ -103,12 +104,30 @@ def test_alerts_name_short_lived_fileless_programs_from_the_kernel(ebpf_ready, t
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z",
                             e["SYSDREAM_TIME_RFC3339"])
         assert e["SYSDREAM_HOSTNAME"] == os.uname().nodename
+        # who, on which host and boot, for a SIEM: the parent's command line, the process
+        # for good (entity_id), its start on the wall clock; the file gone: no digest, why
+        assert e["SYSDREAM_HOST_ID"] == Path("/etc/machine-id").read_text().strip()
+        assert e["SYSDREAM_BOOT_ID"] == Path("/proc/sys/kernel/random/boot_id").read_text() \
+            .strip().replace("-", "")
+        assert e["SYSDREAM_PARENT_CMDLINE"] == f"{spawner} /bin/true {mnt}"
+        assert re.fullmatch(r"[0-9a-f]{32}", e["SYSDREAM_ENTITY_ID"])
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z",
+                            e["SYSDREAM_PROCESS_START"])
+        assert e["SYSDREAM_WINDOW_START"] <= e["SYSDREAM_WINDOW_END"] <= \
+            e["SYSDREAM_TIME_RFC3339"]
+        assert e["SYSDREAM_EXE_SHA256"] == "" and e["SYSDREAM_EXE_SHA256_ERROR"]
+        assert float(e["SYSDREAM_ALERT_BOUND"]) > 0 and e["SYSDREAM_SYSDREAM_VERSION"]
+        assert e["MESSAGE"].startswith(e["SYSDREAM_WHY"] + ". Next: sysdream explain "
+                                       f"--alert-id {e['SYSDREAM_ALERT_ID']}")
+    assert mem["SYSDREAM_ENTITY_ID"] != dele["SYSDREAM_ENTITY_ID"]
+    # the parent's executable is still on disk after it exited: its digest, read by path
+    assert parent["SYSDREAM_EXE_SHA256"] == hashlib.sha256(spawner.read_bytes()).hexdigest()
     # the parent's hostile name, escaped wherever a person reads it
     assert parent["SYSDREAM_COMM"] == "evil\\n\\x1b[31mx"
     for e in alerts:
         assert no_control_characters(e["MESSAGE"]), e["MESSAGE"]
     assert "(evil\\n\\x1b[31mx" not in mem["MESSAGE"]
-    assert "memfd:sd\\x1bpayload" in mem["MESSAGE"] and "[memfd]" in mem["MESSAGE"]
+    assert "memfd:sd\\x1bpayload" in mem["MESSAGE"] and "executable memfd" in mem["MESSAGE"]
     ids = [e["SYSDREAM_ALERT_ID"] for e in alerts]
     assert len(set(ids)) == len(ids)
     # the JSON lines carry the same, and the file is the daemon's alone
@@ -116,6 +135,7 @@ def test_alerts_name_short_lived_fileless_programs_from_the_kernel(ebpf_ready, t
     assert any(x["exe"] == "memfd:sd\\x1bpayload" and x["argv"][1].startswith("--evil\\n")
                for x in lines)
     assert (tmp_path / "alerts.jsonl").stat().st_mode & 0o777 == 0o600
+    readme_example(next(x for x in lines if x["alert_id"] == mem["SYSDREAM_ALERT_ID"]))
 
     # explain shows the context, escaped
     raw = tmp_path / "mem.json"
@@ -127,6 +147,35 @@ def test_alerts_name_short_lived_fileless_programs_from_the_kernel(ebpf_ready, t
     assert out.returncode == 0, out.stderr
     assert "memfd:sd\\x1bpayload" in out.stdout and "lineage:" in out.stdout
     assert no_control_characters(out.stdout.replace("\n", ""))
+    # ... and by the id the MESSAGE names, from the JSON lines, as one JSON object
+    out = subprocess.run([os.sys.executable, "-m", "sysdream.daemon", "explain",
+                          "--alert-id", mem["SYSDREAM_ALERT_ID"], "--json-lines",
+                          str(tmp_path / "alerts.jsonl"), "--model", str(tiny_bundle),
+                          "--format", "json"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["alert_id"] == mem["SYSDREAM_ALERT_ID"] and doc["why"] == mem["SYSDREAM_WHY"]
+    assert [p["observed"] for p in doc["positions"]] == mem["SYSDREAM_SYSCALLS"].split()
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+EXAMPLE = re.compile(r"(<!-- alert-example: begin[^\n]*-->\n```json\n)(.*?)(\n```\n<!-- "
+                     r"alert-example: end -->)", re.S)
+
+
+def readme_example(alert: dict) -> None:
+    """README's example alert is this real one (SYSDREAM_WRITE_EXAMPLE=1 writes it there,
+    long lists cut to three entries); otherwise it must hold the same fields in the same
+    order, so the README cannot fall behind the alert's shape."""
+    shown = {k: v[:3] if isinstance(v, list) else v for k, v in alert.items()}
+    text = README.read_text()
+    m = EXAMPLE.search(text)
+    assert m, "README.md has no alert-example markers"
+    if os.environ.get("SYSDREAM_WRITE_EXAMPLE") == "1":
+        README.write_text(text[:m.start(2)] + json.dumps(shown, indent=1) + text[m.end(2):])
+    else:
+        assert list(json.loads(m.group(2))) == list(shown), \
+            "README's alert example is stale: rerun with SYSDREAM_WRITE_EXAMPLE=1"
 
 
 def test_three_hundred_names_from_one_program_do_not_flood(ebpf_ready, tmp_path, journal,

@@ -40,6 +40,8 @@ def causes(tmp: Path, bundle: Path) -> dict[Exit, list[str]]:
     (tmp / "bad.sdtrace").write_bytes(b"\x00garbage" * 10)
     (tmp / "bad.toml").write_text("[detection]\nno_such_key = 1\n")
     (tmp / "empty").mkdir(exist_ok=True)
+    # syscalls this model never saw, in an order it never saw: every window anomalous
+    (tmp / "odd.txt").write_text(" ".join(["5", "3", "102", "11", "221", "7", "99"] * 10))
     record = ["record", "--seconds", "0.1", "-o", str(tmp / "t.sdtrace")]
     run = ["run", "--model", str(bundle), "--no-journald", "--json-lines", "-"]
     from sysdream.daemon.fleet import keys
@@ -66,6 +68,9 @@ def causes(tmp: Path, bundle: Path) -> dict[Exit, list[str]]:
                             "--metrics-port", "{port}"],
         Exit.STATE_DIR: [*SYSDREAM, *run, "--state-dir", "/proc/sysdream-state",
                          "--no-metrics"],
+        Exit.ANOMALOUS: [*SYSDREAM, "score", "--model", str(bundle),
+                         f"adfa:{tmp / 'odd.txt'}", "--exit-status"],
+        Exit.NOT_RUNNING: [*SYSDREAM, "status", "--state-dir", str(tmp / "no-daemon")],
         Exit.FLEET_ENDPOINT: [*SYSDREAM, "server", "--bind", "tcp://127.0.0.1:{port}",
                               "--key", str(tmp / "keys" / "server.curve-secret"),
                               "--agents", str(tmp / "agents"), "--models",

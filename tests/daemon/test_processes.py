@@ -4,6 +4,7 @@ another process, lineage, cgroups and containers, escaping, grouping and bounded
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import time
 
@@ -120,7 +121,9 @@ def test_hostile_names_are_escaped_and_never_merged():
     assert printable(b"\xe2\x80\xa8ok") == "\\u2028ok"    # a Unicode line separator
     assert printable("caf\u00e9") == "caf\u00e9"          # printable text stays as it is
     assert printable(b"\xc3") != printable(b"\xc4")       # distinct bad bytes stay distinct
-    assert command_line([b"sh", b"-c", b"id; ls", b"it's"]) == "sh -c 'id; ls' 'it\\'s'"
+    line = command_line([b"sh", b"-c", b"id; ls", b"it's", b""])
+    assert line == "sh -c 'id; ls' 'it'\"'\"'s' ''"
+    assert shlex.split(line) == ["sh", "-c", "id; ls", "it's", ""]   # a shell reads it back
     assert reprinted("a\\nb\x1b") == "a\\nb\\x1b"        # escaped once, not twice
 
 

@@ -79,6 +79,16 @@ def test_notify_watchdog_reload_and_stop(ebpf_ready, tmp_path, notify, tiny_bund
         # a model given at start feeds the histograms as one learnt does
         wait_for(lambda: d.metric("sysdream_inference_seconds_count") > 0
                  and d.metric("sysdream_window_score_count") > 0, 10, "the histograms")
+        assert d.metric('sysdream_window_score_bucket{le="+Inf"}') == \
+            d.metric("sysdream_window_score_count")
+        assert abs(d.metric("sysdream_model_trained_timestamp_seconds") - time.time()) < 86400
+        # `sysdream status` reads the running daemon's status.json
+        st = status(tmp_path / "state")
+        assert st.returncode == 0, st.stderr
+        doc = json.loads(st.stdout)
+        assert doc["running"] and doc["phase"] == "detecting"
+        assert doc["model_id"] == tiny_detector.model_id
+        assert doc["sinks"]["json_lines"]["healthy"]
 
         # a corrupt bundle: refused, the old model keeps running, the failure is counted
         weights = next(p for p in model.iterdir() if p.suffix == ".pt")
@@ -132,8 +142,16 @@ def test_notify_watchdog_reload_and_stop(ebpf_ready, tmp_path, notify, tiny_bund
         assert rc == 0 and took < 5.0, d.stderr
         assert notify.having("STOPPING", "1")
         assert "stopped:" in d.stderr and "0 lost" in d.stderr
+        st = status(tmp_path / "state")        # stopped: exit 17, and the last state kept
+        assert st.returncode == 17 and json.loads(st.stdout)["phase"] == "stopped"
     finally:
         d.kill()
+
+
+def status(state) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sysdream.daemon", "status", "--state-dir",
+                           str(state), "--format", "json"], capture_output=True, text=True,
+                          timeout=60)
 
 
 def test_stalled_scorer_stops_the_watchdog(ebpf_ready, tmp_path, notify, tiny_bundle):

@@ -323,6 +323,10 @@ def test_the_alert_schema_names_every_field_and_checks_types():
     assert list(schema["properties"]) == ["message", "message_id", "priority",
                                           *alertfields.ALERT_FIELDS]
     assert schema["properties"]["schema"]["const"] == alertfields.ALERT_SCHEMA
+    version = alertfields.ALERT_SCHEMA.rsplit("/", 1)[1]
+    assert schema["$id"].endswith(f"/sysdream-alert/{version}")
+    assert schema["title"].endswith(f"version {version}")
+    assert [k for k, v in schema["properties"].items() if not v.get("description")] == []
     v = jsonschema.Draft202012Validator(schema)
     assert not v.is_valid({"kind": "anomaly"}), "fields are required"
     assert not v.is_valid({**{k: "" for k in schema["properties"]}, "pid": "12"})

@@ -1,0 +1,69 @@
+"""The daemon's own log lines through stdlib `logging`: to journald with their priority
+(systemd.journal.JournalHandler) when stderr is journald's stream, else to stderr as
+`sysdream: MESSAGE` (a terminal, a test, a container's log). `[service] log_level` picks
+what is written; alerts never go through here (alerting/sinks.py carries them).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+LOGGER = logging.getLogger("sysdream")
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+          "error": logging.ERROR}
+
+
+def under_journald(env: dict | None = None) -> bool:
+    """Whether stderr is the stream systemd connected to journald ($JOURNAL_STREAM names
+    its device and inode, systemd.exec(5)); a redirected stderr is not."""
+    env = os.environ if env is None else env
+    dev, _, ino = env.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return dev.isdigit() and ino.isdigit() and (st.st_dev, st.st_ino) == (int(dev), int(ino))
+
+
+class _Stderr(logging.Handler):
+    """One line each on stderr, through the learning progress bar while it is drawn."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from ..training.progress import LearningBar
+
+        try:
+            line = f"sysdream: {self.format(record)}"
+            if LearningBar.active is not None:
+                LearningBar.active.write(line, file=sys.stderr)
+            else:
+                print(line, file=sys.stderr, flush=True)
+        except Exception:      # noqa: BLE001 - logging must never stop the daemon
+            self.handleError(record)
+
+
+def setup(level: str = "info") -> logging.Handler:
+    """Route LOGGER to journald or stderr at `level` (one of LEVELS); again at a reload."""
+    handler: logging.Handler
+    if under_journald():
+        from systemd.journal import JournalHandler
+        handler = JournalHandler(SYSLOG_IDENTIFIER="sysdream")
+    else:
+        handler = _Stderr()
+    for old in list(LOGGER.handlers):
+        LOGGER.removeHandler(old)
+    LOGGER.addHandler(handler)
+    LOGGER.setLevel(LEVELS[level])
+    LOGGER.propagate = False
+    return handler
+
+
+def log(msg: str, level: int = logging.INFO) -> None:
+    if not LOGGER.handlers:
+        setup()
+    LOGGER.log(level, msg)
+
+
+def warn(msg: str) -> None:
+    log(msg, logging.WARNING)
