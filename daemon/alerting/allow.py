@@ -213,8 +213,9 @@ def _journal_value(v):
     return v
 
 
-def run(args, state_dir: Path, out=sys.stdout) -> int:
+def run(args, state_dir: Path, out=None) -> int:
     """The `sysdream allow` verb."""
+    out = out or sys.stdout     # looked up now: a test (or caller) may have replaced it
     path = state_dir / FILE
     allow = AllowList.load(path)
     as_json = getattr(args, "format", "text") == "json"
