@@ -78,7 +78,8 @@ def test_detecting_load_and_score_do_not_import_torch(saved):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split()[:3] == ["onnxruntime", "4", "True"], out.stdout
+    runtime, windows, finite = out.stdout.split()[:3]
+    assert (runtime, finite) == ("onnxruntime", "True") and int(windows) > 1, out.stdout
     assert out.stdout.strip().endswith("[]"), out.stdout
 
 
