@@ -134,6 +134,8 @@ def main() -> None:
     ap.add_argument("--equal", action="store_true",
                     help="torch's and ONNX Runtime's scores on the ADFA-LD test set")
     ap.add_argument("--epochs", type=int, default=3, help="of the --equal network")
+    ap.add_argument("--default-only", action="store_true",
+                    help="the default size alone (no other sizes, no DeepLog)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import onnxruntime
@@ -149,14 +151,14 @@ def main() -> None:
     print(f"{'model':<28}{'batch':>6}{'torch w/s':>12}{'ort w/s':>12}{'ort/torch':>10}"
           f"{'ort syscalls/s':>16}")
     results = {}
-    for size in SIZES:
+    for size in [DEFAULT] if args.default_only else SIZES:
         tag = f"dream h{size['hidden']} p{size['window']}" + \
             (" (default)" if size == DEFAULT else "")
         for b, (rt, ro) in dream_rates(size, BATCHES, ids, args.threads).items():
             results[(tag, b)] = (rt, ro)
             print(f"{tag:<28}{b:>6}{rt:12.0f}{ro:12.0f}{ro / rt:10.2f}"
                   f"{ro * size['window']:16.0f}", flush=True)
-    for b in BATCHES:
+    for b in () if args.default_only else BATCHES:
         r = deeplog_rate(b, ids)
         results[("deeplog", b)] = r
         print(f"{'DeepLog h64 x2, history 10':<28}{b:>6}{r:12.0f}{'':>12}{'':>10}{r:16.0f}",
