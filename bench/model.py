@@ -95,7 +95,7 @@ def deeplog_rate(batch: int, ids: np.ndarray) -> float:
     return rate(run, len(seq))
 
 
-def equal(epochs: int, threads: int) -> None:
+def equal(epochs: int, threads: int, max_windows: int) -> None:
     """The largest relative difference between torch's and ONNX Runtime's window scores on
     every ADFA-LD test trace, by a network trained and exported as `sysdream train` does."""
     from sysdream.daemon.inputs import datasets_root
@@ -108,8 +108,10 @@ def equal(epochs: int, threads: int) -> None:
     test = [s.tokens for s in read_adfa_ld(root, "validation") + read_adfa_ld(root, "attack")]
     t0 = time.perf_counter()
     det = Detector.train(train, None, NetworkConfig(vocab_size=1),
-                         TrainSettings(epochs=epochs, threads=threads))
-    print(f"trained in {time.perf_counter() - t0:.0f} s ({epochs} epochs)")
+                         TrainSettings(epochs=epochs, threads=threads,
+                                       max_windows=max_windows))
+    print(f"trained in {time.perf_counter() - t0:.0f} s ({epochs} epochs of at most "
+          f"{max_windows} windows)")
     with tempfile.TemporaryDirectory() as tmp:
         det.save(os.path.join(tmp, "model"))
         lean = Detector.load(os.path.join(tmp, "model"), threads=threads)
@@ -128,12 +130,41 @@ def equal(epochs: int, threads: int) -> None:
           f"{tb:.1f} s (torch)")
 
 
+MEMORY = """
+import resource, sys, time
+import numpy as np
+t0 = time.perf_counter()
+from sysdream.model.detector import Detector
+d = Detector.load(sys.argv[1], runtime=sys.argv[2], threads=2)
+d.score_sequence(np.array(["open", "read", "close"] * 400, dtype=object))
+took = time.perf_counter() - t0
+kb = {l.split(":")[0]: int(l.split()[1]) for l in open("/proc/self/status")
+      if l.startswith(("VmRSS", "VmHWM"))}
+print(f"{sys.argv[2]:<6} scores with {d.runtime:<12} load + first score {took:6.2f} s, "
+      f"VmRSS {kb['VmRSS'] / 1024:.1f} MB, VmHWM {kb['VmHWM'] / 1024:.1f} MB, torch "
+      f"{'imported' if 'torch' in sys.modules else 'not imported'}")
+"""
+
+
+def memory(bundle: str) -> None:
+    """Each runtime's detecting load and first score, in a fresh interpreter each."""
+    import subprocess
+    import sys
+
+    for runtime in ("auto", "torch"):
+        subprocess.run([sys.executable, "-c", MEMORY, bundle, runtime], check=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--equal", action="store_true",
                     help="torch's and ONNX Runtime's scores on the ADFA-LD test set")
     ap.add_argument("--epochs", type=int, default=3, help="of the --equal network")
+    ap.add_argument("--max-windows", type=int, default=60_000,
+                    help="per epoch, of the --equal network")
+    ap.add_argument("--memory", metavar="BUNDLE",
+                    help="memory and time of a detecting load and score, by each runtime")
     ap.add_argument("--default-only", action="store_true",
                     help="the default size alone (no other sizes, no DeepLog)")
     args = ap.parse_args()
@@ -144,8 +175,11 @@ def main() -> None:
           f"{args.threads} threads (onnxruntime: intra-op {args.threads}, inter-op 1), fp32; "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} on "
           f"{os.cpu_count()} CPUs")
+    if args.memory:
+        memory(args.memory)
+        return
     if args.equal:
-        equal(args.epochs, args.threads)
+        equal(args.epochs, args.threads, args.max_windows)
         return
     ids = tokens(200_000)
     print(f"{'model':<28}{'batch':>6}{'torch w/s':>12}{'ort w/s':>12}{'ort/torch':>10}"
