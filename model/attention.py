@@ -58,7 +58,8 @@ class CausalAttention(nn.Module):
             scores = self.query(h) @ k.transpose(1, 2)
         future = torch.triu(torch.ones(T, T, dtype=torch.bool, device=h.device), 1)
         blocked = future | pad.unsqueeze(1)
-        blocked = blocked & ~torch.eye(T, dtype=torch.bool, device=h.device)  # self always
+        # self always (a float eye compared: ONNX Runtime has no boolean EyeLike)
+        blocked = blocked & ~(torch.eye(T, device=h.device) > 0)
         w = torch.softmax(scores.masked_fill(blocked, float("-inf")), dim=2)
         return w @ h, w
 

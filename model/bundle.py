@@ -12,6 +12,9 @@
                       (daemon/training/profile.py), kept here as the daemon wrote it; the
                       daemon checks it at load
     alerting.json     optional: the daemon's alert bound (daemon/detect/evidence.py), likewise
+    model.onnx        optional: the network exported at training time (model/export.py),
+                      scored by ONNX Runtime without torch; a bundle without it loads with
+                      torch
     signature.json    optional, outside the manifest: a signature of manifest.json
                       (daemon/signing.py), carried as the daemon wrote it
 
@@ -48,8 +51,9 @@ FORMAT = "sysdream-model"
 FORMAT_VERSION = 1
 FILES = ("weights.pt", "vocabulary.json", "embedding.npy", "network.json",
          "calibration.json", "training.json")
-OPTIONAL = ("transfer.json", "lineage.json", "alerting.json")
-MAX_FILE = {"weights.pt": 1 << 30, "embedding.npy": 256 << 20}   # bytes, read before parsing
+OPTIONAL = ("transfer.json", "lineage.json", "alerting.json", "model.onnx")
+MAX_FILE = {"weights.pt": 1 << 30, "embedding.npy": 256 << 20,   # bytes, read before parsing
+            "model.onnx": 1 << 30}
 MAX_JSON = 64 << 20
 _TMP = ".tmp-"      # a temporary bundle: .NAME.tmp-PID-XXXX beside NAME
 
@@ -65,12 +69,14 @@ class Bundle:
     embedding: np.ndarray
     calibration: dict
     training: dict
-    state_dict: dict
+    state_dict: dict | None         # None: loaded without torch (`weights` holds the file)
     transfer: dict | None = None
     lineage: dict | None = None
     alerting: dict | None = None
     model_id: str = ""
     path: str = ""
+    onnx: bytes | None = None       # model.onnx
+    weights: bytes | None = None    # weights.pt as read, written back as it was
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
 
@@ -101,14 +107,19 @@ def save(bundle: Bundle, path: str | os.PathLike, sign=None) -> str:
     model id, the first 16 hex digits of the sha256 over the file checksums. `sign`: a
     function of the manifest's bytes whose result is written as signature.json (the
     daemon's, daemon/signing.py; the model room only carries it)."""
-    import torch
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{_TMP}{os.getpid()}-", dir=path.parent))
     try:
-        torch.save(bundle.state_dict, tmp / "weights.pt")
+        if bundle.state_dict is not None:
+            import torch
+
+            torch.save(bundle.state_dict, tmp / "weights.pt")
+        else:   # loaded without torch: the file as it was read
+            (tmp / "weights.pt").write_bytes(bundle.weights)
+        if bundle.onnx is not None:
+            (tmp / "model.onnx").write_bytes(bundle.onnx)
         np.save(tmp / "embedding.npy", np.asarray(bundle.embedding, np.float32),
                 allow_pickle=False)
         docs = {"vocabulary.json": bundle.vocabulary, "network.json": bundle.network,
@@ -309,17 +320,27 @@ def _verified(path: Path) -> tuple[dict, dict[str, bytes]]:
         snap.close()
 
 
-def load(path: str | os.PathLike) -> Bundle:
+def torch_weights(path: str | os.PathLike, data: bytes) -> dict:
+    """The state dict in weights.pt's bytes (imports torch)."""
     import torch
 
+    try:
+        return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except Exception as exc:  # checksums matched, so this is an incompatible writer
+        raise BundleError(f"{path}: weights unreadable by this torch ({exc}); "
+                          "retrain the bundle with this version") from None
+
+
+def load(path: str | os.PathLike, weights: bool = True) -> Bundle:
+    """The bundle at `path`, every file checked. `weights`: read weights.pt with torch
+    into `state_dict`; False leaves it None (torch not imported) and keeps the bytes."""
     path = Path(path)
     manifest, files = _verified(path)
+    state = torch_weights(path, files["weights.pt"]) if weights else None
     try:
-        state = torch.load(io.BytesIO(files["weights.pt"]), weights_only=True,
-                           map_location="cpu")
         embedding = np.load(io.BytesIO(files["embedding.npy"]), allow_pickle=False)
     except Exception as exc:  # checksums matched, so this is an incompatible writer
-        raise BundleError(f"{path}: weights unreadable by this torch/numpy ({exc}); "
+        raise BundleError(f"{path}: embedding.npy unreadable by this numpy ({exc}); "
                           "retrain the bundle with this version") from None
 
     def doc(name: str):
@@ -330,4 +351,5 @@ def load(path: str | os.PathLike) -> Bundle:
                   training=doc("training.json"), state_dict=state,
                   transfer=doc("transfer.json"), lineage=doc("lineage.json"),
                   alerting=doc("alerting.json"), model_id=manifest["model_id"],
-                  path=str(path), created=manifest["created"])
+                  path=str(path), onnx=files.get("model.onnx"), weights=files["weights.pt"],
+                  created=manifest["created"])

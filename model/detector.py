@@ -1,17 +1,21 @@
 """A trained detector: vocabulary + network + calibrated bound, built by training or loaded
 from a bundle. It takes per-thread sequences of syscall names and gives window scores,
-exceedances and what explains them."""
+exceedances and what explains them.
+
+Loaded from a bundle with the exported graph (model.onnx), it scores with ONNX Runtime
+and does not import torch (model/export.py); otherwise with torch, as it was trained."""
 
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from . import archs, calibration
 from . import bundle as bundle_io
@@ -19,7 +23,6 @@ from .calibration import GaussianBound
 from .config import NetworkConfig, TrainSettings
 from .embedding import train_word2vec
 from .scoring import WindowScores, score
-from .training import train
 from .vocab import Vocabulary
 from .windows import (
     COND_DROPOUT,
@@ -34,6 +37,10 @@ from .windows import (
     holdout,
 )
 
+if TYPE_CHECKING:
+    from torch import nn
+
+RUNTIMES = ("auto", "onnx", "torch")    # Detector.load: which network scores
 AGGREGATE = "mean"  # a trace's score: the mean of its window scores (see docs/model.md)
 
 
@@ -70,7 +77,7 @@ class SequenceScores:
 
 
 class Detector:
-    def __init__(self, cfg: NetworkConfig, vocab: Vocabulary, net: torch.nn.Module,
+    def __init__(self, cfg: NetworkConfig, vocab: Vocabulary, net: nn.Module,
                  bound: GaussianBound | None, embedding: np.ndarray, training: dict,
                  model_id: str = "", transfer: dict | None = None,
                  lineage: dict | None = None, alerting: dict | None = None):
@@ -79,7 +86,14 @@ class Detector:
         self.transfer = transfer
         self.lineage = lineage    # the daemon's lineage profile, carried as written
         self.alerting = alerting  # the daemon's alert bound (daemon/detect/evidence.py), likewise
+        self.onnx: bytes | None = None      # the exported graph, as in the bundle
+        self._weights: bytes | None = None  # weights.pt as read, when net is not torch's
         net.eval()
+
+    @property
+    def runtime(self) -> str:
+        """What scores: "onnxruntime" (the exported graph) or "torch"."""
+        return getattr(self.net, "runtime", "torch")
 
     # -- training ---------------------------------------------------------------------
     @classmethod
@@ -115,6 +129,7 @@ class Detector:
             conds = [COND_UNKNOWN if c in few else c for c in conds]
         if not train_seqs:
             raise ValueError("no training data: every input sequence is empty")
+        from .training import train  # imports torch
         if calib_seqs is not None and \
                 sum(count(len(s), cfg.window, cfg.stride) for s in calib_seqs) < 2:
             raise ValueError("too little calibration data (it needs two windows or more): give "
@@ -184,33 +199,86 @@ class Detector:
         return det
 
     # -- persistence ------------------------------------------------------------------
-    def save(self, path, sign=None) -> str:
+    def export(self, log: Callable[[str], None] | None = None) -> bytes | None:
+        """The torch network exported for ONNX Runtime and checked against torch
+        (model/export.py), kept for save; None, with one line, where it cannot be."""
+        from . import export
+
+        if self.runtime != "torch":
+            return self.onnx
+        try:
+            self.onnx = export.export(self.net)
+        except export.ExportError as exc:
+            self.onnx = None
+            (log or _stderr)(f"note: the network is saved without an ONNX export ({exc}); "
+                             "the bundle will score with torch")
+        return self.onnx
+
+    def save(self, path, sign=None, log: Callable[[str], None] | None = None) -> str:
+        """Write the bundle; a torch network is exported into it (model.onnx) first, once."""
+        if self.runtime == "torch" and self.onnx is None:
+            self.export(log)
+        torch_net = self.runtime == "torch"
         b = bundle_io.Bundle(network=self.cfg.to_json(), vocabulary=self.vocab.to_json(),
                              embedding=self.embedding, calibration=self.bound.to_json(),
-                             training=self.training, state_dict=self.net.state_dict(),
+                             training=self.training,
+                             state_dict=self.net.state_dict() if torch_net else None,
                              transfer=self.transfer, lineage=self.lineage,
-                             alerting=self.alerting)
+                             alerting=self.alerting, onnx=self.onnx,
+                             weights=None if torch_net else self._weights)
         self.model_id = bundle_io.save(b, path, sign)
         return self.model_id
 
     @classmethod
-    def load(cls, path) -> Detector:
-        b = bundle_io.load(path)
+    def load(cls, path, runtime: str = "auto", threads: int = 1,
+             log: Callable[[str], None] | None = None) -> Detector:
+        """The bundle at `path`, every file checked. `runtime`: "auto" scores with ONNX
+        Runtime when the bundle has the export and onnxruntime imports, and then never
+        imports torch; else with torch, saying why in one line to `log` (stderr by
+        default). "onnx" requires the export (BundleError without), "torch" the torch
+        network (the fleet's GPU worker, training). `threads`: ONNX Runtime's threads
+        inside an operator (one across them); torch's are the caller's to set."""
+        from . import export
+
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
+        b = bundle_io.load(path, weights=False)
+        why = None
+        if runtime == "torch":
+            pass
+        elif b.onnx is None:
+            why = "it has no ONNX export (trained before sysdream exported one; retrain it)"
+        elif not export.available():
+            why = "onnxruntime is not importable here (install the pinned onnxruntime)"
+        if runtime == "onnx" and why:
+            raise bundle_io.BundleError(f"{path}: cannot score with ONNX Runtime: {why}")
+        lean = runtime != "torch" and why is None
+        if why:
+            (log or _stderr)(f"note: {path} scores with torch: {why}")
         try:
             cfg = NetworkConfig.from_json(b.network)
             vocab = Vocabulary.from_json(b.vocabulary)
             bound = GaussianBound.from_json(b.calibration)
             if cfg.vocab_size != len(vocab):
                 raise ValueError("network and vocabulary sizes differ")
-            net = cfg.build()
-            net.load_state_dict(b.state_dict)
+            if lean:
+                net = export.OnnxNetwork(cfg, b.onnx, threads)
+            else:
+                net = cfg.build()
+                net.load_state_dict(bundle_io.torch_weights(path, b.weights))
             det = cls(cfg, vocab, net, bound, b.embedding, b.training, b.model_id, b.transfer,
                       b.lineage, b.alerting)
+            det.onnx, det._weights = b.onnx, b.weights
             if b.transfer is not None:
                 from . import transfer
                 transfer.check(b.transfer, transfer.n_features(det))
-        except (ValueError, TypeError, KeyError, RuntimeError, AttributeError,
-                OverflowError) as exc:
+        except bundle_io.BundleError:
+            raise
+        except Exception as exc:    # incl. ONNX Runtime's own errors on a graph it refuses
+            if not isinstance(exc, (ValueError, TypeError, KeyError, RuntimeError,
+                                    AttributeError, OverflowError)) and \
+                    type(exc).__module__.split(".")[0] != "onnxruntime":
+                raise
             raise bundle_io.BundleError(f"{path}: inconsistent bundle ({str(exc)[:200]}); "
                                         "retrain it with this version") from None
         return det
@@ -326,3 +394,7 @@ class Detector:
             out["attention"] = [{"position": int(first + k), "syscall": read(int(k)),
                                  "weight": float(row[k])} for k in order]
         return out
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)

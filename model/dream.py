@@ -21,14 +21,13 @@ source is the context and the decoder emits the window that follows it.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
 from .config import NetworkConfig
 from .network import Network, Scored
 from .vocab import PAD
-from .windows import Windows
+from .windows import Windows, carried
 
 
 class ContextAttention(nn.Module):
@@ -116,12 +115,3 @@ class DReAM(Network):
         dec_in = torch.cat([self.start_tokens(src), tgt[:, :-1]], 1)
         return Scored(self.decode(Z, Z_prev, final, dec_in, src), s.unsqueeze(1), Z)
 
-
-def carried(w: Windows) -> np.ndarray:
-    """Rows whose `prev` is the previous row's source (the first row never: its previous
-    row is not in the batch)."""
-    out = np.zeros(len(w), bool)
-    if len(w) > 1:
-        out[1:] = (~w.first[1:]) & (w.seq[1:] == w.seq[:-1]) & \
-            (w.prev[1:] == w.src[:-1]).all(axis=1)
-    return out

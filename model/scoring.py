@@ -5,13 +5,16 @@ probability, and the attention weights."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
-from .network import Network
 from .windows import Windows
+
+if TYPE_CHECKING:   # torch is imported only to score with a torch network
+    import torch
+
+    from .network import Network
 
 
 @dataclass
@@ -27,13 +30,27 @@ class WindowScores:
 
 
 def window_nll(logits: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    from torch import nn
+
     nll = nn.functional.cross_entropy(logits.transpose(1, 2), tgt, reduction="none")
     return nll * mask
 
 
-@torch.inference_mode()
 def score(net: Network, w: Windows, batch: int = 1024, detail: bool = True,
           features: bool = False) -> WindowScores:
+    """`net`: a torch Network, or an export.OnnxNetwork (scored without torch)."""
+    if getattr(net, "runtime", "torch") != "torch":
+        return net.score(w, batch, detail, features)
+    import torch
+
+    with torch.inference_mode():
+        return _score_torch(net, w, batch, detail, features)
+
+
+def _score_torch(net: Network, w: Windows, batch: int, detail: bool,
+                 features: bool) -> WindowScores:
+    import torch
+
     net.eval()
     n, p = w.tgt.shape if len(w) else (0, net.cfg.window)
     out = WindowScores(np.zeros(n, np.float32), np.zeros((n, p), np.float32),

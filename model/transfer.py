@@ -11,9 +11,7 @@ trace's transfer score is the mean probability over its windows.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from . import metrics
 from .scoring import score
 
 
@@ -29,6 +27,8 @@ def features(det, sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _fit_logistic(x: np.ndarray, y: np.ndarray, seed: int, steps: int = 300) -> dict:
+    import torch  # fitting only: a bundle's classifier is checked and run without it
+
     torch.manual_seed(seed)
     mu, sd = x.mean(0), x.std(0) + 1e-6
     xt = torch.from_numpy((x - mu) / sd)
@@ -102,6 +102,8 @@ def trace_scores(det, model: dict, sequences: list[np.ndarray]) -> np.ndarray:
 def evaluate(det, split, fraction: float, seed: int) -> dict:
     """Label a seeded `fraction` of the attack traces, train on them and the calibration
     normals, and compare with the unsupervised score on the traces left."""
+    from . import metrics  # scipy.stats: evaluation only
+
     if det is None or not 0 < fraction < 1:
         raise ValueError("--transfer-fraction must be in (0, 1) and needs a neural --arch")
     rng = np.random.default_rng(seed)

@@ -40,6 +40,16 @@ class Windows:
         return Windows(*(getattr(self, f)[index] for f in self.__dataclass_fields__))
 
 
+def carried(w: Windows) -> np.ndarray:
+    """Rows whose `prev` is the previous row's source (the first row never: its previous
+    row is not in the batch); DReAM's scoring reuses that row's Z for them."""
+    out = np.zeros(len(w), bool)
+    if len(w) > 1:
+        out[1:] = (~w.first[1:]) & (w.seq[1:] == w.seq[:-1]) & \
+            (w.prev[1:] == w.src[:-1]).all(axis=1)
+    return out
+
+
 @dataclass(frozen=True)
 class Geometry:
     """A model's window geometry, and the one place its arithmetic lives.

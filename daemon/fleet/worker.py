@@ -92,7 +92,7 @@ class Models:
         from sysdream.model.detector import Detector
         from sysdream.model.windows import Geometry
         try:
-            det = Detector.load(path)
+            det = Detector.load(path, runtime="torch")    # the worker may run it on CUDA
         except (BundleError, OSError) as exc:
             self.failed[model_id] = stamp
             print(f"sysdream worker: {path}: {exc}; not tried again until the bundle "

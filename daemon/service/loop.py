@@ -50,7 +50,7 @@ from .logs import setup as setup_logging
 from .modelslot import ModelSlot, trusted_keys
 from .notify import Notifier
 from .retrainer import Retrainer
-from .runtime import adapt_torch, bound_torch_caches, on_signals, release_memory
+from .runtime import bound_torch_caches, on_signals, release_memory
 from .statusfile import StatusFile
 
 DRAIN_S = 2.0
@@ -158,11 +158,7 @@ class Service:
             self.control = Control(self.remote, f.events or events_of(f.server),
                                    self.cfg.state_dir(), f.fetch_s)
             self.learner.control = self.control
-        bound_torch_caches()
-        import torch  # only now: bound_torch_caches() must run first
-
-        torch.set_num_threads(self.cfg.detection.torch_threads)
-        adapt_torch(log)
+        bound_torch_caches()    # before anything imports torch (service/runtime.py)
         m = self.cfg.metrics
         if m.enabled:   # before the model is put in use: its scorer feeds the histograms
             self.metrics = Metrics(self)

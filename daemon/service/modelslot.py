@@ -27,6 +27,7 @@ from ..alerting import kinds
 from ..config import Config, ConfigError
 from ..detect.view import DEFAULT_EVIDENCE, FALLBACK_WINDOW_MAX, ModelView
 from ..signing import check, load_public, signer
+from .runtime import prepare_torch
 
 
 def trusted_keys(cfg: Config) -> dict[str, bytes]:
@@ -124,14 +125,17 @@ class ModelSlot:
 
     def load(self, path: Path) -> ModelView:
         """The bundle at `path` loaded and checked; BundleError when it cannot be used."""
-        from sysdream.model.detector import Detector  # imports torch
+        from sysdream.model.detector import Detector
         if not path.exists():
             raise BundleError(f"{path}: no model bundle there; train one with `sysdream "
                               "train` or leave [service] model empty to learn this host")
         signed = None
         if self.trusted:
             signed = check(path, self.trusted)
-        det = Detector.load(path)
+        det = Detector.load(path, runtime="auto", threads=self.cfg.detection.torch_threads,
+                            log=self.log)
+        if det.runtime == "torch":
+            prepare_torch(self.cfg.detection.torch_threads, self.log)
         if signed is not None and det.model_id != signed:
             raise BundleError(f"{path}: changed while it was read (the signed manifest names "
                               f"model {signed}); load it again")

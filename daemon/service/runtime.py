@@ -37,6 +37,22 @@ def wx_memory_allowed() -> bool:
     return True
 
 
+_torch_ready: list[bool] = []
+
+
+def prepare_torch(threads: int, log=None) -> None:
+    """The first time a model scores with torch (a bundle without the ONNX export, or
+    onnxruntime missing): its thread count and, without W+X memory, no oneDNN. A daemon
+    whose models all score with ONNX Runtime never imports torch."""
+    if _torch_ready:
+        return
+    import torch  # bound_torch_caches() ran at start, before any import of torch
+
+    torch.set_num_threads(threads)
+    adapt_torch(log)
+    _torch_ready.append(True)
+
+
 def adapt_torch(log=None) -> bool:
     """Disable oneDNN when W+X memory is refused; True when it was disabled."""
     if wx_memory_allowed():
