@@ -22,6 +22,11 @@ class FleetEndpointError(OSError):
     """A fleet socket cannot bind where configured."""
 
 
+class UntrustedError(Exception):
+    """An input that claims to come from sysdream but did not: a journald entry another
+    user wrote."""
+
+
 class Exit(IntEnum):
     OK = 0
     FAILURE = 1            # an unexpected internal error (a bug: please report it)
@@ -39,6 +44,7 @@ class Exit(IntEnum):
     METRICS_PORT = 13      # the metrics address/port cannot be bound (taken, or no such address)
     STATE_DIR = 14         # the state directory cannot be created or written
     FLEET_ENDPOINT = 15    # a fleet server's socket address cannot be bound
+    UNTRUSTED = 16         # a journald alert entry sysdream did not write
     INTERRUPTED = 130
 
 
@@ -56,6 +62,7 @@ _BY_ERROR: dict[type[Exception], Exit] = {
     MetricsPortError: Exit.METRICS_PORT,
     StateDirError: Exit.STATE_DIR,
     FleetEndpointError: Exit.FLEET_ENDPOINT,
+    UntrustedError: Exit.UNTRUSTED,
 }
 
 

@@ -7,6 +7,7 @@
     deliveries.py   the sinks the configuration enables; deliveries by sink and result
     sinks.py        one class per channel: journald, JSON lines, syslog, webhook
     allow.py        `sysdream allow`: the operator's answer to a false alert
+    origin.py       which journald entries sysdream wrote (trusted fields only)
 
 May import context, metrics.labels and config.
 """

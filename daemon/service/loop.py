@@ -112,7 +112,7 @@ class Service:
         self.slot = ModelSlot(cfg, self.sink, log, self._use_model, self.learner.stop)
         self.retrainer = Retrainer(cfg, self.sink, log, lambda: self.capture.settings,
                                    lambda: self.kernel_counters, self.slot.load,
-                                   self._shadow, self._retrained)
+                                   self._shadow, self._retrained, lambda: self.slot.model)
         self._next_refresh = 0.0
         self.metrics = None
         self.capture = None

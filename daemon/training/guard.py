@@ -5,8 +5,12 @@ to be learnt as normal. The recordings are replayed under the model in use (its 
 lineage profile and alert bounds; detect/replay.py) with every alert bound at `near` of
 itself. A process whose evidence reaches that is dropped from GUARD_SPAN_S before to
 GUARD_SPAN_S after that moment, with the other processes of its episode. Then no program
-gives more than `share` of what the recordings give (its latest activity goes first). The
-allow entries' windows are the operator's word and pass as they are.
+gives more than `share` of what the recordings give (its latest activity goes first). A
+program is its executable file (device and inode), not its name: an attacker's hard
+links, bind mounts and renamed copies of one file share one cap, and every executable a
+user can write (on a writable or tmpfs mount, a memfd, a deleted file) shares one cap
+with all the others. The allow entries' windows are the operator's word and pass as they
+are.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from sysdream.probes import datasets
+from sysdream.probes.layout import EXE_DELETED, EXE_MEMFD, EXE_WRITABLE
 
 from ..config import ConfigError
 
@@ -25,6 +30,27 @@ GUARD_SPAN_S = 600.0    # how long either side of a near-bound moment a process 
 
 
 MAX_ALLOWED_NAMES = 1024   # syscalls of one allow entry's window taken for training
+WRITABLE = "(executables users can write)"     # the one share they all come under
+
+
+def record_files(trace) -> list:
+    """The executable file each of `trace`'s chunk records is counted to, as the share
+    cap keys it (see the module's docstring): "file DEV:INO", WRITABLE, or the program
+    name where the file is not known; None where the process context does not say."""
+    from .profile import _owners, _table
+
+    if not len(trace.records):
+        return []
+    return _owners(_table(trace.context), trace.records, False, by=_file_key)
+
+
+def _file_key(img) -> str:
+    from ..context.processes import TMPFS_MAGIC
+    from .profile import program
+
+    if img.flags & (EXE_WRITABLE | EXE_MEMFD | EXE_DELETED) or img.fs_magic == TMPFS_MAGIC:
+        return WRITABLE
+    return f"file {img.dev}:{img.ino}" if img.ino else program(img.exe, img.flags)
 
 
 def share_cap(sizes: list[int], share: float) -> int:
@@ -81,11 +107,15 @@ def guard(det, traces: list, near: float, share: float) -> tuple[list, dict]:
         near_calls += int(_calls(recs[~keep]))
     # a bounded share per program, over all the recordings: its latest records go first
     codes: dict[str, int] = {}
+    shown: dict[str, str] = {}          # a file's key -> a program name it ran as
     P, NS, C, T, R = [], [], [], [], []
     for i, (t, keep) in enumerate(zip(traces, keeps, strict=True)):
-        owners, idx = record_programs(t), np.flatnonzero(keep)
+        owners, idx = record_files(t), np.flatnonzero(keep)
         P.append(np.array([codes.setdefault(owners[r] or "(unknown)", len(codes))
                            for r in idx.tolist()], np.int64))
+        for key, name in zip(owners, record_programs(t), strict=True):
+            if key is not None and name:
+                shown.setdefault(key, name)
         NS.append(t.records["last_ns"][idx].astype(np.int64))
         C.append(_per_record(t.records)[idx])
         T.append(np.full(len(idx), i))
@@ -107,7 +137,8 @@ def guard(det, traces: list, near: float, share: float) -> tuple[list, dict]:
         names = list(codes)
         for k, n in enumerate(np.bincount(P[drop], weights=C[drop], minlength=len(codes))):
             if n:
-                over[names[k]] = int(n)
+                over[shown.get(names[k], names[k]) if names[k] != WRITABLE
+                     else WRITABLE] = int(n)
     total = int(sizes.sum())
     out = [dataclasses.replace(t, records=t.records[keep])
            for t, keep in zip(traces, keeps, strict=True)]
