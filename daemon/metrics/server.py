@@ -50,6 +50,7 @@ def serve_http(registry, address: str, port: int, health=None):
     class Server(WSGIServer):
         """Requests handed to WORKERS threads through a queue of BACKLOG."""
         address_family = family
+        request_queue_size = 128    # the kernel's backlog: accepted (and cut) promptly
 
         def __init__(self, *args, **kw):
             self.waiting: queue.Queue = queue.Queue(BACKLOG)

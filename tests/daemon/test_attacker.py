@@ -438,3 +438,128 @@ def test_a_bundle_with_a_fifo_a_link_or_an_edited_id_is_refused_and_signed_bytes
         assert "signature does not match" in str(exc)
     else:
         raise AssertionError("an edited signed manifest was loaded")
+
+
+# -- 6: the metrics endpoint is no lever and no oracle ------------------------------------
+def test_200_idle_connections_cost_no_threads_and_a_unix_socket_serves(tmp_path,
+                                                                       monkeypatch):
+    import socket
+    import threading
+
+    from prometheus_client import CollectorRegistry, Counter
+
+    from sysdream.daemon.metrics import server as msrv
+
+    monkeypatch.setattr(msrv, "READ_TIMEOUT_S", 0.5)
+    reg = CollectorRegistry()
+    Counter("sysdream_probe", "a probe", registry=reg).inc()
+    before = threading.active_count()
+    srv = msrv.serve_http(reg, "127.0.0.1", 0)
+    port = srv.server_address[1]
+    idle = []
+    try:
+        for _ in range(200):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        time.sleep(0.5)
+        assert threading.active_count() <= before + msrv.WORKERS + 1
+        for s in idle:      # each is cut: refused at once, or after its read timeout
+            s.settimeout(10)
+            try:
+                assert s.recv(1) in (b"", b"H")
+            except ConnectionResetError:
+                pass
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            assert b"sysdream_probe_total 1.0" in s.makefile("rb").read()
+        assert threading.active_count() <= before + msrv.WORKERS + 1
+    finally:
+        for s in idle:
+            s.close()
+        srv.shutdown()
+        srv.server_close()
+    path = tmp_path / "metrics.sock"
+    srv = msrv.serve_http(reg, f"unix:{path}", 0)
+    try:
+        assert oct(path.stat().st_mode & 0o777) == "0o660"
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(path))
+            s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            assert b"sysdream_probe_total 1.0" in s.makefile("rb").read()
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert not path.exists()
+
+
+def test_detection_internals_are_not_served_unless_asked(tiny_detector):
+    from prometheus_client import generate_latest
+
+    from sysdream.daemon import config as cfgmod
+    from sysdream.daemon.detect.view import ModelView
+    from sysdream.daemon.metrics.collector import Metrics
+    from sysdream.daemon.service.loop import Service
+
+    def exposition(internals: bool) -> str:
+        cfg = cfgmod.override(cfgmod.load(None), {
+            ("metrics", "detection_internals"): internals,
+            ("retraining", "interval_s"): 604800.0})
+        svc = Service(cfg)
+        svc.metrics = Metrics(svc)
+        svc._use_model(ModelView(tiny_detector), event=False)
+        try:
+            return generate_latest(svc.metrics.registry).decode()
+        finally:
+            svc.scorer.stop()
+    hidden, shown = exposition(False), exposition(True)
+    for name in ("sysdream_retraining_state{", "sysdream_retraining_next_timestamp_seconds "):
+        assert f"\n{name}" not in hidden and f"\n{name}" in shown, name
+    assert "# TYPE sysdream_program_alert_bound gauge" in hidden   # documented, empty
+
+
+# -- 10: the poisoning guard keys shares by file; the bounds cannot ratchet ----------------
+def test_many_names_of_one_file_or_of_writable_files_share_one_cap(tiny_detector):
+    """An attacker's payload under ten names (hard links: one inode), or ten copies on a
+    writable mount, is one program to the share cap, not ten small ones."""
+    from daemon_helpers import context_record, records, sample_normal
+
+    from sysdream.daemon.training.guard import WRITABLE, guard
+    from sysdream.probes.layout import CONTEXT_DTYPE, CTX_NEW, EXE_WRITABLE
+    from sysdream.probes.tracefile import Trace, host_header
+
+    for how in ("hard links", "writable copies"):
+        ctx, recs = [], []
+        for pid, exe, ino in [(32, "/usr/bin/small", 2), (33, "/usr/bin/other", 3)] + \
+                [(40 + i, f"/home/u/payload-{i}", 99 if how == "hard links" else 100 + i)
+                 for i in range(10)]:
+            c = context_record(CTX_NEW, pid, 1, exe, ino)
+            if how == "writable copies" and pid >= 40:
+                c["flags"] = EXE_WRITABLE
+            ctx.append(c)
+            recs.append(records(pid, sample_normal(pid, 640), tgid=pid, t0=10 + pid * 1000))
+        tr = Trace(host_header(64), np.concatenate(recs), {}, None,
+                   np.concatenate(ctx) if ctx else np.empty(0, CONTEXT_DTYPE))
+        (kept,), report = guard(tiny_detector, [tr], near=1.0, share=0.25)
+        k = kept.records
+        payload = int(k["count"][k["tgid"] >= 40].sum())
+        assert payload == 640, (how, payload, report["over_share"])
+        assert int(k["count"][k["tgid"] == 32].sum()) == 640
+        assert list(report["over_share"].values()) == [5760]
+        if how == "writable copies":
+            assert list(report["over_share"]) == [WRITABLE]
+
+
+def test_a_candidate_whose_bound_rose_too_far_is_rejected(tiny_detector):
+    import dataclasses
+
+    from sysdream.daemon.detect.view import ModelView
+    from sysdream.daemon.service.retrainer import bound_rise
+
+    now = ModelView(tiny_detector)
+    b = tiny_detector.bound
+    assert bound_rise(now, now, 0.5) == ""
+    raised = ModelView(tiny_detector)
+    raised.bound = dataclasses.replace(b, std=b.std * 40)       # a ratcheted bound
+    assert raised.bound.bound > now.bound.bound * 1.5, "the test's bound did not rise"
+    said = bound_rise(now, raised, 0.5)
+    assert said.startswith("window bound rose from"), said
+    assert bound_rise(None, raised, 0.5) == ""        # no model in use: nothing to compare
