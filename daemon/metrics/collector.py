@@ -113,6 +113,12 @@ class ServiceCollector(Collector):
                         "(queue_full, model_change, shutdown).", "reason",
                         {"queue_full": 0, "model_change": 0, "shutdown": 0,
                          **c.windows_shed})
+        yield _by_label("sysdream_state_evictions", "State dropped to stay bounded while "
+                        "it still held something: a process's evidence, an episode, "
+                        "pending lineage events, a fingerprint's held-back alerts "
+                        "(rate_limits).", "what",
+                        {"evidence": 0, "episodes": 0, "lineage_events": 0,
+                         **c.evictions, "rate_limits": s.alerting.limiter.evicted})
         looked = c.windows_scored + c.windows_cached
         yield GaugeMetricFamily("sysdream_cache_hit_ratio", "Share of windows answered by "
                                 "the known-window cache since start.",

@@ -172,18 +172,30 @@ def test_allow_writes_the_list_as_the_state_directory_owner():
         shutil.rmtree(top)
 
 
-def test_an_unusable_allow_list_means_no_entries_an_event_and_a_count(
+def test_an_unusable_allow_list_means_no_entries_an_event_and_a_count_and_a_flood_is_said(
         ebpf_ready, tmp_path, journal, group, tiny_bundle):
-    _, cg_id, _ = group
+    """5: the daemon starts and detects with an allow list it cannot read. 15: a process
+    that floods the queue to have windows shed (its next ones unscored) raises an
+    evidence-lost event, not only a count."""
+    from daemon_helpers import start_in
+
+    _, cg_id, cg_dir = group
     state = tmp_path / "state"
     (state / "allow.json").mkdir(parents=True)       # read() fails: EISDIR
-    d = start_daemon(tmp_path, config(tmp_path, ""), tiny_bundle, cg_id, journal)
+    d = start_daemon(tmp_path, config(tmp_path, "queue_windows = 16\nbatch_wait_ms = 500\n"),
+                     tiny_bundle, cg_id, journal)
     try:
         ev = wait_for(lambda: journal.entries(SYSDREAM_KIND="allow-list-refused"), 20,
                       "the allow-list-refused event")
         assert ev[0]["PRIORITY"] == "3" and "no allow entries" in ev[0]["MESSAGE"]
         assert d.metric("sysdream_allow_list_refused_total") == 1
         assert d.proc.poll() is None
+        flood = start_in(cg_dir, ["sh", "-c", "for i in 1 2 3 4 5 6 7 8; do "
+                                  "ls -R /usr/share >/dev/null & done; wait"])
+        assert flood.wait(60) == 0
+        lost = wait_for(lambda: journal.entries(SYSDREAM_KIND="evidence-lost"), 20,
+                        "the evidence-lost event")
+        assert json.loads(lost[0]["SYSDREAM_LOST"])["windows_shed"] > 0
     finally:
         d.stop()
 
@@ -563,3 +575,29 @@ def test_a_candidate_whose_bound_rose_too_far_is_rejected(tiny_detector):
     said = bound_rise(now, raised, 0.5)
     assert said.startswith("window bound rose from"), said
     assert bound_rise(None, raised, 0.5) == ""        # no model in use: nothing to compare
+
+
+def test_evicted_evidence_episodes_and_held_back_alerts_are_counted():
+    """15: a process pushes its own evidence out by making others (the table is bounded)."""
+    from sysdream.daemon.alerting.ratelimit import RateLimiter
+    from sysdream.daemon.detect.evidence import Episodes, Evidence
+
+    lost: dict = {}
+    ev = Evidence(10.0, 8, max_processes=4, evictions=lost)
+    ev.add("attacker", 5.0)                  # half-way to an alert
+    for i in range(4):                       # four fresh children, each one odd window
+        ev.add(f"child-{i}", 0.5)
+    assert "attacker" not in ev.recent and lost == {"evidence": 1}
+    calm: dict = {}
+    quiet = Evidence(10.0, 8, max_processes=1, evictions=calm)
+    quiet.add("a", 0.0)
+    quiet.add("b", 0.0)                      # a held nothing: nothing lost
+    assert calm == {}
+    ep = Episodes(10.0, 8, max_groups=2, evictions=lost)
+    for i in range(3):
+        ep.add_many((i,), 100 + i, np.array([0.5]), 1)
+    assert lost["episodes"] == 1
+    rl = RateLimiter(1, 60.0, 1000, max_keys=2)
+    for key in ("a", "a", "b", "c", "d"):   # a's second alert is held back, then a goes
+        rl.allow(key, now=0.0)
+    assert rl.evicted >= 1
