@@ -60,6 +60,10 @@ def test_a_forged_journald_alert_is_refused_and_a_trusted_one_shows_its_origin(
     assert len(err) == 1 and "not written by sysdream" in err[0] and "uid 65534" in err[0]
     assert "_SYSTEMD_UNIT=sysdream.service" in err[0]
     assert not (state / "allow.json").exists()
+    cursor = journal.entries(SYSDREAM_ALERT_ID="forged-1")[0]["__CURSOR"]
+    got = cli("explain", "--cursor", cursor, "--model", "/nonexistent", prefix=journal.prefix)
+    assert got.returncode == Exit.UNTRUSTED, got.stdout + got.stderr
+    assert "not written by sysdream" in got.stderr and "Traceback" not in got.stderr
 
     # the same fields from root (the daemon run by hand): taken, and its writer shown
     assert journal.run(["logger", "--journald"], input=forged_alert("real-1")).returncode == 0
