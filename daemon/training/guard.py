@@ -4,7 +4,9 @@ The poisoning guard (`guard`, run by the trainer): an attacker who acts slowly c
 to be learnt as normal. The recordings are replayed under the model in use (its network,
 lineage profile and alert bounds; detect/replay.py) with every alert bound at `near` of
 itself. A process whose evidence reaches that is dropped from GUARD_SPAN_S before to
-GUARD_SPAN_S after that moment, with the other processes of its episode. Then no program
+GUARD_SPAN_S after that moment, with the other processes of its episode; and every window
+above the window bound is dropped (the records of its block), so behaviour kept below the
+alert bound on purpose is not learnt either. Then no program
 gives more than `share` of what the recordings give (its latest activity goes first). A
 program is its executable file (device and inode), not its name: an attacker's hard
 links, bind mounts and renamed copies of one file share one cap, and every executable a
@@ -78,7 +80,7 @@ def guard(det, traces: list, near: float, share: float) -> tuple[list, dict]:
     profile = Profile.from_json(det.lineage) if det.lineage is not None else None
     span = int(GUARD_SPAN_S * 1e9)
     keeps, hit = [], set()
-    near_calls = 0
+    near_calls = above_calls = 0
     for t in traces:
         recs = t.records
         keep = np.ones(len(recs), bool)
@@ -86,8 +88,9 @@ def guard(det, traces: list, near: float, share: float) -> tuple[list, dict]:
         if not len(recs):
             continue
         found: list = []
+        scores: dict = {}       # the window scores, computed once for both replays
         alerts_after(det, t, profile, int(recs["first_ns"].min()), int(recs["last_ns"].max()),
-                     near=near, found=found)
+                     near=near, found=found, cache=scores)
         moments: dict[int, list[int]] = {}
         for d in found:
             for pid in {d.block.tgid, *(d.episode or {}).get("pids", ())}:
@@ -105,6 +108,27 @@ def guard(det, traces: list, near: float, share: float) -> tuple[list, dict]:
                 hit.add((id(t), pid))
             keep[gone] = False
         near_calls += int(_calls(recs[~keep]))
+        # sub-threshold poisoning: a window above the window bound is not learnt, even
+        # where its process's evidence never came near the alert bound (one window at
+        # the bound weighs 1: evidence 1 over 1 window catches each)
+        above: list = []
+        alerts_after(det, t, None, int(recs["first_ns"].min()), int(recs["last_ns"].max()),
+                     evidence_k=1.0, evidence_m=1, found=above, cache=scores)
+        streams: dict[int, tuple] = {}      # tid -> its records in stream order, ends
+        for d in above:
+            b = d.block
+            if b.tid not in streams:
+                rows = np.flatnonzero(recs["tid"] == b.tid)
+                rows = rows[np.argsort(ns[rows], kind="stable")]    # as the replay cut
+                streams[b.tid] = rows, np.cumsum(_per_record(recs[rows]))
+            rows, ends = streams[b.tid]
+            pos, width = int(b.starts[d.row]), d.model.p
+            # the records holding the window's syscalls [pos, pos + width)
+            gone = rows[(ends > pos) & (ends - _per_record(recs[rows]) < pos + width)]
+            gone = gone[keep[gone]]
+            keep[gone] = False
+            above_calls += int(_calls(recs[gone]))
+
     # a bounded share per program, over all the recordings: its latest records go first
     codes: dict[str, int] = {}
     shown: dict[str, str] = {}          # a file's key -> a program name it ran as
@@ -143,8 +167,9 @@ def guard(det, traces: list, near: float, share: float) -> tuple[list, dict]:
     out = [dataclasses.replace(t, records=t.records[keep])
            for t, keep in zip(traces, keeps, strict=True)]
     kept = sum(int(_calls(t.records)) for t in out)
-    report = {"syscalls": total + near_calls, "kept": kept,
+    report = {"syscalls": total + near_calls + above_calls, "kept": kept,
               "near_bound": {"processes": len(hit), "syscalls": near_calls},
+              "above_bound": {"syscalls": above_calls},
               "over_share": dict(over.most_common(10)), "near": near, "share": share}
     return out, report
 
@@ -164,6 +189,8 @@ def describe(report: dict) -> str:
     return (f"guard: {report['kept']} of {report['syscalls']} syscalls kept; dropped "
             f"{n['syscalls']} syscalls of {n['processes']} processes whose evidence came to "
             f"{report['near']:g} of their alert bound"
+            + (f", {report['above_bound']['syscalls']} syscalls of windows above the window "
+               "bound" if report.get("above_bound", {}).get("syscalls") else "")
             + (f"; over a {report['share']:g} share: {over}" if over else ""))
 
 

@@ -605,3 +605,30 @@ def test_evicted_evidence_episodes_and_held_back_alerts_are_counted():
     for key in ("a", "a", "b", "c", "d"):   # a's second alert is held back, then a goes
         rl.allow(key, now=0.0)
     assert rl.evicted >= 1
+
+
+def test_windows_above_the_window_bound_are_not_learnt_below_the_alert_bound(tiny_detector):
+    """10: odd syscalls slipped in one at a time, far apart in a normal stream: no run
+    of them reaches the alert bound (the old guard kept them all), but each window
+    above the window bound stays out of training."""
+    from daemon_helpers import records, sample_attack, sample_normal
+
+    from sysdream.daemon.training.guard import GUARD_SPAN_S, guard
+    from sysdream.probes.layout import CONTEXT_DTYPE
+    from sysdream.probes.tracefile import Trace, host_header
+
+    names = list(sample_normal(7, 64 * 40))
+    odd = sample_attack(8, 40)
+    for i in range(0, 40, 4):               # one odd syscall every 640 normal ones
+        names[i * 64 + 30] = odd[i]
+    recs = records(50, names, tgid=50)
+    recs["first_ns"] = recs["last_ns"] = np.arange(len(recs)) * int(GUARD_SPAN_S * 3e9)
+    tr = Trace(host_header(64), recs, {}, None, np.empty(0, CONTEXT_DTYPE))
+    (kept,), report = guard(tiny_detector, [tr], near=1.0, share=1.0)
+    assert report["near_bound"]["syscalls"] == 0, report    # under the alert bound
+    assert report["above_bound"]["syscalls"] > 0, report
+    poisoned = {int(r["seq"]) for r in recs if (r["seq"] % 4 == 0)}
+    left = {int(s) for s in kept.records["seq"]}
+    # the old guard kept all 10; an odd syscall the model happens to expect may stay
+    assert len(poisoned & left) <= 3, sorted(poisoned & left)
+    assert len(left - poisoned) >= 24, "normal records went too"
