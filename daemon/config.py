@@ -115,6 +115,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "program_share": Key(0.25, NUM, lambda v: 0 < v <= 1,
                              "a fraction above 0, at most 1"),
         "keep": Key(3, int, _rng(1, 100), "an integer, 1 to 100"),
+        # A candidate whose window or alert bounds (its own or a program's) rose more than
+        # this fraction over the model in use's is rejected: a patient attacker otherwise
+        # ratchets the bounds up one retraining at a time (docs/security.md).
+        "max_bound_rise": Key(0.5, NUM, lambda v: 0 < v <= 10,
+                              "a fraction above 0, at most 10 (0.5: a bound may rise by "
+                              "half per retraining)"),
     },
     "detection": {
         "confidence": Key(0.0, NUM, lambda v: v == 0 or 0.5 <= v < 1,
@@ -219,7 +225,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "baselines": Key("/var/lib/sysdream-server/baselines", str,
                          lambda v: v.startswith("/"), "an absolute path"),
         "train_after_s": Key(60.0, NUM, _rng(0, 86400), "seconds, 0 to 86400"),
-        "min_hosts": Key(1, int, _rng(1, 100000), "an integer, 1 or more"),
+        # 2: one host (one stolen key) alone never trains the model every agent takes
+        "min_hosts": Key(2, int, _rng(1, 100000), "an integer, 1 or more (1 lets one "
+                         "host teach its role's model alone)"),
+        "max_trainings": Key(1, int, _rng(1, 64), "an integer, 1 to 64: roles training "
+                             "at once"),
         "host_share": Key(0.5, NUM, _rng(0.01, 1), "a fraction, 0.01 to 1"),
         "metrics_address": Key("127.0.0.1", str, lambda v: bool(v),
                                "an IP address to listen on"),
@@ -241,9 +251,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "metrics": {
         "enabled": Key(True, bool, form="true or false"),
-        "address": Key("127.0.0.1", str, lambda v: bool(v), "an IP address to listen on"),
+        "address": Key("127.0.0.1", str, lambda v: bool(v) and (
+            not v.startswith("unix:") or v.startswith("unix:/")),
+            'an IP address to listen on, or "unix:/PATH" for a unix socket (mode 0660: '
+            "who may scrape is who may enter its directory)"),
         "port": Key(9477, int, _rng(0, 65535), "a TCP port, 0 to 65535 (0: any free one)"),
         "exe_labels": Key(64, int, _rng(1, 10000), "an integer, 1 to 10000"),
+        # Off: every local user can scrape 127.0.0.1, and per-program alert bounds and
+        # the retraining schedule tell an attacker how far to go and when (docs/security.md).
+        "detection_internals": Key(False, bool, form="true or false"),
     },
 }
 

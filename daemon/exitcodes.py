@@ -22,6 +22,11 @@ class FleetEndpointError(OSError):
     """A fleet socket cannot bind where configured."""
 
 
+class UntrustedError(Exception):
+    """An input that claims to come from sysdream but did not: a journald entry another
+    user wrote."""
+
+
 class Exit(IntEnum):
     OK = 0
     FAILURE = 1            # an unexpected internal error (a bug: please report it)
@@ -41,6 +46,7 @@ class Exit(IntEnum):
     FLEET_ENDPOINT = 15    # a fleet server's socket address cannot be bound
     ANOMALOUS = 16         # `score --exit-status`: a window was anomalous (not an error)
     NOT_RUNNING = 17       # `status`: no daemon runs with this state directory, or stale
+    UNTRUSTED = 18         # a journald alert entry sysdream did not write
     INTERRUPTED = 130
 
 
@@ -58,6 +64,7 @@ _BY_ERROR: dict[type[Exception], Exit] = {
     MetricsPortError: Exit.METRICS_PORT,
     StateDirError: Exit.STATE_DIR,
     FleetEndpointError: Exit.FLEET_ENDPOINT,
+    UntrustedError: Exit.UNTRUSTED,
 }
 
 

@@ -13,7 +13,11 @@ under one of them (at start: exit 11; at a reload: refused, the old model keeps 
 and the model it learns itself is signed with `[learning] signing_key`.
 
 A public key file is one line, `sysdream-ed25519 BASE64 NAME`; a private key is PKCS#8
-PEM, written 0600 and never overwritten.
+PEM, written 0600 and never overwritten. A private key that group or others can read, or
+that is not a plain file, is refused: whoever reads it signs bundles the host trusts. The
+service's DynamicUser cannot read a root's 0600 key, so the unit hands it over with
+`LoadCredential=signing-key:/etc/sysdream/keys/build.key`; a credential of that name in
+$CREDENTIALS_DIRECTORY is used before [learning] signing_key.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import base64
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 
 from sysdream.model.bundle import BundleError
@@ -30,6 +35,36 @@ from .config import ConfigError
 
 PUBLIC_TAG = "sysdream-ed25519"
 SIGNATURE = "signature.json"
+CREDENTIAL = "signing-key"
+
+
+def signing_key(configured: str) -> str:
+    """The signing key to use: systemd's credential `signing-key` when the unit passes one
+    (LoadCredential=), else [learning] signing_key ("" for none)."""
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if creds and os.path.isfile(os.path.join(creds, CREDENTIAL)):
+        return os.path.join(creds, CREDENTIAL)
+    return configured
+
+
+def _read_private(path: Path) -> bytes:
+    """The key file's bytes, from a plain file no one but its owner can read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        why = "a symbolic link" if exc.errno == 40 else exc.strerror
+        raise ConfigError(f"{path}: cannot read the signing key ({why})") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{path}: the signing key is not a plain file")
+        if st.st_mode & 0o077:
+            raise ConfigError(
+                f"{path}: the signing key is readable or writable by others (mode "
+                f"{stat.S_IMODE(st.st_mode):04o}): whoever reads it signs models this host "
+                "trusts; `chmod 600` it and hand it to the service with "
+                f"LoadCredential={CREDENTIAL}:{path}")
+        return f.read(65536)
 
 
 def key_id(raw_public: bytes) -> str:
@@ -85,10 +120,9 @@ def signer(key_path: str | os.PathLike):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     path = Path(key_path)
+    data = _read_private(path)
     try:
-        key = serialization.load_pem_private_key(path.read_bytes()[:65536], password=None)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the signing key ({exc.strerror})") from None
+        key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError):
         key = None
     if not isinstance(key, Ed25519PrivateKey):
@@ -126,18 +160,28 @@ def load_public(path: str | os.PathLike) -> tuple[str, bytes]:
 def check(bundle: str | os.PathLike, trusted: dict[str, bytes]) -> str:
     """That the bundle's manifest is signed by one of `trusted` (key id -> raw key);
     returns the model id the signed manifest names. BundleError naming the fix."""
+    from sysdream.model.bundle import read_verified
+
+    manifest, _ = read_verified(bundle, (SIGNATURE,))
+    return check_bytes(bundle, manifest, _.get(SIGNATURE), trusted)
+
+
+def check_bytes(bundle: str | os.PathLike, manifest: bytes, signature: bytes | None,
+                trusted: dict[str, bytes]) -> str:
+    """`check` on bytes already read (bundle.read_verified: the manifest's checksums
+    hold for the files read with it, links and FIFOs refused), so what is verified is
+    what is loaded."""
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     path = Path(bundle)
-    try:
-        manifest = (path / "manifest.json").read_bytes()
-        sig = json.loads((path / SIGNATURE).read_bytes()[:65536])
-    except FileNotFoundError:
+    if signature is None:
         raise BundleError(f"{path}: unsigned, and [service] trusted_keys asks for a "
                           "signature; sign it (`sysdream train --sign KEY`) or use a signed "
-                          "bundle") from None
-    except (OSError, ValueError, RecursionError):
+                          "bundle")
+    try:
+        sig = json.loads(signature[:65536])
+    except (ValueError, RecursionError):
         raise BundleError(f"{path}: {SIGNATURE} unreadable; sign the bundle again") from None
     if not isinstance(sig, dict) or sig.get("algorithm") != "ed25519" or \
             not isinstance(sig.get("key_id"), str) or not isinstance(sig.get("signature"), str):

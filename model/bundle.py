@@ -252,7 +252,9 @@ class _Snapshot:
         """The file's bytes; None when it is not there."""
         limit = MAX_FILE.get(name, MAX_JSON)
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+            # O_NONBLOCK: a FIFO planted in the bundle must not hang the reader
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         dir_fd=self.fd)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -285,8 +287,32 @@ def verify(path: str | os.PathLike) -> dict:
     return _verified(Path(path))[0]
 
 
-def _verified(path: Path) -> tuple[dict, dict[str, bytes]]:
-    """The manifest and the bytes of every file it lists, each checked against its sha256."""
+def model_id_of(sums: dict) -> str:
+    """The model id a manifest's checksums give (as `save` computes it)."""
+    return hashlib.sha256(json.dumps(sums, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_verified(path: str | os.PathLike, extra: tuple[str, ...] = ()
+                  ) -> tuple[bytes, dict[str, bytes]]:
+    """The manifest's bytes and every file's, each read once and checked, plus the
+    `extra` files outside the manifest (a signature) read through the same descriptor:
+    what a caller verifies is then exactly what it loads (`copy_to`)."""
+    return _verified(Path(path), extra)
+
+
+def copy_to(files: dict[str, bytes], manifest: bytes, folder: str | os.PathLike) -> None:
+    """Write checked bytes into a new private folder, to load from there."""
+    folder = Path(folder)
+    for name, data in [*files.items(), ("manifest.json", manifest)]:
+        fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+
+
+def _verified(path: Path, extra: tuple[str, ...] | None = None):
+    """The manifest and the bytes of every file it lists, each checked against its sha256
+    (with `extra`: the manifest's bytes instead, and those files too where present)."""
     snap = _Snapshot(path)
     try:
         raw = snap.read("manifest.json")
@@ -315,6 +341,15 @@ def _verified(path: Path) -> tuple[dict, dict[str, bytes]]:
                 raise BundleError(f"{path}: {name} does not match its sha256 in the manifest "
                                   "(corrupted or modified); retrain or restore the bundle")
             files[name] = data
+        if manifest["model_id"] != model_id_of(sums):
+            raise BundleError(f"{path}: the manifest's model_id is not the one its checksums "
+                              "give (edited); retrain or restore the bundle")
+        if extra is not None:
+            for name in extra:
+                data = snap.read(name)
+                if data is not None:
+                    files[name] = data
+            return raw, files
         return manifest, files
     finally:
         snap.close()

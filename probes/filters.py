@@ -96,7 +96,8 @@ FILTERS: tuple[Filter, ...] = (
            help="not processes of this user id", metavar="UID"),
     Filter("exclude_cgroup_paths", "--exclude-cgroup-path", str, _path,
            'a list of cgroup path patterns, e.g. "/system.slice/backup.service" or '
-           '"/system.slice/docker-*.scope"',
+           '"/system.slice/docker-*.scope" (`*` and `?` stay within one path component, '
+           '`**` spans several; a match covers the cgroups below)',
            help="not processes in cgroups matching this path pattern "
                 "(e.g. '/system.slice/docker-*.scope')",
            metavar="PATTERN", into="exclude_cgroups"),

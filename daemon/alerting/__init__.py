@@ -8,6 +8,7 @@
     sinks.py        one class per channel: journald, JSON lines, syslog, webhook
     formats.py      an alert's layout: sysdream's fields, ECS, OCSF or Falco's
     allow.py        `sysdream allow`: the operator's answer to a false alert
+    origin.py       which journald entries sysdream wrote (trusted fields only)
 
 May import context, metrics.labels and config.
 """

@@ -5,11 +5,18 @@ An allow entry marks a pattern benign. It matches an alert by one of:
     fingerprint   the alert's fingerprint (same executable, lineage, container and kind of
                   surprise): what `--alert-id` resolves to, the narrowest choice
     exe           every alert of one executable (its absolute path): broad, since an
-                  attacker who runs that program's code inherits it
-    lineage       a shell pattern over the alert's lineage text, e.g.
-                  "* > cron > sh > /usr/local/bin/backup.sh"
+                  attacker who runs that program's code inherits it; a memfd or a
+                  deleted file is refused (anyone can make one with any name)
+    lineage       the alert's chain of executables, oldest first, each a full path (or
+                  a glob over one: `*` never crosses `/`), e.g.
+                  "* > /usr/sbin/cron > /usr/bin/dash > /usr/bin/bash"; a leading
+                  "*" stands for any ancestors. It matches the full paths of the
+                  ancestors' images, never the names a process gives itself (comm) and
+                  never the display text: a file named "x > cron" cannot pose as a chain.
 
-Entries live in STATE_DIRECTORY/allow.json (written atomically, mode 0600). The running
+`--alert-id` takes only a journald entry that sysdream wrote (alerting/origin.py) and
+shows who wrote it. Entries live in STATE_DIRECTORY/allow.json (written atomically, mode
+0600, owned by the state directory's owner: the daemon's DynamicUser). The running
 daemon checks the file every second and takes a change at once: the probes stay attached,
 nothing restarts. An allowed alert is not sent; it is counted
 (`sysdream_alerts_allowed_total{exe}`). Each entry keeps the alert it came from (its
@@ -18,7 +25,6 @@ syscalls and their context), for the next retraining to learn from.
 
 from __future__ import annotations
 
-import fnmatch
 import io
 import json
 import os
@@ -31,14 +37,55 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ConfigError
-from . import fields
+from ..context.cgroups import path_match
+from . import fields, origin
 
 FORMAT = 1
 FILE = "allow.json"
 KINDS = ("fingerprint", "exe", "lineage")
 MAX_ENTRIES = 10000
 KEEP = ("alert_id", "fingerprint", "exe", "lineage_text", "comm", "cmdline", "syscalls",
-        "context", "unknown_syscalls", "novelty", "time_rfc3339", "model_id")
+        "context", "unknown_syscalls", "novelty", "time_rfc3339", "model_id", "origin")
+SEP = " > "
+UNKNOWN = "<no image>"      # an ancestor known only by its comm: matches only a `*`
+
+
+def chain(alert: dict) -> list[str]:
+    """The alert's executables, oldest ancestor first, then its own: full paths from the
+    structured `lineage` field (never the comm, which a process sets itself)."""
+    ancestors = alert.get("lineage")
+    out = []
+    if isinstance(ancestors, list):
+        for a in reversed(ancestors):
+            exe = a.get("exe") if isinstance(a, dict) else None
+            out.append(exe if isinstance(exe, str) and exe.startswith("/") else UNKNOWN)
+    exe = alert.get("exe")
+    out.append(exe if isinstance(exe, str) and exe.startswith("/") else UNKNOWN)
+    return out
+
+
+def lineage_matches(pattern: str, alert: dict) -> bool:
+    """Component by component over `chain(alert)`; a leading "*" is any ancestors."""
+    parts = pattern.split(SEP)
+    links = chain(alert)
+    if parts[0] == "*":
+        parts = parts[1:]
+        links = links[-len(parts):] if len(parts) <= len(links) else []
+    return len(parts) == len(links) and all(
+        link != UNKNOWN and path_match(link, part) for part, link in zip(parts, links, strict=True))
+
+
+def _check_lineage(value: str) -> None:
+    parts = value.split(SEP)
+    if not [p for p in parts if p != "*"]:
+        raise ValueError(f"allow --lineage {value!r}: matches every alert; name at least "
+                         "one program")
+    bad = [p for i, p in enumerate(parts) if not p.startswith("/") and not (i == 0 and p == "*")]
+    if bad:
+        raise ValueError(f"allow --lineage {value!r}: {bad[0]!r} is not a full path; give "
+                         "each program as its absolute path, separated by \" > \" (only the "
+                         "first may be \"*\": any ancestors), e.g. "
+                         "'* > /usr/sbin/cron > /usr/bin/dash > /usr/bin/bash'")
 
 
 @dataclass
@@ -54,8 +101,8 @@ class Entry:
         if self.kind == "fingerprint":
             return fields.get("fingerprint") == self.value
         if self.kind == "exe":
-            return fields.get("exe") == self.value
-        return fnmatch.fnmatchcase(fields.get("lineage_text") or "", self.value)
+            return fields.get("exe") == self.value and not _borrowed(fields)
+        return lineage_matches(self.value, fields)
 
     def to_json(self) -> dict:
         d = {"id": self.id, "kind": self.kind, "value": self.value, "created": self.created,
@@ -116,12 +163,16 @@ class AllowList:
         value = value.strip()
         if not value or "\0" in value:
             raise ValueError(f"allow: an empty {kind} would match nothing useful")
-        if kind == "exe" and not value.startswith("/") and not value.startswith("memfd:"):
+        if kind == "exe" and (value.startswith("memfd:") or value.startswith("/memfd:")
+                              or value.endswith(" (deleted)")):
+            raise ValueError(f"allow --exe {value}: a memfd or deleted file has no path an "
+                             "operator can vouch for (anyone can make one with that name); "
+                             "allow the alert by --alert-id or --fingerprint")
+        if kind == "exe" and not value.startswith("/"):
             raise ValueError(f"allow --exe {value}: give the executable's absolute path, "
                              "as alerts show it")
-        if kind == "lineage" and value.strip("*? ") == "":
-            raise ValueError(f"allow --lineage {value!r}: matches every alert; name at least "
-                             "one program")
+        if kind == "lineage":
+            _check_lineage(value)
         for e in self.entries:
             if (e.kind, e.value) == (kind, value):
                 return e
@@ -141,11 +192,16 @@ class AllowList:
                          "--list`)")
 
     def save(self) -> None:
-        """Atomically, mode 0600 (entries carry command lines)."""
+        """Atomically, mode 0600 (entries carry command lines), owned by the state
+        directory's owner: under the shipped unit that is the daemon's DynamicUser, which
+        could not read a root-owned 0600 file."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         doc = {"format": FORMAT, "entries": [e.to_json() for e in self.entries]}
         fd, tmp = tempfile.mkstemp(prefix=".allow.", dir=self.path.parent)
         try:
+            owner = os.stat(self.path.parent)
+            if os.geteuid() == 0 and (owner.st_uid, owner.st_gid) != (0, 0):
+                os.fchown(fd, owner.st_uid, owner.st_gid)
             with os.fdopen(fd, "w") as f:
                 json.dump(doc, f, indent=1)
                 f.write("\n")
@@ -178,8 +234,15 @@ def _entries(doc, path: Path) -> list[Entry]:
     return out
 
 
-def find_alert(alert_id: str, json_lines: str | None) -> dict:
-    """An alert's fields by its id: from a JSON-lines file when given, else journald."""
+def _borrowed(alert: dict) -> bool:
+    flags = alert.get("exe_flags") or []
+    return isinstance(flags, list) and bool({"memfd", "deleted"} & set(flags))
+
+
+def find_alert(alert_id: str, json_lines: str | None, state_dir: Path | None = None
+               ) -> dict:
+    """An alert's fields by its id: from a JSON-lines file when given, else journald
+    (only an entry sysdream wrote: origin.pick)."""
     if json_lines:
         try:
             with open(json_lines, encoding="utf-8", errors="replace") as f:
@@ -196,10 +259,17 @@ def find_alert(alert_id: str, json_lines: str | None) -> dict:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ValueError(f"--alert-id: cannot ask journald ({exc}); give "
                          "--json-lines FILE (or, for allow, --fingerprint)") from None
-    for e in fields.json_lines(io.StringIO(out.stdout), having=alert_id):
-        if e is not None and e.get("SYSDREAM_ALERT_ID") == alert_id:
-            return {k[len("SYSDREAM_"):].lower(): _journal_value(v) for k, v in e.items()
-                    if k.startswith("SYSDREAM_")}
+    found = [e for e in fields.json_lines(io.StringIO(out.stdout), having=alert_id)
+             if e is not None and e.get("SYSDREAM_ALERT_ID") == alert_id]
+    try:
+        e = origin.pick(found, f"--alert-id {alert_id}", state_dir)
+    except LookupError:
+        e = None
+    if e is not None:
+        alert = {k[len("SYSDREAM_"):].lower(): _journal_value(v) for k, v in e.items()
+                 if k.startswith("SYSDREAM_")}
+        alert["origin"] = origin.origin(e)
+        return alert
     raise ValueError(f"--alert-id {alert_id}: no such alert in journald; give "
                      "--json-lines FILE if alerts go there (or, for allow, --fingerprint)")
 
@@ -243,7 +313,9 @@ def run(args, state_dir: Path, out=None) -> int:
         return 0
     alert = None
     if args.alert_id:
-        alert = find_alert(args.alert_id, args.json_lines)
+        alert = find_alert(args.alert_id, args.json_lines, state_dir)
+        if alert.get("origin"):
+            print(f"alert {args.alert_id} was written by {alert['origin']}", file=out)
         kind, value = "fingerprint", str(alert.get("fingerprint") or "")
         if not value:
             raise ValueError(f"allow --alert-id {args.alert_id}: that alert has no "

@@ -13,6 +13,8 @@ MESSAGE_IDS = {
     "learning-failed": "a8c3f1e6b9d24c7e95b0a2d4c8e71f36",
     "model-retrained": "fda2c0dd74f84a588a90626cc8efbff4",
     "retraining-rejected": "ca8e4d9a8016406e852f7f66ebd2a590",
+    "allow-list-refused": "5d0c7e2a9f3b4a18b6e4c1d8a7f2903e",
+    "evidence-lost": "b7e3a91c4d2f4c58a0e6d3f19c8b2a47",
 }
 
 

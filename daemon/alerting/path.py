@@ -48,6 +48,7 @@ class AlertPath:
         self.fleet_server = ""                 # an agent's server: "NAME@tcp://HOST:PORT"
         self.allowed = labels.counter()        # ... and those an allow entry matched
         self.allow: AllowList | None = None    # the operator's allow list (load_allow)
+        self.allow_errors = 0                  # allow lists that could not be used
         self._next_allow_check = 0.0
         self._next_summary = 0.0
         self._lock = threading.Lock()
@@ -92,11 +93,34 @@ class AlertPath:
             self.summarise()
 
     def load_allow(self, path: Path) -> None:
-        """The allow list (daemon/alerting/allow.py) at start: a bad file stops the start (exit
-        12); later, a bad edit is logged and the list in use stays (reload_allow)."""
-        self.allow = AllowList.load(path)
+        """The allow list (daemon/alerting/allow.py) at start. One that cannot be used
+        (unreadable, damaged) means no entries, an `allow-list-refused` event and a count:
+        never a reason to stop detecting (whoever can break the file would blind the host);
+        later, a bad edit keeps the list in use (reload_allow)."""
+        try:
+            self.allow = AllowList.load(path)
+        except ConfigError as exc:
+            self.allow = AllowList([], path)
+            self._stamp_bad()
+            self._refused(f"allow list refused, detecting with no allow entries: {exc}")
+            return
         if self.allow.entries:
             self.log(f"allow list: {len(self.allow.entries)} entries from {path}")
+
+    def _stamp_bad(self) -> None:
+        """Remember the refused file, so it is reported once per change, not every second."""
+        self.allow.stamp = ()
+        try:
+            st = self.allow.path.stat()
+            self.allow.stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            pass
+
+    def _refused(self, text: str) -> None:
+        self.allow_errors += 1
+        self.log(text)
+        self.sink.emit("allow-list-refused", kinds.ERR, text,
+                       {"kind": "allow-list-refused", "path": str(self.allow.path)})
 
     def reload_allow(self) -> None:
         """Take a changed allow list (the file is stat'ed; read only when it changed)."""
@@ -105,13 +129,8 @@ class AlertPath:
         try:
             new = AllowList.load(self.allow.path)
         except ConfigError as exc:
-            self.allow.stamp = ()       # logged once per change, not every second
-            try:
-                st = self.allow.path.stat()
-                self.allow.stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-            except OSError:
-                pass
-            self.log(f"allow list refused, the one in use stays: {exc}")
+            self._stamp_bad()
+            self._refused(f"allow list refused, the one in use stays: {exc}")
             return
         self.allow = new
         self.log(f"allow list: {len(new.entries)} entries from {new.path}")

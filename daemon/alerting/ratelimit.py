@@ -23,6 +23,7 @@ class RateLimiter:
         self.incidents: OrderedDict[str, int] = OrderedDict()
         self.pending: OrderedDict[str, dict] = OrderedDict()   # held back since the summary
         self._global = (float(ceiling), None)
+        self.evicted = 0     # fingerprints dropped while they held suppressed alerts
 
     def _bucket(self, tokens: float, last: float, now: float, size: float, per: float):
         return min(size, tokens + (now - last) * size / per)
@@ -59,9 +60,11 @@ class RateLimiter:
     def _trim(self) -> None:
         while len(self.tokens) > self.max_keys:
             old, _ = self.tokens.popitem(last=False)
-            self.suppressed.pop(old, None)
+            if self.suppressed.pop(old, None):
+                self.evicted += 1
         while len(self.pending) > self.max_keys:
             self.pending.popitem(last=False)
+            self.evicted += 1
 
     def take_summary(self) -> list[dict]:
         """What was held back since the last call, most held back first."""

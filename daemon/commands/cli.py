@@ -15,7 +15,14 @@ from sysdream.probes.filters import FILTERS
 
 from ..alerting.formats import FORMATS
 from ..config import ConfigError
-from ..exitcodes import Exit, FleetEndpointError, MetricsPortError, StateDirError, exit_code_for
+from ..exitcodes import (
+    Exit,
+    FleetEndpointError,
+    MetricsPortError,
+    StateDirError,
+    UntrustedError,
+    exit_code_for,
+)
 
 EPILOG = """\
 examples:
@@ -525,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sysdream: error: {exc}", file=sys.stderr)
         return int(Exit.USAGE)
     except (errors.CaptureError, errors.TraceFileError, BundleError, MetricsPortError,
-            StateDirError, FleetEndpointError) as exc:
+            StateDirError, FleetEndpointError, UntrustedError) as exc:
         print(f"sysdream: error: {exc}", file=sys.stderr)
         return int(exit_code_for(exc))
 

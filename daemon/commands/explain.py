@@ -18,6 +18,7 @@ import numpy as np
 
 from sysdream.probes.errors import TraceFileError
 
+from ..alerting import origin
 from ..alerting.fields import MAX_ALERT_LINE, json_lines
 from ..context.printable import reprinted
 
@@ -46,11 +47,20 @@ def _novelty(value) -> list[dict]:
     return [e for e in value if isinstance(e, dict)] if isinstance(value, list) else []
 
 
+def _state_dir(args) -> Path | None:
+    """The state directory whose owner is the service's user (None: no configuration)."""
+    from .. import config
+    try:
+        return config.load(getattr(args, "config", None)).state_dir()
+    except (config.ConfigError, OSError):
+        return None
+
+
 def read_alert(args) -> dict:
     if getattr(args, "alert_id", None):
         from ..alerting.allow import find_alert
         try:
-            alert = find_alert(args.alert_id, args.json_lines)
+            alert = find_alert(args.alert_id, args.json_lines, _state_dir(args))
         except ValueError as exc:
             raise TraceFileError(str(exc)) from None
         where = f"alert {args.alert_id}"
@@ -67,6 +77,9 @@ def read_alert(args) -> dict:
                                  f"{': ' + out.stderr.strip() if out.stderr.strip() else ''}")
         where = f"cursor {args.cursor}"
         alert = next(json_lines(io.StringIO(first[0])), None)
+        if alert is not None:       # only an entry sysdream wrote (alerting/origin.py)
+            alert = origin.pick([alert], f"explain --cursor {args.cursor}", _state_dir(args))
+            print(f"alert written by {origin.origin(alert)}", file=sys.stderr)
     else:
         where = args.json
         try:

@@ -27,6 +27,8 @@ EXIT_TEXT = {
     Exit.BAD_CONFIG: "bad configuration", Exit.METRICS_PORT: "the metrics port cannot be bound",
     Exit.STATE_DIR: "the state directory cannot be created or written",
     Exit.FLEET_ENDPOINT: "a fleet server address cannot be bound",
+    Exit.UNTRUSTED: "an input that claims to come from sysdream but did not (a journald "
+                    "alert entry another user wrote)",
     Exit.ANOMALOUS: "score --exit-status: a window was above the bound (no error)",
     Exit.NOT_RUNNING: "status: no daemon runs with this state directory (or its status is "
                       "stale)",

@@ -9,7 +9,7 @@ conventions of the runtimes' systemd and cgroupfs drivers.
 
 from __future__ import annotations
 
-import fnmatch
+import functools
 import os
 import re
 import time
@@ -105,5 +105,39 @@ class CgroupPaths:
             return set()
         self.scan()
         return {i for i, p in self.ids.items()
-                if any(fnmatch.fnmatchcase(p, pat) or fnmatch.fnmatchcase(p, pat + "/*")
-                       for pat in patterns)}
+                if any(path_match(p, pat, below=True) for pat in patterns)}
+
+
+@functools.lru_cache(maxsize=256)
+def _path_regex(pattern: str, below: bool) -> re.Pattern:
+    """A glob over a path as a regex: `*` and `?` stay inside one component (they never
+    match "/"), `**` spans components, `[...]` is one character other than "/"."""
+    out, i, n = [], 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[" and "]" in pattern[i + 2:]:
+            j = pattern.index("]", i + 2)
+            body = pattern[i + 1:j]
+            neg = body[:1] == "!"
+            body = re.escape(body[1:] if neg else body).replace("\\-", "-")
+            out.append(f"(?!/)[{'^' if neg else ''}{body}]")
+            i = j + 1
+            continue
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out) + ("(?:/.*)?" if below else ""), re.S)
+
+
+def path_match(path: str, pattern: str, below: bool = False) -> bool:
+    """Whether `path` matches the glob `pattern` component by component; `below`: or lies
+    under a path that does ("/system.slice/x.service" covers its children)."""
+    return _path_regex(pattern, below).fullmatch(path) is not None

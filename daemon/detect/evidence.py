@@ -66,8 +66,11 @@ class Evidence:
 
     def __init__(self, bound: float, m: int, max_processes: int = 65536,
                  peaks: list | None = None, bounds: dict[str, float] | None = None,
-                 window_max: float = GRADED_MAX):
+                 window_max: float = GRADED_MAX, evictions: dict | None = None):
         self.k, self.m, self.max = float(bound), m, max_processes
+        # counts what was dropped still holding evidence: an attacker who makes processes
+        # enough to push its own out would otherwise pass unseen (docs/security.md)
+        self.evictions = evictions if evictions is not None else {}
         self.bounds = dict(bounds or {})
         self.window_max = window_max
         self.recent: OrderedDict = OrderedDict()
@@ -84,8 +87,10 @@ class Evidence:
         if d is None:
             d = self.recent[key] = deque(maxlen=self.m)
             if len(self.recent) > self.max:
-                old, _ = self.recent.popitem(last=False)
+                old, held = self.recent.popitem(last=False)
                 self._end(old)
+                if any(held):
+                    self.evictions["evidence"] = self.evictions.get("evidence", 0) + 1
         else:
             self.recent.move_to_end(key)
         d.append(float(weight))
@@ -137,8 +142,10 @@ class Episodes:
     least two processes (one process alone is the per-process rule's business), so an
     attack split into short steps, none standing out alone, does not pass unseen."""
 
-    def __init__(self, bound: float, m: int, span_s: float = 10.0, max_groups: int = 4096):
+    def __init__(self, bound: float, m: int, span_s: float = 10.0, max_groups: int = 4096,
+                 evictions: dict | None = None):
         self.k, self.m, self.span_ns, self.max = float(bound), m, int(span_s * 1e9), max_groups
+        self.evictions = evictions if evictions is not None else {}
         self.recent: OrderedDict[tuple, deque] = OrderedDict()
 
     def add_many(self, key: tuple, tgid: int, weights: np.ndarray, ns: int
@@ -153,7 +160,9 @@ class Episodes:
                 return []
             d = self.recent[key] = deque(maxlen=self.m)
             if len(self.recent) > self.max:
-                self.recent.popitem(last=False)
+                _, held = self.recent.popitem(last=False)
+                if any(x for _, _, x in held):
+                    self.evictions["episodes"] = self.evictions.get("episodes", 0) + 1
         else:
             self.recent.move_to_end(key)
         out = []

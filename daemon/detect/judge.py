@@ -171,8 +171,9 @@ class NoveltyWeights:
     process's next alert carries. `b` is a detect/block.py Block, `model` the ModelView
     whose `lineage` is the Judge."""
 
-    def __init__(self):
+    def __init__(self, evictions: Counter | None = None):
         self.novel: OrderedDict = OrderedDict()     # process key -> its novelty events
+        self.evictions = Counter() if evictions is None else evictions   # what was dropped
 
     @staticmethod
     def sequence_news(blocks: list, model
@@ -243,6 +244,7 @@ class NoveltyWeights:
             mine = self.novel[key] = []
             while len(self.novel) > 65536:
                 self.novel.popitem(last=False)
+                self.evictions["lineage_events"] += 1
         for row, e in events:
             weights[row] += lineage_weight(e.p, model.alpha)
             mine.append((int(b.starts[row]), e.to_json(model.alpha)))

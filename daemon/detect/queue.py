@@ -37,6 +37,9 @@ class Counters:
     labels: ExeLabels = field(default_factory=lambda: ExeLabels(64))
     anomalous: LabelledCounts = None       # windows above the bound, by executable
     set_aside: dict = field(default_factory=lambda: defaultdict(int))
+    # state dropped to stay bounded while it still held something: evidence, episodes,
+    # lineage_events (docs/metrics.md, sysdream_state_evictions_total)
+    evictions: dict = field(default_factory=lambda: defaultdict(int))
 
     def __post_init__(self):
         if self.anomalous is None:

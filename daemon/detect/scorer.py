@@ -91,9 +91,11 @@ class Scorer:
         self.evidence_k, self.peaks = st.evidence_k, peaks
         self.evidence = Evidence(model.evidence_bound(st.evidence_k), st.evidence_m,
                                  peaks=peaks, bounds=model.program_bounds(st.evidence_k),
-                                 window_max=model.window_max(st.evidence_k))
-        self.episodes = Episodes(self.evidence.k, st.evidence_m)
-        self.novelty = NoveltyWeights()     # process key -> its novelty events
+                                 window_max=model.window_max(st.evidence_k),
+                                 evictions=counters.evictions)
+        self.episodes = Episodes(self.evidence.k, st.evidence_m,
+                                 evictions=counters.evictions)
+        self.novelty = NoveltyWeights(counters.evictions)   # process key -> its events
         self.cache = WindowCache(st.cache_windows, model.span)
         self.batch_windows, self.batch_wait = st.batch_windows, st.batch_wait_ms / 1000
         self.explain_positions = st.explain_positions
@@ -122,8 +124,8 @@ class Scorer:
         e = self.evidence
         if (bound, bounds, evidence_m, cap) != (e.k, e.bounds, e.m, e.window_max):
             self.evidence = Evidence(bound, evidence_m, peaks=self.peaks, bounds=bounds,
-                                     window_max=cap)
-            self.episodes = Episodes(bound, evidence_m)
+                                     window_max=cap, evictions=self.counters.evictions)
+            self.episodes = Episodes(bound, evidence_m, evictions=self.counters.evictions)
 
     def start(self) -> None:
         self.thread = threading.Thread(target=self._run, name="sysdream-scorer", daemon=True)

@@ -7,7 +7,10 @@ make NAME.curve (public: `sysdream-curve Z85 NAME`, 0644) and NAME.curve-secret
 (`sysdream-curve-secret Z85SECRET Z85PUBLIC NAME`, 0600, never overwritten). The server
 reads its secret key and an allow-list folder of agents' .curve files ([server] agents);
 each agent reads its secret key and the server's .curve file ([fleet] key, server_key).
-A key's name is how metrics and logs name the peer.
+A key's name is how metrics and logs name the peer. A key in a subfolder of the agents'
+folder (agents/ROLE/NAME.curve) is bound to that role: its agent may send baselines for
+and fetch the model of that role only; a key at the top level may have windows scored
+but takes part in no role's learning (one stolen key must not poison every role).
 """
 
 from __future__ import annotations
@@ -80,16 +83,25 @@ def load_secret(path: str | os.PathLike) -> tuple[str, bytes, bytes]:
     return words[3], words[2].encode(), words[1].encode()
 
 
-def allow_list(folder: str | os.PathLike, whose: str = "agents'") -> dict[bytes, str]:
+def allow_list(folder: str | os.PathLike, whose: str = "agents'",
+               roles: dict[str, str] | None = None) -> dict[bytes, str]:
     """{Z85 public key: name} of every .curve file in an allow-list folder (the agents',
-    or the remote workers')."""
+    or the remote workers'); with `roles`, the keys in its subfolders too, each name's
+    role (the subfolder) put there."""
     d = Path(folder)
     if not d.is_dir():
         one = whose.rstrip("'s")
         raise ConfigError(f"{d}: no such folder of {whose} public keys; create it and copy "
                           f"each {one}'s NAME.curve there")
     out: dict[bytes, str] = {}
-    for p in sorted(d.glob("*.curve")):
+    found = sorted(d.glob("*.curve")) + (sorted(d.glob("*/*.curve")) if roles is not None
+                                         else [])
+    for p in found:
         name, key = load_public(p)
+        if name in out.values() or key in out:
+            raise ConfigError(f"{p}: key name {name!r} or its key is in {d} twice; one key, "
+                              "one name, one role")
         out[key] = name
+        if p.parent != d:
+            roles[name] = p.parent.name
     return out

@@ -9,6 +9,11 @@ runs in a child (nice, [learning] settings, --max-share host_share) on all of th
 models/.ROLE.new; a model that trained replaces models/ROLE in one swap and is announced
 on the PUB socket (kind "model", with the sha256 of its manifest, which lists every
 file's). Agents fetch it (protocol `fetch` -> `bundle`), check it and swap it in.
+
+One stolen agent key must not poison the fleet: a key is bound to one role by where it
+lies in the agents' folder (keys.py), and its agent may upload for and fetch only that
+role's files; a role trains on at least `min_hosts` agents (2 by default), no more than
+`max_trainings` roles train at once, and there are at most MAX_ROLES roles.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from sysdream.model.bundle import install
 
 from ..service.runtime import trainer_child
 from . import protocol as wire
+
+MAX_ROLES = 256     # roles with baselines; a key is bound to one, so this is a backstop
 
 
 def log(msg: str) -> None:
@@ -48,6 +55,19 @@ class Roles:
         self.training: dict[str, subprocess.Popen] = {}
         self.trained = self.failed = 0
         self.baselines_stored = 0
+        self.bound: dict[str, str] = {}     # agent key name -> its role (keys.allow_list)
+        self.max_trainings = s.max_trainings
+
+    def check(self, agent: str, role: str) -> None:
+        """ProtocolError "refused" unless `agent`'s key is bound to `role`."""
+        mine = self.bound.get(agent)
+        if mine != role:
+            raise wire.ProtocolError("refused", f"agent {agent} is not bound to role {role} "
+                                     + (f"(its key is in role {mine}'s folder)" if mine else
+                                        "(its key is in no role's folder of [server] agents)"))
+        if role not in self.due and not (self.baselines / role).is_dir() and \
+                sum(1 for p in self.baselines.glob("*") if p.is_dir()) >= MAX_ROLES:
+            raise wire.ProtocolError("refused", f"already {MAX_ROLES} roles")
 
     # -- baselines in -----------------------------------------------------------------
     def store(self, agent: str, m: wire.Message) -> tuple[bool, str]:
@@ -89,7 +109,8 @@ class Roles:
         """Start what is due; finish what trained (publish(role, model_id, sha))."""
         now = time.monotonic()
         for role, when in list(self.due.items()):
-            if now < when or role in self.training:
+            if now < when or role in self.training or len(self.training) >= \
+                    self.max_trainings:
                 continue
             hosts = sorted((self.baselines / role).glob("*.sdtrace"))
             if len(hosts) < self.min_hosts:

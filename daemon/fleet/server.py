@@ -120,7 +120,7 @@ class Server:
 
         s = self.cfg.server
         self.key_name, public, secret = load_secret(s.key)
-        self.allowed = allow_list(s.agents)
+        self.allowed = allow_list(s.agents, roles=self.roles.bound)
         if not self.allowed:
             log(f"no agent keys in {s.agents} yet: every agent is refused until one is "
                 "there (reload with SIGHUP)")
@@ -281,6 +281,9 @@ class Server:
         if m.type != "score":
             self._learning(ident, agent, m)
             return
+        if agent == UNKNOWN:        # a key revoked since it connected (SIGHUP)
+            self._reject(ident, agent, seq, "refused", "this agent's key is not allowed")
+            return
         if len(self.inflight) >= MAX_INFLIGHT:
             self._reject(ident, agent, seq, "busy", "every worker is busy")
             return
@@ -329,6 +332,7 @@ class Server:
         try:
             if agent == UNKNOWN:
                 raise wire.ProtocolError("refused", "no key name for this agent")
+            self.roles.check(agent, h["role"])
             if m.type == "baseline":
                 complete, _ = self.roles.store(agent, m)
                 reply = wire.encode("stored", {"seq": h["seq"], "part": h["part"],
@@ -392,9 +396,13 @@ class Server:
                 self.rejected["worker-malformed"] += 1
             return
         seq = m.header["seq"]
-        agent, t0, holder = self.inflight.pop((ident, seq), (UNKNOWN, None, None))
-        if holder is not None:
-            holder.inflight -= 1
+        held = self.inflight.get((ident, seq))
+        if held is None or held[2] is not slot:     # a reply it was never asked for
+            with self.lock:
+                self.rejected["worker-unasked"] += 1
+            return
+        agent, t0, holder = self.inflight.pop((ident, seq))
+        holder.inflight -= 1
         with self.lock:
             if m.type == "scores":
                 self.requests[(agent, "ok")] += 1
@@ -517,7 +525,11 @@ class Server:
 
     def _reload(self) -> None:
         try:
-            self.allowed = allow_list(self.cfg.server.agents)
+            bound: dict[str, str] = {}
+            # a revoked key's connection stays open (ZeroMQ keeps it), but every request
+            # it sends now comes from an unknown agent and is refused
+            self.allowed = allow_list(self.cfg.server.agents, roles=bound)
+            self.roles.bound = bound
             log(f"reloaded: {len(self.allowed)} agent keys")
         except ConfigError as exc:
             log(f"reload refused, keeping {len(self.allowed)} agent keys: {exc}")

@@ -133,6 +133,12 @@ class ServiceCollector(Collector):
                         "(queue_full, model_change, shutdown).", "reason",
                         {"queue_full": 0, "model_change": 0, "shutdown": 0,
                          **c.windows_shed})
+        yield _by_label("sysdream_state_evictions", "State dropped to stay bounded while "
+                        "it still held something: a process's evidence, an episode, "
+                        "pending lineage events, a fingerprint's held-back alerts "
+                        "(rate_limits).", "what",
+                        {"evidence": 0, "episodes": 0, "lineage_events": 0,
+                         **c.evictions, "rate_limits": s.alerting.limiter.evicted})
         yield GaugeMetricFamily("sysdream_cache_windows", "Windows in the known-window "
                                 "cache.", value=s.cache_size())
         yield GaugeMetricFamily("sysdream_queue_windows", "Windows waiting for inference.",
@@ -154,6 +160,9 @@ class ServiceCollector(Collector):
         yield _by_label("sysdream_alerts_allowed", "Alerts not sent because an operator's "
                         "allow entry matched them (sysdream allow), by executable.", "exe",
                         s.alerting.allowed.snapshot())
+        yield CounterMetricFamily("sysdream_allow_list_refused", "Allow lists that could not "
+                                  "be used (unreadable or damaged): each also an "
+                                  "allow-list-refused event.", value=s.alerting.allow_errors)
         yield CounterMetricFamily("sysdream_exe_labels_evicted", "Executables whose metric "
                                   "label went to one that raised an alert.",
                                   value=s.labels.evictions)
@@ -196,7 +205,9 @@ class ServiceCollector(Collector):
                                 else float("nan"))
         own = GaugeMetricFamily("sysdream_program_alert_bound", "The alert bound of each "
                                 "program with one of its own.", labels=["program"])
-        for prog, b in sorted((s.scorer.evidence.bounds if s.scorer else {}).items()):
+        internals = s.cfg.metrics.detection_internals   # else these families stay empty
+        for prog, b in sorted((s.scorer.evidence.bounds if s.scorer and internals
+                               else {}).items()):
             own.add_metric([printable(prog)], b)
         yield own
         p = s.processes
@@ -253,11 +264,13 @@ class ServiceCollector(Collector):
         state = GaugeMetricFamily("sysdream_retraining_state", "1 for where scheduled "
                                   "retraining stands.", labels=["state"])
         for name in ("off", "waiting", "recording", "training", "shadow"):
-            state.add_metric([name], 1.0 if r.state == name else 0.0)
+            if internals:
+                state.add_metric([name], 1.0 if r.state == name else 0.0)
         yield state
         yield GaugeMetricFamily("sysdream_retraining_next_timestamp_seconds", "When the "
                                 "next candidate trains (Unix time; 0 when off).",
-                                value=r.next_at if r.state != "off" else 0.0)
+                                **({"value": r.next_at if r.state != "off" else 0.0}
+                                   if internals else {}))
         info = InfoMetricFamily("sysdream_model", "The model in use.")
         gauges = []
         if m is not None:
@@ -327,7 +340,8 @@ class Metrics:
         """Start /metrics and /healthz (serve_http); returns the port (useful with port
         0); OSError when the port is taken."""
         self.server = serve_http(self.registry, address, port, health)
-        return self.server.server_address[1]
+        return 0 if isinstance(self.server.server_address, str) else \
+            self.server.server_address[1]
 
     def close(self) -> None:
         if self.server is not None:

@@ -108,9 +108,11 @@ class Service:
         self.slot = ModelSlot(cfg, self.sink, log, self._use_model, self.learner.stop)
         self.retrainer = Retrainer(cfg, self.sink, log, lambda: self.capture.settings,
                                    lambda: self.kernel_counters, self.slot.load,
-                                   self._shadow, self._retrained)
+                                   self._shadow, self._retrained, lambda: self.slot.model)
         self._next_refresh = 0.0
         self.statusfile = StatusFile(cfg.state_dir(), cfg.service.status_interval_s)
+        self._losses_seen: dict[str, int] = {}
+        self._next_losses = 0.0
         self.metrics = None
         self.capture = None
         self._stop = False
@@ -372,6 +374,7 @@ class Service:
                 if self.control is not None:
                     self.slot.take_from_fleet(self.control)
                 self.alerting.tick(now)
+                self._losses(now)
                 if now >= self._next_refresh:
                     self._next_refresh = now + FILTER_REFRESH_S
                     self._refresh_filters()
@@ -383,6 +386,25 @@ class Service:
                 self.notify.status(self._status())
                 self.statusfile.write(self)
         return self._shutdown()
+
+    def _losses(self, now: float) -> None:
+        """An evidence-lost event, at most one a minute, when what detection needs was
+        dropped since the last: state evicted to stay bounded, windows shed from a full
+        queue, syscalls lost. Each is something a process can cause on purpose (many
+        children, a flood) to hide what it does next, so it is said, not only counted."""
+        c, k = self.counters, self.kernel_counters
+        seen = {**c.evictions, "rate_limits": self.alerting.limiter.evicted,
+                "windows_shed": c.windows_shed.get("queue_full", 0),
+                "syscalls_lost": k.get("lost_syscalls", 0) + k.get("lost_nostorage", 0)}
+        rose = {w: n - self._losses_seen.get(w, 0) for w, n in seen.items()
+                if n > self._losses_seen.get(w, 0)}
+        if not rose or now < self._next_losses:
+            return
+        self._losses_seen, self._next_losses = seen, now + 60.0
+        text = ("detection lost state it needed (an attacker can cause this on purpose): "
+                + ", ".join(f"{n} {w.replace('_', ' ')}" for w, n in sorted(rose.items())))
+        self.sink.emit("evidence-lost", kinds.WARNING, text,
+                       {"kind": "evidence-lost", "lost": rose})
 
     def _refresh_filters(self) -> None:
         """Exclusions by path follow the files and cgroups they name: a package upgrade

@@ -14,19 +14,21 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from sysdream.model import bundle as bundle_io
 from sysdream.model.bundle import BundleError, install
 from sysdream.model.windows import cut
 
 from ..alerting import kinds
 from ..config import Config, ConfigError
 from ..detect.view import DEFAULT_EVIDENCE, FALLBACK_WINDOW_MAX, ModelView
-from ..signing import check, load_public, signer
+from ..signing import SIGNATURE, check_bytes, load_public, signer, signing_key
 from .runtime import prepare_torch
 
 
@@ -34,8 +36,8 @@ def trusted_keys(cfg: Config) -> dict[str, bytes]:
     """[service] trusted_keys read (key id -> raw key); [learning] signing_key checked
     too. ConfigError (exit 12) for a key that cannot be used."""
     out = dict(load_public(p) for p in cfg.service.trusted_keys)
-    if cfg.learning.signing_key:
-        signer(cfg.learning.signing_key)
+    if signing_key(cfg.learning.signing_key):
+        signer(signing_key(cfg.learning.signing_key))
     elif out and not cfg.service.model:
         raise ConfigError(f"{cfg.source}: [service] trusted_keys asks for signed models, but "
                           "the model this daemon learns would be unsigned; set [learning] "
@@ -129,16 +131,24 @@ class ModelSlot:
         if not path.exists():
             raise BundleError(f"{path}: no model bundle there; train one with `sysdream "
                               "train` or leave [service] model empty to learn this host")
-        signed = None
         if self.trusted:
-            signed = check(path, self.trusted)
-        det = Detector.load(path, runtime="auto", threads=self.cfg.detection.torch_threads,
-                            log=self.log)
+            # one read: the signature checked over the manifest bytes whose checksums
+            # the files read with them match, and the model loaded from a private copy
+            # of those very bytes (no second read an attacker could swap in between)
+            manifest, files = bundle_io.read_verified(path, (SIGNATURE,))
+            signed = check_bytes(path, manifest, files.pop(SIGNATURE, None), self.trusted)
+            with tempfile.TemporaryDirectory(prefix="sysdream-bundle-") as private:
+                bundle_io.copy_to(files, manifest, private)
+                det = Detector.load(private, runtime="auto",
+                                    threads=self.cfg.detection.torch_threads, log=self.log)
+            if det.model_id != signed:
+                raise BundleError(f"{path}: the signed manifest names model {signed}, the "
+                                  f"bundle is {det.model_id}; restore or re-sign it")
+        else:
+            det = Detector.load(path, runtime="auto",
+                                threads=self.cfg.detection.torch_threads, log=self.log)
         if det.runtime == "torch":
             prepare_torch(self.cfg.detection.torch_threads, self.log)
-        if signed is not None and det.model_id != signed:
-            raise BundleError(f"{path}: changed while it was read (the signed manifest names "
-                              f"model {signed}); load it again")
         if det.bound is None:
             raise BundleError(f"{path}: the bundle has no calibrated bound; retrain it")
         try:

@@ -38,6 +38,24 @@ from ..alerting import kinds
 from ..config import Config
 
 
+def bound_rise(current, candidate, limit: float) -> str:
+    """Which bound of `candidate` rose more than `limit` (a fraction) over the one of
+    `current` (ModelViews): "" when none did. The window bound, the alert bound and
+    each program's own alert bound are compared."""
+    if current is None:
+        return ""
+    pairs = [("window bound", current.bound.bound, candidate.bound.bound)]
+    a, b = current.alert, candidate.alert
+    if a is not None and b is not None:
+        pairs.append(("alert bound", a.bound, b.bound))
+        old, new = a.bounds(), b.bounds()
+        pairs += [(f"alert bound for {p}", old[p], new[p]) for p in sorted(set(old) & set(new))]
+    for what, old, new in pairs:
+        if old > 0 and new > old * (1 + limit):
+            return f"{what} rose from {old:.4g} to {new:.4g}"
+    return ""
+
+
 # -- online: the daemon's side -----------------------------------------------------------
 class Retrainer:
     """When to record, the candidate's trainer, its shadow and the swap, for one daemon.
@@ -49,11 +67,13 @@ class Retrainer:
 
     def __init__(self, cfg: Config, sink, log: Callable[[str], None],
                  settings: Callable[[], object], counters: Callable[[], dict],
-                 load: Callable, shadow: Callable, swap: Callable[[], None]):
+                 load: Callable, shadow: Callable, swap: Callable[[], None],
+                 current: Callable[[], object] = lambda: None):
         self.cfg = cfg              # the main loop swaps it on a reload
         self.sink, self.log = sink, log
         self._settings, self._counters = settings, counters
         self._load, self._shadow, self._swap = load, shadow, swap
+        self._current = current     # the ModelView in use (None before one)
         self.state = "off"
         self.outcomes: Counter = Counter()      # swapped, rejected, failed (metrics)
         self.next_at = 0.0          # wall-clock time the next candidate's training starts
@@ -224,6 +244,12 @@ class Retrainer:
         except Exception as exc:  # noqa: BLE001 (any failure: keep the model in use)
             self._fail(f"the candidate does not load: {exc}")
             return
+        rose = bound_rise(self._current(), view, self.cfg.retraining.max_bound_rise)
+        if rose:
+            self._reject(view, f"its {rose}, over [retraining] max_bound_rise "
+                         f"{self.cfg.retraining.max_bound_rise:g}", "", {
+                             "model_id": view.model_id})
+            return
         if view.lineage is not None:
             view.lineage.events = Counter()     # the shadow's novelty is not the host's
         self._candidate = view
@@ -253,16 +279,7 @@ class Retrainer:
         if got["windows"] == 0 or got["alerts"] > got["current"]:
             why = ("it scored no windows (another window size?)" if got["windows"] == 0
                    else "it raised more alerts than the model in use")
-            rejected = self.cfg.state_dir() / "model.rejected"
-            shutil.rmtree(rejected, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                self.candidate_path.rename(rejected)
-            self.outcomes["rejected"] += 1
-            text = f"retraining: candidate rejected, {why}: {said}; kept at {rejected}"
-            self.log(text)
-            self.sink.emit("retraining-rejected", kinds.WARNING, text,
-                           {"kind": "retraining-rejected", "reason": why, **fields})
-            self.begin_next()
+            self._reject(view, why, f": {said}", fields)
             return
         from sysdream.model.bundle import install
 
@@ -280,6 +297,18 @@ class Retrainer:
         self.sink.emit("model-retrained", kinds.NOTICE, text,
                        {"kind": "model-retrained", **fields})
         self._swap()        # the new model in use: begin() schedules the next one
+
+    def _reject(self, view, why: str, said: str, fields: dict) -> None:
+        rejected = self.cfg.state_dir() / "model.rejected"
+        shutil.rmtree(rejected, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.candidate_path.rename(rejected)
+        self.outcomes["rejected"] += 1
+        text = f"retraining: candidate rejected, {why}{said}; kept at {rejected}"
+        self.log(text)
+        self.sink.emit("retraining-rejected", kinds.WARNING, text,
+                       {"kind": "retraining-rejected", "reason": why, **fields})
+        self.begin_next()
 
     def begin_next(self) -> None:
         """The next retraining an interval from now (the model in use stays)."""

@@ -4,9 +4,15 @@ The poisoning guard (`guard`, run by the trainer): an attacker who acts slowly c
 to be learnt as normal. The recordings are replayed under the model in use (its network,
 lineage profile and alert bounds; detect/replay.py) with every alert bound at `near` of
 itself. A process whose evidence reaches that is dropped from GUARD_SPAN_S before to
-GUARD_SPAN_S after that moment, with the other processes of its episode. Then no program
-gives more than `share` of what the recordings give (its latest activity goes first). The
-allow entries' windows are the operator's word and pass as they are.
+GUARD_SPAN_S after that moment, with the other processes of its episode; and every window
+above the window bound is dropped (the records of its block), so behaviour kept below the
+alert bound on purpose is not learnt either. Then no program
+gives more than `share` of what the recordings give (its latest activity goes first). A
+program is its executable file (device and inode), not its name: an attacker's hard
+links, bind mounts and renamed copies of one file share one cap, and every executable a
+user can write (on a writable or tmpfs mount, a memfd, a deleted file) shares one cap
+with all the others. The allow entries' windows are the operator's word and pass as they
+are.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from sysdream.probes import datasets
+from sysdream.probes.layout import EXE_DELETED, EXE_MEMFD, EXE_WRITABLE
 
 from ..config import ConfigError
 
@@ -25,6 +32,27 @@ GUARD_SPAN_S = 600.0    # how long either side of a near-bound moment a process 
 
 
 MAX_ALLOWED_NAMES = 1024   # syscalls of one allow entry's window taken for training
+WRITABLE = "(executables users can write)"     # the one share they all come under
+
+
+def record_files(trace) -> list:
+    """The executable file each of `trace`'s chunk records is counted to, as the share
+    cap keys it (see the module's docstring): "file DEV:INO", WRITABLE, or the program
+    name where the file is not known; None where the process context does not say."""
+    from .profile import _owners, _table
+
+    if not len(trace.records):
+        return []
+    return _owners(_table(trace.context), trace.records, False, by=_file_key)
+
+
+def _file_key(img) -> str:
+    from ..context.processes import TMPFS_MAGIC
+    from .profile import program
+
+    if img.flags & (EXE_WRITABLE | EXE_MEMFD | EXE_DELETED) or img.fs_magic == TMPFS_MAGIC:
+        return WRITABLE
+    return f"file {img.dev}:{img.ino}" if img.ino else program(img.exe, img.flags)
 
 
 def share_cap(sizes: list[int], share: float) -> int:
@@ -52,7 +80,7 @@ def guard(det, traces: list, near: float, share: float) -> tuple[list, dict]:
     profile = Profile.from_json(det.lineage) if det.lineage is not None else None
     span = int(GUARD_SPAN_S * 1e9)
     keeps, hit = [], set()
-    near_calls = 0
+    near_calls = above_calls = 0
     for t in traces:
         recs = t.records
         keep = np.ones(len(recs), bool)
@@ -60,8 +88,9 @@ def guard(det, traces: list, near: float, share: float) -> tuple[list, dict]:
         if not len(recs):
             continue
         found: list = []
+        scores: dict = {}       # the window scores, computed once for both replays
         alerts_after(det, t, profile, int(recs["first_ns"].min()), int(recs["last_ns"].max()),
-                     near=near, found=found)
+                     near=near, found=found, cache=scores)
         moments: dict[int, list[int]] = {}
         for d in found:
             for pid in {d.block.tgid, *(d.episode or {}).get("pids", ())}:
@@ -79,13 +108,38 @@ def guard(det, traces: list, near: float, share: float) -> tuple[list, dict]:
                 hit.add((id(t), pid))
             keep[gone] = False
         near_calls += int(_calls(recs[~keep]))
+        # sub-threshold poisoning: a window above the window bound is not learnt, even
+        # where its process's evidence never came near the alert bound (one window at
+        # the bound weighs 1: evidence 1 over 1 window catches each)
+        above: list = []
+        alerts_after(det, t, None, int(recs["first_ns"].min()), int(recs["last_ns"].max()),
+                     evidence_k=1.0, evidence_m=1, found=above, cache=scores)
+        streams: dict[int, tuple] = {}      # tid -> its records in stream order, ends
+        for d in above:
+            b = d.block
+            if b.tid not in streams:
+                rows = np.flatnonzero(recs["tid"] == b.tid)
+                rows = rows[np.argsort(ns[rows], kind="stable")]    # as the replay cut
+                streams[b.tid] = rows, np.cumsum(_per_record(recs[rows]))
+            rows, ends = streams[b.tid]
+            pos, width = int(b.starts[d.row]), d.model.p
+            # the records holding the window's syscalls [pos, pos + width)
+            gone = rows[(ends > pos) & (ends - _per_record(recs[rows]) < pos + width)]
+            gone = gone[keep[gone]]
+            keep[gone] = False
+            above_calls += int(_calls(recs[gone]))
+
     # a bounded share per program, over all the recordings: its latest records go first
     codes: dict[str, int] = {}
+    shown: dict[str, str] = {}          # a file's key -> a program name it ran as
     P, NS, C, T, R = [], [], [], [], []
     for i, (t, keep) in enumerate(zip(traces, keeps, strict=True)):
-        owners, idx = record_programs(t), np.flatnonzero(keep)
+        owners, idx = record_files(t), np.flatnonzero(keep)
         P.append(np.array([codes.setdefault(owners[r] or "(unknown)", len(codes))
                            for r in idx.tolist()], np.int64))
+        for key, name in zip(owners, record_programs(t), strict=True):
+            if key is not None and name:
+                shown.setdefault(key, name)
         NS.append(t.records["last_ns"][idx].astype(np.int64))
         C.append(_per_record(t.records)[idx])
         T.append(np.full(len(idx), i))
@@ -107,13 +161,15 @@ def guard(det, traces: list, near: float, share: float) -> tuple[list, dict]:
         names = list(codes)
         for k, n in enumerate(np.bincount(P[drop], weights=C[drop], minlength=len(codes))):
             if n:
-                over[names[k]] = int(n)
+                over[shown.get(names[k], names[k]) if names[k] != WRITABLE
+                     else WRITABLE] = int(n)
     total = int(sizes.sum())
     out = [dataclasses.replace(t, records=t.records[keep])
            for t, keep in zip(traces, keeps, strict=True)]
     kept = sum(int(_calls(t.records)) for t in out)
-    report = {"syscalls": total + near_calls, "kept": kept,
+    report = {"syscalls": total + near_calls + above_calls, "kept": kept,
               "near_bound": {"processes": len(hit), "syscalls": near_calls},
+              "above_bound": {"syscalls": above_calls},
               "over_share": dict(over.most_common(10)), "near": near, "share": share}
     return out, report
 
@@ -133,6 +189,8 @@ def describe(report: dict) -> str:
     return (f"guard: {report['kept']} of {report['syscalls']} syscalls kept; dropped "
             f"{n['syscalls']} syscalls of {n['processes']} processes whose evidence came to "
             f"{report['near']:g} of their alert bound"
+            + (f", {report['above_bound']['syscalls']} syscalls of windows above the window "
+               "bound" if report.get("above_bound", {}).get("syscalls") else "")
             + (f"; over a {report['share']:g} share: {over}" if over else ""))
 
 

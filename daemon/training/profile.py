@@ -528,9 +528,10 @@ def _grams(table: ProcessTable, recs: np.ndarray) -> _Positions:
                       recs["tgid"][owner[ok]].astype(np.int64), ids, ok)
 
 
-def _owners(table: ProcessTable, recs: np.ndarray, keyed: bool) -> list:
+def _owners(table: ProcessTable, recs: np.ndarray, keyed: bool, by=None) -> list:
     """The program (with `keyed`, (process key, program)) each record's syscalls are
-    counted to, None where the table does not know it (see _calls)."""
+    counted to, None where the table does not know it (see _calls); `by`: what names the
+    program, of its Image (the guard's file identity), instead of its path."""
     owners = []
     execs = (recs["flags"] & REC_EXEC) != 0
     for tgid, ns, ex in zip(recs["tgid"].tolist(), recs["last_ns"].tolist(), execs.tolist(),
@@ -540,7 +541,7 @@ def _owners(table: ProcessTable, recs: np.ndarray, keyed: bool) -> list:
         if img is None:
             owners.append(None)
         else:
-            prog = program(img.exe, img.flags)
+            prog = by(img) if by is not None else program(img.exe, img.flags)
             owners.append((p.key, prog) if keyed else prog)
     return owners
 

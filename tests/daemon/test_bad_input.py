@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from speed import scaled
 
+from sysdream.model.bundle import model_id_of
 from sysdream.probes import tracefile
 from sysdream.probes.layout import record_dtype
 
@@ -125,6 +126,8 @@ def reseal(bundle: Path) -> None:
     m = json.loads((bundle / "manifest.json").read_text())
     for name in m["files"]:
         m["files"][name] = hashlib.sha256((bundle / name).read_bytes()).hexdigest()
+    if isinstance(m.get("model_id"), str):     # and the id the checksums give
+        m["model_id"] = model_id_of(m["files"])
     (bundle / "manifest.json").write_text(json.dumps(m))
 
 

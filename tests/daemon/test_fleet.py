@@ -213,8 +213,8 @@ def fleet_keys(tmp_path):
     d = tmp_path / "keys"
     for name in ("server", "web-1", "web-2", "web-3", "intruder"):
         keys.keygen(d, name)
-    agents = tmp_path / "agents"
-    agents.mkdir()
+    agents = tmp_path / "agents" / "web"      # keys bound to role web
+    agents.mkdir(parents=True)
     for name in ("web-1", "web-2", "web-3"):
         (agents / f"{name}.curve").write_text((d / f"{name}.curve").read_text())
     return d

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from sysdream.daemon import config
 from sysdream.daemon.config import ConfigError
 from sysdream.daemon.detect.view import ModelView
-from sysdream.model.bundle import BundleError
+from sysdream.model.bundle import BundleError, model_id_of
 from sysdream.model.detector import Detector
 
 EXAMPLES = int(os.environ.get("SYSDREAM_FUZZ_EXAMPLES", "150"))
@@ -89,6 +89,8 @@ def reseal(path: Path) -> None:
     m = json.loads((path / "manifest.json").read_text())
     m["files"] = {f.name: hashlib.sha256(f.read_bytes()).hexdigest()
                   for f in sorted(path.iterdir()) if f.name != "manifest.json"}
+    if isinstance(m.get("model_id"), str):     # and the id the checksums give
+        m["model_id"] = model_id_of(m["files"])
     (path / "manifest.json").write_text(json.dumps(m))
 
 

@@ -191,7 +191,8 @@ def test_the_daemon_retrains_on_schedule_without_learning_the_odd_process(ebpf_r
     cfg.write_text("[learning]\nmin_syscalls = 1000\nmax_syscalls = 1000000\nepochs = 6\n"
                    "hidden = 24\nthreads = 2\n"
                    "nice = 0\n[service]\nstatus_interval_s = 1.0\n[retraining]\n"
-                   "interval_s = 45\nrecord_seconds = 25\nshadow_seconds = 8\n")
+                   "interval_s = 45\nrecord_seconds = 25\nshadow_seconds = 8\n"
+                   "[metrics]\ndetection_internals = true\n")
     d = Daemon(["--config", str(cfg), "--state-dir", str(state), "--learn-seconds", "14",
                 "--comm", "sdwork"], tmp_path, prefix=journal.prefix)
     anomaly = {"MESSAGE_ID": MESSAGE_IDS["anomaly"]}
