@@ -66,6 +66,12 @@ def test_a_signature_verifies_under_its_key_only_and_not_after_a_reseal(tmp_path
     (model / "training.json").write_text("{}")
     m["files"]["training.json"] = hashlib.sha256(b"{}").hexdigest()
     (model / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="model_id is not the one its checksums give"):
+        signing.check(model, trusted)
+    # ... and recomputes the model id as well: the signature still does not cover it
+    from sysdream.model.bundle import model_id_of
+    m["model_id"] = model_id_of(m["files"])
+    (model / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match="does not match"):
         signing.check(model, trusted)
     (model / "signature.json").unlink()
@@ -90,6 +96,7 @@ def test_train_signs_and_a_bad_key_stops_it_before_training(tmp_path, keys):
                  keys / "build.key", *tiny, timeout=300)
     assert r.returncode == 0, r.stderr
     assert signing.check(tmp_path / "m", dict([signing.load_public(keys / "build.pub")]))
+    (keys / "build.pub").chmod(0o600)    # a key file's mode is checked first
     bad = sysdream("train", "--input", f"adfa:{data}", "-o", tmp_path / "m2", "--sign",
                    keys / "build.pub", *tiny)
     assert bad.returncode == 12 and "not an Ed25519 private key" in bad.stderr
