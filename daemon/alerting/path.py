@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ConfigError
@@ -143,5 +144,19 @@ class AlertPath:
         self.summary_s = new.suppressed_summary_s
         return ok
 
+    def stats(self) -> AlertStats:
+        """What the metrics read at a scrape: alerts by executable label."""
+        return AlertStats(self.sent.snapshot(), self.suppressed.snapshot(),
+                          self.allowed.snapshot())
+
     def close(self) -> None:
         self.sink.close()
+
+
+@dataclass(frozen=True)
+class AlertStats:
+    """A snapshot of the alert path, by executable label: alerts sent, held back by the
+    rate limits, and not sent because an allow entry matched them."""
+    sent: dict[str, int]
+    suppressed: dict[str, int]
+    allowed: dict[str, int]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +42,8 @@ from ..detect.cutter import Cutter
 from ..detect.queue import Counters, WindowQueue
 from ..detect.scorer import Scorer, Shadow
 from ..exitcodes import MetricsPortError, StateDirError
-from ..fleet.agent import Control, Remote, events_of
-from ..metrics.collector import Metrics
+from ..fleet.agent import Control, Remote, collect, events_of
+from ..metrics.collector import Metrics, Sources
 from ..metrics.labels import ExeLabels
 from ..training.progress import LearningBar
 from .learner import Learner
@@ -57,6 +58,27 @@ DRAIN_S = 2.0
 ALERT_TAKERS = ("/lib/systemd/systemd-journald", "/usr/lib/systemd/systemd-journald")
 FILTER_REFRESH_S = 5.0
 HEALTH_BEAT_S = 10.0    # /healthz: the reader and the scorer turned within this long
+
+
+@dataclass(frozen=True)
+class CaptureStats:
+    """The kernel's counters as last read, syscalls the reader read, and the BPF
+    programs' (runs, nanoseconds) by name."""
+    kernel: dict[str, int]
+    syscalls_read: int
+    programs: dict[str, tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class PipelineStats:
+    """Threads in the thread table, windows in the cache and in the queue, the queue's
+    capacity, and the alert bounds in force (NaN: no model yet)."""
+    threads_tracked: int
+    cache_windows: int
+    queue_windows: int
+    queue_capacity: int
+    alert_bound: float
+    program_bounds: dict[str, float]
 
 
 def alert_takers() -> set[tuple[int, int]]:
@@ -132,16 +154,33 @@ class Service:
     def model(self):
         return self.slot.model
 
-    # -- what the metrics collector reads ---------------------------------------------
-    def threads_tracked(self) -> int:
-        return len(self.cutter.threads) if self.cutter else 0
-
-    def cache_size(self) -> int:
-        return len(self.scorer.cache) if self.scorer else 0
-
-    def program_stats(self) -> dict:
+    # -- what the metrics read: each owner's snapshot -----------------------------------
+    def capture_stats(self) -> CaptureStats:
         cap = self.capture
-        return cap.program_stats() if cap is not None and cap.bpf is not None else {}
+        return CaptureStats(dict(self.kernel_counters), self.syscalls_read,
+                            cap.program_stats() if cap is not None and cap.bpf is not None
+                            else {})
+
+    def pipeline_stats(self) -> PipelineStats:
+        s, q = self.scorer, self.queue
+        return PipelineStats(len(self.cutter.threads) if self.cutter else 0,
+                             len(s.cache) if s else 0, q.size if q else 0,
+                             q.capacity if q else 0,
+                             s.evidence.k if s is not None else float("nan"),
+                             dict(s.evidence.bounds) if s is not None else {})
+
+    def new_metrics(self) -> Metrics:
+        """The registry, with a collector per owner (and a fleet agent's own)."""
+        metrics = Metrics(Sources(
+            capture=self.capture_stats, counters=self.counters.stats,
+            pipeline=self.pipeline_stats, alerts=self.alerting.stats,
+            deliveries=self.sink.stats, processes=self.processes.stats,
+            learner=self.learner.stats, model=self.slot.stats,
+            retraining=self.retrainer.stats, exe_labels=lambda: self.labels.evictions))
+        if self.remote is not None:
+            remote, control = self.remote, self.control
+            metrics.add(lambda: collect(remote, control))
+        return metrics
 
     # -- start ------------------------------------------------------------------------
     def start(self) -> None:
@@ -168,7 +207,7 @@ class Service:
         adapt_torch(log)
         m = self.cfg.metrics
         if m.enabled:   # before the model is put in use: its scorer feeds the histograms
-            self.metrics = Metrics(self)
+            self.metrics = self.new_metrics()
             self.alerting.observe_latency = self.metrics.detection.observe
             try:
                 self.metrics_port = self.metrics.serve(m.address, m.port, self.health)
@@ -283,24 +322,29 @@ class Service:
         self.notify.ready(self._status())
 
     def _apply_config(self, new: Config) -> None:
+        """Every key the table in config.py (RESTART_ONLY) does not hold for the next
+        start takes effect now; each one it does that changed is said and keeps its start
+        value."""
         old = self.cfg
-        fixed = ("chunk", "flush_age_s", "ring_buffer_pages", "strict_compat")
-        changed = [k for k in fixed if old.capture.__dict__[k] != new.capture.__dict__[k]]
-        if changed:
-            log(f"reload: {', '.join(changed)} take effect at the next restart")
-            for k in changed:
-                new.values["capture"][k] = old.values["capture"][k]
-            new = Config(new.values, new.source)
+        later = old.restart_changes(new)
+        for section, key in later:
+            log(f"[{section}] {key} changed: applies at the next start")
+        if later:
+            new = new.keeping(old, later)
         self._configure_capture(new.capture_settings(self.cgroups))
         self._warn_spoofable(new)
         d = new.detection
         if self.scorer:
             self.scorer.set_rules(d.evidence_exceedances, d.evidence_windows)
             self.scorer.explain_positions = new.alerts.explain_positions
+            # read at each cycle of the scorer thread: the next cycle batches so
+            self.scorer.batch_windows = d.batch_windows
+            self.scorer.batch_wait = d.batch_wait_ms / 1000
         if self.queue:
             self.queue.capacity = d.queue_windows
         if self.cutter:
             self.cutter.max_threads = d.max_threads
+        self.processes.max = d.max_processes    # the reader's thread, as ingest()
         if not self.alerting.apply(new, old):
             self.slot.reloads["failed"] += 1
         self.cfg = self.learner.cfg = self.slot.cfg = self.retrainer.cfg = new
@@ -352,7 +396,6 @@ class Service:
         log(f"probes attached; {self._status()}")
         wd = self.notify.watchdog_s / 2 if self.notify.watchdog_s else 0.0
         tick = next_status = next_wd = time.monotonic()
-        interval = self.cfg.service.status_interval_s
         while not self._stop:
             cap.wait()
             # context first: a process's record is sent before its first chunk
@@ -362,6 +405,8 @@ class Service:
             if self._reload:
                 self._reload = False
                 self._do_reload()
+                # a shorter status interval counts from now, not from the old one's end
+                next_status = min(next_status, now + self.cfg.service.status_interval_s)
             if now >= tick:
                 tick = now + 1.0
                 self.kernel_counters = cap.counters()
@@ -380,7 +425,7 @@ class Service:
                 self.notify.watchdog()
                 next_wd = now + wd
             if now >= next_status:
-                next_status = now + interval
+                next_status = now + self.cfg.service.status_interval_s
                 self.notify.status(self._status())
         return self._shutdown()
 

@@ -16,6 +16,7 @@ import os
 import shutil
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,48 @@ from ..alerting import kinds
 from ..config import Config, ConfigError
 from ..detect.view import DEFAULT_EVIDENCE, FALLBACK_WINDOW_MAX, ModelView
 from ..signing import check, load_public, signer
+
+NAN = float("nan")
+NOVELTY_KINDS = ("new_program", "new_edge", "fileless_exec", "new_syscall", "new_sequence")
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """The model in use, as the metrics show it. The three per-hour figures are NaN when
+    the bundle has none: no lineage profile, not replayed, no alert bound."""
+    model_id: str
+    arch: str
+    task: str
+    window: int
+    trained_at: str
+    vocabulary: int
+    bound: float
+    confidence: float
+    lineage_heldout_per_hour: float     # lineage novelty evidence, held-out quarter
+    heldout_alerts_per_hour: float      # the alert rule replayed on the held-out quarter
+    expected_false_alerts_per_hour: float
+
+
+@dataclass(frozen=True)
+class SlotStats:
+    """Model loads after start by result, lineage novelty events by kind (across swaps),
+    and the model in use (None while there is none)."""
+    reloads: dict[str, int]
+    lineage_events: dict[str, int]
+    model: ModelStats | None
+
+
+def model_stats(m: ModelView) -> ModelStats:
+    held = (m.lineage.profile.heldout or {}) if m.lineage is not None else {}
+    t = m.det.training or {}
+    replay = t.get("heldout_alerts")
+    per_hour = replay.get("per_hour") if isinstance(replay, dict) else None
+    return ModelStats(
+        m.model_id, m.det.cfg.arch, m.task, m.p, str(t.get("trained_at", "")),
+        len(m.det.vocab), m.bound.bound, m.bound.confidence,
+        held.get("weight_per_hour", NAN),
+        float(per_hour) if isinstance(per_hour, (int, float)) else NAN,
+        m.alert.expected_per_hour() if m.alert is not None else NAN)
 
 
 def trusted_keys(cfg: Config) -> dict[str, bytes]:
@@ -111,6 +154,13 @@ class ModelSlot:
         self.trusted: dict[str, bytes] = {}     # [service] trusted_keys, read at start
         self.reloads: dict[str, int] = defaultdict(int)
         self.lineage_events: Counter = Counter()    # lineage novelty, by kind (metrics)
+
+    def stats(self) -> SlotStats:
+        """What the metrics read at a scrape."""
+        m = self.model
+        return SlotStats({"ok": 0, "failed": 0, **self.reloads},
+                         {k: 0 for k in NOVELTY_KINDS} | dict(self.lineage_events),
+                         model_stats(m) if m is not None else None)
 
     @staticmethod
     def present(path: Path) -> bool:
