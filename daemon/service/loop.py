@@ -2,10 +2,12 @@
 
 Owns the lifecycle: signals, the systemd notifications (READY, STATUS, WATCHDOG), /healthz,
 the capture and its filters, the reader/scorer pipeline, configuration reloads and the
-shutdown. Learning (baseline, trainer, fleet hand-off) is daemon/service/learner.py's, the model
-in use and its loading and swapping daemon/service/modelslot.py's, scheduled retraining (recording
-while detecting, the candidate's trainer, its shadow and the swap) daemon/service/retrainer.py's;
-the Service owns one of each.
+shutdown. Learning (baseline, trainer, fleet hand-off) is service/learner.py's, the model
+in use (loading it, and the one way it goes in use, from the start, the learner, a reload,
+the fleet or a retraining) service/modelslot.py's, scheduled retraining (recording while
+detecting, the candidate's trainer, its shadow and the swap) service/retrainer.py's; the
+Service owns one of each. Reloads: what applies at once and what waits for the next start
+is config.RESTART_ONLY; each owner's stats() feeds the metrics.
 
 Lifecycle (systemd Type=notify): READY=1 once the probes are attached; STATUS= every
 status interval; WATCHDOG=1 only while the reader loop turns and the scorer shows signs of
@@ -33,7 +35,6 @@ import numpy as np
 from sysdream.probes import preflight
 from sysdream.probes.capture import Capture, exe_keys, kernel_dev
 
-from ..alerting import kinds
 from ..alerting.path import AlertPath
 from ..config import Config, ConfigError
 from ..context.cgroups import CgroupPaths
@@ -131,10 +132,12 @@ class Service:
         self.sink = self.alerting.sink      # service events go the same way as alerts
         self.learner = Learner(cfg, self.sink, log, lambda: self.capture.settings,
                                lambda: self.kernel_counters)
-        self.slot = ModelSlot(cfg, self.sink, log, self._use_model, self.learner.stop)
         self.retrainer = Retrainer(cfg, self.sink, log, lambda: self.capture.settings,
-                                   lambda: self.kernel_counters, self.slot.load,
-                                   self._shadow, self._retrained)
+                                   lambda: self.kernel_counters,
+                                   lambda path: self.slot.load(path), self._shadow,
+                                   lambda: self.slot.retrained())
+        self.slot = ModelSlot(cfg, self.sink, log, self._detect_with, self.learner,
+                              self.retrainer)
         self._next_refresh = 0.0
         self.metrics = None
         self.capture = None
@@ -217,7 +220,7 @@ class Service:
                                        "set [metrics] port (or --metrics-port)") from None
         model_path = self.cfg.model_path()
         if self.slot.present(model_path) or self.cfg.service.model:
-            self._use_model(self.slot.load(model_path), event=False)
+            self.slot.use(self.slot.load(model_path))
         self.capture = Capture(self.cfg.capture_settings(self.cgroups))
         self._configure_capture(self.capture.settings)
         if not self.capture.context:
@@ -242,8 +245,9 @@ class Service:
                 "trace by calling itself an excluded name; exclude by exclude_exes, "
                 "exclude_cgroup_paths or exclude_uids instead")
 
-    def _use_model(self, view, event: bool = True) -> None:
-        """The pipeline detects with `view` (built on the first model, switched after)."""
+    def _detect_with(self, view) -> None:
+        """The pipeline detects with `view` (built on the first model, switched after);
+        the model slot's use() is the way in."""
         d = self.cfg.detection
         if self.queue is None:
             self.queue = WindowQueue(d.queue_windows, self.counters)
@@ -258,27 +262,6 @@ class Service:
         else:
             self.cutter.set_model(view)
             self.scorer.set_model(view)
-        self.slot.model = view
-        self.learner.finish()
-        self.slot.announce(view, event)
-        # at start and after learning the schedule runs from the bundle's time; a model
-        # swapped in (a reload, the fleet, a retraining) starts a whole interval
-        self.retrainer.begin(from_bundle=not event)
-
-    def _learning_tick(self) -> None:
-        """The learner's second; a trainer that exited 0 left its bundle to load."""
-        if not self.learner.tick():
-            return
-        try:
-            view = self.slot.load(self.cfg.model_path())
-        except Exception as exc:  # noqa: BLE001 (any failure: keep learning)
-            self.learner.failed(f"the trained bundle does not load: {exc}")
-            return
-        self._use_model(view, event=False)
-        text = (f"learning complete: detecting with model {view.model_id} "
-                f"(bound {view.bound.bound:.4f})")
-        self.sink.emit("learning-complete", kinds.NOTICE, text,
-                       {"kind": "learning-complete", "model_id": view.model_id})
 
     # -- scheduled retraining (daemon/service/retrainer.py) -----------------------------------
     def _shadow(self, view) -> dict | None:
@@ -291,16 +274,6 @@ class Service:
         shadow, self.scorer.shadow = self.scorer.shadow, None
         return shadow.result() if shadow is not None else \
             {"windows": 0, "alerts": 0, "current": 0, "by_exe": {}}
-
-    def _retrained(self) -> None:
-        """The retrained bundle is at the model path: in use like a reload's."""
-        path = self.cfg.model_path()
-        view = self.slot.try_load(path, "the retrained model refused, the running model "
-                                  "stays", str(path))
-        if view is None:
-            self.retrainer.begin_next()
-        else:
-            self.slot.swap_in(view)
 
     # -- reload -----------------------------------------------------------------------
     def _do_reload(self) -> None:
@@ -411,7 +384,8 @@ class Service:
                 tick = now + 1.0
                 self.kernel_counters = cap.counters()
                 self.learner.flush()
-                self._learning_tick()
+                if self.learner.tick():     # its trainer left a bundle to load
+                    self.slot.learnt()
                 self.retrainer.flush()
                 if self.phase == "detecting":
                     self.retrainer.tick()

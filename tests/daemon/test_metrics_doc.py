@@ -24,7 +24,7 @@ def exposition(tiny_detector):
 
     svc = Service(config.load(None))
     svc.metrics = svc.new_metrics()
-    svc._use_model(ModelView(tiny_detector), event=False)
+    svc.slot.use(ModelView(tiny_detector))
     svc.metrics.observe("scores", [0.1, 5.0], 0)
     try:
         yield generate_latest(svc.metrics.registry).decode()
