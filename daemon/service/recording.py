@@ -76,14 +76,15 @@ class Recording:
             self._pending_context.append(records)
 
     def flush(self) -> None:
-        if self._pending_context:
-            self.writer.write_context(np.concatenate(self._pending_context))
-            self._pending_context.clear()
-        wrote = bool(self._pending)
-        if wrote:
-            self.writer.write_records(np.concatenate(self._pending))
-            self._pending.clear()
-        if wrote or self._counters_always:
+        # taken off the lists before the write: what was read may be a view of the ring
+        # buffer, which the capture cannot unmap while a failed write still holds it
+        context, self._pending_context = self._pending_context, []
+        records, self._pending = self._pending, []
+        if context:
+            self.writer.write_context(np.concatenate(context))
+        if records:
+            self.writer.write_records(np.concatenate(records))
+        if records or self._counters_always:
             self.writer.write_counters(self._counters())
 
     def close(self) -> None:
