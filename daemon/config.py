@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -264,13 +264,66 @@ SCHEMA: dict[str, dict[str, Key]] = {
 }
 
 
+# When a changed key takes effect in a running `sysdream run`: at a reload (SIGHUP) unless
+# named here, in which case at the next start, and a reload says so and keeps the value
+# the daemon started with. What each needs: the BPF program is compiled with [capture]'s
+# (and its context ring buffer made); the state directory holds the allow list and what
+# is being recorded; the cache, the metrics' socket and label budget and the fleet
+# server's connection are made once; torch's threads are set before the scorer starts.
+# [server] and [worker] are read when `sysdream server` or `sysdream worker` starts (their
+# SIGHUP reads the agents' keys again, not the file).
+RESTART = "restart"
+RELOAD = "reload"
+RESTART_ONLY: dict[str, tuple[str, ...]] = {
+    "service": ("state_directory",),
+    "capture": ("chunk", "flush_age_s", "ring_buffer_pages", "strict_compat", "context"),
+    "detection": ("cache_windows", "torch_threads"),
+    "fleet": ("*",),
+    "metrics": ("*",),
+    "server": ("*",),
+    "worker": ("*",),
+}
+
+
+def applies_at(section: str, key: str) -> str:
+    """RELOAD or RESTART: when a changed [section] key takes effect in a running daemon."""
+    fixed = RESTART_ONLY.get(section, ())
+    return RESTART if "*" in fixed or key in fixed else RELOAD
+
+
+def _section_type(section: str, keys: dict[str, Key]) -> type:
+    """A frozen dataclass with one field per key of `section`: [alerts.syslog] is
+    AlertsSyslogSection."""
+    name = "".join(p.title() for p in re.split(r"[._]", section)) + "Section"
+    return make_dataclass(name, [(k, Any) for k in keys], frozen=True)
+
+
 class Config:
-    """Checked settings: `cfg.section.key`, plus where they came from."""
+    """Checked settings: `cfg.section.key` (each section a frozen dataclass, lists as
+    tuples), the raw `values` by section, plus where they came from."""
 
     def __init__(self, values: dict[str, dict[str, Any]], source: str):
         self.values, self.source = values, source
         for section, keys in values.items():     # [alerts.syslog]: cfg.alerts_syslog
-            setattr(self, section.replace(".", "_"), _Section(keys))
+            setattr(self, section.replace(".", "_"), SECTIONS[section](
+                **{k: tuple(v) if isinstance(v, list) else v for k, v in keys.items()}))
+
+    def section(self, name: str):
+        """The frozen dataclass of [name] ("alerts.syslog" too)."""
+        return getattr(self, name.replace(".", "_"))
+
+    def restart_changes(self, new: Config) -> list[tuple[str, str]]:
+        """The (section, key) pairs `new` changes that apply only at the next start."""
+        return [(s, k) for s, keys in SCHEMA.items() for k in keys
+                if applies_at(s, k) == RESTART and self.values[s][k] != new.values[s][k]]
+
+    def keeping(self, old: Config, keys: list[tuple[str, str]]) -> Config:
+        """This configuration with `keys` at their values in `old` (a reload keeps what
+        applies only at the next start)."""
+        values = {s: dict(v) for s, v in self.values.items()}
+        for s, k in keys:
+            values[s][k] = old.values[s][k]
+        return Config(values, self.source)
 
     def get(self, section: str, key: str) -> Any:
         return self.values[section][key]
@@ -323,9 +376,7 @@ def excluded_cgroups(ids, patterns, cgroups=None) -> tuple[int, ...]:
     return tuple(sorted(set(ids) | cgroups.matching(tuple(patterns))))
 
 
-class _Section:
-    def __init__(self, keys: dict[str, Any]):
-        self.__dict__.update(keys)
+SECTIONS: dict[str, type] = {s: _section_type(s, keys) for s, keys in SCHEMA.items()}
 
 
 def defaults() -> dict[str, dict[str, Any]]:

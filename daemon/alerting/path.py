@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ConfigError
@@ -168,5 +169,24 @@ class AlertPath:
         self.summary_s = new.suppressed_summary_s
         return ok
 
+    def stats(self) -> AlertStats:
+        """What the metrics read at a scrape: alerts by executable label."""
+        return AlertStats(self.sent.snapshot(), self.suppressed.snapshot(),
+                          self.allowed.snapshot(),
+                          {sev: c.snapshot() for sev, c in self.sent_by_severity.items()},
+                          self.allow_errors, self.limiter.evicted)
+
     def close(self) -> None:
         self.sink.close()
+
+
+@dataclass(frozen=True)
+class AlertStats:
+    """A snapshot of the alert path, by executable label: alerts sent, held back by the
+    rate limits, and not sent because an allow entry matched them."""
+    sent: dict[str, int]
+    suppressed: dict[str, int]
+    allowed: dict[str, int]
+    sent_by_severity: dict[str, dict[str, int]]     # severity -> exe label -> alerts
+    allow_errors: int               # allow lists that could not be used
+    limiter_evicted: int            # fingerprints dropped while they held alerts back

@@ -28,6 +28,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from dataclasses import dataclass
 
 from ..config import ConfigError
 from .formats import native, rfc3339, shape
@@ -488,6 +489,24 @@ class Sinks:
     def counts(self) -> dict[str, Counter]:
         return {s.name: s.counts for s in self.sinks}
 
+    def stats(self) -> list[SinkStats]:
+        """What the metrics read at a scrape: each sink's deliveries by result and what
+        waits in its queue."""
+        return [SinkStats(s.name, {r: s.counts[r] for r in RESULTS}, s.pending())
+                for s in list(self.sinks)]
+
     def close(self) -> None:
         for s in self.sinks:
             s.close()
+
+
+RESULTS = ("sent", "failed", "dropped", "retried")
+
+
+@dataclass(frozen=True)
+class SinkStats:
+    """A snapshot of one sink: alerts and events by result (RESULTS), and how many wait
+    in its queue (a network sink's; 0 for the others)."""
+    name: str
+    counts: dict[str, int]
+    pending: int

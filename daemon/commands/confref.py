@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..config import SCHEMA
+from ..config import SCHEMA, applies_at
 
 SHIPPED = Path(__file__).resolve().parents[2] / "packaging" / "sysdream.toml"
 
@@ -61,16 +61,22 @@ def reference(text: str) -> str:
              "names and nothing else). An unknown key or a bad value stops the daemon at start",
              "(exit 12) with the file, the line, the key and what is expected, and a reload",
              "keeps the running configuration; `sysdream config check` says the same without",
-             "starting anything.", ""]
+             "starting anything.", "",
+             "*Applies at* says when a changed key takes effect in a running `sysdream run`:",
+             "at a `reload` (SIGHUP, `systemctl reload sysdream`), or at the next `restart`;",
+             "a reload logs one line for each restart key that changed (`sysdream: [metrics]",
+             "port changed: applies at the next start`) and keeps the value it started with",
+             "(the table is `RESTART_ONLY` in daemon/config.py).", ""]
     for section, keys in SCHEMA.items():
-        lines += [f"## [{section}]", "", "| key | default | accepted | what it does |",
-                  "| --- | --- | --- | --- |"]
+        lines += [f"## [{section}]", "",
+                  "| key | default | accepted | applies at | what it does |",
+                  "| --- | --- | --- | --- | --- |"]
         for key, spec in keys.items():
             kind = spec.form or (spec.kind.__name__ if isinstance(spec.kind, type)
                                  else "a number")
             doc = (spec.doc or notes.get((section, key), "")).replace("|", "\\|")
             lines.append(f"| `{key}` | `{_toml(spec.default)}` | {kind.replace('|', '/')} "
-                         f"| {doc} |")
+                         f"| {applies_at(section, key)} | {doc} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -169,6 +169,11 @@ class ProcessTable:
     def __len__(self) -> int:
         return len(self.entries)
 
+    def stats(self) -> ProcessStats:
+        """What the metrics read at a scrape."""
+        return ProcessStats(len(self.entries), self.evicted, self.from_procfs,
+                            self.unreadable)
+
     # -- from the kernel ------------------------------------------------------------
     def ingest(self, records: np.ndarray) -> None:
         """Apply context records (probes.layout.CONTEXT_DTYPE), oldest first."""
@@ -483,3 +488,12 @@ def _short(exe: str) -> str:
     return exe.removesuffix(" (deleted)").rsplit("/", 1)[-1] or exe
 
 
+@dataclass(frozen=True)
+class ProcessStats:
+    """A snapshot of the process table: processes in it, and those evicted (the table
+    full), read from /proc (the kernel had not described them) or whose context record
+    could not be used, since start."""
+    tracked: int
+    evicted: int
+    from_procfs: int
+    unreadable: int

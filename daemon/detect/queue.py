@@ -45,6 +45,30 @@ class Counters:
         if self.anomalous is None:
             self.anomalous = self.labels.counter()
 
+    def stats(self) -> CounterStats:
+        """What the metrics read at a scrape: plain numbers, copied."""
+        return CounterStats(self.windows_cut, self.windows_scored, self.windows_cached,
+                            dict(self.windows_shed), self.threads_evicted,
+                            self.records_refused, self.record_gaps,
+                            self.anomalous.snapshot(), dict(self.set_aside),
+                            dict(self.evictions))
+
+
+@dataclass(frozen=True)
+class CounterStats:
+    """A snapshot of the pipeline's counters (windows shed and set aside by reason,
+    anomalous windows by executable label)."""
+    windows_cut: int
+    windows_scored: int
+    windows_cached: int
+    windows_shed: dict[str, int]
+    threads_evicted: int
+    records_refused: int
+    record_gaps: int
+    anomalous: dict[str, int]
+    set_aside: dict[str, int]
+    evictions: dict[str, int]   # evidence, episodes, lineage_events dropped while full
+
 
 class WindowQueue:
     """Bounded, per-process fair queue of window blocks (see the module's shedding note)."""

@@ -4,6 +4,7 @@
     learner.py     learn-then-detect: the baseline recording and the trainer child
     modelslot.py   the model in use, and putting another one in use
     retrainer.py   scheduled retraining: record, train, shadow-score, swap or reject
+    recording.py   the one recorder (baseline, retraining, `sysdream record`) and trainer child
     notify.py      sd_notify (systemd-python): READY, STATUS, WATCHDOG, RELOADING, STOPPING
     logs.py        the daemon's log lines: journald with priorities, or stderr; log_level
     statusfile.py  status.json in the state directory, for `sysdream status`

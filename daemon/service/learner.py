@@ -1,163 +1,41 @@
 """The service's learner: learn-then-detect up to the bundle.
 
-Owns the baseline recorded into state_directory/baseline-<time>.sdtrace (the writer, the
-records and process context waiting for the next flush, what a refused write does), the
-trainer child (`sysdream train` at nice 19 and SCHED_IDLE; its progress read as JSON lines
-from a pipe of its own, its stderr logged and its last lines kept) and, on a fleet agent,
-the hand-off of the baseline to the fleet server.
-It reports where learning stands through `phase`, `progress`, `baseline_syscalls`,
-`write_errors` and `status()`; the main loop (daemon/service.py) feeds it and the model
-slot (daemon/modelslot.py) loads what it trained.
+Owns the baseline recorded into state_directory/baseline-<time>.sdtrace (a Recording of
+service/recording.py, and what a refused write does), the trainer child (a TrainerChild:
+`sysdream train` at nice 19 and SCHED_IDLE) and, on a fleet agent, the hand-off of the
+baseline to the fleet server.
+It reports where learning stands through `stats()` and `status()`; the main loop
+(service/loop.py) feeds it and the model slot (service/modelslot.py) loads what it
+trained.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import json
-import os
-import subprocess
-import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from sysdream.probes.tracefile import TraceWriter, host_header
 
 from ..alerting import kinds
 from ..config import Config
 from ..training.command import train_command
 from ..training.progress import LearningBar
-from .runtime import trainer_child
+from .recording import Recording, TrainerChild, unique_trace
 
 LEARN_RETRY_S = 60.0    # after the state directory refused the baseline, recording waits
 
 
-def new_baseline(state: Path) -> Path:
-    """A name no earlier baseline has: the wall clock may have stepped back to a second
-    already used (the writer replaces a file of the same name)."""
-    stamp = int(time.time())
-    path, n = state / f"baseline-{stamp}.sdtrace", 0
-    while path.exists():
-        n += 1
-        path = state / f"baseline-{stamp}-{n}.sdtrace"
-    return path
-
-
-class Recording:
-    """A trace file in the state directory being written: chunk records and process
-    context wait for the next flush. A write the directory refuses raises OSError; the
-    owner then abandons the file (what was written stays)."""
-
-    def __init__(self, path: Path, settings, counters: Callable[[], dict], limit: int):
-        self.path, self.limit = path, limit
-        self._counters = counters
-        self.syscalls = 0           # accepted so far (at most about `limit`)
-        self._pending: list[np.ndarray] = []
-        self._pending_context: list[np.ndarray] = []
-        try:
-            self.writer = TraceWriter(path, host_header(settings.chunk,
-                                                        dataclasses.asdict(settings)))
-        except OSError:
-            with contextlib.suppress(OSError):     # a file without a whole header is no
-                path.unlink(missing_ok=True)        # recording
-            raise
-
-    @property
-    def full(self) -> bool:
-        return self.syscalls >= self.limit
-
-    def add(self, records: np.ndarray) -> None:
-        if records.size and not self.full:
-            self._pending.append(records)
-            self.syscalls += int(records["count"].sum())
-
-    def add_context(self, records: np.ndarray) -> None:
-        if records.size and not self.full:
-            self._pending_context.append(records)
-
-    def flush(self) -> None:
-        if self._pending_context:
-            self.writer.write_context(np.concatenate(self._pending_context))
-            self._pending_context.clear()
-        if self._pending:
-            self.writer.write_records(np.concatenate(self._pending))
-            self._pending.clear()
-            self.writer.write_counters(self._counters())
-
-    def close(self) -> None:
-        self.flush()
-        self.writer.close()
-
-    def abandon(self) -> None:
-        self._pending.clear()
-        self._pending_context.clear()
-        self.writer.abandon()
-
-
-class TrainerChild:
-    """`sysdream train` as a child at nice [learning] nice and SCHED_IDLE: its progress
-    read as JSON lines from a pipe of its own (`epoch`), its stderr logged and its last
-    lines kept (`lines`)."""
-
-    def __init__(self, cmd: list[str], cfg: Config, log: Callable[[str], None],
-                 name: str = "trainer"):
-        L = cfg.learning
-        self.log, self.name = log, name
-        self.epoch = 0
-        self.lines: list[str] = []
-        env = {**os.environ, "OMP_NUM_THREADS": str(L.threads)}
-        # progress comes as JSON lines on a pipe of its own (--progress-fd); stderr is the
-        # trainer's log, kept for the journal and for the reason of a failure
-        rd, wr = os.pipe()
-        try:
-            self.proc = subprocess.Popen(
-                [*cmd, "--progress-fd", str(wr)], stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE, text=True, env=env, pass_fds=(wr,),
-                preexec_fn=trainer_child(L.nice))
-        except OSError:
-            os.close(rd)
-            raise
-        finally:
-            os.close(wr)
-        threading.Thread(target=self._read_log, daemon=True,
-                         name=f"sysdream-{name}-log").start()
-        threading.Thread(target=self._read_progress, args=(rd,), daemon=True,
-                         name=f"sysdream-{name}-progress").start()
-
-    def poll(self) -> int | None:
-        return self.proc.poll()
-
-    def kill(self) -> None:
-        self.proc.kill()
-
-    def why(self, rc: int) -> str:
-        """The reason of a failed exit: its last line."""
-        return self.lines[-1] if self.lines else f"exit {rc}"
-
-    def _read_log(self) -> None:
-        for line in self.proc.stderr:
-            line = line.strip()
-            if not line:
-                continue
-            self.lines.append(line)
-            del self.lines[:-20]
-            self.log(f"{self.name}: {line}")
-
-    def _read_progress(self, fd: int) -> None:
-        """The trainer's progress events (daemon/learn.py `_progress`): the epochs of the
-        model being trained."""
-        with open(fd, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                epoch = event.get("epoch") if isinstance(event, dict) else None
-                if isinstance(epoch, int) and not isinstance(epoch, bool):
-                    self.epoch = epoch
+@dataclass(frozen=True)
+class LearnerStats:
+    """Where learning stands: the daemon's phase (learning, training, detecting),
+    progress 0-1 (recording the baseline 0-0.5, training 0.5-1), syscalls in the
+    baseline, writes the state directory refused."""
+    phase: str
+    progress: float
+    baseline_syscalls: int
+    write_errors: int
 
 
 class Learner:
@@ -189,11 +67,16 @@ class Learner:
     def baseline_syscalls(self) -> int:
         return self._rec.syscalls if self._rec is not None else self._syscalls
 
+    def stats(self) -> LearnerStats:
+        """What the metrics read at a scrape."""
+        return LearnerStats(self.phase, self.progress, self.baseline_syscalls,
+                            self.write_errors)
+
     # -- recording --------------------------------------------------------------------
     def start(self) -> None:
         """A new baseline file, recording from now on."""
         self.phase = "learning"
-        path = new_baseline(self.cfg.state_dir())
+        path = unique_trace(self.cfg.state_dir(), "baseline")
         self._baseline_path = path
         self._started = time.monotonic()
         self._syscalls = 0
@@ -348,7 +231,7 @@ class Learner:
                  f"{L.nice}: {' '.join(cmd[3:])}")
         self.phase = "training"
         self.epoch = 0
-        self._trainer = TrainerChild(cmd, self.cfg, self.log)
+        self._trainer = TrainerChild(cmd, L.nice, L.threads, self.log)
 
     # -- the end ----------------------------------------------------------------------
     def stop(self) -> None:

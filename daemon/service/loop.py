@@ -2,10 +2,12 @@
 
 Owns the lifecycle: signals, the systemd notifications (READY, STATUS, WATCHDOG), /healthz,
 the capture and its filters, the reader/scorer pipeline, configuration reloads and the
-shutdown. Learning (baseline, trainer, fleet hand-off) is daemon/service/learner.py's, the model
-in use and its loading and swapping daemon/service/modelslot.py's, scheduled retraining (recording
-while detecting, the candidate's trainer, its shadow and the swap) daemon/service/retrainer.py's;
-the Service owns one of each.
+shutdown. Learning (baseline, trainer, fleet hand-off) is service/learner.py's, the model
+in use (loading it, and the one way it goes in use, from the start, the learner, a reload,
+the fleet or a retraining) service/modelslot.py's, scheduled retraining (recording while
+detecting, the candidate's trainer, its shadow and the swap) service/retrainer.py's; the
+Service owns one of each. Reloads: what applies at once and what waits for the next start
+is config.RESTART_ONLY; each owner's stats() feeds the metrics.
 
 Lifecycle (systemd Type=notify): READY=1 once the probes are attached; STATUS= every
 status interval; WATCHDOG=1 only while the reader loop turns and the scorer shows signs of
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +44,8 @@ from ..detect.cutter import Cutter
 from ..detect.queue import Counters, WindowQueue
 from ..detect.scorer import Scorer, Shadow
 from ..exitcodes import MetricsPortError, StateDirError
-from ..fleet.agent import Control, Remote, events_of
-from ..metrics.collector import Metrics
+from ..fleet.agent import Control, Remote, collect, events_of
+from ..metrics.collector import Metrics, Sources
 from ..metrics.labels import ExeLabels
 from .learner import Learner
 from .logs import log, warn
@@ -59,6 +62,27 @@ DRAIN_S = 2.0
 ALERT_TAKERS = ("/lib/systemd/systemd-journald", "/usr/lib/systemd/systemd-journald")
 FILTER_REFRESH_S = 5.0
 HEALTH_BEAT_S = 10.0    # /healthz: the reader and the scorer turned within this long
+
+
+@dataclass(frozen=True)
+class CaptureStats:
+    """The kernel's counters as last read, syscalls the reader read, and the BPF
+    programs' (runs, nanoseconds) by name."""
+    kernel: dict[str, int]
+    syscalls_read: int
+    programs: dict[str, tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class PipelineStats:
+    """Threads in the thread table, windows in the cache and in the queue, the queue's
+    capacity, and the alert bounds in force (NaN: no model yet)."""
+    threads_tracked: int
+    cache_windows: int
+    queue_windows: int
+    queue_capacity: int
+    alert_bound: float
+    program_bounds: dict[str, float]    # empty unless [metrics] detection_internals
 
 
 def alert_takers() -> set[tuple[int, int]]:
@@ -105,10 +129,13 @@ class Service:
         self.sink = self.alerting.sink      # service events go the same way as alerts
         self.learner = Learner(cfg, self.sink, log, lambda: self.capture.settings,
                                lambda: self.kernel_counters)
-        self.slot = ModelSlot(cfg, self.sink, log, self._use_model, self.learner.stop)
         self.retrainer = Retrainer(cfg, self.sink, log, lambda: self.capture.settings,
-                                   lambda: self.kernel_counters, self.slot.load,
-                                   self._shadow, self._retrained, lambda: self.slot.model)
+                                   lambda: self.kernel_counters,
+                                   lambda path: self.slot.load(path), self._shadow,
+                                   lambda: self.slot.retrained(),
+                                   lambda: self.slot.model)
+        self.slot = ModelSlot(cfg, self.sink, log, self._detect_with, self.learner,
+                              self.retrainer)
         self._next_refresh = 0.0
         self.statusfile = StatusFile(cfg.state_dir(), cfg.service.status_interval_s)
         self._losses_seen: dict[str, int] = {}
@@ -131,16 +158,36 @@ class Service:
     def model(self):
         return self.slot.model
 
-    # -- what the metrics collector reads ---------------------------------------------
-    def threads_tracked(self) -> int:
-        return len(self.cutter.threads) if self.cutter else 0
-
-    def cache_size(self) -> int:
-        return len(self.scorer.cache) if self.scorer else 0
-
-    def program_stats(self) -> dict:
+    # -- what the metrics read: each owner's snapshot -----------------------------------
+    def capture_stats(self) -> CaptureStats:
         cap = self.capture
-        return cap.program_stats() if cap is not None and cap.bpf is not None else {}
+        return CaptureStats(dict(self.kernel_counters), self.syscalls_read,
+                            cap.program_stats() if cap is not None and cap.bpf is not None
+                            else {})
+
+    def pipeline_stats(self) -> PipelineStats:
+        s, q = self.scorer, self.queue
+        return PipelineStats(len(self.cutter.threads) if self.cutter else 0,
+                             len(s.cache) if s else 0, q.size if q else 0,
+                             q.capacity if q else 0,
+                             s.evidence.k if s is not None else float("nan"),
+                             dict(s.evidence.bounds) if s is not None
+                             and self.cfg.metrics.detection_internals else {})
+
+    def new_metrics(self) -> Metrics:
+        """The registry, with a collector per owner (and a fleet agent's own)."""
+        metrics = Metrics(Sources(
+            capture=self.capture_stats, counters=self.counters.stats,
+            pipeline=self.pipeline_stats, alerts=self.alerting.stats,
+            deliveries=self.sink.stats, processes=self.processes.stats,
+            learner=self.learner.stats, model=self.slot.stats,
+            retraining=self.retrainer.stats, exe_labels=lambda: self.labels.evictions,
+            evictions=lambda: {**self.counters.stats().evictions,
+                               "rate_limits": self.alerting.stats().limiter_evicted}))
+        if self.remote is not None:
+            remote, control = self.remote, self.control
+            metrics.add(lambda: collect(remote, control))
+        return metrics
 
     # -- start ------------------------------------------------------------------------
     def start(self) -> None:
@@ -163,7 +210,7 @@ class Service:
         bound_torch_caches()    # before anything imports torch (service/runtime.py)
         m = self.cfg.metrics
         if m.enabled:   # before the model is put in use: its scorer feeds the histograms
-            self.metrics = Metrics(self)
+            self.metrics = self.new_metrics()
             self.alerting.observe_latency = self.metrics.detection.observe
             try:
                 self.metrics_port = self.metrics.serve(m.address, m.port, self.health)
@@ -173,7 +220,7 @@ class Service:
                                        "set [metrics] port (or --metrics-port)") from None
         model_path = self.cfg.model_path()
         if self.slot.present(model_path) or self.cfg.service.model:
-            self._use_model(self.slot.load(model_path), event=False)
+            self.slot.use(self.slot.load(model_path))
         self.capture = Capture(self.cfg.capture_settings(self.cgroups))
         self._configure_capture(self.capture.settings)
         if not self.capture.context:
@@ -198,8 +245,9 @@ class Service:
                 "trace by calling itself an excluded name; exclude by exclude_exes, "
                 "exclude_cgroup_paths or exclude_uids instead")
 
-    def _use_model(self, view, event: bool = True) -> None:
-        """The pipeline detects with `view` (built on the first model, switched after)."""
+    def _detect_with(self, view) -> None:
+        """The pipeline detects with `view` (built on the first model, switched after);
+        the model slot's use() is the way in."""
         d = self.cfg.detection
         if self.queue is None:
             self.queue = WindowQueue(d.queue_windows, self.counters)
@@ -214,27 +262,6 @@ class Service:
         else:
             self.cutter.set_model(view)
             self.scorer.set_model(view)
-        self.slot.model = view
-        self.learner.finish()
-        self.slot.announce(view, event)
-        # at start and after learning the schedule runs from the bundle's time; a model
-        # swapped in (a reload, the fleet, a retraining) starts a whole interval
-        self.retrainer.begin(from_bundle=not event)
-
-    def _learning_tick(self) -> None:
-        """The learner's second; a trainer that exited 0 left its bundle to load."""
-        if not self.learner.tick():
-            return
-        try:
-            view = self.slot.load(self.cfg.model_path())
-        except Exception as exc:  # noqa: BLE001 (any failure: keep learning)
-            self.learner.failed(f"the trained bundle does not load: {exc}")
-            return
-        self._use_model(view, event=False)
-        text = (f"learning complete: detecting with model {view.model_id} "
-                f"(bound {view.bound.bound:.4f})")
-        self.sink.emit("learning-complete", kinds.NOTICE, text,
-                       {"kind": "learning-complete", "model_id": view.model_id})
 
     # -- scheduled retraining (daemon/service/retrainer.py) -----------------------------------
     def _shadow(self, view) -> dict | None:
@@ -247,16 +274,6 @@ class Service:
         shadow, self.scorer.shadow = self.scorer.shadow, None
         return shadow.result() if shadow is not None else \
             {"windows": 0, "alerts": 0, "current": 0, "by_exe": {}}
-
-    def _retrained(self) -> None:
-        """The retrained bundle is at the model path: in use like a reload's."""
-        path = self.cfg.model_path()
-        view = self.slot.try_load(path, "the retrained model refused, the running model "
-                                  "stays", str(path))
-        if view is None:
-            self.retrainer.begin_next()
-        else:
-            self.slot.swap_in(view)
 
     # -- reload -----------------------------------------------------------------------
     def _do_reload(self) -> None:
@@ -278,25 +295,30 @@ class Service:
         self.notify.ready(self._status())
 
     def _apply_config(self, new: Config) -> None:
+        """Every key the table in config.py (RESTART_ONLY) does not hold for the next
+        start takes effect now; each one it does that changed is said and keeps its start
+        value."""
         old = self.cfg
         setup_logging(new.service.log_level)
-        fixed = ("chunk", "flush_age_s", "ring_buffer_pages", "strict_compat")
-        changed = [k for k in fixed if old.capture.__dict__[k] != new.capture.__dict__[k]]
-        if changed:
-            log(f"reload: {', '.join(changed)} take effect at the next restart")
-            for k in changed:
-                new.values["capture"][k] = old.values["capture"][k]
-            new = Config(new.values, new.source)
+        later = old.restart_changes(new)
+        for section, key in later:
+            log(f"[{section}] {key} changed: applies at the next start")
+        if later:
+            new = new.keeping(old, later)
         self._configure_capture(new.capture_settings(self.cgroups))
         self._warn_spoofable(new)
         d = new.detection
         if self.scorer:
             self.scorer.set_rules(d.evidence_exceedances, d.evidence_windows)
             self.scorer.explain_positions = new.alerts.explain_positions
+            # read at each cycle of the scorer thread: the next cycle batches so
+            self.scorer.batch_windows = d.batch_windows
+            self.scorer.batch_wait = d.batch_wait_ms / 1000
         if self.queue:
             self.queue.capacity = d.queue_windows
         if self.cutter:
             self.cutter.max_threads = d.max_threads
+        self.processes.max = d.max_processes    # the reader's thread, as ingest()
         if not self.alerting.apply(new, old):
             self.slot.reloads["failed"] += 1
         self.cfg = self.learner.cfg = self.slot.cfg = self.retrainer.cfg = new
@@ -353,7 +375,6 @@ class Service:
         log(f"probes attached; {self._status()}")
         wd = self.notify.watchdog_s / 2 if self.notify.watchdog_s else 0.0
         tick = next_status = next_wd = time.monotonic()
-        interval = self.cfg.service.status_interval_s
         while not self._stop:
             cap.wait()
             # context first: a process's record is sent before its first chunk
@@ -363,11 +384,14 @@ class Service:
             if self._reload:
                 self._reload = False
                 self._do_reload()
+                # a shorter status interval counts from now, not from the old one's end
+                next_status = min(next_status, now + self.cfg.service.status_interval_s)
             if now >= tick:
                 tick = now + 1.0
                 self.kernel_counters = cap.counters()
                 self.learner.flush()
-                self._learning_tick()
+                if self.learner.tick():     # its trainer left a bundle to load
+                    self.slot.learnt()
                 self.retrainer.flush()
                 if self.phase == "detecting":
                     self.retrainer.tick()
@@ -382,7 +406,7 @@ class Service:
                 self.notify.watchdog()
                 next_wd = now + wd
             if now >= next_status:
-                next_status = now + interval
+                next_status = now + self.cfg.service.status_interval_s
                 self.notify.status(self._status())
                 self.statusfile.write(self)
         return self._shutdown()

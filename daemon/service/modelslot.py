@@ -3,11 +3,12 @@ gets in.
 
 Owns the model in use, the keys trusted to sign bundles ([service] trusted_keys), loading
 a bundle (checksums, signature, a calibrated bound, one window of padding scored) and
-swapping one in without a restart, from a reload (SIGHUP), from the learner's trainer or
-from the fleet server; a bundle that does not load is refused, counted and said while the
-model in use stays. The reloads counter and the lineage novelty counts (kept across
-swaps) are read by the metrics collector. Putting a model into the pipeline (cutter and
-scorer) is the main loop's (daemon/service/loop.py), handed in as `put_in_use`.
+swapping one in without a restart, from a reload (SIGHUP), from the learner's trainer,
+from the retrainer or from the fleet server; a bundle that does not load is refused,
+counted and said while the model in use stays. `use()` is the one way a model goes in
+use: the pipeline takes it (the cutter and scorer are the main loop's, service/loop.py,
+handed in as `pipeline`), learning ends, it is announced, and the retraining schedule
+starts over. `stats()` is what the metrics read.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import shutil
 import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,48 @@ from ..config import Config, ConfigError
 from ..detect.view import DEFAULT_EVIDENCE, FALLBACK_WINDOW_MAX, ModelView
 from ..signing import SIGNATURE, check_bytes, load_public, signer, signing_key
 from .runtime import prepare_torch
+
+NAN = float("nan")
+NOVELTY_KINDS = ("new_program", "new_edge", "fileless_exec", "new_syscall", "new_sequence")
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """The model in use, as the metrics show it. The three per-hour figures are NaN when
+    the bundle has none: no lineage profile, not replayed, no alert bound."""
+    model_id: str
+    arch: str
+    task: str
+    window: int
+    trained_at: str
+    vocabulary: int
+    bound: float
+    confidence: float
+    lineage_heldout_per_hour: float     # lineage novelty evidence, held-out quarter
+    heldout_alerts_per_hour: float      # the alert rule replayed on the held-out quarter
+    expected_false_alerts_per_hour: float
+
+
+@dataclass(frozen=True)
+class SlotStats:
+    """Model loads after start by result, lineage novelty events by kind (across swaps),
+    and the model in use (None while there is none)."""
+    reloads: dict[str, int]
+    lineage_events: dict[str, int]
+    model: ModelStats | None
+
+
+def model_stats(m: ModelView) -> ModelStats:
+    held = (m.lineage.profile.heldout or {}) if m.lineage is not None else {}
+    t = m.det.training or {}
+    replay = t.get("heldout_alerts")
+    per_hour = replay.get("per_hour") if isinstance(replay, dict) else None
+    return ModelStats(
+        m.model_id, m.det.cfg.arch, m.task, m.p, str(t.get("trained_at", "")),
+        len(m.det.vocab), m.bound.bound, m.bound.confidence,
+        held.get("weight_per_hour", NAN),
+        float(per_hour) if isinstance(per_hour, (int, float)) else NAN,
+        m.alert.expected_per_hour() if m.alert is not None else NAN)
 
 
 def trusted_keys(cfg: Config) -> dict[str, bytes]:
@@ -103,17 +147,24 @@ class ModelSlot:
     """The model in use and the way in for the next one."""
 
     def __init__(self, cfg: Config, sink, log: Callable[[str], None],
-                 put_in_use: Callable[[ModelView, bool], None],
-                 stop_learning: Callable[[], None]):
+                 pipeline: Callable[[ModelView], None], learner, retrainer):
         self.cfg = cfg              # the main loop swaps it on a reload
         self.sink = sink
         self.log = log
-        self._put_in_use = put_in_use           # (view, event): the pipeline takes it
-        self._stop_learning = stop_learning     # a swapped-in model ends learning
+        self._pipeline = pipeline   # the cutter and the scorer detect with the view
+        self.learner = learner      # service/learner.py: a model in use ends learning
+        self.retrainer = retrainer  # service/retrainer.py: ... and starts its schedule
         self.model: ModelView | None = None
         self.trusted: dict[str, bytes] = {}     # [service] trusted_keys, read at start
         self.reloads: dict[str, int] = defaultdict(int)
         self.lineage_events: Counter = Counter()    # lineage novelty, by kind (metrics)
+
+    def stats(self) -> SlotStats:
+        """What the metrics read at a scrape."""
+        m = self.model
+        return SlotStats({"ok": 0, "failed": 0, **self.reloads},
+                         {k: 0 for k in NOVELTY_KINDS} | dict(self.lineage_events),
+                         model_stats(m) if m is not None else None)
 
     @staticmethod
     def present(path: Path) -> bool:
@@ -187,11 +238,46 @@ class ModelSlot:
             self.sink.emit("model-loaded", kinds.INFO, text,
                            {"kind": "model-loaded", "model_id": view.model_id})
 
-    def swap_in(self, view: ModelView) -> None:
-        """A new model in use without a restart: learning and training in progress end."""
-        self._stop_learning()
-        self._put_in_use(view, True)
-        self.reloads["ok"] += 1
+    def use(self, view: ModelView, swapped: bool = False) -> None:
+        """The one way a model goes in use. At the start or from the learner's trainer
+        (`swapped` False) the retraining schedule runs from the bundle's time, so that
+        restarts do not put it off; a model swapped in without a restart (a reload, the
+        fleet, a retraining) ends the learning and training under way, is counted and
+        sent as an event, and the next retraining waits a whole interval."""
+        if swapped:
+            self.learner.stop()
+        self._pipeline(view)
+        self.model = view
+        self.learner.finish()
+        self.announce(view, swapped)
+        self.retrainer.begin(from_bundle=not swapped)
+        if swapped:
+            self.reloads["ok"] += 1
+
+    def learnt(self) -> None:
+        """The learner's trainer exited 0: the bundle it left at the model path in use,
+        or, when it does not load, learning goes on."""
+        try:
+            view = self.load(self.cfg.model_path())
+        except Exception as exc:  # noqa: BLE001 (any failure: keep learning)
+            self.learner.failed(f"the trained bundle does not load: {exc}")
+            return
+        self.use(view)
+        text = (f"learning complete: detecting with model {view.model_id} "
+                f"(bound {view.bound.bound:.4f})")
+        self.sink.emit("learning-complete", kinds.NOTICE, text,
+                       {"kind": "learning-complete", "model_id": view.model_id})
+
+    def retrained(self) -> None:
+        """The retrainer installed its candidate at the model path: in use like a
+        reload's, or refused and the next retraining an interval away."""
+        path = self.cfg.model_path()
+        view = self.try_load(path, "the retrained model refused, the running model "
+                             "stays", str(path))
+        if view is None:
+            self.retrainer.begin_next()
+        else:
+            self.use(view, swapped=True)
 
     def reload(self) -> None:
         """SIGHUP: the bundle at the model path again, when there is one."""
@@ -200,7 +286,7 @@ class ModelSlot:
             view = self.try_load(path, "model reload refused, the running model stays",
                                  str(path))
             if view is not None:
-                self.swap_in(view)
+                self.use(view, swapped=True)
 
     def take_from_fleet(self, control) -> None:
         """A role model the agent's Control fetched and checked: loaded (checksums,
@@ -215,7 +301,7 @@ class ModelSlot:
             control.refused()
             return
         install(folder, self.cfg.model_path())
-        self.swap_in(view)
+        self.use(view, swapped=True)
         control.want(view.model_id)
         self.sink.emit("learning-complete", kinds.NOTICE,
                        f"the fleet's model {view.model_id} for role "

@@ -30,12 +30,27 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..alerting import kinds
 from ..config import Config
+from .recording import Recording, TrainerChild, unique_trace
+
+OUTCOMES = ("swapped", "rejected", "failed")
+
+
+@dataclass(frozen=True)
+class RetrainerStats:
+    """Where scheduled retraining stands (`state`: off, waiting, recording, training or
+    shadow), its outcomes so far (OUTCOMES) and when the next candidate trains (Unix
+    time; 0 when off)."""
+    state: str
+    outcomes: dict[str, int]
+    next_at: float
+    shown: bool         # [metrics] detection_internals: the schedule is served
 
 
 def bound_rise(current, candidate, limit: float) -> str:
@@ -83,6 +98,12 @@ class Retrainer:
         self._trainer = None
         self._candidate = None      # the candidate's ModelView while it is shadowed
         self._started = 0.0
+
+    def stats(self) -> RetrainerStats:
+        """What the metrics read at a scrape."""
+        return RetrainerStats(self.state, {o: self.outcomes[o] for o in OUTCOMES},
+                              self.next_at if self.state != "off" else 0.0,
+                              self.cfg.metrics.detection_internals)
 
     def why_off(self) -> str:
         """"" when retraining applies to this daemon, else why not."""
@@ -163,14 +184,7 @@ class Retrainer:
                        f"({exc.strerror or exc}); what was written stays")
 
     def _start_recording(self) -> None:
-        from .learner import Recording
-
-        state = self.cfg.state_dir()
-        stamp, n = int(time.time()), 0
-        path = state / f"recent-{stamp}.sdtrace"
-        while path.exists():
-            n += 1
-            path = state / f"recent-{stamp}-{n}.sdtrace"
+        path = unique_trace(self.cfg.state_dir(), "recent")
         try:
             self._rec = Recording(path, self._settings(), self._counters,
                                   self.cfg.learning.max_syscalls)
@@ -193,7 +207,6 @@ class Retrainer:
     # -- the candidate ----------------------------------------------------------------
     def _start_training(self) -> None:
         from ..training.command import train_command
-        from .learner import TrainerChild
 
         rec, self._rec = self._rec, None
         if rec is not None:
@@ -220,7 +233,8 @@ class Retrainer:
         self.log(f"retraining: training a candidate at nice {self.cfg.learning.nice}: "
                  f"{' '.join(cmd[3:])}")
         try:
-            self._trainer = TrainerChild(cmd, self.cfg, self.log, "retrainer")
+            L = self.cfg.learning
+            self._trainer = TrainerChild(cmd, L.nice, L.threads, self.log, "retrainer")
         except OSError as exc:
             self._fail(f"cannot start the trainer ({exc.strerror or exc})")
             return

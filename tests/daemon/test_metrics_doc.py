@@ -13,7 +13,6 @@ import pytest
 from sysdream.daemon import config
 from sysdream.daemon.alerting import fields, kinds
 from sysdream.daemon.detect.view import ModelView
-from sysdream.daemon.metrics.collector import Metrics
 from sysdream.daemon.service.loop import Service
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
@@ -24,8 +23,8 @@ def exposition(tiny_detector):
     from prometheus_client import generate_latest
 
     svc = Service(config.load(None))
-    svc.metrics = Metrics(svc)
-    svc._use_model(ModelView(tiny_detector), event=False)
+    svc.metrics = svc.new_metrics()
+    svc.slot.use(ModelView(tiny_detector))
     svc.metrics.observe("scores", [0.1, 5.0], 0)
     try:
         yield generate_latest(svc.metrics.registry).decode()

@@ -217,7 +217,8 @@ def test_journald_down_then_back(ebpf_ready, tmp_path, journal, tiny_bundle):
 
         journal.stop_journald()
         run_script(prog, ODD)
-        wait_for(lambda: d.metric("sysdream_journald_failures_total") >= 1, 30,
+        wait_for(lambda: d.metric('sysdream_alert_deliveries_total{result="failed",'
+                                  'sink="journald"}') >= 1, 30,
                  "journald failures counted")
         assert d.proc.poll() is None
         assert "journald is not reachable" in d.stderr
