@@ -444,7 +444,7 @@ def test_a_bundle_with_a_fifo_a_link_or_an_edited_id_is_refused_and_signed_bytes
     (b / "signature.json").write_text(json.dumps(signer(key)((b / "manifest.json")
                                                              .read_bytes())))
     cfg = cfgmod.load(None)
-    slot = ModelSlot(cfg, None, lambda *a: None, lambda *a: None, lambda: None)
+    slot = ModelSlot(cfg, None, lambda *a: None, lambda *a: None, None, None)
     slot.trusted = dict([load_public(pub)])
     assert slot.load(b).model_id == json.loads((b / "manifest.json").read_text())["model_id"]
     (b / "manifest.json").write_text((b / "manifest.json").read_text() + " ")
@@ -512,7 +512,6 @@ def test_detection_internals_are_not_served_unless_asked(tiny_detector):
 
     from sysdream.daemon import config as cfgmod
     from sysdream.daemon.detect.view import ModelView
-    from sysdream.daemon.metrics.collector import Metrics
     from sysdream.daemon.service.loop import Service
 
     def exposition(internals: bool) -> str:
@@ -520,8 +519,8 @@ def test_detection_internals_are_not_served_unless_asked(tiny_detector):
             ("metrics", "detection_internals"): internals,
             ("retraining", "interval_s"): 604800.0})
         svc = Service(cfg)
-        svc.metrics = Metrics(svc)
-        svc._use_model(ModelView(tiny_detector), event=False)
+        svc.metrics = svc.new_metrics()
+        svc._detect_with(ModelView(tiny_detector))
         try:
             return generate_latest(svc.metrics.registry).decode()
         finally:

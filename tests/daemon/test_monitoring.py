@@ -131,7 +131,9 @@ def test_every_dashboard_and_rule_expression_reads_what_the_daemon_exports(
                             str(allowed), "--state-dir", str(state)], capture_output=True,
                            text=True, timeout=scaled(60))
     assert allow.returncode == 0, allow.stderr
-    cfg = config(tmp_path, "")
+    # the dashboard's retraining and per-program bound panels read detection internals,
+    # which an operator serves on purpose ([metrics] detection_internals)
+    cfg = config(tmp_path, "[metrics]\ndetection_internals = true\n")
     d = Daemon(["--config", str(cfg), "--model", str(tiny_bundle), "--state-dir",
                 str(tmp_path / "state"), "--no-journald", "--json-lines",
                 str(tmp_path / "alerts.jsonl"), "--comm", "sdwork"], tmp_path)
