@@ -85,7 +85,7 @@ SENSITIVE_SYSTEM = (
 )
 SENSITIVE_IN_HOME = (".ssh/", ".gnupg/", ".aws/", ".kube/", ".docker/config", ".netrc",
                      ".pgpass", ".bash_history", ".config/gcloud/")
-_PREFIX_MAX = 63    # bytes the kernel matches (capture.LPM_LEN - 1)
+_PREFIX_MAX = 127   # bytes the kernel matches (capture.LPM_LEN - 1)
 
 
 def default_sensitive(max_entries: int = 1024) -> tuple[str, ...]:

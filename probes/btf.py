@@ -81,6 +81,8 @@ FIELDS = (
     ("OFF_SOCKET_SK", "socket", "sk"),
     ("OFF_SK_FAMILY", "sock_common", "skc_family"),
     ("OFF_SK_NUM", "sock_common", "skc_num"),
+    ("OFF_SK_RCV_SADDR", "sock_common", "skc_rcv_saddr"),
+    ("OFF_SK_V6_RCV_SADDR", "sock_common", "skc_v6_rcv_saddr"),
 )
 # Without these the context records cannot be made at all (the rest are optional).
 REQUIRED = ("OFF_TASK_PID", "OFF_TASK_TGID", "OFF_TASK_REAL_PARENT", "OFF_TASK_GROUP_LEADER",

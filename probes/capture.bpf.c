@@ -263,7 +263,7 @@ BPF_ARRAY(ctx_layout, struct proc_rec, 1);
 // -- acts: the arguments where behaviour lives ------------------------------------------
 // One record per act; probes/layout.py mirrors it (ACT_DTYPE), probes/acts.py reads it.
 #define ACT_PATH 256            // bytes per path, NUL included
-#define LPM_LEN 64              // bytes of a read path matched against sensitive prefixes
+#define LPM_LEN 128             // bytes of a read path matched against sensitive prefixes
 #define ARGV_HASH_MAX 4096      // bytes of an exec's argv hashed
 
 #define ACT_WRITE    1   // open/openat/openat2/creat for writing or creating: path, flags
@@ -276,8 +276,8 @@ BPF_ARRAY(ctx_layout, struct proc_rec, 1);
 #define ACT_TRUNCATE 8   // truncate/ftruncate
 #define ACT_CONNECT  9   // connect: the peer (a new one for this process)
 #define ACT_BIND     10  // bind: the local address
-#define ACT_LISTEN   11  // listen: the socket's own family and port
-#define ACT_ACCEPT   12  // accept/accept4: the listening socket's family and port (first
+#define ACT_LISTEN   11  // listen: the socket's own family, address and port
+#define ACT_ACCEPT   12  // accept/accept4: the listening socket's address and port (first
                          // accept per process and port)
 #define ACT_SEND     13  // sendto/sendmsg to an explicit address (a new peer)
 #define ACT_SETID    14  // setuid/setgid/setre*/setres*/setfs*: the ids are in args
@@ -297,7 +297,7 @@ BPF_ARRAY(ctx_layout, struct proc_rec, 1);
 #define ACT_DIRFD      0x010  // a relative path is relative to a directory fd, not the cwd
 #define ACT_FAULT      0x020  // user memory not readable here (not resident): a field is empty
 #define ACT_BY_FD      0x040  // the call names a file descriptor (args[0]), no path
-#define ACT_LOCAL      0x080  // family/port are the socket's own (listen, accept)
+#define ACT_LOCAL      0x080  // the address is the socket's own (listen, accept)
 #define ACT_ARGV_CUT   0x100  // exec: argv longer than ARGV_HASH_MAX, the rest not hashed
 #define ACT_NOT_SOCK   0x200  // listen/accept on a descriptor that is not a socket
 
@@ -681,6 +681,10 @@ static __always_inline void read_own_socket(struct act_rec *r, u64 fd)
     }
     r->family = family;
     r->port = port;     // skc_num is the local port in host order
+    if (family == AF_INET_ && OFF_SK_RCV_SADDR >= 0)
+        bpf_probe_read_kernel(r->addr, 4, (void *)(sk + OFF_SK_RCV_SADDR));
+    else if (family == AF_INET6_ && OFF_SK_V6_RCV_SADDR >= 0)
+        bpf_probe_read_kernel(r->addr, 16, (void *)(sk + OFF_SK_V6_RCV_SADDR));
 }
 
 // Whether this process already sent an act with this kind, family, port and address.

@@ -29,7 +29,7 @@ CONTEXT_PAGES = 512     # the context ring buffer: 2 MiB, about 2,900 records
 ACT_PAGES = 512         # the acts ring buffer: 2 MiB, about 3,100 records
 SENSITIVE_MAX = 1024    # entries of the kernel's sensitive-prefix map
 PROC_MNT_INIT_INO = 0xEFFFFFF8   # the initial mount namespace's inode on kernels that fix it
-LPM_LEN = 64            # capture.bpf.c: bytes of a read path matched against them
+LPM_LEN = 128           # capture.bpf.c: bytes of a read path matched against them
 
 
 @dataclass(frozen=True)
