@@ -13,6 +13,8 @@ MESSAGE_IDS = {
     "learning-failed": "a8c3f1e6b9d24c7e95b0a2d4c8e71f36",
     "model-retrained": "fda2c0dd74f84a588a90626cc8efbff4",
     "retraining-rejected": "ca8e4d9a8016406e852f7f66ebd2a590",
+    "behaviour": "ec13a59ae5f34cb19a3a073900733a34",
+    "incident-closed": "12a5b32e4f2d40fb844008d680d5f6ed",
 }
 
 

@@ -7,7 +7,12 @@ the sinks deliver (daemon/alerting/sinks.py: journald with its fallback, JSON li
 webhook). Nothing held back disappears:
 it is counted by executable, carried by the next alert of its fingerprint and listed in an
 `alerts-suppressed` event every `suppressed_summary_s`. The scorer thread calls
-`detected`, the main loop `tick`.
+`detected`, the main loop `news` and `tick`.
+
+Alerts belong to incidents (daemon/alerting/incidents.py): the rate limits act on an
+incident's opening and on its rise in severity, never on its updates, which only count.
+A sink takes incidents at `[alerts] min_severity` or above; a low one goes to journald
+alone, at notice priority, and to the metrics.
 """
 
 from __future__ import annotations
@@ -18,17 +23,19 @@ from pathlib import Path
 
 from ..config import ConfigError
 from ..metrics.labels import ExeLabels
-from . import deliveries, fields, kinds, ratelimit
+from . import deliveries, fields, incidents, kinds, ratelimit
 from .allow import AllowList
+from .incidents import Agreement, Incidents, at_least, news_severity, sequence_severity
 
 ALLOW_CHECK_S = 1.0
+SUMMARY_FINGERPRINTS = 50   # per alerts-suppressed event
 
 
-def _sinks_of(cfg) -> tuple:
-    """What decides the sinks: [alerts] journald and json_lines, the network sections."""
-    v = cfg.values
-    return (v["alerts"]["journald"], v["alerts"]["json_lines"],
-            sorted(v["alerts.syslog"].items()), sorted(v["alerts.webhook"].items()))
+def _session(watch, proc):
+    """The incident's lineage root: the Watch's (detect/news.py) where there is one."""
+    if proc is None or watch is None:
+        return ()
+    return watch.session(proc)
 
 
 class AlertPath:
@@ -49,9 +56,15 @@ class AlertPath:
         self._next_allow_check = 0.0
         self._next_summary = 0.0
         self._lock = threading.Lock()
+        self.min_severity = a.min_severity
+        self.incidents = Incidents(a.incident_span_s)
+        self.agreement = Agreement(a.incident_span_s)
+        self.by_severity = {s: 0 for s in incidents.SEVERITIES}    # incident alerts sent
+        self.watch = None           # detect/news.py Watch, when acts and profiles are on
+        self.behaviour_expected: float | None = None   # held-out news incidents an hour
 
     def detected(self, det) -> None:
-        """A Detection from the scorer thread: raise its alert, or hold it back."""
+        """A Detection from the scorer thread: its incident opened, raised or updated."""
         b = det.block
         ns, comm, before_exec = b.who(det.row, det.model.p)
         f = fields.anomaly_fields(det, self.processes.context(b.tgid, ns, before_exec),
@@ -61,19 +74,89 @@ class AlertPath:
         if allow is not None and allow.match(f) is not None:
             self.allowed.add(exe)
             return
+        watch, prog, proc = self.watch, None, None
+        if watch is not None:
+            prog, proc = watch.program_of(b.tgid, ns)
+        fields.mark_program(f, prog)
+        # without acts no profile settles: the sequence model alone judges, as before
+        settled = watch is None or (prog is not None and watch.profiles.settled(prog))
+        dangerous = f["severity"] == "high" and bool({"memfd", "deleted"} &
+                                                     set(f["exe_flags"]))
+        key = (prog.key if prog is not None else exe,
+               _session(watch, proc), f["fingerprint"])
         with self._lock:
-            ok, suppressed, incidents = self.limiter.allow(
-                f["fingerprint"], about={"exe": f["exe"], "pid": b.tgid,
-                                         "lineage_text": f["lineage_text"]})
-            if not ok:
-                self.suppressed.add(exe, alerted=True)
-                return
-            f["suppressed"], f["incident_count"] = suppressed, incidents
-            prio = kinds.CRIT if f["severity"] == "high" else kinds.WARNING
-            self.sink.emit("anomaly", prio, fields.message(f), f)
-            self.sent.add(exe, alerted=True)
+            inc = self.incidents.open.get(key)
+            sustained = det.exceedances >= 2 * max(det.needed, 1.0) or \
+                bool(f["unknown_syscalls"]) or (inc is not None and inc.count >= 1)
+            lineage = [q.key for q in self.processes.lineage(proc)] if proc else []
+            agree = self.agreement.add(proc.key if proc else (b.tgid, 0), lineage,
+                                       "sequence", time.monotonic())
+            sev = sequence_severity(settled, sustained, dangerous, agree)
+            a = det.model.alert
+            expected = a.expected_per_hour() if a is not None else None
+            self._incident(key, "anomaly", sev, f, exe, f"sequence {f['evidence']}",
+                           agree, expected)
         if self.observe_latency is not None:
             self.observe_latency(f["latency_s"])
+
+    def news(self, items) -> None:
+        """Behaviour news from the main loop (detect/news.py): incidents; low news learnt."""
+        watch = self.watch
+        for n in items:
+            ctx = self.processes.context(n.pid, n.ns)
+            f = fields.behaviour_fields(n, ctx, self.fleet_server)
+            if self.allow is not None and self.allow.match(f) is not None:
+                self.allowed.add(n.program.label)
+                watch.learn(n)
+                continue
+            now = time.monotonic()
+            with self._lock:
+                agree = self.agreement.add(n.process, n.lineage, n.kind, now) \
+                    if n.settled or n.dangerous else {n.kind}
+                sev = news_severity(n.settled, n.dangerous, agree)
+                key = (n.program.key, n.session, f["fingerprint"])
+                self._incident(key, "behaviour", sev, f, n.program.label, n.feature, agree,
+                               self.behaviour_expected if sev != "low" else None)
+                inc = self.incidents.open.get(key)
+            if inc is not None and inc.severity == "low" and not n.dangerous:
+                watch.learn(n)      # news of an incident at medium or above is never learnt
+
+    def _incident(self, key, kind: str, sev: str, f: dict, exe: str, evidence: str,
+                  agree: set, expected) -> None:
+        """Under the lock: the event into its incident; an alert when it opens or rises."""
+        inc, state, pushed = self.incidents.add(key, f["fingerprint"], kind, sev, exe,
+                                                evidence, agree, expected)
+        for old in pushed:
+            self._close(old)
+        if state == "update":
+            return
+        f.update(inc.fields())
+        f["incident_state"] = state
+        ok, suppressed, count = self.limiter.allow(
+            f["fingerprint"], about={"exe": f["exe"], "pid": f["pid"],
+                                     "lineage_text": f["lineage_text"],
+                                     "severity": inc.severity},
+            high=inc.severity == "high", first=f)
+        if not ok:
+            self.suppressed.add(exe, alerted=True)
+            return
+        f["suppressed"] = suppressed
+        self._emit(kind, inc.severity, fields.message(f), f)
+        self.by_severity[inc.severity] += 1
+        self.sent.add(exe, alerted=True)
+
+    def _emit(self, kind: str, sev: str, text: str, f: dict) -> None:
+        if at_least(sev, self.min_severity):
+            self.sink.emit(kind, kinds.CRIT if sev == "high" else kinds.WARNING, text, f)
+        else:   # low: journald (and its fallback) only, at notice priority
+            self.sink.emit(kind, kinds.NOTICE, text, f, only=("journald",))
+
+    def _close(self, inc) -> None:
+        f = {"kind": "incident-closed", "incident_kind": inc.kind, "program": inc.program,
+             "fingerprint": inc.fingerprint, **inc.fields()}
+        text = (f"incident {inc.id} closed: {inc.severity} {inc.kind} of {inc.program}, "
+                f"{inc.count} events, evidence: {'; '.join(inc.evidence[:5])}")
+        self._emit("incident-closed", inc.severity, text, f)
 
     def tick(self, now: float | None = None) -> None:
         """From the main loop: the summary of what was held back, when it is due."""
@@ -81,6 +164,9 @@ class AlertPath:
         if self.allow is not None and now >= self._next_allow_check:
             self._next_allow_check = now + ALLOW_CHECK_S
             self.reload_allow()
+        with self._lock:
+            for inc in self.incidents.expire(now):
+                self._close(inc)
         if now >= self._next_summary:
             self._next_summary = now + self.summary_s
             self.summarise()
@@ -120,9 +206,12 @@ class AlertPath:
         top = "; ".join(f"{h['count']} x {h['exe'] or 'exe unknown'} (fingerprint "
                         f"{h['fingerprint']}, last pid {h['pid']})" for h in held[:5])
         text = f"{total} alerts suppressed by the rate limits since the last summary: {top}"
-        self.sink.emit("alerts-suppressed", kinds.WARNING, text,
-                       {"kind": "alerts-suppressed", "suppressed": total,
-                        "fingerprints": held[:50]})
+        # every fingerprint held back, with the first alert of each whole, in events of
+        # SUMMARY_FINGERPRINTS: none drops out of the summary (issue 33 #8)
+        for i in range(0, len(held), SUMMARY_FINGERPRINTS):
+            self.sink.emit("alerts-suppressed", kinds.WARNING, text,
+                           {"kind": "alerts-suppressed", "suppressed": total,
+                            "fingerprints": held[i:i + SUMMARY_FINGERPRINTS]})
 
     def apply(self, cfg, old) -> bool:
         """New [alerts] settings (a reload): sinks rebuilt where theirs changed; False
@@ -141,7 +230,11 @@ class AlertPath:
                 new.rate_limit_interval_s
             self.limiter.ceiling = new.rate_limit_ceiling_per_minute
         self.summary_s = new.suppressed_summary_s
+        self.min_severity = new.min_severity
         return ok
 
     def close(self) -> None:
+        with self._lock:
+            for inc in self.incidents.close_all():
+                self._close(inc)
         self.sink.close()
