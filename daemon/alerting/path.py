@@ -31,6 +31,13 @@ ALLOW_CHECK_S = 1.0
 SUMMARY_FINGERPRINTS = 50   # per alerts-suppressed event
 
 
+def _sinks_of(cfg) -> tuple:
+    """What decides the sinks: [alerts] journald and json_lines, the network sections."""
+    v = cfg.values
+    return (v["alerts"]["journald"], v["alerts"]["json_lines"],
+            sorted(v["alerts.syslog"].items()), sorted(v["alerts.webhook"].items()))
+
+
 def _session(watch, proc):
     """The incident's lineage root: the Watch's (detect/news.py) where there is one."""
     if proc is None or watch is None:
@@ -70,14 +77,13 @@ class AlertPath:
         f = fields.anomaly_fields(det, self.processes.context(b.tgid, ns, before_exec),
                                   comm, self.fleet_server)
         exe = f["exe"] or b.exe
-        allow = self.allow
-        if allow is not None and allow.match(f) is not None:
-            self.allowed.add(exe)
-            return
         watch, prog, proc = self.watch, None, None
         if watch is not None:
             prog, proc = watch.program_of(b.tgid, ns)
         fields.mark_program(f, prog)
+        if self._allowed(f):
+            self.allowed.add(exe)
+            return
         # without acts no profile settles: the sequence model alone judges, as before
         settled = watch is None or (prog is not None and watch.profiles.settled(prog))
         dangerous = f["severity"] == "high" and bool({"memfd", "deleted"} &
@@ -100,12 +106,12 @@ class AlertPath:
             self.observe_latency(f["latency_s"])
 
     def news(self, items) -> None:
-        """Behaviour news from the main loop (detect/news.py): incidents; low news learnt."""
+        """Behaviour news from the main loop (detect/news.py): its incidents."""
         watch = self.watch
         for n in items:
             ctx = self.processes.context(n.pid, n.ns)
             f = fields.behaviour_fields(n, ctx, self.fleet_server)
-            if self.allow is not None and self.allow.match(f) is not None:
+            if self._allowed(f):
                 self.allowed.add(n.program.label)
                 watch.learn(n)
                 continue
@@ -115,11 +121,17 @@ class AlertPath:
                     if n.settled or n.dangerous else {n.kind}
                 sev = news_severity(n.settled, n.dangerous, agree)
                 key = (n.program.key, n.session, f["fingerprint"])
+                # news of an unsettled profile was learnt quietly by the Watch; news at
+                # medium or above is never learnt here (only `sysdream allow` or a
+                # retraining that keeps it)
                 self._incident(key, "behaviour", sev, f, n.program.label, n.feature, agree,
                                self.behaviour_expected if sev != "low" else None)
-                inc = self.incidents.open.get(key)
-            if inc is not None and inc.severity == "low" and not n.dangerous:
-                watch.learn(n)      # news of an incident at medium or above is never learnt
+
+    def _allowed(self, f: dict) -> bool:
+        """An allow entry matches; a program run from outside the initial mount namespace
+        takes no entry by path (a bind mount there can put anything at any path)."""
+        e = self.allow.match(f) if self.allow is not None else None
+        return e is not None and not (e.kind == "exe" and f.get("foreign_mount"))
 
     def _incident(self, key, kind: str, sev: str, f: dict, exe: str, evidence: str,
                   agree: set, expected) -> None:

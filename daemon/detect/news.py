@@ -34,7 +34,7 @@ from typing import Protocol
 from sysdream.probes.layout import EXE_DELETED, EXE_FOREIGN_MNT, EXE_MEMFD, EXE_USERNS_MNT
 
 from ..context.processes import program_label
-from ..training.behaviour import HeldOut, ProgramId, Profiles
+from ..training.behaviour import HeldOut, Profiles, ProgramId
 
 PTRACE_ATTACH, PTRACE_SEIZE = 16, 0x4206
 FILE_KINDS = {"write": "write", "rename": "write", "link": "write", "chmod": "write",
@@ -43,9 +43,16 @@ PRIV_KINDS = ("setid", "capset", "ptrace", "mount", "module", "bpf", "memfd")
 
 _HEXISH = re.compile(r"^(?=.*\d)[0-9a-fA-F]{6,}$")
 _NUM = re.compile(r"\d+")
-# a name part that is random: long, mixing letters and digits, as mkstemp and friends make
-_RANDOM = re.compile(r"^(?=.*[0-9])(?=.*[A-Za-z])[A-Za-z0-9_-]{6,}$")
-_TEMP_PREFIX = re.compile(r"^(tmp|temp|\.?#?)[A-Za-z0-9_]{4,}$")
+_WORD = re.compile(r"^[A-Za-z0-9_]{6,}$")
+_SWITCH = re.compile(r"(?<=[A-Za-z])(?=\d)|(?<=\d)(?=[A-Za-z])")
+# a temporary name: tmp/temp and a suffix (tempfile, mkstemp), an editor's lock file
+_TEMP_PREFIX = re.compile(r"^(tmp|temp)[._-]?[A-Za-z0-9_]{3,}$|^\.?#.+$")
+
+
+def _random(name: str) -> bool:
+    """Letters and digits alternating three times or more (3k9x_ab, a1b2c3) is random;
+    python3, x86_64, sha256sums are not."""
+    return bool(_WORD.match(name)) and len(_SWITCH.findall(name)) >= 3
 
 
 class ActSource(Protocol):
@@ -55,10 +62,10 @@ class ActSource(Protocol):
 
 
 def _part(name: str) -> str:
-    if _HEXISH.match(name) or _RANDOM.match(name) or _TEMP_PREFIX.match(name):
+    if _HEXISH.match(name) or _random(name) or _TEMP_PREFIX.match(name):
         return "*"
     stem, dot, ext = name.partition(".")
-    if dot and (_HEXISH.match(stem) or _RANDOM.match(stem)):
+    if dot and (_HEXISH.match(stem) or _random(stem)):
         return "*." + _NUM.sub("*", ext)
     return _NUM.sub("*", name)
 
@@ -126,6 +133,7 @@ class News:
     ns: int
     pid: int
     comm: str
+    learnt: bool = False     # learnt already (news of an unsettled profile)
 
     @property
     def kind(self) -> str:
@@ -202,18 +210,22 @@ class Watch:
             self.profiles.learn(prog, feature)
             return []
         settled = self.profiles.settled(prog)
-        if not settled and not danger:      # quietly: counted, kept low
+        quiet = not settled and not danger
+        if quiet:       # counted, kept low
             self.profiles.learn(prog, feature)
             self.profiles.profile(prog).news_learnt += 1
         return [News(prog, feature, settled, danger, proc.key if proc is not None else (),
                      [q.key for q in lineage], session, act.ns, act.tgid,
-                     act.comm.decode("utf-8", "replace"))]
+                     act.comm.decode("utf-8", "replace"), quiet)]
 
     def session(self, proc) -> object:
         return session_of(proc, self.processes.lineage(proc))
 
     def learn(self, news: News) -> None:
-        """News whose incident stayed low becomes part of the profile."""
+        """News an operator allowed becomes part of the profile."""
+        if news.learnt:
+            return
+        news.learnt = True
         if not self.profiles.knows(news.program, news.feature):
             self.profiles.profile(news.program).news_learnt += 1
         self.profiles.learn(news.program, news.feature)
