@@ -62,6 +62,8 @@ HALF_LIFE = 64     # windows over which a process's evidence halves ([detection]
 #                    syscalls) of benign filler an evasion puts between odd windows
 FLOOR = 0.05       # evidence decayed below this is none: the excursion has ended
 MAX_EXITS = 256    # distinct exit windows remembered per thread group
+EPISODE_HALF_LIFE_S = 60.0   # an episode's window weighs half after this long: children
+#                              spaced 10 s apart (issue 33 #9) still add up
 
 
 class Evidence:
@@ -181,7 +183,8 @@ class Episodes:
     processes (one process alone is the per-process rule's business), so an attack split
     into short steps, none standing out alone, does not pass unseen."""
 
-    def __init__(self, bound: float, m: int, span_s: float = 10.0, max_groups: int = 4096):
+    def __init__(self, bound: float, m: int, span_s: float = EPISODE_HALF_LIFE_S,
+                 max_groups: int = 4096):
         self.k, self.m, self.span_ns, self.max = float(bound), m, int(span_s * 1e9), max_groups
         self.recent: OrderedDict[tuple, deque] = OrderedDict()
 

@@ -134,6 +134,23 @@ class ServiceCollector(Collector):
         yield _by_label("sysdream_alerts_allowed", "Alerts not sent because an operator's "
                         "allow entry matched them (sysdream allow), by executable.", "exe",
                         s.alerting.allowed.snapshot())
+        a = s.alerting
+        yield _by_label("sysdream_incidents_opened", "Incidents opened, by severity (low "
+                        "ones go to journald alone).", "severity", a.incidents.opened)
+        yield _by_label("sysdream_incident_alerts", "Incident alerts sent (an opening or a "
+                        "rise in severity), by severity.", "severity", a.by_severity)
+        yield GaugeMetricFamily("sysdream_incidents_open", "Incidents open (not closed yet).",
+                                value=len(a.incidents.open))
+        prof = s.behaviour.profiles.counts() if s.behaviour is not None else {}
+        yield GaugeMetricFamily("sysdream_profiles_programs", "Programs with a behaviour "
+                                "profile.", value=prof.get("programs", 0))
+        yield GaugeMetricFamily("sysdream_profiles_settled", "Programs whose behaviour "
+                                "profile has settled.", value=prof.get("settled", 0))
+        yield CounterMetricFamily("sysdream_acts", "Act records the behaviour profiles "
+                                  "took.", value=s.behaviour.watch.acts
+                                  if s.behaviour is not None else 0)
+        yield CounterMetricFamily("sysdream_acts_lost", "Act records lost to a full acts "
+                                  "ring buffer.", value=k.get("act_lost", 0))
         yield CounterMetricFamily("sysdream_exe_labels_evicted", "Executables whose metric "
                                   "label went to one that raised an alert.",
                                   value=s.labels.evictions)
