@@ -200,15 +200,17 @@ class Watch:
         return ""
 
     def _judge(self, prog: ProgramId, feature: str, proc, act, danger: str) -> list[News]:
-        lineage = self.processes.lineage(proc) if proc is not None else []
-        session = session_of(proc, lineage)
         if self.learning:
-            self.held_out.judge(prog, feature, session)
+            if self.held_out.since_ns is not None:
+                self.held_out.judge(prog, feature, lambda: self.session(proc))
             self.profiles.learn(prog, feature)
             return []
         if self.profiles.knows(prog, feature) and not danger:
             self.profiles.learn(prog, feature)
             return []
+        # the ancestors only for news: known acts, the bulk, cost a lookup and a count
+        lineage = self.processes.lineage(proc) if proc is not None else []
+        session = session_of(proc, lineage)
         settled = self.profiles.settled(prog)
         quiet = not settled and not danger
         if quiet:       # counted, kept low
@@ -219,7 +221,7 @@ class Watch:
                      act.comm.decode("utf-8", "replace"), quiet)]
 
     def session(self, proc) -> object:
-        return session_of(proc, self.processes.lineage(proc))
+        return session_of(proc, self.processes.lineage(proc) if proc is not None else [])
 
     def learn(self, news: News) -> None:
         """News an operator allowed becomes part of the profile."""

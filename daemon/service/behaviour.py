@@ -57,13 +57,14 @@ class Behaviour:
         """Act records (probes layout.ACT_DTYPE) of one pass: the news while detecting."""
         w = self.watch
         w.learning = phase != "detecting"
-        if phase == "learning" and progress >= HELD_OUT_AT and not w.held_out.since_ns \
+        taken = w.held_out.since_ns is not None
+        if phase == "learning" and progress >= HELD_OUT_AT and not taken \
                 and not self._held_out_done:
             w.held_out.take(self.profiles, time.monotonic_ns())
-        elif phase != "learning" and w.held_out.since_ns and not self._held_out_done:
+        elif phase != "learning" and taken and not self._held_out_done:
             self._held_out_done = True
             self.profiles.expected_per_hour = w.held_out.per_hour(time.monotonic_ns())
-            w.held_out.since_ns = 0     # judged no more
+            w.held_out.since_ns = None      # judged no more
             self.log(f"behaviour profiles: {self.profiles.counts()['settled']} of "
                      f"{len(self.profiles)} programs settled; held out: "
                      f"{len(w.held_out.incidents)} news incidents in "

@@ -186,7 +186,7 @@ class HeldOut:
     incidents are (program, session, feature kind), per hour, is what each incident
     level expects of activity like the baseline's."""
     snapshot: dict[str, tuple[bool, frozenset]] = field(default_factory=dict)
-    since_ns: int = 0
+    since_ns: int | None = None     # when the snapshot was taken; None: none (any more)
     incidents: set = field(default_factory=set)
     seconds: float = 0.0
 
@@ -196,15 +196,16 @@ class HeldOut:
         self.since_ns = now_ns
 
     def judge(self, program: ProgramId, feature: str, session) -> None:
-        if not self.since_ns:
+        """`session`: a callable giving the act's lineage root (asked only for news)."""
+        if self.since_ns is None:
             return
         settled, known = self.snapshot.get(program.key, (False, frozenset()))
         if settled and feature not in known:
-            self.incidents.add((program.key, session, feature.split(" ", 1)[0]))
+            self.incidents.add((program.key, session(), feature.split(" ", 1)[0]))
 
     def per_hour(self, now_ns: int) -> float | None:
         """Expected false incidents an hour at medium (None before a snapshot)."""
-        if not self.since_ns or now_ns <= self.since_ns:
+        if self.since_ns is None or now_ns <= self.since_ns:
             return None
         self.seconds = (now_ns - self.since_ns) / 1e9
         return round(len(self.incidents) / (self.seconds / 3600), 4)

@@ -183,3 +183,23 @@ def test_settling_follows_the_programs_own_activity():
         p.learn(svc, f"peer private:{[5432, 6379][i % 2]}")
         p.learn(shell, f"child /usr/bin/tool{rng.integers(10**6)}")
     assert p.settled(svc) and not p.settled(shell)
+
+
+def test_held_out_news_of_settled_profiles_gives_the_expected_rate():
+    """Profiles as they stood three quarters into learning judge the last quarter: news
+    of a settled profile counts once per (program, session, kind); news of an unsettled
+    one and what the snapshot knew do not."""
+    from sysdream.daemon.training.behaviour import HeldOut
+
+    p = Profiles(min_events=3, max_unseen=0.5)
+    svc, sh = ProgramId(1, 1, 0, "/usr/sbin/svc"), ProgramId(1, 2, 0, "/bin/sh")
+    for _ in range(10):
+        p.learn(svc, "peer private:5432")
+    p.learn(sh, "child /usr/bin/a")
+    h = HeldOut()
+    h.take(p, now_ns=0)
+    h.judge(svc, "peer private:5432", lambda: ("s", 1))      # known
+    h.judge(svc, "write /var/lib/svc/*", lambda: ("s", 1))   # news: one incident
+    h.judge(svc, "write /var/tmp/*", lambda: ("s", 1))       # same kind, same session
+    h.judge(sh, "child /usr/bin/b", lambda: ("s", 1))        # unsettled: not counted
+    assert h.per_hour(now_ns=1800 * 10**9) == 2.0
