@@ -84,8 +84,7 @@ class AlertPath:
         if self._allowed(f):
             self.allowed.add(exe)
             return
-        # without acts no profile settles: the sequence model alone judges, as before
-        settled = watch is None or (prog is not None and watch.profiles.settled(prog))
+        settled = prog is not None and watch.profiles.settled(prog)
         dangerous = f["severity"] == "high" and bool({"memfd", "deleted"} &
                                                      set(f["exe_flags"]))
         key = (prog.key if prog is not None else exe,
@@ -97,7 +96,9 @@ class AlertPath:
             lineage = [q.key for q in self.processes.lineage(proc)] if proc else []
             agree = self.agreement.add(proc.key if proc else (b.tgid, 0), lineage,
                                        "sequence", time.monotonic())
-            sev = sequence_severity(settled, sustained, dangerous, agree)
+            # without acts the sequence model's own severities stand (medium, high)
+            sev = f["severity"] if watch is None else \
+                sequence_severity(settled, sustained, dangerous, agree)
             a = det.model.alert
             expected = a.expected_per_hour() if a is not None else None
             self._incident(key, "anomaly", sev, f, exe, f"sequence {f['evidence']}",
