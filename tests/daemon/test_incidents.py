@@ -107,3 +107,38 @@ def test_ten_thousand_threads_exiting_alike_count_once():
     ev = Evidence(bound=3.0, m=8, window_max=1.5)
     assert any(ev.add_many((2, 2), np.array([1.5]), "", exits=np.array([k], np.uint64))
                for k in range(1, 4))
+
+
+def test_a_thread_group_whose_threads_exit_alike_counts_once(tiny_detector, monkeypatch):
+    """10,000 threads of one process, each making the same odd run and exiting (the
+    bench's thread phase): through the real cutter and scorer, the group alerts no more
+    than one such thread alone does; counted once per thread, as before, it alerts over
+    and over."""
+    from daemon_helpers import records, sample_attack
+
+    from sysdream.daemon.detect.cutter import Cutter
+    from sysdream.daemon.detect.queue import Counters, WindowQueue
+    from sysdream.daemon.detect.scorer import Scorer, ScorerSettings
+    from sysdream.daemon.detect.view import ModelView
+
+    odd = sample_attack(7, 40)
+
+    def run(threads: int) -> list:
+        view = ModelView(tiny_detector)
+        counters = Counters()
+        queue = WindowQueue(10**7, counters)
+        cutter = Cutter(view, queue, counters, 20000)
+        found: list = []
+        scorer = Scorer(view, queue, counters, found.append, ScorerSettings(evidence_k=3))
+        for tid in range(5001, 5001 + threads):
+            cutter.ingest(records(tid, odd, tgid=5000, exit=True))
+        scorer.process(queue.take(10**9, 0.0))
+        return found
+
+    alone = len(run(1))
+    assert len(run(10_000)) == alone
+    real = Evidence.add_many
+    monkeypatch.setattr(Evidence, "add_many",
+                        lambda self, key, w, prog="", exits=None: real(self, key, w, prog))
+    # the old count, on a tenth of the load, to show the test can fail
+    assert len(run(1_000)) > 10 * max(alone, 1), "each exit counting: the test shows nothing"
