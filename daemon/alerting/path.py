@@ -207,6 +207,11 @@ class AlertPath:
             self.log(f"allow list refused, the one in use stays: {exc}")
             return
         self.allow = new
+        # what is allowed changed: open incidents close, so that a pattern no longer
+        # allowed alerts at its next event instead of updating an incident it never had
+        with self._lock:
+            for inc in self.incidents.close_all():
+                self._close(inc)
         self.log(f"allow list: {len(new.entries)} entries from {new.path}")
 
     def summarise(self) -> None:
