@@ -100,8 +100,8 @@ def anomaly_fields(det, context: dict | None = None, comm: str | None = None,
         "score": round(det.score, 6), "bound": round(m.bound.bound, 6),
         "confidence": m.bound.confidence, "sigmas": round(sigmas, 3),
         "model_id": m.model_id, "fleet_server": fleet_server,
-        "evidence": f"{det.exceedances:.3g} >= {det.needed:.3g}, halving every "
-                    f"{HALF_LIFE} windows" + (
+        "evidence": f"{det.exceedances:.3g} >= {det.needed:.3g} in the last "
+                    f"{det.evidence_m} windows and older ones halving every {HALF_LIFE}" + (
             f" in {len(det.episode['pids'])} processes of parent {det.episode['parent_pid']}"
             if det.episode else ""),
         "episode": det.episode or {}, "novelty": novelty,

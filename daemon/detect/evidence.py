@@ -5,8 +5,9 @@ window bound weighs log p / log alpha (p its upper-tail probability under the wi
 bound's Gaussian, alpha that bound's own upper tail: 1 at the bound, 2 where a window is as
 rare as two at the bound, at most GRADED_MAX), a window below it nothing, and a lineage
 novelty (daemon/training/profile.py) adds the weight its probability is worth. A process's
-*evidence* is the sum of its windows' weights decaying by half every HALF_LIFE windows;
-it alerts when that reaches the *alert bound*, and then starts over. One rule for every
+*evidence* is the sum of the weights of its last m windows, plus those of its older
+windows halving every HALF_LIFE windows; it alerts when that reaches the *alert bound*,
+and then starts over. One rule for every
 process: a short-lived one is judged on all it did as soon as that stands out, without
 waiting for its exit.
 
@@ -69,11 +70,12 @@ EPISODE_HALF_LIFE_S = 60.0   # an episode's window weighs half after this long: 
 class Evidence:
     """Per process: alert when its evidence reaches the bound of the program that made
     it (`bounds`, by program), `bound` for a program without its own. The evidence is
-    the weights of its windows decaying by half every `half_life` windows (issue 32 #6,
-    issue 33 #9): odd windows spread out among benign ones still add up, where a sum of
-    the last m would forget each before the next came. Keyed by the process's key (tgid,
-    start) where the process table knows it, so a reused pid starts afresh; by the tgid
-    alone where it does not. With `peaks` (a list), (program, peak) of every excursion is
+    the weights of its last m windows in full, plus the older ones decaying by half
+    every `half_life` windows after they leave the last m (issue 32 #6, issue 33 #9):
+    odd windows spread out among benign ones still add up, where a sum of the last m
+    alone forgot each before the next came. Keyed by the process's key (tgid, start)
+    where the process table knows it, so a reused pid starts afresh; by the tgid alone
+    where it does not. With `peaks` (a list), (program, peak) of every excursion is
     appended to it as it ends (the calibration replay: bound = inf). `window_max`: what
     one window may weigh under this rule.
 
@@ -90,7 +92,7 @@ class Evidence:
         self.window_max = window_max
         self.half_life = float(half_life)
         self.decay = 0.5 ** (1.0 / self.half_life)
-        self.recent: OrderedDict = OrderedDict()    # key -> evidence (float)
+        self.recent: OrderedDict = OrderedDict()    # key -> [last m weights, older]
         self.exits: OrderedDict = OrderedDict()     # key -> exit windows already counted
         self.peaks = peaks
         self.peak: dict = {}        # key -> [peak, program] of its running excursion
@@ -98,30 +100,40 @@ class Evidence:
     def bound_for(self, program: str) -> float:
         return self.bounds.get(program, self.k)
 
-    def add(self, key, weight: float, program: str = "") -> float:
-        """Record one window's weight; returns the evidence when it reaches the bound (and
-        then starts over), else 0."""
-        n = self.recent.get(key)
-        if n is None:
-            n = 0.0
-            if len(self.recent) >= self.max:
+    def _state(self, key) -> list:
+        st = self.recent.get(key)
+        if st is None:
+            st = self.recent[key] = [deque(maxlen=self.m), 0.0]
+            if len(self.recent) > self.max:
                 old, _ = self.recent.popitem(last=False)
                 self.exits.pop(old, None)
                 self._end(old)
         else:
             self.recent.move_to_end(key)
-        n = n * self.decay + float(weight)
-        if n < FLOOR:
-            n = 0.0
-        self.recent[key] = n
+        return st
+
+    def _push(self, st: list, weight: float) -> float:
+        """One window into a process's state; its evidence now."""
+        d = st[0]
+        older = st[1] * self.decay + (d[0] if len(d) == d.maxlen else 0.0)
+        st[1] = older if older >= FLOOR else 0.0
+        d.append(weight)
+        return sum(d) + st[1]
+
+    def add(self, key, weight: float, program: str = "") -> float:
+        """Record one window's weight; returns the evidence when it reaches the bound (and
+        then starts over), else 0."""
+        st = self._state(key)
+        n = self._push(st, float(weight))
         if self.peaks is not None:
-            if n > 0:
+            if n > 1e-12:
                 p = self.peak.setdefault(key, [0.0, program])
                 p[0], p[1] = max(p[0], n), program
             else:
                 self._end(key)
         if weight > 0 and n >= self.bounds.get(program, self.k) - 1e-9:
-            self.recent[key] = 0.0
+            st[0].clear()
+            st[1] = 0.0
             self._end(key)
             return n
         return 0
@@ -130,8 +142,8 @@ class Evidence:
                  exits: np.ndarray | None = None) -> list[tuple[int, float]]:
         """Record a run of one process's window weights (made by `program`); (index,
         evidence) of each that reaches the bound. `exits`: the windows' content keys when
-        the run is an exiting thread's last (see the class). A run of zeros costs no
-        per-window work: the evidence decays by the run's length at once."""
+        the run is an exiting thread's last (see the class). A run of zeros costs at most
+        m + 1 steps: past them the older evidence decays by the rest at once."""
         weights = np.asarray(weights, np.float64)
         if exits is not None and weights.any():
             weights = weights.copy()
@@ -146,13 +158,21 @@ class Evidence:
                     weights[i] = 0.0
                 elif len(seen) < MAX_EXITS:
                     seen.add(w)
-        n = self.recent.get(key)
         if not weights.any():
-            if n is not None:
+            st = self.recent.get(key)
+            if st is None:
+                return []
+            if not any(st[0]) and not st[1]:
                 self.recent.move_to_end(key)
-                n *= self.decay ** len(weights)
-                self.recent[key] = n if n >= FLOOR else 0.0
-                if self.peaks is not None and n < FLOOR:
+                return []
+            steps = min(len(weights), self.m + 1)
+            for _ in range(steps):
+                self.add(key, 0.0, program)
+            rest = len(weights) - steps
+            if rest:
+                older = st[1] * self.decay ** rest
+                st[1] = older if older >= FLOOR else 0.0
+                if self.peaks is not None and not any(st[0]) and not st[1]:
                     self._end(key)
             return []
         return [(i, n) for i, x in enumerate(weights.tolist())

@@ -71,7 +71,7 @@ def test_a_high_incident_is_never_hidden_by_a_flood():
 def test_benign_filler_between_odd_windows_does_not_hide_them():
     """Odd windows (1.5 each: the no-bound rule's most) each followed by 8 benign windows
     (128 syscalls at a stride of 16): a sum of the last 8 never saw more than one; the
-    decaying evidence reaches 3 at the third."""
+    older evidence, decaying, keeps them, and the third reaches 3."""
     ev = Evidence(bound=3.0, m=8, window_max=1.5)
     run = np.r_[1.5, np.zeros(8)]
     hits = [ev.add_many((1, 1), run) for _ in range(3)]

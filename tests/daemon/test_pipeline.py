@@ -197,17 +197,18 @@ def test_a_stop_behind_a_backlog_is_bounded_and_sheds_what_is_left_counted(tiny_
         sum(c.windows_shed.values())
 
 
-def test_evidence_decays_and_starts_over():
+def test_evidence_needs_k_of_m_and_remembers_older_windows():
     from sysdream.daemon.detect.evidence import Evidence
 
     e = Evidence(3, 5)
     d = e.decay
-    assert [e.add(1, x) for x in (True, False, False, False, False, True)] == [0] * 6
-    n = d ** 5 + 1      # the first window, decayed over five, and the sixth
-    assert e.add(1, True) == 0
-    assert e.add(1, True) == pytest.approx((n * d + 1) * d + 1)    # reached 3: reset
-    assert e.add(1, True) == 0
+    assert [e.add(1, x) for x in (True, False, False, False, False, True, True)] == [0] * 7
     assert e.add(2, True) == 0  # per process
+    # the first left the last 5 and decays: 1 older + 3 recent
+    assert e.add(1, True) == pytest.approx(d * d + 3)      # then reset
+    assert e.add(1, True) == 0
+    f = Evidence(3, 5)
+    assert [f.add(1, x) for x in (True, True, True)] == [0, 0, 3]  # 3 in the last 5
 
 
 def test_evidence_in_bulk_equals_one_window_at_a_time():
@@ -401,32 +402,31 @@ def test_evidence_does_not_carry_over_to_a_process_that_reuses_a_pid(tiny_detect
         assert found == [] and peaks
         got[keyed] = [p for _, p in peaks]
     assert len(got[True]) == 2 and len(got[False]) == 1, "one excursion each, or mixed up"
-    # mixed up, the first's evidence decays under the second's windows: a little less
+    # mixed up, the first's evidence decays under the second's windows: about the sum
     assert got[False][0] == pytest.approx(sum(got[True]), rel=0.02)
 
 
 def test_evidence_records_each_excursion_peak_once():
-    """With a recorder, an excursion (evidence above its floor) ends when it has decayed
-    below it, when its process exits, or at a flush; its peak is recorded once."""
+    """With a recorder, an excursion (evidence above zero) ends when its windows have left
+    the last m and decayed away, when its process exits, or at a flush; its peak is
+    recorded once."""
     from sysdream.daemon.detect.evidence import FLOOR, Evidence
 
     peaks = []
     ev = Evidence(math.inf, 3, peaks=peaks)
-    d = ev.decay
     ev.add_many("a", np.array([0, 1.5, 0, 2.0, 0, 0, 0]), "/bin/a")
-    assert peaks == []                          # still decaying
-    ev.add_many("a", np.zeros(int(math.log(FLOOR / 3.5, d)) + 2), "/bin/a")
-    assert peaks == [("/bin/a", pytest.approx(1.5 * d * d + 2.0))]  # two apart: one
+    assert peaks == []                          # left the last 3, decaying
+    ev.add_many("a", np.zeros(int(math.log(FLOOR / 3.5, ev.decay)) + 2), "/bin/a")
+    assert peaks == [("/bin/a", 3.5)]           # 1.5 and 2.0 two windows apart: one
     ev.add_many("b", np.array([4.0]), "/bin/b")
     ev.add_many("c", np.array([1.0, 0.5]))
     ev.forget("b")
-    assert peaks == [("/bin/a", pytest.approx(1.5 * d * d + 2.0)), ("/bin/b", 4.0)]
+    assert peaks == [("/bin/a", 3.5), ("/bin/b", 4.0)]
     ev.flush()
-    assert peaks[2:] == [("", pytest.approx(1.0 * d + 0.5))] and ev.peak == {}
+    assert peaks[2:] == [("", 1.5)] and ev.peak == {}
     capped = Evidence(3, 8)
     assert capped.add_many("d", np.array([2.5, 0, 0.4])) == []
-    assert capped.add_many("d", np.array([0.2])) == \
-        [(0, pytest.approx((2.5 * d * d + 0.4) * d + 0.2))]
+    assert capped.add_many("d", np.array([0.2])) == [(0, pytest.approx(3.1))]
 
 
 def test_a_window_weighs_its_rarity_under_the_window_bound():
