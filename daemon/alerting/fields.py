@@ -137,7 +137,8 @@ def behaviour_fields(n, context: dict, fleet_server: str = "") -> dict:
     """The fields of a behaviour alert (detect/news.py News): the program, the news, who."""
     now = time.time()
     f = {"kind": "behaviour", "alert_id": str(uuid.uuid4()), "hostname": HOSTNAME,
-         "pid": n.pid, "comm": n.comm, "news": n.feature, "news_kind": n.kind,
+         "pid": n.pid, "comm": n.comm, "cgroup_id": n.cgroup_id,
+         "news": n.feature, "news_kind": n.kind,
          "settled": n.settled, "dangerous": n.dangerous, "program": n.program.label,
          "fleet_server": fleet_server, "suppressed": 0, "incident_count": 1,
          "time": round(now, 3), "time_rfc3339": rfc3339(now), "schema": ALERT_SCHEMA}

@@ -16,9 +16,9 @@ Severity comes from independent evidence (issue 32):
 
 "Agreeing": the evidence of a process is recorded at it and at its ancestors up to
 AGREE_DEPTH, so a web application's new child and that child's outbound connection agree
-in the application's subtree. Only evidence at medium grade takes part (news of an
-unsettled profile does not), so an administrator's shell, never settled, never reaches
-high by doing new things.
+in the application's subtree; a sequence excursion agrees only with news of its own
+process. Only news of a settled profile takes part (news of an unsettled one does not),
+so an administrator's shell, never settled, never reaches high by doing new things.
 """
 
 from __future__ import annotations
@@ -73,8 +73,10 @@ class Agreement:
 
     def add(self, process: tuple, lineage: list, kind: str, now: float) -> set[str]:
         """Record `kind` for `process` (ancestors' keys `lineage`, nearest first); the
-        kinds agreeing with it (itself included) in the subtree of the process or of one
-        of its ancestors up to AGREE_DEPTH."""
+        kinds agreeing with it (itself included): news of the subtree of the process or
+        of one of its ancestors up to AGREE_DEPTH, and a sequence excursion of the same
+        process only (sequence excursions are common in a busy subtree: a low one there
+        must not turn every news of its parent high)."""
         agree = {kind}
         for key in [process, *lineage[:AGREE_DEPTH]]:
             if not key:
@@ -88,8 +90,10 @@ class Agreement:
                 self.recent.move_to_end(key)
             while d and d[0][0] < now - self.span:
                 d.popleft()
-            agree |= {k for _, k in d}
-            d.append((now, kind))
+            for _, k, origin in d:
+                if origin == process or (k != "sequence" and kind != "sequence"):
+                    agree.add(k)
+            d.append((now, kind, process))
         return agree
 
 

@@ -7,7 +7,8 @@ Features are "KIND VALUE" strings, made so that what a program does again looks 
                       chown, truncate); unlink PATTERN for a removal
     read PATTERN      a sensitive file opened for reading
     peer CLASS:PORT   connect / sendto: loopback, private, public (or unix:PATTERN)
-    listen PORT       bind / listen / accept on a port of its own
+    listen PORT       bind / listen / accept on a port of its own (ports from 32768 up,
+                      the kernel's ephemeral range, as `ephemeral`)
     priv OPERATION    setid, capset, ptrace, mount, module, bpf CMD, memfd
     child PROGRAM     a program it started (from the child's exec)
     parent PROGRAM    the program that started it
@@ -44,15 +45,22 @@ PRIV_KINDS = ("setid", "capset", "ptrace", "mount", "module", "bpf", "memfd")
 _HEXISH = re.compile(r"^(?=.*\d)[0-9a-fA-F]{6,}$")
 _NUM = re.compile(r"\d+")
 _WORD = re.compile(r"^[A-Za-z0-9_]{6,}$")
+EPHEMERAL = 32768   # ports from here up are the kernel's to hand out: one pattern
 _SWITCH = re.compile(r"(?<=[A-Za-z])(?=\d)|(?<=\d)(?=[A-Za-z])")
 # a temporary name: tmp/temp and a suffix (tempfile, mkstemp), an editor's lock file
 _TEMP_PREFIX = re.compile(r"^(tmp|temp)[._-]?[A-Za-z0-9_]{3,}$|^\.?#.+$")
 
 
+_CASE = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[a-z])")
+
+
 def _random(name: str) -> bool:
-    """Letters and digits alternating three times or more (3k9x_ab, a1b2c3) is random;
-    python3, x86_64, sha256sums are not."""
-    return bool(_WORD.match(name)) and len(_SWITCH.findall(name)) >= 3
+    """Letters and digits alternating three times or more (3k9x_ab, a1b2c3), or case
+    changing three times or more in six characters or more (acXwqX, as mkstemp and
+    sem_open make), is random; python3, x86_64, sha256sums, README are not."""
+    if not _WORD.match(name):
+        return False
+    return len(_SWITCH.findall(name)) >= 3 or len(_CASE.findall(name)) >= 3
 
 
 class ActSource(Protocol):
@@ -61,13 +69,17 @@ class ActSource(Protocol):
     def __call__(self) -> Iterable: ...
 
 
-def _part(name: str) -> str:
-    if _HEXISH.match(name) or _random(name) or _TEMP_PREFIX.match(name):
+def _word(w: str) -> str:
+    if _HEXISH.match(w) or _random(w) or _TEMP_PREFIX.match(w):
         return "*"
-    stem, dot, ext = name.partition(".")
-    if dot and (_HEXISH.match(stem) or _random(stem)):
-        return "*." + _NUM.sub("*", ext)
-    return _NUM.sub("*", name)
+    return _NUM.sub("*", w)
+
+
+def _part(name: str) -> str:
+    """One path component: each dot-separated part on its own (sem.acXw3kX: sem.*)."""
+    if _TEMP_PREFIX.match(name):
+        return "*"
+    return ".".join(_word(w) for w in name.split("."))
 
 
 def pattern(path: bytes | str) -> str:
@@ -92,6 +104,10 @@ def peer_class(address: str) -> str:
     return "public"
 
 
+def _port(port: int) -> str:
+    return "ephemeral" if port >= EPHEMERAL else str(port)
+
+
 def features(act) -> list[str]:
     """What one act says of the program that did it (exec's parent/child pair excepted:
     `Watch` makes those, as they need the process table)."""
@@ -105,11 +121,11 @@ def features(act) -> list[str]:
         if act.family == socket.AF_UNIX:
             return [f"peer unix:{pattern(act.path2 or act.path)}"]
         if act.family in (socket.AF_INET, socket.AF_INET6):
-            return [f"peer {peer_class(act.address)}:{act.port}"]
+            return [f"peer {peer_class(act.address)}:{_port(act.port)}"]
         return []
     if k in ("bind", "listen", "accept"):
         if act.family in (socket.AF_INET, socket.AF_INET6) and act.port:
-            return [f"listen {act.port}"]
+            return [f"listen {_port(act.port)}"]
         return []
     if k == "bpf":
         return [f"priv bpf {act.args[0] if act.args else 0}"]
@@ -134,6 +150,7 @@ class News:
     pid: int
     comm: str
     learnt: bool = False     # learnt already (news of an unsettled profile)
+    cgroup_id: int = 0
 
     @property
     def kind(self) -> str:
@@ -218,7 +235,7 @@ class Watch:
             self.profiles.profile(prog).news_learnt += 1
         return [News(prog, feature, settled, danger, proc.key if proc is not None else (),
                      [q.key for q in lineage], session, act.ns, act.tgid,
-                     act.comm.decode("utf-8", "replace"), quiet)]
+                     act.comm.decode("utf-8", "replace"), quiet, act.cgroup_id)]
 
     def session(self, proc) -> object:
         return session_of(proc, self.processes.lineage(proc) if proc is not None else [])

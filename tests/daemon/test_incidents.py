@@ -41,17 +41,23 @@ def test_severity_from_independent_evidence():
     web, shell, child = (100, 1), (200, 2), (300, 3)
     # a web application's sequence excursion alone: low
     assert sequence_severity(True, False, False, ag.add(web, [], "sequence", 0.0)) == "low"
-    # its shell's first child: news in a settled profile, agreeing with the sequence
-    # evidence of its parent's subtree: high
-    agree = ag.add(shell, [web], "child", 1.0)
+    # its first child (news of the application's settled profile) agrees with the
+    # application's own sequence excursion: high
+    agree = ag.add(web, [], "child", 1.0)
     assert agree == {"sequence", "child"} and news_severity(True, "", agree) == "high"
+    # the shell connecting out (news of the shell) agrees with its parent's news
+    assert ag.add(shell, [web], "peer", 2.0) == {"child", "peer", "sequence"} - {"sequence"}
+    # a sequence excursion of a busy parent's child does not make the parent's news high
+    busy, kid = (400, 4), (401, 4)
+    ag.add(kid, [busy], "sequence", 3.0)
+    assert ag.add(busy, [], "write", 4.0) == {"write"}
     # news of one kind alone in another subtree: medium; unsettled: low
     assert news_severity(True, "", Agreement().add(child, [], "write", 0.0)) == "medium"
     assert news_severity(False, "", {"write"}) == "low"
     # always dangerous, whatever the profile
     assert news_severity(False, "module load", {"priv"}) == "high"
     # outside the span nothing agrees
-    assert ag.add(shell, [web], "peer", 500.0) == {"peer"}
+    assert ag.add(shell, [web], "listen", 500.0) == {"listen"}
 
 
 def test_a_high_incident_is_never_hidden_by_a_flood():
