@@ -154,7 +154,10 @@ class News:
 
     @property
     def kind(self) -> str:
-        return self.feature.split(" ", 1)[0]
+        """The kind of evidence: files written and removed are one (a temporary file
+        made and unlinked is one act of a program, not two agreeing kinds)."""
+        k = self.feature.split(" ", 1)[0]
+        return "file" if k in ("write", "unlink") else k
 
 
 class Watch:
