@@ -101,7 +101,7 @@ def test_a_settled_program_alerts_on_new_behaviour_and_learns_lows(capture, tmp_
     # a program whose profile never settled: low, kept out of the sinks, learnt
     cp = shutil.copy(TOUCH, tmp_path / "mytouch")
     news = [n for n in observe(cap, table, watch, [str(cp), f"{other}/c"])
-            if n.kind == "write"]
+            if n.kind == "file"]
     assert [n.settled for n in news] == [False]
     path.news(news)
     assert len(lines(out)) == 1         # the low went to journald alone (none here)
