@@ -150,6 +150,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                              "an integer, 1 or more"),
         "suppressed_summary_s": Key(60.0, NUM, _rng(1, 86400), "seconds, 1 to 86400"),
         "explain_positions": Key(5, int, _rng(1, 64), "an integer, 1 to 64"),
+        "min_severity": Key("medium", str, lambda v: v in ("low", "medium", "high"),
+                            '"low", "medium" or "high"'),
+        "incident_span_s": Key(300.0, NUM, _rng(1, 86400), "seconds, 1 to 86400"),
+    },
+    "profiles": {
+        "enabled": Key(True, bool, form="true or false"),
+        "min_events": Key(50, int, _rng(1, 10**9), "an integer, 1 or more"),
+        "max_unseen": Key(0.05, NUM, lambda v: 0 < v < 1, "a fraction above 0, below 1"),
+        "save_interval_s": Key(300.0, NUM, _rng(1, 86400), "seconds, 1 to 86400"),
     },
     "alerts.syslog": {
         "enabled": Key(False, bool, form="true or false"),
@@ -337,7 +346,8 @@ class Config:
         return CaptureSettings(
             chunk=c["chunk"], flush_age_s=float(c["flush_age_s"]),
             ring_buffer_pages=c["ring_buffer_pages"], strict_compat=c["strict_compat"],
-            context=c["context"], **filter_settings(c, cgroups)).validate()
+            context=c["context"], acts=self.values["profiles"]["enabled"],
+            **filter_settings(c, cgroups)).validate()
 
     def scorer_settings(self):
         """The scorer's settings (daemon.pipeline.ScorerSettings)."""

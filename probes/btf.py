@@ -63,6 +63,26 @@ FIELDS = (
     ("OFF_SB_FLAGS", "super_block", "s_flags"),
     ("OFF_VFSMOUNT_FLAGS", "vfsmount", "mnt_flags"),
     ("OFF_BPRM_FILENAME", "linux_binprm", "filename"),
+    # program identity: the task's mount namespace, the executable's mount's namespace and
+    # the user namespace owning that (a mount made inside `unshare -Urm`)
+    ("OFF_TASK_NSPROXY", "task_struct", "nsproxy"),
+    ("OFF_NSPROXY_MNT_NS", "nsproxy", "mnt_ns"),
+    ("OFF_MNT_NS_INUM", "mnt_namespace", "ns.inum"),
+    ("OFF_MNT_NS_USER_NS", "mnt_namespace", "user_ns"),
+    ("OFF_USER_NS_INUM", "user_namespace", "ns.inum"),
+    ("OFF_MOUNT_MNT_NS", "mount", "mnt_ns"),
+    # acts: the socket behind a file descriptor (listen, accept)
+    ("OFF_TASK_FILES", "task_struct", "files"),
+    ("OFF_FILES_FDT", "files_struct", "fdt"),
+    ("OFF_FDT_MAX", "fdtable", "max_fds"),
+    ("OFF_FDT_FD", "fdtable", "fd"),
+    ("OFF_FILE_PRIVATE", "file", "private_data"),
+    ("OFF_INODE_MODE", "inode", "i_mode"),
+    ("OFF_SOCKET_SK", "socket", "sk"),
+    ("OFF_SK_FAMILY", "sock_common", "skc_family"),
+    ("OFF_SK_NUM", "sock_common", "skc_num"),
+    ("OFF_SK_RCV_SADDR", "sock_common", "skc_rcv_saddr"),
+    ("OFF_SK_V6_RCV_SADDR", "sock_common", "skc_v6_rcv_saddr"),
 )
 # Without these the context records cannot be made at all (the rest are optional).
 REQUIRED = ("OFF_TASK_PID", "OFF_TASK_TGID", "OFF_TASK_REAL_PARENT", "OFF_TASK_GROUP_LEADER",

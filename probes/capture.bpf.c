@@ -37,6 +37,15 @@
 // headers bcc compiles against need not be the running kernel's.
 // The reader polls on a timer, so records are submitted without a wakeup:
 // wakeups, not chunking, are the expensive part of kernel-to-user transport.
+//
+// Acts (ACTS=1, with CONTEXT): the arguments where behaviour lives, one `act_rec` per
+// file written or created, sensitive file read, network peer, id change, ptrace, mount,
+// module load, bpf call, memfd and exec, into their own ring buffer (`acts`). The
+// per-syscall path pays one range test of the syscall number (ACT_MASK*, constants) and
+// nothing else; the few numbers that pass tail-call `note_act`, which reads the
+// arguments. Reads of user memory cannot fault pages in here: a path that is not
+// resident is sent empty with ACT_FAULT, never dropped. Only native (64-bit x86) calls
+// are read; a compat thread's acts are not (its chunk records still carry every call).
 
 #include <linux/sched.h>
 
@@ -66,6 +75,25 @@
 #endif
 #ifndef EXCLUDE_EXES
 #define EXCLUDE_EXES 0
+#endif
+#ifndef ACTS
+#define ACTS 0
+#endif
+#ifndef ACT_PAGES
+#define ACT_PAGES 256
+#endif
+#ifndef INIT_USER_NS
+#define INIT_USER_NS 0xEFFFFFFD     // PROC_USER_INIT_INO: the initial user namespace
+#endif
+#ifndef INIT_MNT_NS
+#define INIT_MNT_NS 0               // the initial mount namespace's inode (capture.py)
+#endif
+#if ACTS && !CONTEXT
+#error ACTS needs CONTEXT (the kernel offsets)
+#endif
+#if ACTS && !defined(CONFIG_X86_64)
+#undef ACTS
+#define ACTS 0                      // the syscall numbers below are x86_64's
 #endif
 #define ARGS_LEN 256
 #define FILENAME_LEN 256
@@ -112,6 +140,8 @@ struct counters {
     u64 unwoken;            // records since this CPU last woke the reader (not a count)
     u64 ctx_records;        // context records emitted
     u64 ctx_lost;           // ... and lost to a full context ring buffer
+    u64 act_records;        // act records emitted
+    u64 act_lost;           // ... and lost to a full acts ring buffer
 };
 
 // Filters, set by user space. A thread is traced unless it belongs to the daemon,
@@ -150,6 +180,10 @@ struct exe_key {
 #define CTX_NO_MM      0x10  // no user memory (exe and argv unknown)
 #define PATH_CUT       0x20  // the path has more than PATH_DEPTH components (or a mount
                              // could not be crossed): its outer part is missing
+#define EXE_FOREIGN_MNT 0x40 // the executable's mount is not in the initial mount namespace
+#define EXE_USERNS_MNT  0x80 // ... and belongs to a namespace owned by a user namespace other
+                             // than the initial one (mounted without real privilege)
+#define TASK_FOREIGN_MNTNS 0x100 // the process is not in the initial mount namespace
 
 // One process context record. probes/layout.py mirrors it (context_dtype).
 struct proc_rec {
@@ -178,7 +212,9 @@ struct proc_rec {
     char filename[FILENAME_LEN];   // CTX_EXEC: the path exec was given
     char args[ARGS_LEN];           // argv, NUL-separated
     u32 path_depth;                // CTX_EXEC: components in path[] (0: not walked)
-    u32 _pad;
+    u32 mntns;                     // the process's mount namespace (its /proc/PID/ns/mnt
+                                   // inode; 0 unknown): with exe_dev and exe_ino, the
+                                   // program's identity
     char path[PATH_DEPTH * PATH_NAME]; // ... the executable's path, innermost first, one
                                        // NUL-padded PATH_NAME slot per component
 };
@@ -223,6 +259,129 @@ BPF_TABLE("lru_hash", u32, u64, known_procs, 65536);
 // Never written: let user space read the compiled layouts of the records.
 BPF_ARRAY(layout, struct chunk_rec, 1);
 BPF_ARRAY(ctx_layout, struct proc_rec, 1);
+
+// -- acts: the arguments where behaviour lives ------------------------------------------
+// One record per act; probes/layout.py mirrors it (ACT_DTYPE), probes/acts.py reads it.
+#define ACT_PATH 256            // bytes per path, NUL included
+#define LPM_LEN 128             // bytes of a read path matched against sensitive prefixes
+#define ARGV_HASH_MAX 4096      // bytes of an exec's argv hashed
+
+#define ACT_WRITE    1   // open/openat/openat2/creat for writing or creating: path, flags
+#define ACT_READ     2   // open for reading of a sensitive path (the `sensitive` map)
+#define ACT_RENAME   3   // rename/renameat/renameat2: path -> path2
+#define ACT_LINK     4   // link/linkat (path -> path2), symlink/symlinkat (target, link)
+#define ACT_UNLINK   5   // unlink/unlinkat/rmdir
+#define ACT_CHMOD    6   // chmod family (fchmod: by fd)
+#define ACT_CHOWN    7   // chown family (fchown: by fd)
+#define ACT_TRUNCATE 8   // truncate/ftruncate
+#define ACT_CONNECT  9   // connect: the peer (a new one for this process)
+#define ACT_BIND     10  // bind: the local address
+#define ACT_LISTEN   11  // listen: the socket's own family, address and port
+#define ACT_ACCEPT   12  // accept/accept4: the listening socket's address and port (first
+                         // accept per process and port)
+#define ACT_SEND     13  // sendto/sendmsg to an explicit address (a new peer)
+#define ACT_SETID    14  // setuid/setgid/setre*/setres*/setfs*: the ids are in args
+#define ACT_CAPSET   15  // capset: aux = effective | permitted << 32, aux2 = inheritable
+#define ACT_PTRACE   16  // ptrace: args[0] request, args[1] target pid
+#define ACT_MOUNT    17  // mount: path = source, path2 = target, args[3] flags
+#define ACT_MODULE   18  // init_module/finit_module (by fd)
+#define ACT_BPF      19  // bpf: args[0] the command (first of each command per process)
+#define ACT_MEMFD    20  // memfd_create: path = its name
+#define ACT_EXEC     21  // a program executed: path = the file exec was given, aux = argv
+                         // hash, aux2 = argv bytes hashed (sent at sched_process_exec)
+
+#define ACT_TRUNCATED  0x001  // path longer than ACT_PATH - 1 bytes: its tail is missing
+#define ACT_TRUNCATED2 0x002  // ... path2
+#define ACT_RELATIVE   0x004  // path is relative (to the cwd, or to a dir fd: ACT_DIRFD)
+#define ACT_RELATIVE2  0x008  // ... path2
+#define ACT_DIRFD      0x010  // a relative path is relative to a directory fd, not the cwd
+#define ACT_FAULT      0x020  // user memory not readable here (not resident): a field is empty
+#define ACT_BY_FD      0x040  // the call names a file descriptor (args[0]), no path
+#define ACT_LOCAL      0x080  // the address is the socket's own (listen, accept)
+#define ACT_ARGV_CUT   0x100  // exec: argv longer than ARGV_HASH_MAX, the rest not hashed
+#define ACT_NOT_SOCK   0x200  // listen/accept on a descriptor that is not a socket
+
+struct act_rec {
+    u64 ns;                 // CLOCK_MONOTONIC ns of the call (its entry)
+    u64 start_ns;           // the process's start: with tgid, its key (as proc_rec)
+    u64 cgroup_id;
+    u64 args[6];            // the syscall's raw arguments (ACT_EXEC: none)
+    u64 aux;                // openat2: open_how.flags; capset, exec: see ACT_*
+    u64 aux2;
+    u32 kind;               // ACT_*
+    u32 nr;                 // the syscall number (x86_64 table)
+    u32 tgid;
+    u32 tid;
+    u32 uid;
+    u32 euid;
+    u32 flags;              // ACT_TRUNCATED ...
+    u16 family;             // AF_* of the address, 0 none
+    u16 port;               // host order
+    u8 addr[16];            // IPv4 in the first 4 bytes, IPv6, or a unix path's first bytes
+    u16 path_len;           // bytes in path, NUL excluded
+    u16 path2_len;
+    char comm[16];
+    char path[ACT_PATH];
+    char path2[ACT_PATH];
+};
+
+struct lpm_key {
+    u32 prefixlen;          // bits
+    char data[LPM_LEN];
+};
+
+// What a process has already been told to have done, so a repeat is not sent again:
+// a peer (connect, send), a listening port (accept), a bpf command.
+struct seen_key {
+    u64 start_ns;
+    u32 tgid;
+    u16 kind;
+    u16 family;
+    u16 port;
+    u16 _pad;
+    u8 addr[16];
+};
+
+BPF_ARRAY(act_layout, struct act_rec, 1);
+#if ACTS
+BPF_RINGBUF_OUTPUT(acts, ACT_PAGES);
+BPF_PROG_ARRAY(act_progs, 1);
+// Sensitive path prefixes, set by user space (probes/acts.py SENSITIVE_DEFAULT).
+BPF_LPM_TRIE(sensitive, struct lpm_key, u8, 1024);
+BPF_TABLE("lru_hash", struct seen_key, u8, acts_seen, 16384);
+
+// The numbers that carry acts, as one 64-bit mask per 64 numbers (constants: the
+// per-syscall test is two compares and a shift).
+#define ACT_B(n, w) ((((n) >> 6) == (w)) ? (1ULL << ((n) & 63)) : 0ULL)
+#define ACT_MASK(w) (ACT_B(2, w) | ACT_B(85, w) | ACT_B(257, w) | ACT_B(437, w) |        \
+    ACT_B(82, w) | ACT_B(264, w) | ACT_B(316, w) | ACT_B(86, w) | ACT_B(265, w) |         \
+    ACT_B(88, w) | ACT_B(266, w) | ACT_B(87, w) | ACT_B(263, w) | ACT_B(84, w) |          \
+    ACT_B(90, w) | ACT_B(91, w) | ACT_B(268, w) | ACT_B(452, w) | ACT_B(92, w) |          \
+    ACT_B(93, w) | ACT_B(94, w) | ACT_B(260, w) | ACT_B(76, w) | ACT_B(77, w) |           \
+    ACT_B(42, w) | ACT_B(43, w) | ACT_B(288, w) | ACT_B(44, w) | ACT_B(46, w) |          \
+    ACT_B(49, w) | ACT_B(50, w) | ACT_B(105, w) | ACT_B(106, w) | ACT_B(113, w) |        \
+    ACT_B(114, w) | ACT_B(117, w) | ACT_B(119, w) | ACT_B(122, w) | ACT_B(123, w) |       \
+    ACT_B(126, w) | ACT_B(101, w) | ACT_B(165, w) | ACT_B(175, w) | ACT_B(313, w) |       \
+    ACT_B(321, w) | ACT_B(319, w))
+
+static __always_inline int is_act(u64 nr)
+{
+    u64 m;
+    if (nr < 64)
+        m = ACT_MASK(0);
+    else if (nr < 128)
+        m = ACT_MASK(1);
+    else if (nr < 192)
+        m = ACT_MASK(2);
+    else if (nr < 320)
+        m = nr < 256 ? ACT_MASK(3) : ACT_MASK(4);
+    else if (nr < 512)
+        m = nr < 384 ? ACT_MASK(5) : nr < 448 ? ACT_MASK(6) : ACT_MASK(7);
+    else
+        return 0;
+    return (m >> (nr & 63)) & 1;
+}
+#endif
 
 // -- kernel structures at the running kernel's offsets (see OFF_* above) -----------------
 // A read at a missing offset (-1) or through a NULL pointer leaves the zero it started at.
@@ -300,6 +459,10 @@ static __always_inline void describe(struct proc_rec *r)
     r->exe_ino = 0;
     r->exe_dev = 0;
     r->exe_fs_magic = 0;
+    u64 mnt_ns = read_u64(read_u64(task, OFF_TASK_NSPROXY), OFF_NSPROXY_MNT_NS);
+    r->mntns = read_u32(mnt_ns, OFF_MNT_NS_INUM, 0);
+    if (INIT_MNT_NS && r->mntns && r->mntns != INIT_MNT_NS)
+        r->flags |= TASK_FOREIGN_MNTNS;
     u64 mm = read_u64(task, OFF_TASK_MM);
     if (!mm) {
         r->flags |= CTX_NO_MM;
@@ -333,7 +496,18 @@ static __always_inline void describe(struct proc_rec *r)
         r->flags |= EXE_MEMFD;
     else if (nlink == 0)
         r->flags |= EXE_DELETED;
-    u32 mnt_flags = read_u32(read_u64(file, OFF_FILE_PATH_MNT), OFF_VFSMOUNT_FLAGS, 0);
+    u64 vfsmnt = read_u64(file, OFF_FILE_PATH_MNT);
+    // The mount the file was reached through: its namespace, and who owns that.
+    if (vfsmnt && OFF_MOUNT_MNT >= 0 && OFF_MOUNT_MNT_NS >= 0) {
+        u64 ns = read_u64(vfsmnt - OFF_MOUNT_MNT, OFF_MOUNT_MNT_NS);
+        u32 ns_ino = read_u32(ns, OFF_MNT_NS_INUM, 0);
+        if (INIT_MNT_NS && ns_ino && ns_ino != INIT_MNT_NS)
+            r->flags |= EXE_FOREIGN_MNT;
+        u32 owner = read_u32(read_u64(ns, OFF_MNT_NS_USER_NS), OFF_USER_NS_INUM, 0);
+        if (owner && owner != INIT_USER_NS)
+            r->flags |= EXE_USERNS_MNT;
+    }
+    u32 mnt_flags = read_u32(vfsmnt, OFF_VFSMOUNT_FLAGS, 0);
     u64 sb_flags = read_u64(sb, OFF_SB_FLAGS);
     if (!(mnt_flags & MNT_READONLY) && !(sb_flags & SB_RDONLY))
         r->flags |= EXE_WRITABLE;
@@ -412,6 +586,391 @@ static __always_inline void note_process(struct counters *c)
         return;
     known_procs.update(&tgid, &start);
     send_context(CTX_NEW, 0, c);
+}
+#endif
+
+#if ACTS
+// x86_64 syscall arguments as the entry saved them (pt_regs from r10 to di, in the
+// kernel's ptrace order): di, si, dx, r10, r8, r9.
+struct arg_regs {
+    u64 r10, r9, r8, ax, cx, dx, si, di;
+};
+
+#define AT_FDCWD_ (-100)
+#define O_ACCMODE_ 03
+#define O_CREAT_ 0100
+#define O_TRUNC_ 01000
+#define AF_UNIX_ 1
+#define AF_INET_ 2
+#define AF_INET6_ 10
+#define S_IFMT_ 0170000
+#define S_IFSOCK_ 0140000
+
+// A user path into `dst` (ACT_PATH bytes): its length without the NUL, and flags for
+// what it is (relative) and whether it was cut or unreadable.
+static __always_inline u16 read_path(char *dst, u64 uptr, u32 *flags, u32 cut, u32 rel)
+{
+    if (!uptr)
+        return 0;
+    long n = bpf_probe_read_user_str(dst, ACT_PATH, (void *)uptr);
+    if (n <= 0) {
+        dst[0] = 0;
+        *flags |= ACT_FAULT;
+        return 0;
+    }
+    if (n == ACT_PATH) {    // the limit was hit: cut unless the string ends exactly there
+        char last = 1;
+        bpf_probe_read_user(&last, 1, (void *)(uptr + ACT_PATH - 1));
+        if (last)
+            *flags |= cut;
+    }
+    if (dst[0] != '/')
+        *flags |= rel;
+    return n - 1;
+}
+
+// A socket address from user memory into the record: family, port, address (and a unix
+// socket's path into path2).
+static __always_inline void read_sockaddr(struct act_rec *r, u64 uaddr, u64 len)
+{
+    u8 sa[28] = {};
+    if (len > sizeof(sa))
+        len = sizeof(sa);
+    if (len < 2 || bpf_probe_read_user(sa, len & 31, (void *)uaddr)) {
+        r->flags |= ACT_FAULT;
+        return;
+    }
+    u16 family = sa[0] | (sa[1] << 8);
+    r->family = family;
+    if (family == AF_INET_ || family == AF_INET6_)
+        r->port = (sa[2] << 8) | sa[3];
+    if (family == AF_INET_) {
+        __builtin_memcpy(r->addr, sa + 4, 4);
+    } else if (family == AF_INET6_) {
+        __builtin_memcpy(r->addr, sa + 8, 16);
+    } else if (family == AF_UNIX_) {
+        __builtin_memcpy(r->addr, sa + 2, 16);
+        if (sa[2])
+            r->path2_len = read_path(r->path2, uaddr + 2, &r->flags, ACT_TRUNCATED2,
+                                     ACT_RELATIVE2);
+    }
+}
+
+// The family and local port of the socket behind descriptor `fd` of the current process.
+static __always_inline void read_own_socket(struct act_rec *r, u64 fd)
+{
+    r->flags |= ACT_LOCAL;
+    u64 fdt = read_u64(read_u64(bpf_get_current_task(), OFF_TASK_FILES), OFF_FILES_FDT);
+    u32 max = read_u32(fdt, OFF_FDT_MAX, 0);
+    if (fd >= max)
+        return;
+    u64 file = read_u64(read_u64(fdt, OFF_FDT_FD) + fd * 8, 0);
+    u16 mode = 0;
+    u64 inode = read_u64(file, OFF_FILE_INODE);
+    if (inode && OFF_INODE_MODE >= 0)
+        bpf_probe_read_kernel(&mode, sizeof(mode), (void *)(inode + OFF_INODE_MODE));
+    if ((mode & S_IFMT_) != S_IFSOCK_) {
+        r->flags |= ACT_NOT_SOCK;
+        return;
+    }
+    u64 sk = read_u64(read_u64(file, OFF_FILE_PRIVATE), OFF_SOCKET_SK);
+    u16 family = 0, port = 0;
+    if (sk && OFF_SK_FAMILY >= 0 && OFF_SK_NUM >= 0) {
+        bpf_probe_read_kernel(&family, sizeof(family), (void *)(sk + OFF_SK_FAMILY));
+        bpf_probe_read_kernel(&port, sizeof(port), (void *)(sk + OFF_SK_NUM));
+    }
+    r->family = family;
+    r->port = port;     // skc_num is the local port in host order
+    if (family == AF_INET_ && OFF_SK_RCV_SADDR >= 0)
+        bpf_probe_read_kernel(r->addr, 4, (void *)(sk + OFF_SK_RCV_SADDR));
+    else if (family == AF_INET6_ && OFF_SK_V6_RCV_SADDR >= 0)
+        bpf_probe_read_kernel(r->addr, 16, (void *)(sk + OFF_SK_V6_RCV_SADDR));
+}
+
+// Whether this process already sent an act with this kind, family, port and address.
+static __always_inline int seen_before(struct act_rec *r)
+{
+    struct seen_key k = {};
+    k.start_ns = r->start_ns;
+    k.tgid = r->tgid;
+    k.kind = r->kind;
+    k.family = r->family;
+    k.port = r->port;
+    __builtin_memcpy(k.addr, r->addr, 16);
+    if (acts_seen.lookup(&k))
+        return 1;
+    u8 one = 1;
+    acts_seen.update(&k, &one);
+    return 0;
+}
+
+static __always_inline void act_header(struct act_rec *r, u32 kind, u32 nr)
+{
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u64 uid_gid = bpf_get_current_uid_gid();
+    u64 cred = read_u64(bpf_get_current_task(), OFF_TASK_CRED);
+    r->ns = bpf_ktime_get_ns();
+    r->start_ns = current_start_ns();
+    r->cgroup_id = bpf_get_current_cgroup_id();
+    r->kind = kind;
+    r->nr = nr;
+    r->tgid = pid_tgid >> 32;
+    r->tid = (u32)pid_tgid;
+    r->uid = (u32)uid_gid;
+    r->euid = read_u32(cred, OFF_CRED_EUID, r->uid);
+    r->flags = 0;
+    r->family = 0;
+    r->port = 0;
+    __builtin_memset(r->addr, 0, sizeof(r->addr));
+    r->aux = 0;
+    r->aux2 = 0;
+    r->path_len = 0;
+    r->path2_len = 0;
+    r->path[0] = 0;
+    r->path2[0] = 0;
+    bpf_get_current_comm(&r->comm, sizeof(r->comm));
+}
+
+// The tail of sys_enter for a syscall whose number is_act() passed (a tail call, so the
+// per-syscall program stays as small as it was).
+int note_act(struct bpf_raw_tracepoint_args *ctx)
+{
+    u32 zero = 0;
+    struct cpu_slot *slot = slots.lookup(&zero);
+    if (!slot)
+        return 0;
+    u32 nr = (u32)ctx->args[1];
+    struct arg_regs regs = {};
+    bpf_probe_read_kernel(&regs, sizeof(regs), &((struct pt_regs *)ctx->args[0])->r10);
+    u64 a[6] = {regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9};
+    u32 kind = 0;
+    u64 p1 = 0, p2 = 0;         // user paths
+    s64 d1 = AT_FDCWD_, d2 = AT_FDCWD_;     // their directory fds
+    u32 by_fd = 0;
+    switch (nr) {
+    case 2:                     // open(path, flags, mode)
+    case 85:                    // creat(path, mode)
+    case 257:                   // openat(dfd, path, flags, mode)
+    case 437: {                 // openat2(dfd, path, how, size)
+        u64 path = (nr == 2 || nr == 85) ? a[0] : a[1];
+        u64 flags = nr == 2 ? a[1] : nr == 257 ? a[2] : 0;
+        if (nr == 437)
+            bpf_probe_read_user(&flags, sizeof(flags), (void *)a[2]);
+        if (nr == 85 || (flags & (O_ACCMODE_ | O_CREAT_ | O_TRUNC_))) {
+            kind = ACT_WRITE;
+        } else {
+            // a read: sent only when the path starts with a sensitive prefix
+            struct lpm_key k = {};
+            long n = bpf_probe_read_user_str(k.data, LPM_LEN, (void *)path);
+            if (n <= 1 || k.data[0] != '/')
+                return 0;
+            k.prefixlen = (n - 1) * 8;
+            if (!sensitive.lookup(&k))
+                return 0;
+            kind = ACT_READ;
+        }
+        p1 = path;
+        if (nr == 257 || nr == 437)
+            d1 = (s64)(int)a[0];
+        break;
+    }
+    case 82: case 86:           // rename, link (old, new)
+        kind = nr == 82 ? ACT_RENAME : ACT_LINK;
+        p1 = a[0]; p2 = a[1];
+        break;
+    case 264: case 316: case 265:   // renameat(2), linkat (olddfd, old, newdfd, new)
+        kind = nr == 265 ? ACT_LINK : ACT_RENAME;
+        p1 = a[1]; p2 = a[3];
+        d1 = (s64)(int)a[0]; d2 = (s64)(int)a[2];
+        break;
+    case 88:                    // symlink(target, linkpath)
+        kind = ACT_LINK;
+        p1 = a[0]; p2 = a[1];
+        break;
+    case 266:                   // symlinkat(target, newdfd, linkpath)
+        kind = ACT_LINK;
+        p1 = a[0]; p2 = a[2];
+        d2 = (s64)(int)a[1];
+        break;
+    case 87: case 84:           // unlink, rmdir
+        kind = ACT_UNLINK;
+        p1 = a[0];
+        break;
+    case 263:                   // unlinkat(dfd, path, flags)
+        kind = ACT_UNLINK;
+        p1 = a[1]; d1 = (s64)(int)a[0];
+        break;
+    case 90: case 92: case 94:  // chmod, chown, lchown (path, ...)
+        kind = nr == 90 ? ACT_CHMOD : ACT_CHOWN;
+        p1 = a[0];
+        break;
+    case 268: case 452: case 260:   // fchmodat(2), fchownat (dfd, path, ...)
+        kind = nr == 260 ? ACT_CHOWN : ACT_CHMOD;
+        p1 = a[1]; d1 = (s64)(int)a[0];
+        break;
+    case 91: case 93: case 77:  // fchmod, fchown, ftruncate (fd, ...)
+        kind = nr == 91 ? ACT_CHMOD : nr == 93 ? ACT_CHOWN : ACT_TRUNCATE;
+        by_fd = 1;
+        break;
+    case 76:                    // truncate(path, length)
+        kind = ACT_TRUNCATE;
+        p1 = a[0];
+        break;
+    case 42: case 49:           // connect, bind (fd, addr, len)
+        kind = nr == 42 ? ACT_CONNECT : ACT_BIND;
+        break;
+    case 44:                    // sendto(fd, buf, len, flags, addr, addrlen)
+        if (!a[4])
+            return 0;           // a connected socket: its peer came with connect
+        kind = ACT_SEND;
+        break;
+    case 46: {                  // sendmsg(fd, msghdr, flags): msg_name, msg_namelen first
+        struct { u64 name; u32 namelen; } h = {};
+        if (bpf_probe_read_user(&h, sizeof(h), (void *)a[1]) == 0 && !h.name)
+            return 0;
+        a[4] = h.name;          // where read_sockaddr finds it below
+        a[5] = h.namelen;
+        kind = ACT_SEND;
+        break;
+    }
+    case 50:                    // listen(fd, backlog)
+        kind = ACT_LISTEN;
+        break;
+    case 43: case 288:          // accept, accept4 (fd, ...)
+        kind = ACT_ACCEPT;
+        break;
+    case 105: case 106: case 113: case 114: case 117: case 119: case 122: case 123:
+        kind = ACT_SETID;
+        break;
+    case 126:                   // capset(header, data)
+        kind = ACT_CAPSET;
+        break;
+    case 101:
+        kind = ACT_PTRACE;
+        break;
+    case 165:                   // mount(source, target, fstype, flags, data)
+        kind = ACT_MOUNT;
+        p1 = a[0]; p2 = a[1];
+        break;
+    case 175:
+        kind = ACT_MODULE;
+        break;
+    case 313:                   // finit_module(fd, args, flags)
+        kind = ACT_MODULE;
+        by_fd = 1;
+        break;
+    case 321:
+        kind = ACT_BPF;
+        break;
+    case 319:                   // memfd_create(name, flags)
+        kind = ACT_MEMFD;
+        p1 = a[0];
+        break;
+    default:
+        return 0;
+    }
+    struct act_rec *r = acts.ringbuf_reserve(sizeof(struct act_rec));
+    if (!r) {
+        slot->c.act_lost++;
+        return 0;
+    }
+    act_header(r, kind, nr);
+#pragma unroll
+    for (int i = 0; i < 6; i++)
+        r->args[i] = a[i];
+    if (by_fd)
+        r->flags |= ACT_BY_FD;
+    if (nr == 437)
+        r->aux = 0, bpf_probe_read_user(&r->aux, sizeof(r->aux), (void *)a[2]);
+    if (kind == ACT_CONNECT || kind == ACT_BIND)
+        read_sockaddr(r, a[1], a[2]);
+    else if (kind == ACT_SEND)
+        read_sockaddr(r, a[4], a[5]);
+    else if (kind == ACT_LISTEN || kind == ACT_ACCEPT)
+        read_own_socket(r, a[0]);
+    else if (kind == ACT_CAPSET) {
+        u32 data[3] = {};       // the first __user_cap_data_struct: effective, permitted,
+        bpf_probe_read_user(data, sizeof(data), (void *)a[1]);   // inheritable
+        r->aux = data[0] | ((u64)data[1] << 32);
+        r->aux2 = data[2];
+    }
+    if ((kind == ACT_CONNECT || kind == ACT_SEND || kind == ACT_ACCEPT || kind == ACT_BPF) &&
+        !(r->flags & ACT_FAULT)) {
+        if (kind == ACT_BPF)
+            r->port = (u16)a[0];    // the command, as the key's port
+        int dup = seen_before(r);
+        if (kind == ACT_BPF)
+            r->port = 0;
+        if (dup) {
+            acts.ringbuf_discard(r, BPF_RB_NO_WAKEUP);
+            return 0;
+        }
+    }
+    if (p1) {
+        r->path_len = read_path(r->path, p1, &r->flags, ACT_TRUNCATED, ACT_RELATIVE);
+        if ((r->flags & ACT_RELATIVE) && d1 != AT_FDCWD_)
+            r->flags |= ACT_DIRFD;
+    }
+    if (p2) {
+        r->path2_len = read_path(r->path2, p2, &r->flags, ACT_TRUNCATED2, ACT_RELATIVE2);
+        if ((r->flags & ACT_RELATIVE2) && d2 != AT_FDCWD_)
+            r->flags |= ACT_DIRFD;
+    }
+    acts.ringbuf_submit(r, BPF_RB_NO_WAKEUP);
+    slot->c.act_records++;
+    return 0;
+}
+
+// An exec that succeeded: the file exec was given and a hash of the new argv (its bytes
+// as the new process's memory holds them, zero-padded to whole ACT_PATH blocks, 64-bit
+// little-endian words, FNV-1a's constants; probes/acts.py argv_hash computes the same).
+static __always_inline void exec_act(u64 filename, struct counters *c)
+{
+    struct act_rec *r = acts.ringbuf_reserve(sizeof(struct act_rec));
+    if (!r) {
+        c->act_lost++;
+        return;
+    }
+    act_header(r, ACT_EXEC, 59);
+    __builtin_memset(r->args, 0, sizeof(r->args));
+    long n = filename ? bpf_probe_read_kernel_str(r->path, ACT_PATH, (void *)filename) : 0;
+    if (n > 0)
+        r->path_len = n - 1;
+    if (n == ACT_PATH)
+        r->flags |= ACT_TRUNCATED;   // bprm->filename is whole in the kernel: cut here
+    if (r->path[0] != '/')
+        r->flags |= ACT_RELATIVE;
+    u64 mm = read_u64(bpf_get_current_task(), OFF_TASK_MM);
+    u64 start = read_u64(mm, OFF_MM_ARG_START), end = read_u64(mm, OFF_MM_ARG_END);
+    u64 len = end > start ? end - start : 0;
+    if (len > ARGV_HASH_MAX) {
+        len = ARGV_HASH_MAX;
+        r->flags |= ACT_ARGV_CUT;
+    }
+    u64 h = 0xcbf29ce484222325ULL;
+#pragma clang loop unroll(disable)
+    for (int b = 0; b < ARGV_HASH_MAX / ACT_PATH; b++) {
+        u64 off = (u64)b * ACT_PATH;
+        if (off >= len)
+            break;
+        u64 part = len - off;
+        if (part > ACT_PATH)
+            part = ACT_PATH;
+        __builtin_memset(r->path2, 0, ACT_PATH);
+        if (bpf_probe_read_user(r->path2, part & (2 * ACT_PATH - 1), (void *)(start + off))) {
+            r->flags |= ACT_FAULT;
+            break;
+        }
+        u64 *words = (u64 *)r->path2;
+#pragma clang loop unroll(disable)
+        for (int w = 0; w < ACT_PATH / 8; w++)
+            h = (h ^ words[w]) * 0x100000001b3ULL;
+    }
+    __builtin_memset(r->path2, 0, ACT_PATH);
+    r->aux = h;
+    r->aux2 = len;
+    acts.ringbuf_submit(r, BPF_RB_NO_WAKEUP);
+    c->act_records++;
 }
 #endif
 
@@ -627,6 +1186,12 @@ RAW_TRACEPOINT_PROBE(sys_enter)
     slot->rec.count = i + 1;
     if (i + 1 >= CHUNK_W)
         flush(slot, REC_FULL, c);
+#if ACTS
+    // The few syscalls whose arguments say what a program does: read them off this
+    // path (a tail call does not return here).
+    if (!slot->compat && is_act(ctx->args[1]))
+        act_progs.call(ctx, 0);
+#endif
     return 0;
 }
 
@@ -663,6 +1228,11 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
         u64 start = current_start_ns();
         known_procs.update(&tgid, &start);
         send_context(CTX_EXEC, read_u64(ctx->args[2], OFF_BPRM_FILENAME), &slot->c);
+#if ACTS
+        struct thread_state *ts = threads.task_storage_get(bpf_get_current_task_btf(), 0, 0);
+        if (!ts || ts->traced)
+            exec_act(read_u64(ctx->args[2], OFF_BPRM_FILENAME), &slot->c);
+#endif
     }
 #endif
     struct thread_state *st = threads.task_storage_get(bpf_get_current_task_btf(), 0, 0);

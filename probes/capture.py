@@ -15,10 +15,21 @@ import numpy as np
 
 from . import btf, errors, preflight
 from .filters import COMM_LEN, FILTER_MAX, KERNEL_FILTERS, Filter
-from .layout import CONTEXT_DTYPE, COUNTER_FIELDS, DEFAULT_CHUNK, check_chunk, record_dtype
+from .layout import (
+    ACT_DTYPE,
+    CONTEXT_DTYPE,
+    COUNTER_FIELDS,
+    DEFAULT_CHUNK,
+    check_chunk,
+    record_dtype,
+)
 from .ringbuf import RingBufferReader
 
 CONTEXT_PAGES = 512     # the context ring buffer: 2 MiB, about 2,900 records
+ACT_PAGES = 512         # the acts ring buffer: 2 MiB, about 3,100 records
+SENSITIVE_MAX = 1024    # entries of the kernel's sensitive-prefix map
+PROC_MNT_INIT_INO = 0xEFFFFFF8   # the initial mount namespace's inode on kernels that fix it
+LPM_LEN = 128           # capture.bpf.c: bytes of a read path matched against them
 
 
 @dataclass(frozen=True)
@@ -29,6 +40,9 @@ class CaptureSettings:
     wake_every: int = 512               # records per CPU between reader wakeups
     strict_compat: bool = False         # each syscall's table, not each switch-in's
     context: bool = True                # process context records (needs the kernel's BTF)
+    acts: bool = True                   # act records (probes/acts.py; needs `context`)
+    # Path prefixes whose opens for reading are acts; None: acts.default_sensitive().
+    sensitive_paths: tuple[str, ...] | None = None
     # The filters, one field per row of filters.KERNEL_FILTERS.
     include_pids: tuple[int, ...] = ()
     exclude_pids: tuple[int, ...] = ()
@@ -55,6 +69,13 @@ class CaptureSettings:
             for path in getattr(self, f.key) if f.path else ():
                 if not path.startswith("/"):
                     raise ValueError(f"{f.key}: {path!r} is not an absolute path")
+        if self.sensitive_paths is not None:
+            if len(self.sensitive_paths) > SENSITIVE_MAX:
+                raise ValueError(f"sensitive_paths: at most {SENSITIVE_MAX} entries")
+            for path in self.sensitive_paths:
+                if not path.startswith("/") or len(path.encode()) > LPM_LEN - 1:
+                    raise ValueError(f"sensitive_paths: {path!r} must be an absolute path of "
+                                     f"at most {LPM_LEN - 1} bytes")
         return self
 
 
@@ -125,6 +146,22 @@ def kernel_offsets_or_why() -> tuple[dict[str, int], str]:
     return offsets, ""
 
 
+def initial_mount_namespace() -> int:
+    """The inode of the initial mount namespace: init's (/proc/1/ns/mnt); where that is
+    not readable (no CAP_SYS_PTRACE), our own when it is the fixed number newer kernels
+    give the initial namespace (PROC_MNT_INIT_INO); else 0, and the program then leaves
+    the foreign-namespace flags unset."""
+    try:
+        return os.stat("/proc/1/ns/mnt").st_ino
+    except OSError:
+        pass
+    try:
+        own = os.stat("/proc/self/ns/mnt").st_ino
+    except OSError:
+        return 0
+    return own if own == PROC_MNT_INIT_INO else 0
+
+
 def bpf_source() -> bytes:
     return resources.files(__package__).joinpath("capture.bpf.c").read_bytes()
 
@@ -154,11 +191,14 @@ class Capture:
         self.hz, _ = kernel_hz()
         offsets, self.context_missing = kernel_offsets_or_why()
         self.context = s.context and not self.context_missing
+        self.acts = s.acts and self.context and os.uname().machine == "x86_64"
         cflags = [f"-DCHUNK_W={s.chunk}", f"-DAGE_JIFFIES={age_jiffies(s.flush_age_s, self.hz)}",
                   f"-DRINGBUF_PAGES={s.ring_buffer_pages}", f"-DWAKE_EVERY={s.wake_every}",
                   f"-DSTRICT_COMPAT={int(s.strict_compat)}", f"-DCONTEXT={int(self.context)}",
                   f"-DCTX_PAGES={CONTEXT_PAGES}", f"-DFILTER_MAX={FILTER_MAX}",
                   f"-DEXCLUDE_EXES={int(bool(offsets))}",
+                  f"-DACTS={int(self.acts)}", f"-DACT_PAGES={ACT_PAGES}",
+                  f"-DINIT_MNT_NS={initial_mount_namespace()}",
                   *(f"-D{k}={v}" for k, v in offsets.items()),
                   "-Wno-unused-function"]
         log = io.StringIO()
@@ -176,11 +216,20 @@ class Capture:
         self.dtype = record_dtype(s.chunk)
         self._generation = 0
         self.context_reader = None
+        self.acts_reader = None
         self.reader = RingBufferReader(self.bpf[b"events"].map_fd,
                                        s.ring_buffer_pages * 4096, self.dtype)
         if self.context:
             self.context_reader = RingBufferReader(self.bpf[b"procs"].map_fd,
                                                    CONTEXT_PAGES * 4096, CONTEXT_DTYPE)
+        if self.acts:
+            # sys_enter tail-calls note_act for the syscalls that carry acts
+            import ctypes
+
+            fn = self.bpf.load_func(b"note_act", BPF.RAW_TRACEPOINT)
+            self.bpf[b"act_progs"][ctypes.c_int(0)] = ctypes.c_int(fn.fd)
+            self.acts_reader = RingBufferReader(self.bpf[b"acts"].map_fd,
+                                                ACT_PAGES * 4096, ACT_DTYPE)
         self.exe_keys: set[tuple[int, int]] = set()
         self.configure(s)
 
@@ -207,6 +256,23 @@ class Capture:
         cfg_table[cfg_table.Key(0)] = cfg
         self.settings = settings
         self.exe_keys = keys["exclude_exes"]
+        if self.acts:
+            self._set_sensitive(settings.sensitive_paths)
+
+    def _set_sensitive(self, paths: tuple[str, ...] | None) -> None:
+        """Load the sensitive path prefixes into the kernel's longest-prefix-match map."""
+        if paths is None:
+            from .acts import default_sensitive
+
+            paths = default_sensitive()
+        table = self.bpf[b"sensitive"]
+        table.clear()
+        for path in paths:
+            data = path.encode()[:LPM_LEN - 1]
+            key = table.Key()
+            key.prefixlen = 8 * len(data)
+            key.data = data
+            table[key] = table.Leaf(1)
 
     def _keys(self, f: Filter, values: tuple) -> tuple | set:
         """What the map of filter `f` holds for `values`: the values themselves, or for
@@ -242,6 +308,13 @@ class Capture:
             return np.empty(0, CONTEXT_DTYPE)
         return self.context_reader.read()
 
+    def read_acts(self) -> np.ndarray:
+        """Every act record waiting (layout.ACT_DTYPE), oldest first; probes/acts.py
+        decodes them. Empty when acts are off (settings.acts, or no kernel BTF)."""
+        if self.acts_reader is None:
+            return np.empty(0, ACT_DTYPE)
+        return self.acts_reader.read()
+
     def counters(self) -> dict[str, int]:
         """Kernel counters summed over CPUs, and `pending`: the syscalls waiting in the
         CPUs' partial chunks, read in the same copy of each CPU's slot, so that traced =
@@ -275,7 +348,7 @@ class Capture:
         return out
 
     def close(self) -> None:
-        for name in ("reader", "context_reader"):
+        for name in ("reader", "context_reader", "acts_reader"):
             reader = getattr(self, name, None)
             if reader is not None:
                 reader.close()

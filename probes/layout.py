@@ -1,5 +1,5 @@
-"""The numpy mirrors of `struct chunk_rec`, `struct proc_rec` and `struct counters` in
-capture.bpf.c.
+"""The numpy mirrors of `struct chunk_rec`, `struct proc_rec`, `struct act_rec` and
+`struct counters` in capture.bpf.c.
 
 tests/probes/test_capture.py checks sizes and offsets against the compiled program.
 """
@@ -21,7 +21,7 @@ REC_COMPAT = 0x40  # a 32-bit thread: ids are compat numbers (see streams.flatte
 
 COUNTER_FIELDS = ("filtered", "traced", "emitted_records", "emitted_syscalls",
                   "lost_records", "lost_syscalls", "lost_nostorage", "unwoken",
-                  "ctx_records", "ctx_lost")
+                  "ctx_records", "ctx_lost", "act_records", "act_lost")
 
 # proc_rec.kind
 CTX_NEW = 1    # a process's first syscall since the program loaded
@@ -34,6 +34,9 @@ EXE_WRITABLE = 0x04
 ARGS_TRUNCATED = 0x08
 CTX_NO_MM = 0x10
 PATH_CUT = 0x20
+EXE_FOREIGN_MNT = 0x40     # the executable's mount is not in the initial mount namespace
+EXE_USERNS_MNT = 0x80      # ... and its namespace is owned by a non-initial user namespace
+TASK_FOREIGN_MNTNS = 0x100  # the process is not in the initial mount namespace
 ARGS_LEN = 256
 PATH_DEPTH = 16
 PATH_NAME = 48
@@ -64,8 +67,34 @@ CONTEXT_DTYPE = np.dtype([
     ("filename", "S256"),
     ("args", "V256"),
     ("path_depth", "<u4"),
-    ("_pad", "<u4"),
+    ("mntns", "<u4"),
     ("path", "S48", (16,)),
+], align=True)
+
+ACT_PATH = 256
+# struct act_rec: one act (probes/acts.py names the kinds and flags and decodes them).
+ACT_DTYPE = np.dtype([
+    ("ns", "<u8"),
+    ("start_ns", "<u8"),
+    ("cgroup_id", "<u8"),
+    ("args", "<u8", (6,)),
+    ("aux", "<u8"),
+    ("aux2", "<u8"),
+    ("kind", "<u4"),
+    ("nr", "<u4"),
+    ("tgid", "<u4"),
+    ("tid", "<u4"),
+    ("uid", "<u4"),
+    ("euid", "<u4"),
+    ("flags", "<u4"),
+    ("family", "<u2"),
+    ("port", "<u2"),
+    ("addr", "u1", (16,)),
+    ("path_len", "<u2"),
+    ("path2_len", "<u2"),
+    ("comm", "S16"),
+    ("path", "V256"),
+    ("path2", "V256"),
 ], align=True)
 
 

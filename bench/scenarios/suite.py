@@ -149,7 +149,9 @@ class Suite:
             "[alerts]\n"
             "# every alert kept: the suite counts what the detector raised\n"
             "rate_limit_burst = 100000\n"
-            "rate_limit_ceiling_per_minute = 100000\n")
+            "rate_limit_ceiling_per_minute = 100000\n"
+            "# lows too: the suite reports incidents at medium or above and lows apart\n"
+            "min_severity = \"low\"\n")
         return cfg
 
     def _start_benign(self, seed: int) -> None:
@@ -260,12 +262,12 @@ class Suite:
                 self.journal.close()
             http.close()
             self._remove_cgroups()
-        alerts = [a for a in _read_lines(alerts_path) if a.get("kind") == "anomaly"]
+        alerts = [a for a in _read_lines(alerts_path) if a.get("kind") in ALERT_KINDS]
         report = self._report(alerts, outcomes, detect_start, detect_end, trained, metrics,
                               journal_ids, model_id, rc)
         if self.compare:
             other = [a for a in _read_lines(self.work / "alerts-without-lineage.jsonl")
-                     if a.get("kind") == "anomaly"]
+                     if a.get("kind") in ALERT_KINDS]
             part = self._report(other, outcomes, detect_start, detect_end, trained, {}, set(),
                                 model_id, 0)
             report["without_lineage"] = {k: part[k] for k in ("attacks", "benign", "alerts")}
@@ -301,11 +303,24 @@ class Suite:
         for kind in self.kinds:
             o = outcomes[kind]
             mine = sorted(own[kind], key=lambda a: a["time"])
+            serious = [a for a in mine if _serious(a)]
             attacks_out[kind] = {
                 "ran": o.ok, "detail": o.detail, "alerted": bool(mine),
                 "time_to_alert_s": round(mine[0]["time"] - o.started, 2) if mine else None,
-                "alerts": len(mine)}
+                "alerts": len(mine),
+                "incident": bool(serious),
+                "time_to_incident_s": round(serious[0]["time"] - o.started, 2)
+                if serious else None,
+                "severity": max((a.get("severity", "") for a in mine), key=_rank,
+                                default="")}
         hours = (detect_end - detect_start) / 3600
+        incidents: dict[str, dict] = {}     # incident id -> its alert at its highest
+        for a in false:
+            i = a.get("incident_id") or a.get("alert_id")
+            if i not in incidents or _rank(a.get("severity")) > \
+                    _rank(incidents[i].get("severity")):
+                incidents[i] = a
+        false_incidents = [a for a in incidents.values() if _serious(a)]
         by_exe: dict[str, int] = {}
         for a in false:
             by_exe[a.get("exe") or a.get("comm", "?")] = \
@@ -320,7 +335,17 @@ class Suite:
                        "per_hour": round(len(false) / hours, 1) if hours else None,
                        # the patterns an operator would answer (allow) one by one
                        "fingerprints": len({a.get("fingerprint") for a in false}),
-                       "by_exe": dict(sorted(by_exe.items(), key=lambda kv: -kv[1]))},
+                       "by_exe": dict(sorted(by_exe.items(), key=lambda kv: -kv[1])),
+                       "false_incidents": len(false_incidents),
+                       "incidents_per_hour": round(len(false_incidents) / hours, 2)
+                       if hours else None,
+                       "low_incidents": len(incidents) - len(false_incidents),
+                       "false_incidents_list": [
+                           {"severity": a.get("severity"), "kind": a.get("kind"),
+                            "program": a.get("program") or a.get("exe"),
+                            "lineage": a.get("lineage_text"),
+                            "evidence": a.get("incident_evidence") or a.get("news")
+                            or a.get("evidence")} for a in false_incidents]},
             "alerts_in_journald": sum(1 for a in alerts if a.get("alert_id") in journal_ids),
             "alerts_total": len(alerts),
             "suppressed": sum(v for k, v in metrics.items()
@@ -332,11 +357,26 @@ class Suite:
         }
 
 
+ALERT_KINDS = ("anomaly", "behaviour")
+_RANK = {"low": 0, "medium": 1, "high": 2}
+
+
+def _rank(severity) -> int:
+    return _RANK.get(severity or "", -1)
+
+
+def _serious(a: dict) -> bool:
+    """An incident at medium or above (issue 32's targets count those)."""
+    return _rank(a.get("severity")) >= 1
+
+
 def _brief(a: dict, by_group: dict) -> dict:
     return {"time": a.get("time"), "group": by_group.get(a.get("cgroup_id"), "?"),
             "pid": a.get("pid"), "exe": a.get("exe"), "lineage": a.get("lineage_text"),
             "score": a.get("score"), "sigmas": a.get("sigmas"), "evidence": a.get("evidence"),
-            "episode": bool(a.get("episode")), "unknown": a.get("unknown_syscalls")}
+            "episode": bool(a.get("episode")), "unknown": a.get("unknown_syscalls"),
+            "kind": a.get("kind"), "severity": a.get("severity"),
+            "incident_id": a.get("incident_id"), "news": a.get("news")}
 
 
 def _read_lines(path: Path) -> list[dict]:
@@ -366,16 +406,28 @@ def table(report: dict) -> str:
 
 def _part(report: dict, title: str) -> list[str]:
     lines = [title, f"{'attack kind':<18} {'ran':<4} {'alerted':<8} {'time to alert':>13}  "
-             "alerts", "-" * 56]
+             f"alerts  {'severity':<8} {'medium+ in':>10}", "-" * 78]
     for kind, r in report["attacks"].items():
         t = f"{r['time_to_alert_s']:.2f} s" if r["time_to_alert_s"] is not None else "-"
+        ti = r.get("time_to_incident_s")
+        ti = f"{ti:.2f} s" if ti is not None else "-"
         lines.append(f"{kind:<18} {'yes' if r['ran'] else 'NO':<4} "
-                     f"{'yes' if r['alerted'] else 'no':<8} {t:>13}  {r['alerts']}")
+                     f"{'yes' if r['alerted'] else 'no':<8} {t:>13}  {r['alerts']:<6}  "
+                     f"{r.get('severity') or '-':<8} {ti:>10}")
     b = report["benign"]
     caught = sum(r["alerted"] for r in report["attacks"].values())
-    lines += ["", f"attack kinds alerted: {caught} of {len(report['attacks'])}",
-              f"false alerts: {b['false_alerts']} in {b['seconds']:.0f} s of benign activity "
-              f"({b['per_hour']} per hour), {b['fingerprints']} distinct fingerprints"]
+    serious = sum(bool(r.get("incident")) for r in report["attacks"].values())
+    lines += ["", f"attack kinds alerted: {caught} of {len(report['attacks'])} "
+                  f"(an incident at medium or above: {serious})",
+              f"false alerts (raw, every severity): {b['false_alerts']} in "
+              f"{b['seconds']:.0f} s of benign activity ({b['per_hour']} per hour), "
+              f"{b['fingerprints']} distinct fingerprints",
+              f"false incidents at medium or above: {b.get('false_incidents')} "
+              f"({b.get('incidents_per_hour')} per hour); low incidents: "
+              f"{b.get('low_incidents')}"]
+    for a in b.get("false_incidents_list", [])[:10]:
+        lines.append(f"  {a['severity']:<6} {a['kind']:<9} {a['program']} "
+                     f"[{a['lineage']}]: {str(a['evidence'])[:100]}")
     for exe, n in list(b["by_exe"].items())[:10]:
         lines.append(f"  {n:5d}  {exe}")
     return lines

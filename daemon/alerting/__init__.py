@@ -3,6 +3,7 @@
     path.py         the alert path: fields, allow list, rate limits, sinks
     fields.py       an alert's fields, fingerprint and message
     kinds.py        the kinds of alerts and events: MESSAGE_IDs, priorities
+    incidents.py    incidents (open, raise, close) and severity from agreeing evidence
     ratelimit.py    per-fingerprint limits and the ceiling; the summary of what was held
     deliveries.py   the sinks the configuration enables; deliveries by sink and result
     sinks.py        one class per channel: journald, JSON lines, syslog, webhook

@@ -14,6 +14,7 @@ import time
 import uuid
 
 from ..context import identity
+from ..detect.evidence import HALF_LIFE
 from ..version import version
 from .sinks import HOSTNAME, rfc3339
 
@@ -57,13 +58,16 @@ ALERT_FIELDS = ("kind", "alert_id", "fingerprint", "severity", "why", "hostname"
                 "novelty", "position", "syscalls", "context", "unknown_syscalls",
                 "surprises", "attention", "suppressed", "incident_count", "latency_s",
                 "window_start", "window_end", "time", "time_rfc3339", "schema",
-                "sysdream_version")
+                "sysdream_version", "incident_id", "incident_state", "evidence_kinds",
+                "incident_first", "incident_last", "incident_evidence",
+                "expected_false_per_hour", "program_id", "foreign_mount")
 
 
 # The version of the alert's shape (docs/alert.schema.json): a field added, removed or
 # changed in meaning makes a new one.
 ALERT_SCHEMA = "sysdream-alert/4"     # 2: fleet_server; 3: novelty kind new_sequence;
-#                                       4: why, identity, program and its alert bound
+#                                       4: why, identity, program and its alert bound;
+#                                          incidents, program_id, foreign_mount
 
 
 def fingerprint(context: dict, unknown: list[str], surprises: list[dict]) -> str:
@@ -109,7 +113,7 @@ def anomaly_fields(det, context: dict | None = None, comm: str | None = None,
         "confidence": m.bound.confidence, "sigmas": round(sigmas, 3),
         "model_id": m.model_id, "fleet_server": fleet_server,
         "evidence": f"{det.exceedances:.3g} >= {det.needed:.3g} in the last "
-                    f"{det.evidence_m} windows" + (
+                    f"{det.evidence_m} windows and older ones halving every {HALF_LIFE}" + (
             f" in {len(det.episode['pids'])} processes of parent {det.episode['parent_pid']}"
             if det.episode else ""),
         **_bound_fields(det), "episode": det.episode or {}, "novelty": novelty,
@@ -167,7 +171,54 @@ def why(f: dict) -> str:
     return f"{who} {what}{group}, often enough to cross the alert bound {whose}{sure}"
 
 
+def mark_program(f: dict, prog) -> None:
+    """The program's identity (file, mount namespace) in the alert; a program run from
+    outside the initial mount namespace is marked, and its fingerprint is another (a
+    bind mount over a real program's path never shares its alerts or allow entries)."""
+    f["program_id"] = prog.to_json() if prog is not None else {}
+    f["foreign_mount"] = bool(prog is not None and prog.foreign)
+    f.update({k: f.get(k, d) for k, d in (("incident_id", ""), ("incident_state", ""),
+                                          ("evidence_kinds", []), ("incident_first", 0.0),
+                                          ("incident_last", 0.0), ("incident_evidence", []),
+                                          ("expected_false_per_hour", None))})
+    if f["foreign_mount"]:
+        f["fingerprint"] = hashlib.sha256(
+            f"{f['fingerprint']}\0foreign\0{prog.dev}:{prog.ino}".encode()).hexdigest()[:16]
+
+
+BEHAVIOUR_CONTEXT = ("exe", "exe_flags", "cmdline", "user", "uid", "euid", "login_user",
+                     "session", "ppid", "lineage", "lineage_text", "unit", "container_id")
+
+
+def behaviour_fields(n, context: dict, fleet_server: str = "") -> dict:
+    """The fields of a behaviour alert (detect/news.py News): the program, the news, who."""
+    now = time.time()
+    f = {"kind": "behaviour", "alert_id": str(uuid.uuid4()), "hostname": HOSTNAME,
+         "pid": n.pid, "comm": n.comm, "cgroup_id": n.cgroup_id,
+         "news": n.feature, "news_kind": n.kind,
+         "settled": n.settled, "dangerous": n.dangerous, "program": n.program.label,
+         "fleet_server": fleet_server, "suppressed": 0, "incident_count": 1,
+         "time": round(now, 3), "time_rfc3339": rfc3339(now), "schema": ALERT_SCHEMA}
+    for key in BEHAVIOUR_CONTEXT:
+        f[key] = context.get(key, "")
+    f["fingerprint"] = hashlib.sha256("\0".join(
+        (n.program.key, n.kind, context.get("container_id", ""))).encode()).hexdigest()[:16]
+    mark_program(f, n.program)
+    return f
+
+
 def message(f: dict) -> str:
+    if f["kind"] == "behaviour":
+        why = f" ({f['dangerous']})" if f["dangerous"] else \
+            (" in a settled profile" if f["settled"] else " (profile not settled)")
+        lineage = f", lineage {f['lineage_text']}" if f.get("lineage_text") else ""
+        foreign = " [outside the initial mount namespace]" if f["foreign_mount"] else ""
+        return (f"{f['severity']} incident {f['incident_id'][:8]}: {f['program']} "
+                f"pid {f['pid']}{foreign}{lineage} did what it never did: {f['news']}{why}")
+    return _anomaly_message(f)
+
+
+def _anomaly_message(f: dict) -> str:
     """The one-line human MESSAGE of an alert: what happened in plain words, what to do
     next, then the figures. Every name in `f` is escaped where it enters the fields
     (daemon.printable), so it goes in as it is: escaping it again would double its

@@ -15,6 +15,8 @@ MESSAGE_IDS = {
     "retraining-rejected": "ca8e4d9a8016406e852f7f66ebd2a590",
     "allow-list-refused": "5d0c7e2a9f3b4a18b6e4c1d8a7f2903e",
     "evidence-lost": "b7e3a91c4d2f4c58a0e6d3f19c8b2a47",
+    "behaviour": "ec13a59ae5f34cb19a3a073900733a34",
+    "incident-closed": "12a5b32e4f2d40fb844008d680d5f6ed",
 }
 
 

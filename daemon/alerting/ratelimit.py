@@ -1,5 +1,7 @@
-"""Rate limits on alerts: per fingerprint, and a ceiling per minute; what is held back is
-counted and summarised, never lost.
+"""Rate limits on incidents: per fingerprint, and a ceiling per minute; what is held back
+is counted and summarised, never lost. A high incident is never held back (issue 33 #8:
+a flood of lower ones must not hide it; it still spends tokens, so the flood behind it
+waits), and the first held back of each fingerprint is kept whole for the summary.
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ class RateLimiter:
     def _bucket(self, tokens: float, last: float, now: float, size: float, per: float):
         return min(size, tokens + (now - last) * size / per)
 
-    def allow(self, key: str, now: float | None = None, about: dict | None = None
-              ) -> tuple[bool, int, int]:
-        """(send?, suppressed since the last one sent for this key, incidents so far)."""
+    def allow(self, key: str, now: float | None = None, about: dict | None = None,
+              high: bool = False, first: dict | None = None) -> tuple[bool, int, int]:
+        """(send?, suppressed since the last one sent for this key, incidents so far).
+        `high`: sent whatever the buckets hold; `first`: the alert's fields, kept whole
+        in the summary when it is the first of its fingerprint held back."""
         now = time.monotonic() if now is None else now
         self.incidents[key] = self.incidents.get(key, 0) + 1
         self.incidents.move_to_end(key)
@@ -42,10 +46,10 @@ class RateLimiter:
         g_tokens, g_last = self._global
         g_tokens = self._bucket(g_tokens, now if g_last is None else g_last, now,
                                 self.ceiling, 60.0)
-        if tokens >= 1 and g_tokens >= 1:
-            self.tokens[key] = (tokens - 1, now)
+        if high or (tokens >= 1 and g_tokens >= 1):
+            self.tokens[key] = (max(tokens - 1, 0.0), now)
             self.tokens.move_to_end(key)
-            self._global = (g_tokens - 1, now)
+            self._global = (max(g_tokens - 1, 0.0), now)
             self._trim()
             return True, self.suppressed.pop(key, 0), count
         self.tokens[key] = (tokens, now)
@@ -53,6 +57,8 @@ class RateLimiter:
         self.suppressed[key] = self.suppressed.get(key, 0) + 1
         p = self.pending.setdefault(key, {"fingerprint": key, "count": 0,
                                           **(about or {})})
+        if not p["count"] and first is not None:
+            p["first"] = first
         p["count"] += 1
         self._trim()
         return False, 0, count

@@ -461,7 +461,9 @@ class Sinks:
         self.sinks, self.message_ids, self.deliveries = sinks, message_ids, deliveries
         self._lock = threading.Lock()
 
-    def emit(self, kind: str, priority: int, msg: str, fields: dict) -> None:
+    def emit(self, kind: str, priority: int, msg: str, fields: dict,
+             only: tuple[str, ...] | None = None) -> None:
+        """To every sink, or to those named in `only` (a low incident: journald)."""
         if "time" not in fields:     # service events: the wall time they were raised at
             now = time.time()
             fields = {**fields, "time": round(now, 3), "time_rfc3339": rfc3339(now)}
@@ -470,7 +472,8 @@ class Sinks:
             self.deliveries.note()
         with self._lock:
             for s in self.sinks:
-                s.emit(kind, priority, msg, fields, self.message_ids[kind])
+                if only is None or s.name in only:
+                    s.emit(kind, priority, msg, fields, self.message_ids[kind])
 
     def get(self, name: str) -> Sink | None:
         return next((s for s in self.sinks if s.name == name), None)

@@ -34,7 +34,9 @@ from sysdream.probes.layout import (
     CTX_EXIT,
     CTX_NEW,
     EXE_DELETED,
+    EXE_FOREIGN_MNT,
     EXE_MEMFD,
+    EXE_USERNS_MNT,
     EXE_WRITABLE,
     PATH_CUT,
     UNSET_ID,
@@ -93,10 +95,13 @@ class Image:
     gid: int = UNSET_ID
     egid: int = UNSET_ID
     by_exec: bool = False     # from an exec record (not what it ran when first seen)
+    mntns: int = 0            # the process's mount namespace (inode), 0: unknown
 
     def exe_flags(self) -> list[str]:
         out = [name for bit, name in ((EXE_MEMFD, "memfd"), (EXE_DELETED, "deleted"),
-                                      (EXE_WRITABLE, "writable_mount"))
+                                      (EXE_WRITABLE, "writable_mount"),
+                                      (EXE_FOREIGN_MNT, "foreign_mount"),
+                                      (EXE_USERNS_MNT, "user_namespace_mount"))
                if self.flags & bit]
         if self.flags & EXE_MEMFD:      # a memfd's file system is always writable
             out = [f for f in out if f != "writable_mount"]
@@ -218,7 +223,7 @@ class ProcessTable:
         img = Image(int(r["ns"]), name, split_args(bytes(r["args"])[:min(int(r["args_len"]),
                                                                       ARGS_LEN)]),
                     flags, dev, ino, int(r["exe_fs_magic"]), int(r["uid"]), int(r["euid"]),
-                    int(r["gid"]), int(r["egid"]), kind == CTX_EXEC)
+                    int(r["gid"]), int(r["egid"]), kind == CTX_EXEC, int(r["mntns"]))
         if flags & EXE_MEMFD:
             return img                      # exe_name is "memfd:NAME": nothing more to find
         depth = int(r["path_depth"])

@@ -8,6 +8,7 @@
     scorer.py     the scorer thread (batches, inference local or remote, bound, evidence)
                   and Shadow, a candidate judging the same windows
     evidence.py   the alert statistic: bounds, per-process evidence, episodes
+    news.py       behaviour news: acts as features of a program, judged against its profile
     judge.py      the lineage Judge: novelty events and their weights at detection
     replay.py     the whole alert rule replayed on recorded activity
 

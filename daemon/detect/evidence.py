@@ -5,9 +5,11 @@ window bound weighs log p / log alpha (p its upper-tail probability under the wi
 bound's Gaussian, alpha that bound's own upper tail: 1 at the bound, 2 where a window is as
 rare as two at the bound, at most GRADED_MAX), a window below it nothing, and a lineage
 novelty (daemon/training/profile.py) adds the weight its probability is worth. A process's
-*evidence* is the sum of the weights of its last m windows; it alerts when that reaches the
-*alert bound*, and then starts over. One rule for every process: a short-lived one is
-judged on all it did as soon as that stands out, without waiting for its exit.
+*evidence* is the sum of the weights of its last m windows, plus those of its older
+windows halving every HALF_LIFE windows; it alerts when that reaches the *alert bound*,
+and then starts over. One rule for every
+process: a short-lived one is judged on all it did as soon as that stands out, without
+waiting for its exit.
 
 The alert bound is the paper's confidence interval applied to the statistic that raises an
 alert rather than to single windows. `sysdream train` replays the whole rule, with a model
@@ -56,45 +58,79 @@ def _erfc(x: np.ndarray) -> np.ndarray:
     return np.array([math.erfc(v) for v in np.asarray(x, np.float64).tolist()])
 
 
+HALF_LIFE = 64     # windows over which a process's evidence halves ([detection]
+#                    evidence_half_life_windows); long against the 8 windows (128
+#                    syscalls) of benign filler an evasion puts between odd windows
+FLOOR = 0.05       # evidence decayed below this is none: the excursion has ended
+MAX_EXITS = 256    # distinct exit windows remembered per thread group
+EPISODE_HALF_LIFE_S = 60.0   # an episode's window weighs half after this long: children
+#                              spaced 10 s apart (issue 33 #9) still add up
+
+
 class Evidence:
-    """Per process: alert when the weights of its last m windows reach the bound of the
-    program that made them (`bounds`, by program), `bound` for a program without its own.
-    Keyed by the process's key (tgid, start) where the process table knows it, so a
-    reused pid starts afresh; by the tgid alone where it does not. With `peaks` (a list),
-    (program, peak) of every excursion is appended to it as it ends (the calibration
-    replay: bound = inf). `window_max`: what one window may weigh under this rule."""
+    """Per process: alert when its evidence reaches the bound of the program that made
+    it (`bounds`, by program), `bound` for a program without its own. The evidence is
+    the weights of its last m windows in full, plus the older ones decaying by half
+    every `half_life` windows after they leave the last m (issue 32 #6, issue 33 #9):
+    odd windows spread out among benign ones still add up, where a sum of the last m
+    alone forgot each before the next came. Keyed by the process's key (tgid, start)
+    where the process table knows it, so a reused pid starts afresh; by the tgid alone
+    where it does not. With `peaks` (a list), (program, peak) of every excursion is
+    appended to it as it ends (the calibration replay: bound = inf). `window_max`: what
+    one window may weigh under this rule.
+
+    A thread group's threads exiting count once: `add_many(..., exits=keys)` with the
+    window contents of a (non-leader) thread's final block weighs each distinct exit
+    window once per process, so 10,000 threads ending the same way are one odd exit,
+    not 10,000."""
 
     def __init__(self, bound: float, m: int, max_processes: int = 65536,
                  peaks: list | None = None, bounds: dict[str, float] | None = None,
-                 window_max: float = GRADED_MAX, evictions: dict | None = None):
+                 window_max: float = GRADED_MAX, half_life: float = HALF_LIFE,
+                 evictions: dict | None = None):
         self.k, self.m, self.max = float(bound), m, max_processes
         # counts what was dropped still holding evidence: an attacker who makes processes
         # enough to push its own out would otherwise pass unseen (docs/security.md)
         self.evictions = evictions if evictions is not None else {}
         self.bounds = dict(bounds or {})
         self.window_max = window_max
-        self.recent: OrderedDict = OrderedDict()
+        self.half_life = float(half_life)
+        self.decay = 0.5 ** (1.0 / self.half_life)
+        self.recent: OrderedDict = OrderedDict()    # key -> [last m weights, older]
+        self.exits: OrderedDict = OrderedDict()     # key -> exit windows already counted
         self.peaks = peaks
         self.peak: dict = {}        # key -> [peak, program] of its running excursion
 
     def bound_for(self, program: str) -> float:
         return self.bounds.get(program, self.k)
 
-    def add(self, key, weight: float, program: str = "") -> float:
-        """Record one window's weight; returns the evidence when it reaches the bound (and
-        then starts over), else 0."""
-        d = self.recent.get(key)
-        if d is None:
-            d = self.recent[key] = deque(maxlen=self.m)
+    def _state(self, key) -> list:
+        st = self.recent.get(key)
+        if st is None:
+            st = self.recent[key] = [deque(maxlen=self.m), 0.0]
             if len(self.recent) > self.max:
                 old, held = self.recent.popitem(last=False)
+                self.exits.pop(old, None)
                 self._end(old)
-                if any(held):
+                if any(held[0]) or held[1]:     # its windows, or its decayed older ones
                     self.evictions["evidence"] = self.evictions.get("evidence", 0) + 1
         else:
             self.recent.move_to_end(key)
-        d.append(float(weight))
-        n = sum(d)
+        return st
+
+    def _push(self, st: list, weight: float) -> float:
+        """One window into a process's state; its evidence now."""
+        d = st[0]
+        older = st[1] * self.decay + (d[0] if len(d) == d.maxlen else 0.0)
+        st[1] = older if older >= FLOOR else 0.0
+        d.append(weight)
+        return sum(d) + st[1]
+
+    def add(self, key, weight: float, program: str = "") -> float:
+        """Record one window's weight; returns the evidence when it reaches the bound (and
+        then starts over), else 0."""
+        st = self._state(key)
+        n = self._push(st, float(weight))
         if self.peaks is not None:
             if n > 1e-12:
                 p = self.peak.setdefault(key, [0.0, program])
@@ -102,27 +138,56 @@ class Evidence:
             else:
                 self._end(key)
         if weight > 0 and n >= self.bounds.get(program, self.k) - 1e-9:
-            d.clear()
+            st[0].clear()
+            st[1] = 0.0
             self._end(key)
             return n
         return 0
 
-    def add_many(self, key, weights: np.ndarray, program: str = ""
-                 ) -> list[tuple[int, float]]:
+    def add_many(self, key, weights: np.ndarray, program: str = "",
+                 exits: np.ndarray | None = None) -> list[tuple[int, float]]:
         """Record a run of one process's window weights (made by `program`); (index,
-        evidence) of each that reaches the bound. A run of zeros for a process with
-        nothing pending changes nothing that matters and costs no per-window work."""
-        d = self.recent.get(key)
-        if not np.any(weights) and (d is None or not any(d)):
-            if d is not None:
+        evidence) of each that reaches the bound. `exits`: the windows' content keys when
+        the run is an exiting thread's last (see the class). A run of zeros costs at most
+        m + 1 steps: past them the older evidence decays by the rest at once."""
+        weights = np.asarray(weights, np.float64)
+        if exits is not None and weights.any():
+            weights = weights.copy()
+            seen = self.exits.get(key)
+            if seen is None:
+                seen = self.exits[key] = set()
+                while len(self.exits) > self.max:
+                    self.exits.popitem(last=False)
+            for i in np.flatnonzero(weights).tolist():
+                w = int(exits[i])
+                if w in seen:
+                    weights[i] = 0.0
+                elif len(seen) < MAX_EXITS:
+                    seen.add(w)
+        if not weights.any():
+            st = self.recent.get(key)
+            if st is None:
+                return []
+            if not any(st[0]) and not st[1]:
                 self.recent.move_to_end(key)
+                return []
+            steps = min(len(weights), self.m + 1)
+            for _ in range(steps):
+                self.add(key, 0.0, program)
+            rest = len(weights) - steps
+            if rest:
+                older = st[1] * self.decay ** rest
+                st[1] = older if older >= FLOOR else 0.0
+                if self.peaks is not None and not any(st[0]) and not st[1]:
+                    self._end(key)
             return []
-        return [(i, n) for i, x in enumerate(np.asarray(weights, np.float64).tolist())
+        return [(i, n) for i, x in enumerate(weights.tolist())
                 if (n := self.add(key, x, program))]
 
     def forget(self, key) -> None:
         """The process exited: its evidence goes (an excursion ends with it)."""
         self.recent.pop(key, None)
+        self.exits.pop(key, None)
         self._end(key)
 
     def flush(self) -> None:
@@ -137,13 +202,15 @@ class Evidence:
 
 class Episodes:
     """Related short-lived processes judged together. The young windows (among a process's
-    first m) of the children of one parent within `span_s` seconds form an episode: it
-    alerts when the weights of its last m windows reach the bound and they come from at
-    least two processes (one process alone is the per-process rule's business), so an
-    attack split into short steps, none standing out alone, does not pass unseen."""
+    first m) of the children of one parent form an episode: each window's weight halves
+    every `span_s` seconds (issue 33 #9: children spaced further apart than a fixed span
+    still add up; after 8 half-lives a window is dropped), and the episode alerts when
+    what its windows weigh now reaches the bound and they come from at least two
+    processes (one process alone is the per-process rule's business), so an attack split
+    into short steps, none standing out alone, does not pass unseen."""
 
-    def __init__(self, bound: float, m: int, span_s: float = 10.0, max_groups: int = 4096,
-                 evictions: dict | None = None):
+    def __init__(self, bound: float, m: int, span_s: float = EPISODE_HALF_LIFE_S,
+                 max_groups: int = 4096, evictions: dict | None = None):
         self.k, self.m, self.span_ns, self.max = float(bound), m, int(span_s * 1e9), max_groups
         self.evictions = evictions if evictions is not None else {}
         self.recent: OrderedDict[tuple, deque] = OrderedDict()
@@ -158,7 +225,7 @@ class Episodes:
         if d is None:
             if not np.any(weights):
                 return []
-            d = self.recent[key] = deque(maxlen=self.m)
+            d = self.recent[key] = deque(maxlen=8 * self.m)
             if len(self.recent) > self.max:
                 _, held = self.recent.popitem(last=False)
                 if any(x for _, _, x in held):
@@ -167,14 +234,14 @@ class Episodes:
             self.recent.move_to_end(key)
         out = []
         for i, x in enumerate(np.asarray(weights, np.float64).tolist()):
-            d.append((ns, tgid, x))
-            while d and d[0][0] < ns - self.span_ns:
+            if x:
+                d.append((ns, tgid, x))
+            while d and d[0][0] < ns - 8 * self.span_ns:
                 d.popleft()
             if not x:
                 continue
-            hits = [e for e in d if e[2]]
-            pids = sorted({e[1] for e in hits})
-            n = sum(e[2] for e in hits)
+            pids = sorted({e[1] for e in d})
+            n = sum(e[2] * 0.5 ** ((ns - e[0]) / self.span_ns) for e in d)
             if n >= self.k - 1e-9 and len(pids) >= 2:
                 out.append((i, n, pids))
                 d.clear()

@@ -290,7 +290,9 @@ class Scorer:
                                     None if news is None else (news[0][lo:hi],
                                                                news[1][lo:hi]))
             key, prog = b.key or b.tgid, b.label or (program(b.exe) if b.exe else "")
-            for i, n in evidence.add_many(key, weights, prog):
+            # a thread of the group exiting: each distinct exit window counts once
+            exits = part.keys[part.inverse[lo:hi]] if b.final and b.tid != b.tgid else None
+            for i, n in evidence.add_many(key, weights, prog, exits):
                 out.append(Detection(b, i, float(scores[lo + i]), n, evidence.m, model, {},
                                      novelty=self.novelty.of(b, i, model, evidence.m,
                                                               spend=True),

@@ -62,6 +62,7 @@ class Sources:
     retraining: Callable[[], object]
     exe_labels: Callable[[], int]       # the executable labels' evictions
     evictions: Callable[[], dict]       # state dropped to stay bounded, by what
+    behaviour: Callable[[], dict]       # the behaviour profiles
 
 
 class Metrics:

@@ -73,6 +73,8 @@ def capture(s) -> Iterator[Family]:
     yield CounterMetricFamily("sysdream_syscalls_delivered", "Syscalls the kernel "
                               "delivered in ring-buffer records.",
                               value=k.get("emitted_syscalls", 0))
+    yield CounterMetricFamily("sysdream_acts_lost", "Act records lost to a full acts "
+                              "ring buffer.", value=k.get("act_lost", 0))
     lost = CounterMetricFamily("sysdream_syscalls_lost", "Traced syscalls lost, by "
                                "reason.", labels=["reason"])
     for field, reason in LOSS_REASONS.items():
@@ -159,6 +161,12 @@ def alerts(a) -> Iterator[Family]:
         for exe, n in sorted(counts.items()):
             sent.add_metric([exe, sev], n)
     yield sent
+    yield _by_label("sysdream_incidents_opened", "Incidents opened, by severity (low "
+                    "ones go to journald alone).", "severity", a.incidents_opened)
+    yield _by_label("sysdream_incident_alerts", "Incident alerts sent (an opening or a "
+                    "rise in severity), by severity.", "severity", a.incident_alerts)
+    yield GaugeMetricFamily("sysdream_incidents_open", "Incidents open (not closed yet).",
+                            value=a.incidents_open)
     yield CounterMetricFamily("sysdream_allow_list_refused", "Allow lists that could not "
                               "be used (unreadable or damaged): each also an "
                               "allow-list-refused event.", value=a.allow_errors)
@@ -179,6 +187,16 @@ def evictions(dropped: dict[str, int]) -> Iterator[Family]:
                     "(rate_limits).", "what",
                     {"evidence": 0, "episodes": 0, "lineage_events": 0, "rate_limits": 0,
                      **dropped})
+
+
+def behaviour(b: dict) -> Iterator[Family]:
+    """The behaviour profiles (service/behaviour.py): programs, settled ones, acts taken."""
+    yield GaugeMetricFamily("sysdream_profiles_programs", "Programs with a behaviour "
+                            "profile.", value=b.get("programs", 0))
+    yield GaugeMetricFamily("sysdream_profiles_settled", "Programs whose behaviour "
+                            "profile has settled.", value=b.get("settled", 0))
+    yield CounterMetricFamily("sysdream_acts", "Act records the behaviour profiles "
+                              "took.", value=b.get("acts", 0))
 
 
 def exe_labels(evictions: int) -> Iterator[Family]:

@@ -8,6 +8,7 @@
     notify.py      sd_notify (systemd-python): READY, STATUS, WATCHDOG, RELOADING, STOPPING
     logs.py        the daemon's log lines: journald with priorities, or stderr; log_level
     statusfile.py  status.json in the state directory, for `sysdream status`
+    behaviour.py   the behaviour profiles: acts in, news out, kept in the state directory
     runtime.py     the process under systemd: signals, threads, torch and memory
 
 May import detect, context, alerting, metrics, training and fleet.

@@ -47,6 +47,7 @@ from ..exitcodes import MetricsPortError, StateDirError
 from ..fleet.agent import Control, Remote, collect, events_of
 from ..metrics.collector import Metrics, Sources
 from ..metrics.labels import ExeLabels
+from .behaviour import Behaviour
 from .learner import Learner
 from .logs import log, warn
 from .logs import setup as setup_logging
@@ -127,6 +128,8 @@ class Service:
         self.processes.delivery_exes = alert_takers()
         self.alerting = AlertPath(cfg, self.processes, self.labels, log)
         self.sink = self.alerting.sink      # service events go the same way as alerts
+        self.behaviour = Behaviour(cfg, self.processes, log) \
+            if cfg.values["profiles"]["enabled"] else None
         self.learner = Learner(cfg, self.sink, log, lambda: self.capture.settings,
                                lambda: self.kernel_counters)
         self.retrainer = Retrainer(cfg, self.sink, log, lambda: self.capture.settings,
@@ -159,6 +162,12 @@ class Service:
         return self.slot.model
 
     # -- what the metrics read: each owner's snapshot -----------------------------------
+    def behaviour_stats(self) -> dict:
+        b = self.behaviour
+        if b is None:
+            return {}
+        return {**b.profiles.counts(), "acts": b.watch.acts}
+
     def capture_stats(self) -> CaptureStats:
         cap = self.capture
         return CaptureStats(dict(self.kernel_counters), self.syscalls_read,
@@ -183,7 +192,8 @@ class Service:
             learner=self.learner.stats, model=self.slot.stats,
             retraining=self.retrainer.stats, exe_labels=lambda: self.labels.evictions,
             evictions=lambda: {**self.counters.stats().evictions,
-                               "rate_limits": self.alerting.stats().limiter_evicted}))
+                               "rate_limits": self.alerting.stats().limiter_evicted},
+            behaviour=self.behaviour_stats))
         if self.remote is not None:
             remote, control = self.remote, self.control
             metrics.add(lambda: collect(remote, control))
@@ -196,6 +206,8 @@ class Service:
         preflight.check_privileges().raise_if_failed()
         check_state_dir(self.cfg.state_dir())
         self.alerting.load_allow(self.cfg.state_dir() / "allow.json")
+        if self.behaviour is not None:
+            self.behaviour.load()
         self.slot.trusted = trusted_keys(self.cfg)
         f = self.cfg.fleet
         if f.server:     # an agent: the fleet server scores what the cache misses
@@ -223,6 +235,13 @@ class Service:
             self.slot.use(self.slot.load(model_path))
         self.capture = Capture(self.cfg.capture_settings(self.cgroups))
         self._configure_capture(self.capture.settings)
+        if self.behaviour is not None and not self.capture.acts:
+            log("behaviour profiles off: the kernel sends no act records here (no BTF or "
+                "not x86_64); the sequence model alone judges")
+            self.behaviour = None
+        if self.behaviour is not None:
+            self.alerting.watch = self.behaviour.watch
+            self.alerting.behaviour_expected = self.behaviour.profiles.expected_per_hour
         if not self.capture.context:
             log(f"process context off ({self.capture.context_missing or 'configured so'}): "
                 "alerts name processes from /proc, which a short-lived one has left")
@@ -379,6 +398,7 @@ class Service:
             cap.wait()
             # context first: a process's record is sent before its first chunk
             self._take_context(cap.read_context())
+            self._take_acts(cap.read_acts())
             self._take(cap.read())
             now = self._loop_beat = time.monotonic()
             if self._reload:
@@ -399,6 +419,8 @@ class Service:
                     self.slot.take_from_fleet(self.control)
                 self.alerting.tick(now)
                 self._losses(now)
+                if self.behaviour is not None:
+                    self.behaviour.tick(now)
                 if now >= self._next_refresh:
                     self._next_refresh = now + FILTER_REFRESH_S
                     self._refresh_filters()
@@ -465,6 +487,16 @@ class Service:
         self.learner.record_context(records)
         self.retrainer.record_context(records)
 
+    def _take_acts(self, records: np.ndarray) -> None:
+        """After the context records (an act's process is described first)."""
+        b = self.behaviour
+        if b is None:
+            return
+        news = b.take(records, self.phase, self.learner.progress)
+        self.alerting.behaviour_expected = b.profiles.expected_per_hour
+        if news:
+            self.alerting.news(news)
+
     def _take(self, records: np.ndarray) -> None:
         if not records.size:
             return
@@ -480,8 +512,11 @@ class Service:
         self.notify.stopping()
         cap = self.capture
         self._take_context(cap.read_context())
+        self._take_acts(cap.read_acts())
         self._take(cap.read())
         self.kernel_counters = cap.counters()
+        if self.behaviour is not None:
+            self.behaviour.save()
         if self.scorer:
             self.scorer.stop(DRAIN_S)
         self.learner.shutdown()

@@ -35,8 +35,9 @@ def test_allow_by_alert_id_then_remove(ebpf_ready, tmp_path, journal, group, tin
     d = start_daemon(tmp_path, cfg, tiny_bundle, cg_id, journal)
     try:
         first = run_ls(cg_dir)
-        alerts = wait_for(lambda: entries_for(journal, SYSDREAM_PID=str(first)), 30,
-                          "an alert for ls")
+        # ls's own: the fork's windows before its exec are the test's python
+        alerts = wait_for(lambda: [e for e in entries_for(journal, SYSDREAM_PID=str(first))
+                                   if e.get("SYSDREAM_EXE") == LS], 30, "an alert for ls")
         alert_id, fp = alerts[0]["SYSDREAM_ALERT_ID"], alerts[0]["SYSDREAM_FINGERPRINT"]
 
         got = cli("allow", "--alert-id", alert_id, "--state-dir", str(state), "--comment",

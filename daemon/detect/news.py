@@ -1,0 +1,270 @@
+"""Behaviour news: each act the kernel reports (probes/acts.py), as features of the program
+that did it, judged against that program's profile (daemon/training/behaviour.py).
+
+Features are "KIND VALUE" strings, made so that what a program does again looks the same:
+
+    write PATTERN     a file written or created (also rename's new name, link, chmod,
+                      chown, truncate); unlink PATTERN for a removal
+    read PATTERN      a sensitive file opened for reading
+    peer CLASS:PORT   connect / sendto: loopback, private, public (or unix:PATTERN)
+    listen PORT       bind / listen / accept on a port of its own (ports from 32768 up,
+                      the kernel's ephemeral range, as `ephemeral`)
+    priv OPERATION    setid, capset, ptrace, mount, module, bpf CMD, memfd
+    child PROGRAM     a program it started (from the child's exec)
+    parent PROGRAM    the program that started it
+
+Paths are normalised (`pattern`): the directory is kept, pids, numbers, hex and random
+or temporary name parts become `*`, so /tmp/tmp3k9x_ab/run.12345.lock is
+/tmp/*/run.*.lock.
+
+Some news is dangerous whatever the program has done before (`DANGEROUS`): a module
+load, a fileless exec (memfd, a deleted file, /dev/fd or /proc/PID/fd), ptrace of a
+process that is not its child. The consumer takes acts through `ActSource` (the capture,
+or a test's list), so new act kinds plug in where `features` learns to name them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from sysdream.probes.layout import EXE_DELETED, EXE_FOREIGN_MNT, EXE_MEMFD, EXE_USERNS_MNT
+
+from ..context.processes import program_label
+from ..training.behaviour import HeldOut, Profiles, ProgramId
+
+PTRACE_ATTACH, PTRACE_SEIZE = 16, 0x4206
+FILE_KINDS = {"write": "write", "rename": "write", "link": "write", "chmod": "write",
+              "chown": "write", "truncate": "write", "unlink": "unlink"}
+PRIV_KINDS = ("setid", "capset", "ptrace", "mount", "module", "bpf", "memfd")
+
+_HEXISH = re.compile(r"^(?=.*\d)[0-9a-fA-F]{6,}$")
+_NUM = re.compile(r"\d+")
+_WORD = re.compile(r"^[A-Za-z0-9_]{6,}$")
+EPHEMERAL = 32768   # ports from here up are the kernel's to hand out: one pattern
+_SWITCH = re.compile(r"(?<=[A-Za-z])(?=\d)|(?<=\d)(?=[A-Za-z])")
+# a temporary name: tmp/temp and a suffix (tempfile, mkstemp), an editor's lock file
+_TEMP_PREFIX = re.compile(r"^(tmp|temp)[._-]?[A-Za-z0-9_]{3,}$|^\.?#.+$")
+
+
+_CASE = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[a-z])")
+
+
+def _random(name: str) -> bool:
+    """Letters and digits alternating three times or more (3k9x_ab, a1b2c3), or case
+    changing three times or more in six characters or more (acXwqX, as mkstemp and
+    sem_open make), is random; python3, x86_64, sha256sums, README are not."""
+    if not _WORD.match(name):
+        return False
+    return len(_SWITCH.findall(name)) >= 3 or len(_CASE.findall(name)) >= 3
+
+
+class ActSource(Protocol):
+    """Where acts come from: Capture.read_acts() decoded, or a test's list."""
+
+    def __call__(self) -> Iterable: ...
+
+
+def _word(w: str) -> str:
+    if _HEXISH.match(w) or _random(w) or _TEMP_PREFIX.match(w):
+        return "*"
+    return _NUM.sub("*", w)
+
+
+def _part(name: str) -> str:
+    """One path component: each dot-separated part on its own (sem.acXw3kX: sem.*)."""
+    if _TEMP_PREFIX.match(name):
+        return "*"
+    return ".".join(_word(w) for w in name.split("."))
+
+
+def pattern(path: bytes | str) -> str:
+    """A path as the profile keeps it: directory kept, variable parts as `*`."""
+    text = path.decode("utf-8", "backslashreplace") if isinstance(path, bytes) else path
+    if text.startswith("/proc/") or text.startswith("/dev/fd/"):
+        head, _, rest = text.partition("/")[2].partition("/")
+        rest = "/".join(_part(p) for p in rest.split("/"))
+        return f"/{head}/{rest}"
+    return "/".join(_part(p) if p else p for p in text.split("/"))
+
+
+def peer_class(address: str) -> str:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return "other"
+    if ip.is_loopback:
+        return "loopback"
+    if ip.is_private or ip.is_link_local:
+        return "private"
+    return "public"
+
+
+def _port(port: int) -> str:
+    return "ephemeral" if port >= EPHEMERAL else str(port)
+
+
+def features(act) -> list[str]:
+    """What one act says of the program that did it (exec's parent/child pair excepted:
+    `Watch` makes those, as they need the process table)."""
+    k = act.kind
+    if k in FILE_KINDS:
+        path = act.path2 if k in ("rename", "link") and act.path2 else act.path
+        return [f"{FILE_KINDS[k]} {pattern(path)}"]
+    if k == "read":
+        return [f"read {pattern(act.path)}"]
+    if k in ("connect", "send"):
+        if act.family == socket.AF_UNIX:
+            return [f"peer unix:{pattern(act.path2 or act.path)}"]
+        if act.family in (socket.AF_INET, socket.AF_INET6):
+            return [f"peer {peer_class(act.address)}:{_port(act.port)}"]
+        return []
+    if k in ("bind", "listen", "accept"):
+        if act.family in (socket.AF_INET, socket.AF_INET6) and act.port:
+            return [f"listen {_port(act.port)}"]
+        return []
+    if k == "bpf":
+        return [f"priv bpf {act.args[0] if act.args else 0}"]
+    if k == "ptrace":
+        return [f"priv ptrace {act.args[0] if act.args else 0}"]
+    if k in PRIV_KINDS:
+        return [f"priv {k}"]
+    return []
+
+
+@dataclass
+class News:
+    """A feature the program's profile did not hold."""
+    program: ProgramId
+    feature: str
+    settled: bool        # the profile had settled: this is evidence
+    dangerous: str       # "" or why this is dangerous whatever the profile says
+    process: tuple       # (tgid, start ns)
+    lineage: list        # ancestors' keys, nearest first
+    session: object      # the lineage root: the login session, else the oldest ancestor
+    ns: int
+    pid: int
+    comm: str
+    learnt: bool = False     # learnt already (news of an unsettled profile)
+    cgroup_id: int = 0
+
+    @property
+    def kind(self) -> str:
+        """The kind of evidence: files written and removed are one (a temporary file
+        made and unlinked is one act of a program, not two agreeing kinds)."""
+        k = self.feature.split(" ", 1)[0]
+        return "file" if k in ("write", "unlink") else k
+
+
+class Watch:
+    """Acts in, news out. `learning`: every feature is learnt and nothing is news (the
+    baseline); else features the profile holds are counted, news of an unsettled
+    profile learnt quietly, and news of a settled one returned unlearnt: the caller
+    learns it (`learn`) only when the incident it joined stayed low."""
+
+    def __init__(self, profiles: Profiles, processes):
+        self.profiles, self.processes = profiles, processes
+        self.learning = True
+        self.held_out = HeldOut()
+        self.acts = 0
+        self.unknown_process = 0
+
+    def program_of(self, tgid: int, ns: int) -> tuple[ProgramId | None, object]:
+        """(program, process) running `tgid` at kernel time `ns`."""
+        p = self.processes.lookup(tgid, ns)
+        img = p.image_at(ns) if p is not None else None
+        if img is None:
+            return None, p
+        return identity(img), p
+
+    def take(self, acts: Iterable) -> list[News]:
+        out = []
+        for act in acts:
+            self.acts += 1
+            prog, proc = self.program_of(act.tgid, act.ns)
+            if prog is None:
+                self.unknown_process += 1
+                continue
+            feats = features(act)
+            danger = self._danger(act, proc)
+            if act.kind == "exec":
+                parent = self.processes.parent(proc)
+                pimg = parent.image_at(act.ns) if parent is not None else None
+                if pimg is not None:
+                    pprog = identity(pimg)
+                    feats.append(f"parent {pprog.label}")
+                    out += self._judge(pprog, f"child {prog.label}", parent, act, "")
+            for f in feats:
+                out += self._judge(prog, f, proc, act, danger)
+            if danger and not feats:
+                out += self._judge(prog, f"exec {danger}", proc, act, danger)
+        return out
+
+    def _danger(self, act, proc) -> str:
+        if act.kind == "module":
+            return "module load"
+        if act.kind == "exec" and proc is not None:
+            img = proc.image_at(act.ns)
+            path = act.path.decode("utf-8", "replace")
+            if (img is not None and img.flags & (EXE_MEMFD | EXE_DELETED)) or \
+                    path.startswith(("/dev/fd/", "/proc/")):
+                return "fileless exec"
+        if act.kind == "ptrace" and act.args and act.args[0] in (PTRACE_ATTACH, PTRACE_SEIZE):
+            target = self.processes.lookup(int(act.args[1]), 0) if len(act.args) > 1 else None
+            if target is None or target.ppid != act.tgid:
+                return "ptrace of a process not its child"
+        return ""
+
+    def _judge(self, prog: ProgramId, feature: str, proc, act, danger: str) -> list[News]:
+        if self.learning:
+            if self.held_out.since_ns is not None:
+                self.held_out.judge(prog, feature, lambda: self.session(proc))
+            self.profiles.learn(prog, feature)
+            return []
+        if self.profiles.knows(prog, feature) and not danger:
+            self.profiles.learn(prog, feature)
+            return []
+        # the ancestors only for news: known acts, the bulk, cost a lookup and a count
+        lineage = self.processes.lineage(proc) if proc is not None else []
+        session = session_of(proc, lineage)
+        settled = self.profiles.settled(prog)
+        quiet = not settled and not danger
+        if quiet:       # counted, kept low
+            self.profiles.learn(prog, feature)
+            self.profiles.profile(prog).news_learnt += 1
+        return [News(prog, feature, settled, danger, proc.key if proc is not None else (),
+                     [q.key for q in lineage], session, act.ns, act.tgid,
+                     act.comm.decode("utf-8", "replace"), quiet, act.cgroup_id)]
+
+    def session(self, proc) -> object:
+        return session_of(proc, self.processes.lineage(proc) if proc is not None else [])
+
+    def learn(self, news: News) -> None:
+        """News an operator allowed becomes part of the profile."""
+        if news.learnt:
+            return
+        news.learnt = True
+        if not self.profiles.knows(news.program, news.feature):
+            self.profiles.profile(news.program).news_learnt += 1
+        self.profiles.learn(news.program, news.feature)
+
+
+def identity(img) -> ProgramId:
+    """The program of a process image: its file, its mount namespace when that is not the
+    initial one, and its label."""
+    foreign = bool(img.flags & (EXE_FOREIGN_MNT | EXE_USERNS_MNT))
+    label = program_label(img.exe, img.args, bool(img.flags & EXE_MEMFD))
+    return ProgramId(img.dev, img.ino, img.mntns if foreign else 0, label, foreign)
+
+
+def session_of(proc, lineage: list) -> object:
+    """The lineage root: the login session where there is one, else the oldest ancestor
+    below init."""
+    if proc is not None and 0 < proc.sessionid < 0xFFFFFFFF:
+        return ("session", proc.sessionid)
+    roots = [q for q in lineage if q.tgid > 1]
+    return roots[-1].key if roots else (proc.key if proc is not None else ())

@@ -1,0 +1,205 @@
+"""Behaviour profiles on the real kernel: a program's acts learnt, its profile settled by
+its own activity, news judged against it, incidents raised through the alert path; a
+payload bind-mounted over a real program in a user and mount namespace does not borrow
+its profile; the profiles survive a restart and a tampered file is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sysdream.daemon import config
+from sysdream.daemon.alerting.path import AlertPath
+from sysdream.daemon.context.processes import ProcessTable
+from sysdream.daemon.detect.news import Watch, pattern, peer_class
+from sysdream.daemon.metrics.labels import ExeLabels
+from sysdream.daemon.training.behaviour import Profiles, ProgramId
+from sysdream.probes import acts
+from sysdream.probes.capture import kernel_dev
+
+TOUCH = "/usr/bin/touch"
+
+
+def observe(cap, table: ProcessTable, watch: Watch, argv: list[str]) -> list:
+    """Run `argv` to its end under the capture; the news of its acts (context first).
+    The capture sees the whole host: only the news of argv's own process is returned."""
+    child = subprocess.Popen(argv)
+    assert child.wait(timeout=30) == 0
+    news, quiet = [], 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and quiet < 5:
+        cap.wait(0.02)
+        ctx, recs = cap.read_context(), cap.read_acts()
+        cap.read()
+        table.ingest(ctx)
+        news += watch.take(acts.decode(recs))
+        quiet = quiet + 1 if not len(recs) and not len(ctx) else 0
+    return [n for n in news if n.pid == child.pid]
+
+
+def alert_path(tmp_path: Path, processes) -> tuple[AlertPath, Path]:
+    out = tmp_path / "alerts.jsonl"
+    toml = tmp_path / "sysdream.toml"
+    toml.write_text(f'[alerts]\njournald = false\njson_lines = "{out}"\n')
+    return AlertPath(config.load(toml), processes, ExeLabels(64), log=lambda m: None), out
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_paths_and_peers_are_normalised():
+    assert pattern("/tmp/tmp3k9x_ab/run.12345.lock") == "/tmp/*/run.*.lock"
+    assert pattern("/var/log/app/2026-12-07.log") == "/var/log/app/*-*-*.log"
+    assert pattern("/etc/cron.d/backup") == "/etc/cron.d/backup"
+    assert pattern("/proc/4242/fd/3") == "/proc/*/fd/*"
+    assert pattern("/home/u/.cache/a1b2c3d4e5f6.json") == "/home/u/.cache/*.json"
+    assert [peer_class(a) for a in ("127.0.0.1", "10.1.2.3", "::1", "8.8.8.8")] == \
+        ["loopback", "private", "loopback", "public"]
+
+
+def test_a_settled_program_alerts_on_new_behaviour_and_learns_lows(capture, tmp_path):
+    """touch learnt writing one directory, 40 files, settles; in detection a file in
+    that directory is nothing, a file in another is a medium incident (one, however many
+    files); the same news of a program never settled is low: journald only, and learnt."""
+    known, other = tmp_path / "known", tmp_path / "other"
+    known.mkdir()
+    other.mkdir()
+    cap = capture()
+    table = ProcessTable()
+    profiles = Profiles(min_events=20, max_unseen=0.1)
+    watch = Watch(profiles, table)
+    assert observe(cap, table, watch, [TOUCH, *(f"{known}/f.{i}" for i in range(40))]) == []
+    st = os.stat(TOUCH)
+    prog = ProgramId(kernel_dev(st.st_dev), st.st_ino, 0, TOUCH)
+    assert profiles.settled(prog), profiles.get(prog)
+
+    watch.learning = False
+    assert observe(cap, table, watch, [TOUCH, f"{known}/f.99"]) == []
+    news = observe(cap, table, watch, [TOUCH, f"{other}/a", f"{other}/b.tmp"])
+    assert [(n.feature, n.settled) for n in news] == \
+        [(f"write {pattern(f'{other}/a')}", True), (f"write {pattern(f'{other}/b.tmp')}", True)]
+    path, out = alert_path(tmp_path, table)
+    path.watch = watch
+    path.news(news)
+    (alert,) = lines(out)
+    assert alert["kind"] == "behaviour" and alert["severity"] == "medium"
+    assert alert["incident_state"] == "open" and alert["incident_id"]
+    assert alert["program_id"]["ino"] == st.st_ino and not alert["foreign_mount"]
+    (inc,) = path.incidents.open.values()
+    assert inc.count == 2 and len(inc.evidence) == 2
+    # news of a medium incident is never learnt by itself
+    assert not profiles.knows(prog, news[0].feature)
+
+    # a program whose profile never settled: low, kept out of the sinks, learnt
+    cp = shutil.copy(TOUCH, tmp_path / "mytouch")
+    news = [n for n in observe(cap, table, watch, [str(cp), f"{other}/c"])
+            if n.kind == "file"]
+    assert [n.settled for n in news] == [False]
+    path.news(news)
+    assert len(lines(out)) == 1         # the low went to journald alone (none here)
+    assert path.by_severity["low"] == 1
+    mine = ProgramId(news[0].program.dev, news[0].program.ino, 0, news[0].program.label)
+    assert profiles.knows(mine, news[0].feature)
+    path.tick(time.monotonic() + 10**6)     # the span passes: medium incident closes
+    closed = [x for x in lines(out) if x["kind"] == "incident-closed"]
+    assert [c["incident_id"] for c in closed] == [alert["incident_id"]]
+    assert closed[0]["incident_count"] == 2
+    path.close()
+
+
+def test_a_bind_mount_over_a_program_does_not_borrow_its_profile(capture, tmp_path):
+    """`unshare -Urm; mount --bind payload /usr/bin/touch`: the payload runs as
+    /usr/bin/touch doing what touch always did, yet it is its own program (its file,
+    its mount namespace), unsettled, marked foreign; touch's profile is untouched."""
+    if not shutil.which("unshare"):
+        pytest.fail("unshare (util-linux) is needed for this test")
+    d = tmp_path / "d"
+    d.mkdir()
+    payload = shutil.copy(TOUCH, tmp_path / "payload")
+    cap = capture()
+    table = ProcessTable()
+    profiles = Profiles(min_events=20, max_unseen=0.1)
+    watch = Watch(profiles, table)
+    observe(cap, table, watch, [TOUCH, *(f"{d}/f.{i}" for i in range(40))])
+    st = os.stat(TOUCH)
+    real = ProgramId(kernel_dev(st.st_dev), st.st_ino, 0, TOUCH)
+    assert profiles.settled(real)
+    before = profiles.get(real).events
+
+    watch.learning = False
+    news = observe(cap, table, watch, [
+        "unshare", "-Urm", "sh", "-c",
+        f"mount --bind {payload} {TOUCH} && exec {TOUCH} {d}/f.77"])
+    mine = [n for n in news if n.program.label == TOUCH]
+    assert mine, [n.feature for n in news]
+    pst = os.stat(payload)
+    for n in mine:
+        assert (n.program.dev, n.program.ino) == (kernel_dev(pst.st_dev), pst.st_ino)
+        assert n.program.foreign and n.program.mntns
+        assert not n.settled
+    assert f"write {pattern(f'{d}/f.1')}" in [n.feature for n in mine]
+    assert profiles.get(real).events == before
+    path, out = alert_path(tmp_path, table)
+    path.watch = watch
+    f = __import__("sysdream.daemon.alerting.fields", fromlist=["x"]).behaviour_fields(
+        mine[0], {})
+    assert f["foreign_mount"] and f["program_id"]["ino"] == pst.st_ino
+    path.close()
+
+
+def test_profiles_survive_a_restart_and_a_tampered_file_is_refused(tmp_path):
+    p = Profiles(min_events=3, max_unseen=0.5)
+    prog = ProgramId(2049, 1234, 0, "/usr/sbin/cron")
+    for f in ("child /bin/sh", "child /bin/sh", "write /var/log/cron.log", "child /bin/sh"):
+        p.learn(prog, f)
+    p.expected_per_hour = 0.25
+    path = tmp_path / "profiles.json"
+    p.save(path)
+    q = Profiles(min_events=3, max_unseen=0.5)
+    assert q.load(path) == 1
+    assert q.get(prog).counts == p.get(prog).counts and q.settled(prog)
+    assert q.expected_per_hour == 0.25
+    doc = json.loads(path.read_text())
+    doc["body"] = doc["body"].replace("cron.log", "evil.log")
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="checksum"):
+        Profiles().load(path)
+
+
+def test_settling_follows_the_programs_own_activity():
+    """A repetitive service settles; a shell doing something new each time never does."""
+    p = Profiles(min_events=50, max_unseen=0.05)
+    svc, shell = ProgramId(1, 1, 0, "/usr/sbin/svc"), ProgramId(1, 2, 0, "/bin/bash")
+    rng = np.random.default_rng(0)
+    for i in range(2000):
+        p.learn(svc, f"peer private:{[5432, 6379][i % 2]}")
+        p.learn(shell, f"child /usr/bin/tool{rng.integers(10**6)}")
+    assert p.settled(svc) and not p.settled(shell)
+
+
+def test_held_out_news_of_settled_profiles_gives_the_expected_rate():
+    """Profiles as they stood three quarters into learning judge the last quarter: news
+    of a settled profile counts once per (program, session, kind); news of an unsettled
+    one and what the snapshot knew do not."""
+    from sysdream.daemon.training.behaviour import HeldOut
+
+    p = Profiles(min_events=3, max_unseen=0.5)
+    svc, sh = ProgramId(1, 1, 0, "/usr/sbin/svc"), ProgramId(1, 2, 0, "/bin/sh")
+    for _ in range(10):
+        p.learn(svc, "peer private:5432")
+    p.learn(sh, "child /usr/bin/a")
+    h = HeldOut()
+    h.take(p, now_ns=0)
+    h.judge(svc, "peer private:5432", lambda: ("s", 1))      # known
+    h.judge(svc, "write /var/lib/svc/*", lambda: ("s", 1))   # news: one incident
+    h.judge(svc, "write /var/tmp/*", lambda: ("s", 1))       # same kind, same session
+    h.judge(sh, "child /usr/bin/b", lambda: ("s", 1))        # unsettled: not counted
+    assert h.per_hour(now_ns=1800 * 10**9) == 2.0
