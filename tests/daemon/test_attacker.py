@@ -607,9 +607,10 @@ def test_evicted_evidence_episodes_and_held_back_alerts_are_counted():
 
 
 def test_windows_above_the_window_bound_are_not_learnt_below_the_alert_bound(tiny_detector):
-    """10: odd syscalls slipped in one at a time, far apart in a normal stream: no run
-    of them reaches the alert bound (the old guard kept them all), but each window
-    above the window bound stays out of training."""
+    """10: odd syscalls slipped in one at a time, far apart in a normal stream: the old
+    guard kept them all (no run of them reached the alert bound under the last-8-windows
+    rule); each window above the window bound now stays out of training, whether or not
+    the decaying evidence also brings the process near its alert bound."""
     from daemon_helpers import records, sample_attack, sample_normal
 
     from sysdream.daemon.training.guard import GUARD_SPAN_S, guard
@@ -624,7 +625,6 @@ def test_windows_above_the_window_bound_are_not_learnt_below_the_alert_bound(tin
     recs["first_ns"] = recs["last_ns"] = np.arange(len(recs)) * int(GUARD_SPAN_S * 3e9)
     tr = Trace(host_header(64), recs, {}, None, np.empty(0, CONTEXT_DTYPE))
     (kept,), report = guard(tiny_detector, [tr], near=1.0, share=1.0)
-    assert report["near_bound"]["syscalls"] == 0, report    # under the alert bound
     assert report["above_bound"]["syscalls"] > 0, report
     poisoned = {int(r["seq"]) for r in recs if (r["seq"] % 4 == 0)}
     left = {int(s) for s in kept.records["seq"]}
