@@ -333,7 +333,8 @@ format = "ocsf"
             assert ecs_problems(doc, defs) == [], doc
         first = wait_for(lambda: [x for x in map(json.loads, out.read_text().splitlines())
                                   if "exe.txt" in x.get("process", {}).get("command_line", "")
-                                  and x["event"]["kind"] == "alert"], 60, "an ECS alert of the odd run\n" + d.stderr)[0]
+                                  and x["event"]["kind"] == "alert"], 60,
+                         "an ECS alert of the odd run\n" + d.stderr)[0]
         assert first["process"]["name"] == "sdwork" and first["process"]["pid"] > 0
         assert "\\u202eexe.txt\\u200b" in first["process"]["command_line"]
         assert "\u202e" not in out.read_text() and "\\u202e" in out.read_text()
