@@ -224,7 +224,8 @@ def report_loop(args, rounds, ns, rates, counters, per_call) -> None:
           f"{counters['lost_nostorage']} to no thread storage "
           f"(of {counters['traced']:,} traced)")
     if per_call:
-        print(f"BPF program run time (kernel.bpf_stats_enabled, best of 3): floor "
+        print(f"BPF program run time (kernel.bpf_stats_enabled, best of {max(3, args.reps)}): "
+              "floor "
               f"{per_call['floor']:.1f} ns per syscall, sysdream capture "
               f"{per_call['capture']:.1f} ns: {per_call['capture'] - per_call['floor']:+.1f} "
               f"ns over the floor; reference {per_call['reference']:.1f} ns "
@@ -233,12 +234,13 @@ def report_loop(args, rounds, ns, rates, counters, per_call) -> None:
               f", reference {per_call['reference'] / per_call['floor']:.3f}")
 
 
-def loop_run_times(exe, calls, floor, floor_hook, cap, cap_hook, ref, ref_hook) -> dict:
-    """BPF run time per syscall of the loop (kernel.bpf_stats_enabled), best of 3 rounds
-    each, the configurations interleaved."""
+def loop_run_times(exe, calls, floor, floor_hook, cap, cap_hook, ref, ref_hook,
+                   rounds: int = 3) -> dict:
+    """BPF run time per syscall of the loop (kernel.bpf_stats_enabled), best of `rounds`
+    rounds each, the configurations interleaved."""
     per_call: dict[str, list[float]] = {"floor": [], "capture": [], "reference": []}
     with ProgramClock() as clock:
-        for _ in range(3):
+        for _ in range(rounds):
             for name, bpf, hook in (("floor", floor, floor_hook), ("capture", cap.bpf, cap_hook),
                                     ("reference", ref.bpf, ref_hook)):
                 runs, ns = clock.measure(bpf, hook, lambda: loop_ns(exe, calls))
@@ -319,7 +321,7 @@ def main() -> int:
         plain.close()
         if args.loop_only:
             per_call = loop_run_times(exe, args.calls, floor, floor_hook, cap, cap_hook,
-                                      ref, ref_hook)
+                                      ref, ref_hook, max(3, args.reps))
             floor.cleanup()
             for d, c in ((drain, cap), (ref_drain, ref)):
                 d.stop.set()
@@ -351,7 +353,7 @@ def main() -> int:
         # The programs' own run time, counted by the kernel: per syscall of the loop
         # (best of the rounds) and as a share of the mixed workload's wall time.
         per_call = loop_run_times(exe, args.calls, floor, floor_hook, cap, cap_hook,
-                                  ref, ref_hook)
+                                  ref, ref_hook, max(3, args.reps))
         with ProgramClock() as clock:
             # The mixed workload once under each: the programs' share of its wall time,
             # and for capture the time per program and what its records carried.
