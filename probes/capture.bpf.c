@@ -737,7 +737,7 @@ int note_act(struct bpf_raw_tracepoint_args *ctx)
 {
     u32 zero = 0;
     struct cpu_slot *slot = slots.lookup(&zero);
-    if (!slot)
+    if (!slot || slot->compat)      // a compat call's number means another syscall
         return 0;
     u32 nr = (u32)ctx->args[1];
     struct arg_regs regs = {};
@@ -1189,7 +1189,7 @@ RAW_TRACEPOINT_PROBE(sys_enter)
 #if ACTS
     // The few syscalls whose arguments say what a program does: read them off this
     // path (a tail call does not return here).
-    if (!slot->compat && is_act(ctx->args[1]))
+    if (is_act(ctx->args[1]))
         act_progs.call(ctx, 0);
 #endif
     return 0;
