@@ -134,7 +134,15 @@ class Drain(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set():
             self.cap.wait(self.interval)
-            self.records += self.cap.read().size
+            self.drain()
+        self.drain()
+
+    def drain(self) -> None:
+        # context records and acts too, as the daemon reads them: a full ring would make
+        # the kernel's side cheaper than it is
+        self.cap.read_context()
+        if hasattr(self.cap, "read_acts"):
+            self.cap.read_acts()
         self.records += self.cap.read().size
 
     def cpu(self) -> float:
