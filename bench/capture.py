@@ -2,7 +2,7 @@
 program on the same raw sys_enter hook) and under sysdream's capture, in one run.
 
     .venv/bin/python bench/capture.py [--calls 5000000] [--reps 7] [--strict-compat]
-                                      [--loop-only]
+                                      [--loop-only] [--reference-source FILE]
 
 Prints syscalls/s for each, the added ns per syscall over untraced, the ratio of
 sysdream's added cost to the floor's (also for capture without process context records,
@@ -17,6 +17,12 @@ the kernel's tracing path hot in the caches), the reader thread's CPU time, and 
 kernel's own count of BPF run time (kernel.bpf_stats_enabled), which does not drift with
 the VM: per syscall of the loop, and on the mixed workload as a share of its wall time
 with capture's time per program and its syscalls per record.
+
+A reference capture runs interleaved beside it throughout (loop, mixed workload and the
+kernel's run-time count): by default this program with acts off (probes/acts.py: what
+the per-syscall path was before them); with --reference-source, another capture.bpf.c
+(`git show main:probes/capture.bpf.c > /tmp/main.bpf.c`), compiled with acts off, so a
+branch and main are compared in one run on one machine.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import threading
 import time
 from pathlib import Path
 
+from sysdream.probes import capture as capture_module
 from sysdream.probes.capture import READ_INTERVAL_S, Capture, CaptureSettings
 
 HERE = Path(__file__).resolve().parent
@@ -127,7 +134,15 @@ class Drain(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set():
             self.cap.wait(self.interval)
-            self.records += self.cap.read().size
+            self.drain()
+        self.drain()
+
+    def drain(self) -> None:
+        # context records and acts too, as the daemon reads them: a full ring would make
+        # the kernel's side cheaper than it is
+        self.cap.read_context()
+        if hasattr(self.cap, "read_acts"):
+            self.cap.read_acts()
         self.records += self.cap.read().size
 
     def cpu(self) -> float:
@@ -176,9 +191,23 @@ def overhead(runs: list[float], base: list[float]) -> tuple[float, float, float]
     return statistics.mean(pct), se, statistics.median(pct)
 
 
+def reference_capture(settings: CaptureSettings, source: str | None) -> Capture:
+    """The reference: `source` (a capture.bpf.c) or this one, with acts off."""
+    settings = dataclasses.replace(settings, acts=False)
+    if source is None:
+        return Capture(settings)
+    text = Path(source).read_bytes()
+    own = capture_module.bpf_source
+    capture_module.bpf_source = lambda: text
+    try:
+        return Capture(settings)
+    finally:
+        capture_module.bpf_source = own
+
+
 def report_loop(args, rounds, ns, rates, counters, per_call) -> None:
-    base_ns, floor_ns, cap_ns, plain_ns = ns
-    base_rate, floor_rate, cap_rate, plain_rate = rates
+    base_ns, floor_ns, cap_ns, plain_ns, ref_ns = ns
+    base_rate, floor_rate, cap_rate, plain_rate, ref_rate = rates
     floor_added = floor_ns - base_ns
     print(f"getppid loop on {CPUS} CPUs, {args.calls:,} calls per CPU, "
           f"best of {args.reps} interleaved rounds"
@@ -188,10 +217,12 @@ def report_loop(args, rounds, ns, rates, counters, per_call) -> None:
     print(f"{'floor (count only)':28}{floor_rate:>14,.0f}{floor_ns:>12.1f}{floor_added:>10.1f}")
     for label, rate, added in (("sysdream capture", cap_rate, cap_ns - base_ns),
                                ("... without context records", plain_rate,
-                                plain_ns - base_ns)):
+                                plain_ns - base_ns),
+                               ("reference capture", ref_rate, ref_ns - base_ns)):
         print(f"{label:28}{rate:>14,.0f}{added + base_ns:>12.1f}{added:>10.1f}")
     for label, key, best in (("sysdream / floor", "capture", cap_ns),
-                             ("without context / floor", "no context", plain_ns)):
+                             ("without context / floor", "no context", plain_ns),
+                             ("reference / floor", "reference", ref_ns)):
         ratio = (best - base_ns) / floor_added if floor_added > 0 else float("nan")
         triples = zip(rounds["untraced"], rounds["floor"], rounds[key], strict=True)
         per_round = statistics.median((c - u) / (f - u) for u, f, c in triples if f > u)
@@ -201,10 +232,28 @@ def report_loop(args, rounds, ns, rates, counters, per_call) -> None:
           f"{counters['lost_nostorage']} to no thread storage "
           f"(of {counters['traced']:,} traced)")
     if per_call:
-        print(f"BPF program run time (kernel.bpf_stats_enabled, best of 3): floor "
+        print(f"BPF program run time (kernel.bpf_stats_enabled, best of {max(3, args.reps)}): "
+              "floor "
               f"{per_call['floor']:.1f} ns per syscall, sysdream capture "
               f"{per_call['capture']:.1f} ns: {per_call['capture'] - per_call['floor']:+.1f} "
-              "ns over the floor")
+              f"ns over the floor; reference {per_call['reference']:.1f} ns "
+              f"({per_call['reference'] - per_call['floor']:+.1f})")
+        print(f"run-time ratio to the floor: sysdream {per_call['capture'] / per_call['floor']:.3f}"
+              f", reference {per_call['reference'] / per_call['floor']:.3f}")
+
+
+def loop_run_times(exe, calls, floor, floor_hook, cap, cap_hook, ref, ref_hook,
+                   rounds: int = 3) -> dict:
+    """BPF run time per syscall of the loop (kernel.bpf_stats_enabled), best of `rounds`
+    rounds each, the configurations interleaved."""
+    per_call: dict[str, list[float]] = {"floor": [], "capture": [], "reference": []}
+    with ProgramClock() as clock:
+        for _ in range(rounds):
+            for name, bpf, hook in (("floor", floor, floor_hook), ("capture", cap.bpf, cap_hook),
+                                    ("reference", ref.bpf, ref_hook)):
+                runs, ns = clock.measure(bpf, hook, lambda: loop_ns(exe, calls))
+                per_call[name].append(ns / max(runs, 1))
+    return {k: min(v) for k, v in per_call.items()}
 
 
 def main() -> int:
@@ -217,6 +266,8 @@ def main() -> int:
                     help="the reader's timer in seconds (the daemon's: %(default)s)")
     ap.add_argument("--loop-only", action="store_true",
                     help="only the getppid loop (no mixed workload)")
+    ap.add_argument("--reference-source", metavar="FILE",
+                    help="a capture.bpf.c to compare against (default: this one, acts off)")
     args = ap.parse_args()
     from bcc import BPF
 
@@ -244,6 +295,11 @@ def main() -> int:
         plain_hook.off()
         plain_drain = Drain(plain, args.read_interval)
         plain_drain.start()
+        ref = reference_capture(settings, args.reference_source)
+        ref_hook = Hook(ref.bpf)
+        ref_hook.off()
+        ref_drain = Drain(ref, args.read_interval)
+        ref_drain.start()
 
         # Interleaved rounds: the VM's speed drifts, and drift must hit all alike; the
         # order turns each round, so that none is always the first (cold) run.
@@ -260,24 +316,26 @@ def main() -> int:
                         hooks[name].off()
             return out
 
-        hooks = {"untraced": None, "floor": floor_hook, "capture": cap_hook}
+        hooks = {"untraced": None, "floor": floor_hook, "capture": cap_hook,
+                 "reference": ref_hook}
         rounds = interleaved(lambda: loop_ns(exe, args.calls),
                              {**hooks, "no context": plain_hook})
-        base_ns, floor_ns, cap_ns, plain_ns = (
-            min(rounds[k]) for k in ("untraced", "floor", "capture", "no context"))
-        base_rate, floor_rate, cap_rate, plain_rate = (
-            CPUS * 1e9 / ns for ns in (base_ns, floor_ns, cap_ns, plain_ns))
+        loop_best = tuple(min(rounds[k]) for k in ("untraced", "floor", "capture",
+                                                   "no context", "reference"))
+        loop_rates = tuple(CPUS * 1e9 / ns for ns in loop_best)
         counters = cap.counters()
         plain_drain.stop.set()
         plain_drain.join()
         plain.close()
         if args.loop_only:
+            per_call = loop_run_times(exe, args.calls, floor, floor_hook, cap, cap_hook,
+                                      ref, ref_hook, max(3, args.reps))
             floor.cleanup()
-            drain.stop.set()
-            drain.join()
-            cap.close()
-            report_loop(args, rounds, (base_ns, floor_ns, cap_ns, plain_ns),
-                        (base_rate, floor_rate, cap_rate, plain_rate), counters, None)
+            for d, c in ((drain, cap), (ref_drain, ref)):
+                d.stop.set()
+                d.join()
+                c.close()
+            report_loop(args, rounds, loop_best, loop_rates, counters, per_call)
             return 0
 
         # The mixed workload, interleaved the same way; each part timed on its own.
@@ -302,13 +360,9 @@ def main() -> int:
 
         # The programs' own run time, counted by the kernel: per syscall of the loop
         # (best of the rounds) and as a share of the mixed workload's wall time.
-        per_call: dict[str, float] = {}
+        per_call = loop_run_times(exe, args.calls, floor, floor_hook, cap, cap_hook,
+                                  ref, ref_hook, max(3, args.reps))
         with ProgramClock() as clock:
-            for name, bpf, hook in (("floor", floor, floor_hook), ("capture", cap.bpf, cap_hook)):
-                per_call[name] = min(
-                    (lambda rn: rn[1] / max(rn[0], 1))(
-                        clock.measure(bpf, hook, lambda: loop_ns(exe, args.calls)))
-                    for _ in range(3))
             # The mixed workload once under each: the programs' share of its wall time,
             # and for capture the time per program and what its records carried.
             def share(bpf, hook) -> float:
@@ -316,7 +370,8 @@ def main() -> int:
                 _, prog_ns = clock.measure(bpf, hook, lambda: mixed_workload(tmp))
                 return prog_ns / 1e9 / (time.monotonic() - t0)
 
-            mixed_share = {"floor": share(floor, floor_hook)}
+            mixed_share = {"floor": share(floor, floor_hook),
+                           "reference": share(ref.bpf, ref_hook)}
             before, c0 = program_times(cap.bpf), cap.counters()
             mixed_share["capture"] = share(cap.bpf, cap_hook)
             after, c1 = program_times(cap.bpf), cap.counters()
@@ -328,11 +383,13 @@ def main() -> int:
         floor.cleanup()
         drain.stop.set()
         drain.join()
+        ref_drain.stop.set()
+        ref_drain.join()
+        ref.close()
         mixed_counters = cap.counters()
         cap.close()
 
-    report_loop(args, rounds, (base_ns, floor_ns, cap_ns, plain_ns),
-                (base_rate, floor_rate, cap_rate, plain_rate), counters, per_call)
+    report_loop(args, rounds, loop_best, loop_rates, counters, per_call)
     print(f"mixed workload (find /usr, 10 python start-ups, 5 gcc), {args.reps} interleaved "
           "rounds: per cent over the round beside it, mean +- standard error (median); "
           f"reader timer {args.read_interval * 1000:g} ms")
@@ -354,6 +411,11 @@ def main() -> int:
                   f"{statistics.median(t['untraced']):>9.3f}s"
                   + "".join(f"{f'{m:+.1f} +- {se:.1f} ({md:+.1f})':>22}" for m, se, md in cells)
                   + f"{floor_per_call:>18}")
+    for i, what in ((0, "wall"), (1, "CPU")):
+        t = {k: [r["all"][i] for r in mixed[k]] for k in mixed}
+        m, se, md = overhead(t["capture"], t["reference"])
+        print(f"mixed workload {what}: sysdream capture over the reference {m:+.1f} +- {se:.1f}"
+              f" ({md:+.1f})%")
     reader = {k: statistics.mean(r["reader"] for r in mixed[k]) for k in mixed}
     cap_wall = statistics.mean(r["all"][0] for r in mixed["capture"])
     print("mixed workload: the reader thread's CPU per round, mean: " + ", ".join(
@@ -362,7 +424,9 @@ def main() -> int:
     print(f"mixed workload: lost {mixed_counters['lost_syscalls'] - counters['lost_syscalls']}")
     print(f"mixed workload: BPF programs ran for {100 * mixed_share['floor']:.1f}% of its "
           f"wall time under the floor and {100 * mixed_share['capture']:.1f}% under sysdream "
-          f"capture ({100 * (mixed_share['capture'] - mixed_share['floor']):+.1f} points; "
+          f"capture ({100 * (mixed_share['capture'] - mixed_share['floor']):+.1f} points), "
+          f"{100 * mixed_share['reference']:.2f}% under the reference and "
+          f"{100 * mixed_share['capture']:.2f}% under sysdream ("
           "kernel.bpf_stats_enabled, every program, the stats' own clock reads included)")
     print("mixed workload, sysdream's programs: " + ", ".join(
         f"{name} {runs:,} runs at {ns / runs:.0f} ns" for name, (runs, ns) in

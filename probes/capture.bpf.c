@@ -349,6 +349,15 @@ BPF_PROG_ARRAY(act_progs, 1);
 // Sensitive path prefixes, set by user space (probes/acts.py SENSITIVE_DEFAULT).
 BPF_LPM_TRIE(sensitive, struct lpm_key, u8, 1024);
 BPF_TABLE("lru_hash", struct seen_key, u8, acts_seen, 16384);
+// A one-byte-per-slot filter on a sensitive prefix's first 4 bytes (slot: head_slot), so
+// that most opens for reading (/usr/..., relative names) are passed over after a 4-byte
+// read and an inlined array lookup, without the string read and trie lookup.
+BPF_ARRAY(sensitive_heads, u8, 256);
+
+static __always_inline u32 head_slot(u32 head)
+{
+    return (head * 2654435761u) >> 24;
+}
 
 // The numbers that carry acts, as one 64-bit mask per 64 numbers (constants: the
 // per-syscall test is two compares and a shift).
@@ -737,7 +746,7 @@ int note_act(struct bpf_raw_tracepoint_args *ctx)
 {
     u32 zero = 0;
     struct cpu_slot *slot = slots.lookup(&zero);
-    if (!slot)
+    if (!slot || slot->compat)      // a compat call's number means another syscall
         return 0;
     u32 nr = (u32)ctx->args[1];
     struct arg_regs regs = {};
@@ -760,6 +769,13 @@ int note_act(struct bpf_raw_tracepoint_args *ctx)
             kind = ACT_WRITE;
         } else {
             // a read: sent only when the path starts with a sensitive prefix
+            u32 head = 0;
+            if (bpf_probe_read_user(&head, sizeof(head), (void *)path) || (head & 0xff) != '/')
+                return 0;
+            u32 slot_i = head_slot(head);
+            u8 *maybe = sensitive_heads.lookup(&slot_i);
+            if (!maybe || !*maybe)
+                return 0;
             struct lpm_key k = {};
             long n = bpf_probe_read_user_str(k.data, LPM_LEN, (void *)path);
             if (n <= 1 || k.data[0] != '/')
@@ -1189,7 +1205,7 @@ RAW_TRACEPOINT_PROBE(sys_enter)
 #if ACTS
     // The few syscalls whose arguments say what a program does: read them off this
     // path (a tail call does not return here).
-    if (!slot->compat && is_act(ctx->args[1]))
+    if (is_act(ctx->args[1]))
         act_progs.call(ctx, 0);
 #endif
     return 0;

@@ -73,9 +73,9 @@ class CaptureSettings:
             if len(self.sensitive_paths) > SENSITIVE_MAX:
                 raise ValueError(f"sensitive_paths: at most {SENSITIVE_MAX} entries")
             for path in self.sensitive_paths:
-                if not path.startswith("/") or len(path.encode()) > LPM_LEN - 1:
+                if not path.startswith("/") or not 4 <= len(path.encode()) <= LPM_LEN - 1:
                     raise ValueError(f"sensitive_paths: {path!r} must be an absolute path of "
-                                     f"at most {LPM_LEN - 1} bytes")
+                                     f"4 to {LPM_LEN - 1} bytes")
         return self
 
 
@@ -160,6 +160,12 @@ def initial_mount_namespace() -> int:
     except OSError:
         return 0
     return own if own == PROC_MNT_INIT_INO else 0
+
+
+def head_slot(path: bytes) -> int:
+    """capture.bpf.c head_slot: the filter slot of a path's first 4 bytes."""
+    head = int.from_bytes(path[:4], "little")
+    return ((head * 2654435761) & 0xFFFFFFFF) >> 24
 
 
 def bpf_source() -> bytes:
@@ -266,13 +272,22 @@ class Capture:
 
             paths = default_sensitive()
         table = self.bpf[b"sensitive"]
+        heads = self.bpf[b"sensitive_heads"]
         table.clear()
+        wanted = {head_slot(p.encode()) for p in paths}
+        # slots first: a prefix is in the filter before the trie, never the other way
+        for i in range(256):
+            if i in wanted:
+                heads[heads.Key(i)] = heads.Leaf(1)
         for path in paths:
             data = path.encode()[:LPM_LEN - 1]
             key = table.Key()
             key.prefixlen = 8 * len(data)
             key.data = data
             table[key] = table.Leaf(1)
+        for i in range(256):
+            if i not in wanted:
+                heads[heads.Key(i)] = heads.Leaf(0)
 
     def _keys(self, f: Filter, values: tuple) -> tuple | set:
         """What the map of filter `f` holds for `values`: the values themselves, or for

@@ -158,7 +158,7 @@ def test_a_payload_bound_over_a_system_binary_keeps_its_own_identity(capture, tm
 def test_sensitive_paths_are_checked_and_a_bad_one_is_refused():
     with pytest.raises(ValueError, match="absolute path"):
         CaptureSettings(sensitive_paths=("relative/",)).validate()
-    with pytest.raises(ValueError, match="at most 127 bytes"):
+    with pytest.raises(ValueError, match="4 to 127 bytes"):
         CaptureSettings(sensitive_paths=("/" + "a" * 200,)).validate()
     defaults = acts.default_sensitive()
     assert "/etc/shadow" in defaults and "/root/.ssh/" in defaults
@@ -170,3 +170,15 @@ def test_argv_hash_is_the_documented_one():
     long = b"a" * 5000
     assert acts.argv_hash(long) == acts.argv_hash(long[:4096] + b"b")
     assert acts.argv_hash(b"x\0") != acts.argv_hash(b"y\0")
+
+
+def test_the_default_list_sees_the_shadow_file_read(capture):
+    """Default prefixes, a real reader: `head /etc/shadow` is an act, `head /etc/passwd`
+    (same first bytes, so past the first filter) is not."""
+    cap = capture()
+    procs = [subprocess.run(["head", "-c1", path], capture_output=True, check=True)
+             for path in ("/etc/shadow", "/etc/passwd")]
+    assert all(p.returncode == 0 for p in procs)
+    _, found = read_all(cap, lambda: True)
+    reads = [a.path for a in found if a.kind == "read" and a.comm.startswith(b"head")]
+    assert reads == [b"/etc/shadow"]
