@@ -279,7 +279,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
 # (and its context ring buffer made); the state directory holds the allow list and what
 # is being recorded; the cache, the metrics' socket and label budget and the fleet
 # server's connection are made once; torch's threads are set before the scorer starts.
-# [server] and [worker] are read when `sysdream server` or `sysdream worker` starts (their
+# The server's and the worker's sections are read when `sysdream server` or `sysdream
+# worker` starts (their
 # SIGHUP reads the agents' keys again, not the file).
 RESTART = "restart"
 RELOAD = "reload"
@@ -301,8 +302,8 @@ def applies_at(section: str, key: str) -> str:
 
 
 def _section_type(section: str, keys: dict[str, Key]) -> type:
-    """A frozen dataclass with one field per key of `section`: [alerts.syslog] is
-    AlertsSyslogSection."""
+    """A frozen dataclass with one field per key of `section` (the section alerts.syslog
+    gives AlertsSyslogSection)."""
     name = "".join(p.title() for p in re.split(r"[._]", section)) + "Section"
     return make_dataclass(name, [(k, Any) for k in keys], frozen=True)
 

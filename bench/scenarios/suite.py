@@ -245,8 +245,8 @@ class Suite:
             detect_end = time.time()
             time.sleep(2)   # the last alerts on their way
             metrics = self.daemon.metrics()
-            journal_ids = {e.get("SYSDREAM_ALERT_ID") for e in
-                           self.journal.entries(SYSDREAM_KIND="anomaly")}
+            journal_ids = {e.get("SYSDREAM_ALERT_ID") for kind in ALERT_KINDS
+                           for e in self.journal.entries(SYSDREAM_KIND=kind)}
             model_id = self._model_id()
             rc, _ = self.daemon.stop(30)
             if self.other is not None:

@@ -137,6 +137,8 @@ def test_bad_labels_and_an_inconsistent_transfer_classifier(data, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["files"]["transfer.json"] = hashlib.sha256(
         (out / "transfer.json").read_bytes()).hexdigest()
+    from sysdream.model.bundle import model_id_of
+    manifest["model_id"] = model_id_of(manifest["files"])   # resealed whole
     (out / "manifest.json").write_text(json.dumps(manifest))
     r = sysdream("score", data["attack"], "--model", out)
     assert r.returncode == 11 and "transfer classifier" in r.stderr, r.stderr

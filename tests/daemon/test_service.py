@@ -249,7 +249,8 @@ def test_learn_then_detect_alert_in_journald_scraped_by_prometheus(ebpf_ready, t
     real journald; a real Prometheus scrapes the counters; `sysdream explain` explains it."""
     prog = workload(tmp_path)
     state = tmp_path / "state"
-    cfg = write_config(tmp_path, "[learning]\nmin_syscalls = 1000\nepochs = 6\nhidden = 24\n"
+    cfg = write_config(tmp_path, "[learning]\nmin_syscalls = 1000\nmax_syscalls = 400000\n"
+                       "epochs = 6\nhidden = 24\n"
                        "threads = 2\nnice = 0\n[service]\nstatus_interval_s = 1.0\n")
     d = Daemon(["--config", str(cfg), "--state-dir", str(state), "--learn-seconds", "14",
                 "--comm", "sdwork"], tmp_path, notify, prefix=journal.prefix)
@@ -447,7 +448,8 @@ def test_wall_clock_jumps_change_no_duration(ebpf_ready, tmp_path, notify):
     prog = workload(tmp_path)
     shift = tmp_path / "faketime"
     shift.write_text("+0\n")
-    cfg = write_config(tmp_path, "[learning]\nmin_syscalls = 1000\nepochs = 6\nhidden = 24\n"
+    cfg = write_config(tmp_path, "[learning]\nmin_syscalls = 1000\nmax_syscalls = 400000\n"
+                       "epochs = 6\nhidden = 24\n"
                        "threads = 2\nnice = 0\n")
     out = tmp_path / "alerts.jsonl"
     d = Daemon(["--config", str(cfg), "--state-dir", str(tmp_path / "state"),

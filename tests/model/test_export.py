@@ -91,6 +91,8 @@ def test_bundle_without_export_loads_with_torch_and_a_note(saved, tmp_path):
     (old / "model.onnx").unlink()
     manifest = json.loads((old / "manifest.json").read_text())
     del manifest["files"]["model.onnx"]
+    from sysdream.model.bundle import model_id_of
+    manifest["model_id"] = model_id_of(manifest["files"])   # as an older sysdream wrote it
     (old / "manifest.json").write_text(json.dumps(manifest))
     notes: list[str] = []
     det = Detector.load(old, log=notes.append)
