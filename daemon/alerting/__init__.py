@@ -11,5 +11,6 @@
     allow.py        `sysdream allow`: the operator's answer to a false alert
     origin.py       which journald entries sysdream wrote (trusted fields only)
 
-May import context, metrics.labels and config.
+May import context, metrics.labels, config and detect.evidence (its decay constant,
+named in alert text).
 """

@@ -12,6 +12,6 @@
     judge.py      the lineage Judge: novelty events and their weights at detection
     replay.py     the whole alert rule replayed on recorded activity
 
-May import context (who made a window), metrics.labels and training.profile (the data
-the Judge reads); never alerting, service or commands.
+May import context (who made a window), metrics.labels, training.profile and
+training.behaviour (the data the Judge and the news read); never alerting, service or commands.
 """

@@ -8,5 +8,6 @@
     command.py    the `sysdream train` command line the service runs as a child
     progress.py   training progress: JSON lines, a line on stderr, the learning bar
 
-May import detect (replay, for the guard and the held-out bound) and context.
+May import detect (replay, for the guard and the held-out bound), context and
+alerting.allow (the allow entries' windows retraining learns from).
 """
