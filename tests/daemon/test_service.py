@@ -225,9 +225,16 @@ def test_journald_down_then_back(ebpf_ready, tmp_path, journal, tiny_bundle):
                  "journald failures counted")
         assert d.proc.poll() is None
         assert "journald is not reachable" in d.stderr
-        lines = [json.loads(ln) for ln in d.stderr.splitlines() if ln.startswith("{")]
-        lines = [ln for ln in lines if ln["kind"] == "anomaly"]   # closes are lines too
-        assert lines and lines[0]["comm"] == "sdodd"
+
+        def stderr_anomalies():
+            # the first failure counted may be the first incident's close (closes are lines
+            # too): wait for the anomaly's own line
+            # (only whole lines: the last may still be being written)
+            lines = [json.loads(ln) for ln in d.stderr.splitlines(keepends=True)
+                     if ln.startswith("{") and ln.endswith("\n")]
+            return [ln for ln in lines if ln["kind"] == "anomaly"]
+        lines = wait_for(stderr_anomalies, 30, "an anomaly as a JSON line on stderr")
+        assert lines[0]["comm"] == "sdodd"
 
         journal.start_journald()
         time.sleep(2.5)
