@@ -1,8 +1,8 @@
-"""The live scenario suite: learn a benign workload, then detect it and eight attack kinds.
+"""The live scenario suite: learn a benign workload, then detect it and ten attack kinds.
 
     .venv/bin/python bench/scenarios.py [--learn-seconds 600] [--benign-seconds 1200]
         [--kinds memfd-exec,reverse-shell] [--record DIR] [--compare] [--sequences]
-        [--folds 2] [--json report.json]
+        [--folds 2] [--whole-host] [--json report.json]
 
 Loopback only, on the real kernel and a real systemd-journald (bench/scenarios/suite.py
 says how; benign.py what the host normally does; attacks.py each attack kind). Prints for
@@ -55,6 +55,9 @@ def main() -> int:
                     "folds: quarters of the baseline held out to fit the alert bound on")
     ap.add_argument("--condition", default="", choices=("", "head", "decoder"),
                     help="[learning] condition: the network conditioned on the program")
+    ap.add_argument("--whole-host", action="store_true", help="trace every process on the "
+                    "host (no cgroup filter, as a user runs it): the host's own activity "
+                    "counts as benign")
     ap.add_argument("--json", type=Path, default=None, metavar="FILE",
                     help="the whole report, every alert in it")
     ap.add_argument("--work", type=Path, default=None, help="working folder (default: a "
@@ -65,7 +68,7 @@ def main() -> int:
                   settle_s=args.settle_seconds,
                   kinds=[k for k in args.kinds.split(",") if k] or None, record=args.record,
                   compare=args.compare, sequences=args.sequences, folds=args.folds,
-                  condition=args.condition)
+                  condition=args.condition, whole_host=args.whole_host)
     # a stop (Ctrl-C, SIGTERM) still takes the cgroups, journald and daemons down
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     report = suite.run()

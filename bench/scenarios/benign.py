@@ -4,7 +4,8 @@
 
 Runs until SIGTERM, all of it in the caller's cgroup:
 - the web application (webapp.py), restarted every 60-150 s as a deploy would;
-- clients: three threads of requests (pages, database queries, lookups, reports, uploads);
+- clients: three threads of requests (pages, static files, database queries, lookups,
+  reports, uploads);
 - a worker pool whose processes compress, write, read back and hash data, replaced after
   a number of tasks, the whole pool recycled every 60-180 s (a graceful reload);
 - cron-like jobs through /bin/sh -c: tar, find, sha256sum, gzip, du;
@@ -35,6 +36,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 USERS = ["root", "daemon", "nobody", "bin", "sys", "www-data", "mail"]
+STATIC = ["style.css", "app.js"]
 
 JOBS = [
     "tar czf {root}/backup.tgz -C {root} uploads access.log 2>/dev/null",
@@ -111,7 +113,8 @@ class Workload:
     def client(self) -> None:
         base = f"http://127.0.0.1:{self.port}"
         while self.pause(0.05, 0.6):
-            kind = self.pick(["page", "page", "items", "items", "lookup", "report", "upload"])
+            kind = self.pick(["page", "page", "items", "items", "lookup", "report", "upload",
+                              "static"])
             try:
                 if kind == "page":
                     urllib.request.urlopen(base + "/", timeout=10).read()
@@ -122,6 +125,9 @@ class Workload:
                                            timeout=10).read()
                 elif kind == "report":
                     urllib.request.urlopen(base + "/report", timeout=10).read()
+                elif kind == "static":
+                    urllib.request.urlopen(f"{base}/static/{self.pick(STATIC)}",
+                                           timeout=10).read()
                 else:
                     with self.lock:
                         body = self.rng.randbytes(self.rng.randint(100, 20000))

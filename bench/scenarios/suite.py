@@ -2,7 +2,8 @@
 
 1. A cgroup for the benign workload and one per attack kind (below one of the suite's own),
    created before the daemon starts; the daemon traces those cgroups only (--cgroup), so
-   the rest of the machine neither adds nor hides alerts.
+   the rest of the machine neither adds nor hides alerts; with `whole_host` it traces
+   every process, as a user runs it, and whatever the rest of the host raises is false.
 2. `sysdream run` with no model, alerts to a systemd-journald in a private mount namespace
    and to a JSON-lines file: it learns the benign workload (benign.py, one seed, restarted
    half-way with another: restarts are part of normal life) for `learn_s`, trains with
@@ -86,7 +87,8 @@ class Suite:
                  settle_s: float = 6.0, kinds: list[str] | None = None,
                  min_syscalls: int = 100000, record: Path | None = None,
                  train_timeout_s: float = 1800, compare: bool = False,
-                 sequences: bool = False, folds: int = 1, condition: str = "", log=None):
+                 sequences: bool = False, folds: int = 1, condition: str = "",
+                 whole_host: bool = False, log=None):
         self.work, self.learn_s, self.benign_s = work, learn_s, benign_s
         self.epochs, self.settle_s, self.min_syscalls = epochs, settle_s, min_syscalls
         self.kinds = kinds or list(attacks.KINDS)
@@ -96,7 +98,7 @@ class Suite:
                              f"known: {', '.join(attacks.KINDS)}")
         self.record, self.train_timeout_s = record, train_timeout_s
         self.compare, self.sequences, self.folds = compare, sequences, folds
-        self.condition = condition
+        self.condition, self.whole_host = condition, whole_host
         self.other: Daemon | None = None
         self.log = log or (lambda m: print(f"scenarios: {m}", file=sys.stderr, flush=True))
         self.groups: dict[str, Path] = {}
@@ -198,8 +200,9 @@ class Suite:
             self.journal = JournalNamespace()
             args = ["--config", str(self._config()), "--state-dir", str(self.work / "state"),
                     "--learn-seconds", str(self.learn_s), "--json-lines", str(alerts_path)]
-            for i in self.ids.values():
-                args += ["--cgroup", str(i)]
+            if not self.whole_host:
+                for i in self.ids.values():
+                    args += ["--cgroup", str(i)]
             self.daemon = Daemon(args, self.work, prefix=self.journal.prefix)
             self.daemon.wait_attached()
             self.log(f"daemon attached; learning the benign workload for {self.learn_s:g} s")
@@ -216,8 +219,9 @@ class Suite:
                 args = ["--config", str(cfg), "--model", str(self.work / "state" / "model"),
                         "--state-dir", str(self.work / "state-other"), "--no-journald",
                         "--json-lines", str(self.work / "alerts-without-lineage.jsonl")]
-                for i in self.ids.values():
-                    args += ["--cgroup", str(i)]
+                if not self.whole_host:
+                    for i in self.ids.values():
+                        args += ["--cgroup", str(i)]
                 self.other = Daemon(args, self.work)
                 self.other.wait_attached()
                 self.log("a second daemon detects beside it without lineage novelty")
@@ -296,7 +300,9 @@ class Suite:
                 continue
             group = by_group.get(a.get("cgroup_id"), "")
             kind = group.removeprefix("attack-") if group.startswith("attack-") else None
-            if kind and a.get("pid") not in outcomes[kind].not_attack_pids:
+            o = outcomes.get(kind) if kind else None
+            if o is not None and a.get("pid") not in o.not_attack_pids and not (
+                    a.get("pid") in o.turned_pids and a.get("time", 0) < o.started):
                 own[kind].append(a)
             else:
                 false.append(a)

@@ -1,6 +1,8 @@
 """The scenario suite's web application: a small service with a database, uploads, a
-report job and a lookup that runs a shell command (the way many real applications shell
-out, and the hole the command-injection attack uses).
+report job, static files and a lookup that runs a shell command (the way many real
+applications shell out, and the hole the command-injection attack uses). The static files
+are served by joining the URL's name to the folder unchecked: the path traversal the
+credential-read attack uses.
 
     python3 webapp.py PORT ROOT
 
@@ -69,6 +71,15 @@ class App(BaseHTTPRequestHandler):
             out = subprocess.run(f"getent passwd {user}", shell=True, capture_output=True,
                                  timeout=20)
             self.reply(200, out.stdout or b"unknown\n")
+        elif url.path.startswith("/static/"):
+            # the hole: the name is joined unchecked, so ../ leaves the folder
+            name = urllib.parse.unquote(url.path[len("/static/"):])
+            try:
+                body = open(os.path.join(ROOT, "static", name), "rb").read()
+            except OSError:
+                self.reply(404, b"not found\n")
+                return
+            self.reply(200, body)
         elif url.path == "/report":
             files = sorted((ROOT / "uploads").glob("*"))[-5:] or [ROOT / "app.db"]
             out = subprocess.run(["/usr/bin/sha256sum", *map(str, files)],
@@ -96,6 +107,11 @@ class App(BaseHTTPRequestHandler):
 def main() -> int:
     port = int(sys.argv[1])
     (ROOT / "uploads").mkdir(parents=True, exist_ok=True)
+    (ROOT / "static").mkdir(exist_ok=True)
+    for name, text in (("style.css", "h1 { color: #333; }\n"),
+                       ("app.js", "console.log('shop');\n")):
+        if not (ROOT / "static" / name).exists():
+            (ROOT / "static" / name).write_text(text)
     App.db = database()
     server = ThreadingHTTPServer(("127.0.0.1", port), App)
     server.daemon_threads = True

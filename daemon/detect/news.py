@@ -15,7 +15,9 @@ Features are "KIND VALUE" strings, made so that what a program does again looks 
 
 Paths are normalised (`pattern`): the directory is kept, pids, numbers, hex and random
 or temporary name parts become `*`, so /tmp/tmp3k9x_ab/run.12345.lock is
-/tmp/*/run.*.lock.
+/tmp/*/run.*.lock. In scratch folders (/tmp, /var/tmp, /dev/shm, /run/user) made names
+are read more broadly: eight letters, digits and underscores, or five or more with a
+digit, are a made name (/dev/shm/sem.mp-abcdefgh is /dev/shm/sem.mp-*).
 
 Some news is dangerous whatever the program has done before (`DANGEROUS`): a module
 load, a fileless exec (memfd, a deleted file, /dev/fd or /proc/PID/fd), ptrace of a
@@ -52,6 +54,12 @@ _TEMP_PREFIX = re.compile(r"^(tmp|temp)[._-]?[A-Za-z0-9_]{3,}$|^\.?#.+$")
 
 
 _CASE = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[a-z])")
+# folders where programs make uniquely named files and folders (tempfile, sem_open,
+# multiprocessing): there a name's made part is never the program's own
+SCRATCH = ("/tmp/", "/var/tmp/", "/dev/shm/", "/run/user/")
+_MADE = re.compile(r"^[a-z0-9_]{8}$")
+_HAS_DIGIT = re.compile(r"\d")
+_WORD_CHARS = re.compile(r"^[A-Za-z0-9_]+$")
 
 
 def _random(name: str) -> bool:
@@ -75,11 +83,22 @@ def _word(w: str) -> str:
     return _NUM.sub("*", w)
 
 
-def _part(name: str) -> str:
-    """One path component: each dot-separated part on its own (sem.acXw3kX: sem.*)."""
+def _scratch_word(w: str) -> str:
+    """In a scratch folder every name is made to be unique: a word of eight letters,
+    digits and underscores (tempfile's and multiprocessing's suffix), or of five or more
+    with a digit, is a made name whatever its letters."""
+    if _MADE.match(w) or (len(w) >= 5 and _HAS_DIGIT.search(w) and _WORD_CHARS.match(w)):
+        return "*"
+    return _word(w)
+
+
+def _part(name: str, scratch: bool = False) -> str:
+    """One path component: each dot- and dash-separated part on its own (sem.acXw3kX:
+    sem.*; sem.mp-k3h_9x2a: sem.mp-*)."""
     if _TEMP_PREFIX.match(name):
         return "*"
-    return ".".join(_word(w) for w in name.split("."))
+    word = _scratch_word if scratch else _word
+    return ".".join("-".join(word(w) for w in d.split("-")) for d in name.split("."))
 
 
 def pattern(path: bytes | str) -> str:
@@ -89,7 +108,8 @@ def pattern(path: bytes | str) -> str:
         head, _, rest = text.partition("/")[2].partition("/")
         rest = "/".join(_part(p) for p in rest.split("/"))
         return f"/{head}/{rest}"
-    return "/".join(_part(p) if p else p for p in text.split("/"))
+    scratch = text.startswith(SCRATCH)
+    return "/".join(_part(p, scratch) if p else p for p in text.split("/"))
 
 
 def peer_class(address: str) -> str:

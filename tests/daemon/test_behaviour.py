@@ -61,6 +61,13 @@ def test_paths_and_peers_are_normalised():
     assert pattern("/etc/cron.d/backup") == "/etc/cron.d/backup"
     assert pattern("/proc/4242/fd/3") == "/proc/*/fd/*"
     assert pattern("/home/u/.cache/a1b2c3d4e5f6.json") == "/home/u/.cache/*.json"
+    # dash-separated made names, and scratch folders' made names whatever their letters
+    # (multiprocessing's semaphores and folders), while the rest of the name stays
+    assert pattern("/dev/shm/sem.mp-k3h_9x2a") == pattern("/dev/shm/sem.mp-abcdefgh") == \
+        "/dev/shm/sem.mp-*"
+    assert pattern("/tmp/pymp-q1w2e3r4/x") == "/tmp/pymp-*/x"
+    assert pattern("/var/lib/app/app.db-journal") == "/var/lib/app/app.db-journal"
+    assert pattern("/home/u/abcdefgh") == "/home/u/abcdefgh"     # outside scratch: a name
     assert [peer_class(a) for a in ("127.0.0.1", "10.1.2.3", "::1", "8.8.8.8")] == \
         ["loopback", "private", "loopback", "public"]
 
