@@ -93,8 +93,9 @@ def _settings(path: Path) -> dict:
     try:
         import yaml
     except ImportError:
-        raise ConfigError(f"{path}: reading a web configuration needs PyYAML; install it "
-                          "(apt install python3-yaml, or pip install PyYAML)") from None
+        raise ConfigError(f"{path}: reading a web configuration needs PyYAML, which this "
+                          "installation lacks; pip install PyYAML into sysdream's Python "
+                          "environment, or set [metrics] web_config = \"\"") from None
     text = _read(path, "web configuration")
     try:
         doc = yaml.safe_load(text)

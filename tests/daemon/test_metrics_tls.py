@@ -188,6 +188,34 @@ def test_stalled_and_failed_handshakes_cost_no_threads_and_the_server_goes_on(pk
         srv.server_close()
 
 
+def test_tls_on_the_unix_socket_too(pki, tmp_path):
+    from prometheus_client import CollectorRegistry, Counter
+
+    from sysdream.daemon.metrics import server as msrv
+    from sysdream.daemon.metrics.webconfig import tls_context
+
+    reg = CollectorRegistry()
+    Counter("sysdream_probe", "a probe", registry=reg).inc()
+    path = tmp_path / "metrics.sock"
+    srv = msrv.serve_http(reg, f"unix:{path}", 0, tls=tls_context(str(pki / "web.yml")))
+
+    def scrape(cert: str | None) -> bytes:
+        with socket.socket(socket.AF_UNIX) as raw:
+            raw.settimeout(5)
+            raw.connect(str(path))
+            with client(pki, cert).wrap_socket(raw, server_hostname="localhost") as s:
+                s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+                return s.makefile("rb").read()
+    try:
+        assert b"sysdream_probe_total 1.0" in scrape("client")
+        with pytest.raises(OSError):        # the handshake, or the first read, fails
+            scrape(None)
+        assert b"sysdream_probe_total 1.0" in scrape("client")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 BAD = {
     "missing": (None, "cannot read the metrics web configuration"),
     "yaml": ("tls_server_config: [cert_file: a\n", "not valid YAML"),
