@@ -266,6 +266,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "who may scrape is who may enter its directory)"),
         "port": Key(9477, int, _rng(0, 65535), "a TCP port, 0 to 65535 (0: any free one)"),
         "exe_labels": Key(64, int, _rng(1, 10000), "an integer, 1 to 10000"),
+        "web_config": Key("", str, lambda v: v == "" or v.startswith("/"),
+                          '"" (plain HTTP) or the absolute path of a Prometheus web '
+                          "configuration file (YAML; docs/security.md)"),
         # Off: every local user can scrape 127.0.0.1, and per-program alert bounds and
         # the retraining schedule tell an attacker how far to go and when (docs/security.md).
         "detection_internals": Key(False, bool, form="true or false"),

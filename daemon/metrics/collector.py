@@ -24,6 +24,7 @@ from prometheus_client.utils import floatToGoString
 
 from . import families
 from .server import serve_http
+from .webconfig import tls_context
 
 SCORE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)
 
@@ -104,10 +105,12 @@ class Metrics:
         elif what == "scores":
             self.scores.observe_many(value)
 
-    def serve(self, address: str, port: int, health=None) -> int:
-        """Start /metrics and /healthz (serve_http); returns the port (useful with port
-        0); OSError when the port is taken."""
-        self.server = serve_http(self.registry, address, port, health)
+    def serve(self, address: str, port: int, health=None, web_config: str = "") -> int:
+        """Start /metrics and /healthz (serve_http), over TLS when `web_config` names a
+        Prometheus web configuration file; returns the port (useful with port 0); OSError
+        when the port is taken, ConfigError (exit 12) for a bad web configuration."""
+        tls = tls_context(web_config) if web_config else None
+        self.server = serve_http(self.registry, address, port, health, tls)
         return 0 if isinstance(self.server.server_address, str) else \
             self.server.server_address[1]
 

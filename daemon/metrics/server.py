@@ -3,7 +3,9 @@
 Any local user can connect to a TCP port on 127.0.0.1, so the endpoint must not be a
 lever: a few worker threads serve every connection (an idle client is cut after
 READ_TIMEOUT_S), a short queue waits for them, and a connection beyond that is closed at
-once. Holding many connections open costs the daemon sockets, never threads.
+once. Holding many connections open costs the daemon sockets, never threads. With TLS
+(webconfig.py) the handshake runs in the worker, under the same read timeout: a client
+that stalls it or fails it is cut and counted (`tls_refused`), and the server goes on.
 """
 
 from __future__ import annotations
@@ -14,12 +16,12 @@ READ_TIMEOUT_S = 5.0    # an idle or slow client is cut after this
 UNIX = "unix:"
 
 
-def serve_http(registry, address: str, port: int, health=None):
+def serve_http(registry, address: str, port: int, health=None, tls=None):
     """An HTTP endpoint in a thread of its own: /metrics (and any other path but one) the
     registry's exposition, /healthz the health (`health`: () -> dict with "healthy") as
     JSON, 200 when healthy, 503 when not. `address` "unix:/PATH" listens on a unix socket
-    (mode 0660) instead of a TCP port. Returns the server; OSError when the port is
-    taken."""
+    (mode 0660) instead of a TCP port. `tls`: an ssl.SSLContext (webconfig.tls_context)
+    to serve HTTPS with. Returns the server; OSError when the port is taken."""
     import json
     import os
     import queue
@@ -55,6 +57,7 @@ def serve_http(registry, address: str, port: int, health=None):
         def __init__(self, *args, **kw):
             self.waiting: queue.Queue = queue.Queue(BACKLOG)
             self.refused = 0
+            self.tls_refused = 0        # handshakes failed or timed out
             super().__init__(*args, **kw)
 
         def server_bind(self):
@@ -83,12 +86,25 @@ def serve_http(registry, address: str, port: int, health=None):
         def work(self):
             while (item := self.waiting.get()) is not None:
                 request, client_address = item
+                if tls is not None and (request := self.handshake(request)) is None:
+                    continue
                 try:
                     self.finish_request(request, client_address)
                 except Exception:       # one client's broken request
                     self.handle_error(request, client_address)
                 finally:
                     self.shutdown_request(request)
+
+        def handshake(self, request):
+            """The TLS socket of an accepted one, or None (closed) when the client's
+            handshake fails or stalls past READ_TIMEOUT_S."""
+            request.settimeout(READ_TIMEOUT_S)
+            try:
+                return tls.wrap_socket(request, server_side=True)
+            except OSError:         # ssl.SSLError, a timeout or a reset: this client only
+                self.tls_refused += 1
+                request.close()
+                return None
 
         def server_close(self):
             super().server_close()

@@ -225,7 +225,8 @@ class Service:
             self.metrics = self.new_metrics()
             self.alerting.observe_latency = self.metrics.detection.observe
             try:
-                self.metrics_port = self.metrics.serve(m.address, m.port, self.health)
+                self.metrics_port = self.metrics.serve(m.address, m.port, self.health,
+                                                       m.web_config)
             except OSError as exc:
                 raise MetricsPortError(f"metrics endpoint {m.address}:{m.port}: "
                                        f"{exc.strerror or exc}; stop what holds the port or "

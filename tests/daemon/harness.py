@@ -265,9 +265,10 @@ class JournalNamespace:
 
 
 class Prometheus:
-    """A real Prometheus server on 127.0.0.1 scraping `target` every second."""
+    """A real Prometheus server on 127.0.0.1 scraping `target` every second (`job`: more
+    lines of its scrape config, indented as its keys, e.g. a scheme and a tls_config)."""
 
-    def __init__(self, tmp: Path, target: str):
+    def __init__(self, tmp: Path, target: str, job: str = ""):
         binary = shutil.which("prometheus")
         if binary is None:
             raise AssertionError("prometheus is missing: `make setup` installs it")
@@ -275,7 +276,7 @@ class Prometheus:
         cfg = tmp / "prometheus.yml"
         cfg.write_text("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
                        "scrape_configs:\n  - job_name: sysdream\n    static_configs:\n"
-                       f"      - targets: ['{target}']\n")
+                       f"      - targets: ['{target}']\n{job}")
         self.proc = subprocess.Popen(
             [binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp / 'tsdb'}",
              f"--web.listen-address=127.0.0.1:{self.port}"],
