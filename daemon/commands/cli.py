@@ -19,6 +19,7 @@ from ..exitcodes import (
     Exit,
     FleetEndpointError,
     MetricsPortError,
+    MissingPackageError,
     StateDirError,
     UntrustedError,
     exit_code_for,
@@ -55,7 +56,8 @@ exit codes: 0 ok, 2 usage, 3 no privileges, 4 no bpf(), 5 tracepoint missing,
 to load, 10 bad trace file, 11 bad model bundle, 12 bad configuration, 13 metrics
 port taken or unusable, 14 state directory not writable, 15 fleet server address
 cannot be bound, 16 score --exit-status found an anomalous window, 17 status: the
-daemon is not running, 130 interrupted
+daemon is not running, 18 a journald alert sysdream did not write, 19 a Python
+package an option needs is not installed (matplotlib for --plot), 130 interrupted
 (Ctrl-C; SIGTERM stops with 0), 1 internal error (a bug).
 """
 
@@ -532,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sysdream: error: {exc}", file=sys.stderr)
         return int(Exit.USAGE)
     except (errors.CaptureError, errors.TraceFileError, BundleError, MetricsPortError,
-            StateDirError, FleetEndpointError, UntrustedError) as exc:
+            StateDirError, FleetEndpointError, UntrustedError, MissingPackageError) as exc:
         print(f"sysdream: error: {exc}", file=sys.stderr)
         return int(exit_code_for(exc))
 

@@ -82,6 +82,9 @@ def run_eval(args) -> int:
     from sysdream.model import evaluation
     from sysdream.model.training import ProgressLine
 
+    if args.plot:           # the default draws: without matplotlib, say so before the work
+        from .plots import pyplot
+        pyplot("--plot '' for no ROC plot")
     names = tuple(n.strip() for n in args.baselines.split(",") if n.strip())
     chosen = [] if args.no_baselines else \
         evaluation.baselines(args.window, args.seed, names or evaluation.BASELINES)
