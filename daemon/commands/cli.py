@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_filters(rec)
     rec.add_argument("--seconds", type=float, required=True, help="how long to record")
     rec.add_argument("-o", "--output", required=True, help="trace file to write")
+    rec.add_argument("--format", choices=("text", "json"), default="text",
+                     help="the summary as a line on stderr (default) or one JSON object "
+                          "on stdout")
 
     from .train import add_model_arguments
 
@@ -226,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 0.25; equal shares are always allowed)")
     g.add_argument("--allowed", metavar="FILE", help="an allow list (STATE/allow.json): the "
                    "window of every entry's alert is trained on as normal")
+    tr.add_argument("--format", choices=("text", "json"), default="text",
+                    help="the summary as a line on stderr (default) or one JSON object on "
+                         "stdout (progress stays on stderr)")
     add_model_arguments(tr)
 
     ev = sub.add_parser("eval", help="evaluate models and baselines on a labelled dataset")
@@ -249,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also evaluate the transfer step with this fraction of attacks labelled")
     ev.add_argument("--json", default="eval-results.json", help="where to write the results")
     ev.add_argument("--plot", default="eval-roc.png", help="ROC plot (PNG); '' for none")
+    ev.add_argument("--format", choices=("text", "json"), default="text",
+                    help="the table (default) or the results (as --json writes them) as "
+                         "one JSON object on stdout")
     add_model_arguments(ev)
 
     sc = sub.add_parser("score", help="score recorded traces with a model bundle, offline")
@@ -349,7 +358,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                            fmt=args.format)
     if args.verb == "record":
         from . import record
-        return record.run(_settings(args), args.seconds, args.output)
+        return record.run(_settings(args), args.seconds, args.output, fmt=args.format)
     if args.verb == "keygen" and args.format == "json":
         if args.curve:
             from ..fleet.keys import keygen as curve_keygen
