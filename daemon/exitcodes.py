@@ -22,6 +22,11 @@ class FleetEndpointError(OSError):
     """A fleet socket cannot bind where configured."""
 
 
+class MissingPackageError(Exception):
+    """An optional Python package an option needs is not installed (matplotlib, the
+    `plots` extra, for --plot)."""
+
+
 class UntrustedError(Exception):
     """An input that claims to come from sysdream but did not: a journald entry another
     user wrote."""
@@ -47,6 +52,7 @@ class Exit(IntEnum):
     ANOMALOUS = 16         # `score --exit-status`: a window was anomalous (not an error)
     NOT_RUNNING = 17       # `status`: no daemon runs with this state directory, or stale
     UNTRUSTED = 18         # a journald alert entry sysdream did not write
+    MISSING_PACKAGE = 19   # an optional Python package an option needs is not installed
     INTERRUPTED = 130
 
 
@@ -65,6 +71,7 @@ _BY_ERROR: dict[type[Exception], Exit] = {
     StateDirError: Exit.STATE_DIR,
     FleetEndpointError: Exit.FLEET_ENDPOINT,
     UntrustedError: Exit.UNTRUSTED,
+    MissingPackageError: Exit.MISSING_PACKAGE,
 }
 
 

@@ -12,6 +12,7 @@ mistake becomes one line and an exit code.
     status.py     `sysdream status`, `config check`, `model show`: the operator's questions
     train.py      `sysdream train`: a bundle from traces or datasets
     evaluate.py   `sysdream eval`: the model and baselines on ADFA-LD, UNM or files
+    plots.py      matplotlib (the optional `plots` extra) for --plot, or the fix in a line
 
 May import every other room; nothing imports it (but `python -m sysdream.daemon`).
 """

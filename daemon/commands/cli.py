@@ -19,6 +19,7 @@ from ..exitcodes import (
     Exit,
     FleetEndpointError,
     MetricsPortError,
+    MissingPackageError,
     StateDirError,
     UntrustedError,
     exit_code_for,
@@ -55,7 +56,8 @@ exit codes: 0 ok, 2 usage, 3 no privileges, 4 no bpf(), 5 tracepoint missing,
 to load, 10 bad trace file, 11 bad model bundle, 12 bad configuration, 13 metrics
 port taken or unusable, 14 state directory not writable, 15 fleet server address
 cannot be bound, 16 score --exit-status found an anomalous window, 17 status: the
-daemon is not running, 130 interrupted
+daemon is not running, 18 a journald alert sysdream did not write, 19 a Python
+package an option needs is not installed (matplotlib for --plot), 130 interrupted
 (Ctrl-C; SIGTERM stops with 0), 1 internal error (a bug).
 """
 
@@ -163,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_filters(rec)
     rec.add_argument("--seconds", type=float, required=True, help="how long to record")
     rec.add_argument("-o", "--output", required=True, help="trace file to write")
+    rec.add_argument("--format", choices=("text", "json"), default="text",
+                     help="the summary as a line on stderr (default) or one JSON object "
+                          "on stdout")
 
     from .train import add_model_arguments
 
@@ -224,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 0.25; equal shares are always allowed)")
     g.add_argument("--allowed", metavar="FILE", help="an allow list (STATE/allow.json): the "
                    "window of every entry's alert is trained on as normal")
+    tr.add_argument("--format", choices=("text", "json"), default="text",
+                    help="the summary as a line on stderr (default) or one JSON object on "
+                         "stdout (progress stays on stderr)")
     add_model_arguments(tr)
 
     ev = sub.add_parser("eval", help="evaluate models and baselines on a labelled dataset")
@@ -247,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also evaluate the transfer step with this fraction of attacks labelled")
     ev.add_argument("--json", default="eval-results.json", help="where to write the results")
     ev.add_argument("--plot", default="eval-roc.png", help="ROC plot (PNG); '' for none")
+    ev.add_argument("--format", choices=("text", "json"), default="text",
+                    help="the table (default) or the results (as --json writes them) as "
+                         "one JSON object on stdout")
     add_model_arguments(ev)
 
     sc = sub.add_parser("score", help="score recorded traces with a model bundle, offline")
@@ -347,7 +358,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                            fmt=args.format)
     if args.verb == "record":
         from . import record
-        return record.run(_settings(args), args.seconds, args.output)
+        return record.run(_settings(args), args.seconds, args.output, fmt=args.format)
     if args.verb == "keygen" and args.format == "json":
         if args.curve:
             from ..fleet.keys import keygen as curve_keygen
@@ -532,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sysdream: error: {exc}", file=sys.stderr)
         return int(Exit.USAGE)
     except (errors.CaptureError, errors.TraceFileError, BundleError, MetricsPortError,
-            StateDirError, FleetEndpointError, UntrustedError) as exc:
+            StateDirError, FleetEndpointError, UntrustedError, MissingPackageError) as exc:
         print(f"sysdream: error: {exc}", file=sys.stderr)
         return int(exit_code_for(exc))
 

@@ -82,6 +82,9 @@ def run_eval(args) -> int:
     from sysdream.model import evaluation
     from sysdream.model.training import ProgressLine
 
+    if args.plot:           # the default draws: without matplotlib, say so before the work
+        from .plots import pyplot
+        pyplot("--plot '' for no ROC plot")
     names = tuple(n.strip() for n in args.baselines.split(",") if n.strip())
     chosen = [] if args.no_baselines else \
         evaluation.baselines(args.window, args.seed, names or evaluation.BASELINES)
@@ -123,11 +126,18 @@ def run_eval(args) -> int:
 
         report["transfer"] = transfer.evaluate(methods[0].detector, split,
                                                args.transfer_fraction, args.seed)
-    print(evaluation.table(report))
-    if "transfer" in report:
-        print(transfer.describe(report["transfer"]))
+    as_json = getattr(args, "format", "text") == "json"
+    if not as_json:
+        print(evaluation.table(report))
+        if "transfer" in report:
+            print(transfer.describe(report["transfer"]))
     Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     if args.plot:
         evaluation.plot_roc(report, args.plot)
-    print(f"\nresults: {args.json}" + (f", ROC plot: {args.plot}" if args.plot else ""))
+    where = f"results: {args.json}" + (f", ROC plot: {args.plot}" if args.plot else "")
+    if as_json:
+        print(json.dumps(report))
+        print(where, file=sys.stderr)
+    else:
+        print(f"\n{where}")
     return 0

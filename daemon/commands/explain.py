@@ -106,6 +106,9 @@ def run_explain(args) -> int:
     from sysdream.model.detector import Detector
     from sysdream.model.windows import Geometry
 
+    if args.plot:           # before any work: without matplotlib, the fix in one line
+        from .plots import pyplot
+        pyplot()
     alert = read_alert(args)
     fmt = getattr(args, "format", "text")       # callers that build args by hand: text
     if args.model:
@@ -201,9 +204,8 @@ def _plot(path: str, attn: np.ndarray, span: list[str], lead: int, p: int, task:
     """The attention weights as a heat map: one row over the source for a model that
     attends once per window (DReAM's s, which makes Z), a row per scored position for one
     that attends at each (model/archs.py says which)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plots import pyplot
+    plt = pyplot()
 
     first = lead - p if task == "predict-next" else lead
     inputs = span[first:first + attn.shape[1]]

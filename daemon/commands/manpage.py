@@ -32,6 +32,8 @@ EXIT_TEXT = {
     Exit.ANOMALOUS: "score --exit-status: a window was above the bound (no error)",
     Exit.NOT_RUNNING: "status: no daemon runs with this state directory (or its status is "
                       "stale)",
+    Exit.MISSING_PACKAGE: "a Python package an option needs is not installed (matplotlib, "
+                          "the plots extra, for --plot)",
     Exit.INTERRUPTED: "interrupted (Ctrl-C, SIGINT); SIGTERM stops with 0",
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,8 @@ from ..service.runtime import on_signals, restore_signals
 FLUSH_EVERY_S = 1.0
 
 
-def run(settings: CaptureSettings, seconds: float, output: str, err=sys.stderr) -> int:
+def run(settings: CaptureSettings, seconds: float, output: str, err=sys.stderr,
+        fmt: str = "text") -> int:
     if seconds <= 0:
         raise ValueError(f"--seconds must be positive, got {seconds}")
     with Capture(settings) as cap:
@@ -56,8 +58,13 @@ def run(settings: CaptureSettings, seconds: float, output: str, err=sys.stderr) 
             writer.close()
         counters = cap.counters()
     lost = counters["lost_syscalls"] + counters["lost_nostorage"]
-    print(f"recorded {writer.syscalls} syscalls in {writer.records} records from "
-          f"{len(tids)} threads to {output}; lost {lost}", file=err)
+    if fmt == "json":
+        print(json.dumps({"output": output, "syscalls": writer.syscalls,
+                          "records": writer.records, "threads": len(tids), "lost": lost,
+                          "seconds_asked": seconds, "stopped_early": bool(stop)}))
+    else:
+        print(f"recorded {writer.syscalls} syscalls in {writer.records} records from "
+              f"{len(tids)} threads to {output}; lost {lost}", file=err)
     return 0
 
 

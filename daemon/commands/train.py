@@ -5,6 +5,7 @@ command line).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 from pathlib import Path
@@ -160,6 +161,15 @@ def run_train(args) -> int:
     model_id = det.save(args.output, sign)
     _report(args.progress_out, {"stage": "written", "model_id": model_id})
     b = det.bound
+    if getattr(args, "format", "text") == "json":
+        print(json.dumps({
+            "model_id": model_id, "output": str(args.output), "signed": bool(sign),
+            "sequences": len(seqs), "syscalls": sum(map(len, names)),
+            "vocabulary": len(det.vocab), "arch": cfg.arch, "task": cfg.task,
+            "best_epoch": det.training["best_epoch"], "seconds": det.training["seconds"],
+            "bound": b.bound, "confidence": b.confidence, "transform": b.transform,
+            "ks_statistic": b.ks_statistic, "host_recording": bool(host)}, default=str))
+        return 0
     print(f"sysdream train: model {model_id} written to {args.output}: vocabulary "
           f"{len(det.vocab)}, best epoch {det.training['best_epoch']}, bound {b.bound:.4f} "
           f"({b.confidence:.1%}, {b.transform} fit, KS {b.ks_statistic:.3f}), "

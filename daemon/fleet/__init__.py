@@ -18,5 +18,7 @@ This room owns everything that crosses the network, and nothing else:
 
 The agent is `sysdream run` with a [fleet] server: capture, windowing, the known-window
 cache, evidence and alerts stay on the host (daemon/detect/); only the windows the cache
-does not know cross the network. May import the root modules, metrics and service.runtime.
+does not know cross the network. May import the root modules, metrics, service.runtime
+and service.logs (its lines go through stdlib logging: `sysdream server: ...` on stderr,
+or journald with their priority).
 """

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import socket
-import sys
 import threading
 import time
 from collections import Counter
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..service import logs
 from . import protocol as wire
 from .keys import load_public, load_secret
 
@@ -37,8 +38,13 @@ def events_of(server: str) -> str:
     return f"{host}:{int(port) + 1}"
 
 
-def log(msg: str) -> None:
-    print(f"sysdream: fleet: {msg}", file=sys.stderr, flush=True)
+def log(msg: str, level: int = logging.INFO) -> None:
+    """The agent's lines go with its daemon's, as `fleet: ...` (service/logs.py)."""
+    logs.log(f"fleet: {msg}", level)
+
+
+def warn(msg: str) -> None:
+    log(msg, logging.WARNING)
 
 
 class Remote:
@@ -177,7 +183,7 @@ class Remote:
             self.counts[f"refused-{code}" if code in wire.CODES else "refused-malformed"] += 1
             self.fallback["refused"] += n
         if reason != self.last_refusal:
-            log(f"the server refused a request ({code}): {reason}; scoring with the local "
+            warn(f"the server refused a request ({code}): {reason}; scoring with the local "
                 f"model for {self.retry_s:g} s")
             self.last_refusal = reason
         self.down_until = time.monotonic() + self.retry_s
@@ -209,7 +215,7 @@ class Remote:
                     self.down_since = None
             elif ev == zmq.EVENT_DISCONNECTED:
                 if self.connected:
-                    log(f"lost the server {self.endpoint}; the local model scores until it "
+                    warn(f"lost the server {self.endpoint}; the local model scores until it "
                         "is back")
                 self.connected = False
                 if self.down_since is None:
@@ -219,7 +225,7 @@ class Remote:
                 with self.lock:
                     self.counts["handshake-failed"] += 1
                 if self.counts["handshake-failed"] == 1:
-                    log(f"the server {self.endpoint} refused this agent's key, or is not "
+                    warn(f"the server {self.endpoint} refused this agent's key, or is not "
                         f"the server of {self.server_name}.curve; scoring locally")
 
     def stats(self) -> dict:
@@ -440,12 +446,12 @@ class Control:
         try:
             data = path.read_bytes()
         except OSError as exc:
-            log(f"the baseline {path} cannot be read ({exc.strerror}); not sent")
+            warn(f"the baseline {path} cannot be read ({exc.strerror}); not sent")
             return True
         sha = hashlib.sha256(data).hexdigest()
         parts = max(1, -(-len(data) // wire.MAX_PART))
         if parts > wire.MAX_PARTS:
-            log(f"the baseline {path} is over {wire.MAX_PARTS * wire.MAX_PART >> 20} MiB; "
+            warn(f"the baseline {path} is over {wire.MAX_PARTS * wire.MAX_PART >> 20} MiB; "
                 "not sent (lower [learning] max_syscalls)")
             return True
         for i in range(parts):
@@ -457,7 +463,7 @@ class Control:
                 ("stored",), 60)
             if m is None or m.type == "error":
                 why = "no answer" if m is None else m.header["reason"]
-                log(f"sending the baseline failed at part {i + 1} of {parts} ({why}); "
+                warn(f"sending the baseline failed at part {i + 1} of {parts} ({why}); "
                     f"again in {self.fetch_s:g} s")
                 with self.lock:
                     self.counts["uploads-failed"] += 1
@@ -492,7 +498,7 @@ class Control:
             announced = self.announced.get(h["model"])
         sha = hashlib.sha256(manifest).hexdigest()
         if sha != h["sha256"] or (announced is not None and sha != announced):
-            log(f"refused the role's model {h['model'][:16]}: its manifest is not the one "
+            warn(f"refused the role's model {h['model'][:16]}: its manifest is not the one "
                 "announced; the model in use stays")
             with self.lock:
                 self.counts["bundles-refused"] += 1

@@ -20,23 +20,33 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from sysdream.model.bundle import install
 
+from ..service import logs
 from ..service.runtime import trainer_child
 from . import protocol as wire
 
 MAX_ROLES = 256     # roles with baselines; a key is bound to one, so this is a backstop
 
 
-def log(msg: str) -> None:
-    print(f"sysdream server: {msg}", file=sys.stderr, flush=True)
+# the server's lines (its roles' and the broker's): `sysdream server: ...` on stderr, or
+# journald with their priority and LOGGER=sysdream.server (service/logs.py)
+LOG = logging.getLogger("sysdream.server")
+
+
+def log(msg: str, level: int = logging.INFO) -> None:
+    logs.log(msg, level, LOG)
+
+
+def warn(msg: str) -> None:
+    log(msg, logging.WARNING)
 
 
 def manifest_sha(bundle: Path) -> str:
@@ -124,7 +134,7 @@ class Roles:
             new, final = self.models / f".{role}.new", self.models / role
             if proc.returncode != 0:
                 self.failed += 1
-                log(f"training the model of role {role} failed (exit {proc.returncode}); "
+                warn(f"training the model of role {role} failed (exit {proc.returncode}); "
                     "it is tried again when a baseline arrives")
                 shutil.rmtree(new, ignore_errors=True)
                 continue

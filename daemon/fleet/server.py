@@ -32,7 +32,7 @@ from ..exitcodes import FleetEndpointError
 from ..service.runtime import on_signals
 from . import protocol as wire
 from .keys import allow_list, load_secret
-from .roles import Roles
+from .roles import Roles, log, warn
 from .servermetrics import INFER_BUCKETS, UNKNOWN, ServerCollector
 from .worker import pick_device
 
@@ -40,10 +40,6 @@ HEARTBEAT_S = 10.0
 MAX_INFLIGHT = 256      # requests with the workers before the broker answers "busy"
 PER_WORKER = 64         # requests one worker holds at most
 WORKER_SILENT_S = 10.0  # a worker not heard from for this long is forgotten
-
-
-def log(msg: str) -> None:
-    print(f"sysdream server: {msg}", file=sys.stderr, flush=True)
 
 
 class Slot:
@@ -110,7 +106,7 @@ class Server:
         if new:
             who, where = (("a worker", self.cfg.server.worker_keys) if worker
                           else ("an agent", self.cfg.server.agents))
-            log(f"refused {who} whose key {key.decode()[:12]}... is not in {where}")
+            warn(f"refused {who} whose key {key.decode()[:12]}... is not in {where}")
         return False
 
     # -- start ------------------------------------------------------------------------
@@ -122,7 +118,7 @@ class Server:
         self.key_name, public, secret = load_secret(s.key)
         self.allowed = allow_list(s.agents, roles=self.roles.bound)
         if not self.allowed:
-            log(f"no agent keys in {s.agents} yet: every agent is refused until one is "
+            warn(f"no agent keys in {s.agents} yet: every agent is refused until one is "
                 "there (reload with SIGHUP)")
         for folder in (s.models, s.baselines):
             Path(folder).mkdir(parents=True, exist_ok=True)
@@ -324,7 +320,7 @@ class Server:
         if slot.remote:
             with self.lock:
                 self.workers_lost += 1
-        log(f"worker {slot.name} forgotten: {why}")
+        warn(f"worker {slot.name} forgotten: {why}")
 
     def _learning(self, ident: bytes, agent: str, m: wire.Message) -> None:
         """A baseline part in, or a role's model out (roles.py), in the broker itself."""
@@ -431,7 +427,7 @@ class Server:
                 self.rejected["worker-malformed"] += 1
             if wid not in self.said and len(self.said) < 10000:   # once a worker (each
                 self.said.add(wid)                                # second it says ready)
-                log(f"a worker's message refused: {exc}")
+                warn(f"a worker's message refused: {exc}")
             return
         slot = self.slots.get(key)
         if m.type == "ready":
@@ -508,7 +504,7 @@ class Server:
     def _check_workers(self) -> None:
         for i, w in enumerate(self.workers):
             if w is not None and w.poll() is not None:
-                log(f"worker {i} exited ({w.returncode}); starting it again")
+                warn(f"worker {i} exited ({w.returncode}); starting it again")
                 for slot in [s for s in self.slots.values()
                              if not s.remote and s.index == i]:
                     self._forget(slot, "its process exited")
@@ -532,13 +528,13 @@ class Server:
             self.roles.bound = bound
             log(f"reloaded: {len(self.allowed)} agent keys")
         except ConfigError as exc:
-            log(f"reload refused, keeping {len(self.allowed)} agent keys: {exc}")
+            warn(f"reload refused, keeping {len(self.allowed)} agent keys: {exc}")
         if self.wback is not None:
             try:
                 self.worker_keys = allow_list(self.cfg.server.worker_keys, "workers'")
                 log(f"reloaded: {len(self.worker_keys)} worker keys")
             except ConfigError as exc:
-                log(f"reload refused, keeping {len(self.worker_keys)} worker keys: {exc}")
+                warn(f"reload refused, keeping {len(self.worker_keys)} worker keys: {exc}")
         for role, mid, sha in self.roles.published():     # announced again
             self._publish_model(role, mid, sha)
 
@@ -589,6 +585,8 @@ class Server:
 
 
 def run(cfg: Config) -> int:
+    from ..service import logs
+    logs.setup(cfg.service.log_level)
     srv = Server(cfg)
     try:
         srv.start()

@@ -15,6 +15,7 @@ error, never raised.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -23,7 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
+from ..service import logs
 from . import protocol as wire
+
+# a worker's lines: `sysdream worker: ...` on stderr, or journald with their priority and
+# LOGGER=sysdream.worker (service/logs.py; a local worker writes to its server's stderr)
+LOG = logging.getLogger("sysdream.worker")
+
+
+def log(msg: str, level: int = logging.INFO) -> None:
+    logs.log(msg, level, LOG)
+
 
 # Windows in one forward pass on the CPU: the requests gathered (up to [server]
 # batch_windows) are scored in passes of this many. With one torch thread a pass of 4096
@@ -95,8 +106,8 @@ class Models:
             det = Detector.load(path, runtime="torch")    # the worker may run it on CUDA
         except (BundleError, OSError) as exc:
             self.failed[model_id] = stamp
-            print(f"sysdream worker: {path}: {exc}; not tried again until the bundle "
-                  "changes", file=sys.stderr, flush=True)
+            log(f"{path}: {exc}; not tried again until the bundle changes",
+                logging.WARNING)
             return None
         self.failed.pop(model_id, None)
         if det.model_id != model_id:
@@ -126,8 +137,8 @@ def store_bundle(folder: Path, m: wire.Message, want: dict[str, str]) -> Path | 
     sha = hashlib.sha256(manifest).hexdigest()
     if h["model"] not in want or sha != want[h["model"]] or sha != h["sha256"] \
             or mid != h["model"]:
-        print(f"sysdream worker: refused the bundle of model {h['model'][:16]}: its "
-              "manifest is not the one announced", file=sys.stderr, flush=True)
+        log(f"refused the bundle of model {h['model'][:16]}: its manifest is not the one "
+            "announced", logging.WARNING)
         return None
     tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=folder))
     try:
@@ -136,8 +147,7 @@ def store_bundle(folder: Path, m: wire.Message, want: dict[str, str]) -> Path | 
         install(tmp, folder / mid)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        print(f"sysdream worker: cannot store model {mid} in {folder} "
-              f"({exc.strerror or exc})", file=sys.stderr, flush=True)
+        log(f"cannot store model {mid} in {folder} ({exc.strerror or exc})", logging.WARNING)
         return None
     return folder / mid
 
@@ -172,8 +182,7 @@ class Link:
         try:
             m = wire.decode(body, ("models", "bundle"))
         except wire.ProtocolError as exc:
-            print(f"sysdream worker: a message from the broker refused: {exc}",
-                  file=sys.stderr, flush=True)
+            log(f"a message from the broker refused: {exc}", logging.WARNING)
             return
         if not self.fetch:
             return
@@ -312,8 +321,8 @@ def remote(cfg) -> int:
     sock.connect(w.server)
     stop = []
     on_signals(lambda: stop.append(1))
-    print(f"sysdream worker: {name} on {device}, connecting to {w.server}; models in "
-          f"{folder}", file=sys.stderr, flush=True)
+    logs.setup(cfg.service.log_level)
+    log(f"{name} on {device}, connecting to {w.server}; models in {folder}")
     try:
         return serve(sock, folder, device, w.batch_windows, 0, name, True, lambda: not stop)
     finally:

@@ -1,7 +1,8 @@
 """The daemon's own log lines through stdlib `logging`: to journald with their priority
 (systemd.journal.JournalHandler) when stderr is journald's stream, else to stderr as
-`sysdream: MESSAGE` (a terminal, a test, a container's log). `[service] log_level` picks
-what is written; alerts never go through here (alerting/sinks.py carries them).
+`sysdream: MESSAGE` (a terminal, a test, a container's log); a child logger's lines as
+`sysdream server: MESSAGE` (the fleet's server and workers: fleet/). `[service] log_level`
+picks what is written; alerts never go through here (alerting/sinks.py carries them).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class _Stderr(logging.Handler):
         from ..training.progress import LearningBar
 
         try:
-            line = f"sysdream: {self.format(record)}"
+            line = f"{record.name.replace('.', ' ')}: {self.format(record)}"
             if LearningBar.active is not None:
                 LearningBar.active.write(line, file=sys.stderr)
             else:
@@ -59,10 +60,11 @@ def setup(level: str = "info") -> logging.Handler:
     return handler
 
 
-def log(msg: str, level: int = logging.INFO) -> None:
+def log(msg: str, level: int = logging.INFO, logger: logging.Logger = LOGGER) -> None:
+    """`msg` at `level` through LOGGER or a child of it (LOGGER.getChild("server"))."""
     if not LOGGER.handlers:
         setup()
-    LOGGER.log(level, msg)
+    logger.log(level, msg)
 
 
 def warn(msg: str) -> None:

@@ -48,3 +48,21 @@ def test_bash_completes_verbs_options_and_choices():
     assert complete(["sysdream", "run", "--con"]) == ["--config"]
     assert complete(["sysdream", "doctor", "--format", ""]) == ["text", "json"]
     assert "--alert-confidence" in complete(["sysdream", "train", "--al"])
+
+
+# the long-running verbs: their output is alerts (--json-lines) and log lines, not a result
+SERVICES = {"run", "agent", "server", "worker"}
+
+
+def test_every_verb_that_prints_takes_format_json():
+    """One output switch everywhere: a verb added without --format json fails here."""
+    import argparse
+
+    from sysdream.daemon.commands.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions
+               if isinstance(a, argparse._SubParsersAction))
+    missing = [verb for verb, p in sub.choices.items() if verb not in SERVICES and not any(
+        "--format" in a.option_strings and {"text", "json"} <= set(a.choices or ())
+        for a in p._actions)]
+    assert missing == []

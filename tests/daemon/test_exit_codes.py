@@ -38,6 +38,12 @@ def in_namespace(mounts: str, args: list[str]) -> list[str]:
     return ["unshare", "-m", "--propagation", "private", "sh", "-c", f"{mounts} && exec {cmd}"]
 
 
+def _no_matplotlib(tmp: Path) -> Path:
+    (tmp / "fake" / "matplotlib").mkdir(parents=True, exist_ok=True)
+    (tmp / "fake" / "matplotlib" / "__init__.py").write_text("raise ImportError('fake')\n")
+    return tmp / "fake"
+
+
 def causes(tmp: Path, bundle: Path) -> dict[Exit, list[str]]:
     release = platform.release()
     (tmp / "bad.sdtrace").write_bytes(b"\x00garbage" * 10)
@@ -74,6 +80,10 @@ def causes(tmp: Path, bundle: Path) -> dict[Exit, list[str]]:
         Exit.ANOMALOUS: [*SYSDREAM, "score", "--model", str(bundle),
                          f"adfa:{tmp / 'odd.txt'}", "--exit-status"],
         Exit.NOT_RUNNING: [*SYSDREAM, "status", "--state-dir", str(tmp / "no-daemon")],
+        # a named fake: matplotlib is installed here, so a package first on PYTHONPATH
+        # fails its import as an absent one does (test_plots_extra.py has the details)
+        Exit.MISSING_PACKAGE: ["env", f"PYTHONPATH={_no_matplotlib(tmp)}", *SYSDREAM,
+                               "explain", "--json", "-", "--plot", str(tmp / "heat.png")],
         Exit.FLEET_ENDPOINT: [*SYSDREAM, "server", "--bind", "tcp://127.0.0.1:{port}",
                               "--key", str(tmp / "keys" / "server.curve-secret"),
                               "--agents", str(tmp / "agents"), "--models",

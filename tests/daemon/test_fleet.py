@@ -159,6 +159,45 @@ def test_worker_messages_are_checked_and_a_fetched_bundle_must_be_the_announced_
     assert got == folder / mid and Detector.load(got).model_id == mid
 
 
+FLEET_LINES = """
+import logging, os
+from sysdream.daemon.service import logs
+from sysdream.daemon.fleet import agent, roles, worker
+if os.environ.get("TO_JOURNAL"):     # as systemd does: JOURNAL_STREAM names our stderr
+    st = os.fstat(2)
+    os.environ["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+logs.setup("info")
+roles.warn("reload refused, keeping 2 agent keys: test")
+worker.log("wk-1 on cpu, connecting to tcp://127.0.0.1:7480")
+agent.log("connected to the server tcp://127.0.0.1:7478 (server)")
+logging.getLogger("sysdream.server").debug("not shown at info")
+"""
+
+
+def test_the_fleets_lines_go_through_logging_to_stderr_or_journald_with_a_priority(
+        tmp_path, journal):
+    """The server's, workers' and agent's lines: the same text on stderr as before they
+    went through stdlib logging, and in a real journald (private namespace) each with its
+    priority and its logger's name."""
+    err = tmp_path / "stderr"
+    with err.open("w") as f:
+        r = subprocess.run([sys.executable, "-c", FLEET_LINES], stderr=f, timeout=60)
+    assert r.returncode == 0, err.read_text()
+    assert err.read_text().splitlines() == [
+        "sysdream server: reload refused, keeping 2 agent keys: test",
+        "sysdream worker: wk-1 on cpu, connecting to tcp://127.0.0.1:7480",
+        "sysdream: fleet: connected to the server tcp://127.0.0.1:7478 (server)"]
+    r = journal.run([sys.executable, "-c", FLEET_LINES], env={**os.environ, "TO_JOURNAL": "1"})
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: len(journal.entries()) >= 3, 10, "three journald entries")
+    by = {e["MESSAGE"]: (e["PRIORITY"], e["LOGGER"]) for e in journal.entries()}
+    assert by == {
+        "reload refused, keeping 2 agent keys: test": ("4", "sysdream.server"),
+        "wk-1 on cpu, connecting to tcp://127.0.0.1:7480": ("6", "sysdream.worker"),
+        "fleet: connected to the server tcp://127.0.0.1:7478 (server)": ("6", "sysdream")}
+    assert r.stderr == "", "under journald, nothing on stderr"
+
+
 # -- keys -----------------------------------------------------------------------------
 
 def test_a_worker_says_a_bad_bundle_once_and_tries_again_when_it_changes(

@@ -1,5 +1,6 @@
 """`sysdream train`, `score` and `eval` from the command line, on small synthetic traces in
-ADFA-LD's format (i386 numbers), with their bad inputs."""
+ADFA-LD's format (i386 numbers), with their bad inputs; `--format json` on train, eval and
+record."""
 
 from __future__ import annotations
 
@@ -302,3 +303,38 @@ def test_max_share_keeps_one_input_from_dominating_the_training_data():
     assert [s.source for s in got if s.source.startswith("big")] == ["big0"]
     assert given(_shared([host("a", 800), host("b", 800)], 0.2), "") == 1600
     assert given(_shared([host("big", 100_000)], 0.1), "") == 100_000
+
+
+def test_train_and_eval_format_json_put_one_object_on_stdout(data, tmp_path):
+    """--format json: the summary a script reads is one JSON object on stdout (progress
+    stays on stderr), its figures the bundle's and the results file's own."""
+    out = tmp_path / "m"
+    r = sysdream("train", "--input", data["normal"], "-o", out, "--format", "json", *TINY)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert got["model_id"] == manifest["model_id"] and got["output"] == str(out)
+    assert got["sequences"] == 30 and got["syscalls"] > 30 * 8 and got["vocabulary"] >= 7
+    assert got["bound"] > 0 and got["confidence"] == 0.999 and not got["signed"]
+    assert "written to" not in r.stderr
+    res = tmp_path / "r.json"
+    r = sysdream("eval", "--dataset", "files", "--normal", data["normal"], "--attack",
+                 data["attack"], "--no-baselines", "--json", res, "--plot", "",
+                 "--format", "json", *TINY)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report == json.loads(res.read_text())
+    assert [m["method"] for m in report["results"]] == ["dream"]
+    assert report["results"][0]["roc_auc"] > 0.9 and f"results: {res}" in r.stderr
+
+
+def test_record_format_json_reports_what_it_wrote(ebpf_ready, tmp_path):
+    trace = tmp_path / "t.sdtrace"
+    r = sysdream("record", "--seconds", "0.3", "-o", trace, "--format", "json")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["output"] == str(trace) and got["seconds_asked"] == 0.3
+    assert got["syscalls"] > 0 and got["records"] > 0 and got["threads"] > 0
+    assert got["lost"] >= 0 and got["stopped_early"] is False
+    from sysdream.probes.tracefile import read_trace
+    assert len(read_trace(trace).records) == got["records"]
