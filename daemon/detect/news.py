@@ -37,7 +37,7 @@ from typing import Protocol
 from sysdream.probes.layout import EXE_DELETED, EXE_FOREIGN_MNT, EXE_MEMFD, EXE_USERNS_MNT
 
 from ..context.processes import program_label
-from ..training.behaviour import HeldOut, Profiles, ProgramId
+from ..training.behaviour import HeldOut, Profiles, ProgramId, kind_of
 
 PTRACE_ATTACH, PTRACE_SEIZE = 16, 0x4206
 FILE_KINDS = {"write": "write", "rename": "write", "link": "write", "chmod": "write",
@@ -161,7 +161,7 @@ class News:
     """A feature the program's profile did not hold."""
     program: ProgramId
     feature: str
-    settled: bool        # the profile had settled: this is evidence
+    settled: bool        # the profile and this kind of feature had settled: evidence
     dangerous: str       # "" or why this is dangerous whatever the profile says
     process: tuple       # (tgid, start ns)
     lineage: list        # ancestors' keys, nearest first
@@ -174,10 +174,7 @@ class News:
 
     @property
     def kind(self) -> str:
-        """The kind of evidence: files written and removed are one (a temporary file
-        made and unlinked is one act of a program, not two agreeing kinds)."""
-        k = self.feature.split(" ", 1)[0]
-        return "file" if k in ("write", "unlink") else k
+        return kind_of(self.feature)
 
 
 class Watch:
@@ -251,7 +248,7 @@ class Watch:
         # the ancestors only for news: known acts, the bulk, cost a lookup and a count
         lineage = self.processes.lineage(proc) if proc is not None else []
         session = session_of(proc, lineage)
-        settled = self.profiles.settled(prog)
+        settled = self.profiles.settled(prog, feature)    # and this kind of feature
         quiet = not settled and not danger
         if quiet:       # counted, kept low
             self.profiles.learn(prog, feature)

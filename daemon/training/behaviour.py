@@ -12,7 +12,17 @@ Settling is judged by the program's own activity, not the clock: the Good-Turing
 estimate of the chance that its next event is one never seen (features seen once / all
 events) must be at most `max_unseen` after at least `min_events` events. A repetitive
 service settles within minutes; an administrator's shell, always doing something new,
-may never settle, and its news then stays low. Learning goes on while detecting
+may never settle, and its news then stays low.
+
+Each kind of feature (files, reads, peers, listening ports, privileged operations,
+children, parents) settles on its own as well: a program settled as a whole whose
+children are still new one time in twenty (a shell running an administrator's
+commands) keeps its new children low while a new file area of the same program is
+evidence. A kind the program has never shown at all is settled with the program: its
+first connection, first sensitive read, first child is news. A kind shown fewer than
+`min_events / 5` times is not settled (a few connections say nothing of the next).
+
+Learning goes on while detecting
 (`learn`); what the caller holds back (news part of an incident at medium or above) is
 never learnt here.
 
@@ -34,6 +44,13 @@ MIN_EVENTS = 50         # [profiles] min_events
 MAX_UNSEEN = 0.05       # [profiles] max_unseen
 MAX_FEATURES = 512      # per program: a program past this is never settled (it sprays)
 MAX_PROGRAMS = 20000
+
+
+def kind_of(feature: str) -> str:
+    """The kind of evidence a feature is: files written and removed are one (a temporary
+    file made and unlinked is one act of a program, not two agreeing kinds)."""
+    k = feature.split(" ", 1)[0]
+    return "file" if k in ("write", "unlink") else k
 
 
 @dataclass(frozen=True)
@@ -69,9 +86,28 @@ class Profile:
         """Good-Turing: the chance the next event is a feature never seen."""
         return 1.0 if not self.events else self.singletons / self.events
 
-    def settled(self, min_events: int = MIN_EVENTS, max_unseen: float = MAX_UNSEEN) -> bool:
-        return (self.events >= min_events and len(self.counts) < MAX_FEATURES
-                and self.unseen_mass() <= max_unseen)
+    def settled(self, min_events: int = MIN_EVENTS, max_unseen: float = MAX_UNSEEN,
+                kind: str | None = None) -> bool:
+        """Settled as a whole; with `kind`, that kind of feature settled too."""
+        whole = (self.events >= min_events and len(self.counts) < MAX_FEATURES
+                 and self.unseen_mass() <= max_unseen)
+        if not whole or kind is None:
+            return whole
+        return kind not in self.unsettled_kinds(min_events, max_unseen)
+
+    def unsettled_kinds(self, min_events: int = MIN_EVENTS,
+                        max_unseen: float = MAX_UNSEEN) -> frozenset[str]:
+        """The kinds shown but not settled: fewer than min_events / 5 events of the kind,
+        or its own Good-Turing unseen mass above `max_unseen`."""
+        events: dict[str, int] = {}
+        once: dict[str, int] = {}
+        for f, c in self.counts.items():
+            k = kind_of(f)
+            events[k] = events.get(k, 0) + c
+            once[k] = once.get(k, 0) + (c == 1)
+        least = max(1, min_events // 5)
+        return frozenset(k for k, n in events.items()
+                         if n < least or once[k] / n > max_unseen)
 
     def add(self, feature: str) -> bool:
         """Count one event; True when the feature was new to the profile."""
@@ -113,9 +149,11 @@ class Profiles:
             self.profiles.move_to_end(program.key)
         return p
 
-    def settled(self, program: ProgramId) -> bool:
+    def settled(self, program: ProgramId, feature: str | None = None) -> bool:
+        """The program's profile settled (with `feature`: that feature's kind too)."""
         p = self.profiles.get(program.key)
-        return p is not None and p.settled(self.min_events, self.max_unseen)
+        return p is not None and p.settled(self.min_events, self.max_unseen,
+                                           kind_of(feature) if feature else None)
 
     def knows(self, program: ProgramId, feature: str) -> bool:
         p = self.profiles.get(program.key)
@@ -185,13 +223,15 @@ class HeldOut:
     into learning judge its last quarter; the news of programs settled then, grouped as
     incidents are (program, session, feature kind), per hour, is what each incident
     level expects of activity like the baseline's."""
-    snapshot: dict[str, tuple[bool, frozenset]] = field(default_factory=dict)
+    # program -> (settled as a whole, its unsettled kinds, the features it knew)
+    snapshot: dict[str, tuple[bool, frozenset, frozenset]] = field(default_factory=dict)
     since_ns: int | None = None     # when the snapshot was taken; None: none (any more)
     incidents: set = field(default_factory=set)
     seconds: float = 0.0
 
     def take(self, profiles: Profiles, now_ns: int) -> None:
         self.snapshot = {k: (p.settled(profiles.min_events, profiles.max_unseen),
+                             p.unsettled_kinds(profiles.min_events, profiles.max_unseen),
                              frozenset(p.counts)) for k, p in profiles.profiles.items()}
         self.since_ns = now_ns
 
@@ -199,9 +239,11 @@ class HeldOut:
         """`session`: a callable giving the act's lineage root (asked only for news)."""
         if self.since_ns is None:
             return
-        settled, known = self.snapshot.get(program.key, (False, frozenset()))
-        if settled and feature not in known:
-            self.incidents.add((program.key, session(), feature.split(" ", 1)[0]))
+        settled, unsettled, known = self.snapshot.get(program.key,
+                                                      (False, frozenset(), frozenset()))
+        kind = kind_of(feature)
+        if settled and kind not in unsettled and feature not in known:
+            self.incidents.add((program.key, session(), kind))
 
     def per_hour(self, now_ns: int) -> float | None:
         """Expected false incidents an hour at medium (None before a snapshot)."""

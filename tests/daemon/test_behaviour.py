@@ -192,6 +192,34 @@ def test_settling_follows_the_programs_own_activity():
     assert p.settled(svc) and not p.settled(shell)
 
 
+def test_each_kind_of_act_settles_on_its_own():
+    """A service settled as a whole by its many writes to one file, whose children are
+    still new one time in five: a new child is not evidence, a new file area is, and so
+    is a kind it never showed (its first connection); a kind shown twice is not settled."""
+    p = Profiles(min_events=50, max_unseen=0.05)
+    svc = ProgramId(1, 1, 0, "/usr/sbin/svc")
+    for i in range(1000):
+        p.learn(svc, "write /var/lib/svc/state")
+        if i % 20 == 0:
+            p.learn(svc, f"child /usr/bin/tool{i % 100 if i < 500 else i}")
+    p.learn(svc, "listen 8080")
+    p.learn(svc, "listen 8081")
+    assert p.settled(svc)
+    assert not p.settled(svc, "child /usr/bin/other")
+    assert p.settled(svc, "write /etc/cron.d/x") and p.settled(svc, "unlink /etc/x")
+    assert p.settled(svc, "peer public:443")                  # never connected: news
+    assert not p.settled(svc, "listen 4444")                  # two listens say little
+    assert p.get(svc).unsettled_kinds() == {"child", "listen"}
+    # news with that kind goes quietly in the Watch's terms, and the held-out replay
+    # does not count it
+    from sysdream.daemon.training.behaviour import HeldOut
+    h = HeldOut()
+    h.take(p, now_ns=0)
+    h.judge(svc, "child /usr/bin/new", lambda: ("s", 1))
+    h.judge(svc, "write /etc/cron.d/x", lambda: ("s", 1))
+    assert h.incidents == {(svc.key, ("s", 1), "file")}
+
+
 def test_held_out_news_of_settled_profiles_gives_the_expected_rate():
     """Profiles as they stood three quarters into learning judge the last quarter: news
     of a settled profile counts once per (program, session, kind); news of an unsettled
