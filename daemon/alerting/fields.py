@@ -65,9 +65,10 @@ ALERT_FIELDS = ("kind", "alert_id", "fingerprint", "severity", "why", "hostname"
 
 # The version of the alert's shape (docs/alert.schema.json): a field added, removed or
 # changed in meaning makes a new one.
-ALERT_SCHEMA = "sysdream-alert/4"     # 2: fleet_server; 3: novelty kind new_sequence;
+ALERT_SCHEMA = "sysdream-alert/5"     # 2: fleet_server; 3: novelty kind new_sequence;
 #                                       4: why, identity, program and its alert bound;
-#                                          incidents, program_id, foreign_mount
+#                                          incidents, program_id, foreign_mount;
+#                                       5: program_id's unit
 
 
 def fingerprint(context: dict, unknown: list[str], surprises: list[dict]) -> str:

@@ -48,6 +48,8 @@ _HEXISH = re.compile(r"^(?=.*\d)[0-9a-fA-F]{6,}$")
 _NUM = re.compile(r"\d+")
 _WORD = re.compile(r"^[A-Za-z0-9_]{6,}$")
 EPHEMERAL = 32768   # ports from here up are the kernel's to hand out: one pattern
+MAX_UNITS = 4096    # cgroup id -> service remembered
+_TRANSIENT = re.compile(r"^run-[a-z]?[0-9a-f]+\.service$")
 _SWITCH = re.compile(r"(?<=[A-Za-z])(?=\d)|(?<=\d)(?=[A-Za-z])")
 # a temporary name: tmp/temp and a suffix (tempfile, mkstemp), an editor's lock file
 _TEMP_PREFIX = re.compile(r"^(tmp|temp)[._-]?[A-Za-z0-9_]{3,}$|^\.?#.+$")
@@ -189,6 +191,7 @@ class Watch:
         self.held_out = HeldOut()
         self.acts = 0
         self.unknown_process = 0
+        self._units: dict[int, str] = {}
 
     def program_of(self, tgid: int, ns: int) -> tuple[ProgramId | None, object]:
         """(program, process) running `tgid` at kernel time `ns`."""
@@ -196,7 +199,24 @@ class Watch:
         img = p.image_at(ns) if p is not None else None
         if img is None:
             return None, p
-        return identity(img), p
+        return identity(img, self._service(p.cgroup_id)), p
+
+    def _service(self, cgroup_id: int) -> str:
+        """The systemd service of a cgroup ("" outside one), remembered once its path is
+        known (a cgroup made since the last scan is looked up again later)."""
+        unit = self._units.get(cgroup_id)
+        if unit is not None:
+            return unit
+        cgroups = getattr(self.processes, "cgroups", None)
+        if not cgroup_id or cgroups is None:
+            return ""
+        group = cgroups.group(cgroup_id)
+        unit = service_unit(group.unit)
+        if group.path:
+            if len(self._units) >= MAX_UNITS:
+                self._units.clear()
+            self._units[cgroup_id] = unit
+        return unit
 
     def take(self, acts: Iterable) -> list[News]:
         out = []
@@ -212,7 +232,7 @@ class Watch:
                 parent = self.processes.parent(proc)
                 pimg = parent.image_at(act.ns) if parent is not None else None
                 if pimg is not None:
-                    pprog = identity(pimg)
+                    pprog = identity(pimg, self._service(parent.cgroup_id))
                     feats.append(f"parent {pprog.label}")
                     out += self._judge(pprog, f"child {prog.label}", parent, act, "")
             for f in feats:
@@ -270,12 +290,21 @@ class Watch:
         self.profiles.learn(news.program, news.feature)
 
 
-def identity(img) -> ProgramId:
+def service_unit(unit: str) -> str:
+    """A unit that names a workload: a .service, not a scope (a login session, a
+    container's scope) and not a transient systemd-run service (run-u123.service), whose
+    names are made per run."""
+    if not unit.endswith(".service") or _TRANSIENT.match(unit):
+        return ""
+    return unit
+
+
+def identity(img, unit: str = "") -> ProgramId:
     """The program of a process image: its file, its mount namespace when that is not the
-    initial one, and its label."""
+    initial one, its label, and the service it runs in."""
     foreign = bool(img.flags & (EXE_FOREIGN_MNT | EXE_USERNS_MNT))
     label = program_label(img.exe, img.args, bool(img.flags & EXE_MEMFD))
-    return ProgramId(img.dev, img.ino, img.mntns if foreign else 0, label, foreign)
+    return ProgramId(img.dev, img.ino, img.mntns if foreign else 0, label, foreign, unit)
 
 
 def session_of(proc, lineage: list) -> object:

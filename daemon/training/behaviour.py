@@ -2,11 +2,12 @@
 
 A program is an executable file, by (device, inode), in the mount namespace it ran from
 (0: the initial one), with its path and, for an interpreter, its script
-(context.processes.program_label): a payload bind-mounted over /usr/bin/python3 in a
-user namespace is another file, so it never borrows python's profile, and a path alone
-never names a program (issue 33 #2). Its profile counts *features*: "KIND VALUE" strings
-(daemon/detect/news.py makes them from the kernel's acts: files written, sensitive reads,
-peers, listening ports, privileged operations, children, parents).
+(context.processes.program_label), in the systemd service it runs in, if any: a payload
+bind-mounted over /usr/bin/python3 in a user namespace is another file, so it never
+borrows python's profile, and a path alone never names a program (issue 33 #2). Its
+profile counts *features*: "KIND VALUE" strings (daemon/detect/news.py makes them from
+the kernel's acts: files written, sensitive reads, peers, listening ports, privileged
+operations, children, parents).
 
 Settling is judged by the program's own activity, not the clock: the Good-Turing
 estimate of the chance that its next event is one never seen (features seen once / all
@@ -55,20 +56,24 @@ def kind_of(feature: str) -> str:
 
 @dataclass(frozen=True)
 class ProgramId:
-    """Who a program is: the file, the mount namespace it ran from, and its label."""
+    """Who a program is: the file, the mount namespace it ran from, its label, and the
+    systemd service it runs in (python3 in one service and in another are two programs:
+    each service's own behaviour settles on its own)."""
     dev: int
     ino: int
     mntns: int          # 0: the initial mount namespace
     label: str          # path (and an interpreter's script); what people read
     foreign: bool = False   # run from a mount outside the initial mount namespace
+    unit: str = ""      # the .service it runs in ("" outside one)
 
     @property
     def key(self) -> str:
-        return f"{self.dev}:{self.ino}:{self.mntns}:{self.label}"
+        base = f"{self.dev}:{self.ino}:{self.mntns}:{self.label}"
+        return f"{base}@{self.unit}" if self.unit else base
 
     def to_json(self) -> dict:
         return {"dev": self.dev, "ino": self.ino, "mntns": self.mntns, "label": self.label,
-                "foreign": self.foreign}
+                "foreign": self.foreign, "unit": self.unit}
 
 
 @dataclass
@@ -206,7 +211,7 @@ class Profiles:
             for e in data["programs"][:self.max]:
                 g = e["program"]
                 prog = ProgramId(int(g["dev"]), int(g["ino"]), int(g["mntns"]),
-                                 str(g["label"]), bool(g["foreign"]))
+                                 str(g["label"]), bool(g["foreign"]), str(g.get("unit", "")))
                 counts = {str(k): int(v) for k, v in e["counts"].items()}
                 out[prog.key] = Profile(prog, counts, int(e["events"]), int(e["news_learnt"]))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

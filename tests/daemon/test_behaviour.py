@@ -162,6 +162,53 @@ def test_a_bind_mount_over_a_program_does_not_borrow_its_profile(capture, tmp_pa
     path.close()
 
 
+def test_a_program_in_two_services_has_two_profiles(capture, tmp_path):
+    """touch run in sdtest-a.service and in sdtest-b.service (real cgroups named as
+    systemd names services) is two programs: each service's profile settles on its own,
+    and news of one is not hidden by what the other does; a login session's scope adds
+    nothing to the identity."""
+    from sysdream.daemon.context.cgroups import mount_point
+    from sysdream.daemon.detect.news import service_unit
+
+    assert service_unit("nginx.service") == "nginx.service"
+    assert service_unit("session-3.scope") == service_unit("run-u42.service") == ""
+    root = mount_point()
+    if root is None:
+        pytest.fail("no cgroup v2 hierarchy")
+    groups = [root / f"sdtest-{x}-{os.getpid()}.service" for x in "ab"]
+    d = tmp_path / "d"
+    d.mkdir()
+    for g in groups:
+        g.mkdir()
+    try:
+        def in_group(g: Path, *argv: str) -> list[str]:
+            return ["sh", "-c", f'echo $$ > {g}/cgroup.procs && exec "$@"', "sh", *argv]
+
+        cap = capture()
+        table = ProcessTable()
+        profiles = Profiles(min_events=20, max_unseen=0.1)
+        watch = Watch(profiles, table)
+        observe(cap, table, watch, in_group(groups[0], TOUCH, *(f"{d}/f.{i}"
+                                                             for i in range(40))))
+        units = {p.program.unit for p in profiles.profiles.values()
+                 if p.program.label == TOUCH}
+        assert units == {groups[0].name}, units
+        a = next(p.program for p in profiles.profiles.values() if p.program.unit)
+        assert a.key.endswith("@" + groups[0].name) and profiles.settled(a)
+
+        watch.learning = False
+        news = observe(cap, table, watch, in_group(groups[1], TOUCH, f"{d}/f.1"))
+        mine = [n for n in news if n.program.label == TOUCH]
+        assert mine and all(n.program.unit == groups[1].name and not n.settled
+                            for n in mine), [(n.program, n.feature) for n in mine]
+        assert observe(cap, table, watch, in_group(groups[0], TOUCH, f"{d}/f.2")) == []
+    finally:
+        for g in groups:
+            for pid in (g / "cgroup.procs").read_text().split():
+                (root / "cgroup.procs").write_text(pid)
+            g.rmdir()
+
+
 def test_profiles_survive_a_restart_and_a_tampered_file_is_refused(tmp_path):
     p = Profiles(min_events=3, max_unseen=0.5)
     prog = ProgramId(2049, 1234, 0, "/usr/sbin/cron")
