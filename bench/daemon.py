@@ -1,7 +1,7 @@
 """The daemon under steady load: CPU, memory, cache, shedding and detection latency.
 
     .venv/bin/python bench/daemon.py [--seconds 20] [--warmup 8] [--model BUNDLE] [--fleet]
-        [--sequences]
+        [--sequences] [--no-profiles]
 
 Real parts throughout: `sysdream run` as its own process with its probes in the running
 kernel, alerts to a systemd-journald started here in a private mount namespace, and a
@@ -16,10 +16,12 @@ filtered to its process name, so other processes do not change the load).
 3. Phases, each `--warmup` s of settling and `--seconds` s measured, the daemon running
    with the shipped defaults except alert rate limits high enough to keep every alert:
    100k/s from 4 threads, 1M/s from 4 threads, 100k/s from 10,000 threads, and 1M/s with
-   the known-window cache off (a second daemon). In every phase, 10 times a second a
-   child process makes 48 syscalls the model never saw and exits: the latency from its
-   last syscall (CLOCK_MONOTONIC in the child) to its alert's journald entry
-   (__MONOTONIC_TIMESTAMP) is measured for each.
+   the known-window cache off (a second daemon). In every phase, every 1.5 s a child
+   process makes 48 syscalls the model never saw and exits: the latency from its last
+   syscall (CLOCK_MONOTONIC in the child) to its alert's journald entry
+   (__MONOTONIC_TIMESTAMP) is measured for each (incidents of a second, so each child's
+   is its own). Every alert of the load's own process (its threads) is false: counted
+   by severity.
    With --fleet, instead: the daemon is an agent of a fleet server on loopback (one
    worker, the same bundle), phases 100k/s and 1M/s from 4 threads, the server scoring
    every cache miss, so the latency includes the round trip.
@@ -50,7 +52,13 @@ sys.path.insert(0, str(HERE.parent / "tests" / "daemon"))
 from harness import Daemon, JournalNamespace, wait_for  # noqa: E402  (real parts, shared)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-ODD_EVERY_MS = 100
+# Alerts belong to incidents (one per program, session and fingerprint within
+# [alerts] incident_span_s): the daemon here runs with incidents of a second and the odd
+# children come further apart, so each child opens an incident of its own and its alert
+# reaches journald (children 100 ms apart would all join the first one's incident).
+INCIDENT_SPAN_S = 1
+ODD_EVERY_MS = 1500
+EXTRA_CONFIG = ""       # --no-profiles: "[profiles] enabled = false"
 
 
 def build_loadgen(tmp: Path) -> Path:
@@ -68,9 +76,10 @@ def cli(*args: str, **kw) -> subprocess.CompletedProcess:
 class Load:
     """bench/loadgen.c in the background; its "odd" lines and final counts."""
 
-    def __init__(self, exe: Path, rate: float, threads: int, seconds: float, odd_mode: int):
+    def __init__(self, exe: Path, rate: float, threads: int, seconds: float, odd_mode: int,
+                 every_ms: int = ODD_EVERY_MS):
         self.proc = subprocess.Popen([str(exe), str(rate), str(threads), str(seconds),
-                                      str(ODD_EVERY_MS), str(odd_mode)],
+                                      str(every_ms), str(odd_mode)],
                                      stdout=subprocess.PIPE, text=True)
 
     def finish(self) -> tuple[dict[int, int], int, int]:
@@ -118,7 +127,7 @@ def train_model(exe: Path, tmp: Path, bundle: Path, epochs: int, sequences: bool
                                stderr=subprocess.PIPE, text=True)
         if "probes attached" not in rec.stderr.readline():
             raise RuntimeError(f"sysdream record did not start: {rec.stderr.read()}")
-        Load(exe, 100_000, threads, 6, odd_mode=0).finish()
+        Load(exe, 100_000, threads, 6, odd_mode=0, every_ms=100).finish()
         rec.send_signal(signal.SIGTERM)
         rec.communicate(timeout=60)
         traces.append(f"trace:{trace}")
@@ -163,10 +172,11 @@ def start_server(bundle: Path, tmp: Path) -> tuple[subprocess.Popen, str]:
 def start_daemon(bundle: Path, tmp: Path, journal: JournalNamespace,
                  cache_windows: int | None = None, fleet: str = "") -> Daemon:
     cfg = tmp / f"sysdream-{cache_windows}-{bool(fleet)}.toml"
-    text = "[alerts]\nrate_limit_burst = 1000000\nrate_limit_ceiling_per_minute = 1000000\n"
+    text = ("[alerts]\nrate_limit_burst = 1000000\nrate_limit_ceiling_per_minute = 1000000\n"
+            f"incident_span_s = {INCIDENT_SPAN_S}\nmin_severity = \"low\"\n")
     if cache_windows is not None:
         text += f"[detection]\ncache_windows = {cache_windows}\n"
-    text += fleet
+    text += fleet + EXTRA_CONFIG
     cfg.write_text(text)
     d = Daemon(["--config", str(cfg), "--model", str(bundle), "--state-dir",
                 str(tmp / "state"), "--comm", "loadgen"], tmp, prefix=journal.prefix)
@@ -193,15 +203,17 @@ def phase(name: str, exe: Path, d: Daemon, journal: JournalNamespace, rate: int,
         "sysdream_syscalls_delivered_total", "sysdream_syscalls_lost_total",
         "sysdream_windows_scored_total", "sysdream_windows_cached_total",
         "sysdream_windows_shed_total", "sysdream_windows_cut_total")}
-    lat, other = [], 0
+    lat, other = [], {"low": 0, "medium": 0, "high": 0}
     first: dict[int, float] = {}
-    for e in journal.entries(SYSDREAM_KIND="anomaly"):
-        p = int(e["SYSDREAM_PID"])
-        mono_ns = int(e["__MONOTONIC_TIMESTAMP"]) * 1000
-        if p in odd:
-            first[p] = min(first.get(p, mono_ns), mono_ns)
-        elif p == load.proc.pid:
-            other += 1
+    for kind in ("anomaly", "behaviour"):
+        for e in journal.entries(SYSDREAM_KIND=kind):
+            p = int(e["SYSDREAM_PID"])
+            mono_ns = int(e["__MONOTONIC_TIMESTAMP"]) * 1000
+            if p in odd and kind == "anomaly":
+                first[p] = min(first.get(p, mono_ns), mono_ns)
+            elif p == load.proc.pid:      # the load's own threads: every one is false
+                sev = e.get("SYSDREAM_SEVERITY", "low")
+                other[sev] = other.get(sev, 0) + 1
     lat = [(first[p] - odd[p]) / 1e9 for p in first]
     looked = d.metrics()
     scored, cached = delta["sysdream_windows_scored_total"], delta["sysdream_windows_cached_total"]
@@ -234,8 +246,13 @@ def report(rows: list[dict], ref_cpu_per_syscall: float) -> None:
               f"{r['rss_mb']:>8.0f}{r['peak_rss_mb']:>7.0f}{r['threads_tracked']:>9,.0f}"
               f"{r['windows_per_s']:>11,.0f}{r['hit_ratio']:>7.3f}{r['shed']:>11,.0f}"
               f"{r['lost']:>7,.0f}{r['odd_alerted']:>7}/{r['odd_made']:<5}"
-              f"{r['other_alerts']:>6}{1e3 * pct(lat, 50):>8.1f}{1e3 * pct(lat, 99):>8.1f}"
+              f"{sum(r['other_alerts'].values()):>6}{1e3 * pct(lat, 50):>8.1f}"
+              f"{1e3 * pct(lat, 99):>8.1f}"
               f"{1e3 * max(lat, default=float('nan')):>8.1f}")
+    for r in rows:
+        o = r["other_alerts"]
+        print(f"{r['phase']}: the load's own alerts (false), by severity: low {o['low']}, "
+              f"medium {o['medium']}, high {o['high']}")
     by = {r["phase"]: r for r in rows}
     hot, cold = by.get("1M/s, 4 threads"), by.get("1M/s, 4 threads, no cache")
     if hot and cold:
@@ -264,7 +281,13 @@ def main() -> int:
     ap.add_argument("--json", help="also write the figures here")
     ap.add_argument("--fleet", action="store_true", help="only the fleet phases: the daemon "
                     "an agent of a fleet server (one worker, loopback) scoring its windows")
+    ap.add_argument("--no-profiles", action="store_true", help="[profiles] enabled = false: "
+                    "the daemon without its behaviour profiles (the acts are still "
+                    "captured), to weigh what the profiles cost in the same session")
     args = ap.parse_args()
+    if args.no_profiles:
+        global EXTRA_CONFIG
+        EXTRA_CONFIG = "[profiles]\nenabled = false\n"
     if os.geteuid() != 0:
         print("bench/daemon.py: run as root (it loads eBPF programs and starts journald)",
               file=sys.stderr)
