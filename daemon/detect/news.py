@@ -16,8 +16,9 @@ Features are "KIND VALUE" strings, made so that what a program does again looks 
 Paths are normalised (`pattern`): the directory is kept, pids, numbers, hex and random
 or temporary name parts become `*`, so /tmp/tmp3k9x_ab/run.12345.lock is
 /tmp/*/run.*.lock. In scratch folders (/tmp, /var/tmp, /dev/shm, /run/user) made names
-are read more broadly: eight letters, digits and underscores, or five or more with a
-digit, are a made name (/dev/shm/sem.mp-abcdefgh is /dev/shm/sem.mp-*).
+are read more broadly: eight lower-case letters, digits and underscores, five or more
+with a digit, or six or more in mixed case are a made name (/dev/shm/sem.mp-abcdefgh
+and /dev/shm/sem.wfwPGG are /dev/shm/sem.mp-* and /dev/shm/sem.*).
 
 Some news is dangerous whatever the program has done before (`DANGEROUS`): a module
 load, a fileless exec (memfd, a deleted file, /dev/fd or /proc/PID/fd), ptrace of a
@@ -86,10 +87,13 @@ def _word(w: str) -> str:
 
 
 def _scratch_word(w: str) -> str:
-    """In a scratch folder every name is made to be unique: a word of eight letters,
-    digits and underscores (tempfile's and multiprocessing's suffix), or of five or more
-    with a digit, is a made name whatever its letters."""
-    if _MADE.match(w) or (len(w) >= 5 and _HAS_DIGIT.search(w) and _WORD_CHARS.match(w)):
+    """In a scratch folder every name is made to be unique: a word of eight lower-case
+    letters, digits and underscores (tempfile's and multiprocessing's suffix), of five or
+    more with a digit, or of six or more in mixed case (mkstemp's XXXXXX, glibc's
+    sem.wfwPGG) is a made name."""
+    if _MADE.match(w) or (_WORD_CHARS.match(w) and (
+            (len(w) >= 5 and _HAS_DIGIT.search(w)) or
+            (len(w) >= 6 and w.lower() != w and w.upper() != w))):
         return "*"
     return _word(w)
 
@@ -197,7 +201,7 @@ class Watch:
         """(program, process) running `tgid` at kernel time `ns`."""
         p = self.processes.lookup(tgid, ns)
         img = p.image_at(ns) if p is not None else None
-        if img is None:
+        if img is None or not named(img):
             return None, p
         return identity(img, self._service(p.cgroup_id)), p
 
@@ -231,7 +235,7 @@ class Watch:
             if act.kind == "exec":
                 parent = self.processes.parent(proc)
                 pimg = parent.image_at(act.ns) if parent is not None else None
-                if pimg is not None:
+                if pimg is not None and named(pimg):
                     pprog = identity(pimg, self._service(parent.cgroup_id))
                     feats.append(f"parent {pprog.label}")
                     out += self._judge(pprog, f"child {prog.label}", parent, act, "")
@@ -288,6 +292,13 @@ class Watch:
         if not self.profiles.knows(news.program, news.feature):
             self.profiles.profile(news.program).news_learnt += 1
         self.profiles.learn(news.program, news.feature)
+
+
+def named(img) -> bool:
+    """The image's executable is known by its path (or is a memfd): a bare name, left when
+    neither the kernel's walk nor /proc gave the path, names no file a profile could
+    hold (`getent` would be news to a shell that ran /usr/bin/getent a thousand times)."""
+    return img.exe.startswith(("/", "...", "memfd:")) or bool(img.flags & EXE_MEMFD)
 
 
 def service_unit(unit: str) -> str:

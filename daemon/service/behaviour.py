@@ -6,6 +6,13 @@ the profiles are copied, and the news of the settled ones over the last quarter 
 expected false incidents an hour at medium (training/behaviour.py HeldOut), saved with
 the profiles. Detecting, `Watch` (detect/news.py) judges each act and AlertPath.news makes
 incidents of what is new.
+
+Acts wait one pass before they are judged. The loop reads the context ring before the
+acts ring, but the kernel keeps writing between the two reads: a child's first act (its
+connect) can be read in the same pass as its parent's, while the exec record that says
+which program it now runs comes in the next. Judged at once, the act would be taken for
+the program the process ran before the exec (a shell connecting to nscd, when it was
+the getent it started). One pass later (100 ms) its process's records are in.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ class Behaviour:
         self.log = log
         self._next_save = time.monotonic() + self.save_s
         self._held_out_done = False
+        self._held = None       # the last pass's acts, judged on the next one
 
     def load(self) -> None:
         """The profiles a previous run saved; one that does not verify is set aside (its
@@ -53,8 +61,9 @@ class Behaviour:
         self.log(f"behaviour profiles: {n} programs from {self.path} "
                  f"({self.profiles.counts()['settled']} settled)")
 
-    def take(self, records, phase: str, progress: float) -> list:
-        """Act records (probes layout.ACT_DTYPE) of one pass: the news while detecting."""
+    def take(self, records, phase: str, progress: float, final: bool = False) -> list:
+        """Act records (probes layout.ACT_DTYPE) of one pass: the news, while detecting,
+        of the previous pass's acts (`final`: of these as well, at the stop)."""
         w = self.watch
         w.learning = phase != "detecting"
         taken = w.held_out.since_ns is not None
@@ -69,9 +78,12 @@ class Behaviour:
                      f"{len(self.profiles)} programs settled; held out: "
                      f"{len(w.held_out.incidents)} news incidents in "
                      f"{w.held_out.seconds:.0f} s")
-        if not len(records):
-            return []
-        return w.take(act_records.decode(records))
+        ready = [self._held] if self._held is not None else []
+        self._held = records.copy() if len(records) else None
+        if final and self._held is not None:
+            ready.append(self._held)
+            self._held = None
+        return [n for r in ready for n in w.take(act_records.decode(r))]
 
     def tick(self, now: float) -> None:
         if now >= self._next_save:

@@ -488,12 +488,13 @@ class Service:
         self.learner.record_context(records)
         self.retrainer.record_context(records)
 
-    def _take_acts(self, records: np.ndarray) -> None:
-        """After the context records (an act's process is described first)."""
+    def _take_acts(self, records: np.ndarray, final: bool = False) -> None:
+        """After the context records (an act's process is described first; the acts
+        of a pass are judged on the next: service/behaviour.py)."""
         b = self.behaviour
         if b is None:
             return
-        news = b.take(records, self.phase, self.learner.progress)
+        news = b.take(records, self.phase, self.learner.progress, final)
         self.alerting.behaviour_expected = b.profiles.expected_per_hour
         if news:
             self.alerting.news(news)
@@ -513,7 +514,7 @@ class Service:
         self.notify.stopping()
         cap = self.capture
         self._take_context(cap.read_context())
-        self._take_acts(cap.read_acts())
+        self._take_acts(cap.read_acts(), final=True)
         self._take(cap.read())
         self.kernel_counters = cap.counters()
         if self.behaviour is not None:

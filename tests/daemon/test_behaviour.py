@@ -66,6 +66,8 @@ def test_paths_and_peers_are_normalised():
     assert pattern("/dev/shm/sem.mp-k3h_9x2a") == pattern("/dev/shm/sem.mp-abcdefgh") == \
         "/dev/shm/sem.mp-*"
     assert pattern("/tmp/pymp-q1w2e3r4/x") == "/tmp/pymp-*/x"
+    assert pattern("/dev/shm/sem.wfwPGG") == "/dev/shm/sem.*"       # glibc's sem_open
+    assert pattern("/tmp/socket") == "/tmp/socket"
     assert pattern("/var/lib/app/app.db-journal") == "/var/lib/app/app.db-journal"
     assert pattern("/home/u/abcdefgh") == "/home/u/abcdefgh"     # outside scratch: a name
     assert [peer_class(a) for a in ("127.0.0.1", "10.1.2.3", "::1", "8.8.8.8")] == \
