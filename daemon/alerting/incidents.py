@@ -9,7 +9,8 @@ Severity comes from independent evidence (issue 32):
 
     low     a sequence excursion alone, or news in an unsettled profile
     medium  news in a settled profile, or a sustained sequence excursion in a settled
-            program
+            program (evidence twice the bound, a syscall training never saw, or m
+            windows' alerts in the incident: alerting/path.py)
     high    two kinds agreeing in one process or its descendants within the span (news
             and sequence, or two kinds of news), or always-dangerous news (a module load,
             a fileless exec, ptrace of a process not its child) in any program

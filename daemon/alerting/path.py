@@ -95,8 +95,12 @@ class AlertPath:
                _session(watch, proc), f["fingerprint"])
         with self._lock:
             inc = self.incidents.open.get(key)
+            # sustained: twice the bound, a syscall training never saw, or an excursion
+            # that went on for a whole evidence span (m windows' alerts in its incident):
+            # a busy program's occasional excursions just over its bound stay low
             sustained = det.exceedances >= 2 * max(det.needed, 1.0) or \
-                bool(f["unknown_syscalls"]) or (inc is not None and inc.count >= 1)
+                bool(f["unknown_syscalls"]) or \
+                (inc is not None and inc.count >= max(det.evidence_m, 1))
             lineage = [q.key for q in self.processes.lineage(proc)] if proc else []
             agree = self.agreement.add(proc.key if proc else (b.tgid, 0), lineage,
                                        "sequence", time.monotonic())

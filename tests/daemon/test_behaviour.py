@@ -68,6 +68,8 @@ def test_paths_and_peers_are_normalised():
     assert pattern("/tmp/pymp-q1w2e3r4/x") == "/tmp/pymp-*/x"
     assert pattern("/dev/shm/sem.wfwPGG") == "/dev/shm/sem.*"       # glibc's sem_open
     assert pattern("/tmp/socket") == "/tmp/socket"
+    assert pattern(".git/objects/4f/0a1b2c3d4e5f60718293a4b5c6d7e8f9012345") == \
+        pattern(".git/objects/ab/9f8e7d6c5b4a3928170615f4e3d2c1b0a9876543") == ".git/objects/*/*"
     assert pattern("/var/lib/app/app.db-journal") == "/var/lib/app/app.db-journal"
     assert pattern("/home/u/abcdefgh") == "/home/u/abcdefgh"     # outside scratch: a name
     assert [peer_class(a) for a in ("127.0.0.1", "10.1.2.3", "::1", "8.8.8.8")] == \
