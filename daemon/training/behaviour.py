@@ -16,7 +16,7 @@ service settles within minutes; an administrator's shell, always doing something
 may never settle, and its news then stays low.
 
 Each kind of feature (files, reads, peers, listening ports, privileged operations,
-children, parents) settles on its own as well: a program settled as a whole whose
+exec edges: children and parents) settles on its own as well: a program settled as a whole whose
 children are still new one time in twenty (a shell running an administrator's
 commands) keeps its new children low while a new file area of the same program is
 evidence. A kind the program has never shown at all is settled with the program: its
@@ -49,9 +49,14 @@ MAX_PROGRAMS = 20000
 
 def kind_of(feature: str) -> str:
     """The kind of evidence a feature is: files written and removed are one (a temporary
-    file made and unlinked is one act of a program, not two agreeing kinds)."""
+    file made and unlinked is one act of a program, not two agreeing kinds), and so are
+    a new child and a new parent ("exec": one exec makes both, at the parent's profile
+    and at the child's, and one act must not agree with itself)."""
     k = feature.split(" ", 1)[0]
-    return "file" if k in ("write", "unlink") else k
+    return _KINDS.get(k, k)
+
+
+_KINDS = {"write": "file", "unlink": "file", "child": "exec", "parent": "exec"}
 
 
 @dataclass(frozen=True)

@@ -260,7 +260,7 @@ def test_each_kind_of_act_settles_on_its_own():
     assert p.settled(svc, "write /etc/cron.d/x") and p.settled(svc, "unlink /etc/x")
     assert p.settled(svc, "peer public:443")                  # never connected: news
     assert not p.settled(svc, "listen 4444")                  # two listens say little
-    assert p.get(svc).unsettled_kinds() == {"child", "listen"}
+    assert p.get(svc).unsettled_kinds() == {"exec", "listen"}
     # news with that kind goes quietly in the Watch's terms, and the held-out replay
     # does not count it
     from sysdream.daemon.training.behaviour import HeldOut
