@@ -15,7 +15,8 @@ Features are "KIND VALUE" strings, made so that what a program does again looks 
 
 Paths are normalised (`pattern`): the directory is kept, pids, numbers, hex and random
 or temporary name parts become `*`, so /tmp/tmp3k9x_ab/run.12345.lock is
-/tmp/*/run.*.lock, and fan-out folders of two hex digits (.git/objects/4f/) are `*`.
+/tmp/*/run.*.lock, and fan-out folders of two hex digits before a hex name
+(.git/objects/4f/0a1b...) are `*`.
 In scratch folders (/tmp, /var/tmp, /dev/shm, /run/user) made names
 are read more broadly: eight lower-case letters, digits and underscores, five or more
 with a digit, or six or more in mixed case are a made name (/dev/shm/sem.mp-abcdefgh
@@ -48,8 +49,8 @@ PRIV_KINDS = ("setid", "capset", "ptrace", "mount", "module", "bpf", "memfd")
 
 _HEXISH = re.compile(r"^(?=.*\d)[0-9a-fA-F]{6,}$")
 _NUM = re.compile(r"\d+")
-# two hex digits: the fan-out folders of content-addressed stores (git's objects/4f/,
-# pip's and ccache's caches), one pattern for the 256 of them
+# two hex digits before a hex name: the fan-out folders of content-addressed stores
+# (git's objects/4f/0a1b..., ccache's), one pattern for the 256 of them
 _FANOUT = re.compile(r"^[0-9a-f]{2}$")
 _WORD = re.compile(r"^[A-Za-z0-9_]{6,}$")
 EPHEMERAL = 32768   # ports from here up are the kernel's to hand out: one pattern
@@ -85,7 +86,7 @@ class ActSource(Protocol):
 
 
 def _word(w: str) -> str:
-    if _HEXISH.match(w) or _FANOUT.match(w) or _random(w) or _TEMP_PREFIX.match(w):
+    if _HEXISH.match(w) or _random(w) or _TEMP_PREFIX.match(w):
         return "*"
     return _NUM.sub("*", w)
 
@@ -119,7 +120,11 @@ def pattern(path: bytes | str) -> str:
         rest = "/".join(_part(p) for p in rest.split("/"))
         return f"/{head}/{rest}"
     scratch = text.startswith(SCRATCH)
-    return "/".join(_part(p, scratch) if p else p for p in text.split("/"))
+    parts = text.split("/")
+    return "/".join(
+        "*" if _FANOUT.match(p) and i + 1 < len(parts) and
+        _HEXISH.match(parts[i + 1].split(".")[0]) else (_part(p, scratch) if p else p)
+        for i, p in enumerate(parts))
 
 
 def peer_class(address: str) -> str:

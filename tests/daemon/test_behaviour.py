@@ -197,7 +197,8 @@ def test_a_program_in_two_services_has_two_profiles(capture, tmp_path):
         units = {p.program.unit for p in profiles.profiles.values()
                  if p.program.label == TOUCH}
         assert units == {groups[0].name}, units
-        a = next(p.program for p in profiles.profiles.values() if p.program.unit)
+        a = next(p.program for p in profiles.profiles.values()
+                 if p.program.unit and p.program.label == TOUCH)
         assert a.key.endswith("@" + groups[0].name) and profiles.settled(a)
 
         watch.learning = False
