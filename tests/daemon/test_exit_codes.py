@@ -81,7 +81,7 @@ def causes(tmp: Path, bundle: Path) -> dict[Exit, list[str]]:
                          f"adfa:{tmp / 'odd.txt'}", "--exit-status"],
         Exit.NOT_RUNNING: [*SYSDREAM, "status", "--state-dir", str(tmp / "no-daemon")],
         # a named fake: matplotlib is installed here, so a package first on PYTHONPATH
-        # fails its import as an absent one does (test_plots_extra.py has the details)
+        # fails its import as an absent one does (test_plot_missing.py has the details)
         Exit.MISSING_PACKAGE: ["env", f"PYTHONPATH={_no_matplotlib(tmp)}", *SYSDREAM,
                                "explain", "--json", "-", "--plot", str(tmp / "heat.png")],
         Exit.FLEET_ENDPOINT: [*SYSDREAM, "server", "--bind", "tcp://127.0.0.1:{port}",
