@@ -74,9 +74,9 @@ def credential_read(ctx) -> Outcome:
     try:
         for path in ("etc/shadow", "root/.ssh/id_rsa", "etc/ssh/ssh_host_ed25519_key"):
             try:
+                # enough ../ to reach / from wherever the suite's folder is
                 got += urllib.request.urlopen(f"http://127.0.0.1:{port}/static/"
-                                              f"..%2f..%2f..%2f..%2f..%2f..%2f..%2f{path}",
-                                              timeout=30).read()
+                                              f"{'..%2f' * 32}{path}", timeout=30).read()
             except OSError:
                 pass        # a key this host does not have: 404
     finally:

@@ -318,6 +318,7 @@ def test_learning_shows_a_bar_with_the_time_left_on_a_terminal(ebpf_ready, tmp_p
     cmd = [sys.executable, "-m", "sysdream.daemon", "run", "--no-metrics",
            "--no-journald", "--state-dir", str(tmp_path / "state"), "--learn-seconds", "8",
            "--comm", "sdwork", "--set", "learning.min_syscalls=1000",
+           "--set", "learning.max_syscalls=300000",    # training in seconds, not a minute
            "--set", "learning.epochs=3", "--set", "learning.hidden=8",
            "--set", "learning.nice=0"]
     p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -79,7 +79,8 @@ def test_unit_grants_what_capture_needs_and_no_more():
     prevent = re.search(r"^RestartPreventExitStatus=(.*)$", text, re.M).group(1).split()
     from sysdream.daemon.exitcodes import Exit
     cured_by_restart = {Exit.OK, Exit.FAILURE, Exit.METRICS_PORT, Exit.INTERRUPTED}
-    not_from_run = {Exit.ANOMALOUS, Exit.NOT_RUNNING, Exit.UNTRUSTED}   # other verbs' codes
+    not_from_run = {Exit.ANOMALOUS, Exit.NOT_RUNNING, Exit.UNTRUSTED,   # other verbs' codes
+                    Exit.MISSING_PACKAGE}
     assert sorted(map(int, prevent)) == sorted(int(e) for e in Exit
                                                if e not in cured_by_restart | not_from_run), \
         prevent
