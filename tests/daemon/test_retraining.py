@@ -193,7 +193,10 @@ def test_the_daemon_retrains_on_schedule_without_learning_the_odd_process(ebpf_r
                    "hidden = 24\nthreads = 2\n"
                    "nice = 0\n[service]\nstatus_interval_s = 1.0\n[retraining]\n"
                    "interval_s = 45\nrecord_seconds = 25\nshadow_seconds = 8\n"
-                   "[metrics]\ndetection_internals = true\n")
+                   "[metrics]\ndetection_internals = true\n"
+                   # incidents of a second: the odd process after the retraining opens
+                   # an incident of its own (an alert), not an update of the first one's
+                   "[alerts]\nincident_span_s = 1\n")
     d = Daemon(["--config", str(cfg), "--state-dir", str(state), "--learn-seconds", "14",
                 "--comm", "sdwork"], tmp_path, prefix=journal.prefix)
     anomaly = {"MESSAGE_ID": MESSAGE_IDS["anomaly"]}
