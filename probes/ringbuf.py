@@ -112,7 +112,10 @@ class RingBufferReader:
         rows = self._data[start:start + n * self.stride].reshape(n, self.stride)
         rows = rows[:, _HDR:_HDR + self.dtype.itemsize]
         kept = (lens & _DISCARD) == 0
-        out = np.ascontiguousarray(rows) if kept.all() else rows[kept]
+        # A copy always: ascontiguousarray hands back a view when the rows are already
+        # contiguous (one record), and a view both pins the mapping (close fails) and
+        # reads whatever the kernel writes there next.
+        out = rows.copy() if kept.all() else rows[kept]
         self._fence()   # the copy is done before the kernel may reuse the space
         self._consumer.value = cons + n * self.stride
         return out.view(self.dtype).reshape(-1)

@@ -400,3 +400,37 @@ def test_int80_from_64_bit_code_is_named_by_the_compat_table_in_strict_mode(capt
         assert compat[-4:] == [True, False, True, False], (compat, mine["count"])
     else:  # the documented gap: why strict_compat exists
         assert names[-10:] == ["semget"] * 5 + ["getppid"] * 3 + ["writev", "exit"], names
+
+
+ONE_RECORD = r"""
+BPF_RINGBUF_OUTPUT(out, 1);
+RAW_TRACEPOINT_PROBE(sys_enter) {
+    if ((bpf_get_current_pid_tgid() >> 32) != TARGET || ctx->args[1] != GETPPID)
+        return 0;
+    u64 v = 0x5eed;
+    out.ringbuf_output(&v, sizeof(v), 0);
+    return 0;
+}
+"""
+
+
+def test_one_record_read_is_a_copy_and_the_reader_closes_under_it(ebpf_ready):
+    """A single record is contiguous in the mapping; what read() returns must still be a
+    copy: it outlives the consumer position (the kernel reuses the space) and must not
+    pin the mapping, or close() fails with BufferError at the daemon's stop."""
+    from bcc import BPF
+
+    from sysdream.probes.ringbuf import RingBufferReader
+
+    bpf = BPF(text=ONE_RECORD, cflags=[f"-DTARGET={os.getpid()}",
+                                       f"-DGETPPID={NR['getppid']}"])
+    try:
+        reader = RingBufferReader(bpf[b"out"].map_fd, 4096, np.dtype("<u8"))
+        os.getppid()
+        got = reader.read()
+        assert got.tolist() == [0x5eed]
+        assert not np.shares_memory(got, reader._data)
+        reader.close()                 # while `got` is still held
+        assert got.tolist() == [0x5eed]
+    finally:
+        bpf.cleanup()
