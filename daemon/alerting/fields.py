@@ -73,9 +73,9 @@ ALERT_SCHEMA = "sysdream-alert/5"     # 2: fleet_server; 3: novelty kind new_seq
 
 def fingerprint(context: dict, unknown: list[str], surprises: list[dict]) -> str:
     """Same program, same lineage, same kind of surprise: same fingerprint (repeats group).
-    What was unusual is the syscalls never seen in training, else the most surprising one."""
-    unusual = ",".join(sorted(unknown)) if unknown else \
-        (surprises[0]["observed"] if surprises else "")
+    The kind of surprise is "syscalls never seen in training" (which ones is the window's
+    position in the process: its start-up, its exit, both), else the most surprising one."""
+    unusual = "\0unknown" if unknown else (surprises[0]["observed"] if surprises else "")
     text = "\0".join((context.get("exe", ""), context.get("lineage_text", ""),
                        context.get("container_id", ""), unusual))
     return hashlib.sha256(text.encode()).hexdigest()[:16]

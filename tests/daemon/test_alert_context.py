@@ -16,6 +16,7 @@ import json
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
 from daemon_helpers import (
@@ -243,7 +244,8 @@ def test_journald_handling_our_alerts_raises_none(ebpf_ready, tmp_path, journal,
         for _ in range(3):
             p = start_in(cg_dir, [str(renamer), "sdloud", "400"], stdin=subprocess.PIPE)
             p.communicate(b"gg", timeout=scaled(30))
-        # one incident per run (a second apart at most): alerts, though fewer than events
+            time.sleep(1.5)        # past the incident span: the next run opens its own
+        # one incident per run: alerts, though fewer than events
         wait_for(lambda: len(entries_for(journal)) >= 2, 40, "alerts for the program")
         key = 'sysdream_windows_set_aside_total{reason="own_alert_delivery"}'
         wait_for(lambda: d.metric(key) > 0, 20, "journald's windows set aside\n"

@@ -148,7 +148,10 @@ def test_fingerprint_groups_the_same_story():
     assert a == fields.fingerprint(dict(ctx), ["ptrace"], [{"observed": "read"}])
     assert a != fields.fingerprint({**ctx, "lineage_text": "systemd > sshd > bash > id"},
                                    ["ptrace"], s)
-    assert a != fields.fingerprint(ctx, ["ptrace", "socket"], s)
+    # which never-seen syscalls a window holds is where it falls in the process
+    assert a == fields.fingerprint(ctx, ["exit_group", "ptrace"], s)
+    assert a != fields.fingerprint(ctx, [], s)
+    assert fields.fingerprint(ctx, [], s) != fields.fingerprint(ctx, [], [{"observed": "read"}])
 
 
 def test_exe_labels_give_alerting_executables_priority():
