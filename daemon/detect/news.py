@@ -30,6 +30,7 @@ or a test's list), so new act kinds plug in where `features` learns to name them
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import socket
@@ -53,6 +54,7 @@ _NUM = re.compile(r"\d+")
 # (git's objects/4f/0a1b..., ccache's), one pattern for the 256 of them
 _FANOUT = re.compile(r"^[0-9a-f]{2}$")
 _WORD = re.compile(r"^[A-Za-z0-9_]{6,}$")
+INLINE = (" -c", " -e", " --eval")     # program_label's inline-code options
 EPHEMERAL = 32768   # ports from here up are the kernel's to hand out: one pattern
 MAX_UNITS = 4096    # cgroup id -> service remembered
 _TRANSIENT = re.compile(r"^run-[a-z]?[0-9a-f]+\.service$")
@@ -212,7 +214,22 @@ class Watch:
         img = p.image_at(ns) if p is not None else None
         if img is None or not named(img):
             return None, p
-        return identity(img, self._service(p.cgroup_id)), p
+        return self._identity(p, img, ns), p
+
+    def _identity(self, p, img, ns: int) -> ProgramId:
+        """identity(), and for inline code (python3 -c, sh -c) the program that started
+        it: `python3 -c` run by a web application, by a cron job and by an administrator
+        are three programs, each settling on its own; host-wide they would be one that
+        never settles, whose news stays low."""
+        prog = identity(img, self._service(p.cgroup_id))
+        if not inline(prog.label):
+            return prog
+        parent = self.processes.parent(p)
+        pimg = parent.image_at(ns) if parent is not None else None
+        if pimg is None or not named(pimg):
+            return prog
+        by = program_label(pimg.exe, pimg.args, bool(pimg.flags & EXE_MEMFD))
+        return dataclasses.replace(prog, label=f"{prog.label} by {by}")
 
     def _service(self, cgroup_id: int) -> str:
         """The systemd service of a cgroup ("" outside one), remembered once its path is
@@ -245,7 +262,7 @@ class Watch:
                 parent = self.processes.parent(proc)
                 pimg = parent.image_at(act.ns) if parent is not None else None
                 if pimg is not None and named(pimg):
-                    pprog = identity(pimg, self._service(parent.cgroup_id))
+                    pprog = self._identity(parent, pimg, act.ns)
                     feats.append(f"parent {pprog.label}")
                     out += self._judge(pprog, f"child {prog.label}", parent, act, "")
             for f in feats:
@@ -308,6 +325,11 @@ def named(img) -> bool:
     neither the kernel's walk nor /proc gave the path, names no file a profile could
     hold (`getent` would be news to a shell that ran /usr/bin/getent a thousand times)."""
     return img.exe.startswith(("/", "...", "memfd:")) or bool(img.flags & EXE_MEMFD)
+
+
+def inline(label: str) -> bool:
+    """The label of an interpreter running code from its command line (-c, -e)."""
+    return label.endswith(INLINE)
 
 
 def service_unit(unit: str) -> str:

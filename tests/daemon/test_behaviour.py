@@ -27,9 +27,11 @@ from sysdream.probes.capture import kernel_dev
 TOUCH = "/usr/bin/touch"
 
 
-def observe(cap, table: ProcessTable, watch: Watch, argv: list[str]) -> list:
+def observe(cap, table: ProcessTable, watch: Watch, argv: list[str],
+            own: bool = True) -> list:
     """Run `argv` to its end under the capture; the news of its acts (context first).
-    The capture sees the whole host: only the news of argv's own process is returned."""
+    The capture sees the whole host: only the news of argv's own process is returned
+    (`own`), else all of it."""
     child = subprocess.Popen(argv)
     assert child.wait(timeout=30) == 0
     news, quiet = [], 0
@@ -41,7 +43,7 @@ def observe(cap, table: ProcessTable, watch: Watch, argv: list[str]) -> list:
         table.ingest(ctx)
         news += watch.take(acts.decode(recs))
         quiet = quiet + 1 if not len(recs) and not len(ctx) else 0
-    return [n for n in news if n.pid == child.pid]
+    return [n for n in news if n.pid == child.pid or not own]
 
 
 def alert_path(tmp_path: Path, processes) -> tuple[AlertPath, Path]:
@@ -290,3 +292,30 @@ def test_held_out_news_of_settled_profiles_gives_the_expected_rate():
     h.judge(svc, "write /var/tmp/*", lambda: ("s", 1))       # same kind, same session
     h.judge(sh, "child /usr/bin/b", lambda: ("s", 1))        # unsettled: not counted
     assert h.per_hour(now_ns=1800 * 10**9) == 2.0
+
+
+def test_inline_code_is_a_program_per_launcher(capture, tmp_path):
+    """`sh -c` started by this test and `sh -c` started by timeout(1) are two programs:
+    the first settles on what it starts and its news is evidence; the second, never
+    seen, is news of its own and not hidden in (or spoiling) the first one's profile."""
+    d = tmp_path / "d"
+    d.mkdir()
+    script = "; ".join(f"{TOUCH} {d}/f.{i}" for i in range(40)) + "; true"
+    cap = capture()
+    table = ProcessTable()
+    profiles = Profiles(min_events=20, max_unseen=0.1)
+    watch = Watch(profiles, table)
+    observe(cap, table, watch, ["sh", "-c", script])
+    mine = [p.program for p in profiles.profiles.values() if " -c by " in p.program.label]
+    assert len(mine) == 1 and mine[0].label.endswith("-m pytest"), mine
+    assert profiles.settled(mine[0])
+
+    watch.learning = False
+    again = "; ".join(f"{TOUCH} {d}/g.{i}" for i in range(2)) + f"; true > {d}/out"
+    news = observe(cap, table, watch, ["sh", "-c", again])
+    assert [n.feature for n in news if n.program == mine[0] and n.settled] == \
+        [f"write {pattern(str(d))}/out"], [(n.program.label, n.feature) for n in news]
+    news = observe(cap, table, watch, ["timeout", "10", "sh", "-c", again], own=False)
+    other = {n.program for n in news if " -c by " in n.program.label}
+    assert other and all(p.label.endswith(" -c by /usr/bin/timeout") for p in other), other
+    assert not any(n.settled for n in news if n.program in other)
