@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/scenarios.py [--learn-seconds 600] [--benign-seconds 1200]
         [--kinds memfd-exec,reverse-shell] [--record DIR] [--compare] [--sequences]
-        [--folds 2] [--whole-host] [--json report.json]
+        [--folds 2] [--whole-host] [--seed N] [--json report.json]
 
 Loopback only, on the real kernel and a real systemd-journald (bench/scenarios/suite.py
 says how; benign.py what the host normally does; attacks.py each attack kind). Prints for
@@ -58,6 +58,8 @@ def main() -> int:
     ap.add_argument("--whole-host", action="store_true", help="trace every process on the "
                     "host (no cgroup filter, as a user runs it): the host's own activity "
                     "counts as benign")
+    ap.add_argument("--seed", type=int, default=1, help="run N: the benign workload learns "
+                    "with seeds 3N-2 and 3N and is judged with 3N-1 (default 1: 1, 3, 2)")
     ap.add_argument("--json", type=Path, default=None, metavar="FILE",
                     help="the whole report, every alert in it")
     ap.add_argument("--work", type=Path, default=None, help="working folder (default: a "
@@ -68,7 +70,8 @@ def main() -> int:
                   settle_s=args.settle_seconds,
                   kinds=[k for k in args.kinds.split(",") if k] or None, record=args.record,
                   compare=args.compare, sequences=args.sequences, folds=args.folds,
-                  condition=args.condition, whole_host=args.whole_host)
+                  condition=args.condition, whole_host=args.whole_host,
+                  seed=args.seed)
     # a stop (Ctrl-C, SIGTERM) still takes the cgroups, journald and daemons down
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     report = suite.run()

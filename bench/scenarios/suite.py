@@ -88,7 +88,7 @@ class Suite:
                  min_syscalls: int = 100000, record: Path | None = None,
                  train_timeout_s: float = 1800, compare: bool = False,
                  sequences: bool = False, folds: int = 1, condition: str = "",
-                 whole_host: bool = False, log=None):
+                 whole_host: bool = False, seed: int = 1, log=None):
         self.work, self.learn_s, self.benign_s = work, learn_s, benign_s
         self.epochs, self.settle_s, self.min_syscalls = epochs, settle_s, min_syscalls
         self.kinds = kinds or list(attacks.KINDS)
@@ -99,6 +99,9 @@ class Suite:
         self.record, self.train_timeout_s = record, train_timeout_s
         self.compare, self.sequences, self.folds = compare, sequences, folds
         self.condition, self.whole_host = condition, whole_host
+        # run N's workload seeds: learning 3N-2 then 3N, detection 3N-1 (run 1: 1, 3, 2)
+        self.seed = seed
+        self.seeds = {"learn": (3 * seed - 2, 3 * seed), "detect": 3 * seed - 1}
         self.other: Daemon | None = None
         self.log = log or (lambda m: print(f"scenarios: {m}", file=sys.stderr, flush=True))
         self.groups: dict[str, Path] = {}
@@ -206,11 +209,11 @@ class Suite:
             self.daemon = Daemon(args, self.work, prefix=self.journal.prefix)
             self.daemon.wait_attached()
             self.log(f"daemon attached; learning the benign workload for {self.learn_s:g} s")
-            self._start_benign(seed=1)
+            self._start_benign(seed=self.seeds["learn"][0])
             t0 = time.time()
             time.sleep(self.learn_s / 2)
             self._stop_benign()
-            self._start_benign(seed=3)
+            self._start_benign(seed=self.seeds["learn"][1])
             self.daemon.wait_phase("detecting", self.learn_s / 2 + self.train_timeout_s)
             trained = time.time() - t0
             self.log(f"detecting after {trained:.0f} s (learning and training)")
@@ -231,7 +234,7 @@ class Suite:
             benign = self._recorder("benign", self.record / "benign" / "detecting.sdtrace",
                                     self.benign_s + 3600) if self.record else None
             detect_start = time.time()
-            self._start_benign(seed=2)
+            self._start_benign(seed=self.seeds["detect"])
             time.sleep(self.benign_s)
             outcomes: dict[str, attacks.Outcome] = {}
             for kind in self.kinds:
@@ -332,7 +335,8 @@ class Suite:
             by_exe[a.get("exe") or a.get("comm", "?")] = \
                 by_exe.get(a.get("exe") or a.get("comm", "?"), 0) + 1
         return {
-            "learn_s": self.learn_s, "benign_alone_s": self.benign_s,
+            "learn_s": self.learn_s, "benign_alone_s": self.benign_s, "seed": self.seed,
+            "workload_seeds": self.seeds,
             "learning_and_training_s": round(trained, 1), "model_id": model_id,
             "daemon_exit": rc,
             "attacks": attacks_out,
@@ -403,7 +407,7 @@ def table(report: dict) -> str:
     lines = _part(report, "default settings")
     if "without_lineage" in report:
         lines += [""] + _part(report["without_lineage"], "[detection] lineage = false")
-    lines.append(f"learning {report['learn_s']:g} s; detecting "
+    lines.append(f"run seed {report.get('seed', 1)}; learning {report['learn_s']:g} s; detecting "
                  f"{report['learning_and_training_s']:.0f} s after the start; model "
                  f"{report['model_id']}; suppressed {report['suppressed']:g}; "
                  f"syscalls lost {report['lost_syscalls']:g}")
