@@ -13,7 +13,8 @@ Severity comes from independent evidence (issue 32):
             windows' alerts in the incident: alerting/path.py)
     high    two kinds agreeing in one process or its descendants within the span (news
             and sequence, or two kinds of news), or always-dangerous news (a module load,
-            a fileless exec, ptrace of a process not its child) in any program
+            a fileless exec, ptrace of a process not its child, a downloaded file run,
+            a first read of the password hashes: detect/news.py) in any program
 
 "Agreeing": the evidence of a process is recorded at it and at its ancestors up to
 AGREE_DEPTH, so a web application's new child and that child's outbound connection agree

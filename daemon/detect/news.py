@@ -22,10 +22,14 @@ are read more broadly: eight lower-case letters, digits and underscores, five or
 with a digit, or six or more in mixed case are a made name (/dev/shm/sem.mp-abcdefgh
 and /dev/shm/sem.wfwPGG are /dev/shm/sem.mp-* and /dev/shm/sem.*).
 
-Some news is dangerous whatever the program has done before (`DANGEROUS`): a module
-load, a fileless exec (memfd, a deleted file, /dev/fd or /proc/PID/fd), ptrace of a
-process that is not its child. The consumer takes acts through `ActSource` (the capture,
-or a test's list), so new act kinds plug in where `features` learns to name them.
+Some news is dangerous whatever the program has done before: a module load, a fileless
+exec (memfd, a deleted file, /dev/fd or /proc/PID/fd), ptrace of a process that is not
+its child, an exec of a file that a process which had talked to a network peer wrote in
+the last `DOWNLOAD_SPAN_S` (downloaded, then run). A first read of the password hashes
+(/etc/shadow, /etc/gshadow) is dangerous in any program whose profile never showed it,
+settled or not: login, sshd's PAM helper and passwd read them every time and learn it.
+The consumer takes acts through `ActSource` (the capture, or a test's list), so new act
+kinds plug in where `features` learns to name them.
 """
 
 from __future__ import annotations
@@ -57,6 +61,10 @@ _WORD = re.compile(r"^[A-Za-z0-9_]{6,}$")
 INLINE = (" -c", " -e", " --eval")     # program_label's inline-code options
 EPHEMERAL = 32768   # ports from here up are the kernel's to hand out: one pattern
 MAX_UNITS = 4096    # cgroup id -> service remembered
+MAX_FETCHED = 4096  # files written by processes that talked to a network peer
+DOWNLOAD_SPAN_S = 600
+PASSWORD_HASHES = {f"read {p}" for p in ("/etc/shadow", "/etc/gshadow", "/etc/shadow-",
+                                          "/etc/gshadow-")}
 _TRANSIENT = re.compile(r"^run-[a-z]?[0-9a-f]+\.service$")
 _SWITCH = re.compile(r"(?<=[A-Za-z])(?=\d)|(?<=\d)(?=[A-Za-z])")
 # a temporary name: tmp/temp and a suffix (tempfile, mkstemp), an editor's lock file
@@ -207,6 +215,8 @@ class Watch:
         self.acts = 0
         self.unknown_process = 0
         self._units: dict[int, str] = {}
+        self._online: dict[tuple, None] = {}    # processes that talked to a network peer
+        self._fetched: dict[str, tuple[str, int]] = {}   # path: (writer's program, ns)
 
     def program_of(self, tgid: int, ns: int) -> tuple[ProgramId | None, object]:
         """(program, process) running `tgid` at kernel time `ns`."""
@@ -257,6 +267,7 @@ class Watch:
                 self.unknown_process += 1
                 continue
             feats = features(act)
+            self._follow(act, prog, proc)
             danger = self._danger(act, proc)
             if act.kind == "exec":
                 parent = self.processes.parent(proc)
@@ -271,6 +282,23 @@ class Watch:
                 out += self._judge(prog, f"exec {danger}", proc, act, danger)
         return out
 
+    def _follow(self, act, prog: ProgramId, proc) -> None:
+        """Which processes talked to a network peer, and the files they wrote since."""
+        if proc is None:
+            return
+        if act.kind in ("connect", "send", "accept") and \
+                act.family in (socket.AF_INET, socket.AF_INET6):
+            if len(self._online) >= MAX_FETCHED:
+                self._online.pop(next(iter(self._online)))
+            self._online[proc.key] = None
+        elif FILE_KINDS.get(act.kind) == "write" and proc.key in self._online:
+            path = act.path2 if act.kind in ("rename", "link") and act.path2 else act.path
+            if len(self._fetched) >= MAX_FETCHED:
+                self._fetched.pop(next(iter(self._fetched)))
+            text = path.decode("utf-8", "surrogateescape")
+            self._fetched.pop(text, None)
+            self._fetched[text] = (prog.label, act.ns)
+
     def _danger(self, act, proc) -> str:
         if act.kind == "module":
             return "module load"
@@ -280,6 +308,10 @@ class Watch:
             if (img is not None and img.flags & (EXE_MEMFD | EXE_DELETED)) or \
                     path.startswith(("/dev/fd/", "/proc/")):
                 return "fileless exec"
+            got = self._fetched.get(img.exe) if img is not None else None
+            if got is not None and 0 <= act.ns - got[1] <= DOWNLOAD_SPAN_S * 1e9:
+                return (f"exec of a file {got[0]} wrote {(act.ns - got[1]) / 1e9:.0f} s "
+                        "before, after talking to a network peer")
         if act.kind == "ptrace" and act.args and act.args[0] in (PTRACE_ATTACH, PTRACE_SEIZE):
             target = self.processes.lookup(int(act.args[1]), 0) if len(act.args) > 1 else None
             if target is None or target.ppid != act.tgid:
@@ -292,9 +324,12 @@ class Watch:
                 self.held_out.judge(prog, feature, lambda: self.session(proc))
             self.profiles.learn(prog, feature)
             return []
-        if self.profiles.knows(prog, feature) and not danger:
+        known = self.profiles.knows(prog, feature)
+        if known and not danger:
             self.profiles.learn(prog, feature)
             return []
+        if not danger and feature in PASSWORD_HASHES:
+            danger = "a first read of the password hashes"
         # the ancestors only for news: known acts, the bulk, cost a lookup and a count
         lineage = self.processes.lineage(proc) if proc is not None else []
         session = session_of(proc, lineage)

@@ -319,3 +319,49 @@ def test_inline_code_is_a_program_per_launcher(capture, tmp_path):
     other = {n.program for n in news if " -c by " in n.program.label}
     assert other and all(p.label.endswith(" -c by /usr/bin/timeout") for p in other), other
     assert not any(n.settled for n in news if n.program in other)
+
+
+def test_downloaded_then_run_and_a_first_read_of_password_hashes_are_dangerous(capture,
+                                                                                tmp_path):
+    """curl fetches a program from a real HTTP server on loopback, sh runs it: the exec
+    is dangerous in a program never seen. The same file copied by cp (no network) is
+    not. A first read of /etc/shadow is dangerous in any program until its profile
+    holds it; a program that learnt it is quiet."""
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.copy("/bin/true", served / "payload")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cap = capture()
+        table = ProcessTable()
+        profiles = Profiles(min_events=20, max_unseen=0.1)
+        watch = Watch(profiles, table)
+        head = ["head", "-c", "1", "/etc/shadow"]
+        observe(cap, table, watch, [*head, "/etc/hostname"], own=False)   # learnt
+        watch.learning = False
+        got = tmp_path / "got"
+        news = observe(cap, table, watch, [
+            "sh", "-c", f"curl -s -o {got} http://127.0.0.1:{server.server_port}/payload"
+            f" && chmod +x {got} && {got}"], own=False)
+        ran = [n for n in news if n.program.label == str(got)]
+        assert ran and all(n.dangerous.startswith("exec of a file /usr/bin/curl wrote")
+                           for n in ran), [(n.program.label, n.dangerous) for n in news]
+        copied = tmp_path / "copied"
+        news = observe(cap, table, watch, [
+            "sh", "-c", f"cp {served}/payload {copied} && {copied}"], own=False)
+        assert [n for n in news if n.program.label == str(copied)]
+        assert not [n for n in news if n.dangerous], [(n.program.label, n.dangerous)
+                                                      for n in news]
+        assert [n for n in observe(cap, table, watch, head) if n.dangerous] == []
+        tail = ["tail", "-c", "1", "/etc/shadow"]
+        shadow = [n for n in observe(cap, table, watch, tail) if n.dangerous]
+        assert [n.feature for n in shadow] == ["read /etc/shadow"]
+        assert shadow[0].dangerous == "a first read of the password hashes"
+    finally:
+        server.shutdown()
