@@ -261,7 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(ev)
 
     sc = sub.add_parser("score", help="score recorded traces with a model bundle, offline")
-    sc.add_argument("input", nargs="+", metavar="INPUT", help="traces, as for train")
+    # one input style across the verbs: --input, as train takes it; the positional
+    # form of earlier releases is still read, unlisted
+    sc.add_argument("--input", nargs="+", default=[], dest="input_flag", metavar="INPUT",
+                    help="traces, as for train")
+    sc.add_argument("input", nargs="*", help=argparse.SUPPRESS)
     sc.add_argument("--model", required=True, help="model bundle directory")
     sc.add_argument("--format", choices=("text", "json"), default="text",
                     help="json: one JSON object per sequence")

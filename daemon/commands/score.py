@@ -18,12 +18,18 @@ from ..training.inputs import read_input
 def run_score(args) -> int:
     from sysdream.model.detector import Detector
 
+    inputs = [*getattr(args, "input_flag", []), *args.input]
+    if not inputs:
+        print("sysdream: score needs traces to score: --input FILE_OR_FOLDER ...",
+              file=sys.stderr)
+        return int(Exit.USAGE)
+
     det = Detector.load(args.model)
     b = det.bound
     print(f"model {det.model_id}: {det.cfg.arch} {det.cfg.task}, window {det.cfg.window}, "
           f"bound {b.bound:.4f} ({b.confidence:.1%})", file=sys.stderr)
     alerts = 0
-    for spec in args.input:
+    for spec in inputs:
         for seq in read_input(spec):
             r = det.score_sequence(seq.tokens)
             hits = np.nonzero(r.exceeds)[0]

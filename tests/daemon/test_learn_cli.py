@@ -57,8 +57,10 @@ def bundle(data):
 def test_train_writes_a_bundle_that_scores_traces(bundle, data):
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert len(manifest["model_id"]) == 16
-    attack = sysdream("score", data["attack"], "--model", bundle, "--exit-status")
+    attack = sysdream("score", "--input", data["attack"], "--model", bundle, "--exit-status")
     assert attack.returncode == 16, attack.stdout + attack.stderr   # Exit.ANOMALOUS
+    none = sysdream("score", "--model", bundle)             # nothing to score: usage, 2
+    assert none.returncode == 2 and "--input" in none.stderr and "Traceback" not in none.stderr
     assert "ANOMALOUS" in attack.stdout and "most surprising" in attack.stdout
     one = sysdream("score", data["attack"] / "T-000.txt", "--model", bundle, "--format", "json")
     line = json.loads(one.stdout.splitlines()[0])
