@@ -1,9 +1,11 @@
-"""The man page (sysdream.8) and the bash completion of the command line, generated from
-its parser (daemon/commands/cli.py), so that neither can drift from it.
-tests/daemon/test_cli_docs.py keeps the shipped files in sync:
+"""The man page (sysdream.8) and the bash and zsh completions of the command line,
+generated from its parser (daemon/commands/cli.py), so that none can drift from it; the
+completions by shtab (a build-time tool: the shipped files are generated, the daemon
+never imports it). tests/daemon/test_cli_docs.py keeps the shipped files in sync:
 
     .venv/bin/python -m sysdream.daemon.commands.manpage man > packaging/sysdream.8
     .venv/bin/python -m sysdream.daemon.commands.manpage bash > packaging/sysdream.bash-completion
+    .venv/bin/python -m sysdream.daemon.commands.manpage zsh > packaging/sysdream.zsh-completion
 """
 
 from __future__ import annotations
@@ -93,49 +95,29 @@ def man() -> str:
     return "\n".join(out) + "\n"
 
 
-def bash() -> str:
+def _completing_parser() -> argparse.ArgumentParser:
+    """The parser with file completion on every option that takes a value other than a
+    number or a choice (shtab completes choices itself)."""
+    import shtab
+
     parser = build_parser()
-    verbs = _verbs(parser)
-    lines = ["# bash completion for sysdream; generated from its parser "
-             "(python -m sysdream.daemon.commands.manpage bash)",
-             "_sysdream() {",
-             "    local cur prev verb",
-             "    cur=\"${COMP_WORDS[COMP_CWORD]}\"",
-             "    prev=\"${COMP_WORDS[COMP_CWORD-1]}\"",
-             "    verb=\"${COMP_WORDS[1]}\"",
-             "    if [ \"$COMP_CWORD\" -eq 1 ]; then",
-             f"        COMPREPLY=($(compgen -W \"{' '.join(verbs)} --version --help\" "
-             "-- \"$cur\"))",
-             "        return",
-             "    fi",
-             "    case \"$prev\" in"]
-    files = set()
-    for p in verbs.values():
-        for a in _options(p):
-            if a.option_strings and a.nargs != 0 and a.choices is None:
-                files.update(o for o in a.option_strings if o.startswith("--"))
-    lines += [f"        {'|'.join(sorted(files))})",
-              "            COMPREPLY=($(compgen -f -- \"$cur\")); return;;"]
-    for p in verbs.values():
-        for a in _options(p):
-            if a.choices and a.option_strings:
-                opts = "|".join(o for o in a.option_strings if o.startswith("--"))
-                lines += [f"        {opts})",
-                          f"            COMPREPLY=($(compgen -W \"{' '.join(map(str, a.choices))}\""
-                          " -- \"$cur\")); return;;"]
-    lines += ["    esac", "    case \"$verb\" in"]
-    for name, p in verbs.items():
-        opts = sorted(o for a in p._actions for o in a.option_strings)
-        lines += [f"        {name})",
-                  f"            COMPREPLY=($(compgen -W \"{' '.join(opts)}\" -- \"$cur\"))",
-                  "            [ ${#COMPREPLY[@]} -eq 0 ] && COMPREPLY=($(compgen -f -- "
-                  "\"$cur\"));;"]
-    lines += ["    esac", "}", "complete -F _sysdream sysdream", ""]
-    return "\n".join(lines)
+    for p in (parser, *_verbs(parser).values()):
+        for a in p._actions:
+            if a.nargs != 0 and a.choices is None and a.type not in (int, float):
+                a.complete = shtab.FILE
+    return parser
+
+
+def completion(shell: str) -> str:
+    """bash or zsh completion, by shtab (a kept generator: it follows argparse's verbs,
+    options and choices; zsh gets each option's help as its description)."""
+    import shtab
+
+    return shtab.complete(_completing_parser(), shell)
 
 
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else ""
-    if what not in ("man", "bash"):
-        sys.exit("usage: python -m sysdream.daemon.commands.manpage man|bash")
-    sys.stdout.write(man() if what == "man" else bash())
+    if what not in ("man", "bash", "zsh"):
+        sys.exit("usage: python -m sysdream.daemon.commands.manpage man|bash|zsh")
+    sys.stdout.write(man() if what == "man" else completion(what))

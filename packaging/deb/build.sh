@@ -51,6 +51,8 @@ install -m 0644 "$root/README.md" "$root"/docs/*.md "$root/docs/alert.schema.jso
 gzip -9n < "$root/packaging/sysdream.8" > "$pkg/usr/share/man/man8/sysdream.8.gz"
 install -m 0644 "$root/packaging/sysdream.bash-completion" \
     "$pkg/usr/share/bash-completion/completions/sysdream"
+install -D -m 0644 "$root/packaging/sysdream.zsh-completion" \
+    "$pkg/usr/share/zsh/vendor-completions/_sysdream"
 cp -r "$root/packaging/grafana" "$root/packaging/prometheus" "$root/packaging/systemd" \
     "$pkg/usr/share/sysdream/"
 printf '%s\n' "Files: *" "License: Apache-2.0" > "$pkg/usr/share/doc/sysdream/copyright"

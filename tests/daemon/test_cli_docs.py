@@ -1,4 +1,4 @@
-"""The man page and the bash completion are generated from the parser (daemon/commands/manpage.py)
+"""The man page and the bash and zsh completions are generated from the parser (manpage.py)
 and shipped in packaging/: they stay in sync with it, the page renders without a groff
 warning, and the completion completes verbs, options and choices in a real bash."""
 
@@ -15,10 +15,11 @@ PACKAGING = Path(__file__).resolve().parents[2] / "packaging"
 
 
 def test_the_shipped_man_page_and_completion_are_the_parsers():
-    fix = ("regenerate: .venv/bin/python -m sysdream.daemon.commands.manpage man|bash"
+    fix = ("regenerate: .venv/bin/python -m sysdream.daemon.commands.manpage man|bash|zsh"
            " > packaging/...")
     assert (PACKAGING / "sysdream.8").read_text() == manpage.man(), fix
-    assert (PACKAGING / "sysdream.bash-completion").read_text() == manpage.bash(), fix
+    assert (PACKAGING / "sysdream.bash-completion").read_text() == manpage.completion("bash"), fix
+    assert (PACKAGING / "sysdream.zsh-completion").read_text() == manpage.completion("zsh"), fix
 
 
 def test_the_man_page_renders_cleanly_and_names_every_verb_and_exit_code():
@@ -35,7 +36,7 @@ def test_the_man_page_renders_cleanly_and_names_every_verb_and_exit_code():
 def complete(words: list[str]) -> list[str]:
     script = (f"source {PACKAGING / 'sysdream.bash-completion'}\n"
               f"COMP_WORDS=({' '.join(repr(w) for w in words)}); "
-              f"COMP_CWORD={len(words) - 1}; _sysdream; printf '%s\\n' \"${{COMPREPLY[@]}}\"")
+              f"COMP_CWORD={len(words) - 1}; _shtab_sysdream; printf '%s\\n' \"${{COMPREPLY[@]}}\"")
     r = subprocess.run(["bash", "--norc", "-c", script], capture_output=True, text=True,
                        timeout=scaled(30))
     assert r.returncode == 0, r.stderr

@@ -25,7 +25,8 @@ LEFT = [Path(p) for p in ("/opt/sysdream", "/usr/bin/sysdream", "/etc/sysdream",
                           "/var/lib/sysdream", "/var/lib/sysdream-server",
                           "/usr/share/doc/sysdream", "/usr/share/sysdream",
                           "/usr/share/man/man8/sysdream.8.gz",
-                          "/usr/share/bash-completion/completions/sysdream")]
+                          "/usr/share/bash-completion/completions/sysdream",
+                          "/usr/share/zsh/vendor-completions/_sysdream")]
 
 
 def sh(*cmd, env=None, timeout=900) -> subprocess.CompletedProcess:
