@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 from prometheus_client import CollectorRegistry, ProcessCollector, disable_created_metrics
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
 from . import families
@@ -92,6 +92,7 @@ class Metrics:
         for h in (self.inference, self.batch_size, self.scores, self.detection):
             self.registry.register(h)
         self.server = None
+        self.add(lambda: _endpoint_families(self.server))
 
     def add(self, produce: Callable[[], Iterable]) -> None:
         """One more collector: `produce()` yields its families at each scrape (a fleet
@@ -119,6 +120,18 @@ class Metrics:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
+
+
+def _endpoint_families(server):
+    """What the endpoint itself turned away: a full queue of waiting requests (someone
+    holding connections open), a failed or stalled TLS handshake."""
+    c = CounterMetricFamily("sysdream_metrics_connections_refused", "Connections to "
+                            "the metrics endpoint closed unserved: its queue of waiting "
+                            "requests was full, or the TLS handshake failed or stalled.",
+                            labels=["reason"])
+    c.add_metric(["queue_full"], getattr(server, "refused", 0))
+    c.add_metric(["tls"], getattr(server, "tls_refused", 0))
+    yield c
 
 
 def _families_of(build, stats):

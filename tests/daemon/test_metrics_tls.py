@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import re
 import socket
 import ssl
 import subprocess
@@ -141,8 +142,13 @@ def test_prometheus_scrapes_over_mtls_and_certless_clients_are_refused(pki, tmp_
         for who, ctx in (("no certificate", client(pki, None)),
                          ("rogue certificate", client(pki, "rogue")), ("plain HTTP", None)):
             assert refused(d.port, ctx), who
-        # ... and the endpoint goes on serving the scraper with its certificate
-        assert "sysdream_phase" in get(d.port, client(pki, "client"))
+        # ... and the endpoint goes on serving the scraper with its certificate, and
+        # says how many it turned away
+        text = get(d.port, client(pki, "client"))
+        assert "sysdream_phase" in text
+        counted = re.search(r'^sysdream_metrics_connections_refused_total\{reason="tls"\} '
+                            r'(\S+)$', text, re.M)
+        assert counted and float(counted.group(1)) >= 3, text[-2000:]
         ok = 'sum_over_time(up{job="sysdream"}[1h])'     # successful scrapes so far
         before = float(prom.query(ok)[0]["value"][1])
         wait_for(lambda: float(prom.query(ok)[0]["value"][1]) >= before + 2, 20,
