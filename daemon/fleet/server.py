@@ -197,7 +197,8 @@ class Server:
         s = self.cfg.server
         cmd = [sys.executable, "-m", "sysdream.daemon.fleet.worker", "--backend",
                self.backend, "--models", s.models, "--device", self.device, "--batch",
-               str(s.batch_windows), "--index", str(i)]
+               str(s.batch_windows), "--index", str(i),
+               "--log-level", self.cfg.service.log_level]
         self.workers[i] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
 
     # -- the broker loop --------------------------------------------------------------

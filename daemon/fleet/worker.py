@@ -337,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--index", type=int, default=0)
+    p.add_argument("--log-level", default="info", choices=tuple(logs.LEVELS))
     a = p.parse_args(argv)
+    logs.setup(a.log_level)     # the server's [service] log_level, not the default
     try:
         return local(a.backend, Path(a.models), a.device, a.batch, a.index)
     except KeyboardInterrupt:

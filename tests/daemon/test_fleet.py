@@ -987,3 +987,37 @@ def test_a_worker_on_another_machine_fetches_the_model_and_shares_the_scoring(
             os.killpg(wk.pid, signal.SIGKILL)
         srv.kill()
         net.close()
+
+
+def test_a_local_worker_logs_at_the_servers_level(monkeypatch, tmp_path):
+    """The server hands its [service] log_level to the workers it starts: a worker at
+    "error" says no warning. FAKE: the serving loop (a broker's socket is not the
+    subject), replaced by one that logs a warning and an error."""
+    import logging
+
+    from sysdream.daemon.fleet import worker
+    from sysdream.daemon.service import logs
+
+    before = list(logs.LOGGER.handlers), logs.LOGGER.level
+    monkeypatch.setattr(logs.LOGGER, "handlers", [])     # given back as it was
+    monkeypatch.setattr(logs.LOGGER, "level", before[1])
+    said = []
+    monkeypatch.setattr(worker, "local", lambda *a: (worker.log("w", logging.WARNING),
+                                                      worker.log("e", logging.ERROR), 0)[2])
+    handler = logging.Handler()
+    handler.emit = lambda r: said.append(r.getMessage())
+    monkeypatch.setattr(logs, "_Stderr", lambda: handler)
+    monkeypatch.setattr(logs, "under_journald", lambda: False)
+    args = ["--backend", "ipc:///nonexistent", "--models", str(tmp_path)]
+    assert worker.main([*args, "--log-level", "error"]) == 0 and said == ["e"]
+    said.clear()
+    assert worker.main(args) == 0 and said == ["w", "e"]
+    from sysdream.daemon import config
+    from sysdream.daemon.fleet.server import Server
+    cmd = []
+    monkeypatch.setattr(subprocess, "Popen", lambda c, **k: cmd.append(c))
+    srv = Server.__new__(Server)
+    srv.cfg = config.load(None)
+    srv.backend, srv.device, srv.workers = "ipc:///x", "cpu", [None]
+    srv._spawn(0)
+    assert cmd[0][cmd[0].index("--log-level") + 1] == srv.cfg.service.log_level
