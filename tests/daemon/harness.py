@@ -4,6 +4,7 @@ workload program with its own process name."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -28,6 +29,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def probe_endpoint(address: str = "127.0.0.1", **kw):
+    """The metrics endpoint (serve_http) on a registry of one counter, serving
+    `sysdream_probe_total 1.0`: yields (server, port, held); at the end the sockets the
+    test put in `held` are closed, then the server."""
+    from prometheus_client import CollectorRegistry, Counter
+
+    from sysdream.daemon.metrics import server as msrv
+
+    reg = CollectorRegistry()
+    Counter("sysdream_probe", "a probe", registry=reg).inc()
+    srv = msrv.serve_http(reg, address, 0, **kw)
+    held: list = []
+    try:
+        yield srv, (0 if isinstance(srv.server_address, str) else srv.server_address[1]), held
+    finally:
+        for s in held:
+            s.close()
+        srv.shutdown()
+        srv.server_close()
 
 
 def wait_for(pred, timeout: float, what: str, step: float = 0.2):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from daemon_helpers import config, start_daemon
-from harness import wait_for
+from harness import probe_endpoint, wait_for
 
 from sysdream.daemon.alerting import allow
 from sysdream.daemon.context.cgroups import CgroupPaths, path_match
@@ -462,18 +462,11 @@ def test_200_idle_connections_cost_no_threads_and_a_unix_socket_serves(tmp_path,
     import socket
     import threading
 
-    from prometheus_client import CollectorRegistry, Counter
-
     from sysdream.daemon.metrics import server as msrv
 
     monkeypatch.setattr(msrv, "READ_TIMEOUT_S", 0.5)
-    reg = CollectorRegistry()
-    Counter("sysdream_probe", "a probe", registry=reg).inc()
     before = threading.active_count()
-    srv = msrv.serve_http(reg, "127.0.0.1", 0)
-    port = srv.server_address[1]
-    idle = []
-    try:
+    with probe_endpoint() as (srv, port, idle):
         for _ in range(200):
             idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
         time.sleep(0.5)
@@ -488,22 +481,13 @@ def test_200_idle_connections_cost_no_threads_and_a_unix_socket_serves(tmp_path,
             s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
             assert b"sysdream_probe_total 1.0" in s.makefile("rb").read()
         assert threading.active_count() <= before + msrv.WORKERS + 1
-    finally:
-        for s in idle:
-            s.close()
-        srv.shutdown()
-        srv.server_close()
     path = tmp_path / "metrics.sock"
-    srv = msrv.serve_http(reg, f"unix:{path}", 0)
-    try:
+    with probe_endpoint(f"unix:{path}"):
         assert oct(path.stat().st_mode & 0o777) == "0o660"
         with socket.socket(socket.AF_UNIX) as s:
             s.connect(str(path))
             s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
             assert b"sysdream_probe_total 1.0" in s.makefile("rb").read()
-    finally:
-        srv.shutdown()
-        srv.server_close()
     assert not path.exists()
 
 

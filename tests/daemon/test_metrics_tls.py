@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from harness import Daemon, Prometheus, wait_for
+from harness import Daemon, Prometheus, probe_endpoint, wait_for
 from speed import scaled
 
 from sysdream.daemon.config import ConfigError
@@ -161,19 +161,12 @@ def test_prometheus_scrapes_over_mtls_and_certless_clients_are_refused(pki, tmp_
 
 
 def test_stalled_and_failed_handshakes_cost_no_threads_and_the_server_goes_on(pki, monkeypatch):
-    from prometheus_client import CollectorRegistry, Counter
-
     from sysdream.daemon.metrics import server as msrv
     from sysdream.daemon.metrics.webconfig import tls_context
 
     monkeypatch.setattr(msrv, "READ_TIMEOUT_S", 0.5)
-    reg = CollectorRegistry()
-    Counter("sysdream_probe", "a probe", registry=reg).inc()
     before = threading.active_count()
-    srv = msrv.serve_http(reg, "127.0.0.1", 0, tls=tls_context(str(pki / "web.yml")))
-    port = srv.server_address[1]
-    stalled = []
-    try:
+    with probe_endpoint(tls=tls_context(str(pki / "web.yml"))) as (srv, port, stalled):
         for _ in range(5):      # handshakes that fail: each counted, the server goes on
             assert refused(port, client(pki, None))
         wait_for(lambda: srv.tls_refused == 5, 5, "five refused handshakes counted")
@@ -187,23 +180,12 @@ def test_stalled_and_failed_handshakes_cost_no_threads_and_the_server_goes_on(pk
         assert "sysdream_probe_total 1.0" in got
         assert srv.tls_refused >= 5 + msrv.WORKERS      # the stalled ones timed out
         assert threading.active_count() <= before + msrv.WORKERS + 1
-    finally:
-        for s in stalled:
-            s.close()
-        srv.shutdown()
-        srv.server_close()
 
 
 def test_tls_on_the_unix_socket_too(pki, tmp_path):
-    from prometheus_client import CollectorRegistry, Counter
-
-    from sysdream.daemon.metrics import server as msrv
     from sysdream.daemon.metrics.webconfig import tls_context
 
-    reg = CollectorRegistry()
-    Counter("sysdream_probe", "a probe", registry=reg).inc()
     path = tmp_path / "metrics.sock"
-    srv = msrv.serve_http(reg, f"unix:{path}", 0, tls=tls_context(str(pki / "web.yml")))
 
     def scrape(cert: str | None) -> bytes:
         with socket.socket(socket.AF_UNIX) as raw:
@@ -212,14 +194,11 @@ def test_tls_on_the_unix_socket_too(pki, tmp_path):
             with client(pki, cert).wrap_socket(raw, server_hostname="localhost") as s:
                 s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
                 return s.makefile("rb").read()
-    try:
+    with probe_endpoint(f"unix:{path}", tls=tls_context(str(pki / "web.yml"))):
         assert b"sysdream_probe_total 1.0" in scrape("client")
         with pytest.raises(OSError):        # the handshake, or the first read, fails
             scrape(None)
         assert b"sysdream_probe_total 1.0" in scrape("client")
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 BAD = {
