@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -133,7 +134,10 @@ def test_every_dashboard_and_rule_expression_reads_what_the_daemon_exports(
     assert allow.returncode == 0, allow.stderr
     # the dashboard's retraining and per-program bound panels read detection internals,
     # which an operator serves on purpose ([metrics] detection_internals)
-    cfg = config(tmp_path, "[metrics]\ndetection_internals = true\n")
+    # incidents of a second and a burst of one: each odd run below (one fingerprint)
+    # opens its own incident, and the limit holds the second and third back
+    cfg = config(tmp_path, "[metrics]\ndetection_internals = true\n[alerts]\n"
+                 "incident_span_s = 1\nrate_limit_burst = 1\n")
     d = Daemon(["--config", str(cfg), "--model", str(tiny_bundle), "--state-dir",
                 str(tmp_path / "state"), "--no-journald", "--json-lines",
                 str(tmp_path / "alerts.jsonl"), "--comm", "sdwork"], tmp_path)
@@ -141,7 +145,9 @@ def test_every_dashboard_and_rule_expression_reads_what_the_daemon_exports(
     try:
         d.wait_attached()
         run_script(prog, BENIGN, 3)
-        run_script(prog, ODD, 3)                 # alerts, some held back by the rate limit
+        for _ in range(3):                       # alerts, some held back by the rate limit
+            run_script(prog, ODD)
+            time.sleep(1.5)
         run_script(allowed, ODD)                 # alerts an allow entry holds back
         wait_for(lambda: d.metric("sysdream_detection_latency_seconds_count") >= 1, 60,
                  "an alert\n" + d.stderr[-2000:])
