@@ -185,6 +185,19 @@ def _map_key(table, f: Filter, value):
     return table.Key(value)
 
 
+def give_back_heap() -> None:
+    """bcc compiles in-process: clang and LLVM free what they used, but glibc keeps the
+    freed heap mapped (tens of MB on every start). malloc_trim hands it back to the
+    kernel; where the C library is not glibc there is nothing to do."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class Capture:
     """The loaded capture program: attached on construction, detached by close()."""
 
@@ -238,6 +251,8 @@ class Capture:
                                                 ACT_PAGES * 4096, ACT_DTYPE)
         self.exe_keys: set[tuple[int, int]] = set()
         self.configure(s)
+        give_back_heap()
+
 
     # -- filters -----------------------------------------------------------
     def configure(self, settings: CaptureSettings) -> None:

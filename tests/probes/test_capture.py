@@ -434,3 +434,28 @@ def test_one_record_read_is_a_copy_and_the_reader_closes_under_it(ebpf_ready):
         assert got.tolist() == [0x5eed]
     finally:
         bpf.cleanup()
+
+
+def test_freed_heap_is_given_back_to_the_kernel():
+    """What bcc's compile frees, glibc keeps mapped unless asked: give_back_heap (called
+    once the program is loaded) hands it back. 48 MB of small blocks freed but the last
+    (so the heap's top stays and only a trim inside it can return the pages)."""
+    from sysdream.probes.capture import give_back_heap
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+
+    def anon_mb() -> float:
+        with open("/proc/self/status") as f:
+            return next(int(ln.split()[1]) for ln in f if ln.startswith("RssAnon")) / 1024
+
+    blocks = [libc.malloc(256) for _ in range(48 * 4096)]
+    for b in blocks:
+        ctypes.memset(b, 1, 256)
+    for b in blocks[:-1]:
+        libc.free(b)
+    held = anon_mb()
+    give_back_heap()
+    assert held - anon_mb() > 30
+    libc.free(blocks[-1])
