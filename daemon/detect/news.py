@@ -308,7 +308,10 @@ class Watch:
             if (img is not None and img.flags & (EXE_MEMFD | EXE_DELETED)) or \
                     path.startswith(("/dev/fd/", "/proc/")):
                 return "fileless exec"
-            got = self._fetched.get(img.exe) if img is not None else None
+            # the file exec'd: its path as given (a script's, when the image is its
+            # interpreter's) or the image's
+            got = self._fetched.get(act.path.decode("utf-8", "surrogateescape")) or \
+                (self._fetched.get(img.exe) if img is not None else None)
             if got is not None and 0 <= act.ns - got[1] <= DOWNLOAD_SPAN_S * 1e9:
                 return (f"exec of a file {got[0]} wrote {(act.ns - got[1]) / 1e9:.0f} s "
                         "before, after talking to a network peer")

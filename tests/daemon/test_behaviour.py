@@ -333,7 +333,7 @@ def test_downloaded_then_run_and_a_first_read_of_password_hashes_are_dangerous(c
 
     served = tmp_path / "served"
     served.mkdir()
-    shutil.copy("/bin/true", served / "payload")
+    (served / "payload").write_text("#!/bin/sh\nexit 0\n")     # a script: dash runs it
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -349,13 +349,14 @@ def test_downloaded_then_run_and_a_first_read_of_password_hashes_are_dangerous(c
         news = observe(cap, table, watch, [
             "sh", "-c", f"curl -s -o {got} http://127.0.0.1:{server.server_port}/payload"
             f" && chmod +x {got} && {got}"], own=False)
-        ran = [n for n in news if n.program.label == str(got)]
+        ran = [n for n in news if n.program.label.endswith(f" {got}")]
         assert ran and all(n.dangerous.startswith("exec of a file /usr/bin/curl wrote")
                            for n in ran), [(n.program.label, n.dangerous) for n in news]
         copied = tmp_path / "copied"
         news = observe(cap, table, watch, [
-            "sh", "-c", f"cp {served}/payload {copied} && {copied}"], own=False)
-        assert [n for n in news if n.program.label == str(copied)]
+            "sh", "-c", f"cp {served}/payload {copied} && chmod +x {copied} && {copied}"],
+            own=False)
+        assert [n for n in news if n.program.label.endswith(f" {copied}")]
         assert not [n for n in news if n.dangerous], [(n.program.label, n.dangerous)
                                                       for n in news]
         assert [n for n in observe(cap, table, watch, head) if n.dangerous] == []
