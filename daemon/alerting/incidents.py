@@ -2,7 +2,8 @@
 
 One incident per program, lineage root (session) and fingerprint within `span_s`: the
 first event opens it (an alert goes out), later ones update it (count, last seen, new
-evidence; an update goes out only when its severity rises), and a close is sent once
+evidence; an update goes out only when its severity rises, or when a high event brings
+a kind of evidence the incident did not have), and a close is sent once
 `span_s` passes without one. Each incident has an id.
 
 Severity comes from independent evidence (issue 32):
@@ -114,7 +115,8 @@ class Incidents:
             now: float | None = None, wall: float | None = None
             ) -> tuple[Incident, str, list[Incident]]:
         """One event: (its incident, "open" | "raise" | "update", incidents closed
-        because the table was full). "raise": the severity went up (worth an alert)."""
+        because the table was full). "raise": the severity went up, or a high event
+        brought a new kind of evidence (worth an alert)."""
         now = time.monotonic() if now is None else now
         wall = time.time() if wall is None else wall
         self.events += 1
@@ -138,6 +140,7 @@ class Incidents:
         self.open.move_to_end(key)
         inc.count += 1
         inc.last, inc.last_mono = wall, now
+        fresh = set(kinds) - inc.kinds
         inc.kinds |= kinds
         if evidence not in inc.evidence and len(inc.evidence) < MAX_EVIDENCE:
             inc.evidence.append(evidence)
@@ -145,6 +148,11 @@ class Incidents:
             inc.severity = severity
             if expected is not None:
                 inc.expected_per_hour = expected
+            return inc, "raise", pushed
+        if severity == "high" and fresh:
+            # a high event of a kind the incident did not have (a web application's
+            # first read of /etc/shadow after the exec and file news that made its
+            # incident high): news an analyst must see, not a count in the close
             return inc, "raise", pushed
         return inc, "update", pushed
 

@@ -10,7 +10,8 @@ it is counted by executable, carried by the next alert of its fingerprint and li
 `detected`, the main loop `news` and `tick`.
 
 Alerts belong to incidents (daemon/alerting/incidents.py): the rate limits act on an
-incident's opening and on its rise in severity, never on its updates, which only count.
+incident's opening and on its rise (in severity, or a high event of a new kind of
+evidence), never on its updates, which only count.
 A sink takes incidents at `[alerts] min_severity` or above; a low one goes to journald
 alone, at notice priority, and to the metrics.
 """

@@ -164,7 +164,8 @@ def alerts(a) -> Iterator[Family]:
     yield _by_label("sysdream_incidents_opened", "Incidents opened, by severity (low "
                     "ones go to journald alone).", "severity", a.incidents_opened)
     yield _by_label("sysdream_incident_alerts", "Incident alerts sent (an opening or a "
-                    "rise in severity), by severity.", "severity", a.incident_alerts)
+                    "rise: in severity, or a high event of a new kind of evidence), by "
+                    "severity.", "severity", a.incident_alerts)
     yield GaugeMetricFamily("sysdream_incidents_open", "Incidents open (not closed yet).",
                             value=a.incidents_open)
     yield CounterMetricFamily("sysdream_allow_list_refused", "Allow lists that could not "

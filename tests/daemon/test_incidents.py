@@ -29,8 +29,18 @@ def test_one_incident_per_key_within_the_span_then_a_close():
     _, state, _ = inc.add(key, "fp", "behaviour", "high", "/usr/sbin/x", "peer public:4444",
                           {"peer"}, now=20.0)
     assert state == "raise" and a.severity == "high"
-    assert inc.expire(now=70.0) == []
-    assert inc.expire(now=81.0) == [a] and not inc.open
+    # high already: a high event of a new kind alerts again, one of a kind it has does not
+    _, state, _ = inc.add(key, "fp", "behaviour", "high", "/usr/sbin/x", "read /etc/shadow",
+                          {"read", "write"}, now=21.0)
+    assert state == "raise" and a.kinds == {"write", "peer", "read"}
+    _, state, _ = inc.add(key, "fp", "behaviour", "high", "/usr/sbin/x", "read /etc/gshadow",
+                          {"read"}, now=22.0)
+    assert state == "update"
+    _, state, _ = inc.add(key, "fp", "behaviour", "medium", "/usr/sbin/x", "listen 4444",
+                          {"listen"}, now=23.0)
+    assert state == "update"                         # a new kind below high: counted
+    assert inc.expire(now=82.0) == []
+    assert inc.expire(now=84.0) == [a] and not inc.open
     c, state, _ = inc.add(key, "fp", "behaviour", "medium", "/usr/sbin/x", "write /etc/c",
                           {"write"}, now=90.0)
     assert state == "open" and c.id != a.id
