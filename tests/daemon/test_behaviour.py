@@ -17,7 +17,7 @@ import pytest
 
 from sysdream.daemon import config
 from sysdream.daemon.alerting.path import AlertPath
-from sysdream.daemon.context.processes import ProcessTable
+from sysdream.daemon.context.processes import ProcessTable, program_label
 from sysdream.daemon.detect.news import Watch, pattern, peer_class
 from sysdream.daemon.metrics.labels import ExeLabels
 from sysdream.daemon.training.behaviour import Profiles, ProgramId
@@ -306,8 +306,11 @@ def test_inline_code_is_a_program_per_launcher(capture, tmp_path):
     profiles = Profiles(min_events=20, max_unseen=0.1)
     watch = Watch(profiles, table)
     observe(cap, table, watch, ["sh", "-c", script])
+    # the launcher is this test's own program (`python -m pytest`, `.venv/bin/pytest`)
+    me = program_label(os.path.realpath("/proc/self/exe"),
+                       Path("/proc/self/cmdline").read_bytes().split(b"\0")[:-1])
     mine = [p.program for p in profiles.profiles.values() if " -c by " in p.program.label]
-    assert len(mine) == 1 and mine[0].label.endswith("-m pytest"), mine
+    assert len(mine) == 1 and mine[0].label.endswith(f" -c by {me}"), (mine, me)
     assert profiles.settled(mine[0])
 
     watch.learning = False
