@@ -10,6 +10,7 @@ import os
 import re
 from dataclasses import dataclass
 from importlib import resources
+from typing import NamedTuple
 
 import numpy as np
 
@@ -30,6 +31,13 @@ ACT_PAGES = 512         # the acts ring buffer: 2 MiB, about 3,100 records
 SENSITIVE_MAX = 1024    # entries of the kernel's sensitive-prefix map
 PROC_MNT_INIT_INO = 0xEFFFFFF8   # the initial mount namespace's inode on kernels that fix it
 LPM_LEN = 128           # capture.bpf.c: bytes of a read path matched against them
+
+
+class Pass(NamedTuple):
+    """What one read of the rings took (Capture.read_pass)."""
+    context: np.ndarray
+    acts: np.ndarray
+    records: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -330,10 +338,20 @@ class Capture:
     def read(self, limit: int | None = None) -> np.ndarray:
         return self.reader.read(limit)
 
+    def read_pass(self) -> Pass:
+        """One pass of every ring: the chunks and acts first, then the context records.
+        A process's context record is sent before its first act and chunk, so every
+        process a pass's chunks or acts name is described in that pass (read the context
+        first and a process born between the two reads has chunks and no description:
+        a fork that exits at once is then nobody's once /proc forgets it). Apply the
+        context records first."""
+        records = self.read()
+        acts = self.read_acts()
+        return Pass(self.read_context(), acts, records)
+
     def read_context(self) -> np.ndarray:
-        """Every process context record waiting (CONTEXT_DTYPE), oldest first. Read them
-        before the chunk records of the same pass: a process's record is sent before its
-        first chunk."""
+        """Every process context record waiting (CONTEXT_DTYPE), oldest first. Apply them
+        before the chunk records of the same pass, but read them after (read_pass)."""
         if self.context_reader is None:
             return np.empty(0, CONTEXT_DTYPE)
         return self.context_reader.read()

@@ -69,7 +69,8 @@ def run(settings: CaptureSettings, seconds: float, output: str, err=sys.stderr,
 
 
 def _take(rec: Recording, cap: Capture, tids: set[int]) -> None:
-    rec.add_context(cap.read_context())
-    records = cap.read()
+    p = cap.read_pass()
+    rec.add_context(p.context)
+    records = p.records
     rec.add(records)
     tids.update(np.unique(records["tid"]).tolist())

@@ -35,7 +35,6 @@ def run(source, interval: float = 1.0, rows: int = 15, iterations: int | None = 
     done = 0
     while iterations is None or done < iterations:
         start = time.monotonic()
-        table.ingest(source.read_context())
         batches = []
         if replay:      # the whole file, batch by batch
             while not source.exhausted:
@@ -44,6 +43,7 @@ def run(source, interval: float = 1.0, rows: int = 15, iterations: int | None = 
             while time.monotonic() - start < interval:
                 source.wait()
                 batches.append(source.read())
+        table.ingest(source.read_context())     # after the chunks: each one's process
         elapsed = interval if replay else time.monotonic() - start
         records = np.concatenate(batches) if batches else np.empty(0, source.dtype)
         now = source.counters()

@@ -397,10 +397,7 @@ class Service:
         tick = next_status = next_wd = time.monotonic()
         while not self._stop:
             cap.wait()
-            # context first: a process's record is sent before its first chunk
-            self._take_context(cap.read_context())
-            self._take_acts(cap.read_acts())
-            self._take(cap.read())
+            self._take_pass(cap.read_pass())
             now = self._loop_beat = time.monotonic()
             if self._reload:
                 self._reload = False
@@ -475,6 +472,12 @@ class Service:
                 log(f"exclude_exes: no such file (yet): {', '.join(missing)}; excluded "
                     "once it exists")
 
+    def _take_pass(self, p, final: bool = False) -> None:
+        """Context first: the chunks and acts of a pass name processes it describes."""
+        self._take_context(p.context)
+        self._take_acts(p.acts, final=final)
+        self._take(p.records)
+
     def _take_context(self, records: np.ndarray) -> None:
         if not records.size:
             return
@@ -513,9 +516,7 @@ class Service:
     def _shutdown(self) -> int:
         self.notify.stopping()
         cap = self.capture
-        self._take_context(cap.read_context())
-        self._take_acts(cap.read_acts(), final=True)
-        self._take(cap.read())
+        self._take_pass(cap.read_pass(), final=True)
         self.kernel_counters = cap.counters()
         if self.behaviour is not None:
             self.behaviour.save()

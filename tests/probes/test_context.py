@@ -149,6 +149,34 @@ def test_memfd_and_deleted_executables_are_named_and_flagged(capture, tmp_path):
     assert len(exits) == 2
 
 
+def test_a_pass_describes_every_process_its_chunks_name(capture, tmp_path):
+    """Processes that live for a moment, read while they come and go: every child whose
+    chunks a pass holds is described by that pass or an earlier one (the daemon applies
+    a pass's context records first; a child gone from /proc is otherwise nobody)."""
+    forks = build(tmp_path, "forks.c")
+    proc = subprocess.Popen([str(forks), "3000"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE)
+    cap = capture()
+    proc.stdin.write(b"g")
+    proc.stdin.flush()
+    passes = []
+    while proc.poll() is None:
+        passes.append(cap.read_pass())
+    time.sleep(0.1)
+    passes.append(cap.read_pass())
+    kids = {int(x) for x in proc.stdout.read().split()}
+    assert proc.returncode == 0 and len(kids) == 3000
+    described, undescribed, seen = set(), set(), set()
+    for p in passes:
+        described.update(p.context["tgid"].tolist())
+        named = set(p.records["tgid"].tolist()) & kids
+        seen |= named
+        undescribed |= named - described
+    assert len(seen) > 2900 and len(passes) > 10, (len(seen), len(passes))
+    assert not undescribed, sorted(undescribed)[:10]
+    assert cap.counters()["ctx_lost"] == 0
+
+
 def _getppids(recs: np.ndarray, pid: int) -> int:
     from sysdream.probes.streams import by_thread
 
