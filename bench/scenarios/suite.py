@@ -42,6 +42,7 @@ from harness import Daemon, JournalNamespace, wait_for  # noqa: E402
 from listeners import HttpEnd, ShellListener  # noqa: E402
 
 from sysdream.daemon.context.cgroups import mount_point  # noqa: E402
+from sysdream.daemon.detect.news import PERSISTENCE  # noqa: E402
 
 PY = sys.executable
 
@@ -143,6 +144,7 @@ class Suite:
 
     def _config(self, name: str = "sysdream.toml", extra: str = "") -> Path:
         cfg = self.work / name
+        places = list(PERSISTENCE) + attacks.sandbox_persistence(self.work / "attacker")
         cfg.write_text(
             extra +
             "[learning]\n"
@@ -156,7 +158,11 @@ class Suite:
             "rate_limit_burst = 100000\n"
             "rate_limit_ceiling_per_minute = 100000\n"
             "# lows too: the suite reports incidents at medium or above and lows apart\n"
-            "min_severity = \"low\"\n")
+            "min_severity = \"low\"\n"
+            "[profiles]\n"
+            "# the persistence attack writes under a sandbox /etc: its places beside the\n"
+            "# real ones\n"
+            f"persistence_paths = {json.dumps(places)}\n")
         return cfg
 
     def _start_benign(self, seed: int) -> None:

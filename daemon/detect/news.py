@@ -28,6 +28,12 @@ its child, an exec of a file that a process which had talked to a network peer w
 the last `DOWNLOAD_SPAN_S` (downloaded, then run). A first read of the password hashes
 (/etc/shadow, /etc/gshadow) is dangerous in any program whose profile never showed it,
 settled or not: login, sshd's PAM helper and passwd read them every time and learn it.
+So is a first write where the system finds what to run later or whom to let in
+(`[profiles] persistence_paths`: cron, systemd units, init scripts, the loader's preload
+list, authorized_keys), except by a package manager or what it started
+(`[profiles] package_managers`: packages install units and cron files). A relative
+path is resolved through /proc/PID/cwd while its process lives; one written by a
+process gone by then is matched by its name only (docs/architecture.md).
 The consumer takes acts through `ActSource` (the capture, or a test's list), so new act
 kinds plug in where `features` learns to name them.
 """
@@ -36,15 +42,19 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
+import pwd
 import re
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from sysdream.probes.acts import DIRFD
 from sysdream.probes.layout import EXE_DELETED, EXE_FOREIGN_MNT, EXE_MEMFD, EXE_USERNS_MNT
 
 from ..context.processes import program_label
+from ..context.procfs import START_SLACK_NS, start_of
 from ..training.behaviour import HeldOut, Profiles, ProgramId, kind_of
 
 PTRACE_ATTACH, PTRACE_SEIZE = 16, 0x4206
@@ -65,6 +75,25 @@ MAX_FETCHED = 4096  # files written by processes that talked to a network peer
 DOWNLOAD_SPAN_S = 600
 PASSWORD_HASHES = {f"read {p}" for p in ("/etc/shadow", "/etc/gshadow", "/etc/shadow-",
                                           "/etc/gshadow-")}
+# Where the system finds what to run later, or whom to let in: a first write there is how
+# an intruder stays. "~/" is every home (the password database's, and /root).
+PERSISTENCE = (
+    "/etc/cron.d/", "/etc/cron.hourly/", "/etc/cron.daily/", "/etc/cron.weekly/",
+    "/etc/cron.monthly/", "/etc/crontab", "/etc/anacrontab", "/var/spool/cron/",
+    "/etc/systemd/system/", "/etc/systemd/user/", "/lib/systemd/system/",
+    "/usr/lib/systemd/system/", "/etc/init.d/", "/etc/rc.local", "/etc/ld.so.preload",
+    "/etc/profile.d/", "/etc/update-motd.d/", "/etc/sudoers.d/", "~/.ssh/authorized_keys",
+    "~/.config/systemd/user/",
+)
+PERSISTENCE_FORM = 'a list of absolute path prefixes ("~/" for every home), at most 256'
+# Programs whose writes there, and their children's, are routine: a package's files
+PACKAGE_MANAGERS = ("/usr/bin/dpkg", "/usr/bin/rpm")
+
+
+def persistence_ok(paths) -> bool:
+    """[profiles] persistence_paths' check (PERSISTENCE_FORM)."""
+    return len(paths) <= 256 and all(isinstance(x, str) and x.startswith(("/", "~/"))
+                                     and len(x) > 2 and "\0" not in x for x in paths)
 _TRANSIENT = re.compile(r"^run-[a-z]?[0-9a-f]+\.service$")
 _SWITCH = re.compile(r"(?<=[A-Za-z])(?=\d)|(?<=\d)(?=[A-Za-z])")
 # a temporary name: tmp/temp and a suffix (tempfile, mkstemp), an editor's lock file
@@ -208,8 +237,11 @@ class Watch:
     profile learnt quietly, and news of a settled one returned unlearnt: the caller
     learns it (`learn`) only when the incident it joined stayed low."""
 
-    def __init__(self, profiles: Profiles, processes):
+    def __init__(self, profiles: Profiles, processes,
+                 persistence: Iterable[str] = PERSISTENCE,
+                 package_managers: Iterable[str] = PACKAGE_MANAGERS):
         self.profiles, self.processes = profiles, processes
+        self.configure(persistence, package_managers)
         self.learning = True
         self.held_out = HeldOut()
         self.acts = 0
@@ -217,6 +249,12 @@ class Watch:
         self._units: dict[int, str] = {}
         self._online: dict[tuple, None] = {}    # processes that talked to a network peer
         self._fetched: dict[str, tuple[str, int]] = {}   # path: (writer's program, ns)
+
+    def configure(self, persistence: Iterable[str], package_managers: Iterable[str]) -> None:
+        """The persistence paths ("~/" expanded over the homes) and the package managers;
+        at start and at a reload."""
+        self.persistence = expand_homes(persistence)
+        self.package_managers = frozenset(package_managers)
 
     def program_of(self, tgid: int, ns: int) -> tuple[ProgramId | None, object]:
         """(program, process) running `tgid` at kernel time `ns`."""
@@ -321,6 +359,40 @@ class Watch:
                 return "ptrace of a process not its child"
         return ""
 
+    def _persists(self, feature: str, act, proc) -> str:
+        """Why a write is dangerous as persistence ("" when it is not): under a persistence
+        path, by neither a package manager nor anything it started. Only writes reach the
+        lineage walk, and only when the program's profile did not hold the write."""
+        if not feature.startswith("write ") or proc is None:
+            return ""
+        path = act.path2 if act.kind in ("rename", "link") and act.path2 else act.path
+        text = path.decode("utf-8", "surrogateescape")
+        if not text.startswith("/"):
+            if act.flags & DIRFD or not (cwd := self._cwd(proc)):
+                return ""
+            text = f"{cwd.rstrip('/')}/{text}"
+        text = os.path.normpath(text)
+        if not any(text.startswith(p) or text == p.rstrip("/") for p in self.persistence):
+            return ""
+        for q in [proc, *self.processes.lineage(proc)]:
+            img = q.image_at(act.ns) if q is proc else (q.images[-1] if q.images else None)
+            if img is not None and img.exe in self.package_managers and \
+                    not img.flags & (EXE_FOREIGN_MNT | EXE_USERNS_MNT):
+                return ""
+        return f"a first write where the system runs or trusts what it finds ({text})"
+
+    @staticmethod
+    def _cwd(proc) -> str:
+        """A live process's working directory now ("" once it is gone). Read at each
+        relative write that is news (rare), never kept: a process that moved since would
+        have its writes placed where it was."""
+        try:
+            cwd = os.readlink(f"/proc/{proc.tgid}/cwd")
+        except OSError:
+            return ""
+        # the same process still, not a later one given its pid
+        return cwd if abs(start_of(proc.tgid) - proc.start_ns) <= START_SLACK_NS else ""
+
     def _judge(self, prog: ProgramId, feature: str, proc, act, danger: str) -> list[News]:
         if self.learning:
             if self.held_out.since_ns is not None:
@@ -333,6 +405,8 @@ class Watch:
             return []
         if not danger and feature in PASSWORD_HASHES:
             danger = "a first read of the password hashes"
+        elif not danger:
+            danger = self._persists(feature, act, proc)
         # the ancestors only for news: known acts, the bulk, cost a lookup and a count
         lineage = self.processes.lineage(proc) if proc is not None else []
         session = session_of(proc, lineage)
@@ -356,6 +430,20 @@ class Watch:
         if not self.profiles.knows(news.program, news.feature):
             self.profiles.profile(news.program).news_learnt += 1
         self.profiles.learn(news.program, news.feature)
+
+
+def expand_homes(paths: Iterable[str]) -> tuple[str, ...]:
+    """Persistence paths with "~/" entries made one per home (/root and the password
+    database's, "/" left out), as probes/acts.py makes the sensitive reads."""
+    out, homes = [], ["/root"]
+    try:
+        homes += [e.pw_dir.rstrip("/") for e in pwd.getpwall()]
+    except OSError:
+        pass
+    homes = [h for h in dict.fromkeys(homes) if h.startswith("/") and h != ""]
+    for p in paths:
+        out += [f"{h}/{p[2:]}" for h in homes] if p.startswith("~/") else [p]
+    return tuple(dict.fromkeys(out))
 
 
 def named(img) -> bool:

@@ -7,12 +7,13 @@ expected false incidents an hour at medium (training/behaviour.py HeldOut), save
 the profiles. Detecting, `Watch` (detect/news.py) judges each act and AlertPath.news makes
 incidents of what is new.
 
-Acts wait one pass before they are judged. The loop reads the context ring before the
-acts ring, but the kernel keeps writing between the two reads: a child's first act (its
-connect) can be read in the same pass as its parent's, while the exec record that says
-which program it now runs comes in the next. Judged at once, the act would be taken for
-the program the process ran before the exec (a shell connecting to nscd, when it was
-the getent it started). One pass later (100 ms) its process's records are in.
+Acts wait one pass before they are judged. The loop reads the context ring after the
+acts ring (Capture.read_pass), so a pass describes the processes its acts name; but a
+ring is read up to its first record still being written, and a context record held
+behind one that another CPU has not finished waits for the next pass. Judged at once, a
+child's first act (its connect) would then be taken for the program the process ran
+before its exec (a shell connecting to nscd, when it was the getent it started). One
+pass later (100 ms) its process's records are in.
 """
 
 from __future__ import annotations
@@ -31,15 +32,24 @@ HELD_OUT_AT = 0.375     # Learner.progress three quarters into recording (which 
 
 class Behaviour:
     def __init__(self, cfg, processes, log):
-        p = cfg.values["profiles"]
+        p = cfg.profiles
         self.path = cfg.state_dir() / FILE
-        self.profiles = Profiles(p["min_events"], p["max_unseen"])
-        self.watch = Watch(self.profiles, processes)
-        self.save_s = p["save_interval_s"]
+        self.profiles = Profiles(p.min_events, p.max_unseen)
+        self.watch = Watch(self.profiles, processes, p.persistence_paths, p.package_managers)
+        self.save_s = p.save_interval_s
         self.log = log
         self._next_save = time.monotonic() + self.save_s
         self._held_out_done = False
         self._held = None       # the last pass's acts, judged on the next one
+
+    def apply(self, cfg) -> None:
+        """A reload's [profiles] (`enabled` applies at the next start)."""
+        p = cfg.profiles
+        self.profiles.min_events, self.profiles.max_unseen = p.min_events, p.max_unseen
+        self.watch.configure(p.persistence_paths, p.package_managers)
+        if p.save_interval_s != self.save_s:
+            self.save_s = p.save_interval_s
+            self._next_save = min(self._next_save, time.monotonic() + self.save_s)
 
     def load(self) -> None:
         """The profiles a previous run saved; one that does not verify is set aside (its

@@ -339,6 +339,8 @@ class Service:
         if self.cutter:
             self.cutter.max_threads = d.max_threads
         self.processes.max = d.max_processes    # the reader's thread, as ingest()
+        if self.behaviour is not None:
+            self.behaviour.apply(new)
         if not self.alerting.apply(new, old):
             self.slot.reloads["failed"] += 1
         self.cfg = self.learner.cfg = self.slot.cfg = self.retrainer.cfg = new

@@ -369,3 +369,49 @@ def test_downloaded_then_run_and_a_first_read_of_password_hashes_are_dangerous(c
         assert shadow[0].dangerous == "a first read of the password hashes"
     finally:
         server.shutdown()
+
+
+def test_a_first_write_where_the_system_runs_things_later_is_dangerous(capture, tmp_path):
+    """Writes under a persistence path (here a cron.d and an authorized_keys of the test's
+    own, configured as the daemon's would be): a name the program's profile held is
+    quiet; a new one is dangerous in a program never seen, by an absolute path and by a
+    relative one from a live process; a package manager's child writing there, a write
+    elsewhere and a removal are not."""
+    cron = tmp_path / "cron.d"
+    cron.mkdir()
+    keys = tmp_path / "home" / ".ssh"
+    keys.mkdir(parents=True)
+    pm = tmp_path / "pm"
+    shutil.copy("/usr/bin/dash", pm)
+    cap = capture()
+    table = ProcessTable()
+    watch = Watch(Profiles(min_events=20, max_unseen=0.1), table,
+                  persistence=[f"{cron}/", f"{keys}/authorized_keys"],
+                  package_managers=[str(pm)])
+    observe(cap, table, watch, ["sh", "-c", f"echo a > {cron}/known"], own=False)
+    watch.learning = False
+    assert not [n for n in observe(cap, table, watch, ["sh", "-c", f"echo a > {cron}/known"],
+                                   own=False) if n.dangerous]
+    news = observe(cap, table, watch, ["sh", "-c", f"echo a > {cron}/job; echo k >> "
+                                       f"{keys}/authorized_keys; echo b > {tmp_path}/x; "
+                                       f"rm {cron}/known"], own=False)
+    danger = sorted(n.dangerous for n in news if n.dangerous)
+    why = "a first write where the system runs or trusts what it finds"
+    assert danger == [f"{why} ({cron}/job)", f"{why} ({keys}/authorized_keys)"], \
+        [(n.feature, n.dangerous) for n in news]
+    assert {n.feature.split()[0] for n in news if n.dangerous} == {"write"}
+    assert not [n for n in observe(cap, table, watch, [str(pm), "-c", f"sh -c 'echo p > "
+                                                       f"{cron}/pkg'"], own=False)
+                if n.dangerous]
+    # relative, from a process still there when it is judged
+    child = subprocess.Popen(["sh", "-c", f"cd {cron} && echo r > rel && sleep 3"])
+    got = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and child.poll() is None and not got:
+        cap.wait(0.02)
+        p = cap.read_pass()
+        table.ingest(p.context)
+        got += [n for n in watch.take(acts.decode(p.acts)) if n.dangerous]
+    child.kill()
+    child.wait()
+    assert [(n.feature, n.dangerous) for n in got] == [("write rel", f"{why} ({cron}/rel)")]
