@@ -184,6 +184,8 @@ struct exe_key {
 #define EXE_USERNS_MNT  0x80 // ... and belongs to a namespace owned by a user namespace other
                              // than the initial one (mounted without real privilege)
 #define TASK_FOREIGN_MNTNS 0x100 // the process is not in the initial mount namespace
+#define STDIN_INET     0x200 // (exec) descriptor 0 is an IPv4 or IPv6 socket
+#define STDOUT_INET    0x400 // (exec) descriptor 1 is one
 
 // One process context record. probes/layout.py mirrors it (context_dtype).
 struct proc_rec {
@@ -558,6 +560,35 @@ static __always_inline void walk_path(struct proc_rec *r, u64 file)
     r->flags |= PATH_CUT;
 }
 
+// Whether descriptor `fd` of the current process is an IPv4 or IPv6 socket: a program
+// exec'd with its standard input and output on a network connection is a shell served
+// to whoever is at the other end (a bind or reverse shell), inetd aside.
+static __always_inline int fd_inet(u64 fdt, u32 fd)
+{
+    if (fd >= read_u32(fdt, OFF_FDT_MAX, 0))
+        return 0;
+    u64 file = read_u64(read_u64(fdt, OFF_FDT_FD) + fd * 8, 0);
+    u64 inode = read_u64(file, OFF_FILE_INODE);
+    u16 mode = 0, family = 0;
+    if (!inode || OFF_INODE_MODE < 0 || OFF_SK_FAMILY < 0)
+        return 0;
+    bpf_probe_read_kernel(&mode, sizeof(mode), (void *)(inode + OFF_INODE_MODE));
+    if ((mode & 0170000) != 0140000)        // S_IFSOCK
+        return 0;
+    u64 sk = read_u64(read_u64(file, OFF_FILE_PRIVATE), OFF_SOCKET_SK);
+    if (sk)
+        bpf_probe_read_kernel(&family, sizeof(family), (void *)(sk + OFF_SK_FAMILY));
+    return family == 2 || family == 10;     // AF_INET, AF_INET6
+}
+
+static __always_inline u16 stdio_inet(void)
+{
+    u64 fdt = read_u64(read_u64(bpf_get_current_task(), OFF_TASK_FILES), OFF_FILES_FDT);
+    if (!fdt)
+        return 0;
+    return (fd_inet(fdt, 0) ? STDIN_INET : 0) | (fd_inet(fdt, 1) ? STDOUT_INET : 0);
+}
+
 // Send a context record of the current process; `filename` (kernel memory) for exec.
 static __always_inline void send_context(u32 kind, u64 filename, struct counters *c)
 {
@@ -570,6 +601,7 @@ static __always_inline void send_context(u32 kind, u64 filename, struct counters
     r->kind = kind;
     r->path_depth = 0;
     if (filename) {
+        r->flags |= stdio_inet();
         bpf_probe_read_kernel_str(r->filename, sizeof(r->filename), (void *)filename);
         if (OFF_MOUNT_MNT >= 0 && OFF_MOUNT_PARENT >= 0 && OFF_DENTRY_PARENT >= 0)
             walk_path(r, current_exe_file());

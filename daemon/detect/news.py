@@ -23,9 +23,11 @@ with a digit, or six or more in mixed case are a made name (/dev/shm/sem.mp-abcd
 and /dev/shm/sem.wfwPGG are /dev/shm/sem.mp-* and /dev/shm/sem.*).
 
 Some news is dangerous whatever the program has done before: a module load, a fileless
-exec (memfd, a deleted file, /dev/fd or /proc/PID/fd), ptrace of a process that is not
-its child, an exec of a file that a process which had talked to a network peer wrote in
-the last `DOWNLOAD_SPAN_S` (downloaded, then run). A first read of the password hashes
+exec (memfd, a deleted file, /dev/fd or /proc/PID/fd), a shell or interpreter exec'd
+with its standard input on an IPv4 or IPv6 socket (a bind or reverse shell: the kernel
+says so in the exec record), ptrace of a process that is not its child, an exec of a
+file that a process which had talked to a network peer wrote in the last
+`DOWNLOAD_SPAN_S` (downloaded, then run). A first read of the password hashes
 (/etc/shadow, /etc/gshadow) is dangerous in any program whose profile never showed it,
 settled or not: login, sshd's PAM helper and passwd read them every time and learn it.
 So is a first write where the system finds what to run later or whom to let in
@@ -51,9 +53,15 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sysdream.probes.acts import DIRFD
-from sysdream.probes.layout import EXE_DELETED, EXE_FOREIGN_MNT, EXE_MEMFD, EXE_USERNS_MNT
+from sysdream.probes.layout import (
+    EXE_DELETED,
+    EXE_FOREIGN_MNT,
+    EXE_MEMFD,
+    EXE_USERNS_MNT,
+    STDIN_INET,
+)
 
-from ..context.processes import program_label
+from ..context.processes import INTERPRETERS, program_label
 from ..context.procfs import START_SLACK_NS, start_of
 from ..training.behaviour import HeldOut, Profiles, ProgramId, kind_of
 
@@ -346,6 +354,9 @@ class Watch:
             if (img is not None and img.flags & (EXE_MEMFD | EXE_DELETED)) or \
                     path.startswith(("/dev/fd/", "/proc/")):
                 return "fileless exec"
+            if img is not None and img.flags & STDIN_INET and \
+                    INTERPRETERS.match(img.exe.rsplit("/", 1)[-1]):
+                return "a shell or interpreter reading its input from a network connection"
             # the file exec'd: its path as given (a script's, when the image is its
             # interpreter's) or the image's
             got = self._fetched.get(act.path.decode("utf-8", "surrogateescape")) or \

@@ -28,11 +28,11 @@ TOUCH = "/usr/bin/touch"
 
 
 def observe(cap, table: ProcessTable, watch: Watch, argv: list[str],
-            own: bool = True) -> list:
+            own: bool = True, **popen) -> list:
     """Run `argv` to its end under the capture; the news of its acts (context first).
     The capture sees the whole host: only the news of argv's own process is returned
     (`own`), else all of it."""
-    child = subprocess.Popen(argv)
+    child = subprocess.Popen(argv, **popen)
     assert child.wait(timeout=30) == 0
     news, quiet = [], 0
     deadline = time.monotonic() + 10
@@ -415,3 +415,31 @@ def test_a_first_write_where_the_system_runs_things_later_is_dangerous(capture, 
     child.kill()
     child.wait()
     assert [(n.feature, n.dangerous) for n in got] == [("write rel", f"{why} ({cron}/rel)")]
+
+
+def test_a_shell_served_on_a_network_connection_is_dangerous(capture):
+    """sh exec'd with its input and output on an accepted TCP connection (a bind shell) is
+    dangerous, from the kernel's exec record; the same sh on a unix socket is not."""
+    import socket
+
+    cap = capture()
+    table = ProcessTable()
+    watch = Watch(Profiles(min_events=20, max_unseen=0.1), table)
+    watch.learning = False
+    srv = socket.create_server(("127.0.0.1", 0))
+    with srv, socket.create_connection(srv.getsockname()) as far:
+        conn, _ = srv.accept()
+        with conn:
+            far.sendall(b"exit\n")
+            news = observe(cap, table, watch, ["/bin/sh"], stdin=conn, stdout=conn)
+    # the shell's own news (its parent edge); the launcher's child edge is not its danger
+    assert [(n.feature.split()[0], n.program.label, n.dangerous) for n in news
+            if n.dangerous] == [("parent", "/usr/bin/dash", "a shell or interpreter reading "
+                                 "its input from a network connection")], news
+    watch = Watch(Profiles(min_events=20, max_unseen=0.1), table)    # all new again
+    watch.learning = False
+    one, two = socket.socketpair()
+    with one, two:
+        two.sendall(b"exit\n")
+        news = observe(cap, table, watch, ["/bin/sh"], stdin=one, stdout=one)
+    assert len(news) == 2 and not [n for n in news if n.dangerous], news
