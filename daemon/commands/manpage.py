@@ -1,7 +1,8 @@
 """The man page (sysdream.8) and the bash and zsh completions of the command line,
 generated from its parser (daemon/commands/cli.py), so that none can drift from it; the
-completions by shtab (a build-time tool: the shipped files are generated, the daemon
-never imports it). tests/daemon/test_cli_docs.py keeps the shipped files in sync:
+page by argparse-manpage, the completions by shtab (build-time tools: the shipped files
+are generated, the daemon never imports them). tests/daemon/test_cli_docs.py keeps the
+shipped files in sync:
 
     .venv/bin/python -m sysdream.daemon.commands.manpage man > packaging/sysdream.8
     .venv/bin/python -m sysdream.daemon.commands.manpage bash > packaging/sysdream.bash-completion
@@ -11,7 +12,9 @@ never imports it). tests/daemon/test_cli_docs.py keeps the shipped files in sync
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+import textwrap
 
 from ..exitcodes import Exit
 from .cli import build_parser
@@ -45,54 +48,67 @@ def _verbs(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser
     return dict(sub.choices)
 
 
-def _help_of(parser: argparse.ArgumentParser) -> dict[str, str]:
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return {a.dest: a.help or "" for a in sub._choices_actions}
-
-
 def _esc(text: str) -> str:
     out = text.replace("\\", "\\e").replace("-", "\\-")
     return "\n".join(("\\&" + ln) if ln.startswith((".", "'")) else ln
                      for ln in out.splitlines())
 
 
-def _options(p: argparse.ArgumentParser) -> list[argparse.Action]:
-    return [a for a in p._actions if not isinstance(a, (argparse._HelpAction,
-                                                        argparse._VersionAction))]
+def _for_the_page(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The parser as the page shows it: usage lines wrapped at 80 columns whatever the
+    terminal that generates it (argparse reads $COLUMNS: the shipped file would differ by
+    who ran the command), the verbs under VERBS, --version listed once, and the epilog
+    left out (its examples and exit codes become EXAMPLES and EXIT STATUS below), as is the
+    description (NAME has it)."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for p in (parser, *sub.choices.values()):
+        p.formatter_class = functools.partial(p.formatter_class, width=80)
+        for a in p._actions:
+            if isinstance(a, argparse._VersionAction) and p is not parser:
+                a.help = argparse.SUPPRESS
+    for verb in sub._choices_actions:     # argparse-manpage 4.8 writes a verb's help raw
+        verb.help = _esc(verb.help or "")
+    next(g for g in parser._action_groups if sub in g._group_actions).title = "verbs"
+    parser.epilog = parser.description = None
+    return parser
 
 
 def man() -> str:
+    """sysdream.8, by argparse-manpage (a kept generator: every verb with its usage,
+    description and options by group, hidden options left out), with the sections it
+    cannot take from a parser added: synopsis, examples, exit status, files, see also."""
+    from argparse_manpage.manpage import Manpage
+
+    from ..version import version
+
     parser = build_parser()
-    helps = _help_of(parser)
-    out = [".TH SYSDREAM 8 \"\" \"sysdream\" \"System Administration\"",
-           ".SH NAME", "sysdream \\- " + _esc(parser.description or ""),
-           ".SH SYNOPSIS", ".B sysdream", "\\fIVERB\\fR [\\fIOPTIONS\\fR]", ".br",
-           ".B sysdream", "\\fB\\-\\-version\\fR", ".SH DESCRIPTION",
-           _esc("sysdream traces every process's syscalls with eBPF, learns what normal "
-                "looks like on this host, and raises an alert (journald, JSON lines, "
-                "syslog, a webhook) when a process departs from it. `sysdream run` is the "
-                "service; the other verbs record, train, score, explain and tune."),
-           ".SH VERBS"]
-    for name, p in _verbs(parser).items():
-        out += [".SS " + _esc(name), _esc(helps.get(name, ""))]
-        for a in _options(p):
-            flags = ", ".join(a.option_strings) or a.metavar or a.dest
-            meta = ""
-            if a.option_strings and a.nargs != 0:
-                meta = " " + (a.metavar if isinstance(a.metavar, str) else a.dest.upper())
-            out += [".TP", "\\fB" + _esc(flags) + "\\fR" + _esc(meta),
-                    _esc(a.help or "") if a.help != argparse.SUPPRESS else ""]
-    out += [".SH EXIT STATUS",
-            _esc("Every failure prints one line on standard error naming the fix."), ".TP"]
+    name = parser.description
+    examples = textwrap.dedent(
+        parser.epilog.split("\n\nexit codes:")[0].removeprefix("examples:\n"))
+    page = Manpage(_for_the_page(parser), format="single-commands-section")
+    # no date: a build date would make the shipped page stale every day
+    page.section, page.date, page.manual = 8, "", "System Administration"
+    page.source, page.description = f"sysdream {version()}", name
+    page.add_section("synopsis", "=", "\n".join([
+        ".B sysdream", "\\fIVERB\\fR [\\fIOPTIONS\\fR]", ".br",
+        ".B sysdream", "\\fB\\-\\-version\\fR"]))
+    page.add_section("description", "=", _esc(
+        "sysdream traces every process's syscalls with eBPF, learns what normal looks "
+        "like on this host, and raises an alert (journald, JSON lines, syslog, a webhook) "
+        "when a process departs from it. `sysdream run` is the service; the other verbs "
+        "record, train, score, explain and tune."))
+    page.add_section("examples", "=", "\n".join([".nf", _esc(examples), ".fi"]))
+    status = [_esc("Every failure prints one line on standard error naming the fix.")]
     for code in Exit:
-        out += [f"\\fB{int(code)}\\fR", _esc(EXIT_TEXT[code]), ".TP"]
-    out.pop()
-    out += [".SH FILES", ".TP", "/etc/sysdream/sysdream.toml",
-            _esc("the configuration (every key: /usr/share/doc/sysdream/configuration.md)"),
-            ".TP", "/var/lib/sysdream",
-            _esc("the state directory: baselines, the learnt model, allow.json"),
-            ".SH SEE ALSO", "journalctl(1), systemd.exec(5)"]
-    return "\n".join(out) + "\n"
+        status += [".TP", f"\\fB{int(code)}\\fR", _esc(EXIT_TEXT[code])]
+    page.add_section("exit status", "=", "\n".join(status))
+    page.add_section("files", "=", "\n".join([
+        ".TP", "/etc/sysdream/sysdream.toml",
+        _esc("the configuration (every key: /usr/share/doc/sysdream/configuration.md)"),
+        ".TP", "/var/lib/sysdream",
+        _esc("the state directory: baselines, the learnt model, allow.json")]))
+    page.add_section("see also", "=", "journalctl(1), systemd.exec(5)")
+    return str(page)
 
 
 def _completing_parser() -> argparse.ArgumentParser:

@@ -22,15 +22,47 @@ def test_the_shipped_man_page_and_completion_are_the_parsers():
     assert (PACKAGING / "sysdream.zsh-completion").read_text() == manpage.completion("zsh"), fix
 
 
-def test_the_man_page_renders_cleanly_and_names_every_verb_and_exit_code():
-    r = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z", str(PACKAGING / "sysdream.8")],
+def _visible(parser):
+    import argparse
+
+    return [a for a in parser._actions if a.help != argparse.SUPPRESS
+            and not isinstance(a, (argparse._HelpAction, argparse._VersionAction))]
+
+
+def test_the_man_page_renders_cleanly_and_names_every_verb_option_and_exit_code():
+    import argparse
+
+    from sysdream.daemon.commands.cli import build_parser
+    from sysdream.daemon.exitcodes import Exit
+    from sysdream.daemon.version import version
+
+    page = str(PACKAGING / "sysdream.8")
+    r = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z", page],
                        capture_output=True, text=True, timeout=scaled(60))
     assert r.returncode == 0 and r.stderr == "", r.stderr
-    text = subprocess.run(["groff", "-man", "-Tascii", "-P-cbou", str(PACKAGING / "sysdream.8")],
+    # wide and unhyphenated, so that each flag reads whole on one line
+    text = subprocess.run(["groff", "-man", "-Tascii", "-P-cbou", "-rLL=200n", "-rHY=0", page],
                           capture_output=True, text=True, timeout=scaled(60)).stdout
-    for verb in ("run", "train", "keygen", "allow", "explain", "doctor"):
-        assert f"   {verb}\n" in text, verb
-    assert "--trusted" not in text and "--sign" in text and "EXIT STATUS" in text
+    head, _, rest = text.partition("\nVERBS\n")
+    assert head.startswith("SYSDREAM(8)") and f"sysdream {version()}" in text.splitlines()[-1]
+    verbs_part, _, rest = rest.partition("\nEXAMPLES\n")
+    examples, _, rest = rest.partition("\nEXIT STATUS\n")
+    status, _, rest = rest.partition("\nFILES\n")
+    assert "/etc/sysdream/sysdream.toml" in rest and "SEE ALSO" in rest
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    sections = ("\n" + verbs_part).split("\n   sysdream ")[1:]
+    assert [s.split("\n")[0] for s in sections] == list(sub.choices)
+    for (verb, p), section in zip(sub.choices.items(), sections, strict=True):
+        # an option's tag line, e.g. "-o DIR, --output DIR", is indented 14 columns
+        tags = {w.rstrip(",") for ln in section.splitlines()
+                if ln.startswith(" " * 14) and ln[14] != " " for w in ln.split()}
+        for a in _visible(p):
+            shown = a.option_strings or [a.metavar or "{" + ",".join(a.choices) + "}"]
+            assert set(shown) <= tags, (verb, shown)
+    assert "sysdream run --model model --no-journald" in examples
+    assert "--trusted" not in text and "input\n" not in sections[list(sub.choices).index("score")]
+    for code in Exit:
+        assert f"\n       {int(code)} " in status, code
 
 
 def complete(words: list[str]) -> list[str]:
