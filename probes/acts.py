@@ -43,6 +43,7 @@ in a pass: a process's CTX_NEW record is sent before its acts.
 
 from __future__ import annotations
 
+import glob
 import ipaddress
 import os
 import pwd
@@ -71,6 +72,7 @@ BY_FD = 0x040
 LOCAL = 0x080
 ARGV_CUT = 0x100
 NOT_SOCK = 0x200
+BY_TAIL = 0x400     # a read sent for its path's tail: user space resolves it (resolve_read)
 
 ARGV_HASH_MAX = 4096
 
@@ -104,6 +106,57 @@ def default_sensitive(max_entries: int = 1024) -> tuple[str, ...]:
             out += [f"{home}/{p}" for p in SENSITIVE_IN_HOME
                     if len(f"{home}/{p}".encode()) <= _PREFIX_MAX]
     return tuple(dict.fromkeys(out))[:max_entries]
+
+
+# Key files in a sensitive folder (…/.ssh/) whose names the kernel also matches at the end
+# of a path, as it cannot match "any file in that folder" there.
+KEY_NAMES = ("id_rsa", "id_dsa", "id_ecdsa", "id_ed25519", "id_ecdsa_sk", "id_ed25519_sk")
+GENERIC_NAMES = {"config"}      # too common a name to send every read of it
+TAIL_LEN = 7
+
+
+def tail_key(name: str | bytes) -> int:
+    """The kernel's key of a path's end: its last (up to) 7 bytes, left-aligned,
+    zero-padded, as a little-endian u64 (capture.bpf.c sensitive_tails)."""
+    data = name.encode() if isinstance(name, str) else name
+    return int.from_bytes(data[-TAIL_LEN:].ljust(8, b"\0"), "little")
+
+
+def sensitive_names(paths: tuple[str, ...]) -> set[str]:
+    """The file names whose ends the kernel matches beside the prefixes: each sensitive
+    file's name, the files a name prefix (/etc/ssh/ssh_host_) holds now, and the key
+    files of a .ssh folder; the other folders' files are matched by prefix alone."""
+    names = set()
+    for p in paths:
+        if p.endswith("/"):
+            if p.endswith("/.ssh/"):
+                names.update(KEY_NAMES)
+            continue
+        base = p.rsplit("/", 1)[-1]
+        if base.endswith("_"):          # a name prefix: the files it names now
+            names.update(f.rsplit("/", 1)[-1] for f in glob.glob(glob.escape(p) + "*"))
+        elif base:
+            names.add(base)
+    return {n for n in names if n not in GENERIC_NAMES}
+
+
+def sensitive_tails(paths: tuple[str, ...]) -> set[int]:
+    """tail_key() of every way sensitive_names() ends a path: after a "/", or alone (a
+    name relative to the cwd)."""
+    return {k for n in sensitive_names(paths) for k in (tail_key("/" + n), tail_key(n))}
+
+
+def resolve_read(path: bytes, cwd: str, sensitive: tuple[str, ...]) -> bytes | None:
+    """A BY_TAIL read's path made absolute (`cwd` for a relative one, "" when unknown)
+    and normal ("..", "." and "//" taken out as the kernel walks them, symlinks
+    aside), or None when that is not under a sensitive prefix after all."""
+    text = os.fsdecode(path)
+    if not text.startswith("/"):
+        if not cwd:
+            return None
+        text = f"{cwd.rstrip('/')}/{text}"
+    text = "/" + os.path.normpath(text).lstrip("/")
+    return os.fsencode(text) if text.startswith(sensitive) else None
 
 
 def argv_hash(argv: bytes) -> int:

@@ -302,6 +302,8 @@ BPF_ARRAY(ctx_layout, struct proc_rec, 1);
 #define ACT_LOCAL      0x080  // the address is the socket's own (listen, accept)
 #define ACT_ARGV_CUT   0x100  // exec: argv longer than ARGV_HASH_MAX, the rest not hashed
 #define ACT_NOT_SOCK   0x200  // listen/accept on a descriptor that is not a socket
+#define ACT_BY_TAIL    0x400  // a read sent for its name's tail, not its prefix (a path
+                              // through "..", "//" or relative): user space resolves it
 
 struct act_rec {
     u64 ns;                 // CLOCK_MONOTONIC ns of the call (its entry)
@@ -355,6 +357,11 @@ BPF_TABLE("lru_hash", struct seen_key, u8, acts_seen, 16384);
 // that most opens for reading (/usr/..., relative names) are passed over after a 4-byte
 // read and an inlined array lookup, without the string read and trie lookup.
 BPF_ARRAY(sensitive_heads, u8, 256);
+// The last (up to) 7 bytes of a sensitive file's path ("/shadow", "id_rsa"), left-aligned
+// and zero-padded, set by user space: a read whose path does not start with a sensitive
+// prefix but ends so is sent too, for user space to resolve (`cat /tmp/../etc/shadow`, a
+// web application's path traversal, `cd /etc; cat shadow`).
+BPF_HASH(sensitive_tails, u64, u8, 1024);
 
 static __always_inline u32 head_slot(u32 head)
 {
@@ -788,6 +795,7 @@ int note_act(struct bpf_raw_tracepoint_args *ctx)
     u64 p1 = 0, p2 = 0;         // user paths
     s64 d1 = AT_FDCWD_, d2 = AT_FDCWD_;     // their directory fds
     u32 by_fd = 0;
+    u32 flags_read = 0;
     switch (nr) {
     case 2:                     // open(path, flags, mode)
     case 85:                    // creat(path, mode)
@@ -800,21 +808,36 @@ int note_act(struct bpf_raw_tracepoint_args *ctx)
         if (nr == 85 || (flags & (O_ACCMODE_ | O_CREAT_ | O_TRUNC_))) {
             kind = ACT_WRITE;
         } else {
-            // a read: sent only when the path starts with a sensitive prefix
-            u32 head = 0;
-            if (bpf_probe_read_user(&head, sizeof(head), (void *)path) || (head & 0xff) != '/')
-                return 0;
-            u32 slot_i = head_slot(head);
-            u8 *maybe = sensitive_heads.lookup(&slot_i);
-            if (!maybe || !*maybe)
-                return 0;
+            // a read: sent when the path starts with a sensitive prefix, or (flagged)
+            // when it ends as a sensitive file's does
             struct lpm_key k = {};
             long n = bpf_probe_read_user_str(k.data, LPM_LEN, (void *)path);
-            if (n <= 1 || k.data[0] != '/')
+            if (n <= 1)
                 return 0;
+            u32 head = 0;
+            __builtin_memcpy(&head, k.data, sizeof(head));
+            u32 slot_i = head_slot(head);
+            u8 *maybe = k.data[0] == '/' ? sensitive_heads.lookup(&slot_i) : 0;
             k.prefixlen = (n - 1) * 8;
-            if (!sensitive.lookup(&k))
-                return 0;
+            if (!maybe || !*maybe || !sensitive.lookup(&k)) {
+                // the path's end, 120 bytes on at a time when it is longer than the
+                // buffer (a traversal pads with "../"); the 8 bytes read twice put a
+                // tail that the end of one read would cut inside the next
+                u64 base = path;
+                for (int i = 0; i < 36 && n == LPM_LEN; i++) {
+                    base += LPM_LEN - 8;
+                    n = bpf_probe_read_user_str(k.data, LPM_LEN, (void *)base);
+                }
+                if (n <= 0 || n == LPM_LEN)
+                    return 0;
+                u32 len = (u32)(n - 1);
+                u32 at = len > 7 ? len - 7 : 0;
+                u64 tail = 0;
+                bpf_probe_read_kernel(&tail, (len > 7 ? 7 : len) & 7, k.data + (at & 127));
+                if (!sensitive_tails.lookup(&tail))
+                    return 0;
+                flags_read = ACT_BY_TAIL;
+            }
             kind = ACT_READ;
         }
         p1 = path;
@@ -928,6 +951,7 @@ int note_act(struct bpf_raw_tracepoint_args *ctx)
         r->args[i] = a[i];
     if (by_fd)
         r->flags |= ACT_BY_FD;
+    r->flags |= flags_read;
     if (nr == 437)
         r->aux = 0, bpf_probe_read_user(&r->aux, sizeof(r->aux), (void *)a[2]);
     if (kind == ACT_CONNECT || kind == ACT_BIND)

@@ -311,6 +311,12 @@ class Capture:
         for i in range(256):
             if i not in wanted:
                 heads[heads.Key(i)] = heads.Leaf(0)
+        from .acts import sensitive_tails
+
+        tails = self.bpf[b"sensitive_tails"]
+        tails.clear()
+        for key in sorted(sensitive_tails(tuple(paths)))[:SENSITIVE_MAX]:
+            tails[tails.Key(key)] = tails.Leaf(1)
 
     def _keys(self, f: Filter, values: tuple) -> tuple | set:
         """What the map of filter `f` holds for `values`: the values themselves, or for

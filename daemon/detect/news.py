@@ -52,7 +52,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from sysdream.probes.acts import DIRFD
+from sysdream.probes.acts import BY_TAIL, DIRFD, default_sensitive, resolve_read
 from sysdream.probes.layout import (
     EXE_DELETED,
     EXE_FOREIGN_MNT,
@@ -247,9 +247,14 @@ class Watch:
 
     def __init__(self, profiles: Profiles, processes,
                  persistence: Iterable[str] = PERSISTENCE,
-                 package_managers: Iterable[str] = PACKAGE_MANAGERS):
+                 package_managers: Iterable[str] = PACKAGE_MANAGERS,
+                 sensitive: tuple[str, ...] | None = None):
         self.profiles, self.processes = profiles, processes
         self.configure(persistence, package_managers)
+        # the capture's sensitive prefixes: a read the kernel sent for its name's end
+        # (BY_TAIL) counts only when its resolved path is under one
+        self.sensitive = sensitive if sensitive is not None else default_sensitive()
+        self.unresolved_reads = 0
         self.learning = True
         self.held_out = HeldOut()
         self.acts = 0
@@ -312,6 +317,10 @@ class Watch:
             if prog is None:
                 self.unknown_process += 1
                 continue
+            if act.kind == "read" and act.flags & BY_TAIL:
+                act = self._resolved(act, proc)
+                if act is None:
+                    continue
             feats = features(act)
             self._follow(act, prog, proc)
             danger = self._danger(act, proc)
@@ -391,6 +400,21 @@ class Watch:
                     not img.flags & (EXE_FOREIGN_MNT | EXE_USERNS_MNT):
                 return ""
         return f"a first write where the system runs or trusts what it finds ({text})"
+
+    def _resolved(self, act, proc):
+        """A read sent for its path's end, with the path it names (None when that is no
+        sensitive file, or relative to a directory descriptor or to the cwd of a process
+        gone by now: counted in `unresolved_reads`)."""
+        relative = not act.path.startswith(b"/")
+        if relative and (act.flags & DIRFD or proc is None):
+            self.unresolved_reads += 1
+            return None
+        cwd = self._cwd(proc) if relative else ""
+        if relative and not cwd:
+            self.unresolved_reads += 1
+            return None
+        path = resolve_read(act.path, cwd, self.sensitive)
+        return dataclasses.replace(act, path=path) if path is not None else None
 
     @staticmethod
     def _cwd(proc) -> str:

@@ -367,6 +367,12 @@ def test_downloaded_then_run_and_a_first_read_of_password_hashes_are_dangerous(c
         shadow = [n for n in observe(cap, table, watch, tail) if n.dangerous]
         assert [n.feature for n in shadow] == ["read /etc/shadow"]
         assert shadow[0].dangerous == "a first read of the password hashes"
+        # the same file through a traversal: resolved, the same news
+        od = ["od", "-An", "-N1", "/tmp/../etc//shadow"]
+        shadow = [n for n in observe(cap, table, watch, od, stdout=subprocess.DEVNULL)
+                  if n.dangerous]
+        assert [(n.feature, n.dangerous) for n in shadow] == [
+            ("read /etc/shadow", "a first read of the password hashes")]
     finally:
         server.shutdown()
 

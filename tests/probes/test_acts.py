@@ -182,3 +182,33 @@ def test_the_default_list_sees_the_shadow_file_read(capture):
     _, found = read_all(cap, lambda: True)
     reads = [a.path for a in found if a.kind == "read" and a.comm.startswith(b"head")]
     assert reads == [b"/etc/shadow"]
+
+
+def test_a_sensitive_file_named_another_way_is_sent_for_its_end(capture, tmp_path):
+    """The same file by another string: through "..", doubled slashes, relative to the
+    cwd, and behind a traversal longer than the kernel's buffer; each is sent for its
+    name's end (flagged) and resolves to /etc/shadow. A file that only ends alike
+    (/etc/passwd through "..") is not sent; one that ends alike but is not sensitive
+    is sent and resolves to nothing."""
+    cap = capture()
+    lookalike = tmp_path / "shadow"
+    lookalike.write_text("x")
+    long = "/tmp" + "/." * 80 + "/../etc/shadow"
+    ways = ["/tmp/../etc/shadow", "//etc//shadow", long, "/tmp/../etc/passwd",
+            str(lookalike)]
+    pids = [subprocess.run(["head", "-c1", p], capture_output=True, check=True) and None
+            for p in ways]
+    assert len(pids) == len(ways)
+    rel = subprocess.run(["sh", "-c", "cd /etc && head -c1 shadow"], capture_output=True,
+                         check=True)
+    assert rel.returncode == 0
+    _, found = read_all(cap, lambda: True)
+    reads = [a for a in found if a.kind == "read" and a.comm.startswith(b"head")]
+    assert sorted(a.path for a in reads) == sorted(
+        [p.encode() for p in ways if not p.endswith("passwd")] + [b"shadow"])
+    assert all(a.flags & acts.BY_TAIL for a in reads)
+    sensitive = acts.default_sensitive()
+    resolved = [acts.resolve_read(a.path, "/etc" if a.path == b"shadow" else "", sensitive)
+                for a in reads]
+    assert sorted(resolved, key=str) == sorted([b"/etc/shadow"] * 4 + [None], key=str)
+    assert acts.resolve_read(b"shadow", "", sensitive) is None      # no cwd: unknown
