@@ -75,8 +75,7 @@ def start_once(model: Path) -> dict:
                 now = time.monotonic() - d.started
                 if attached is None and "probes attached" in d.stderr:
                     attached = now
-                try:       # the phase says detecting once the model is in, the probes
-                    # may still be compiling: detecting is both
+                try:       # the phase says starting until the probes are attached
                     if attached is not None and \
                             d.metrics().get('sysdream_phase{phase="detecting"}') == 1.0:
                         detecting = time.monotonic() - d.started

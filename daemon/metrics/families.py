@@ -18,7 +18,7 @@ Family = CounterMetricFamily | GaugeMetricFamily | InfoMetricFamily
 LOSS_REASONS = {"lost_syscalls": "ring_buffer_full", "lost_nostorage": "no_thread_storage"}
 SHED_REASONS = ("queue_full", "model_change", "shutdown")
 SET_ASIDE_REASONS = ("own_alert_delivery",)
-PHASES = ("learning", "training", "detecting")
+PHASES = ("starting", "learning", "training", "detecting")
 RETRAINING_STATES = ("off", "waiting", "recording", "training", "shadow")
 NAN = float("nan")
 

@@ -25,6 +25,7 @@ A failed training keeps the recordings and records again for another period.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -148,6 +149,7 @@ class Service:
         self._stop = False
         self._reload = False
         self._loop_beat = time.monotonic()    # the main loop's last turn (health)
+        self._attached = False      # run() has begun: the probes are attached
         self._missing_exes: list[str] = []
         self.remote = None      # fleet/agent.py Remote when this daemon is an agent
         self.control = None     # ... and its Control: baseline out, the role's model in
@@ -155,7 +157,9 @@ class Service:
     # -- read-only views of the learner's and the slot's state -------------------------
     @property
     def phase(self) -> str:
-        return self.learner.phase
+        """"starting" until the probes are attached (a model may be in use already: the
+        capture program is compiled after it loads), then the learner's."""
+        return self.learner.phase if self._attached else "starting"
 
     @property
     def model(self):
@@ -189,7 +193,8 @@ class Service:
             capture=self.capture_stats, counters=self.counters.stats,
             pipeline=self.pipeline_stats, alerts=self.alerting.stats,
             deliveries=self.sink.stats, processes=self.processes.stats,
-            learner=self.learner.stats, model=self.slot.stats,
+            learner=lambda: dataclasses.replace(self.learner.stats(), phase=self.phase),
+            model=self.slot.stats,
             retraining=self.retrainer.stats, exe_labels=lambda: self.labels.evictions,
             evictions=lambda: {**self.counters.stats().evictions,
                                "rate_limits": self.alerting.stats().limiter_evicted},
@@ -392,6 +397,7 @@ class Service:
         cap = self.capture
         on_signals(lambda: setattr(self, "_stop", True),
                    lambda: setattr(self, "_reload", True))
+        self._attached = True
         self.notify.ready(self._status())
         self.statusfile.write(self)
         log(f"probes attached; {self._status()}")

@@ -163,7 +163,22 @@ def test_stalled_scorer_stops_the_watchdog(ebpf_ready, tmp_path, notify, tiny_bu
                env={"WATCHDOG_USEC": "1000000"},
                launcher=[sys.executable, str(Path(__file__).with_name("fault_stall_scorer.py"))])
     try:
+        # with its model loaded the daemon says "starting" until the probes are attached
+        # (bcc compiles for seconds), then "detecting"; never learning or training
+        seen = []
+        while not notify.having("READY", "1") and d.proc.poll() is None:
+            try:
+                now = [k for k, v in d.metrics().items() if k.startswith("sysdream_phase")
+                       and v == 1.0]
+            except OSError:
+                now = []
+            if now and (not seen or seen[-1] != now[0]):
+                seen.append(now[0])
+            time.sleep(0.02)
         wait_for(lambda: notify.having("READY", "1"), 90, "READY=1\n" + d.stderr)
+        assert seen[:1] == ['sysdream_phase{phase="starting"}'] and set(seen) <= {
+            'sysdream_phase{phase="starting"}', 'sysdream_phase{phase="detecting"}'}, seen
+        wait_for(lambda: d.metric('sysdream_phase{phase="detecting"}') == 1.0, 5, "detecting")
         wait_for(lambda: len(notify.having("WATCHDOG", "1")) >= 3, 10, "pings while idle")
         code, health = d.health()
         assert code == 200 and health["healthy"] and health["ready"], health
