@@ -198,6 +198,10 @@ def behaviour(b: dict) -> Iterator[Family]:
                             "profile has settled.", value=b.get("settled", 0))
     yield CounterMetricFamily("sysdream_acts", "Act records the behaviour profiles "
                               "took.", value=b.get("acts", 0))
+    yield CounterMetricFamily("sysdream_acts_unresolved_reads", "Reads of a file named "
+                              "like a sensitive one by a relative path that could not be "
+                              "resolved (a directory descriptor, or the process gone).",
+                              value=b.get("unresolved_reads", 0))
 
 
 def exe_labels(evictions: int) -> Iterator[Family]:

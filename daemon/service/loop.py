@@ -170,7 +170,8 @@ class Service:
         b = self.behaviour
         if b is None:
             return {}
-        return {**b.profiles.counts(), "acts": b.watch.acts}
+        return {**b.profiles.counts(), "acts": b.watch.acts,
+                "unresolved_reads": b.watch.unresolved_reads}
 
     def capture_stats(self) -> CaptureStats:
         cap = self.capture

@@ -373,6 +373,11 @@ def test_downloaded_then_run_and_a_first_read_of_password_hashes_are_dangerous(c
                   if n.dangerous]
         assert [(n.feature, n.dangerous) for n in shadow] == [
             ("read /etc/shadow", "a first read of the password hashes")]
+        # relative, by a process gone before it is judged: its cwd is unknown, counted
+        before = watch.unresolved_reads
+        observe(cap, table, watch, ["sh", "-c", "cd /etc && od -An -N1 shadow"], own=False,
+                stdout=subprocess.DEVNULL)
+        assert watch.unresolved_reads == before + 1
     finally:
         server.shutdown()
 
