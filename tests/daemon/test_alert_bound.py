@@ -10,6 +10,7 @@ import json
 import math
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -154,19 +155,45 @@ def host_trace(path, seed: int, processes: int = 600, changed: float = 0.75) -> 
         w.write_records(np.concatenate(recs))
 
 
-def test_train_fits_the_alert_bound_on_the_held_out_quarter_and_the_daemon_uses_it(tmp_path):
+def train_side_by_side(*cmds: list[str]) -> list[subprocess.CompletedProcess]:
+    """Independent `sysdream train` runs (each its own output, one thread each) at once:
+    on a machine with a core for each, the test waits for one training, not several."""
+    def run(cmd: list[str]) -> subprocess.CompletedProcess:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=scaled(600))
+    with ThreadPoolExecutor(len(cmds)) as pool:
+        return list(pool.map(run, cmds))
+
+
+def train_cmd(trace) -> list[str]:
+    return [sys.executable, "-m", "sysdream.daemon", "train", "--input", f"trace:{trace}",
+            "--window", "8", "--embed", "8", "--hidden", "8", "--epochs", "2", "--threads",
+            "1"]
+
+
+@pytest.fixture(scope="module")
+def host_models(tmp_path_factory):
+    """One host recording trained the three ways the tests below compare (plain, with
+    --retrain, with --sequences), side by side: ({way: its run}, the folder holding each
+    way's model under its name). Each test checks the runs it reads."""
+    tmp = tmp_path_factory.mktemp("host-models")
+    trace = tmp / "baseline.sdtrace"
+    host_trace(trace, 1)
+    ways = {"plain": [], "retrain": ["--retrain"], "sequences": ["--sequences"]}
+    runs = train_side_by_side(*([*train_cmd(trace), "-o", str(tmp / way), *extra]
+                                for way, extra in ways.items()))
+    return dict(zip(ways, runs, strict=True)), tmp
+
+
+def test_train_fits_the_alert_bound_on_the_held_out_quarter_and_the_daemon_uses_it(
+        host_models):
     from sysdream.model.detector import Detector
 
-    trace = tmp_path / "baseline.sdtrace"
-    host_trace(trace, 1)
-    out = subprocess.run([sys.executable, "-m", "sysdream.daemon", "train", "--input",
-                          f"trace:{trace}", "-o", str(tmp_path / "model"), "--window", "8",
-                          "--embed", "8", "--hidden", "8", "--epochs", "3", "--threads", "1"],
-                         capture_output=True, text=True, timeout=scaled(600))
+    runs, models = host_models
+    out = runs["plain"]
     assert out.returncode == 0, out.stderr
     assert "training on the first three quarters" in out.stderr, out.stderr
     assert out.stderr.count("epoch 1:") == 1, "one model trained: the held-out one"
-    model = tmp_path / "model"
+    model = models / "plain"
     replay = json.loads((model / "training.json").read_text())["heldout_alerts"]
     assert replay["seconds"] == pytest.approx(1.5, abs=0.1)
     assert replay["excursions"] >= MIN_PEAKS, out.stderr
@@ -199,12 +226,9 @@ def test_two_folds_fit_the_bound_on_twice_the_held_out_time(tmp_path):
 
     trace = tmp_path / "baseline.sdtrace"
     host_trace(trace, 4, changed=0.5)      # both held-out quarters have their excursions
-    cmd = [sys.executable, "-m", "sysdream.daemon", "train", "--input", f"trace:{trace}",
-           "--window", "8", "--embed", "8", "--hidden", "8", "--epochs", "2", "--threads", "1"]
-    one = subprocess.run([*cmd, "-o", str(tmp_path / "one")], capture_output=True,
-                         text=True, timeout=scaled(600))
-    two = subprocess.run([*cmd, "-o", str(tmp_path / "two"), "--folds", "2"],
-                         capture_output=True, text=True, timeout=scaled(600))
+    cmd = train_cmd(trace)
+    one, two = train_side_by_side([*cmd, "-o", str(tmp_path / "one")],
+                                  [*cmd, "-o", str(tmp_path / "two"), "--folds", "2"])
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
     assert one.stderr.count("epoch 1:") == 1 and two.stderr.count("epoch 1:") == 2
     assert "the quarter before the last" in two.stderr
@@ -222,50 +246,38 @@ def test_two_folds_fit_the_bound_on_twice_the_held_out_time(tmp_path):
     assert bad.returncode == 2 and "--folds" in bad.stderr
 
 
-def test_retrain_learns_everything_and_keeps_the_bound(tmp_path):
+def test_retrain_learns_everything_and_keeps_the_bound(host_models):
     """--retrain: a second model, trained on the whole recording (so it knows the calls of
     the last quarter), carries the bound the held-out model fitted."""
     from sysdream.model.detector import Detector
 
-    trace = tmp_path / "baseline.sdtrace"
-    host_trace(trace, 2)
-    cmd = [sys.executable, "-m", "sysdream.daemon", "train", "--input", f"trace:{trace}",
-           "--window", "8", "--embed", "8", "--hidden", "8", "--epochs", "2", "--threads", "1"]
-    kept = subprocess.run([*cmd, "-o", str(tmp_path / "kept")], capture_output=True,
-                          text=True, timeout=scaled(600))
-    again = subprocess.run([*cmd, "-o", str(tmp_path / "all"), "--retrain"],
-                           capture_output=True, text=True, timeout=scaled(600))
+    runs, models = host_models
+    kept, again = runs["plain"], runs["retrain"]
     assert kept.returncode == 0 and again.returncode == 0, kept.stderr + again.stderr
     assert again.stderr.count("epoch 1:") == 2 and "--retrain" in again.stderr
-    one, both = Detector.load(tmp_path / "kept"), Detector.load(tmp_path / "all")
+    one, both = Detector.load(models / "plain"), Detector.load(models / "retrain")
     assert len(both.vocab) > len(one.vocab), "the last quarter's calls were learnt"
     assert both.alerting == one.alerting is not None
 
 
-def test_train_learns_each_program_s_sequences_when_asked(tmp_path):
+def test_train_learns_each_program_s_sequences_when_asked(host_models):
     """--sequences: lineage.json holds the program's sequence hashes and the rate of runs
     of new ones in the held-out quarter (its last processes make odd calls), the daemon's
     judge uses them, and the alert bound was fitted with them; without it, none."""
     from sysdream.daemon.training.profile import GRAM
     from sysdream.model.detector import Detector
 
-    trace = tmp_path / "baseline.sdtrace"
-    host_trace(trace, 3)
-    cmd = [sys.executable, "-m", "sysdream.daemon", "train", "--input", f"trace:{trace}",
-           "--window", "8", "--embed", "8", "--hidden", "8", "--epochs", "2", "--threads", "1"]
-    on = subprocess.run([*cmd, "-o", str(tmp_path / "on"), "--sequences"],
-                        capture_output=True, text=True, timeout=scaled(600))
-    off = subprocess.run([*cmd, "-o", str(tmp_path / "off")], capture_output=True,
-                         text=True, timeout=scaled(600))
+    runs, models = host_models
+    on, off = runs["sequences"], runs["plain"]
     assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
     assert "distinct 6-syscall sequences" in on.stderr
     assert "6-syscall" not in off.stderr
-    seq = json.loads((tmp_path / "on" / "lineage.json").read_text())["sequences"]
+    seq = json.loads((models / "sequences" / "lineage.json").read_text())["sequences"]
     assert seq["length"] == GRAM and list(seq["hashes"]) == ["/usr/bin/worker"]
     assert 0 < seq["p"]["/usr/bin/worker"] < 1 and 0 < seq["default_p"] < 1
-    held = json.loads((tmp_path / "on" / "lineage.json").read_text())["heldout"]
+    held = json.loads((models / "sequences" / "lineage.json").read_text())["heldout"]
     assert held["kinds"].get("new_sequence", 0) > 0, "the odd calls of the last quarter"
-    assert json.loads((tmp_path / "off" / "lineage.json").read_text())["sequences"] is None
-    judge = ModelView(Detector.load(tmp_path / "on")).lineage
+    assert json.loads((models / "plain" / "lineage.json").read_text())["sequences"] is None
+    judge = ModelView(Detector.load(models / "sequences")).lineage
     assert len(judge.profile.grams["/usr/bin/worker"]) > 100
-    assert not ModelView(Detector.load(tmp_path / "off")).lineage.profile.grams
+    assert not ModelView(Detector.load(models / "plain")).lineage.profile.grams

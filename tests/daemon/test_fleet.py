@@ -566,14 +566,17 @@ def test_three_agents_in_network_namespaces_detect_through_the_server_and_withou
 
     prog = workload(tmp_path)
     trace, model = tmp_path / "base.sdtrace", tmp_path / "model"
-    rec = subprocess.Popen([*SYSDREAM, "record", "--seconds", "14", "--cgroup",
+    rec_err = tmp_path / "record.err"
+    rec = subprocess.Popen([*SYSDREAM, "record", "--seconds", "120", "--cgroup",
                             str(cgroups[0].stat().st_ino), "-o", str(trace)],
-                           stderr=subprocess.PIPE, text=True)
-    time.sleep(3)
-    end = time.monotonic() + 9
-    while time.monotonic() < end:
-        in_cgroup(cgroups[0], prog, BENIGN)
-    assert rec.wait(60) == 0, rec.stderr.read()
+                           stderr=rec_err.open("w"))
+    wait_for(lambda: "probes attached" in rec_err.read_text() or rec.poll() is not None,
+             90, "the recorder to attach")
+    # the workload repeats one loop: 45 runs of it (some 160,000 syscalls, on any
+    # machine's speed) make a model of it; more only lengthen the training
+    in_cgroup(cgroups[0], prog, BENIGN, 45)
+    rec.terminate()     # SIGTERM: the recording stops and keeps what it read
+    assert rec.wait(60) == 0, rec_err.read_text()
     r = subprocess.run([*SYSDREAM, "train", "--input", str(trace), "-o", str(model),
                         "--epochs", "6", "--hidden", "24", "--threads", "2"],
                        capture_output=True, text=True, timeout=scaled(600))
@@ -679,8 +682,11 @@ def test_agents_learn_a_role_model_from_the_server_and_refuse_a_tampered_one(
                      "--set", "server.train_after_s=1", "--set", "server.min_hosts=2",
                      "--set", "learning.epochs=6", "--set", "learning.hidden=24",
                      "--set", "learning.threads=2", "--set", "learning.nice=0"))
+    # the workload repeats one loop: a few seconds of it (the baseline is full after
+    # them, learning goes on to its end) make the role's model; more only lengthen the
+    # server's training
     learn = ["--learn-seconds", "12", "--set", "learning.min_syscalls=1000",
-             "--set", "learning.max_syscalls=400000"]
+             "--set", "learning.max_syscalls=150000"]
 
     def agent(i):
         return Agent(tmp_path, i, fleet_keys, f"tcp://10.77.{i}.1:7478",

@@ -192,7 +192,9 @@ def test_the_daemon_retrains_on_schedule_without_learning_the_odd_process(ebpf_r
     cfg.write_text("[learning]\nmin_syscalls = 1000\nmax_syscalls = 400000\nepochs = 6\n"
                    "hidden = 24\nthreads = 2\n"
                    "nice = 0\n[service]\nstatus_interval_s = 1.0\n[retraining]\n"
-                   "interval_s = 45\nrecord_seconds = 25\nshadow_seconds = 8\n"
+                   # a recording long enough for the odd process, its alert and benign
+                   # work after it; the longer it is, the longer the candidate trains
+                   "interval_s = 30\nrecord_seconds = 15\nshadow_seconds = 8\n"
                    "[metrics]\ndetection_internals = true\n"
                    # incidents of a second: the odd process after the retraining opens
                    # an incident of its own (an alert), not an update of the first one's
@@ -234,7 +236,7 @@ def test_the_daemon_retrains_on_schedule_without_learning_the_odd_process(ebpf_r
                               )["model_id"] == first
             assert d.metric('sysdream_retrainings_total{outcome="swapped"}') == 1.0
         else:
-            # a candidate that raised more (on a 40-second host, it may): set aside, the
+            # a candidate that raised more (on a 30-second host, it may): set aside, the
             # model in use stays
             assert int(e["SYSDREAM_CANDIDATE_ALERTS"]) > int(e["SYSDREAM_CURRENT_ALERTS"]), \
                 e["MESSAGE"]

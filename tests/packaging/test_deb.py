@@ -41,13 +41,36 @@ def debs(tmp_path_factory):
     if sh("dpkg-query", "-W", "sysdream").returncode == 0:
         pytest.fail("a sysdream package is installed already; purge it first")
     out = tmp_path_factory.mktemp("debs")
-    built = {}
-    for version in ("0.0.1~test", "0.0.2~test"):
-        r = sh("bash", ROOT / "packaging/deb/build.sh", out,
-               env={"SYSDREAM_DEB_VERSION": version})
-        assert r.returncode == 0, r.stdout + r.stderr[-3000:]
-        built[version] = Path(r.stdout.strip().splitlines()[-1])
-    return built
+    r = sh("bash", ROOT / "packaging/deb/build.sh", out,
+           env={"SYSDREAM_DEB_VERSION": "0.0.1~test"})
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    old = Path(r.stdout.strip().splitlines()[-1])
+    return {"0.0.1~test": old, "0.0.2~test": restamped(old, "0.0.2~test")}
+
+
+def restamped(deb: Path, version: str) -> Path:
+    """The same package as a later version, for the upgrade: a second build of this tree
+    would differ in the control file's Version only, so only the control member is made
+    again (the data member, most of the build's time, is reused as it is)."""
+    work = deb.parent / f"restamp-{version}"
+    (work / "control").mkdir(parents=True)
+    assert sh("ar", "x", "--output", work, deb).returncode == 0
+    names = sh("ar", "t", deb).stdout.split()
+    assert names[:2] == ["debian-binary", "control.tar.gz"], names
+    assert sh("tar", "-xzf", work / "control.tar.gz", "-C", work / "control").returncode == 0
+    control = work / "control" / "control"
+    text, n = re.subn(r"^Version: .*$", f"Version: {version}", control.read_text(),
+                      flags=re.M)
+    assert n == 1, text
+    control.write_text(text)
+    assert sh("tar", "-czf", work / "control.tar.gz", "--owner=0", "--group=0",
+              "-C", work / "control", ".").returncode == 0
+    new = deb.with_name(deb.name.replace(deb.name.split("_")[1], version))
+    r = sh("ar", "rc", new, *(work / n for n in names))
+    assert r.returncode == 0, r.stderr
+    shutil.rmtree(work)
+    assert sh("dpkg-deb", "--field", new, "Version").stdout.strip() == version
+    return new
 
 
 def test_the_deb_installs_runs_upgrades_and_purges_clean(debs, tmp_path):
