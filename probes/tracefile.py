@@ -27,6 +27,7 @@ header checksum) and version 2 files (raw records) still read.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -203,12 +204,18 @@ class Trace:
     def arch(self) -> str:
         return self.header["arch"]
 
-    def syscall_names(self, ids: np.ndarray) -> np.ndarray:
-        """Names by the table the trace carries, so a trace reads alike on any host."""
+    @functools.cached_property
+    def _names(self) -> np.ndarray:
+        # once per trace: `train` names each thread's stream in turn, and a table of
+        # 65,536 names made at each call was most of its time on a host's recording
         lookup = np.array([f"sys_{n}" for n in range(65536)], dtype=object)
         for nr, name in self.header.get("syscall_table", {}).items():
             lookup[int(nr) & 0xFFFF] = name
-        return lookup[np.asarray(ids, dtype=np.int64) & 0xFFFF]
+        return lookup
+
+    def syscall_names(self, ids: np.ndarray) -> np.ndarray:
+        """Names by the table the trace carries, so a trace reads alike on any host."""
+        return self._names[np.asarray(ids, dtype=np.int64) & 0xFFFF]
 
 
 def read_trace(path: str | os.PathLike) -> Trace:
