@@ -115,6 +115,9 @@ SCRATCH = ("/tmp/", "/var/tmp/", "/dev/shm/", "/run/user/")
 _MADE = re.compile(r"^[a-z0-9_]{8}$")
 _HAS_DIGIT = re.compile(r"\d")
 _WORD_CHARS = re.compile(r"^[A-Za-z0-9_]+$")
+# glibc's sem_open makes its semaphore as sem.XXXXXX (six letters and digits, any case:
+# all lower case one time in 200) before it links it to its name
+_SEM_TEMP = re.compile(r"^/dev/shm/sem\.[A-Za-z0-9]{6}$")
 
 
 def _random(name: str) -> bool:
@@ -166,6 +169,8 @@ def pattern(path: bytes | str) -> str:
         head, _, rest = text.partition("/")[2].partition("/")
         rest = "/".join(_part(p) for p in rest.split("/"))
         return f"/{head}/{rest}"
+    if _SEM_TEMP.match(text):
+        return "/dev/shm/sem.*"
     scratch = text.startswith(SCRATCH)
     parts = text.split("/")
     return "/".join(

@@ -69,6 +69,9 @@ def test_paths_and_peers_are_normalised():
         "/dev/shm/sem.mp-*"
     assert pattern("/tmp/pymp-q1w2e3r4/x") == "/tmp/pymp-*/x"
     assert pattern("/dev/shm/sem.wfwPGG") == "/dev/shm/sem.*"       # glibc's sem_open
+    assert pattern("/dev/shm/sem.uobmdw") == "/dev/shm/sem.*"       # ... all lower case
+    assert pattern("/dev/shm/sem.backup") == "/dev/shm/sem.*"       # (what it cannot tell)
+    assert pattern("/dev/shm/sem.mp-abcdefgh") == "/dev/shm/sem.mp-*"
     assert pattern("/tmp/socket") == "/tmp/socket"
     assert pattern(".git/objects/4f/0a1b2c3d4e5f60718293a4b5c6d7e8f9012345") == \
         pattern(".git/objects/ab/9f8e7d6c5b4a3928170615f4e3d2c1b0a9876543") == ".git/objects/*/*"
