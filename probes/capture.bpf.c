@@ -354,8 +354,8 @@ BPF_PROG_ARRAY(act_progs, 1);
 BPF_LPM_TRIE(sensitive, struct lpm_key, u8, 1024);
 BPF_TABLE("lru_hash", struct seen_key, u8, acts_seen, 16384);
 // A one-byte-per-slot filter on a sensitive prefix's first 4 bytes (slot: head_slot), so
-// that most opens for reading (/usr/..., relative names) are passed over after a 4-byte
-// read and an inlined array lookup, without the string read and trie lookup.
+// that most opens for reading (/usr/..., relative names) skip the trie lookup; their path
+// is still read, for its end (sensitive_tails).
 BPF_ARRAY(sensitive_heads, u8, 256);
 // The last (up to) 7 bytes of a sensitive file's path ("/shadow", "id_rsa"), left-aligned
 // and zero-padded, set by user space: a read whose path does not start with a sensitive

@@ -396,7 +396,7 @@ class Watch:
             if act.flags & DIRFD or not (cwd := self._cwd(proc)):
                 return ""
             text = f"{cwd.rstrip('/')}/{text}"
-        text = os.path.normpath(text)
+        text = "/" + os.path.normpath(text).lstrip("/")    # "//etc" is /etc to the kernel
         if not any(text.startswith(p) or text == p.rstrip("/") for p in self.persistence):
             return ""
         for q in [proc, *self.processes.lineage(proc)]:

@@ -406,7 +406,7 @@ def test_a_first_write_where_the_system_runs_things_later_is_dangerous(capture, 
     watch.learning = False
     assert not [n for n in observe(cap, table, watch, ["sh", "-c", f"echo a > {cron}/known"],
                                    own=False) if n.dangerous]
-    news = observe(cap, table, watch, ["sh", "-c", f"echo a > {cron}/job; echo k >> "
+    news = observe(cap, table, watch, ["sh", "-c", f"echo a > /{cron}/job; echo k >> "
                                        f"{keys}/authorized_keys; echo b > {tmp_path}/x; "
                                        f"rm {cron}/known"], own=False)
     danger = sorted(n.dangerous for n in news if n.dangerous)
